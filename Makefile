@@ -84,10 +84,10 @@ $(PROGS):
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Unit tests may reach into any tier's modules (never its main).
-$(B)/tests/check_%: $(B)/obj/tests/unit/check_%.o $(LIBGW) $(LIBORCH) $(LIBWRK) $(LIBSLUICE)
+$(B)/tests/check_%: $(B)/obj/tests/unit/check_%.o $(LIBGW) $(LIBORCH) $(LIBWRK) $(LIBHARN) $(LIBSLUICE)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
-$(B)/obj/tests/unit/%.o: CFLAGS += $(CHECK_CFLAGS) -Igateway -Iorchestrator -Iworker
+$(B)/obj/tests/unit/%.o: CFLAGS += $(CHECK_CFLAGS) -Igateway -Iorchestrator -Iworker -Itests/harness
 
 # Integration tests drive the real binaries through the harness.
 $(B)/tests/test_%: $(B)/obj/tests/integ/test_%.o $(LIBHARN) $(LIBSLUICE)

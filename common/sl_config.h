@@ -1,0 +1,75 @@
+/* Configuration from environment variables, each also a command-line flag.
+ * A tier describes its options in a table of sl_cfg_opt; sl_config_load()
+ * applies defaults, then the environment, then the flags (flags win), and
+ * validates each value, naming the variable in any error. */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sl_status.h"
+
+typedef enum sl_cfg_type {
+    SL_CFG_STR,  /* dst is char **: a malloc'd copy, or NULL when unset */
+    SL_CFG_INT,  /* dst is int64_t *, checked against [min, max] */
+    SL_CFG_BOOL, /* dst is bool *: 1/0, true/false, yes/no, on/off */
+    SL_CFG_ADDR, /* dst is char **: "host:port" with a port in 1..65535 */
+} sl_cfg_type;
+
+typedef struct sl_cfg_opt {
+    const char *env;  /* "SLUICE_NATS_URL" */
+    const char *flag; /* "nats-url", given as --nats-url=V or --nats-url V */
+    sl_cfg_type type;
+    const char *def; /* default as text, or NULL for none */
+    const char *help;
+    void *dst;
+    int64_t min, max; /* SL_CFG_INT bounds (both 0: any value) */
+    bool required;    /* must end up non-empty */
+    bool secret;      /* never printed */
+} sl_cfg_opt;
+
+/* Options every tier has. */
+typedef struct sl_common_cfg {
+    char *nats_url;
+    char *nats_user;
+    char *nats_password;
+    char *admin_listen;
+    char *log_level;
+    int64_t stream_replicas;
+    int64_t tenant_queue_max;
+    int64_t out_max_age_s;
+    int64_t out_history;
+    int64_t resume_window_s;
+} sl_common_cfg;
+
+#define SL_COMMON_OPTS_N 10
+
+/* Fills out[0..SL_COMMON_OPTS_N) with the common options writing into c;
+ * admin_default is the tier's default admin address. */
+void sl_common_opts(sl_cfg_opt *out, sl_common_cfg *c, const char *admin_default);
+
+/* Loads every option. Returns SL_OK; or SL_ERR_INVAL with a message naming
+ * the variable or flag in err; *help is set when --help/-h was given (the
+ * caller prints sl_config_usage and exits 0). On failure, values already
+ * set stay owned by the table: call sl_config_free() in every case. */
+sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv, bool *help,
+                         char *err, size_t errlen);
+
+/* Prints every option with its variable, flag, default and help. */
+void sl_config_usage(FILE *f, const char *prog, const char *about, const sl_cfg_opt *opts,
+                     size_t n);
+
+/* Frees the strings the table points at and NULLs them. */
+void sl_config_free(const sl_cfg_opt *opts, size_t n);
+
+/* Strict integer parse of the whole string: SL_ERR_INVAL otherwise. */
+sl_status sl_parse_int(const char *s, int64_t *out);
+
+/* Splits "host:port" (host may be empty, meaning all interfaces); host is
+ * written to hostbuf (NUL-terminated). SL_ERR_INVAL when malformed. */
+sl_status sl_parse_addr(const char *s, char *hostbuf, size_t hostlen, int *port);
+
+#endif

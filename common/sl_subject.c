@@ -1,0 +1,148 @@
+#include "sl_subject.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static bool id_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '-';
+}
+
+bool sl_id_valid(const char *s)
+{
+    size_t i;
+
+    if (s == NULL)
+        return false;
+    for (i = 0; s[i] != '\0'; i++) {
+        if (i >= SL_ID_MAX || !id_char(s[i]))
+            return false;
+    }
+    return i > 0;
+}
+
+bool sl_client_id_valid(const char *s)
+{
+    size_t i;
+
+    if (s == NULL)
+        return false;
+    for (i = 0; s[i] != '\0'; i++) {
+        if (i >= SL_ID_MAX || !(id_char(s[i]) || s[i] == '.' || s[i] == ':'))
+            return false;
+    }
+    return i > 0;
+}
+
+sl_status sl_channel_parse(const char *ch, bool *is_room, const char **room)
+{
+    if (ch == NULL)
+        return SL_ERR_INVAL;
+    if (strcmp(ch, "s") == 0) {
+        *is_room = false;
+        *room = NULL;
+        return SL_OK;
+    }
+    if (ch[0] == 'r' && ch[1] == ':' && sl_id_valid(ch + 2)) {
+        *is_room = true;
+        *room = ch + 2;
+        return SL_OK;
+    }
+    return SL_ERR_INVAL;
+}
+
+/* snprintf wrapper: SL_ERR_INVAL when the result would be truncated. */
+static sl_status fmt_checked(char *buf, size_t n, int r)
+{
+    if (r < 0 || (size_t)r >= n) {
+        if (n > 0)
+            buf[0] = '\0';
+        return SL_ERR_INVAL;
+    }
+    return SL_OK;
+}
+
+sl_status sl_subject_in(char *buf, size_t n, const char *tenant, const char *session)
+{
+    if (!sl_id_valid(tenant) || !sl_id_valid(session))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.in.%s.%s", tenant, session));
+}
+
+sl_status sl_subject_work(char *buf, size_t n, const char *model, const char *tenant)
+{
+    if (!sl_id_valid(model) || !sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.work.%s.%s", model, tenant));
+}
+
+sl_status sl_subject_cancel(char *buf, size_t n, const char *tenant)
+{
+    if (!sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.ctl.cancel.%s", tenant));
+}
+
+sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant,
+                          bool is_room, const char *name)
+{
+    if (prefix == NULL || (strcmp(prefix, "sluice.out") != 0 && strcmp(prefix, "sluice.live") != 0))
+        return SL_ERR_INVAL;
+    if (!sl_id_valid(tenant) || !sl_id_valid(name))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n,
+                       snprintf(buf, n, "%s.%s.%s.%s", prefix, tenant, is_room ? "r" : "s", name));
+}
+
+/* Copies the dot-free token at *p into out (at most SL_ID_MAX chars) and
+ * advances *p past it and its trailing dot, if any. */
+static bool take_token(const char **p, char *out)
+{
+    const char *dot = strchr(*p, '.');
+    size_t len = dot ? (size_t)(dot - *p) : strlen(*p);
+
+    if (len == 0 || len > SL_ID_MAX)
+        return false;
+    memcpy(out, *p, len);
+    out[len] = '\0';
+    *p += len + (dot ? 1 : 0);
+    return sl_id_valid(out);
+}
+
+sl_status sl_subject_chan_parse(const char *subject, char *tenant, bool *is_room, char *name)
+{
+    const char *p;
+    char kind[SL_ID_MAX + 1];
+
+    if (subject == NULL)
+        return SL_ERR_INVAL;
+    if (strncmp(subject, "sluice.out.", 11) == 0)
+        p = subject + 11;
+    else if (strncmp(subject, "sluice.live.", 12) == 0)
+        p = subject + 12;
+    else
+        return SL_ERR_INVAL;
+    if (!take_token(&p, tenant) || !take_token(&p, kind))
+        return SL_ERR_INVAL;
+    if (strcmp(kind, "r") != 0 && strcmp(kind, "s") != 0)
+        return SL_ERR_INVAL;
+    if (strchr(p, '.') != NULL || !take_token(&p, name))
+        return SL_ERR_INVAL;
+    *is_room = kind[0] == 'r';
+    return SL_OK;
+}
+
+sl_status sl_kv_key2(char *buf, size_t n, const char *a, const char *b)
+{
+    if (!sl_id_valid(a) || !sl_id_valid(b))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%s", a, b));
+}
+
+sl_status sl_kv_key3(char *buf, size_t n, const char *a, const char *b, const char *c)
+{
+    if (!sl_id_valid(a) || !sl_id_valid(b) || !sl_id_valid(c))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%s.%s", a, b, c));
+}
