@@ -1,5 +1,6 @@
 #include "sl_subject.h"
 
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,4 +146,20 @@ sl_status sl_kv_key3(char *buf, size_t n, const char *a, const char *b, const ch
     if (!sl_id_valid(a) || !sl_id_valid(b) || !sl_id_valid(c))
         return SL_ERR_INVAL;
     return fmt_checked(buf, n, snprintf(buf, n, "%s.%s.%s", a, b, c));
+}
+
+sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *session,
+                        const char *client_id)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[41];
+    char joined[2 * SL_ID_MAX + 2];
+
+    if (!sl_id_valid(tenant) || !sl_id_valid(session) || !sl_client_id_valid(client_id))
+        return SL_ERR_INVAL;
+    snprintf(joined, sizeof(joined), "%s:%s", session, client_id);
+    SHA256((const unsigned char *)joined, strlen(joined), md);
+    for (int i = 0; i < 20; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.x-%s", tenant, hex));
 }

@@ -47,4 +47,10 @@ sl_status sl_subject_chan_parse(const char *subject, char *tenant, bool *is_room
 sl_status sl_kv_key2(char *buf, size_t n, const char *a, const char *b);
 sl_status sl_kv_key3(char *buf, size_t n, const char *a, const char *b, const char *c);
 
+/* The in-flight KV key of a cancel marker for a client message:
+ * "<tenant>.x-<40 hex of SHA-256(session:client_id)>" (docs/wire.md).
+ * SL_ERR_INVAL when tenant or session is invalid or buf too small. */
+sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *session,
+                        const char *client_id);
+
 #endif
