@@ -7,6 +7,12 @@
 
 #define NS_PER_S 1000000000LL
 
+/* Limits where 0 and -1 both mean "none". */
+static bool limit_eq(int64_t a, int64_t b)
+{
+    return (a <= 0 && b <= 0) || a == b;
+}
+
 /* Creates the stream, or checks that the existing one is compatible. */
 static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_t errlen)
 {
@@ -46,8 +52,9 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
             st = SL_ERR_INVAL;
             goto cleanup;
         }
-        if (have->MaxAge != want->MaxAge || have->MaxMsgsPerSubject != want->MaxMsgsPerSubject ||
-            have->Replicas != want->Replicas)
+        if (!limit_eq(have->MaxAge, want->MaxAge) ||
+            !limit_eq(have->MaxMsgsPerSubject, want->MaxMsgsPerSubject) ||
+            !limit_eq(have->Replicas, want->Replicas))
             sl_warn("stream %s has other limits than this process's configuration; keeping them",
                     want->Name);
     }

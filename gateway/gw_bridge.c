@@ -1,0 +1,237 @@
+#include "gw_bridge.h"
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+typedef struct task {
+    struct task *next;
+    gw_task_fn fn;
+    gw_task_fn free_fn;
+    void *arg;
+    bool droppable;
+} task;
+
+struct gw_bridge {
+    pthread_mutex_t mu;
+    task *head, *tail;
+    size_t ndroppable;
+    size_t max_droppable;
+    struct lws_context *ctx;
+};
+
+sl_status gw_bridge_create(gw_bridge **out, size_t max_droppable)
+{
+    gw_bridge *b = calloc(1, sizeof(*b));
+
+    if (b == NULL)
+        return SL_ERR_NOMEM;
+    pthread_mutex_init(&b->mu, NULL);
+    b->max_droppable = max_droppable;
+    *out = b;
+    return SL_OK;
+}
+
+void gw_bridge_destroy(gw_bridge *b)
+{
+    task *t, *next;
+
+    if (b == NULL)
+        return;
+    for (t = b->head; t != NULL; t = next) {
+        next = t->next;
+        if (t->free_fn != NULL)
+            t->free_fn(t->arg);
+        free(t);
+    }
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+void gw_bridge_set_context(gw_bridge *b, struct lws_context *ctx)
+{
+    pthread_mutex_lock(&b->mu);
+    b->ctx = ctx;
+    pthread_mutex_unlock(&b->mu);
+}
+
+static bool enqueue(gw_bridge *b, task *t)
+{
+    struct lws_context *ctx;
+    bool was_empty;
+
+    pthread_mutex_lock(&b->mu);
+    if (t->droppable) {
+        if (b->ndroppable >= b->max_droppable) {
+            pthread_mutex_unlock(&b->mu);
+            return false;
+        }
+        b->ndroppable++;
+    }
+    was_empty = b->head == NULL;
+    if (b->tail != NULL)
+        b->tail->next = t;
+    else
+        b->head = t;
+    b->tail = t;
+    ctx = b->ctx;
+    pthread_mutex_unlock(&b->mu);
+    /* One wake-up per batch: the loop drains everything queued. */
+    if (was_empty && ctx != NULL)
+        lws_cancel_service(ctx);
+    return true;
+}
+
+void gw_bridge_post(gw_bridge *b, gw_task_fn fn, gw_task_fn free_fn, void *arg)
+{
+    task *t = calloc(1, sizeof(*t));
+
+    while (t == NULL) /* a result must never be lost; memory pressure passes */
+        t = calloc(1, sizeof(*t));
+    t->fn = fn;
+    t->free_fn = free_fn;
+    t->arg = arg;
+    enqueue(b, t);
+}
+
+bool gw_bridge_post_droppable(gw_bridge *b, gw_task_fn fn, gw_task_fn free_fn, void *arg)
+{
+    task *t = calloc(1, sizeof(*t));
+
+    if (t == NULL)
+        return false;
+    t->fn = fn;
+    t->free_fn = free_fn;
+    t->arg = arg;
+    t->droppable = true;
+    if (!enqueue(b, t)) {
+        free(t);
+        return false;
+    }
+    return true;
+}
+
+size_t gw_bridge_run(gw_bridge *b)
+{
+    task *list, *next;
+    size_t n = 0;
+
+    pthread_mutex_lock(&b->mu);
+    list = b->head;
+    b->head = b->tail = NULL;
+    b->ndroppable = 0;
+    pthread_mutex_unlock(&b->mu);
+    for (; list != NULL; list = next) {
+        next = list->next;
+        list->fn(list->arg);
+        free(list);
+        n++;
+    }
+    return n;
+}
+
+typedef struct io_task {
+    struct io_task *next;
+    gw_task_fn fn;
+    void *arg;
+} io_task;
+
+struct gw_io {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    io_task *head, *tail;
+    size_t pending;
+    bool stop;
+    int nthreads;
+    pthread_t threads[];
+};
+
+static void *io_main(void *p)
+{
+    gw_io *io = p;
+
+    for (;;) {
+        io_task *t;
+        pthread_mutex_lock(&io->mu);
+        while (io->head == NULL && !io->stop)
+            pthread_cond_wait(&io->cv, &io->mu);
+        t = io->head;
+        if (t == NULL) {
+            pthread_mutex_unlock(&io->mu);
+            return NULL;
+        }
+        io->head = t->next;
+        if (io->head == NULL)
+            io->tail = NULL;
+        pthread_mutex_unlock(&io->mu);
+        t->fn(t->arg);
+        free(t);
+        pthread_mutex_lock(&io->mu);
+        io->pending--;
+        pthread_mutex_unlock(&io->mu);
+    }
+}
+
+sl_status gw_io_create(gw_io **out, int nthreads)
+{
+    gw_io *io = calloc(1, sizeof(*io) + (size_t)nthreads * sizeof(pthread_t));
+
+    if (io == NULL)
+        return SL_ERR_NOMEM;
+    pthread_mutex_init(&io->mu, NULL);
+    pthread_cond_init(&io->cv, NULL);
+    for (int i = 0; i < nthreads; i++) {
+        if (pthread_create(&io->threads[i], NULL, io_main, io) != 0) {
+            io->nthreads = i;
+            gw_io_destroy(io);
+            return SL_ERR_INTERNAL;
+        }
+    }
+    io->nthreads = nthreads;
+    *out = io;
+    return SL_OK;
+}
+
+void gw_io_destroy(gw_io *io)
+{
+    if (io == NULL)
+        return;
+    pthread_mutex_lock(&io->mu);
+    io->stop = true;
+    pthread_cond_broadcast(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+    for (int i = 0; i < io->nthreads; i++)
+        pthread_join(io->threads[i], NULL);
+    pthread_cond_destroy(&io->cv);
+    pthread_mutex_destroy(&io->mu);
+    free(io);
+}
+
+void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
+{
+    io_task *t = calloc(1, sizeof(*t));
+
+    while (t == NULL)
+        t = calloc(1, sizeof(*t));
+    t->fn = fn;
+    t->arg = arg;
+    pthread_mutex_lock(&io->mu);
+    if (io->tail != NULL)
+        io->tail->next = t;
+    else
+        io->head = t;
+    io->tail = t;
+    io->pending++;
+    pthread_cond_signal(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+}
+
+size_t gw_io_pending(gw_io *io)
+{
+    size_t n;
+
+    pthread_mutex_lock(&io->mu);
+    n = io->pending;
+    pthread_mutex_unlock(&io->mu);
+    return n;
+}

@@ -1,0 +1,57 @@
+/* Hand-off between threads. cnats calls back on its own threads and the
+ * libwebsockets loop must never block on NATS, so:
+ * - gw_bridge carries closures from any thread to the loop thread (which
+ *   runs them when woken through lws_cancel_service());
+ * - gw_io runs blocking NATS work (direct gets, KV) on its own threads; the
+ *   work posts its result back through the bridge. */
+#ifndef GW_BRIDGE_H
+#define GW_BRIDGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "sl_status.h"
+
+struct lws_context;
+
+typedef void (*gw_task_fn)(void *arg);
+
+typedef struct gw_bridge gw_bridge;
+
+/* max_droppable bounds the tasks posted with gw_bridge_post_droppable. */
+sl_status gw_bridge_create(gw_bridge **out, size_t max_droppable);
+
+/* Frees the bridge; tasks still queued are run with discard=true semantics:
+ * their free_fn is called on arg. NULL-safe. */
+void gw_bridge_destroy(gw_bridge *b);
+
+/* Sets the context woken on each post (NULL: no wake-up). */
+void gw_bridge_set_context(gw_bridge *b, struct lws_context *ctx);
+
+/* Queues fn(arg) for the loop thread. Never fails: the closure always runs
+ * (or is freed with free_fn at destroy). free_fn may be NULL. */
+void gw_bridge_post(gw_bridge *b, gw_task_fn fn, gw_task_fn free_fn, void *arg);
+
+/* Like gw_bridge_post for work that may be dropped under overload (live
+ * events, which gap detection repairs): returns false without queueing
+ * when the droppable bound is reached; the caller still owns arg. */
+bool gw_bridge_post_droppable(gw_bridge *b, gw_task_fn fn, gw_task_fn free_fn, void *arg);
+
+/* Runs every queued task; loop thread only. Returns how many ran. */
+size_t gw_bridge_run(gw_bridge *b);
+
+typedef struct gw_io gw_io;
+
+/* Starts nthreads threads for blocking work. */
+sl_status gw_io_create(gw_io **out, int nthreads);
+
+/* Stops the threads after the queued work is done; NULL-safe. */
+void gw_io_destroy(gw_io *io);
+
+/* Queues fn(arg) on an io thread. */
+void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg);
+
+/* Tasks queued or running. */
+size_t gw_io_pending(gw_io *io);
+
+#endif

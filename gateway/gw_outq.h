@@ -1,0 +1,57 @@
+/* Outbound frames: reference-counted text buffers with the headroom
+ * libwebsockets needs, shared by every connection a frame fans out to, and a
+ * per-connection queue bounded in frames and bytes. Loop thread only. */
+#ifndef GW_OUTQ_H
+#define GW_OUTQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_buf {
+    int refs;
+    size_t len;
+    int64_t ts_ns; /* event time, for the delivery latency histogram (0: none) */
+    unsigned char data[];
+} gw_buf;
+
+/* Copies len bytes of text into a new buffer with one reference, leaving
+ * LWS_PRE bytes of headroom. NULL when out of memory. */
+gw_buf *gw_buf_new(const char *text, size_t len);
+
+/* Like gw_buf_new, and frees text (a malloc'd NUL-terminated string, may be
+ * NULL, then NULL is returned). */
+gw_buf *gw_buf_from(char *text);
+
+/* The payload inside the buffer. */
+unsigned char *gw_buf_payload(gw_buf *b);
+
+void gw_buf_ref(gw_buf *b);
+
+/* Drops one reference and frees the buffer with the last; NULL-safe. */
+void gw_buf_unref(gw_buf *b);
+
+typedef struct gw_qnode gw_qnode;
+
+typedef struct gw_outq {
+    gw_qnode *head;
+    gw_qnode *tail;
+    size_t frames;
+    size_t bytes;
+} gw_outq;
+
+/* Appends b (taking a new reference) unless the queue would then hold more
+ * than max_frames frames or max_bytes bytes: then returns false and queues
+ * nothing. Also false when out of memory. */
+bool gw_outq_push(gw_outq *q, gw_buf *b, size_t max_frames, size_t max_bytes);
+
+/* The oldest frame, or NULL; the queue keeps its reference. */
+gw_buf *gw_outq_peek(const gw_outq *q);
+
+/* Removes the oldest frame and drops the queue's reference. */
+void gw_outq_pop(gw_outq *q);
+
+/* Empties the queue. */
+void gw_outq_clear(gw_outq *q);
+
+#endif

@@ -1,0 +1,544 @@
+#include "gw_protocol.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void set_err(gw_err *err, const char *code, const char *msg)
+{
+    err->code = code;
+    snprintf(err->message, sizeof(err->message), "%s", msg);
+}
+
+static const char *get_str(const cJSON *root, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* An integer-valued JSON number in [0, 2^53]: sequence numbers and limits. */
+static bool get_uint(const cJSON *root, const char *key, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    double d;
+
+    if (!cJSON_IsNumber(v))
+        return false;
+    d = v->valuedouble;
+    if (!(d >= 0 && d <= 9007199254740992.0) || floor(d) != d)
+        return false;
+    *out = (int64_t)d;
+    return true;
+}
+
+static bool has_key(const cJSON *root, const char *key)
+{
+    return cJSON_GetObjectItemCaseSensitive(root, key) != NULL;
+}
+
+static sl_status parse_positions(const cJSON *pos, gw_cmd *c, gw_err *err)
+{
+    const cJSON *it;
+
+    if (!cJSON_IsObject(pos)) {
+        set_err(err, "bad_frame", "resume.positions must be an object");
+        return SL_ERR_INVAL;
+    }
+    c->has_positions = true;
+    cJSON_ArrayForEach(it, pos)
+    {
+        bool is_room;
+        const char *room;
+        double d;
+
+        if (c->npositions >= GW_POSITIONS_MAX) {
+            set_err(err, "bad_frame", "too many positions");
+            return SL_ERR_INVAL;
+        }
+        if (it->string == NULL || sl_channel_parse(it->string, &is_room, &room) != SL_OK) {
+            set_err(err, "bad_id", "resume.positions has an invalid channel name");
+            return SL_ERR_INVAL;
+        }
+        d = it->valuedouble;
+        if (!cJSON_IsNumber(it) || !(d >= 0 && d <= 9007199254740992.0) || floor(d) != d) {
+            set_err(err, "bad_frame", "positions must be non-negative integers");
+            return SL_ERR_INVAL;
+        }
+        snprintf(c->positions[c->npositions].ch, GW_CH_MAX, "%s", it->string);
+        c->positions[c->npositions].seq = (int64_t)d;
+        c->npositions++;
+    }
+    return SL_OK;
+}
+
+static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
+{
+    cJSON *root = c->root;
+
+    if (strcmp(type, "hello") == 0) {
+        const cJSON *resume = cJSON_GetObjectItemCaseSensitive(root, "resume");
+        c->type = GW_CMD_HELLO;
+        c->token = get_str(root, "token");
+        if (c->token == NULL) {
+            set_err(err, "unauthorized", "hello needs a token");
+            return SL_ERR_INVAL;
+        }
+        if (resume != NULL && !cJSON_IsNull(resume)) {
+            const cJSON *pos = cJSON_GetObjectItemCaseSensitive(resume, "positions");
+            c->resume = true;
+            c->resume_session = get_str(resume, "session");
+            c->resume_token = get_str(resume, "resume_token");
+            if (!cJSON_IsObject(resume) || !sl_id_valid(c->resume_session) ||
+                c->resume_token == NULL) {
+                set_err(err, "unauthorized", "resume needs a session and a resume_token");
+                return SL_ERR_INVAL;
+            }
+            if (pos != NULL && !cJSON_IsNull(pos))
+                return parse_positions(pos, c, err);
+        }
+        return SL_OK;
+    }
+    if (strcmp(type, "send") == 0) {
+        c->type = GW_CMD_SEND;
+        c->id = get_str(root, "id");
+        if (!sl_client_id_valid(c->id)) {
+            set_err(err, "bad_id", "send.id must be 1-64 chars of [A-Za-z0-9_.:-]");
+            return SL_ERR_INVAL;
+        }
+        snprintf(err->id, sizeof(err->id), "%s", c->id);
+        c->text = get_str(root, "text");
+        if (c->text == NULL) {
+            set_err(err, "bad_frame", "send.text must be a string");
+            return SL_ERR_INVAL;
+        }
+        if (has_key(root, "room") && !cJSON_IsNull(cJSON_GetObjectItem(root, "room"))) {
+            c->room = get_str(root, "room");
+            if (!sl_id_valid(c->room)) {
+                set_err(err, "bad_id", "room must be 1-64 chars of [A-Za-z0-9_-]");
+                return SL_ERR_INVAL;
+            }
+        }
+        if (has_key(root, "prev") && !cJSON_IsNull(cJSON_GetObjectItem(root, "prev"))) {
+            c->prev = get_str(root, "prev");
+            if (!sl_client_id_valid(c->prev)) {
+                set_err(err, "bad_id", "send.prev must be 1-64 chars of [A-Za-z0-9_.:-]");
+                return SL_ERR_INVAL;
+            }
+        }
+        return SL_OK;
+    }
+    if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
+        c->type = type[0] == 'j' ? GW_CMD_JOIN : GW_CMD_LEAVE;
+        c->room = get_str(root, "room");
+        if (!sl_id_valid(c->room)) {
+            set_err(err, "bad_id", "room must be 1-64 chars of [A-Za-z0-9_-]");
+            return SL_ERR_INVAL;
+        }
+        return SL_OK;
+    }
+    if (strcmp(type, "ack") == 0 || strcmp(type, "history") == 0) {
+        bool is_room;
+        const char *room;
+        c->ch = get_str(root, "ch");
+        if (c->ch == NULL || sl_channel_parse(c->ch, &is_room, &room) != SL_OK) {
+            set_err(err, "bad_id", "ch must be \"s\" or \"r:<room>\"");
+            return SL_ERR_INVAL;
+        }
+        if (type[0] == 'a') {
+            c->type = GW_CMD_ACK;
+            if (!get_uint(root, "seq", &c->seq)) {
+                set_err(err, "bad_frame", "ack.seq must be a non-negative integer");
+                return SL_ERR_INVAL;
+            }
+            return SL_OK;
+        }
+        c->type = GW_CMD_HISTORY;
+        c->before = 0;
+        c->limit = 50;
+        if (has_key(root, "before") && !get_uint(root, "before", &c->before)) {
+            set_err(err, "bad_frame", "history.before must be a non-negative integer");
+            return SL_ERR_INVAL;
+        }
+        if (has_key(root, "limit") &&
+            (!get_uint(root, "limit", &c->limit) || c->limit < 1 || c->limit > 200)) {
+            set_err(err, "bad_frame", "history.limit must be 1..200");
+            return SL_ERR_INVAL;
+        }
+        return SL_OK;
+    }
+    if (strcmp(type, "cancel") == 0) {
+        c->type = GW_CMD_CANCEL;
+        c->id = get_str(root, "id");
+        if (!sl_client_id_valid(c->id)) {
+            set_err(err, "bad_id", "cancel.id must be 1-64 chars of [A-Za-z0-9_.:-]");
+            return SL_ERR_INVAL;
+        }
+        return SL_OK;
+    }
+    if (strcmp(type, "ping") == 0) {
+        c->type = GW_CMD_PING;
+        return SL_OK;
+    }
+    set_err(err, "unknown_type", "unknown frame type");
+    return SL_ERR_INVAL;
+}
+
+sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err)
+{
+    gw_cmd c;
+    const char *type;
+    sl_status st;
+
+    memset(&c, 0, sizeof(c));
+    memset(err, 0, sizeof(*err));
+    c.root = cJSON_ParseWithLength(buf, len);
+    if (c.root == NULL) {
+        set_err(err, "bad_frame", "frame is not valid JSON");
+        return SL_ERR_INVAL;
+    }
+    if (!cJSON_IsObject(c.root)) {
+        set_err(err, "bad_frame", "frame must be a JSON object");
+        st = SL_ERR_INVAL;
+        goto cleanup;
+    }
+    type = get_str(c.root, "type");
+    if (type == NULL) {
+        set_err(err, has_key(c.root, "type") ? "unknown_type" : "bad_frame",
+                "frame needs a string \"type\"");
+        st = SL_ERR_INVAL;
+        goto cleanup;
+    }
+    st = parse_typed(type, &c, err);
+cleanup:
+    if (st != SL_OK) {
+        cJSON_Delete(c.root);
+        return st;
+    }
+    *out = c;
+    return SL_OK;
+}
+
+void gw_cmd_free(gw_cmd *c)
+{
+    if (c != NULL) {
+        cJSON_Delete(c->root);
+        c->root = NULL;
+    }
+}
+
+bool gw_utf8_valid(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned char c = s[i];
+        uint32_t cp;
+        size_t n;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + n >= len)
+            return false;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+static char *print_and_free(cJSON *o)
+{
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+static cJSON *typed(const char *type)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o != NULL)
+        cJSON_AddStringToObject(o, "type", type);
+    return o;
+}
+
+char *gw_frame_error(const char *code, const char *message, const char *id)
+{
+    cJSON *o = typed("error");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "code", code);
+    cJSON_AddStringToObject(o, "message", message);
+    if (id != NULL && id[0] != '\0')
+        cJSON_AddStringToObject(o, "id", id);
+    return print_and_free(o);
+}
+
+char *gw_frame_accepted(const char *id, const char *event, bool duplicate)
+{
+    cJSON *o = typed("accepted");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "event", event);
+    cJSON_AddBoolToObject(o, "duplicate", duplicate);
+    return print_and_free(o);
+}
+
+char *gw_frame_busy(const char *id, const char *reason, int64_t retry_after_ms)
+{
+    cJSON *o = typed("busy");
+    if (o == NULL)
+        return NULL;
+    if (id != NULL)
+        cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddNumberToObject(o, "retry_after_ms", (double)retry_after_ms);
+    return print_and_free(o);
+}
+
+char *gw_frame_welcome(const char *session, const char *resume_token, int64_t heartbeat_ms,
+                       bool resumed, int64_t max_frame, double rate, double burst)
+{
+    cJSON *o = typed("welcome");
+    cJSON *lim;
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "session", session);
+    cJSON_AddStringToObject(o, "resume_token", resume_token);
+    cJSON_AddNumberToObject(o, "heartbeat_ms", (double)heartbeat_ms);
+    cJSON_AddBoolToObject(o, "resumed", resumed);
+    lim = cJSON_AddObjectToObject(o, "limits");
+    if (lim != NULL) {
+        cJSON_AddNumberToObject(lim, "max_frame", (double)max_frame);
+        cJSON_AddNumberToObject(lim, "rate", rate);
+        cJSON_AddNumberToObject(lim, "burst", burst);
+    }
+    return print_and_free(o);
+}
+
+char *gw_frame_gap(const char *ch, int64_t from, int64_t to)
+{
+    cJSON *o = typed("gap");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "ch", ch);
+    cJSON_AddNumberToObject(o, "from", (double)from);
+    cJSON_AddNumberToObject(o, "to", (double)to);
+    return print_and_free(o);
+}
+
+char *gw_frame_reconnect(int64_t after_ms)
+{
+    cJSON *o = typed("reconnect");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddNumberToObject(o, "after_ms", (double)after_ms);
+    return print_and_free(o);
+}
+
+char *gw_frame_left(const char *room)
+{
+    cJSON *o = typed("left");
+    char ch[GW_CH_MAX];
+    if (o == NULL)
+        return NULL;
+    snprintf(ch, sizeof(ch), "r:%s", room);
+    cJSON_AddStringToObject(o, "room", room);
+    cJSON_AddStringToObject(o, "ch", ch);
+    return print_and_free(o);
+}
+
+char *gw_frame_pong(void)
+{
+    return strdup("{\"type\":\"pong\"}");
+}
+
+char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members)
+{
+    cJSON *o = typed("joined");
+    char ch[GW_CH_MAX];
+    if (o == NULL) {
+        cJSON_Delete(members);
+        return NULL;
+    }
+    snprintf(ch, sizeof(ch), "r:%s", room);
+    cJSON_AddStringToObject(o, "room", room);
+    cJSON_AddStringToObject(o, "ch", ch);
+    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    cJSON_AddItemToObject(o, "members", members ? members : cJSON_CreateArray());
+    return print_and_free(o);
+}
+
+char *gw_frame_history(const char *ch, char *const *events, size_t n)
+{
+    size_t len = 64 + strlen(ch);
+    char *out, *p;
+
+    for (size_t i = 0; i < n; i++)
+        len += strlen(events[i]) + 1;
+    out = malloc(len);
+    if (out == NULL)
+        return NULL;
+    /* ch is a validated channel name: no escaping needed. */
+    p = out + sprintf(out, "{\"type\":\"history\",\"ch\":\"%s\",\"events\":[", ch);
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(events[i]);
+        if (i > 0)
+            *p++ = ',';
+        memcpy(p, events[i], l);
+        p += l;
+    }
+    strcpy(p, "]}");
+    return out;
+}
+
+static void add_str_if(cJSON *o, const char *key, const char *v)
+{
+    if (v != NULL && v[0] != '\0')
+        cJSON_AddStringToObject(o, key, v);
+}
+
+char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
+{
+    cJSON *o;
+
+    if (e->body_case == SLUICE__ENVELOPE__BODY__NOT_SET || e->body_case == SLUICE__ENVELOPE__BODY_WORK ||
+        e->body_case == SLUICE__ENVELOPE__BODY_CANCEL)
+        return NULL;
+    o = typed("event");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "ch", ch);
+    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    switch (e->body_case) {
+    case SLUICE__ENVELOPE__BODY_MESSAGE: {
+        const Sluice__ClientMessage *m = e->message;
+        cJSON *from;
+        cJSON_AddStringToObject(o, "kind", "message");
+        cJSON_AddStringToObject(o, "id", e->message_id);
+        cJSON_AddStringToObject(o, "event", e->event_id);
+        from = cJSON_AddObjectToObject(o, "from");
+        if (from != NULL) {
+            if (m->agent[0] != '\0')
+                cJSON_AddStringToObject(from, "agent", m->agent);
+            else
+                cJSON_AddStringToObject(from, "user", m->user);
+        }
+        cJSON_AddStringToObject(o, "text", m->text);
+        cJSON_AddNumberToObject(o, "ts", (double)(e->ts_unix_ns / 1000000));
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_TOKEN: {
+        const Sluice__TokenChunk *t = e->token;
+        cJSON_AddStringToObject(o, "kind", "token");
+        cJSON_AddStringToObject(o, "reply", t->reply_id);
+        cJSON_AddStringToObject(o, "to", t->to);
+        cJSON_AddStringToObject(o, "agent", t->agent);
+        cJSON_AddNumberToObject(o, "attempt", t->attempt);
+        cJSON_AddStringToObject(o, "text", t->text);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_REPLY: {
+        const Sluice__Reply *r = e->reply;
+        cJSON_AddStringToObject(o, "kind", "reply");
+        cJSON_AddStringToObject(o, "reply", r->reply_id);
+        cJSON_AddStringToObject(o, "to", r->to);
+        cJSON_AddStringToObject(o, "agent", r->agent);
+        cJSON_AddStringToObject(o, "text", r->text);
+        cJSON_AddNumberToObject(o, "attempt", r->attempt);
+        cJSON_AddBoolToObject(o, "final", 1);
+        if (r->degraded)
+            cJSON_AddBoolToObject(o, "degraded", 1);
+        if (r->partial)
+            cJSON_AddBoolToObject(o, "partial", 1);
+        if (r->cancelled)
+            cJSON_AddBoolToObject(o, "cancelled", 1);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_PRESENCE: {
+        const Sluice__Presence *p = e->presence;
+        cJSON_AddStringToObject(o, "kind", "presence");
+        cJSON_AddStringToObject(o, "action", p->action);
+        cJSON_AddStringToObject(o, "user", p->user);
+        cJSON_AddStringToObject(o, "session", p->session);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_RECEIPT: {
+        const Sluice__Receipt *r = e->receipt;
+        cJSON_AddStringToObject(o, "kind", "receipt");
+        cJSON_AddStringToObject(o, "to", r->to);
+        cJSON_AddStringToObject(o, "user", r->user);
+        cJSON_AddStringToObject(o, "state", r->state);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_BUSY: {
+        const Sluice__Busy *b = e->busy;
+        cJSON_AddStringToObject(o, "kind", "busy");
+        cJSON_AddStringToObject(o, "to", b->to);
+        add_str_if(o, "agent", b->agent);
+        cJSON_AddStringToObject(o, "reason", b->reason);
+        cJSON_AddNumberToObject(o, "retry_after_ms", b->retry_after_ms);
+        break;
+    }
+    default:
+        break;
+    }
+    return print_and_free(o);
+}
+
+void gw_bucket_init(gw_bucket *b, double rate, double burst, int64_t now_ms)
+{
+    b->rate = rate;
+    b->burst = burst;
+    b->tokens = burst;
+    b->last_ms = now_ms;
+}
+
+static void refill(gw_bucket *b, int64_t now_ms)
+{
+    if (now_ms > b->last_ms) {
+        b->tokens += (double)(now_ms - b->last_ms) * b->rate / 1000.0;
+        if (b->tokens > b->burst)
+            b->tokens = b->burst;
+        b->last_ms = now_ms;
+    }
+}
+
+bool gw_bucket_take(gw_bucket *b, int64_t now_ms)
+{
+    refill(b, now_ms);
+    if (b->tokens >= 1.0) {
+        b->tokens -= 1.0;
+        return true;
+    }
+    return false;
+}
+
+int64_t gw_bucket_retry_ms(const gw_bucket *b, int64_t now_ms)
+{
+    gw_bucket t = *b;
+    refill(&t, now_ms);
+    if (t.tokens >= 1.0 || t.rate <= 0)
+        return 0;
+    return (int64_t)ceil((1.0 - t.tokens) * 1000.0 / t.rate);
+}

@@ -1,0 +1,2380 @@
+#include "gw_server.h"
+
+#include <cJSON.h>
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gw_bridge.h"
+#include "gw_map.h"
+#include "gw_outq.h"
+#include "gw_protocol.h"
+#include "sl_auth.h"
+#include "sl_codec.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+/*
+ * Threads: everything in this file runs on the lws service thread unless
+ * its name ends in _cb (cnats threads) or _io (gw_io threads). Those never
+ * touch a gw_conn or gw_chan: they post closures back through the bridge,
+ * which look their target up again by session id or subject, since the
+ * connection may be gone by then.
+ */
+
+#define MEMBER_PEND_MAX  4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX    8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH     256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT    256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX     64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_MAX_RTT  2000 /* direct gets one history request may cost */
+
+enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
+enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
+
+typedef struct gw_chan gw_chan;
+typedef struct gw_conn gw_conn;
+
+/* A live event waiting for its channel or member to be ready. */
+typedef struct pend {
+    struct pend *next;
+    uint64_t seq;
+    uint64_t last; /* Nats-Last-Sequence (channel level only) */
+    natsMsg *msg;  /* channel level: the raw live message */
+    gw_buf *buf;   /* member level: the built frame */
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} pend;
+
+typedef struct gw_member {
+    gw_chan *chan;
+    gw_conn *conn;
+    uint64_t delivered;
+    bool replaying;
+    bool pend_overflow;
+    pend *pend_head, *pend_tail;
+    int npend;
+    struct gw_member *cprev, *cnext; /* in the channel */
+    struct gw_member *next;          /* in the connection */
+} gw_member;
+
+struct gw_chan {
+    char live[SL_SUBJECT_MAX];
+    char out[SL_SUBJECT_MAX];
+    char ch[GW_CH_MAX]; /* "s" or "r:<room>" as clients see it */
+    char tenant[SL_ID_MAX + 1];
+    char name[SL_ID_MAX + 1];
+    bool is_room;
+    int state;
+    uint64_t head; /* last sequence seen on this channel */
+    natsSubscription *sub;
+    gw_member *members;
+    int nmembers;
+    pend *pend_head, *pend_tail;
+    int npend;
+};
+
+typedef struct pending_send {
+    struct pending_send *next;
+    char id[SL_ID_MAX + 1];
+    char event[SL_EVENT_ID_LEN + 1];
+    int64_t deadline_ms;
+} pending_send;
+
+typedef struct receipt {
+    uint64_t seq;
+    char ch[GW_CH_MAX];
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} receipt;
+
+/* Per-connection state, allocated by lws as the protocol's session data. */
+struct gw_conn {
+    struct lws *wsi;
+    int state;
+    char tenant[SL_ID_MAX + 1];
+    char session[SL_ID_MAX + 1];
+    char *sub;   /* the user (malloc'd) */
+    char *rooms; /* the rooms claim as "a\0b*\0\0", or NULL for any room */
+    bool rooms_any;
+    int64_t opened_ms;
+    int64_t last_rx_ms;
+    int64_t last_ping_ms;
+    bool ping_due;
+    int close_code;
+    bool close_now;
+    char close_reason[64];
+    char *rx;
+    size_t rxlen;
+    bool rx_binary;
+    bool rx_oversize;
+    gw_bucket bucket;
+    gw_outq q;
+    gw_member *members;
+    pending_send *sends;
+    int nsends;
+    char last_id[SL_ID_MAX + 1];
+    gw_pos *acked; /* acked positions (malloc'd, GW_POSITIONS_MAX) */
+    int nacked;
+    bool acked_dirty;
+    receipt *receipts; /* ring (malloc'd on first use) */
+    int nreceipts;
+    struct gw_conn *all_prev, *all_next;
+};
+
+typedef struct gw_metrics {
+    sl_gauge *connections;
+    sl_counter *connections_total;
+    sl_counter *frames_in, *frames_out, *bytes_in, *bytes_out;
+    sl_counter *busy_rate, *busy_overloaded, *busy_draining;
+    sl_counter *slow_closes;
+    sl_counter *resumes_ok, *resumes_gap;
+    sl_counter *gap_fills;
+    sl_counter *handshake_refusals;
+    sl_counter *bad_frames;
+    sl_counter *live_dropped;
+    sl_hist *delivery_latency;
+    sl_hist *accept_latency;
+} gw_metrics;
+
+struct gw_server {
+    const gw_config *cfg;
+    sl_bus *bus;
+    sl_auth *auth;
+    const char *resume_secret;
+    struct lws_context *ctx;
+    struct lws_http_mount mounts[2];
+    struct lws_protocols protocols[2];
+    gw_bridge *bridge;
+    gw_io *io;
+    jsCtx *js_in;  /* publishes client messages; acks come to on_pub_ack_cb */
+    kvStore *kv_sessions;
+    kvStore *kv_presence;
+    gw_map *sessions; /* session id -> gw_conn */
+    gw_map *chans;    /* live subject -> gw_chan */
+    gw_conn *all;     /* every websocket connection */
+    int nconns;
+    gw_bucket handshakes;
+    lws_sorted_usec_list_t tick;
+    int64_t last_presence_ms;
+    volatile int *stop;
+    int64_t drain_started_ms;
+    _Atomic int draining;
+    _Atomic int running;
+    gw_metrics m;
+};
+
+static int64_t now_ms(void)
+{
+    return sl_mono_ms();
+}
+
+/* ---------- output ---------- */
+
+static void conn_close(gw_conn *c, int code, const char *reason, bool flush_first)
+{
+    if (c->close_code != 0)
+        return;
+    c->close_code = code;
+    c->close_now = !flush_first;
+    snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+    if (c->wsi != NULL)
+        lws_callback_on_writable(c->wsi);
+}
+
+/* Queues a frame; a client over its bound is cut with 4429 and resumes. */
+static void conn_send_buf(gw_server *s, gw_conn *c, gw_buf *b)
+{
+    if (b == NULL || c->close_code != 0)
+        return;
+    if (!gw_outq_push(&c->q, b, (size_t)s->cfg->outq_max_frames, (size_t)s->cfg->outq_max_bytes)) {
+        sl_counter_inc(s->m.slow_closes);
+        gw_outq_clear(&c->q);
+        conn_close(c, 4429, "slow consumer", false);
+        return;
+    }
+    lws_callback_on_writable(c->wsi);
+}
+
+/* Sends a malloc'd frame text (freed here; NULL is ignored). */
+static void conn_send_text(gw_server *s, gw_conn *c, char *text)
+{
+    gw_buf *b = gw_buf_from(text);
+
+    if (b != NULL) {
+        conn_send_buf(s, c, b);
+        gw_buf_unref(b);
+    }
+}
+
+static void conn_error(gw_server *s, gw_conn *c, const char *code, const char *msg, const char *id)
+{
+    sl_counter_inc(s->m.bad_frames);
+    conn_send_text(s, c, gw_frame_error(code, msg, id));
+}
+
+static void conn_busy(gw_server *s, gw_conn *c, const char *id, const char *reason, int64_t retry)
+{
+    if (strcmp(reason, "rate_limited") == 0)
+        sl_counter_inc(s->m.busy_rate);
+    else if (strcmp(reason, "draining") == 0)
+        sl_counter_inc(s->m.busy_draining);
+    else
+        sl_counter_inc(s->m.busy_overloaded);
+    conn_send_text(s, c, gw_frame_busy(id, reason, retry));
+}
+
+/* ---------- publishing helpers ---------- */
+
+static void fill_header(gw_conn *c, Sluice__Envelope *e, char *event_id)
+{
+    sl_event_id_new(event_id);
+    e->event_id = event_id;
+    e->tenant = c->tenant;
+    e->session = c->session;
+    e->ts_unix_ns = sl_now_ns();
+}
+
+/* Fire-and-forget JetStream publish (presence, receipts): errors are
+ * logged by the bus; the next refresh repairs presence. */
+static void publish_out_async(gw_server *s, const char *subject, const Sluice__Envelope *e,
+                              const char *msg_id)
+{
+    natsMsg *m = NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+
+    if (sl_envelope_encode(e, &data, &len) != SL_OK)
+        return;
+    if (natsMsg_Create(&m, subject, NULL, (const char *)data, (int)len) == NATS_OK &&
+        natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id) == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 5000;
+        if (js_PublishMsgAsync(sl_bus_js(s->bus), &m, &po) != NATS_OK)
+            sl_warn("publish to %s failed", subject);
+    }
+    natsMsg_Destroy(m);
+    free(data);
+}
+
+static void publish_presence(gw_server *s, gw_conn *c, const char *room, const char *action)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__Presence p = SLUICE__PRESENCE__INIT;
+    char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[SL_EVENT_ID_LEN + 4];
+
+    if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, true, room) != SL_OK)
+        return;
+    fill_header(c, &e, event_id);
+    p.action = (char *)action;
+    p.user = c->sub;
+    p.session = c->session;
+    p.room = (char *)room;
+    e.body_case = SLUICE__ENVELOPE__BODY_PRESENCE;
+    e.presence = &p;
+    snprintf(msgid, sizeof(msgid), "p:%s", event_id);
+    publish_out_async(s, subj, &e, msgid);
+}
+
+/* ---------- io jobs: KV ---------- */
+
+typedef struct kv_job {
+    gw_server *s;
+    char key[SL_SUBJECT_MAX];
+    char *value; /* NULL: delete */
+    bool presence;
+} kv_job;
+
+static void kv_put_io(void *arg)
+{
+    kv_job *j = arg;
+    kvStore *kv = j->presence ? j->s->kv_presence : j->s->kv_sessions;
+    natsStatus st;
+
+    if (kv != NULL) {
+        if (j->value != NULL)
+            st = kvStore_PutString(NULL, kv, j->key, j->value);
+        else
+            st = kvStore_Delete(kv, j->key);
+        if (st != NATS_OK)
+            sl_debug("kv %s %s: %s", j->value ? "put" : "delete", j->key, natsStatus_GetText(st));
+    }
+    free(j->value);
+    free(j);
+}
+
+static void kv_submit(gw_server *s, bool presence, const char *key, char *value)
+{
+    kv_job *j = calloc(1, sizeof(*j));
+
+    if (j == NULL) {
+        free(value);
+        return;
+    }
+    j->s = s;
+    j->presence = presence;
+    snprintf(j->key, sizeof(j->key), "%s", key);
+    j->value = value;
+    gw_io_submit(s->io, kv_put_io, j);
+}
+
+static void presence_put(gw_server *s, gw_conn *c, const char *room, bool present)
+{
+    char key[SL_SUBJECT_MAX];
+    char *val = NULL;
+
+    if (sl_kv_key3(key, sizeof(key), c->tenant, room, c->session) != SL_OK)
+        return;
+    if (present) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "user", c->sub);
+        val = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (val == NULL)
+            return;
+    }
+    kv_submit(s, true, key, val);
+}
+
+/* Persists the acked positions (and so the joined rooms) of a connection. */
+static void positions_flush(gw_server *s, gw_conn *c)
+{
+    char key[SL_SUBJECT_MAX];
+    cJSON *o, *pos;
+    char *val;
+
+    c->acked_dirty = false;
+    if (sl_kv_key3(key, sizeof(key), c->tenant, c->session, "pos") != SL_OK)
+        return;
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "sub", c->sub);
+    pos = cJSON_AddObjectToObject(o, "pos");
+    for (int i = 0; i < c->nacked; i++)
+        cJSON_AddNumberToObject(pos, c->acked[i].ch, (double)c->acked[i].seq);
+    val = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (val != NULL)
+        kv_submit(s, false, key, val);
+}
+
+static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
+{
+    for (int i = 0; i < c->nacked; i++) {
+        if (strcmp(c->acked[i].ch, ch) == 0) {
+            if (!only_if_absent && seq > c->acked[i].seq) {
+                c->acked[i].seq = seq;
+                c->acked_dirty = true;
+            }
+            return;
+        }
+    }
+    if (c->acked == NULL) {
+        c->acked = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
+        if (c->acked == NULL)
+            return;
+    }
+    if (c->nacked >= GW_POSITIONS_MAX)
+        return;
+    snprintf(c->acked[c->nacked].ch, GW_CH_MAX, "%s", ch);
+    c->acked[c->nacked].seq = seq;
+    c->nacked++;
+    c->acked_dirty = true;
+}
+
+static void acked_remove(gw_conn *c, const char *ch)
+{
+    for (int i = 0; i < c->nacked; i++) {
+        if (strcmp(c->acked[i].ch, ch) == 0) {
+            c->acked[i] = c->acked[--c->nacked];
+            c->acked_dirty = true;
+            return;
+        }
+    }
+}
+
+/* ---------- delivery ---------- */
+
+static void pend_free(pend *p)
+{
+    natsMsg_Destroy(p->msg);
+    gw_buf_unref(p->buf);
+    free(p);
+}
+
+static void member_pend_clear(gw_member *m)
+{
+    while (m->pend_head != NULL) {
+        pend *p = m->pend_head;
+        m->pend_head = p->next;
+        pend_free(p);
+    }
+    m->pend_tail = NULL;
+    m->npend = 0;
+}
+
+static void receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
+                          const char *message_id)
+{
+    receipt *r;
+
+    if (c->receipts == NULL) {
+        c->receipts = calloc(RECEIPTS_MAX, sizeof(receipt));
+        if (c->receipts == NULL)
+            return;
+    }
+    if (c->nreceipts == RECEIPTS_MAX) { /* oldest unacked one loses its receipt */
+        memmove(c->receipts, c->receipts + 1, (RECEIPTS_MAX - 1) * sizeof(receipt));
+        c->nreceipts--;
+    }
+    r = &c->receipts[c->nreceipts++];
+    r->seq = seq;
+    snprintf(r->ch, sizeof(r->ch), "%s", ch);
+    snprintf(r->sender_session, sizeof(r->sender_session), "%s", sender_session);
+    snprintf(r->message_id, sizeof(r->message_id), "%s", message_id);
+}
+
+/* Delivers one event (seq, frame) to a member now or buffers it while the
+ * member replays; duplicates (seq already delivered) are dropped. */
+static void member_offer(gw_server *s, gw_member *m, uint64_t seq, gw_buf *b,
+                         const char *sender_session, const char *message_id)
+{
+    gw_conn *c = m->conn;
+
+    if (m->replaying) {
+        pend *p;
+        if (m->npend >= MEMBER_PEND_MAX) {
+            m->pend_overflow = true; /* the replay reads on past these */
+            return;
+        }
+        p = calloc(1, sizeof(*p));
+        if (p == NULL) {
+            m->pend_overflow = true;
+            return;
+        }
+        p->seq = seq;
+        p->buf = b;
+        gw_buf_ref(b);
+        snprintf(p->sender_session, sizeof(p->sender_session), "%s", sender_session);
+        snprintf(p->message_id, sizeof(p->message_id), "%s", message_id);
+        if (m->pend_tail != NULL)
+            m->pend_tail->next = p;
+        else
+            m->pend_head = p;
+        m->pend_tail = p;
+        m->npend++;
+        return;
+    }
+    if (seq <= m->delivered)
+        return;
+    m->delivered = seq;
+    conn_send_buf(s, c, b);
+    if (m->chan->is_room && sender_session[0] != '\0' && strcmp(sender_session, c->session) != 0)
+        receipt_track(c, m->chan->ch, seq, sender_session, message_id);
+}
+
+/* Decodes a stored/live OUT message into a frame for channel ch. Fills the
+ * sender session and message id of user messages (for receipts). */
+static gw_buf *frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
+                        char *sender_session, char *message_id)
+{
+    Sluice__Envelope *e = NULL;
+    gw_buf *b = NULL;
+
+    sender_session[0] = message_id[0] = '\0';
+    if (sl_envelope_decode(data, len, &e) != SL_OK)
+        return NULL;
+    b = gw_buf_from(gw_frame_event(e, ch, seq));
+    if (b != NULL)
+        b->ts_ns = e->ts_unix_ns;
+    if (e->body_case == SLUICE__ENVELOPE__BODY_MESSAGE && e->message->agent[0] == '\0') {
+        snprintf(sender_session, SL_ID_MAX + 1, "%s", sl_id_valid(e->session) ? e->session : "");
+        snprintf(message_id, SL_ID_MAX + 1, "%s", e->message_id);
+    }
+    sl_envelope_free(e);
+    return b;
+}
+
+static uint64_t header_u64(natsMsg *m, const char *name)
+{
+    const char *v = NULL;
+
+    if (natsMsgHeader_Get(m, name, &v) != NATS_OK || v == NULL)
+        return 0;
+    return strtoull(v, NULL, 10);
+}
+
+/* Delivers an in-order channel event to every member. */
+static void chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len)
+{
+    char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
+    gw_buf *b;
+
+    if (seq > ch->head)
+        ch->head = seq;
+    b = frame_of(data, len, ch->ch, seq, sender, msgid);
+    if (b == NULL)
+        return;
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext)
+        member_offer(s, m, seq, b, sender, msgid);
+    gw_buf_unref(b);
+}
+
+static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t last)
+{
+    pend *p;
+
+    if (ch->npend >= CHAN_PEND_MAX || (p = calloc(1, sizeof(*p))) == NULL) {
+        /* Dropped: the next live event's Nats-Last-Sequence shows the hole
+         * and a fill fetches it from the stream. */
+        natsMsg_Destroy(msg);
+        return;
+    }
+    p->msg = msg;
+    p->seq = seq;
+    p->last = last;
+    if (ch->pend_tail != NULL)
+        ch->pend_tail->next = p;
+    else
+        ch->pend_head = p;
+    ch->pend_tail = p;
+    ch->npend++;
+}
+
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto);
+static void chan_process_pending(gw_server *s, gw_chan *ch);
+
+/* A live event for a ready channel: in order, a duplicate, or after a hole. */
+static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
+{
+    uint64_t seq = header_u64(msg, "Nats-Sequence");
+    uint64_t last = header_u64(msg, "Nats-Last-Sequence");
+
+    if (seq == 0) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (ch->state != CHAN_READY) {
+        chan_pend_push(ch, msg, seq, last);
+        return;
+    }
+    if (seq <= ch->head) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (last > ch->head) {
+        chan_pend_push(ch, msg, seq, last);
+        chan_fill_start(s, ch, seq);
+        return;
+    }
+    chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    natsMsg_Destroy(msg);
+}
+
+static void chan_process_pending(gw_server *s, gw_chan *ch)
+{
+    while (ch->state == CHAN_READY && ch->pend_head != NULL) {
+        pend *p = ch->pend_head;
+        ch->pend_head = p->next;
+        if (ch->pend_head == NULL)
+            ch->pend_tail = NULL;
+        ch->npend--;
+        chan_on_live(s, ch, p->msg);
+        p->msg = NULL;
+        pend_free(p);
+    }
+}
+
+typedef struct live_item {
+    gw_server *s;
+    natsMsg *msg;
+} live_item;
+
+static void live_item_free(void *arg)
+{
+    live_item *it = arg;
+    natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+static void live_run(void *arg)
+{
+    live_item *it = arg;
+    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
+
+    if (ch != NULL)
+        chan_on_live(it->s, ch, it->msg);
+    else
+        natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+static void on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    gw_server *s = closure;
+    live_item *it = malloc(sizeof(*it));
+
+    (void)nc;
+    (void)sub;
+    if (it == NULL) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    it->s = s;
+    it->msg = msg;
+    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
+        sl_counter_inc(s->m.live_dropped);
+        live_item_free(it);
+    }
+}
+
+/* ---------- io jobs: reading the stream ---------- */
+
+typedef struct got {
+    uint64_t seq;
+    natsMsg *msg;
+} got;
+
+/* A read of a channel's stream subject on an io thread. */
+typedef struct read_job {
+    gw_server *s;
+    int kind; /* READ_HEAD, READ_FILL, READ_REPLAY, READ_HISTORY, READ_JOIN */
+    char out[SL_SUBJECT_MAX];
+    char live[SL_SUBJECT_MAX];
+    char ch[GW_CH_MAX];
+    char session[SL_ID_MAX + 1]; /* the connection asking (replay, history, join) */
+    char room[SL_ID_MAX + 1];
+    char tenant[SL_ID_MAX + 1];
+    uint64_t from;  /* first sequence wanted */
+    uint64_t upto;  /* fill: stop at this sequence */
+    uint64_t before;
+    int64_t limit;
+    bool check_gap;
+    /* results */
+    uint64_t head;
+    bool gap;
+    bool more;
+    got *msgs;
+    size_t n;
+    cJSON *members;
+} read_job;
+
+enum { READ_HEAD, READ_FILL, READ_REPLAY, READ_HISTORY, READ_JOIN };
+
+static void read_job_free(void *arg)
+{
+    read_job *j = arg;
+    for (size_t i = 0; i < j->n; i++)
+        natsMsg_Destroy(j->msgs[i].msg);
+    free(j->msgs);
+    cJSON_Delete(j->members);
+    free(j);
+}
+
+/* Direct get: the next message on subject at or after seq. */
+static natsStatus next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out)
+{
+    jsDirectGetMsgOptions o;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    o.NextBySubject = subject;
+    return js_DirectGetMsg(out, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
+}
+
+static natsStatus last_seq_io(gw_server *s, const char *subject, uint64_t *seq)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    natsStatus st;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.LastBySubject = subject;
+    st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
+    if (st == NATS_NOT_FOUND) {
+        *seq = 0;
+        return NATS_OK;
+    }
+    if (st == NATS_OK)
+        *seq = header_u64(m, "Nats-Sequence");
+    natsMsg_Destroy(m);
+    return st;
+}
+
+static bool push_got(read_job *j, natsMsg *m, uint64_t seq, size_t *cap)
+{
+    if (j->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        got *g = realloc(j->msgs, nc * sizeof(got));
+        if (g == NULL)
+            return false;
+        j->msgs = g;
+        *cap = nc;
+    }
+    j->msgs[j->n].seq = seq;
+    j->msgs[j->n].msg = m;
+    j->n++;
+    return true;
+}
+
+/* Reads forward from j->from: up to REPLAY_BATCH messages, or to j->upto. */
+static natsStatus read_forward_io(read_job *j, size_t max)
+{
+    size_t cap = 0;
+    uint64_t seq = j->from;
+    natsStatus st = NATS_OK;
+
+    while (j->n < max) {
+        natsMsg *m = NULL;
+        uint64_t got_seq;
+        st = next_by_subject(j->s, j->out, seq, &m);
+        if (st == NATS_NOT_FOUND) {
+            st = NATS_OK;
+            j->more = false;
+            return st;
+        }
+        if (st != NATS_OK)
+            return st;
+        got_seq = header_u64(m, "Nats-Sequence");
+        if (got_seq == 0 || (j->upto != 0 && got_seq >= j->upto)) {
+            natsMsg_Destroy(m);
+            j->more = false;
+            return NATS_OK;
+        }
+        if (!push_got(j, m, got_seq, &cap)) {
+            natsMsg_Destroy(m);
+            return NATS_NO_MEMORY;
+        }
+        seq = got_seq + 1;
+    }
+    j->more = true;
+    return st;
+}
+
+static void read_result_run(void *arg);
+
+static void read_io(void *arg)
+{
+    read_job *j = arg;
+    gw_server *s = j->s;
+    natsStatus st = NATS_OK;
+
+    switch (j->kind) {
+    case READ_HEAD:
+        st = last_seq_io(s, j->out, &j->head);
+        break;
+    case READ_JOIN: {
+        kvWatcher *w = NULL;
+        kvWatchOptions wo;
+        char filter[SL_SUBJECT_MAX];
+        st = last_seq_io(s, j->out, &j->head);
+        j->members = cJSON_CreateArray();
+        snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->room);
+        kvWatchOptions_Init(&wo);
+        wo.IgnoreDeletes = true;
+        if (s->kv_presence != NULL && kvStore_Watch(&w, s->kv_presence, filter, &wo) == NATS_OK) {
+            for (int i = 0; i < 10000; i++) {
+                kvEntry *e = NULL;
+                if (kvWatcher_Next(&e, w, 2000) != NATS_OK || e == NULL)
+                    break; /* NULL entry: the initial values are done */
+                {
+                    const char *key = kvEntry_Key(e);
+                    const char *sess = strrchr(key, '.');
+                    cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+                    cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
+                    if (sess != NULL && cJSON_IsString(u)) {
+                        cJSON *mem = cJSON_CreateObject();
+                        cJSON_AddStringToObject(mem, "user", u->valuestring);
+                        cJSON_AddStringToObject(mem, "session", sess + 1);
+                        cJSON_AddItemToArray(j->members, mem);
+                    }
+                    cJSON_Delete(v);
+                }
+                kvEntry_Destroy(e);
+            }
+            kvWatcher_Destroy(w);
+        }
+        break;
+    }
+    case READ_FILL:
+        st = read_forward_io(j, CHAN_PEND_MAX);
+        break;
+    case READ_REPLAY:
+        if (j->check_gap && j->from > 1) {
+            /* The client's last event still stored means nothing after it
+             * was removed (removal is oldest-first): no gap. */
+            jsDirectGetMsgOptions o;
+            natsMsg *m = NULL;
+            const char *subj = NULL;
+            jsDirectGetMsgOptions_Init(&o);
+            o.Sequence = j->from - 1;
+            st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
+            if (st == NATS_NOT_FOUND) {
+                j->gap = true;
+                st = NATS_OK;
+            } else if (st == NATS_OK) {
+                if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
+                    strcmp(subj, j->out) != 0)
+                    j->gap = true;
+            }
+            natsMsg_Destroy(m);
+        }
+        if (st == NATS_OK)
+            st = read_forward_io(j, REPLAY_BATCH);
+        break;
+    case READ_HISTORY: {
+        /* Direct get only reads forward: scan growing windows below
+         * `before` until enough events are found or the stream's start. */
+        uint64_t before = j->before, window = (uint64_t)j->limit * 4;
+        int rtt = 0;
+        if (before == 0) {
+            st = last_seq_io(s, j->out, &before);
+            before += 1;
+        }
+        while (st == NATS_OK && before > 1 && rtt < HISTORY_MAX_RTT) {
+            size_t cap = 0;
+            uint64_t start = before > window ? before - window : 1;
+            for (size_t i = 0; i < j->n; i++)
+                natsMsg_Destroy(j->msgs[i].msg);
+            free(j->msgs);
+            j->msgs = NULL;
+            j->n = 0;
+            for (uint64_t seq = start; rtt < HISTORY_MAX_RTT;) {
+                natsMsg *m = NULL;
+                uint64_t gs;
+                rtt++;
+                st = next_by_subject(s, j->out, seq, &m);
+                if (st == NATS_NOT_FOUND) {
+                    st = NATS_OK;
+                    break;
+                }
+                if (st != NATS_OK)
+                    break;
+                gs = header_u64(m, "Nats-Sequence");
+                if (gs == 0 || gs >= before) {
+                    natsMsg_Destroy(m);
+                    break;
+                }
+                if (!push_got(j, m, gs, &cap)) {
+                    natsMsg_Destroy(m);
+                    break;
+                }
+                seq = gs + 1;
+            }
+            if ((int64_t)j->n >= j->limit || start == 1)
+                break;
+            window *= 4;
+        }
+        break;
+    }
+    }
+    if (st != NATS_OK)
+        sl_warn("stream read on %s failed: %s", j->out, natsStatus_GetText(st));
+    j->more = j->more && st == NATS_OK;
+    if (st != NATS_OK && j->kind != READ_HISTORY) {
+        j->head = UINT64_MAX; /* marks failure for the loop, which retries */
+        usleep(200 * 1000);
+    }
+    gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
+}
+
+static read_job *read_job_new(gw_server *s, int kind, gw_chan *ch)
+{
+    read_job *j = calloc(1, sizeof(*j));
+
+    if (j == NULL)
+        return NULL;
+    j->s = s;
+    j->kind = kind;
+    snprintf(j->out, sizeof(j->out), "%s", ch->out);
+    snprintf(j->live, sizeof(j->live), "%s", ch->live);
+    snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
+    snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);
+    if (ch->is_room)
+        snprintf(j->room, sizeof(j->room), "%s", ch->name);
+    return j;
+}
+
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
+{
+    read_job *j = read_job_new(s, READ_FILL, ch);
+
+    if (j == NULL)
+        return;
+    ch->state = CHAN_FILLING;
+    j->from = ch->head + 1;
+    j->upto = upto;
+    sl_counter_inc(s->m.gap_fills);
+    gw_io_submit(s->io, read_io, j);
+}
+
+/* ---------- channels and members ---------- */
+
+static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
+{
+    char live[SL_SUBJECT_MAX];
+    gw_chan *ch;
+    read_job *j;
+
+    if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK)
+        return NULL;
+    ch = gw_map_get(s->chans, live);
+    if (ch != NULL)
+        return ch;
+    ch = calloc(1, sizeof(*ch));
+    if (ch == NULL)
+        return NULL;
+    snprintf(ch->live, sizeof(ch->live), "%s", live);
+    sl_subject_chan(ch->out, sizeof(ch->out), "sluice.out", tenant, is_room, name);
+    snprintf(ch->tenant, sizeof(ch->tenant), "%s", tenant);
+    snprintf(ch->name, sizeof(ch->name), "%s", name);
+    if (is_room)
+        snprintf(ch->ch, sizeof(ch->ch), "r:%s", name);
+    else
+        snprintf(ch->ch, sizeof(ch->ch), "s");
+    ch->is_room = is_room;
+    ch->state = CHAN_INIT;
+    if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, on_live_cb, s) != NATS_OK ||
+        gw_map_put(s->chans, live, ch) != SL_OK) {
+        natsSubscription_Destroy(ch->sub);
+        free(ch);
+        return NULL;
+    }
+    natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
+    j = read_job_new(s, READ_HEAD, ch);
+    if (j != NULL)
+        gw_io_submit(s->io, read_io, j);
+    return ch;
+}
+
+static void chan_release(gw_server *s, gw_chan *ch)
+{
+    if (ch->nmembers > 0)
+        return;
+    gw_map_del(s->chans, ch->live);
+    natsSubscription_Unsubscribe(ch->sub);
+    natsSubscription_Destroy(ch->sub);
+    while (ch->pend_head != NULL) {
+        pend *p = ch->pend_head;
+        ch->pend_head = p->next;
+        pend_free(p);
+    }
+    free(ch);
+}
+
+static gw_member *member_find(gw_conn *c, const char *chname)
+{
+    for (gw_member *m = c->members; m != NULL; m = m->next) {
+        if (strcmp(m->chan->ch, chname) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool replaying)
+{
+    gw_member *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    m->chan = ch;
+    m->conn = c;
+    m->delivered = delivered;
+    m->replaying = replaying;
+    m->cnext = ch->members;
+    if (ch->members != NULL)
+        ch->members->cprev = m;
+    ch->members = m;
+    ch->nmembers++;
+    m->next = c->members;
+    c->members = m;
+    return m;
+}
+
+static void member_remove(gw_server *s, gw_member *m)
+{
+    gw_chan *ch = m->chan;
+    gw_conn *c = m->conn;
+    gw_member **pp;
+
+    if (m->cprev != NULL)
+        m->cprev->cnext = m->cnext;
+    else
+        ch->members = m->cnext;
+    if (m->cnext != NULL)
+        m->cnext->cprev = m->cprev;
+    ch->nmembers--;
+    for (pp = &c->members; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    }
+    member_pend_clear(m);
+    free(m);
+    chan_release(s, ch);
+}
+
+/* Ends a member's replay: sends what was buffered meanwhile. */
+static void member_go_live(gw_server *s, gw_member *m)
+{
+    pend *p = m->pend_head;
+
+    m->pend_head = m->pend_tail = NULL;
+    m->npend = 0;
+    m->replaying = false;
+    while (p != NULL) {
+        pend *next = p->next;
+        member_offer(s, m, p->seq, p->buf, p->sender_session, p->message_id);
+        pend_free(p);
+        p = next;
+    }
+}
+
+static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
+{
+    read_job *j = read_job_new(s, READ_REPLAY, m->chan);
+
+    if (j == NULL) {
+        conn_close(c, 1011, "out of memory", true);
+        return;
+    }
+    snprintf(j->session, sizeof(j->session), "%s", c->session);
+    j->from = m->delivered + 1;
+    j->check_gap = check_gap;
+    gw_io_submit(s->io, read_io, j);
+}
+
+/* ---------- results of stream reads ---------- */
+
+static void read_result_run(void *arg)
+{
+    read_job *j = arg;
+    gw_server *s = j->s;
+    gw_chan *ch = gw_map_get(s->chans, j->live);
+    gw_conn *c = j->session[0] ? gw_map_get(s->sessions, j->session) : NULL;
+    gw_member *m = (c != NULL && ch != NULL) ? member_find(c, j->ch) : NULL;
+    bool failed = j->head == UINT64_MAX;
+
+    if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
+                   j->kind == READ_JOIN)) {
+        /* NATS trouble: try again shortly (the io thread paces retries). */
+        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL ||
+                           m != NULL)) {
+            read_job *again = read_job_new(s, j->kind, ch);
+            if (again != NULL) {
+                memcpy(again->session, j->session, sizeof(j->session));
+                again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
+                again->upto = j->upto;
+                again->check_gap = j->check_gap;
+                gw_io_submit(s->io, read_io, again);
+            }
+        }
+        read_job_free(j);
+        return;
+    }
+    switch (j->kind) {
+    case READ_HEAD:
+        if (ch != NULL && ch->state == CHAN_INIT) {
+            ch->head = j->head;
+            ch->state = CHAN_READY;
+            chan_process_pending(s, ch);
+        }
+        break;
+    case READ_FILL:
+        if (ch == NULL)
+            break;
+        for (size_t i = 0; i < j->n; i++) {
+            if (j->msgs[i].seq > ch->head)
+                chan_deliver(s, ch, j->msgs[i].seq, natsMsg_GetData(j->msgs[i].msg),
+                             (size_t)natsMsg_GetDataLength(j->msgs[i].msg));
+        }
+        /* What is not in the stream below `upto` any more is gone for good. */
+        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head)
+            ch->head = j->upto - 1;
+        ch->state = CHAN_READY;
+        chan_process_pending(s, ch);
+        break;
+    case READ_JOIN:
+        if (ch == NULL || m == NULL)
+            break;
+        if (ch->state == CHAN_INIT) {
+            ch->head = j->head;
+            ch->state = CHAN_READY;
+            chan_process_pending(s, ch);
+        }
+        m->delivered = j->head;
+        conn_send_text(s, c, gw_frame_joined(ch->name, j->head, j->members));
+        j->members = NULL;
+        acked_set(c, ch->ch, (int64_t)j->head, true);
+        member_go_live(s, m);
+        break;
+    case READ_REPLAY: {
+        char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
+        if (m == NULL)
+            break;
+        if (j->gap) {
+            uint64_t to = j->n > 0 ? j->msgs[0].seq : 0;
+            if (to > 0) {
+                conn_send_text(s, c, gw_frame_gap(ch->ch, (int64_t)m->delivered, (int64_t)to));
+                sl_counter_inc(s->m.resumes_gap);
+            }
+        }
+        for (size_t i = 0; i < j->n && c->close_code == 0; i++) {
+            gw_buf *b;
+            if (j->msgs[i].seq <= m->delivered)
+                continue;
+            b = frame_of(natsMsg_GetData(j->msgs[i].msg),
+                         (size_t)natsMsg_GetDataLength(j->msgs[i].msg), ch->ch, j->msgs[i].seq,
+                         sender, msgid);
+            m->delivered = j->msgs[i].seq;
+            if (b != NULL) {
+                conn_send_buf(s, c, b);
+                gw_buf_unref(b);
+            }
+        }
+        if (c->close_code != 0)
+            break;
+        if (j->more || m->pend_overflow) {
+            m->pend_overflow = false;
+            if (!j->more)
+                member_pend_clear(m);
+            replay_submit(s, c, m, false);
+        } else {
+            member_go_live(s, m);
+        }
+        break;
+    }
+    case READ_HISTORY: {
+        size_t start = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0;
+        char **events;
+        char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
+        if (c == NULL)
+            break;
+        events = calloc(j->n - start + 1, sizeof(char *));
+        if (events == NULL)
+            break;
+        for (size_t i = start; i < j->n; i++) {
+            Sluice__Envelope *e = NULL;
+            (void)sender;
+            (void)msgid;
+            if (sl_envelope_decode(natsMsg_GetData(j->msgs[i].msg),
+                                   (size_t)natsMsg_GetDataLength(j->msgs[i].msg), &e) != SL_OK)
+                continue;
+            events[k] = gw_frame_event(e, j->ch, j->msgs[i].seq);
+            if (events[k] != NULL)
+                k++;
+            sl_envelope_free(e);
+        }
+        conn_send_text(s, c, gw_frame_history(j->ch, events, k));
+        for (size_t i = 0; i < k; i++)
+            free(events[i]);
+        free(events);
+        break;
+    }
+    }
+    read_job_free(j);
+}
+
+/* ---------- publish acknowledgements ---------- */
+
+typedef struct ack_item {
+    gw_server *s;
+    char msgid[3 * SL_ID_MAX + 4];
+    bool ok;
+    bool duplicate;
+    uint64_t seq;
+    char event[SL_EVENT_ID_LEN + 1]; /* the original event of a duplicate */
+} ack_item;
+
+static pending_send *sends_take(gw_conn *c, const char *id)
+{
+    for (pending_send **pp = &c->sends; *pp != NULL; pp = &(*pp)->next) {
+        pending_send *p = *pp;
+        if (strcmp(p->id, id) == 0) {
+            *pp = p->next;
+            c->nsends--;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void ack_run(void *arg)
+{
+    ack_item *a = arg;
+    gw_server *s = a->s;
+    char *session, *id;
+    gw_conn *c;
+    pending_send *p;
+
+    /* msgid is "<tenant>:<session>:<client id>"; the id may hold ':'. */
+    session = strchr(a->msgid, ':');
+    id = session ? strchr(session + 1, ':') : NULL;
+    if (id == NULL)
+        goto cleanup;
+    *session++ = '\0';
+    *id++ = '\0';
+    c = gw_map_get(s->sessions, session);
+    if (c == NULL || (p = sends_take(c, id)) == NULL)
+        goto cleanup; /* gone, or answered already (timeout) */
+    if (a->ok) {
+        conn_send_text(s, c,
+                       gw_frame_accepted(id, a->duplicate && a->event[0] ? a->event : p->event,
+                                         a->duplicate));
+    } else {
+        conn_busy(s, c, id, "overloaded", 1000);
+    }
+    free(p);
+cleanup:
+    free(a);
+}
+
+/* A duplicate's original event id is in the stored message. */
+static void ack_dup_io(void *arg)
+{
+    ack_item *a = arg;
+    natsMsg *m = NULL;
+
+    if (js_GetMsg(&m, sl_bus_js(a->s->bus), SL_STREAM_IN, a->seq, NULL, NULL) == NATS_OK) {
+        Sluice__Envelope *e = NULL;
+        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) ==
+            SL_OK) {
+            snprintf(a->event, sizeof(a->event), "%s", e->event_id);
+            sl_envelope_free(e);
+        }
+    }
+    natsMsg_Destroy(m);
+    gw_bridge_post(a->s->bridge, ack_run, free, a);
+}
+
+static void on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    gw_server *s = closure;
+    ack_item *a = calloc(1, sizeof(*a));
+    const char *msgid = NULL;
+
+    (void)js;
+    if (a != NULL && natsMsgHeader_Get(msg, "Nats-Msg-Id", &msgid) == NATS_OK && msgid != NULL) {
+        a->s = s;
+        snprintf(a->msgid, sizeof(a->msgid), "%s", msgid);
+        a->ok = pa != NULL && pae == NULL;
+        if (a->ok) {
+            a->duplicate = pa->Duplicate;
+            a->seq = pa->Sequence;
+        } else if (pae != NULL) {
+            sl_warn("publish of %s refused: %s (jerr %d)", msgid, natsStatus_GetText(pae->Err),
+                    (int)pae->ErrCode);
+        }
+        if (a->duplicate)
+            gw_io_submit(s->io, ack_dup_io, a);
+        else
+            gw_bridge_post(s->bridge, ack_run, free, a);
+        a = NULL;
+    }
+    free(a);
+    natsMsg_Destroy(msg);
+}
+
+/* ---------- commands ---------- */
+
+static bool conn_room_allowed(const gw_conn *c, const char *room)
+{
+    sl_claims cl;
+    const char *p;
+
+    if (c->rooms_any)
+        return true;
+    memset(&cl, 0, sizeof(cl));
+    for (p = c->rooms; p != NULL && *p != '\0' && cl.nrooms < SL_ROOMS_MAX; p += strlen(p) + 1)
+        snprintf(cl.rooms[cl.nrooms++], sizeof(cl.rooms[0]), "%s", p);
+    return sl_claims_room_allowed(&cl, room);
+}
+
+static void cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__ClientMessage body = SLUICE__CLIENT_MESSAGE__INIT;
+    char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[3 * SL_ID_MAX + 4];
+    char rch[GW_CH_MAX];
+    pending_send *p = NULL;
+    natsMsg *m = NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    jsPubOptions po;
+
+    if (atomic_load(&s->draining)) {
+        conn_busy(s, c, cmd->id, "draining", 1000);
+        return;
+    }
+    if (cmd->room != NULL) {
+        snprintf(rch, sizeof(rch), "r:%s", cmd->room);
+        if (member_find(c, rch) == NULL) {
+            conn_error(s, c, "not_joined", "join the room before sending to it", cmd->id);
+            return;
+        }
+    }
+    if (c->nsends >= SEND_INFLIGHT || !sl_bus_connected(s->bus)) {
+        conn_busy(s, c, cmd->id, "overloaded", 1000);
+        return;
+    }
+    if (sl_subject_in(subj, sizeof(subj), c->tenant, c->session) != SL_OK)
+        return;
+    fill_header(c, &e, event_id);
+    e.client_id = (char *)cmd->id;
+    e.message_id = (char *)cmd->id;
+    e.prev_event_id = (char *)(cmd->prev != NULL ? cmd->prev : c->last_id);
+    e.trace_id = event_id;
+    body.room = (char *)(cmd->room != NULL ? cmd->room : "");
+    body.text = (char *)cmd->text;
+    body.user = c->sub;
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &body;
+    snprintf(msgid, sizeof(msgid), "%s:%s:%s", c->tenant, c->session, cmd->id);
+    p = calloc(1, sizeof(*p));
+    if (p == NULL || sl_envelope_encode(&e, &data, &len) != SL_OK ||
+        natsMsg_Create(&m, subj, NULL, (const char *)data, (int)len) != NATS_OK ||
+        natsMsgHeader_Set(m, "Nats-Msg-Id", msgid) != NATS_OK) {
+        conn_busy(s, c, cmd->id, "overloaded", 1000);
+        goto cleanup;
+    }
+    jsPubOptions_Init(&po);
+    po.MaxWait = s->cfg->publish_timeout_ms; /* then the ack handler reports a timeout */
+    if (js_PublishMsgAsync(s->js_in, &m, &po) != NATS_OK) {
+        conn_busy(s, c, cmd->id, "overloaded", 1000);
+        goto cleanup;
+    }
+    snprintf(p->id, sizeof(p->id), "%s", cmd->id);
+    snprintf(p->event, sizeof(p->event), "%s", event_id);
+    p->deadline_ms = now_ms() + s->cfg->publish_timeout_ms;
+    /* Appended at the tail so a repeated id is answered in order. */
+    {
+        pending_send **pp = &c->sends;
+        while (*pp != NULL)
+            pp = &(*pp)->next;
+        *pp = p;
+    }
+    c->nsends++;
+    p = NULL;
+    snprintf(c->last_id, sizeof(c->last_id), "%s", cmd->id);
+cleanup:
+    natsMsg_Destroy(m);
+    free(data);
+    free(p);
+}
+
+static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    char rch[GW_CH_MAX];
+    gw_chan *ch;
+    gw_member *m;
+    read_job *j;
+
+    if (!conn_room_allowed(c, cmd->room)) {
+        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        return;
+    }
+    snprintf(rch, sizeof(rch), "r:%s", cmd->room);
+    m = member_find(c, rch);
+    if (m != NULL) {
+        conn_send_text(s, c, gw_frame_joined(cmd->room, m->delivered, NULL));
+        return;
+    }
+    ch = chan_get(s, c->tenant, true, cmd->room);
+    if (ch == NULL || (m = member_add(c, ch, 0, true)) == NULL ||
+        (j = read_job_new(s, READ_JOIN, ch)) == NULL) {
+        if (ch != NULL && m != NULL)
+            member_remove(s, m);
+        else if (ch != NULL)
+            chan_release(s, ch);
+        conn_error(s, c, "internal", "cannot join now; retry", NULL);
+        return;
+    }
+    snprintf(j->session, sizeof(j->session), "%s", c->session);
+    gw_io_submit(s->io, read_io, j);
+    presence_put(s, c, cmd->room, true);
+    publish_presence(s, c, cmd->room, "join");
+}
+
+static void cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    char rch[GW_CH_MAX];
+    gw_member *m;
+
+    snprintf(rch, sizeof(rch), "r:%s", cmd->room);
+    m = member_find(c, rch);
+    if (m == NULL) {
+        conn_error(s, c, "not_joined", "not in this room", NULL);
+        return;
+    }
+    member_remove(s, m);
+    presence_put(s, c, cmd->room, false);
+    publish_presence(s, c, cmd->room, "leave");
+    acked_remove(c, rch);
+    conn_send_text(s, c, gw_frame_left(cmd->room));
+}
+
+static void cmd_ack(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    int keep = 0;
+
+    if (member_find(c, cmd->ch) == NULL) {
+        conn_error(s, c, "not_joined", "not subscribed to this channel", NULL);
+        return;
+    }
+    acked_set(c, cmd->ch, cmd->seq, false);
+    for (int i = 0; i < c->nreceipts; i++) {
+        receipt *r = &c->receipts[i];
+        if (strcmp(r->ch, cmd->ch) == 0 && r->seq <= (uint64_t)cmd->seq) {
+            Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+            Sluice__Receipt body = SLUICE__RECEIPT__INIT;
+            char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[SL_EVENT_ID_LEN + 4];
+            if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, false,
+                                r->sender_session) == SL_OK) {
+                fill_header(c, &e, event_id);
+                e.message_id = r->message_id;
+                body.to = r->message_id;
+                body.user = c->sub;
+                body.state = "delivered";
+                e.body_case = SLUICE__ENVELOPE__BODY_RECEIPT;
+                e.receipt = &body;
+                snprintf(msgid, sizeof(msgid), "rc:%s", event_id);
+                publish_out_async(s, subj, &e, msgid);
+            }
+        } else {
+            c->receipts[keep++] = *r;
+        }
+    }
+    c->nreceipts = keep;
+}
+
+static void cmd_cancel(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__Cancel body = SLUICE__CANCEL__INIT;
+    char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX];
+    uint8_t *data = NULL;
+    size_t len = 0;
+
+    if (sl_subject_cancel(subj, sizeof(subj), c->tenant) != SL_OK)
+        return;
+    fill_header(c, &e, event_id);
+    e.client_id = (char *)cmd->id;
+    e.message_id = (char *)cmd->id;
+    body.message_id = (char *)cmd->id;
+    body.user = c->sub;
+    e.body_case = SLUICE__ENVELOPE__BODY_CANCEL;
+    e.cancel = &body;
+    if (sl_envelope_encode(&e, &data, &len) == SL_OK &&
+        natsConnection_Publish(sl_bus_nc(s->bus), subj, data, (int)len) != NATS_OK)
+        conn_busy(s, c, cmd->id, "overloaded", 1000);
+    free(data);
+}
+
+static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    bool is_room;
+    const char *room;
+    gw_chan tmp;
+    read_job *j;
+
+    sl_channel_parse(cmd->ch, &is_room, &room);
+    if (is_room && !conn_room_allowed(c, room)) {
+        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        return;
+    }
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.is_room = is_room;
+    snprintf(tmp.name, sizeof(tmp.name), "%s", is_room ? room : c->session);
+    snprintf(tmp.tenant, sizeof(tmp.tenant), "%s", c->tenant);
+    snprintf(tmp.ch, sizeof(tmp.ch), "%s", cmd->ch);
+    sl_subject_chan(tmp.out, sizeof(tmp.out), "sluice.out", c->tenant, is_room, tmp.name);
+    sl_subject_chan(tmp.live, sizeof(tmp.live), "sluice.live", c->tenant, is_room, tmp.name);
+    j = read_job_new(s, READ_HISTORY, &tmp);
+    if (j == NULL)
+        return;
+    snprintf(j->session, sizeof(j->session), "%s", c->session);
+    j->before = (uint64_t)cmd->before;
+    j->limit = cmd->limit;
+    gw_io_submit(s->io, read_io, j);
+}
+
+/* ---------- hello and resume ---------- */
+
+typedef struct resume_job {
+    gw_server *s;
+    char key[SL_SUBJECT_MAX];
+    char session[SL_ID_MAX + 1];
+    char *value; /* the stored positions JSON, or NULL */
+} resume_job;
+
+static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
+{
+    bool have_s = false;
+
+    for (int i = 0; i < npos; i++) {
+        bool is_room;
+        const char *room;
+        gw_chan *ch;
+        gw_member *m;
+
+        if (sl_channel_parse(pos[i].ch, &is_room, &room) != SL_OK)
+            continue;
+        if (is_room && !conn_room_allowed(c, room))
+            continue; /* the new token no longer allows it */
+        if (member_find(c, pos[i].ch) != NULL)
+            continue;
+        ch = chan_get(s, c->tenant, is_room, is_room ? room : c->session);
+        if (ch == NULL || (m = member_add(c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
+            if (ch != NULL)
+                chan_release(s, ch);
+            continue;
+        }
+        have_s = have_s || !is_room;
+        acked_set(c, pos[i].ch, pos[i].seq, true);
+        replay_submit(s, c, m, pos[i].seq > 0);
+        if (is_room) {
+            presence_put(s, c, room, true);
+            publish_presence(s, c, room, "join");
+        }
+    }
+    if (!have_s) {
+        gw_chan *ch = chan_get(s, c->tenant, false, c->session);
+        gw_member *m = ch ? member_add(c, ch, 0, true) : NULL;
+        if (m != NULL)
+            replay_submit(s, c, m, false);
+        else if (ch != NULL)
+            chan_release(s, ch);
+    }
+}
+
+static void resume_kv_run(void *arg)
+{
+    resume_job *j = arg;
+    gw_conn *c = gw_map_get(j->s->sessions, j->session);
+    gw_pos *pos = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
+    int n = 0;
+
+    if (c != NULL && pos != NULL) {
+        cJSON *root = j->value ? cJSON_Parse(j->value) : NULL;
+        cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "pos"), *it;
+        cJSON_ArrayForEach(it, o)
+        {
+            if (n < GW_POSITIONS_MAX && it->string != NULL && cJSON_IsNumber(it) &&
+                it->valuedouble >= 0) {
+                snprintf(pos[n].ch, GW_CH_MAX, "%s", it->string);
+                pos[n].seq = (int64_t)it->valuedouble;
+                n++;
+            }
+        }
+        cJSON_Delete(root);
+        resume_attach(j->s, c, pos, n);
+    }
+    free(pos);
+    free(j->value);
+    free(j);
+}
+
+static void resume_kv_free(void *arg)
+{
+    resume_job *j = arg;
+    free(j->value);
+    free(j);
+}
+
+static void resume_kv_io(void *arg)
+{
+    resume_job *j = arg;
+    kvEntry *e = NULL;
+
+    if (j->s->kv_sessions != NULL && kvStore_Get(&e, j->s->kv_sessions, j->key) == NATS_OK)
+        j->value = strndup(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+    kvEntry_Destroy(e);
+    gw_bridge_post(j->s->bridge, resume_kv_run, resume_kv_free, j);
+}
+
+static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action);
+
+static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
+{
+    sl_claims *cl = calloc(1, sizeof(*cl));
+    char why[128], sub_rt[SL_SUB_MAX + 1];
+    char *rt = NULL;
+    int64_t now = (int64_t)time(NULL);
+    sl_status st;
+
+    if (cl == NULL) {
+        conn_close(c, 1011, "out of memory", false);
+        return;
+    }
+    st = sl_auth_verify(s->auth, cmd->token, now, cl, why, sizeof(why));
+    if (st != SL_OK) {
+        conn_error(s, c, "unauthorized", why, NULL);
+        conn_close(c, 4401, st == SL_ERR_EXPIRED ? "token expired" : "bad token", true);
+        goto cleanup;
+    }
+    if (cmd->resume) {
+        if (sl_resume_token_verify(s->resume_secret, cmd->resume_token, cl->tenant,
+                                   cmd->resume_session, now, sub_rt) != SL_OK ||
+            strcmp(sub_rt, cl->sub) != 0) {
+            conn_error(s, c, "unauthorized", "bad resume token", NULL);
+            conn_close(c, 4401, "bad resume token", true);
+            goto cleanup;
+        }
+        {
+            gw_conn *old = gw_map_get(s->sessions, cmd->resume_session);
+            if (old != NULL && old != c) {
+                conn_detach(s, old, NULL);
+                conn_close(old, 1000, "session resumed elsewhere", false);
+            }
+        }
+        snprintf(c->session, sizeof(c->session), "%s", cmd->resume_session);
+    } else {
+        sl_session_id_new(c->session);
+    }
+    snprintf(c->tenant, sizeof(c->tenant), "%s", cl->tenant);
+    c->sub = strdup(cl->sub);
+    c->rooms_any = cl->nrooms < 0;
+    if (!c->rooms_any) {
+        size_t len = 1;
+        for (int i = 0; i < cl->nrooms; i++)
+            len += strlen(cl->rooms[i]) + 1;
+        c->rooms = calloc(1, len + 1);
+        if (c->rooms != NULL) {
+            char *p = c->rooms;
+            for (int i = 0; i < cl->nrooms; i++)
+                p = stpcpy(p, cl->rooms[i]) + 1;
+        }
+    }
+    if (c->sub == NULL || (!c->rooms_any && c->rooms == NULL) ||
+        gw_map_put(s->sessions, c->session, c) != SL_OK ||
+        sl_resume_token_make(s->resume_secret, c->tenant, c->session, c->sub,
+                             now + s->cfg->common.resume_window_s, &rt) != SL_OK) {
+        gw_map_del(s->sessions, c->session);
+        c->session[0] = '\0';
+        conn_close(c, 1011, "out of memory", false);
+        goto cleanup;
+    }
+    c->state = CONN_READY;
+    conn_send_text(s, c,
+                   gw_frame_welcome(c->session, rt, s->cfg->heartbeat_ms, cmd->resume,
+                                    s->cfg->max_frame, (double)s->cfg->rate,
+                                    (double)s->cfg->burst));
+    if (!cmd->resume) {
+        gw_chan *ch = chan_get(s, c->tenant, false, c->session);
+        if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
+            if (ch != NULL)
+                chan_release(s, ch);
+            conn_close(c, 1011, "cannot subscribe", true);
+        }
+        goto cleanup;
+    }
+    sl_counter_inc(s->m.resumes_ok);
+    if (cmd->has_positions) {
+        resume_attach(s, c, cmd->positions, cmd->npositions);
+    } else {
+        resume_job *j = calloc(1, sizeof(*j));
+        if (j == NULL) {
+            conn_close(c, 1011, "out of memory", false);
+            goto cleanup;
+        }
+        j->s = s;
+        snprintf(j->session, sizeof(j->session), "%s", c->session);
+        sl_kv_key3(j->key, sizeof(j->key), c->tenant, c->session, "pos");
+        gw_io_submit(s->io, resume_kv_io, j);
+    }
+cleanup:
+    free(rt);
+    free(cl);
+}
+
+/* Detaches a connection from its session and channels (on close, or when
+ * its session is resumed on another connection). */
+static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action)
+{
+    while (c->members != NULL) {
+        gw_member *m = c->members;
+        if (m->chan->is_room && presence_action != NULL) {
+            char room[SL_ID_MAX + 1];
+            snprintf(room, sizeof(room), "%s", m->chan->name);
+            member_remove(s, m);
+            presence_put(s, c, room, false);
+            publish_presence(s, c, room, presence_action);
+        } else {
+            member_remove(s, m);
+        }
+    }
+    if (c->session[0] != '\0') {
+        if (c->acked_dirty)
+            positions_flush(s, c);
+        if (gw_map_get(s->sessions, c->session) == c)
+            gw_map_del(s->sessions, c->session);
+    }
+    while (c->sends != NULL) {
+        pending_send *p = c->sends;
+        c->sends = p->next;
+        free(p);
+    }
+    c->nsends = 0;
+    c->state = CONN_CLOSING;
+}
+
+static void conn_free(gw_server *s, gw_conn *c)
+{
+    conn_detach(s, c, "disconnect");
+    gw_outq_clear(&c->q);
+    free(c->rx);
+    free(c->sub);
+    free(c->rooms);
+    free(c->acked);
+    free(c->receipts);
+    c->rx = c->sub = c->rooms = NULL;
+    c->acked = NULL;
+    c->receipts = NULL;
+    if (c->all_prev != NULL)
+        c->all_prev->all_next = c->all_next;
+    else if (s->all == c)
+        s->all = c->all_next;
+    if (c->all_next != NULL)
+        c->all_next->all_prev = c->all_prev;
+    s->nconns--;
+    sl_gauge_dec(s->m.connections);
+}
+
+/* ---------- frames in ---------- */
+
+static void handle_frame(gw_server *s, gw_conn *c, const char *buf, size_t len)
+{
+    gw_cmd cmd;
+    gw_err err;
+    int64_t now = now_ms();
+
+    sl_counter_inc(s->m.frames_in);
+    sl_counter_add(s->m.bytes_in, len);
+    if (gw_cmd_parse(buf, len, &cmd, &err) != SL_OK) {
+        if (c->state == CONN_AWAIT_HELLO) {
+            conn_error(s, c, err.code, err.message, NULL);
+            conn_close(c, strcmp(err.code, "unauthorized") == 0 ? 4401 : 4400, "bad hello", true);
+            return;
+        }
+        conn_error(s, c, err.code, err.message, err.id[0] ? err.id : NULL);
+        return;
+    }
+    if (c->state == CONN_AWAIT_HELLO) {
+        if (cmd.type != GW_CMD_HELLO) {
+            conn_error(s, c, "unauthorized", "the first frame must be hello", NULL);
+            conn_close(c, 4400, "hello first", true);
+        } else {
+            cmd_hello(s, c, &cmd);
+        }
+        goto cleanup;
+    }
+    if (c->state != CONN_READY)
+        goto cleanup;
+    if (cmd.type == GW_CMD_HELLO) {
+        conn_error(s, c, "bad_frame", "already said hello", NULL);
+        goto cleanup;
+    }
+    if (cmd.type != GW_CMD_PING && cmd.type != GW_CMD_ACK && !gw_bucket_take(&c->bucket, now)) {
+        conn_busy(s, c, cmd.id, "rate_limited", gw_bucket_retry_ms(&c->bucket, now));
+        goto cleanup;
+    }
+    switch (cmd.type) {
+    case GW_CMD_SEND:
+        cmd_send(s, c, &cmd);
+        break;
+    case GW_CMD_JOIN:
+        cmd_join(s, c, &cmd);
+        break;
+    case GW_CMD_LEAVE:
+        cmd_leave(s, c, &cmd);
+        break;
+    case GW_CMD_ACK:
+        cmd_ack(s, c, &cmd);
+        break;
+    case GW_CMD_CANCEL:
+        cmd_cancel(s, c, &cmd);
+        break;
+    case GW_CMD_HISTORY:
+        cmd_history(s, c, &cmd);
+        break;
+    case GW_CMD_PING:
+        conn_send_text(s, c, gw_frame_pong());
+        break;
+    case GW_CMD_HELLO:
+        break;
+    }
+cleanup:
+    gw_cmd_free(&cmd);
+}
+
+/* Collects a message's fragments; framing faults close the connection. */
+static void on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
+{
+    bool first = lws_is_first_fragment(c->wsi) != 0;
+    bool final = lws_is_final_fragment(c->wsi) != 0 && lws_remaining_packet_payload(c->wsi) == 0;
+
+    c->last_rx_ms = now_ms();
+    if (c->close_code != 0)
+        return;
+    if (first && c->rx == NULL) {
+        c->rx_binary = lws_frame_is_binary(c->wsi) != 0;
+        c->rx_oversize = false;
+        c->rxlen = 0;
+    }
+    if (!c->rx_binary && !c->rx_oversize) {
+        if (c->rxlen + len > (size_t)s->cfg->max_frame) {
+            c->rx_oversize = true;
+            free(c->rx);
+            c->rx = NULL;
+        } else if (final && c->rx == NULL) {
+            /* The common case: a whole message in one piece, no copy. */
+            if (!gw_utf8_valid((const unsigned char *)in, len)) {
+                conn_error(s, c, "bad_frame", "invalid UTF-8", NULL);
+                conn_close(c, 1007, "invalid utf-8", true);
+                return;
+            }
+            handle_frame(s, c, in, len);
+            return;
+        } else {
+            char *nb = realloc(c->rx, c->rxlen + len + 1);
+            if (nb == NULL) {
+                conn_close(c, 1011, "out of memory", false);
+                return;
+            }
+            c->rx = nb;
+            memcpy(c->rx + c->rxlen, in, len);
+            c->rxlen += len;
+        }
+    }
+    if (!final)
+        return;
+    if (c->rx_binary) {
+        conn_error(s, c, "bad_frame", "binary frames are not accepted", NULL);
+        conn_close(c, 1003, "binary frame", true);
+    } else if (c->rx_oversize) {
+        conn_error(s, c, "too_large", "frame over the limit", NULL);
+        conn_close(c, 1009, "frame too large", true);
+    } else if (!gw_utf8_valid((const unsigned char *)c->rx, c->rxlen)) {
+        conn_error(s, c, "bad_frame", "invalid UTF-8", NULL);
+        conn_close(c, 1007, "invalid utf-8", true);
+    } else {
+        handle_frame(s, c, c->rx, c->rxlen);
+    }
+    free(c->rx);
+    c->rx = NULL;
+    c->rxlen = 0;
+}
+
+static int on_writeable(gw_server *s, gw_conn *c)
+{
+    unsigned char ctl[LWS_PRE + 8];
+    gw_buf *b;
+
+    if (c->close_code != 0 && (c->close_now || gw_outq_peek(&c->q) == NULL)) {
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
+                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+        return -1;
+    }
+    if (c->ping_due) {
+        c->ping_due = false;
+        if (lws_write(c->wsi, ctl + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+            return -1;
+    }
+    while ((b = gw_outq_peek(&c->q)) != NULL) {
+        int n = lws_write(c->wsi, gw_buf_payload(b), b->len, LWS_WRITE_TEXT);
+        if (n < (int)b->len)
+            return -1;
+        sl_counter_inc(s->m.frames_out);
+        sl_counter_add(s->m.bytes_out, b->len);
+        if (b->ts_ns > 0)
+            sl_hist_observe_ns(s->m.delivery_latency, sl_now_ns() - b->ts_ns);
+        gw_outq_pop(&c->q);
+        if (lws_send_pipe_choked(c->wsi))
+            break;
+    }
+    if (gw_outq_peek(&c->q) != NULL || c->close_code != 0)
+        lws_callback_on_writable(c->wsi);
+    return 0;
+}
+
+/* ---------- timers and drain ---------- */
+
+static void start_drain(gw_server *s)
+{
+    int64_t spread = s->cfg->drain_grace_ms / 2;
+
+    if (atomic_exchange(&s->draining, 1))
+        return;
+    s->drain_started_ms = now_ms();
+    sl_info("draining: %d connections, grace %lld ms", s->nconns,
+            (long long)s->cfg->drain_grace_ms);
+    if (spread > 5000)
+        spread = 5000;
+    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
+        uint32_t r;
+        sl_random_bytes(&r, sizeof(r));
+        if (c->state == CONN_READY)
+            conn_send_text(s, c, gw_frame_reconnect(spread > 0 ? (int64_t)(r % (uint32_t)spread) : 0));
+        else
+            conn_close(c, 1001, "draining", false);
+    }
+}
+
+static void refresh_presence(gw_server *s)
+{
+    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
+        for (gw_member *m = c->members; m != NULL; m = m->next) {
+            if (m->chan->is_room)
+                presence_put(s, c, m->chan->name, true);
+        }
+    }
+}
+
+static void on_tick(lws_sorted_usec_list_t *sul)
+{
+    gw_server *s = lws_container_of(sul, gw_server, tick);
+    int64_t now = now_ms();
+    int64_t silent_max = s->cfg->heartbeat_ms * 5 / 2;
+
+    if (*s->stop && !atomic_load(&s->draining))
+        start_drain(s);
+    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
+        if (c->close_code != 0)
+            continue;
+        if (c->state == CONN_AWAIT_HELLO && now - c->opened_ms > s->cfg->hello_timeout_ms) {
+            conn_error(s, c, "unauthorized", "no hello in time", NULL);
+            conn_close(c, 4401, "no hello", true);
+            continue;
+        }
+        if (now - c->last_rx_ms > silent_max) {
+            conn_close(c, 4408, "heartbeat timeout", false);
+            continue;
+        }
+        if (now - c->last_ping_ms >= s->cfg->heartbeat_ms) {
+            c->last_ping_ms = now;
+            c->ping_due = true;
+            lws_callback_on_writable(c->wsi);
+        }
+        while (c->sends != NULL && c->sends->deadline_ms < now) {
+            pending_send *p = c->sends;
+            c->sends = p->next;
+            c->nsends--;
+            conn_busy(s, c, p->id, "overloaded", 1000);
+            free(p);
+        }
+        if (c->acked_dirty)
+            positions_flush(s, c);
+    }
+    if (now - s->last_presence_ms >= s->cfg->heartbeat_ms) {
+        s->last_presence_ms = now;
+        refresh_presence(s);
+    }
+    if (atomic_load(&s->draining) &&
+        (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms)) {
+        for (gw_conn *c = s->all; c != NULL; c = c->all_next)
+            conn_close(c, 1001, "gateway shutting down", false);
+        atomic_store(&s->running, 0);
+    }
+    lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
+}
+
+/* ---------- the libwebsockets callback ---------- */
+
+static int http_dev_token(gw_server *s, struct lws *wsi)
+{
+    char targ[SL_ID_MAX + 16] = "", sarg[SL_SUB_MAX + 16] = "", body[SL_TOKEN_MAX + 64];
+    unsigned char hdr[LWS_PRE + 1024], *p = hdr + LWS_PRE, *end = hdr + sizeof(hdr);
+    const char *tenant, *sub;
+    char *tok = NULL;
+    unsigned int code = 200;
+    int n;
+
+    /* The returned pointers point just past "name=" inside the buffers. */
+    tenant = lws_get_urlarg_by_name(wsi, "tenant=", targ, sizeof(targ));
+    sub = lws_get_urlarg_by_name(wsi, "sub=", sarg, sizeof(sarg));
+    if (!s->cfg->dev_mode || s->cfg->jwt_secret == NULL) {
+        code = 404;
+        snprintf(body, sizeof(body), "{\"error\":\"dev mode is off\"}");
+    } else if (tenant == NULL || sub == NULL || !sl_id_valid(tenant) || sub[0] == '\0' ||
+               !sl_id_valid(sub)) {
+        code = 400;
+        snprintf(body, sizeof(body),
+                 "{\"error\":\"tenant and sub are required ([A-Za-z0-9_-]{1,64})\"}");
+    } else if (sl_jwt_mint_hs256(s->cfg->jwt_secret, tenant, sub, (int64_t)time(NULL) + 86400,
+                                 NULL, -1, &tok) != SL_OK) {
+        code = 400;
+        snprintf(body, sizeof(body), "{\"error\":\"cannot mint a token for these claims\"}");
+    } else {
+        snprintf(body, sizeof(body), "{\"token\":\"%s\"}", tok);
+    }
+    free(tok);
+    n = (int)strlen(body);
+    if (lws_add_http_common_headers(wsi, code, "application/json", (lws_filepos_t)n, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end) ||
+        lws_finalize_write_http_header(wsi, hdr + LWS_PRE, &p, end))
+        return 1;
+    {
+        unsigned char *out = malloc(LWS_PRE + (size_t)n);
+        int w;
+        if (out == NULL)
+            return 1;
+        memcpy(out + LWS_PRE, body, (size_t)n);
+        w = lws_write(wsi, out + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_FINAL);
+        free(out);
+        if (w != n)
+            return 1;
+    }
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
+{
+    gw_server *s = lws_context_user(lws_get_context(wsi));
+    gw_conn *c = user;
+
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (s != NULL && s->bridge != NULL)
+            gw_bridge_run(s->bridge);
+        break;
+    case LWS_CALLBACK_HTTP:
+        if (in != NULL && strncmp((const char *)in, "/dev/token", 10) == 0)
+            return http_dev_token(s, wsi);
+        if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL))
+            return -1;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) < 0 ||
+            strcmp(uri, "/v1/ws") != 0)
+            return 1;
+        break;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        int64_t now = now_ms();
+        memset(c, 0, sizeof(*c));
+        c->wsi = wsi;
+        c->opened_ms = c->last_rx_ms = c->last_ping_ms = now;
+        gw_bucket_init(&c->bucket, (double)s->cfg->rate, (double)s->cfg->burst, now);
+        c->all_next = s->all;
+        if (s->all != NULL)
+            s->all->all_prev = c;
+        s->all = c;
+        s->nconns++;
+        sl_gauge_inc(s->m.connections);
+        sl_counter_inc(s->m.connections_total);
+        if (atomic_load(&s->draining)) {
+            conn_close(c, 1001, "gateway draining", false);
+        } else if (!gw_bucket_take(&s->handshakes, now)) {
+            sl_counter_inc(s->m.handshake_refusals);
+            conn_close(c, 1013, "overloaded, retry with backoff", false);
+        }
+        break;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        on_receive(s, c, in, len);
+        break;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        c->last_rx_ms = now_ms();
+        break;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(s, c);
+    case LWS_CALLBACK_CLOSED:
+        conn_free(s, c);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* ---------- lifecycle ---------- */
+
+void gw_config_opts(sl_cfg_opt *o, gw_config *c)
+{
+    const sl_cfg_opt gw[GW_OPTS_N - SL_COMMON_OPTS_N] = {
+        {"SLUICE_LISTEN", "listen", SL_CFG_ADDR, "0.0.0.0:8080", "WebSocket and HTTP address",
+         &c->listen, 0, 0, true, false},
+        {"SLUICE_JWT_SECRET", "jwt-secret", SL_CFG_STR, NULL, "HS256 secret for client JWTs",
+         &c->jwt_secret, 0, 0, false, true},
+        {"SLUICE_JWT_PUBLIC_KEY", "jwt-public-key", SL_CFG_STR, NULL,
+         "PEM file of an RS256 public key for client JWTs", &c->jwt_public_key, 0, 0, false,
+         false},
+        {"SLUICE_RESUME_SECRET", "resume-secret", SL_CFG_STR, NULL,
+         "HMAC secret for resume tokens, the same on every gateway (default: the JWT secret)",
+         &c->resume_secret, 0, 0, false, true},
+        {"SLUICE_TLS_CERT", "tls-cert", SL_CFG_STR, NULL, "PEM certificate: serve wss://",
+         &c->tls_cert, 0, 0, false, false},
+        {"SLUICE_TLS_KEY", "tls-key", SL_CFG_STR, NULL, "PEM private key for SLUICE_TLS_CERT",
+         &c->tls_key, 0, 0, false, false},
+        {"SLUICE_WEB_ROOT", "web-root", SL_CFG_STR, "web", "folder of static files served at /",
+         &c->web_root, 0, 0, false, false},
+        {"SLUICE_DEV_MODE", "dev-mode", SL_CFG_BOOL, "0",
+         "serve development tokens at /dev/token (never in production)", &c->dev_mode, 0, 0,
+         false, false},
+        {"SLUICE_HEARTBEAT_MS", "heartbeat-ms", SL_CFG_INT, "25000",
+         "ping interval; silent connections close after 2.5x", &c->heartbeat_ms, 100, 3600000,
+         false, false},
+        {"SLUICE_MAX_FRAME", "max-frame", SL_CFG_INT, "65536", "largest client frame in bytes",
+         &c->max_frame, 256, 16 * 1024 * 1024, false, false},
+        {"SLUICE_RATE", "rate", SL_CFG_INT, "20", "client frames per second per connection",
+         &c->rate, 1, 1000000, false, false},
+        {"SLUICE_BURST", "burst", SL_CFG_INT, "40", "client frame burst per connection",
+         &c->burst, 1, 1000000, false, false},
+        {"SLUICE_OUTQ_MAX_FRAMES", "outq-max-frames", SL_CFG_INT, "4096",
+         "frames queued to one client before it is cut (4429)", &c->outq_max_frames, 16,
+         10000000, false, false},
+        {"SLUICE_OUTQ_MAX_BYTES", "outq-max-bytes", SL_CFG_INT, "1048576",
+         "bytes queued to one client before it is cut (4429)", &c->outq_max_bytes, 4096,
+         1LL << 32, false, false},
+        {"SLUICE_DRAIN_GRACE_MS", "drain-grace-ms", SL_CFG_INT, "10000",
+         "on SIGTERM: time clients get to reconnect elsewhere", &c->drain_grace_ms, 0, 600000,
+         false, false},
+        {"SLUICE_HANDSHAKE_RATE", "handshake-rate", SL_CFG_INT, "500",
+         "new connections per second per gateway (over it: close 1013)", &c->handshake_rate, 1,
+         10000000, false, false},
+        {"SLUICE_HANDSHAKE_BURST", "handshake-burst", SL_CFG_INT, "1000",
+         "burst of new connections", &c->handshake_burst, 1, 10000000, false, false},
+        {"SLUICE_PUBLISH_TIMEOUT_MS", "publish-timeout-ms", SL_CFG_INT, "5000",
+         "wait for the JetStream ack before answering busy overloaded", &c->publish_timeout_ms,
+         100, 600000, false, false},
+        {"SLUICE_HELLO_TIMEOUT_MS", "hello-timeout-ms", SL_CFG_INT, "5000",
+         "time a new connection has to say hello (then 4401)", &c->hello_timeout_ms, 100,
+         600000, false, false},
+        {"SLUICE_GW_IO_THREADS", "gw-io-threads", SL_CFG_INT, "2",
+         "threads for stream reads and KV writes", &c->io_threads, 1, 64, false, false},
+    };
+    sl_common_opts(o, &c->common, "0.0.0.0:9090");
+    memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));
+}
+
+sl_status gw_config_validate(const gw_config *c, char *err, size_t errlen)
+{
+    if (c->jwt_secret == NULL && c->jwt_public_key == NULL) {
+        snprintf(err, errlen, "SLUICE_JWT_SECRET (or SLUICE_JWT_PUBLIC_KEY) is required");
+        return SL_ERR_INVAL;
+    }
+    if (c->jwt_secret != NULL && strlen(c->jwt_secret) < 16) {
+        snprintf(err, errlen, "SLUICE_JWT_SECRET must be at least 16 characters");
+        return SL_ERR_INVAL;
+    }
+    if (c->resume_secret == NULL && c->jwt_secret == NULL) {
+        snprintf(err, errlen, "SLUICE_RESUME_SECRET is required when only RS256 tokens are used");
+        return SL_ERR_INVAL;
+    }
+    if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
+        snprintf(err, errlen, "SLUICE_TLS_CERT and SLUICE_TLS_KEY go together");
+        return SL_ERR_INVAL;
+    }
+    if (c->burst < 1 || c->rate < 1) {
+        snprintf(err, errlen, "SLUICE_RATE and SLUICE_BURST must be positive");
+        return SL_ERR_INVAL;
+    }
+    return SL_OK;
+}
+
+static void metrics_init(gw_metrics *m)
+{
+    m->connections = sl_gauge_get("sluice_gw_connections", NULL, "open WebSocket connections");
+    m->connections_total =
+        sl_counter_get("sluice_gw_connections_total", NULL, "WebSocket connections accepted");
+    m->frames_in = sl_counter_get("sluice_gw_frames_in_total", NULL, "client frames received");
+    m->frames_out = sl_counter_get("sluice_gw_frames_out_total", NULL, "frames sent to clients");
+    m->bytes_in = sl_counter_get("sluice_gw_bytes_in_total", NULL, "client frame bytes received");
+    m->bytes_out = sl_counter_get("sluice_gw_bytes_out_total", NULL, "frame bytes sent");
+    m->busy_rate = sl_counter_get("sluice_gw_busy_total", "reason=\"rate_limited\"",
+                                  "busy answers by reason");
+    m->busy_overloaded = sl_counter_get("sluice_gw_busy_total", "reason=\"overloaded\"",
+                                        "busy answers by reason");
+    m->busy_draining = sl_counter_get("sluice_gw_busy_total", "reason=\"draining\"",
+                                      "busy answers by reason");
+    m->slow_closes = sl_counter_get("sluice_gw_slow_consumer_closes_total", NULL,
+                                    "clients cut with 4429 at their outbound bound");
+    m->resumes_ok = sl_counter_get("sluice_gw_resumes_total", "result=\"recovered\"",
+                                   "session resumes by result");
+    m->resumes_gap = sl_counter_get("sluice_gw_resumes_total", "result=\"gap\"",
+                                    "session resumes by result");
+    m->gap_fills =
+        sl_counter_get("sluice_gw_gap_fills_total", NULL, "live holes filled from the stream");
+    m->handshake_refusals = sl_counter_get("sluice_gw_handshake_refusals_total", NULL,
+                                           "connections refused by the handshake bucket");
+    m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");
+    m->live_dropped = sl_counter_get("sluice_gw_live_dropped_total", NULL,
+                                     "live events dropped under overload (refilled)");
+    m->delivery_latency = sl_hist_get("sluice_gw_delivery_latency_seconds", NULL,
+                                      "event time to socket write");
+}
+
+sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, char *err,
+                           size_t errlen)
+{
+    gw_server *s = calloc(1, sizeof(*s));
+    struct lws_context_creation_info info;
+    jsOptions jo;
+    char host[256];
+    int port;
+    sl_status st = SL_OK;
+
+    if (s == NULL)
+        return SL_ERR_NOMEM;
+    s->cfg = cfg;
+    s->bus = bus;
+    s->resume_secret = cfg->resume_secret ? cfg->resume_secret : cfg->jwt_secret;
+    metrics_init(&s->m);
+    gw_bucket_init(&s->handshakes, (double)cfg->handshake_rate, (double)cfg->handshake_burst,
+                   now_ms());
+    if ((st = sl_auth_create(&s->auth, cfg->jwt_secret, cfg->jwt_public_key, err, errlen)) !=
+        SL_OK)
+        goto cleanup;
+    if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
+        (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
+        (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
+        snprintf(err, errlen, "gateway init: %s", sl_status_str(st));
+        goto cleanup;
+    }
+    jsOptions_Init(&jo);
+    jo.PublishAsync.AckHandler = on_pub_ack_cb;
+    jo.PublishAsync.AckHandlerClosure = s;
+    jo.PublishAsync.MaxPending = 65536;
+    jo.PublishAsync.StallWait = 1; /* a full window is "overloaded", never a stall */
+    if (natsConnection_JetStream(&s->js_in, sl_bus_nc(bus), &jo) != NATS_OK ||
+        sl_bus_kv(bus, SL_KV_SESSIONS, &s->kv_sessions) != SL_OK ||
+        sl_bus_kv(bus, SL_KV_PRESENCE, &s->kv_presence) != SL_OK) {
+        snprintf(err, errlen, "jetstream: cannot open the context or buckets");
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    sl_parse_addr(cfg->listen, host, sizeof(host), &port);
+
+    s->protocols[0].name = "sluice.v1";
+    s->protocols[0].callback = gw_callback;
+    s->protocols[0].per_session_data_size = sizeof(gw_conn);
+    s->protocols[0].rx_buffer_size = 4096;
+
+    s->mounts[0].mountpoint = "/dev/token";
+    s->mounts[0].mountpoint_len = 10;
+    s->mounts[0].origin = "sluice.v1";
+    s->mounts[0].origin_protocol = LWSMPRO_CALLBACK;
+    s->mounts[0].mount_next = &s->mounts[1];
+    s->mounts[1].mountpoint = "/";
+    s->mounts[1].mountpoint_len = 1;
+    s->mounts[1].origin = cfg->web_root;
+    s->mounts[1].def = "index.html";
+    s->mounts[1].origin_protocol = LWSMPRO_FILE;
+
+    memset(&info, 0, sizeof(info));
+    info.port = port;
+    info.iface = (host[0] == '\0' || strcmp(host, "0.0.0.0") == 0) ? NULL : host;
+    info.protocols = s->protocols;
+    info.mounts = &s->mounts[0];
+    info.user = s;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.timeout_secs = 10;
+    if (cfg->tls_cert != NULL) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = cfg->tls_cert;
+        info.ssl_private_key_filepath = cfg->tls_key;
+    }
+    lws_set_log_level(LLL_ERR, NULL);
+    s->ctx = lws_create_context(&info);
+    if (s->ctx == NULL) {
+        snprintf(err, errlen, "SLUICE_LISTEN %s: cannot listen (in use, or bad TLS files?)",
+                 cfg->listen);
+        st = SL_ERR_IO;
+        goto cleanup;
+    }
+    gw_bridge_set_context(s->bridge, s->ctx);
+    *out = s;
+    s = NULL;
+cleanup:
+    gw_server_destroy(s);
+    return st;
+}
+
+sl_status gw_server_run(gw_server *s, volatile int *stop)
+{
+    int64_t closing_since = 0;
+
+    s->stop = stop;
+    atomic_store(&s->running, 1);
+    lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
+    sl_info("gateway listening on %s (%s)", s->cfg->listen, s->cfg->tls_cert ? "wss" : "ws");
+    for (;;) {
+        if (lws_service(s->ctx, 0) < 0)
+            break;
+        if (!atomic_load(&s->running)) {
+            /* Let the 1001 closes reach the clients, briefly. */
+            if (closing_since == 0)
+                closing_since = now_ms();
+            if (s->nconns == 0 || now_ms() - closing_since > 2000 || *stop > 1)
+                break;
+        }
+    }
+    lws_sul_cancel(&s->tick);
+    return SL_OK;
+}
+
+bool gw_server_ready(gw_server *s, char *why, size_t whylen)
+{
+    if (atomic_load(&s->draining)) {
+        snprintf(why, whylen, "draining");
+        return false;
+    }
+    if (!atomic_load(&s->running)) {
+        snprintf(why, whylen, "not serving yet");
+        return false;
+    }
+    if (!sl_bus_ready(s->bus)) {
+        snprintf(why, whylen, "nats not connected");
+        return false;
+    }
+    return true;
+}
+
+static void free_chan_cb(const char *key, void *val, void *ud)
+{
+    gw_chan *ch = val;
+    (void)key;
+    (void)ud;
+    natsSubscription_Destroy(ch->sub);
+    while (ch->pend_head != NULL) {
+        pend *p = ch->pend_head;
+        ch->pend_head = p->next;
+        pend_free(p);
+    }
+    free(ch);
+}
+
+void gw_server_destroy(gw_server *s)
+{
+    if (s == NULL)
+        return;
+    atomic_store(&s->running, 0);
+    if (s->ctx != NULL) {
+        gw_bridge_set_context(s->bridge, NULL);
+        lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */
+    }
+    gw_io_destroy(s->io); /* finishes queued KV writes */
+    if (s->bridge != NULL)
+        gw_bridge_run(s->bridge); /* results now find no connection */
+    if (s->chans != NULL)
+        gw_map_each(s->chans, free_chan_cb, NULL);
+    gw_map_destroy(s->chans);
+    gw_map_destroy(s->sessions);
+    gw_bridge_destroy(s->bridge);
+    kvStore_Destroy(s->kv_sessions);
+    kvStore_Destroy(s->kv_presence);
+    jsCtx_Destroy(s->js_in);
+    sl_auth_destroy(s->auth);
+    free(s);
+}
