@@ -14,17 +14,17 @@
 
 #include "sl_status.h"
 
-#define SL_ROOMS_MAX      32       /* at most this many entries in the rooms claim */
-#define SL_SUB_MAX        128      /* sub: 1..128 bytes */
-#define SL_TOKEN_MAX      8192     /* longer JWTs are refused before any parsing */
-#define SL_RESUME_TOKEN_MAX 1024   /* longer resume tokens are refused */
+#define SL_ROOMS_MAX        32   /* at most this many entries in the rooms claim */
+#define SL_SUB_MAX          128  /* sub: 1..128 bytes */
+#define SL_TOKEN_MAX        8192 /* longer JWTs are refused before any parsing */
+#define SL_RESUME_TOKEN_MAX 1024 /* longer resume tokens are refused */
 
 /* The claims of a verified token. Every string is NUL-terminated. */
 typedef struct sl_claims {
-    char sub[SL_SUB_MAX + 1]; /* the user: 1..128 bytes of UTF-8, no control characters */
-    char tenant[65];          /* passes sl_id_valid() */
-    int64_t exp;              /* unix seconds */
-    int nrooms;               /* -1: no rooms claim (any room allowed); else 0..SL_ROOMS_MAX */
+    char sub[SL_SUB_MAX + 1];     /* the user: 1..128 bytes of UTF-8, no control characters */
+    char tenant[65];              /* passes sl_id_valid() */
+    int64_t exp;                  /* unix seconds */
+    int nrooms;                   /* -1: no rooms claim (any room allowed); else 0..SL_ROOMS_MAX */
     char rooms[SL_ROOMS_MAX][66]; /* room ids, or prefixes ending in '*' ("team-*", "*") */
 } sl_claims;
 
@@ -38,8 +38,8 @@ typedef struct sl_auth sl_auth;
  * SL_ERR_INVAL (no key, empty secret, unreadable or unsuitable key file) /
  * SL_ERR_NOMEM with a message in err; *out is untouched on failure. A secret
  * shorter than 32 bytes is accepted with a warning in the log. */
-sl_status sl_auth_create(sl_auth **out, const char *hs256_secret,
-                         const char *rs256_pubkey_pem_path, char *err, size_t errlen);
+sl_status sl_auth_create(sl_auth **out, const char *hs256_secret, const char *rs256_pubkey_pem_path,
+                         char *err, size_t errlen);
 
 /* Wipes the secret and frees the verifier. NULL-safe. */
 void sl_auth_destroy(sl_auth *a);
@@ -60,8 +60,9 @@ void sl_auth_destroy(sl_auth *a);
  *     not a number, rooms present and not an array of at most SL_ROOMS_MAX
  *     valid room patterns (an id, or an id prefix of 0..64 chars then '*');
  *   - SL_ERR_AUTH: nbf in the future; SL_ERR_EXPIRED: exp <= now.
- * On any failure *out is untouched and a short reason (safe to log, never
- * contains token text) is written to why when why is not NULL. */
+ * SL_ERR_NOMEM when an allocation fails. On any failure *out is untouched
+ * and a short reason (safe to log, never contains token text) is written to
+ * why when why is not NULL. */
 sl_status sl_auth_verify(const sl_auth *a, const char *token, int64_t now, sl_claims *out,
                          char *why, size_t whylen);
 

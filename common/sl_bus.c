@@ -102,6 +102,10 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
         s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK)
         s = natsOptions_SetMaxPendingMsgs(opts, 1000000);
+    /* A gateway holds one subscription per room: deliver them from a small
+     * shared pool instead of a thread each. */
+    if (s == NATS_OK)
+        s = natsOptions_UseGlobalMessageDelivery(opts, true);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, b);
     if (s == NATS_OK)

@@ -1,0 +1,331 @@
+#include "orch_inflight.h"
+
+#include <cJSON.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_log.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+#define NBUCKETS   4096
+#define KEY_MAX    (2 * SL_ID_MAX + 8)
+#define ENDS_KEPT  32
+#define RATE_STALE 30000 /* ms: older end times say nothing about the rate now */
+
+typedef struct job {
+    char key[KEY_MAX]; /* "<tenant>.<job>" */
+    char tenant[SL_ID_MAX + 1];
+    size_t agent;
+    int64_t since_ms;
+    struct job *next;
+} job;
+
+/* A per-(tenant, agent) active count or a per-(tenant, model) end log. */
+typedef struct tally {
+    char key[KEY_MAX];
+    int64_t active;
+    int64_t ends[ENDS_KEPT]; /* ring of end times, ms */
+    size_t nends, head;
+    struct tally *next;
+} tally;
+
+struct orch_inflight {
+    const orch_agents *agents;
+    pthread_mutex_t mu;
+    job *jobs[NBUCKETS];
+    tally *tallies[NBUCKETS];
+    size_t njobs;
+    int64_t last_sweep_ms;
+    kvWatcher *w;
+    pthread_t thread;
+    bool started;
+    _Atomic int stop;
+};
+
+static size_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (size_t)(h % NBUCKETS);
+}
+
+static tally *tally_get(orch_inflight *f, const char *key)
+{
+    size_t b = hash(key);
+    tally *t;
+
+    for (t = f->tallies[b]; t != NULL; t = t->next) {
+        if (strcmp(t->key, key) == 0)
+            return t;
+    }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    snprintf(t->key, sizeof(t->key), "%s", key);
+    t->next = f->tallies[b];
+    f->tallies[b] = t;
+    return t;
+}
+
+static tally *agent_tally(orch_inflight *f, const char *tenant, size_t agent)
+{
+    char key[KEY_MAX];
+
+    snprintf(key, sizeof(key), "a/%s/%zu", tenant, agent);
+    return tally_get(f, key);
+}
+
+static job **job_find(orch_inflight *f, const char *key)
+{
+    job **pp;
+
+    for (pp = &f->jobs[hash(key)]; *pp != NULL; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0)
+            return pp;
+    }
+    return pp;
+}
+
+static void job_add(orch_inflight *f, job **slot, const char *key, const char *tenant,
+                    size_t agent, int64_t now_ms)
+{
+    job *j = calloc(1, sizeof(*j));
+    tally *t;
+
+    if (j == NULL)
+        return;
+    snprintf(j->key, sizeof(j->key), "%s", key);
+    snprintf(j->tenant, sizeof(j->tenant), "%s", tenant);
+    j->agent = agent;
+    j->since_ms = now_ms;
+    *slot = j;
+    f->njobs++;
+    if ((t = agent_tally(f, tenant, agent)) != NULL)
+        t->active++;
+}
+
+static void job_remove(orch_inflight *f, job **slot)
+{
+    job *j = *slot;
+    tally *t = agent_tally(f, j->tenant, j->agent);
+
+    if (t != NULL && t->active > 0)
+        t->active--;
+    *slot = j->next;
+    free(j);
+    f->njobs--;
+}
+
+/* Drops jobs older than the bucket's TTL: their KV entries expired without
+ * a final state, so they no longer hold a slot. Caller holds mu. */
+static void sweep(orch_inflight *f, int64_t now_ms)
+{
+    if (now_ms - f->last_sweep_ms < 10000)
+        return;
+    f->last_sweep_ms = now_ms;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        job **pp = &f->jobs[b];
+        while (*pp != NULL) {
+            if (now_ms - (*pp)->since_ms > (int64_t)SL_INFLIGHT_TTL_S * 1000)
+                job_remove(f, pp);
+            else
+                pp = &(*pp)->next;
+        }
+    }
+}
+
+static void note_end(orch_inflight *f, const char *tenant, size_t agent, int64_t at_ms)
+{
+    char key[KEY_MAX];
+    tally *t;
+
+    if (agent >= f->agents->n)
+        return;
+    snprintf(key, sizeof(key), "m/%s/%s", tenant, f->agents->v[agent].model);
+    if ((t = tally_get(f, key)) == NULL)
+        return;
+    t->ends[t->head] = at_ms;
+    t->head = (t->head + 1) % ENDS_KEPT;
+    if (t->nends < ENDS_KEPT)
+        t->nends++;
+}
+
+void orch_inflight_apply(orch_inflight *f, const char *key, const char *json, size_t len,
+                         int64_t at_ms)
+{
+    char tenant[SL_ID_MAX + 1];
+    const char *dot = strchr(key, '.');
+    cJSON *root = NULL;
+    const cJSON *state, *agent;
+    size_t idx = 0;
+    bool active;
+    job **slot;
+
+    if (dot == NULL || dot == key || (size_t)(dot - key) > SL_ID_MAX || strncmp(dot + 1, "x-", 2) == 0)
+        return;
+    memcpy(tenant, key, (size_t)(dot - key));
+    tenant[dot - key] = '\0';
+    if (json != NULL)
+        root = cJSON_ParseWithLength(json, len);
+    state = cJSON_GetObjectItemCaseSensitive(root, "state");
+    agent = cJSON_GetObjectItemCaseSensitive(root, "agent");
+    if (json != NULL && (!cJSON_IsString(state) || !cJSON_IsString(agent) ||
+                         orch_agents_find(f->agents, agent->valuestring, &idx) == NULL)) {
+        cJSON_Delete(root);
+        return;
+    }
+    active = json != NULL && (strcmp(state->valuestring, "queued") == 0 ||
+                              strcmp(state->valuestring, "running") == 0);
+    pthread_mutex_lock(&f->mu);
+    slot = job_find(f, key);
+    if (active && *slot == NULL) {
+        job_add(f, slot, key, tenant, idx, at_ms);
+    } else if (!active) {
+        if (*slot != NULL) {
+            idx = (*slot)->agent;
+            job_remove(f, slot);
+        }
+        if (json != NULL && strcmp(state->valuestring, "done") == 0)
+            note_end(f, tenant, idx, at_ms);
+    }
+    pthread_mutex_unlock(&f->mu);
+    cJSON_Delete(root);
+}
+
+void orch_inflight_note(orch_inflight *f, const char *tenant, const char *jobid, size_t agent,
+                        int64_t now_ms)
+{
+    char key[KEY_MAX];
+    job **slot;
+
+    if (sl_kv_key2(key, sizeof(key), tenant, jobid) != SL_OK)
+        return;
+    pthread_mutex_lock(&f->mu);
+    sweep(f, now_ms);
+    slot = job_find(f, key);
+    if (*slot == NULL)
+        job_add(f, slot, key, tenant, agent, now_ms);
+    pthread_mutex_unlock(&f->mu);
+}
+
+int64_t orch_inflight_active(orch_inflight *f, const char *tenant, size_t agent)
+{
+    int64_t n = 0;
+    tally *t;
+
+    pthread_mutex_lock(&f->mu);
+    if ((t = agent_tally(f, tenant, agent)) != NULL)
+        n = t->active;
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+int64_t orch_inflight_retry_after_ms(orch_inflight *f, const char *tenant, const char *model,
+                                     int64_t queue_max, int64_t now_ms)
+{
+    char key[KEY_MAX];
+    int64_t retry = 1000;
+    tally *t;
+
+    snprintf(key, sizeof(key), "m/%s/%s", tenant, model);
+    pthread_mutex_lock(&f->mu);
+    t = tally_get(f, key);
+    if (t != NULL && t->nends >= 2) {
+        size_t newest = (t->head + ENDS_KEPT - 1) % ENDS_KEPT;
+        size_t oldest = (t->head + ENDS_KEPT - t->nends) % ENDS_KEPT;
+        int64_t span = t->ends[newest] - t->ends[oldest];
+        if (now_ms - t->ends[newest] < RATE_STALE) {
+            double rate = (double)(t->nends - 1) * 1000.0 / (double)(span > 1 ? span : 1);
+            double want = queue_max / 10 > 1 ? (double)(queue_max / 10) : 1.0;
+            retry = (int64_t)(want * 1000.0 / rate);
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (retry < 100)
+        retry = 100;
+    if (retry > 30000)
+        retry = 30000;
+    return retry;
+}
+
+static void *watch_main(void *arg)
+{
+    orch_inflight *f = arg;
+
+    while (!atomic_load(&f->stop)) {
+        kvEntry *e = NULL;
+        natsStatus s = kvWatcher_Next(&e, f->w, 500);
+        if (s == NATS_OK && e != NULL) {
+            kvOperation op = kvEntry_Operation(e);
+            orch_inflight_apply(f, kvEntry_Key(e), op == kvOp_Put ? kvEntry_ValueString(e) : NULL,
+                                op == kvOp_Put ? (size_t)kvEntry_ValueLen(e) : 0,
+                                kvEntry_Created(e) / 1000000);
+            kvEntry_Destroy(e);
+        } else if (s != NATS_OK && s != NATS_TIMEOUT) {
+            /* Stopped or closed: nothing more will come. */
+            if (s == NATS_ILLEGAL_STATE || s == NATS_CONNECTION_CLOSED)
+                break;
+        }
+    }
+    return NULL;
+}
+
+sl_status orch_inflight_start(orch_inflight *f, kvStore *kv)
+{
+    kvWatchOptions o;
+
+    kvWatchOptions_Init(&o);
+    if (kvStore_WatchAll(&f->w, kv, &o) != NATS_OK)
+        return SL_ERR_BUS;
+    if (pthread_create(&f->thread, NULL, watch_main, f) != 0) {
+        kvWatcher_Destroy(f->w);
+        f->w = NULL;
+        return SL_ERR_NOMEM;
+    }
+    f->started = true;
+    return SL_OK;
+}
+
+sl_status orch_inflight_create(orch_inflight **out, const orch_agents *agents)
+{
+    orch_inflight *f = calloc(1, sizeof(*f));
+
+    if (f == NULL)
+        return SL_ERR_NOMEM;
+    f->agents = agents;
+    pthread_mutex_init(&f->mu, NULL);
+    *out = f;
+    return SL_OK;
+}
+
+void orch_inflight_destroy(orch_inflight *f)
+{
+    if (f == NULL)
+        return;
+    if (f->started) {
+        atomic_store(&f->stop, 1);
+        kvWatcher_Stop(f->w);
+        pthread_join(f->thread, NULL);
+    }
+    kvWatcher_Destroy(f->w);
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        while (f->jobs[b] != NULL) {
+            job *j = f->jobs[b];
+            f->jobs[b] = j->next;
+            free(j);
+        }
+        while (f->tallies[b] != NULL) {
+            tally *t = f->tallies[b];
+            f->tallies[b] = t->next;
+            free(t);
+        }
+    }
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}

@@ -1,0 +1,739 @@
+#include "orch_loop.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "orch_causal.h"
+#include "orch_ctl.h"
+#include "orch_dispatch.h"
+#include "orch_inflight.h"
+#include "orch_pub.h"
+#include "orch_router.h"
+#include "sl_codec.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+#define NS_PER_MS        1000000LL
+#define BATCH_MAX        256
+#define PUB_WAIT_MS      5000
+#define NAK_FAIL_MS      250
+#define NAK_WAIT_MAX_MS  100
+#define CAS_TRIES        8
+#define IN_ACK_WAIT_MAX_MS 30000
+#define IN_ACK_WAIT_MIN_MS 1000
+#define IN_MAX_ACK_PEND  10000
+#define REBUILD_AFTER    50 /* consecutive fetch errors before the subscription is rebuilt */
+#define JERR_SUBJ_FULL   10077
+
+typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
+
+typedef struct job_slot {
+    size_t agent;
+    char job[ORCH_JOB_MAX];
+    bool over; /* over the agent's max_concurrent: busy, not queued */
+    int s_state, s_work, s_busy, s_fail;
+} job_slot;
+
+typedef struct item {
+    natsMsg *m;
+    Sluice__Envelope *env;
+    item_kind kind;
+    char tenant[SL_ID_MAX + 1];
+    const char *author; /* the agent that wrote an agent message */
+    int sess;           /* index into sessions, user messages only */
+    int64_t age_ms;
+    bool decided, failed;
+    orch_causal_decision d;
+    int order; /* position among processed items, -1 otherwise */
+    int s_post;
+    job_slot *jobs;
+    size_t njobs;
+} item;
+
+typedef struct session {
+    char key[SL_SUBJECT_MAX];
+    orch_causal_state base; /* as loaded from KV */
+    orch_causal_state cur;  /* advanced by the batch's decisions */
+    uint64_t rev;
+    bool failed;
+} session;
+
+struct orch_loop {
+    sl_bus *bus;
+    const orch_agents *agents;
+    orch_loop_cfg cfg;
+    kvStore *kv_sessions;
+    kvStore *kv_inflight;
+    natsSubscription *sub;
+    orch_pub *pub;
+    orch_ctl *ctl;
+    orch_inflight *inflight;
+    _Atomic int ready;
+    item items[BATCH_MAX];
+    session *sessions; /* BATCH_MAX of them: large, so on the heap */
+    int nsess;
+    int order[BATCH_MAX]; /* item indexes in processing order */
+    int norder;
+    struct {
+        sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full,
+            *busy_conc, *bad, *failed, *hop_stops;
+        sl_hist *proc;
+    } m;
+};
+
+static void metrics_init(orch_loop *l)
+{
+    l->m.ev_user = sl_counter_get("sluice_orch_events_total", "kind=\"user\"",
+                                  "messages processed from IN");
+    l->m.ev_agent = sl_counter_get("sluice_orch_events_total", "kind=\"agent\"",
+                                   "messages processed from IN");
+    l->m.dups = sl_counter_get("sluice_orch_duplicates_total", NULL,
+                               "redelivered messages acked without effects");
+    l->m.waits = sl_counter_get("sluice_orch_causal_waits_total", NULL,
+                                "messages NAKed to wait for their causal predecessor");
+    l->m.gaps = sl_counter_get("sluice_orch_causal_gaps_total", NULL,
+                               "messages processed without their predecessor after the deadline");
+    l->m.dispatched = sl_counter_get("sluice_orch_jobs_dispatched_total", NULL,
+                                     "work requests queued on WORK");
+    l->m.busy_full = sl_counter_get("sluice_orch_busy_total", "reason=\"tenant_queue_full\"",
+                                    "jobs refused with a busy event");
+    l->m.busy_conc = sl_counter_get("sluice_orch_busy_total", "reason=\"overloaded\"",
+                                    "jobs refused with a busy event");
+    l->m.bad = sl_counter_get("sluice_orch_bad_messages_total", NULL,
+                              "IN messages that are not valid envelopes (terminated)");
+    l->m.failed = sl_counter_get("sluice_orch_retries_total", NULL,
+                                 "messages NAKed because an effect could not be stored");
+    l->m.hop_stops = sl_counter_get("sluice_orch_hop_limit_total", NULL,
+                                    "agent messages not routed because of the hop limit");
+    l->m.proc = sl_hist_get("sluice_orch_processing_seconds", NULL,
+                            "time from fetch to ack of a message");
+}
+
+sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agents,
+                           const orch_loop_cfg *cfg)
+{
+    orch_loop *l = NULL;
+
+    if (bus == NULL || agents == NULL || cfg == NULL || cfg->batch < 1 || cfg->batch > BATCH_MAX)
+        return SL_ERR_INVAL;
+    l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return SL_ERR_NOMEM;
+    l->sessions = calloc(BATCH_MAX, sizeof(*l->sessions));
+    if (l->sessions == NULL) {
+        free(l);
+        return SL_ERR_NOMEM;
+    }
+    l->bus = bus;
+    l->agents = agents;
+    l->cfg = *cfg;
+    metrics_init(l);
+    *out = l;
+    return SL_OK;
+}
+
+bool orch_loop_ready(const orch_loop *l)
+{
+    return l != NULL && atomic_load(&l->ready) != 0 && sl_bus_ready(l->bus);
+}
+
+static void teardown(orch_loop *l)
+{
+    atomic_store(&l->ready, 0);
+    orch_ctl_destroy(l->ctl);
+    l->ctl = NULL;
+    orch_inflight_destroy(l->inflight);
+    l->inflight = NULL;
+    if (l->sub != NULL) {
+        /* Bound to the durable: destroying never deletes the consumer. */
+        natsSubscription_Destroy(l->sub);
+        l->sub = NULL;
+    }
+    orch_pub_destroy(l->pub);
+    l->pub = NULL;
+    kvStore_Destroy(l->kv_sessions);
+    l->kv_sessions = NULL;
+    kvStore_Destroy(l->kv_inflight);
+    l->kv_inflight = NULL;
+}
+
+void orch_loop_destroy(orch_loop *l)
+{
+    if (l == NULL)
+        return;
+    teardown(l);
+    free(l->sessions);
+    free(l);
+}
+
+/* The IN AckWait: shorter than the causal wait, so that the messages a
+ * crashed replica held come back before their successors give up waiting
+ * for them (otherwise a crash would turn into causal gaps). */
+static int64_t in_ack_wait_ms(int64_t causal_wait_ms)
+{
+    int64_t w = causal_wait_ms / 2;
+
+    if (w > IN_ACK_WAIT_MAX_MS)
+        w = IN_ACK_WAIT_MAX_MS;
+    if (w < IN_ACK_WAIT_MIN_MS)
+        w = IN_ACK_WAIT_MIN_MS;
+    return w;
+}
+
+/* Ensures the shared durable exists with the wire.md settings. */
+static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms)
+{
+    jsConsumerInfo *ci = NULL;
+    jsConsumerConfig cc;
+    jsErrCode jerr = 0;
+    natsStatus s;
+
+    s = js_GetConsumerInfo(&ci, js, SL_STREAM_IN, ORCH_DURABLE, NULL, &jerr);
+    if (s == NATS_NOT_FOUND) {
+        jsConsumerConfig_Init(&cc);
+        cc.Durable = ORCH_DURABLE;
+        cc.AckPolicy = js_AckExplicit;
+        cc.AckWait = in_ack_wait_ms(causal_wait_ms) * NS_PER_MS;
+        cc.MaxDeliver = -1;
+        cc.MaxAckPending = IN_MAX_ACK_PEND;
+        cc.FilterSubject = "sluice.in.>";
+        cc.DeliverPolicy = js_DeliverAll;
+        s = js_AddConsumer(&ci, js, SL_STREAM_IN, &cc, NULL, &jerr);
+        if (s != NATS_OK) /* another replica may have created it in between */
+            s = js_GetConsumerInfo(&ci, js, SL_STREAM_IN, ORCH_DURABLE, NULL, &jerr);
+    }
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        sl_warn("consumer %s on %s: %s (jerr %d)", ORCH_DURABLE, SL_STREAM_IN,
+                natsStatus_GetText(s), (int)jerr);
+        return SL_ERR_BUS;
+    }
+    return SL_OK;
+}
+
+static sl_status setup(orch_loop *l)
+{
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    natsStatus s;
+    sl_status st;
+
+    if (!sl_bus_ready(l->bus))
+        return SL_ERR_BUS;
+    if (l->kv_sessions == NULL &&
+        (st = sl_bus_kv(l->bus, SL_KV_SESSIONS, &l->kv_sessions)) != SL_OK)
+        return st;
+    if (l->kv_inflight == NULL &&
+        (st = sl_bus_kv(l->bus, SL_KV_INFLIGHT, &l->kv_inflight)) != SL_OK)
+        return st;
+    if (l->pub == NULL && (st = orch_pub_create(&l->pub, sl_bus_nc(l->bus))) != SL_OK)
+        return st;
+    if (l->sub == NULL) {
+        if ((st = ensure_consumer(sl_bus_js(l->bus), l->cfg.causal_wait_ms)) != SL_OK)
+            return st;
+        jsSubOptions_Init(&so);
+        so.Stream = SL_STREAM_IN;
+        so.Consumer = ORCH_DURABLE;
+        s = js_PullSubscribe(&l->sub, sl_bus_js(l->bus), "sluice.in.>", ORCH_DURABLE, NULL, &so,
+                             &jerr);
+        if (s != NATS_OK) {
+            sl_warn("pull subscribe %s: %s (jerr %d)", ORCH_DURABLE, natsStatus_GetText(s),
+                    (int)jerr);
+            l->sub = NULL;
+            return SL_ERR_BUS;
+        }
+    }
+    if (l->inflight == NULL) {
+        if ((st = orch_inflight_create(&l->inflight, l->agents)) != SL_OK)
+            return st;
+        if ((st = orch_inflight_start(l->inflight, l->kv_inflight)) != SL_OK) {
+            orch_inflight_destroy(l->inflight);
+            l->inflight = NULL;
+            return st;
+        }
+    }
+    if (l->ctl == NULL && (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus),
+                                                l->kv_inflight)) != SL_OK)
+        return st;
+    atomic_store(&l->ready, 1);
+    return SL_OK;
+}
+
+/* ---- one batch ---- */
+
+static void item_log(const item *it, sl_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void item_log(const item *it, sl_log_level lvl, const char *fmt, ...)
+{
+    const Sluice__Envelope *e = it->env;
+    sl_log_ctx ctx = {.tenant = it->tenant[0] ? it->tenant : NULL};
+    char msg[512];
+    va_list ap;
+
+    if (e != NULL) {
+        ctx.session = e->session;
+        ctx.event = e->event_id;
+        ctx.trace = e->trace_id;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sl_logf(lvl, &ctx, "%s", msg);
+}
+
+/* Decodes and classifies one fetched message. */
+static void classify(orch_loop *l, item *it, int64_t now_ns)
+{
+    const char *subj = natsMsg_GetSubject(it->m);
+    const char *p, *dot;
+    char sess[SL_ID_MAX + 1];
+    jsMsgMetaData *meta = NULL;
+    const Sluice__Envelope *e;
+    size_t tl;
+
+    it->kind = K_BAD;
+    it->order = -1;
+    it->s_post = -1;
+    if (strncmp(subj, "sluice.in.", 10) != 0)
+        return;
+    p = subj + 10;
+    dot = strchr(p, '.');
+    if (dot == NULL || (tl = (size_t)(dot - p)) == 0 || tl > SL_ID_MAX ||
+        strlen(dot + 1) > SL_ID_MAX)
+        return;
+    memcpy(it->tenant, p, tl);
+    it->tenant[tl] = '\0';
+    snprintf(sess, sizeof(sess), "%s", dot + 1);
+    if (!sl_id_valid(it->tenant) || !sl_id_valid(sess))
+        return;
+    if (sl_envelope_decode(natsMsg_GetData(it->m), (size_t)natsMsg_GetDataLength(it->m),
+                           &it->env) != SL_OK)
+        return;
+    e = it->env;
+    if (e->message == NULL || orch_msg_event_id(e) == NULL ||
+        (e->tenant[0] != '\0' && strcmp(e->tenant, it->tenant) != 0))
+        return;
+    if (natsMsg_GetMetaData(&meta, it->m) == NATS_OK) {
+        it->age_ms = (now_ns - meta->Timestamp) / NS_PER_MS;
+        jsMsgMetaData_Destroy(meta);
+    } else if (e->ts_unix_ns > 0) {
+        it->age_ms = (now_ns - e->ts_unix_ns) / NS_PER_MS;
+    }
+    if (strncmp(sess, "a-", 2) == 0) {
+        /* An agent's reply posted back: routed, not posted, not ordered. */
+        it->author = e->message->agent[0] != '\0' ? e->message->agent : sess + 2;
+        if (e->message->room[0] == '\0' && !sl_id_valid(e->session))
+            return;
+        it->kind = K_AGENT;
+        return;
+    }
+    if (strcmp(e->session, sess) != 0 || !sl_client_id_valid(e->client_id) ||
+        (e->prev_event_id[0] != '\0' && !sl_client_id_valid(e->prev_event_id)) ||
+        (e->message->room[0] != '\0' && !sl_id_valid(e->message->room)))
+        return;
+    it->kind = K_USER;
+    (void)l;
+}
+
+/* Finds or loads the causal state of the item's session. */
+static int session_of(orch_loop *l, const item *it)
+{
+    char key[SL_SUBJECT_MAX];
+    session *s;
+
+    if (sl_kv_key2(key, sizeof(key), it->tenant, it->env->session) != SL_OK)
+        return -1;
+    for (int i = 0; i < l->nsess; i++) {
+        if (strcmp(l->sessions[i].key, key) == 0)
+            return i;
+    }
+    s = &l->sessions[l->nsess];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->key, sizeof(s->key), "%s", key);
+    if (orch_causal_load(l->kv_sessions, key, &s->base, &s->rev) != SL_OK)
+        s->failed = true;
+    s->cur = s->base;
+    return l->nsess++;
+}
+
+/* Decides every user message against its session's state as the batch
+ * advances it, so a batch holding c-2 before c-1 processes both in order. */
+static void decide_all(orch_loop *l, int n)
+{
+    bool progress = true;
+
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_AGENT) {
+            it->decided = true;
+            it->d = ORCH_CAUSAL_PROCESS;
+            l->order[l->norder++] = i;
+        } else if (it->kind == K_USER) {
+            it->sess = session_of(l, it);
+            if (it->sess < 0) {
+                it->kind = K_BAD;
+            } else if (l->sessions[it->sess].failed) {
+                it->decided = true;
+                it->failed = true;
+            }
+        }
+    }
+    for (int pass = 0; pass < n && progress; pass++) {
+        progress = false;
+        for (int i = 0; i < n; i++) {
+            item *it = &l->items[i];
+            session *s;
+            orch_causal_decision d;
+            if (it->kind != K_USER || it->decided)
+                continue;
+            s = &l->sessions[it->sess];
+            d = orch_causal_decide(&s->cur, it->env->client_id, it->env->prev_event_id,
+                                   it->age_ms, l->cfg.causal_wait_ms);
+            if (d == ORCH_CAUSAL_WAIT)
+                continue;
+            it->decided = true;
+            it->d = d;
+            progress = true;
+            if (d == ORCH_CAUSAL_DUPLICATE)
+                continue;
+            orch_causal_advance(&s->cur, it->env->client_id);
+            l->order[l->norder++] = i;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_USER && !it->decided) {
+            it->decided = true;
+            it->d = ORCH_CAUSAL_WAIT;
+        }
+    }
+}
+
+/* Queues an item's first-round effects: the message event, then per agent
+ * the in-flight record and the work request. */
+static void queue_effects(orch_loop *l, item *it)
+{
+    const Sluice__Envelope *e = it->env;
+    size_t idx[ORCH_AGENTS_MAX];
+    size_t n;
+    int64_t now = sl_mono_ms();
+    int64_t wall = sl_now_ns() / NS_PER_MS;
+
+    if (it->kind == K_USER &&
+        orch_queue_post(l->pub, e, it->tenant, natsMsg_GetData(it->m),
+                        (size_t)natsMsg_GetDataLength(it->m), &it->s_post) != SL_OK) {
+        it->failed = true;
+        return;
+    }
+    n = orch_route(l->agents, e->message->text, it->kind == K_AGENT ? it->author : NULL, e->hops,
+                   (uint32_t)l->cfg.hop_limit, idx, ORCH_AGENTS_MAX);
+    if (n == 0 && it->kind == K_AGENT && e->hops >= l->cfg.hop_limit) {
+        sl_counter_inc(l->m.hop_stops);
+        item_log(it, SL_LOG_INFO, "hop limit reached; agent message from %s not routed",
+                 it->author);
+    }
+    if (n == 0)
+        return;
+    it->jobs = calloc(n, sizeof(*it->jobs));
+    if (it->jobs == NULL) {
+        it->failed = true;
+        return;
+    }
+    it->njobs = n;
+    (void)now;
+    for (size_t j = 0; j < n; j++) {
+        job_slot *js = &it->jobs[j];
+        const orch_agent *a = &l->agents->v[idx[j]];
+        char *json = NULL;
+        js->agent = idx[j];
+        js->s_state = js->s_work = js->s_busy = js->s_fail = -1;
+        if (orch_job_id(js->job, sizeof(js->job), e, idx[j]) != SL_OK) {
+            item_log(it, SL_LOG_WARN, "cannot make a job id for agent %s; skipped", a->name);
+            js->over = false;
+            continue;
+        }
+        if (a->max_concurrent > 0 &&
+            orch_inflight_active(l->inflight, it->tenant, idx[j]) >= a->max_concurrent) {
+            js->over = true;
+            continue;
+        }
+        if (orch_job_json(&json, "queued", e->session, e->message_id[0] ? e->message_id
+                                                                         : e->client_id,
+                          a->name, NULL) != SL_OK ||
+            orch_queue_job_state(l->pub, it->tenant, js->job, "q", json, &js->s_state) != SL_OK ||
+            orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
+                            &js->s_work) != SL_OK)
+            it->failed = true;
+        else
+            orch_inflight_note(l->inflight, it->tenant, js->job, idx[j], wall);
+        free(json);
+    }
+}
+
+/* Reads the first round's outcomes; queues busy events (and the failed
+ * in-flight record) for refused or over-limit jobs. */
+static void queue_followups(orch_loop *l, item *it)
+{
+    const Sluice__Envelope *e = it->env;
+
+    if (it->s_post >= 0 && !orch_pub_ok(l->pub, it->s_post))
+        it->failed = true;
+    for (size_t j = 0; j < it->njobs && !it->failed; j++) {
+        job_slot *js = &it->jobs[j];
+        const orch_agent *a = &l->agents->v[js->agent];
+        const char *reason = NULL;
+        uint32_t retry = 0;
+        if (js->job[0] == '\0')
+            continue;
+        if (js->over) {
+            reason = "overloaded";
+            retry = (uint32_t)orch_inflight_retry_after_ms(l->inflight, it->tenant, a->model,
+                                                           a->max_concurrent,
+                                                           sl_now_ns() / NS_PER_MS);
+            sl_counter_inc(l->m.busy_conc);
+        } else {
+            orch_pub_result rw = orch_pub_get(l->pub, js->s_work);
+            if (!orch_pub_ok(l->pub, js->s_state)) {
+                it->failed = true;
+                break;
+            }
+            if (rw.err == NATS_OK) {
+                if (!rw.duplicate)
+                    sl_counter_inc(l->m.dispatched);
+                continue;
+            }
+            if (rw.jerr != JERR_SUBJ_FULL) {
+                it->failed = true;
+                break;
+            }
+            reason = "tenant_queue_full";
+            retry = (uint32_t)orch_inflight_retry_after_ms(
+                l->inflight, it->tenant, a->model, l->cfg.tenant_queue_max,
+                sl_now_ns() / NS_PER_MS);
+            sl_counter_inc(l->m.busy_full);
+            {
+                char *json = NULL;
+                if (orch_job_json(&json, "failed", e->session,
+                                  e->message_id[0] ? e->message_id : e->client_id, a->name,
+                                  "busy") != SL_OK ||
+                    orch_queue_job_state(l->pub, it->tenant, js->job, "f", json, &js->s_fail) !=
+                        SL_OK)
+                    it->failed = true;
+                free(json);
+            }
+        }
+        if (orch_queue_busy(l->pub, e, it->tenant, a->name, js->job, reason, retry,
+                            &js->s_busy) != SL_OK)
+            it->failed = true;
+    }
+}
+
+static void check_followups(orch_loop *l, item *it)
+{
+    for (size_t j = 0; j < it->njobs && !it->failed; j++) {
+        const job_slot *js = &it->jobs[j];
+        if ((js->s_busy >= 0 && !orch_pub_ok(l->pub, js->s_busy)) ||
+            (js->s_fail >= 0 && !orch_pub_ok(l->pub, js->s_fail)))
+            it->failed = true;
+    }
+}
+
+/* Stores each session's advanced state; on a lost race merges our ids into
+ * the winner's state and tries again. Items of a session whose state
+ * cannot be stored fail (and are redelivered). */
+static void store_sessions(orch_loop *l)
+{
+    for (int si = 0; si < l->nsess; si++) {
+        session *s = &l->sessions[si];
+        const char *ids[BATCH_MAX];
+        int nids = 0;
+        bool stored = false;
+
+        if (s->failed)
+            continue;
+        for (int k = 0; k < l->norder; k++) {
+            item *it = &l->items[l->order[k]];
+            if (it->kind != K_USER || it->sess != si)
+                continue;
+            if (it->failed)
+                break; /* later items of the session must wait for this one */
+            ids[nids++] = it->env->client_id;
+        }
+        if (nids == 0)
+            continue;
+        for (int t = 0; t < CAS_TRIES && !stored; t++) {
+            sl_status st;
+            if (t > 0 && orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
+                break;
+            /* Our processed ids on top of what is stored: after a lost race
+             * the winner's ids stay and ours are added. */
+            s->cur = s->base;
+            for (int k = 0; k < nids; k++) {
+                if (!orch_causal_seen(&s->cur, ids[k]))
+                    orch_causal_advance(&s->cur, ids[k]);
+            }
+            st = orch_causal_store(l->kv_sessions, s->key, &s->cur, s->rev);
+            if (st == SL_OK)
+                stored = true;
+            else if (st != SL_ERR_CONFLICT)
+                break;
+        }
+        if (!stored)
+            s->failed = true;
+    }
+}
+
+/* Fails every processed item of a session after its first failed one. */
+static void propagate_failures(orch_loop *l)
+{
+    for (int si = 0; si < l->nsess; si++) {
+        bool fail = l->sessions[si].failed;
+        for (int k = 0; k < l->norder; k++) {
+            item *it = &l->items[l->order[k]];
+            if (it->kind != K_USER || it->sess != si)
+                continue;
+            if (it->failed)
+                fail = true;
+            if (fail)
+                it->failed = true;
+        }
+    }
+}
+
+static void finish(orch_loop *l, item *it, int64_t t0_ns)
+{
+    static const char *const names[] = {"process", "duplicate", "wait", "gap"};
+
+    if (it->kind != K_BAD)
+        item_log(it, SL_LOG_DEBUG, "%s %s prev %s: %s%s (age %lld ms)", it->kind == K_USER ? "user" : "agent",
+                 it->env->client_id, it->env->prev_event_id, names[it->d],
+                 it->failed ? ", failed" : "", (long long)it->age_ms);
+    switch (it->kind) {
+    case K_BAD:
+        sl_counter_inc(l->m.bad);
+        item_log(it, SL_LOG_WARN, "invalid message on %s; terminated", natsMsg_GetSubject(it->m));
+        natsMsg_Term(it->m, NULL);
+        return;
+    case K_USER:
+    case K_AGENT:
+        break;
+    }
+    if (it->failed) {
+        sl_counter_inc(l->m.failed);
+        natsMsg_NakWithDelay(it->m, NAK_FAIL_MS, NULL);
+        return;
+    }
+    if (it->d == ORCH_CAUSAL_WAIT) {
+        int64_t left = l->cfg.causal_wait_ms - it->age_ms;
+        sl_counter_inc(l->m.waits);
+        natsMsg_NakWithDelay(it->m, left < 1 ? 1 : left > NAK_WAIT_MAX_MS ? NAK_WAIT_MAX_MS : left,
+                             NULL);
+        return;
+    }
+    natsMsg_Ack(it->m, NULL);
+    if (it->d == ORCH_CAUSAL_DUPLICATE) {
+        sl_counter_inc(l->m.dups);
+        return;
+    }
+    if (it->d == ORCH_CAUSAL_GAP) {
+        sl_counter_inc(l->m.gaps);
+        item_log(it, SL_LOG_WARN, "causal gap: processed without its predecessor %s",
+                 it->env->prev_event_id);
+    }
+    sl_counter_inc(it->kind == K_USER ? l->m.ev_user : l->m.ev_agent);
+    sl_hist_observe_ns(l->m.proc, sl_now_ns() - t0_ns);
+}
+
+static void process_batch(orch_loop *l, natsMsgList *list)
+{
+    int n = list->Count < BATCH_MAX ? list->Count : BATCH_MAX;
+    int64_t t0 = sl_now_ns();
+
+    l->nsess = 0;
+    l->norder = 0;
+    memset(l->items, 0, sizeof(l->items[0]) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        l->items[i].m = list->Msgs[i];
+        classify(l, &l->items[i], t0);
+    }
+    decide_all(l, n);
+
+    orch_pub_reset(l->pub);
+    for (int k = 0; k < l->norder; k++)
+        queue_effects(l, &l->items[l->order[k]]);
+    orch_pub_wait(l->pub, PUB_WAIT_MS);
+
+    /* A refused job's busy event goes out in a second round: we only learn
+     * of the refusal from the first round's acks. */
+    for (int k = 0; k < l->norder; k++)
+        queue_followups(l, &l->items[l->order[k]]);
+    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    for (int k = 0; k < l->norder; k++)
+        check_followups(l, &l->items[l->order[k]]);
+
+    propagate_failures(l);
+    store_sessions(l);
+    propagate_failures(l);
+
+    for (int i = 0; i < n; i++) {
+        finish(l, &l->items[i], t0);
+        sl_envelope_free(l->items[i].env);
+        free(l->items[i].jobs);
+        l->items[i].env = NULL;
+        l->items[i].jobs = NULL;
+    }
+}
+
+sl_status orch_loop_run(orch_loop *l, volatile int *stop)
+{
+    int errors = 0;
+    int64_t last_warn = 0;
+
+    while (!*stop) {
+        natsMsgList list = {0};
+        jsErrCode jerr = 0;
+        natsStatus s;
+
+        if (l->sub == NULL || l->ctl == NULL || l->inflight == NULL) {
+            if (setup(l) != SL_OK) {
+                for (int i = 0; i < 10 && !*stop; i++)
+                    usleep(50 * 1000);
+                continue;
+            }
+            sl_info("consuming %s as durable %s", SL_STREAM_IN, ORCH_DURABLE);
+        }
+        s = natsSubscription_Fetch(&list, l->sub, l->cfg.batch, l->cfg.fetch_timeout_ms, &jerr);
+        if (s == NATS_OK && list.Count > 0) {
+            errors = 0;
+            process_batch(l, &list);
+            natsMsgList_Destroy(&list);
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_OK || s == NATS_TIMEOUT) {
+            errors = 0;
+            continue;
+        }
+        if (++errors >= REBUILD_AFTER) {
+            sl_warn("fetch keeps failing (%s); rebuilding the subscription",
+                    natsStatus_GetText(s));
+            natsSubscription_Destroy(l->sub);
+            l->sub = NULL;
+            errors = 0;
+        } else if (sl_mono_ms() - last_warn > 5000) {
+            sl_warn("fetch: %s (jerr %d); retrying", natsStatus_GetText(s), (int)jerr);
+            last_warn = sl_mono_ms();
+        }
+        for (int i = 0; i < 4 && !*stop; i++)
+            usleep(50 * 1000);
+    }
+    atomic_store(&l->ready, 0);
+    return SL_OK;
+}

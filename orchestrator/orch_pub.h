@@ -1,0 +1,58 @@
+/* Batched asynchronous JetStream publishing: the loop queues every publish
+ * of a batch, waits once for all acknowledgments, then reads each
+ * publish's outcome. Owns its own jsCtx (on the bus's connection) whose ack
+ * handler records outcomes. Used by one thread at a time (the loop); the
+ * ack handler runs on a cnats thread and takes the mutex. */
+#ifndef ORCH_PUB_H
+#define ORCH_PUB_H
+
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_status.h"
+
+#define ORCH_PUB_MAX 2048 /* publishes per round */
+
+typedef struct orch_pub orch_pub;
+
+typedef struct orch_pub_result {
+    bool done;      /* an acknowledgment or an error came back */
+    natsStatus err; /* NATS_OK when stored (or deduplicated) */
+    jsErrCode jerr; /* the JetStream error code, e.g. 10077 for a full subject */
+    uint64_t seq;   /* stream sequence when stored */
+    bool duplicate; /* the stream already had this Nats-Msg-Id */
+} orch_pub_result;
+
+/* Creates a publisher on nc. SL_ERR_BUS / SL_ERR_NOMEM on failure. */
+sl_status orch_pub_create(orch_pub **out, natsConnection *nc);
+
+/* Destroys p after waiting at most 1 s for outstanding acks; NULL-safe. */
+void orch_pub_destroy(orch_pub *p);
+
+/* Starts a new round: forgets every slot. */
+void orch_pub_reset(orch_pub *p);
+
+/* Queues one publish of data to subject with header Nats-Msg-Id msg_id
+ * (required: it is how outcomes are matched and duplicates dropped).
+ * extra_hdr/extra_val add one more header when not NULL. Returns SL_OK and
+ * the slot in *slot; SL_ERR_FULL when the round has ORCH_PUB_MAX slots;
+ * SL_ERR_BUS when the publish could not be queued (the slot is then
+ * already done with that error). */
+sl_status orch_pub_add(orch_pub *p, const char *subject, const char *msg_id, const void *data,
+                       size_t len, int *slot);
+
+/* Waits until every queued publish of the round has an outcome or
+ * timeout_ms passed; publishes still without an outcome then count as
+ * failed with NATS_TIMEOUT. Returns SL_OK when all completed (each may
+ * still have failed: see orch_pub_get), SL_ERR_TIMEOUT otherwise. */
+sl_status orch_pub_wait(orch_pub *p, int64_t timeout_ms);
+
+/* Returns the outcome of slot (valid after orch_pub_wait). */
+orch_pub_result orch_pub_get(const orch_pub *p, int slot);
+
+/* Returns true when the outcome is stored or deduplicated. */
+bool orch_pub_ok(const orch_pub *p, int slot);
+
+#endif

@@ -1,0 +1,19 @@
+#include "orch_router.h"
+
+#include <string.h>
+
+size_t orch_route(const orch_agents *a, const char *text, const char *author_agent, uint32_t hops,
+                  uint32_t hop_limit, size_t *idx, size_t cap)
+{
+    size_t n = 0;
+
+    if (a == NULL || hops >= hop_limit)
+        return 0;
+    for (size_t i = 0; i < a->n && n < cap; i++) {
+        if (author_agent != NULL && strcmp(author_agent, a->v[i].name) == 0)
+            continue;
+        if (orch_agent_matches(&a->v[i], text))
+            idx[n++] = i;
+    }
+    return n;
+}

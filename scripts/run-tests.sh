@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs Sluice's C test binaries and prints one summary line.
+# Usage: run-tests.sh [--unit|--integ] BUILD_DIR BIN_DIR [BUILD_DIR BIN_DIR ...]
+# Each pair is a build variant: its tests run against its own binaries.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+filter=all
+case "${1:-}" in --unit) filter=unit; shift ;; --integ) filter=integ; shift ;; esac
+
+passed=0; failed=0; bad=()
+run_one() { # variant test bin
+    local name out rc checks fails errs
+    name="$1/$(basename "$2")"
+    echo "=== $name"
+    out=$(SLUICE_BIN_DIR="$3" CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-300} "$2" 2>&1)
+    rc=$?
+    echo "$out" | tail -n 40
+    # Check prints "NN%: Checks: N, Failures: F, Errors: E".
+    line=$(echo "$out" | grep -E '^[0-9]+%: Checks: [0-9]+' | tail -1)
+    if [ -n "$line" ]; then
+        checks=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
+        fails=$(echo "$line" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
+        errs=$(echo "$line" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
+        passed=$((passed + checks - fails - errs))
+        failed=$((failed + fails + errs))
+        if [ "$rc" -ne 0 ] && [ $((fails + errs)) -eq 0 ]; then failed=$((failed + 1)); fi
+    else
+        failed=$((failed + 1))
+    fi
+    [ "$rc" -eq 0 ] || bad+=("$name")
+}
+
+while [ $# -ge 2 ]; do
+    build=$1; bin=$2; shift 2
+    variant=$(basename "$build")
+    if [ "$filter" != integ ]; then
+        for t in "$build"/tests/check_*; do [ -x "$t" ] && run_one "$variant" "$t" "$bin"; done
+    fi
+    if [ "$filter" != unit ]; then
+        for t in "$build"/tests/test_*; do [ -x "$t" ] && run_one "$variant" "$t" "$bin"; done
+    fi
+done
+
+echo
+[ ${#bad[@]} -gt 0 ] && echo "failing: ${bad[*]}"
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#bad[@]} -eq 0 ]

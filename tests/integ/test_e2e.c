@@ -1,0 +1,133 @@
+/* The first path through all tiers (issue 2): hello with a JWT -> welcome;
+ * send on the private channel -> accepted after the JetStream ack -> the
+ * assistant agent's echo streams token events and one final reply on
+ * channel "s" with increasing seq. Real nats-server, real binaries, a real
+ * WebSocket client. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "hx.h"
+#include "sl_subject.h"
+
+static hx_stack *start_stack(int echo_delay_ms)
+{
+    hx_stack_cfg cfg;
+    hx_stack *s = NULL;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.gateways = 1;
+    cfg.orchestrators = 1;
+    cfg.workers = 1;
+    cfg.echo_token_delay_ms = echo_delay_ms;
+    HX_OK(NULL, hx_stack_start(&s, &cfg));
+    return s;
+}
+
+START_TEST(test_echo_reply_streams_on_session_channel)
+{
+    hx_stack *s = start_stack(5);
+    char *tok = hx_token(s, "acme", "alice", 300);
+    hx_sl_client *c = NULL;
+    cJSON *acc, *f;
+    const char *text = "the quick brown fox jumps over the lazy dog";
+    char streamed[512] = "";
+    int64_t last_seq = 0;
+    int tokens = 0, finals = 0;
+    int64_t deadline;
+
+    HX_ASSERT(s, tok != NULL);
+    HX_OK(s, hx_sl_connect(&c, hx_stack_gw_port(s, 0), tok, 10000));
+    HX_ASSERT(s, sl_id_valid(hx_sl_session(c)));
+    HX_ASSERT(s, cJSON_IsObject(cJSON_GetObjectItem(hx_sl_welcome(c), "limits")));
+
+    acc = hx_sl_send_wait(c, "c-1", NULL, text, 10000);
+    HX_ASSERT(s, acc != NULL);
+    HX_ASSERT_MSG(s, strcmp(cJSON_GetObjectItem(acc, "type")->valuestring, "accepted") == 0,
+                  "expected accepted, got %s", cJSON_PrintUnformatted(acc));
+    HX_ASSERT(s, cJSON_IsString(cJSON_GetObjectItem(acc, "event")));
+    HX_ASSERT(s, cJSON_IsFalse(cJSON_GetObjectItem(acc, "duplicate")));
+    cJSON_Delete(acc);
+
+    /* Read events until the final reply: the user's message, tokens, reply. */
+    deadline = hx_now_ms() + 20000;
+    while (finals == 0 && hx_now_ms() < deadline) {
+        const char *kind;
+        int64_t seq;
+        f = hx_ws_recv_json(hx_sl_ws(c), 1000);
+        if (f == NULL)
+            continue;
+        if (strcmp(cJSON_GetObjectItem(f, "type")->valuestring, "event") != 0) {
+            cJSON_Delete(f);
+            continue;
+        }
+        HX_ASSERT(s, strcmp(cJSON_GetObjectItem(f, "ch")->valuestring, "s") == 0);
+        seq = (int64_t)cJSON_GetObjectItem(f, "seq")->valuedouble;
+        HX_ASSERT_MSG(s, seq > last_seq, "seq %lld after %lld", (long long)seq,
+                      (long long)last_seq);
+        last_seq = seq;
+        kind = cJSON_GetObjectItem(f, "kind")->valuestring;
+        if (strcmp(kind, "token") == 0) {
+            HX_ASSERT(s, strcmp(cJSON_GetObjectItem(f, "to")->valuestring, "c-1") == 0);
+            HX_ASSERT(s, strcmp(cJSON_GetObjectItem(f, "agent")->valuestring, "assistant") == 0);
+            strncat(streamed, cJSON_GetObjectItem(f, "text")->valuestring,
+                    sizeof(streamed) - strlen(streamed) - 1);
+            tokens++;
+        } else if (strcmp(kind, "reply") == 0) {
+            HX_ASSERT(s, cJSON_IsTrue(cJSON_GetObjectItem(f, "final")));
+            HX_ASSERT(s, strcmp(cJSON_GetObjectItem(f, "to")->valuestring, "c-1") == 0);
+            HX_ASSERT_MSG(s, strcmp(cJSON_GetObjectItem(f, "text")->valuestring, text) == 0,
+                          "final text '%s'", cJSON_GetObjectItem(f, "text")->valuestring);
+            finals++;
+        } else if (strcmp(kind, "message") == 0) {
+            HX_ASSERT(s, strcmp(cJSON_GetObjectItem(f, "text")->valuestring, text) == 0);
+        }
+        cJSON_Delete(f);
+    }
+    HX_ASSERT_MSG(s, finals == 1, "no final reply within 20 s");
+    HX_ASSERT_MSG(s, tokens >= 2, "expected streamed tokens, got %d", tokens);
+    HX_ASSERT_MSG(s, strcmp(streamed, text) == 0, "tokens assemble to '%s'", streamed);
+    HX_ASSERT(s, hx_sl_get_counts(c).duplicates == 0);
+
+    hx_sl_destroy(c);
+    free(tok);
+    {
+        bool clean = false;
+        HX_OK(s, hx_stack_stop_all_gracefully(s, &clean));
+        HX_ASSERT_MSG(s, clean, "a process did not exit cleanly (exit code or sanitizer report)");
+    }
+    hx_stack_destroy(s);
+}
+END_TEST
+
+START_TEST(test_bad_token_is_refused)
+{
+    hx_stack *s = start_stack(0);
+    char *forged = hx_token_secret("not-the-right-secret-at-all-0123", "acme", "mallory", 300,
+                                   NULL, -1);
+    hx_sl_client *c = NULL;
+
+    HX_ASSERT(s, forged != NULL);
+    HX_ASSERT(s, hx_sl_connect(&c, hx_stack_gw_port(s, 0), forged, 10000) == SL_ERR_AUTH);
+    HX_ASSERT(s, c == NULL);
+    free(forged);
+    hx_stack_destroy(s);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("e2e");
+    TCase *tc = tcase_create("first path");
+    SRunner *sr;
+    int failed;
+
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_echo_reply_streams_on_session_channel);
+    tcase_add_test(tc, test_bad_token_is_refused);
+    suite_add_tcase(su, tc);
+    sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

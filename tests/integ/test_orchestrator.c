@@ -1,0 +1,1020 @@
+/* Integration tests of sluice-orchestrator alone: a real nats-server and
+ * the real orchestrator binary (started by the harness), with envelopes
+ * published to SLUICE_IN and SLUICE_OUT / SLUICE_WORK read back with cnats.
+ * Where a worker is needed, the test runs a small one of its own (a pull
+ * consumer on WORK that publishes the final reply with the wire ids), so
+ * that these tests do not depend on the worker tier. */
+#include <check.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "hx_http.h"
+#include "hx_stack.h"
+#include "hx_util.h"
+#include "sl_codec.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+#define T1 "t1"
+#define T2 "t2"
+
+/* ---- helpers: stack ---- */
+
+typedef struct fixture {
+    hx_stack *stack;
+    char *dir; /* our own temp dir, for the agents file */
+    natsConnection *nc;
+    jsCtx *js;
+    /* The harness keeps pointing at the environment (restarts reuse it). */
+    const char *env[16];
+    char *agents_env;
+} fixture;
+
+static void fx_start(fixture *fx, int orchestrators, const char *agents_json,
+                     const char *const *extra_env)
+{
+    hx_stack_cfg cfg = {0};
+    const char **env = fx->env;
+    int n = 0;
+
+    memset(fx, 0, sizeof(*fx));
+    ck_assert_int_eq(hx_tmpdir_create("orch", &fx->dir), SL_OK);
+    if (agents_json != NULL) {
+        fx->agents_env = hx_strf("SLUICE_AGENTS_FILE=%s/agents.json", fx->dir);
+        char *file = hx_strf("%s/agents.json", fx->dir);
+        ck_assert_int_eq(hx_file_write(file, agents_json), SL_OK);
+        free(file);
+        env[n++] = fx->agents_env;
+    }
+    for (int i = 0; extra_env != NULL && extra_env[i] != NULL && n < 14; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
+    cfg.orchestrators = orchestrators;
+    cfg.tier_env[HX_ORCHESTRATOR] = env;
+    ck_assert_msg(hx_stack_start(&fx->stack, &cfg) == SL_OK, "stack: %s", hx_error());
+    ck_assert_int_eq(natsConnection_ConnectTo(&fx->nc, hx_stack_nats_url(fx->stack)), NATS_OK);
+    ck_assert_int_eq(natsConnection_JetStream(&fx->js, fx->nc, NULL), NATS_OK);
+}
+
+/* Stops every orchestrator with SIGTERM (a graceful stop must end with exit
+ * 0 within 5 s), checks the logs for sanitizer reports, tears down. */
+static void fx_stop(fixture *fx)
+{
+    jsCtx_Destroy(fx->js);
+    natsConnection_Destroy(fx->nc);
+    if (fx->stack != NULL) {
+        for (int i = 0; i < hx_stack_count(fx->stack, HX_ORCHESTRATOR); i++) {
+            int status = 0;
+            char sb[64];
+            if (!hx_proc_alive(hx_stack_proc(fx->stack, HX_ORCHESTRATOR, i)))
+                continue;
+            ck_assert_msg(hx_stack_stop(fx->stack, HX_ORCHESTRATOR, i, SIGTERM, 5000, &status) ==
+                              SL_OK,
+                          "orchestrator %d did not stop within 5 s of SIGTERM", i);
+            ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                          "orchestrator %d: %s after SIGTERM", i,
+                          hx_proc_status_str(status, sb, sizeof(sb)));
+        }
+        ck_assert(hx_stack_sanitizer_clean(fx->stack));
+        hx_stack_destroy(fx->stack);
+    }
+    hx_rm_rf(fx->dir);
+    free(fx->dir);
+    free(fx->agents_env);
+}
+
+/* The value of a metric line "<series> <value>" on process i's /metrics;
+ * -1 when absent or unreachable. */
+static double metric(fixture *fx, int i, const char *series)
+{
+    char *body = NULL;
+    double v = -1;
+    size_t n = strlen(series);
+
+    if (hx_http_get(NULL, hx_stack_admin_port(fx->stack, HX_ORCHESTRATOR, i), "/metrics", 2000,
+                    &body) != 200) {
+        free(body);
+        return -1;
+    }
+    for (const char *p = body; p != NULL && *p != '\0';) {
+        const char *eol = strchr(p, '\n');
+        if (strncmp(p, series, n) == 0 && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+        p = eol != NULL ? eol + 1 : NULL;
+    }
+    free(body);
+    return v;
+}
+
+/* ---- helpers: publishing to IN ---- */
+
+typedef struct sent {
+    char event_id[SL_EVENT_ID_LEN + 1];
+} sent;
+
+/* Publishes a user message as the gateway does (wire.md). Retries a failed
+ * publish with the same id a few times; returns the last status. Usable
+ * from any thread (it asserts nothing). */
+static natsStatus try_publish_user(fixture *fx, const char *tenant, const char *session,
+                                   const char *client_id, const char *prev, const char *room,
+                                   const char *text, const char *msg_id_override, sent *out)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;
+    char ev[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], id[200];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubOptions po;
+    natsStatus s = NATS_ERR;
+
+    if (out != NULL && out->event_id[0] != '\0')
+        snprintf(ev, sizeof(ev), "%s", out->event_id);
+    else
+        sl_event_id_new(ev);
+    e.event_id = ev;
+    e.tenant = (char *)tenant;
+    e.session = (char *)session;
+    e.client_id = (char *)client_id;
+    e.message_id = (char *)client_id;
+    e.prev_event_id = (char *)(prev != NULL ? prev : "");
+    e.ts_unix_ns = sl_now_ns();
+    m.room = (char *)(room != NULL ? room : "");
+    m.text = (char *)text;
+    m.user = "u1";
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &m;
+    if (sl_envelope_encode(&e, &buf, &len) != SL_OK ||
+        sl_subject_in(subj, sizeof(subj), tenant, session) != SL_OK) {
+        free(buf);
+        return NATS_INVALID_ARG;
+    }
+    snprintf(id, sizeof(id), "%s:%s:%s", tenant, session, client_id);
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id_override != NULL ? msg_id_override : id;
+    for (int i = 0; i < 20 && s != NATS_OK; i++) {
+        s = js_Publish(NULL, fx->js, subj, buf, (int)len, &po, NULL);
+        if (s != NATS_OK)
+            hx_sleep_ms(100);
+    }
+    free(buf);
+    if (s == NATS_OK && out != NULL)
+        snprintf(out->event_id, sizeof(out->event_id), "%s", ev);
+    return s;
+}
+
+static void publish_user(fixture *fx, const char *tenant, const char *session,
+                         const char *client_id, const char *prev, const char *room,
+                         const char *text, const char *msg_id_override, sent *out)
+{
+    natsStatus s = try_publish_user(fx, tenant, session, client_id, prev, room, text,
+                                    msg_id_override, out);
+    ck_assert_msg(s == NATS_OK, "publish to IN: %s", natsStatus_GetText(s));
+}
+
+/* ---- helpers: reading OUT with an ordered consumer ---- */
+
+typedef struct out_ev {
+    char subject[SL_SUBJECT_MAX];
+    Sluice__Envelope *env;
+} out_ev;
+
+typedef struct out_log {
+    pthread_mutex_t mu;
+    out_ev *v;
+    size_t n, cap;
+    natsSubscription *sub;
+} out_log;
+
+static void on_out(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    out_log *o = closure;
+    Sluice__Envelope *e = NULL;
+
+    (void)nc;
+    (void)sub;
+    if (sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) ==
+        SL_OK) {
+        pthread_mutex_lock(&o->mu);
+        if (o->n == o->cap) {
+            o->cap = o->cap ? o->cap * 2 : 256;
+            o->v = realloc(o->v, o->cap * sizeof(*o->v));
+        }
+        snprintf(o->v[o->n].subject, SL_SUBJECT_MAX, "%s", natsMsg_GetSubject(msg));
+        o->v[o->n++].env = e;
+        pthread_mutex_unlock(&o->mu);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void out_start(fixture *fx, out_log *o)
+{
+    jsSubOptions so;
+
+    memset(o, 0, sizeof(*o));
+    pthread_mutex_init(&o->mu, NULL);
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    so.Stream = SL_STREAM_OUT;
+    ck_assert_int_eq(js_Subscribe(&o->sub, fx->js, "sluice.out.>", on_out, o, NULL, &so, NULL),
+                     NATS_OK);
+}
+
+static void out_stop(out_log *o)
+{
+    natsSubscription_Unsubscribe(o->sub);
+    natsSubscription_Destroy(o->sub);
+    for (size_t i = 0; i < o->n; i++)
+        sl_envelope_free(o->v[i].env);
+    free(o->v);
+    pthread_mutex_destroy(&o->mu);
+}
+
+/* Counts OUT events matching body kind (0: any) and, when subject is not
+ * NULL, that subject. */
+static size_t out_count(out_log *o, Sluice__Envelope__BodyCase kind, const char *subject)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&o->mu);
+    for (size_t i = 0; i < o->n; i++) {
+        if ((kind == 0 || o->v[i].env->body_case == kind) &&
+            (subject == NULL || strcmp(o->v[i].subject, subject) == 0))
+            n++;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return n;
+}
+
+typedef struct count_cond {
+    out_log *o;
+    Sluice__Envelope__BodyCase kind;
+    const char *subject;
+    size_t want;
+} count_cond;
+
+static bool count_reached(void *ud)
+{
+    count_cond *c = ud;
+    return out_count(c->o, c->kind, c->subject) >= c->want;
+}
+
+static bool wait_out(out_log *o, Sluice__Envelope__BodyCase kind, const char *subject,
+                     size_t want, int timeout_ms)
+{
+    count_cond c = {o, kind, subject, want};
+    return hx_wait_until(count_reached, &c, timeout_ms);
+}
+
+/* ---- helpers: a worker of the test's own ---- */
+
+typedef enum fw_mode { FW_REPLY, FW_NAK } fw_mode;
+
+typedef struct fw_job {
+    char job[SL_ID_MAX + 1];
+    char agent[SL_ID_MAX + 1];
+    char tenant[SL_ID_MAX + 1];
+    char to[SL_ID_MAX + 1];
+    uint32_t hops;
+} fw_job;
+
+typedef struct fake_worker {
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *sub;
+    fw_mode mode;
+    bool post_agent_msgs; /* publish each reply back to IN as the worker does */
+    pthread_t thread;
+    _Atomic int stop;
+    pthread_mutex_t mu;
+    fw_job *jobs;
+    size_t njobs, cap;
+    _Atomic long deliveries;
+} fake_worker;
+
+/* The text an agent answers with: pinger and ponger make a loop. */
+static const char *fw_answer(const char *agent)
+{
+    if (strcmp(agent, "pinger") == 0)
+        return "pong";
+    if (strcmp(agent, "ponger") == 0)
+        return "ping";
+    return "done";
+}
+
+static void fw_handle(fake_worker *w, natsMsg *m)
+{
+    Sluice__Envelope *e = NULL;
+    const Sluice__WorkRequest *wr;
+    char subj[SL_SUBJECT_MAX], id[200];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubOptions po;
+    natsStatus s;
+
+    atomic_fetch_add(&w->deliveries, 1);
+    if (w->mode == FW_NAK) {
+        natsMsg_Nak(m, NULL);
+        return;
+    }
+    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) != SL_OK ||
+        e->work == NULL) {
+        natsMsg_Term(m, NULL);
+        sl_envelope_free(e);
+        return;
+    }
+    wr = e->work;
+    pthread_mutex_lock(&w->mu);
+    if (w->njobs == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 256;
+        w->jobs = realloc(w->jobs, w->cap * sizeof(*w->jobs));
+    }
+    fw_job *j = &w->jobs[w->njobs++];
+    snprintf(j->job, sizeof(j->job), "%s", wr->job_id);
+    snprintf(j->agent, sizeof(j->agent), "%s", wr->agent);
+    snprintf(j->tenant, sizeof(j->tenant), "%s", e->tenant);
+    snprintf(j->to, sizeof(j->to), "%s", wr->to);
+    j->hops = e->hops;
+    pthread_mutex_unlock(&w->mu);
+
+    {
+        Sluice__Envelope r = SLUICE__ENVELOPE__INIT;
+        Sluice__Reply rep = SLUICE__REPLY__INIT;
+        char ev[SL_EVENT_ID_LEN + 1];
+        sl_event_id_new(ev);
+        r.event_id = ev;
+        r.tenant = e->tenant;
+        r.session = e->session;
+        r.message_id = wr->to;
+        r.hops = e->hops;
+        rep.reply_id = wr->reply_id;
+        rep.to = wr->to;
+        rep.agent = wr->agent;
+        rep.text = (char *)fw_answer(wr->agent);
+        rep.attempt = 1;
+        r.body_case = SLUICE__ENVELOPE__BODY_REPLY;
+        r.reply = &rep;
+        sl_envelope_encode(&r, &buf, &len);
+        if (wr->room[0] != '\0')
+            sl_subject_chan(subj, sizeof(subj), "sluice.out", e->tenant, true, wr->room);
+        else
+            sl_subject_chan(subj, sizeof(subj), "sluice.out", e->tenant, false, e->session);
+        jsPubOptions_Init(&po);
+        snprintf(id, sizeof(id), "r:%s", wr->job_id);
+        po.MsgId = id;
+        s = js_Publish(NULL, w->js, subj, buf, (int)len, &po, NULL);
+        free(buf);
+        buf = NULL;
+        if (s != NATS_OK) {
+            natsMsg_Nak(m, NULL);
+            sl_envelope_free(e);
+            return;
+        }
+    }
+    if (w->post_agent_msgs) {
+        Sluice__Envelope a = SLUICE__ENVELOPE__INIT;
+        Sluice__ClientMessage cm = SLUICE__CLIENT_MESSAGE__INIT;
+        char ev[SL_EVENT_ID_LEN + 1], sess[SL_ID_MAX + 1];
+        sl_event_id_new(ev);
+        a.event_id = ev;
+        a.tenant = e->tenant;
+        a.session = e->session;
+        a.message_id = wr->reply_id;
+        a.hops = e->hops + 1;
+        cm.room = wr->room;
+        cm.text = (char *)fw_answer(wr->agent);
+        cm.agent = wr->agent;
+        a.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+        a.message = &cm;
+        sl_envelope_encode(&a, &buf, &len);
+        snprintf(sess, sizeof(sess), "a-%s", wr->agent);
+        sl_subject_in(subj, sizeof(subj), e->tenant, sess);
+        jsPubOptions_Init(&po);
+        snprintf(id, sizeof(id), "a:%s", wr->reply_id);
+        po.MsgId = id;
+        js_Publish(NULL, w->js, subj, buf, (int)len, &po, NULL);
+        free(buf);
+    }
+    {
+        char key[SL_SUBJECT_MAX], val[256];
+        snprintf(key, sizeof(key), "$KV.%s.%s.%s", SL_KV_INFLIGHT, e->tenant, wr->job_id);
+        snprintf(val, sizeof(val), "{\"state\":\"done\",\"agent\":\"%s\"}", wr->agent);
+        natsConnection_PublishString(w->nc, key, val);
+    }
+    natsMsg_Ack(m, NULL);
+    sl_envelope_free(e);
+}
+
+static void *fw_main(void *arg)
+{
+    fake_worker *w = arg;
+
+    while (!atomic_load(&w->stop)) {
+        natsMsgList list = {0};
+        if (natsSubscription_Fetch(&list, w->sub, 32, 200, NULL) == NATS_OK) {
+            for (int i = 0; i < list.Count; i++)
+                fw_handle(w, list.Msgs[i]);
+        }
+        natsMsgList_Destroy(&list);
+    }
+    return NULL;
+}
+
+/* Starts a worker on the durable wrk_<model> with the given filter (NULL:
+ * sluice.work.<model>.>), AckWait and MaxDeliver. */
+static void fw_start(fixture *fx, fake_worker *w, const char *model, const char *filter,
+                     int64_t ack_wait_ms, int64_t max_deliver, fw_mode mode)
+{
+    jsConsumerConfig cc;
+    jsSubOptions so;
+    char durable[80], filt[SL_SUBJECT_MAX];
+
+    memset(w, 0, sizeof(*w));
+    pthread_mutex_init(&w->mu, NULL);
+    w->mode = mode;
+    ck_assert_int_eq(natsConnection_ConnectTo(&w->nc, hx_stack_nats_url(fx->stack)), NATS_OK);
+    ck_assert_int_eq(natsConnection_JetStream(&w->js, w->nc, NULL), NATS_OK);
+    snprintf(durable, sizeof(durable), "wrk_%s", model);
+    if (filter != NULL)
+        snprintf(filt, sizeof(filt), "%s", filter);
+    else
+        snprintf(filt, sizeof(filt), "sluice.work.%s.>", model);
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = durable;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = ack_wait_ms * 1000000LL;
+    cc.MaxDeliver = max_deliver;
+    cc.FilterSubject = filt;
+    ck_assert_int_eq(js_AddConsumer(NULL, w->js, SL_STREAM_WORK, &cc, NULL, NULL), NATS_OK);
+    jsSubOptions_Init(&so);
+    so.Stream = SL_STREAM_WORK;
+    so.Consumer = durable;
+    ck_assert_int_eq(js_PullSubscribe(&w->sub, w->js, filt, durable, NULL, &so, NULL), NATS_OK);
+    ck_assert_int_eq(pthread_create(&w->thread, NULL, fw_main, w), 0);
+}
+
+static void fw_stop(fake_worker *w)
+{
+    atomic_store(&w->stop, 1);
+    pthread_join(w->thread, NULL);
+    natsSubscription_Destroy(w->sub);
+    jsCtx_Destroy(w->js);
+    natsConnection_Destroy(w->nc);
+    free(w->jobs);
+    pthread_mutex_destroy(&w->mu);
+}
+
+static size_t fw_count(fake_worker *w, const char *agent)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->njobs; i++)
+        n += agent == NULL || strcmp(w->jobs[i].agent, agent) == 0;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+/* Messages currently in SLUICE_WORK on subject (NULL: all). */
+static uint64_t work_depth(fixture *fx, const char *subject)
+{
+    jsStreamInfo *si = NULL;
+    jsOptions o;
+    uint64_t n = 0;
+
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = subject;
+    if (js_GetStreamInfo(&si, fx->js, SL_STREAM_WORK, subject != NULL ? &o : NULL, NULL) ==
+        NATS_OK) {
+        if (subject == NULL) {
+            n = si->State.Msgs;
+        } else if (si->State.Subjects != NULL) {
+            for (int i = 0; i < si->State.Subjects->Count; i++)
+                n += si->State.Subjects->List[i].Msgs;
+        }
+    }
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+static const char *const ONE_AGENT =
+    "{\"agents\":[{\"name\":\"assistant\",\"model\":\"default\",\"match\":\"all\","
+    "\"fallback\":\"sorry, later\"}]}";
+
+/* ---- tests ---- */
+
+/* Messages published to IN out of causal order (c-3 and c-2 before c-1,
+ * waiting across batches) come out on OUT as c-1, c-2, c-3; a message
+ * whose predecessor never comes is processed after the deadline (a gap). */
+START_TEST(test_causal_order)
+{
+    const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=3000", NULL};
+    const char *room = "sluice.out." T1 ".r.lobby";
+    fixture fx;
+    out_log o;
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    publish_user(&fx, T1, "sessA", "c-3", "c-2", "lobby", "third", NULL, NULL);
+    publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "second", NULL, NULL);
+    /* Both have been held back (NAKed) at least once before c-1 exists. */
+    for (int i = 0; i < 100 && metric(&fx, 0, "sluice_orch_causal_waits_total") < 2; i++)
+        hx_sleep_ms(20);
+    ck_assert_double_ge(metric(&fx, 0, "sluice_orch_causal_waits_total"), 2);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room), 0);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "first", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 3, 10000));
+    pthread_mutex_lock(&o.mu);
+    {
+        const char *want[] = {"c-1", "c-2", "c-3"};
+        size_t k = 0;
+        for (size_t i = 0; i < o.n; i++) {
+            if (o.v[i].env->body_case != SLUICE__ENVELOPE__BODY_MESSAGE)
+                continue;
+            ck_assert_str_eq(o.v[i].env->client_id, want[k]);
+            k++;
+        }
+        ck_assert_uint_eq(k, 3);
+    }
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 0);
+
+    /* A private message whose predecessor never arrives: processed anyway
+     * after the deadline, on the session channel, and counted as a gap. */
+    int64_t t0 = hx_now_ms();
+    publish_user(&fx, T1, "sessB", "c-9", "c-8", NULL, "orphan", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T1 ".s.sessB", 1, 15000));
+    ck_assert_int_ge(hx_now_ms() - t0, 2000);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 1);
+    /* Each message also became one work request for the one agent. */
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 4);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* The same message delivered twice (past JetStream's duplicate window, as a
+ * different IN message) has no second effect: one message event, one work
+ * request. */
+START_TEST(test_redelivery_no_second_effect)
+{
+    const char *room = "sluice.out." T1 ".r.lobby";
+    fixture fx;
+    out_log o;
+    sent s1 = {0};
+
+    fx_start(&fx, 1, ONE_AGENT, NULL);
+    out_start(&fx, &o);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hello", NULL, &s1);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 1, 10000));
+    /* Same envelope (same event id), another Nats-Msg-Id: a redelivery
+     * that JetStream's dedup cannot catch. */
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hello", "redelivered-1", &s1);
+    for (int i = 0; i < 250 && metric(&fx, 0, "sluice_orch_duplicates_total") < 1; i++)
+        hx_sleep_ms(20);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_duplicates_total"), 1);
+    /* Then the next message, so that anything still in flight has landed. */
+    publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "next", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 2, 10000));
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room), 2);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 2);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_jobs_dispatched_total"), 2);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* Checks every session's message events on OUT against client order
+ * c-1, c-2, ...: counts distinct events, duplicates and order violations
+ * (an event that is not the successor of the session's previous one). */
+static void check_session_order(out_log *o, int nsess, int per_sess, size_t *distinct,
+                                size_t *dups, size_t *disorder)
+{
+    int *last = calloc((size_t)nsess, sizeof(int));
+    char **seen = calloc((size_t)nsess, sizeof(char *));
+
+    *distinct = 0;
+    *dups = 0;
+    *disorder = 0;
+    for (int s = 0; s < nsess; s++)
+        seen[s] = calloc(100000, 1);
+    pthread_mutex_lock(&o->mu);
+    for (size_t i = 0; i < o->n; i++) {
+        const Sluice__Envelope *e = o->v[i].env;
+        int s, c;
+        if (e->body_case != SLUICE__ENVELOPE__BODY_MESSAGE ||
+            sscanf(e->session, "s%d", &s) != 1 || sscanf(e->client_id, "c-%d", &c) != 1)
+            continue;
+        ck_assert(s >= 0 && s < nsess && c > 0 && c < 100000);
+        if (seen[s][c]) {
+            (*dups)++;
+            continue;
+        }
+        seen[s][c] = 1;
+        (*distinct)++;
+        if (c != last[s] + 1) {
+            (*disorder)++;
+            fprintf(stderr, "order: session s%d: c-%d after c-%d\n", s, c, last[s]);
+        }
+        last[s] = c;
+    }
+    pthread_mutex_unlock(&o->mu);
+    for (int s = 0; s < nsess; s++) {
+        if (per_sess > 0)
+            ck_assert_int_le(last[s], per_sess);
+        free(seen[s]);
+    }
+    free(seen);
+    free(last);
+}
+
+/* Number of lines of a file that contain needle. */
+static size_t count_lines_with(const char *path, const char *needle)
+{
+    char *text = hx_file_tail(path, 64u << 20);
+    size_t n = 0;
+
+    for (const char *p = text; p != NULL && (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    free(text);
+    return n;
+}
+
+/* Two replicas share the durable: both process messages, and each
+ * session's order holds although its messages go to either replica and
+ * are published out of order. */
+START_TEST(test_two_replicas_share_and_order)
+{
+    enum { NSESS = 12, PER = 20 };
+    fixture fx;
+    out_log o;
+    size_t distinct, dups, disorder;
+    char sess[16], cid[16], prev[16];
+
+    fx_start(&fx, 2, ONE_AGENT, NULL);
+    out_start(&fx, &o);
+    for (int round = 0; round < PER; round += 2) {
+        /* Each session's pair goes out reversed: c-(n+1) before c-n. */
+        for (int s = 0; s < NSESS; s++) {
+            snprintf(sess, sizeof(sess), "s%d", s);
+            for (int k = 1; k >= 0; k--) {
+                int c = round + k + 1;
+                snprintf(cid, sizeof(cid), "c-%d", c);
+                snprintf(prev, sizeof(prev), "c-%d", c - 1);
+                publish_user(&fx, T1, sess, cid, c > 1 ? prev : NULL, NULL, "x", NULL, NULL);
+            }
+        }
+        hx_sleep_ms(30); /* spread over several fetches so both replicas get some */
+    }
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL, NSESS * PER, 30000));
+    hx_sleep_ms(300);
+    check_session_order(&o, NSESS, PER, &distinct, &dups, &disorder);
+    ck_assert_uint_eq(distinct, NSESS * PER);
+    ck_assert_uint_eq(dups, 0);
+    ck_assert_uint_eq(disorder, 0);
+    double a = metric(&fx, 0, "sluice_orch_events_total{kind=\"user\"}");
+    double b = metric(&fx, 1, "sluice_orch_events_total{kind=\"user\"}");
+    ck_assert_msg(a > 0 && b > 0, "replicas processed %.0f and %.0f", a, b);
+    ck_assert_double_eq(a + b, NSESS * PER);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+typedef struct loader {
+    fixture *fx;
+    int nsess;
+    _Atomic int stop;
+    _Atomic int sent; /* messages accepted by IN */
+    _Atomic int failed;
+    int per_sess[64];
+    pthread_t thread;
+} loader;
+
+static void *load_main(void *arg)
+{
+    loader *ld = arg;
+    char sess[16], cid[16], prev[16];
+
+    for (int round = 1; round <= 10000 && !atomic_load(&ld->stop); round++) {
+        for (int s = 0; s < ld->nsess; s++) {
+            snprintf(sess, sizeof(sess), "s%d", s);
+            snprintf(cid, sizeof(cid), "c-%d", round);
+            snprintf(prev, sizeof(prev), "c-%d", round - 1);
+            if (try_publish_user(ld->fx, T1, sess, cid, round > 1 ? prev : NULL, "lobby", "load",
+                                 NULL, NULL) != NATS_OK) {
+                atomic_fetch_add(&ld->failed, 1);
+                return NULL;
+            }
+            ld->per_sess[s] = round;
+            atomic_fetch_add(&ld->sent, 1);
+        }
+        hx_sleep_ms(20);
+    }
+    return NULL;
+}
+
+/* Replicas are SIGKILLed at random points of a loaded run, at least 10
+ * times; afterwards no accepted message is lost, none is shown twice,
+ * every session's order holds and every job has exactly one final reply. */
+START_TEST(test_sigkill_under_load)
+{
+    enum { NSESS = 10, KILLS = 12 };
+    const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=5000", NULL};
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    loader ld = {0};
+    size_t distinct, dups, disorder, finals = 0, final_dups = 0, gaps = 0;
+    unsigned seed = (unsigned)hx_now_ms();
+
+    fx_start(&fx, 2, ONE_AGENT, env);
+    out_start(&fx, &o);
+    fw_start(&fx, &w, "default", NULL, 5000, 5, FW_REPLY);
+    ld.fx = &fx;
+    ld.nsess = NSESS;
+    ck_assert_int_eq(pthread_create(&ld.thread, NULL, load_main, &ld), 0);
+    for (int k = 0; k < KILLS; k++) {
+        int victim = (int)(rand_r(&seed) % 2);
+        hx_sleep_ms(150 + (int)(rand_r(&seed) % 350));
+        ck_assert_int_eq(hx_stack_kill(fx.stack, HX_ORCHESTRATOR, victim, SIGKILL), SL_OK);
+        hx_sleep_ms((int)(rand_r(&seed) % 200));
+        ck_assert_msg(hx_stack_restart(fx.stack, HX_ORCHESTRATOR, victim) == SL_OK, "%s",
+                      hx_error());
+    }
+    atomic_store(&ld.stop, 1);
+    pthread_join(ld.thread, NULL);
+    int total = atomic_load(&ld.sent);
+    ck_assert_int_eq(atomic_load(&ld.failed), 0);
+    /* Everything accepted must come out: the held messages of the last
+     * victim come back after the IN AckWait. */
+    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL, (size_t)total, 60000),
+                  "only %zu of %d message events", out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL),
+                  total);
+    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL, (size_t)total, 60000),
+                  "only %zu of %d finals", out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL), total);
+    hx_sleep_ms(1000); /* let late duplicates, if any, show up */
+    check_session_order(&o, NSESS, 0, &distinct, &dups, &disorder);
+    for (int i = 0; i < 2; i++)
+        gaps += count_lines_with(hx_stack_log_path(fx.stack, HX_ORCHESTRATOR, i), "causal gap");
+    {
+        /* Finals: one per job, whatever happened. */
+        char **seen = calloc(o.n, sizeof(char *));
+        size_t nseen = 0;
+        pthread_mutex_lock(&o.mu);
+        for (size_t i = 0; i < o.n; i++) {
+            const Sluice__Envelope *e = o.v[i].env;
+            bool dup = false;
+            if (e->body_case != SLUICE__ENVELOPE__BODY_REPLY)
+                continue;
+            for (size_t j = 0; j < nseen && !dup; j++)
+                dup = strcmp(seen[j], e->reply->reply_id) == 0;
+            if (dup) {
+                final_dups++;
+            } else {
+                seen[nseen++] = e->reply->reply_id;
+                finals++;
+            }
+        }
+        pthread_mutex_unlock(&o.mu);
+        free(seen);
+    }
+    fprintf(stderr,
+            "kill test: %d kills, %d accepted, %zu message events (%zu duplicates), "
+            "%zu finals (%zu duplicates), %zu lost, %zu replies without a final, "
+            "%zu out of order, %zu causal gaps logged\n",
+            KILLS, total, distinct, dups, finals, final_dups, (size_t)total - distinct,
+            (size_t)total - finals, disorder, gaps);
+    ck_assert_uint_eq(distinct, (size_t)total);
+    ck_assert_uint_eq(dups, 0);
+    ck_assert_uint_eq(finals, (size_t)total);
+    ck_assert_uint_eq(final_dups, 0);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* A tenant whose queue is full gets busy events (with a retry hint) on the
+ * sender's session channel, while another tenant is still served. */
+START_TEST(test_tenant_queue_full_busy)
+{
+    const char *env[] = {"SLUICE_TENANT_QUEUE_MAX=2", NULL};
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    char cid[16], prev[16];
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    /* Only tenant t2 has a worker; t1's queue fills up. */
+    fw_start(&fx, &w, "default", "sluice.work.default." T2, 5000, 3, FW_REPLY);
+    for (int c = 1; c <= 5; c++) {
+        snprintf(cid, sizeof(cid), "c-%d", c);
+        snprintf(prev, sizeof(prev), "c-%d", c - 1);
+        publish_user(&fx, T1, "sessA", cid, c > 1 ? prev : NULL, "lobby", "hi", NULL, NULL);
+    }
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T1 ".s.sessA", 3, 10000));
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 2);
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *e = o.v[i].env;
+        if (e->body_case != SLUICE__ENVELOPE__BODY_BUSY)
+            continue;
+        ck_assert_str_eq(e->busy->reason, "tenant_queue_full");
+        ck_assert_str_eq(e->busy->agent, "assistant");
+        ck_assert_uint_gt(e->busy->retry_after_ms, 0);
+        ck_assert(strcmp(e->busy->to, "c-3") == 0 || strcmp(e->busy->to, "c-4") == 0 ||
+                  strcmp(e->busy->to, "c-5") == 0);
+    }
+    pthread_mutex_unlock(&o.mu);
+    /* All five messages were still posted to the room. */
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T1 ".r.lobby", 5, 5000));
+
+    /* Tenant t2 is answered meanwhile. */
+    for (int c = 1; c <= 3; c++) {
+        snprintf(cid, sizeof(cid), "c-%d", c);
+        snprintf(prev, sizeof(prev), "c-%d", c - 1);
+        publish_user(&fx, T2, "sessB", cid, c > 1 ? prev : NULL, "lobby", "hi", NULL, NULL);
+    }
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby", 3, 10000));
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"), 0);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_busy_total{reason=\"tenant_queue_full\"}"),
+                        3);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* A job that no worker finishes (the only one NAKs every delivery until
+ * MaxDeliver) ends with the agent's fallback as the final reply, and the
+ * work message is removed so the tenant's slot is free again. */
+START_TEST(test_fallback_after_max_deliveries)
+{
+    const char *agents = "{\"agents\":[{\"name\":\"slowpoke\",\"model\":\"m1\",\"match\":\"all\","
+                         "\"fallback\":\"the model is unavailable\"}]}";
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    const char *room = "sluice.out." T1 ".r.lobby";
+
+    fx_start(&fx, 1, agents, NULL);
+    out_start(&fx, &o);
+    fw_start(&fx, &w, "m1", NULL, 1000, 2, FW_NAK);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "anyone?", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 1, 20000));
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *e = o.v[i].env;
+        if (e->body_case != SLUICE__ENVELOPE__BODY_REPLY)
+            continue;
+        ck_assert(e->reply->degraded);
+        ck_assert_str_eq(e->reply->text, "the model is unavailable");
+        ck_assert_str_eq(e->reply->agent, "slowpoke");
+        ck_assert_str_eq(e->reply->to, "c-1");
+    }
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_int_ge(atomic_load(&w.deliveries), 2);
+    for (int i = 0; i < 100 && work_depth(&fx, NULL) != 0; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, NULL), 0);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_fallbacks_total"), 1);
+    hx_sleep_ms(300);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* Mentions route to the mentioned agent only; agents answering agents
+ * (pinger <-> ponger) stop at the hop limit. */
+START_TEST(test_mentions_and_hop_limit)
+{
+    const char *agents =
+        "{\"agents\":["
+        "{\"name\":\"summarizer\",\"model\":\"default\",\"match\":\"mention\"},"
+        "{\"name\":\"pinger\",\"model\":\"default\",\"match\":{\"regex\":\"^ping$\"}},"
+        "{\"name\":\"ponger\",\"model\":\"default\",\"match\":{\"regex\":\"^pong$\"}}]}";
+    const char *env[] = {"SLUICE_HOP_LIMIT=3", NULL};
+    fixture fx;
+    out_log o;
+    fake_worker w;
+
+    fx_start(&fx, 1, agents, env);
+    out_start(&fx, &o);
+    fw_start(&fx, &w, "default", NULL, 5000, 3, FW_REPLY);
+    w.post_agent_msgs = true;
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hi @Summarizer, wrap up", NULL, NULL);
+    publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "mail me at x@summarizer.com", NULL,
+                 NULL);
+    publish_user(&fx, T1, "sessA", "c-3", "c-2", "lobby", "summarizer without the at", NULL, NULL);
+    publish_user(&fx, T1, "sessA", "c-4", "c-3", "lobby", "ping", NULL, NULL);
+    /* ping(0) -> pinger: pong(1) -> ponger: ping(2) -> pinger: pong(3) stops. */
+    for (int i = 0; i < 250 && metric(&fx, 0, "sluice_orch_hop_limit_total") < 1; i++)
+        hx_sleep_ms(20);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_hop_limit_total"), 1);
+    hx_sleep_ms(500);
+    ck_assert_uint_eq(fw_count(&w, "summarizer"), 1);
+    ck_assert_uint_eq(fw_count(&w, "pinger"), 2);
+    ck_assert_uint_eq(fw_count(&w, "ponger"), 1);
+    pthread_mutex_lock(&w.mu);
+    for (size_t i = 0; i < w.njobs; i++) {
+        if (strcmp(w.jobs[i].agent, "summarizer") == 0)
+            ck_assert_str_eq(w.jobs[i].to, "c-1");
+        ck_assert_uint_lt(w.jobs[i].hops, 3);
+    }
+    pthread_mutex_unlock(&w.mu);
+    /* Agents' messages were not posted again by the orchestrator: the room
+     * holds the 4 user messages and the 4 replies. */
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL), 4);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL, 4, 5000));
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* An invalid agents file stops the process at start with a clear error. */
+START_TEST(test_invalid_agents_file)
+{
+    char *dir = NULL, *file = NULL, *log = NULL, *envv = NULL;
+    hx_proc *p = NULL;
+    int status = 0;
+    const char *bin = getenv("SLUICE_BIN_DIR");
+    char *prog;
+
+    ck_assert_int_eq(hx_tmpdir_create("orchbad", &dir), SL_OK);
+    file = hx_strf("%s/agents.json", dir);
+    log = hx_strf("%s/orch.log", dir);
+    ck_assert_int_eq(hx_file_write(file, "{\"agents\":[{\"name\":\"a\",\"model\":\"m\","
+                                         "\"match\":{\"regex\":\"(unclosed\"}}]}"),
+                     SL_OK);
+    envv = hx_strf("SLUICE_AGENTS_FILE=%s", file);
+#ifdef __SANITIZE_ADDRESS__
+    prog = hx_strf("%s/sluice-orchestrator", bin != NULL ? bin : "build/san/bin");
+#else
+    prog = hx_strf("%s/sluice-orchestrator", bin != NULL ? bin : "bin");
+#endif
+    const char *argv[] = {prog, NULL};
+    const char *env[] = {envv, "SLUICE_NATS_URL=nats://127.0.0.1:1", NULL};
+    ck_assert_int_eq(hx_proc_spawn(&p, "orchestrator", argv, env, log), SL_OK);
+    ck_assert_int_eq(hx_proc_wait(p, 5000, &status), SL_OK);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+    ck_assert(hx_file_contains(log, "bad regex"));
+    ck_assert(hx_file_contains(log, "agents.json"));
+    hx_proc_destroy(p);
+    hx_rm_rf(dir);
+    free(prog);
+    free(envv);
+    free(log);
+    free(file);
+    free(dir);
+}
+END_TEST
+
+/* ORCH_TEST=<name> runs one test only (for development). */
+#define ADD(tc, t)                                                                                 \
+    do {                                                                                           \
+        const char *only = getenv("ORCH_TEST");                                                    \
+        if (only == NULL || strcmp(only, #t) == 0)                                                 \
+            tcase_add_test(tc, t);                                                                 \
+    } while (0)
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("orchestrator");
+    TCase *tc = tcase_create("integ");
+
+    tcase_set_timeout(tc, 180);
+    ADD(tc, test_causal_order);
+    ADD(tc, test_redelivery_no_second_effect);
+    ADD(tc, test_two_replicas_share_and_order);
+    ADD(tc, test_tenant_queue_full_busy);
+    ADD(tc, test_fallback_after_max_deliveries);
+    ADD(tc, test_mentions_and_hop_limit);
+    ADD(tc, test_invalid_agents_file);
+    ADD(tc, test_sigkill_under_load);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

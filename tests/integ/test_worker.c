@@ -1,0 +1,958 @@
+/* Integration tests of sluice-worker: a real nats-server, real worker
+ * processes, and, for the openai backend, the fake OpenAI-compatible server
+ * of the harness. Work requests are published to SLUICE_WORK directly with
+ * cnats (no orchestrator), and OUT is read with an ordered consumer, so
+ * every assertion is about what the worker wrote to the streams. Waits are
+ * on conditions with bounds; deadlines come from the environment. */
+#include <check.h>
+#include <cJSON.h>
+#include <inttypes.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "fake_openai.h"
+#include "hx.h"
+#include "sl_codec.h"
+#include "sl_subject.h"
+
+#define MAX_EVENTS 8192
+#define MODEL      "default"
+#define AGENT      "helper"
+#define FALLBACK   "The helper is unavailable right now."
+
+/* ---- Test context: a stack, a NATS connection and an OUT reader -------- */
+
+typedef struct ev {
+    int kind; /* SLUICE__ENVELOPE__BODY_TOKEN or _REPLY (others are skipped) */
+    char reply[80];
+    uint32_t attempt, index;
+    char *text;
+    bool degraded, partial, cancelled;
+    uint64_t seq;
+    int64_t at_ms; /* when the test read it */
+    char subject[128];
+} ev;
+
+typedef struct tctx {
+    hx_stack *stack;
+    natsConnection *nc;
+    jsCtx *js;
+    kvStore *kv;
+    natsSubscription *out;
+    char tenant[40];
+    ev *evs;
+    int n;
+} tctx;
+
+static void t_begin(tctx *t, const hx_stack_cfg *cfg)
+{
+    char subj[128];
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    char sid[SL_SESSION_ID_LEN + 1];
+
+    memset(t, 0, sizeof(*t));
+    sl_session_id_new(sid);
+    snprintf(t->tenant, sizeof(t->tenant), "t%.12s", sid);
+    t->evs = calloc(MAX_EVENTS, sizeof(*t->evs));
+    ck_assert_ptr_nonnull(t->evs);
+    HX_OK(NULL, hx_stack_start(&t->stack, cfg));
+    ck_assert_int_eq(natsConnection_ConnectTo(&t->nc, hx_stack_nats_url(t->stack)), NATS_OK);
+    ck_assert_int_eq(natsConnection_JetStream(&t->js, t->nc, NULL), NATS_OK);
+    ck_assert_int_eq(js_KeyValue(&t->kv, t->js, "sluice_inflight"), NATS_OK);
+    snprintf(subj, sizeof(subj), "sluice.out.%s.>", t->tenant);
+    jsSubOptions_Init(&so);
+    so.Stream = "SLUICE_OUT";
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverAll;
+    ck_assert_int_eq(js_SubscribeSync(&t->out, t->js, subj, NULL, &so, &jerr), NATS_OK);
+}
+
+static void t_end(tctx *t, bool expect_clean_exit)
+{
+    bool clean = true;
+
+    if (expect_clean_exit) {
+        hx_stack_stop_all_gracefully(t->stack, &clean);
+    }
+    natsSubscription_Unsubscribe(t->out);
+    natsSubscription_Destroy(t->out);
+    kvStore_Destroy(t->kv);
+    jsCtx_Destroy(t->js);
+    natsConnection_Destroy(t->nc);
+    hx_stack_destroy(t->stack);
+    for (int i = 0; i < t->n; i++)
+        free(t->evs[i].text);
+    free(t->evs);
+    nats_CloseAndWait(2000);
+    ck_assert_msg(clean, "a worker did not exit cleanly on SIGTERM: %s", hx_error());
+}
+
+/* Reads OUT events for up to ms (returns early when no more arrive within
+ * idle_ms, if idle_ms > 0). */
+static void pump(tctx *t, int ms, int idle_ms)
+{
+    int64_t until = hx_now_ms() + ms;
+
+    while (hx_now_ms() < until && t->n < MAX_EVENTS) {
+        natsMsg *m = NULL;
+        Sluice__Envelope *e = NULL;
+        jsMsgMetaData *meta = NULL;
+        int64_t left = until - hx_now_ms();
+        if (idle_ms > 0 && left > idle_ms)
+            left = idle_ms;
+        if (left <= 0)
+            break;
+        natsStatus s = natsSubscription_NextMsg(&m, t->out, left);
+        if (s == NATS_TIMEOUT && idle_ms > 0)
+            break;
+        if (s != NATS_OK)
+            continue;
+        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) == SL_OK) {
+            ev *v = &t->evs[t->n];
+            memset(v, 0, sizeof(*v));
+            v->at_ms = hx_now_ms();
+            snprintf(v->subject, sizeof(v->subject), "%s", natsMsg_GetSubject(m));
+            if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+                v->seq = meta->Sequence.Stream;
+                jsMsgMetaData_Destroy(meta);
+            }
+            if (e->body_case == SLUICE__ENVELOPE__BODY_TOKEN) {
+                v->kind = SLUICE__ENVELOPE__BODY_TOKEN;
+                snprintf(v->reply, sizeof(v->reply), "%s", e->token->reply_id);
+                v->attempt = e->token->attempt;
+                v->index = e->token->index;
+                v->text = strdup(e->token->text);
+                t->n++;
+            } else if (e->body_case == SLUICE__ENVELOPE__BODY_REPLY) {
+                v->kind = SLUICE__ENVELOPE__BODY_REPLY;
+                snprintf(v->reply, sizeof(v->reply), "%s", e->reply->reply_id);
+                v->attempt = e->reply->attempt;
+                v->text = strdup(e->reply->text);
+                v->degraded = e->reply->degraded;
+                v->partial = e->reply->partial;
+                v->cancelled = e->reply->cancelled;
+                t->n++;
+            }
+            sl_envelope_free(e);
+        }
+        natsMsg_Destroy(m);
+    }
+}
+
+/* The index of the first final reply for reply, or -1. */
+static int find_final(const tctx *t, const char *reply)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->evs[i].kind == SLUICE__ENVELOPE__BODY_REPLY && strcmp(t->evs[i].reply, reply) == 0)
+            return i;
+    return -1;
+}
+
+static int count_finals(const tctx *t, const char *reply)
+{
+    int c = 0;
+    for (int i = 0; i < t->n; i++)
+        c += t->evs[i].kind == SLUICE__ENVELOPE__BODY_REPLY && strcmp(t->evs[i].reply, reply) == 0;
+    return c;
+}
+
+/* Pumps until the final reply for reply arrives; returns its index or -1. */
+static int wait_final(tctx *t, const char *reply, int timeout_ms)
+{
+    int64_t until = hx_now_ms() + timeout_ms;
+    int i;
+
+    while ((i = find_final(t, reply)) < 0 && hx_now_ms() < until)
+        pump(t, 50, 0);
+    return i;
+}
+
+/* Pumps until a token of reply with the given attempt arrives. */
+static bool wait_token(tctx *t, const char *reply, uint32_t attempt, int timeout_ms)
+{
+    int64_t until = hx_now_ms() + timeout_ms;
+
+    do {
+        for (int i = 0; i < t->n; i++)
+            if (t->evs[i].kind == SLUICE__ENVELOPE__BODY_TOKEN &&
+                strcmp(t->evs[i].reply, reply) == 0 && t->evs[i].attempt == attempt)
+                return true;
+        pump(t, 50, 0);
+    } while (hx_now_ms() < until);
+    return false;
+}
+
+/* Concatenates the tokens of one attempt (malloc'd) after checking that
+ * their indexes run 0, 1, 2, ... in stream order and that they all come
+ * before the final reply (final_seq, 0 to skip). *count gets their number. */
+static char *tokens_of(const tctx *t, const char *reply, uint32_t attempt, uint64_t final_seq,
+                       int *count)
+{
+    size_t len = 0;
+    char *buf = calloc(1, 1);
+    uint32_t next = 0;
+
+    for (int i = 0; i < t->n; i++) {
+        const ev *v = &t->evs[i];
+        if (v->kind != SLUICE__ENVELOPE__BODY_TOKEN || strcmp(v->reply, reply) != 0 ||
+            v->attempt != attempt)
+            continue;
+        ck_assert_msg(v->index == next, "token index %u where %u was expected", v->index, next);
+        next++;
+        if (final_seq > 0)
+            ck_assert_msg(v->seq < final_seq, "a token of attempt %u came after the final",
+                          attempt);
+        size_t l = strlen(v->text);
+        buf = realloc(buf, len + l + 1);
+        memcpy(buf + len, v->text, l + 1);
+        len += l;
+    }
+    *count = (int)next;
+    return buf;
+}
+
+/* ---- Publishing jobs and cancels ---------------------------------------- */
+
+typedef struct job_spec {
+    char session[SL_SESSION_ID_LEN + 1];
+    char to[32];
+    char job[SL_EVENT_ID_LEN + 8];
+    const char *text;
+    const char *room; /* NULL or "": the session channel */
+    const char *system_prompt;
+} job_spec;
+
+static void job_init(job_spec *j, const char *text, const char *room)
+{
+    char eid[SL_EVENT_ID_LEN + 1];
+    static int counter;
+
+    memset(j, 0, sizeof(*j));
+    sl_session_id_new(j->session);
+    sl_event_id_new(eid);
+    snprintf(j->job, sizeof(j->job), "%s-0", eid);
+    snprintf(j->to, sizeof(j->to), "c-%d", ++counter);
+    j->text = text;
+    j->room = room;
+}
+
+static void publish_work(tctx *t, const job_spec *j)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__WorkRequest w = SLUICE__WORK_REQUEST__INIT;
+    char eid[SL_EVENT_ID_LEN + 1];
+    char subj[SL_SUBJECT_MAX];
+    char msg_id[128];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubOptions po;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+
+    sl_event_id_new(eid);
+    e.event_id = eid;
+    e.tenant = t->tenant;
+    e.session = (char *)j->session;
+    e.client_id = (char *)j->to;
+    e.message_id = (char *)j->to;
+    e.ts_unix_ns = sl_now_ns();
+    e.trace_id = "trace-1";
+    e.hops = 0;
+    w.job_id = (char *)j->job;
+    w.agent = AGENT;
+    w.model = MODEL;
+    w.system_prompt = (char *)(j->system_prompt ? j->system_prompt : "You are terse.");
+    w.fallback = FALLBACK;
+    w.text = (char *)j->text;
+    w.user = "u1";
+    w.room = (char *)(j->room ? j->room : "");
+    w.to = (char *)j->to;
+    w.reply_id = (char *)j->job;
+    e.body_case = SLUICE__ENVELOPE__BODY_WORK;
+    e.work = &w;
+    ck_assert_int_eq(sl_envelope_encode(&e, &buf, &len), SL_OK);
+    ck_assert_int_eq(sl_subject_work(subj, sizeof(subj), MODEL, t->tenant), SL_OK);
+    snprintf(msg_id, sizeof(msg_id), "w:%s", j->job);
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    ck_assert_int_eq(js_Publish(&pa, t->js, subj, buf, (int)len, &po, &jerr), NATS_OK);
+    jsPubAck_Destroy(pa);
+    free(buf);
+}
+
+/* A user message on OUT, as the orchestrator posts it (for context). */
+static void publish_out_message(tctx *t, const job_spec *j, const char *client_id, const char *text)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__ClientMessage cm = SLUICE__CLIENT_MESSAGE__INIT;
+    char eid[SL_EVENT_ID_LEN + 1];
+    char subj[SL_SUBJECT_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubAck *pa = NULL;
+
+    sl_event_id_new(eid);
+    e.event_id = eid;
+    e.tenant = t->tenant;
+    e.session = (char *)j->session;
+    e.client_id = (char *)client_id;
+    e.message_id = (char *)client_id;
+    cm.text = (char *)text;
+    cm.user = "u1";
+    cm.room = (char *)(j->room ? j->room : "");
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &cm;
+    ck_assert_int_eq(sl_envelope_encode(&e, &buf, &len), SL_OK);
+    ck_assert_int_eq(sl_subject_chan(subj, sizeof(subj), "sluice.out", t->tenant,
+                                     j->room != NULL && j->room[0] != '\0',
+                                     j->room != NULL && j->room[0] != '\0' ? j->room : j->session),
+                     SL_OK);
+    ck_assert_int_eq(js_Publish(&pa, t->js, subj, buf, (int)len, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    free(buf);
+}
+
+static void publish_cancel(tctx *t, const job_spec *j)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__Cancel c = SLUICE__CANCEL__INIT;
+    char eid[SL_EVENT_ID_LEN + 1];
+    char subj[SL_SUBJECT_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    sl_event_id_new(eid);
+    e.event_id = eid;
+    e.tenant = t->tenant;
+    e.session = (char *)j->session;
+    e.message_id = (char *)j->to;
+    c.message_id = (char *)j->to;
+    c.user = "u1";
+    e.body_case = SLUICE__ENVELOPE__BODY_CANCEL;
+    e.cancel = &c;
+    ck_assert_int_eq(sl_envelope_encode(&e, &buf, &len), SL_OK);
+    ck_assert_int_eq(sl_subject_cancel(subj, sizeof(subj), t->tenant), SL_OK);
+    ck_assert_int_eq(natsConnection_Publish(t->nc, subj, buf, (int)len), NATS_OK);
+    ck_assert_int_eq(natsConnection_FlushTimeout(t->nc, 2000), NATS_OK);
+    free(buf);
+}
+
+/* ---- Stream and KV probes ----------------------------------------------- */
+
+static bool work_stream_empty(void *ud)
+{
+    tctx *t = ud;
+    jsStreamInfo *si = NULL;
+    bool empty = false;
+
+    if (js_GetStreamInfo(&si, t->js, "SLUICE_WORK", NULL, NULL) == NATS_OK)
+        empty = si->State.Msgs == 0;
+    jsStreamInfo_Destroy(si);
+    return empty;
+}
+
+/* The in-flight JSON of a job (caller frees), or NULL. */
+static cJSON *inflight(tctx *t, const job_spec *j)
+{
+    char key[256];
+    kvEntry *e = NULL;
+    cJSON *o = NULL;
+
+    snprintf(key, sizeof(key), "%s.%s", t->tenant, j->job);
+    if (kvStore_Get(&e, t->kv, key) == NATS_OK)
+        o = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+    kvEntry_Destroy(e);
+    return o;
+}
+
+static bool inflight_state_is(tctx *t, const job_spec *j, const char *state)
+{
+    cJSON *o = inflight(t, j);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "state");
+    bool yes = cJSON_IsString(s) && strcmp(s->valuestring, state) == 0;
+    cJSON_Delete(o);
+    return yes;
+}
+
+/* The agent message a worker published on IN for a reply, or NULL. */
+static Sluice__Envelope *agent_message(tctx *t)
+{
+    char subj[SL_SUBJECT_MAX];
+    natsMsg *m = NULL;
+    Sluice__Envelope *e = NULL;
+
+    snprintf(subj, sizeof(subj), "sluice.in.%s.a-%s", t->tenant, AGENT);
+    if (js_GetLastMsg(&m, t->js, "SLUICE_IN", subj, NULL, NULL) != NATS_OK)
+        return NULL;
+    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) != SL_OK)
+        e = NULL;
+    natsMsg_Destroy(m);
+    return e;
+}
+
+static const char *const LONG_TEXT =
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty twentyone twentytwo twentythree "
+    "twentyfour twentyfive twentysix twentyseven twentyeight twentynine thirty";
+
+/* ---- Echo: streaming, coalescing, one final, ack, agent message -------- */
+
+START_TEST(test_echo_streams_and_ends_once)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20", "SLUICE_MODEL_TIMEOUT_MS=5000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec room_job, sess_job;
+    const char *text = "  the quick brown fox jumps over the lazy dog, twice.";
+    int fi, ntok;
+    char *joined;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+
+    /* A room reply. */
+    job_init(&room_job, text, "lobby");
+    publish_work(&t, &room_job);
+    fi = wait_final(&t, room_job.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    joined = tokens_of(&t, room_job.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_int_ge(ntok, 2);
+    ck_assert_str_eq(joined, text);
+    free(joined);
+    ck_assert_str_eq(t.evs[fi].text, text);
+    ck_assert_int_eq(t.evs[fi].attempt, 1);
+    ck_assert(!t.evs[fi].degraded && !t.evs[fi].partial && !t.evs[fi].cancelled);
+    {
+        char want[128];
+        snprintf(want, sizeof(want), "sluice.out.%s.r.lobby", t.tenant);
+        ck_assert_str_eq(t.evs[fi].subject, want);
+    }
+    /* The work message is acked (gone from the work queue) and the job is
+     * recorded as done. */
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    ck_assert(inflight_state_is(&t, &room_job, "done"));
+    /* The answer went back to IN as an agent message, one hop further. */
+    {
+        Sluice__Envelope *am = agent_message(&t);
+        ck_assert_ptr_nonnull(am);
+        ck_assert_int_eq(am->body_case, SLUICE__ENVELOPE__BODY_MESSAGE);
+        ck_assert_str_eq(am->message->text, text);
+        ck_assert_str_eq(am->message->agent, AGENT);
+        ck_assert_str_eq(am->message->room, "lobby");
+        ck_assert_str_eq(am->message_id, room_job.job);
+        ck_assert_str_eq(am->session, room_job.session);
+        ck_assert_int_eq((int)am->hops, 1);
+        sl_envelope_free(am);
+    }
+
+    /* A private reply goes to the session channel. */
+    job_init(&sess_job, "hello there", NULL);
+    publish_work(&t, &sess_job);
+    fi = wait_final(&t, sess_job.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    {
+        char want[128];
+        snprintf(want, sizeof(want), "sluice.out.%s.s.%s", t.tenant, sess_job.session);
+        ck_assert_str_eq(t.evs[fi].subject, want);
+        ck_assert_str_eq(t.evs[fi].text, "hello there");
+    }
+
+    /* Exactly one final each, even after a while. */
+    pump(&t, 500, 0);
+    ck_assert_int_eq(count_finals(&t, room_job.job), 1);
+    ck_assert_int_eq(count_finals(&t, sess_job.job), 1);
+    t_end(&t, true);
+}
+END_TEST
+
+START_TEST(test_echo_coalesces_fast_tokens)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    char text[4096] = "";
+    int fi, ntok, words = 200;
+    char *joined;
+
+    for (int i = 0; i < words; i++) {
+        char w[16];
+        snprintf(w, sizeof(w), "w%03d ", i);
+        strcat(text, w);
+    }
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, text, "lobby");
+    publish_work(&t, &j);
+    fi = wait_final(&t, j.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, text);
+    free(joined);
+    /* 200 tokens of 5 bytes arriving back to back: with a 64-byte bound
+     * about 16 chunks; one event per token would be 200. */
+    ck_assert_msg(ntok >= 2 && ntok <= words / 4, "%d token events for %d tokens", ntok, words);
+    t_end(&t, true);
+}
+END_TEST
+
+/* ---- Cancellation ------------------------------------------------------- */
+
+START_TEST(test_cancel_mid_stream)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=100", "SLUICE_MODEL_TIMEOUT_MS=10000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    int fi;
+    int64_t cancel_at;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, LONG_TEXT, "lobby");
+    publish_work(&t, &j);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, j.job, 1, 10000), "no token within 10 s");
+    cancel_at = hx_now_ms();
+    publish_cancel(&t, &j);
+    fi = wait_final(&t, j.job, 5000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 5 s of the cancel");
+    ck_assert(t.evs[fi].cancelled);
+    ck_assert(!t.evs[fi].degraded);
+    /* Cut: the text so far, a strict prefix of the whole answer. */
+    ck_assert_int_lt((int)strlen(t.evs[fi].text), (int)strlen(LONG_TEXT));
+    ck_assert(strncmp(LONG_TEXT, t.evs[fi].text, strlen(t.evs[fi].text)) == 0);
+    ck_assert_msg(t.evs[fi].at_ms - cancel_at <= 1000, "final %" PRId64 " ms after the cancel",
+                  t.evs[fi].at_ms - cancel_at);
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    ck_assert(inflight_state_is(&t, &j, "cancelled"));
+    /* No agent message for a cancelled reply. */
+    ck_assert_ptr_null(agent_message(&t));
+    pump(&t, 300, 0);
+    ck_assert_int_eq(count_finals(&t, j.job), 1);
+    t_end(&t, true);
+}
+END_TEST
+
+START_TEST(test_cancelled_before_start_is_dropped)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec by_marker, by_core;
+    char key[256];
+    int fi, ntok;
+    char *joined;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+
+    /* The orchestrator's cancel marker in the in-flight KV. */
+    job_init(&by_marker, "this should never be answered", "lobby");
+    ck_assert_int_eq(sl_cancel_key(key, sizeof(key), t.tenant, by_marker.session, by_marker.to),
+                     SL_OK);
+    ck_assert_int_eq(kvStore_PutString(NULL, t.kv, key, "{\"cancelled\":true}"), NATS_OK);
+    publish_work(&t, &by_marker);
+    fi = wait_final(&t, by_marker.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    ck_assert(t.evs[fi].cancelled);
+    ck_assert_str_eq(t.evs[fi].text, "");
+    joined = tokens_of(&t, by_marker.job, 1, 0, &ntok);
+    ck_assert_int_eq(ntok, 0);
+    free(joined);
+    ck_assert(inflight_state_is(&t, &by_marker, "cancelled"));
+
+    /* A cancel the worker heard on core NATS before the job arrived. */
+    job_init(&by_core, "this should never be answered either", NULL);
+    publish_cancel(&t, &by_core);
+    publish_work(&t, &by_core);
+    fi = wait_final(&t, by_core.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    ck_assert(t.evs[fi].cancelled);
+    joined = tokens_of(&t, by_core.job, 1, 0, &ntok);
+    ck_assert_int_eq(ntok, 0);
+    free(joined);
+
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    t_end(&t, true);
+}
+END_TEST
+
+/* ---- Crash and shutdown --------------------------------------------------- */
+
+/* The pid in the in-flight "worker" field ("<host>-<pid>"), or -1. */
+static pid_t running_worker_pid(tctx *t, const job_spec *j)
+{
+    cJSON *o = inflight(t, j);
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "worker");
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "state");
+    pid_t pid = -1;
+
+    if (cJSON_IsString(w) && cJSON_IsString(s) && strcmp(s->valuestring, "running") == 0) {
+        const char *dash = strrchr(w->valuestring, '-');
+        if (dash != NULL)
+            pid = (pid_t)atol(dash + 1);
+    }
+    cJSON_Delete(o);
+    return pid;
+}
+
+START_TEST(test_killed_worker_job_finished_by_another)
+{
+    /* AckWait = 6000 + 500 ms: the crashed worker's job comes back after it. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=100", "SLUICE_MODEL_TIMEOUT_MS=6000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=500", NULL};
+    hx_stack_cfg cfg = {.workers = 2};
+    tctx t;
+    job_spec j;
+    pid_t pid = -1;
+    int victim = -1, fi, ntok;
+    char *joined;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, LONG_TEXT, "lobby");
+    publish_work(&t, &j);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, j.job, 1, 10000), "no token within 10 s");
+    for (int64_t until = hx_now_ms() + 5000; pid < 0 && hx_now_ms() < until;)
+        if ((pid = running_worker_pid(&t, &j)) < 0)
+            hx_sleep_ms(20);
+    for (int i = 0; i < 2; i++)
+        if (hx_proc_pid(hx_stack_proc(t.stack, HX_WORKER, i)) == pid)
+            victim = i;
+    HX_ASSERT_MSG(t.stack, victim >= 0, "cannot tell which worker runs the job (pid %d)", (int)pid);
+    HX_OK(t.stack, hx_stack_kill(t.stack, HX_WORKER, victim, SIGKILL));
+
+    fi = wait_final(&t, j.job, 25000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 25 s of the crash");
+    ck_assert_int_eq(t.evs[fi].attempt, 2);
+    ck_assert(!t.evs[fi].degraded && !t.evs[fi].partial && !t.evs[fi].cancelled);
+    ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
+    joined = tokens_of(&t, j.job, 2, t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, LONG_TEXT); /* the retry streams the whole answer again */
+    free(joined);
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_int_ge(ntok, 1); /* the first attempt's partial text stays in the channel */
+    ck_assert(strncmp(LONG_TEXT, joined, strlen(joined)) == 0);
+    free(joined);
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    pump(&t, 300, 0);
+    ck_assert_int_eq(count_finals(&t, j.job), 1);
+    t_end(&t, true);
+}
+END_TEST
+
+START_TEST(test_sigterm_finishes_running_job)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=50", "SLUICE_MODEL_TIMEOUT_MS=10000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    int status = -1, fi;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, LONG_TEXT, "lobby"); /* 30 tokens x 50 ms */
+    publish_work(&t, &j);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, j.job, 1, 10000), "no token within 10 s");
+    HX_OK(t.stack, hx_stack_stop(t.stack, HX_WORKER, 0, SIGTERM, 15000, &status));
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker exit status %d", status);
+    /* The job had finished before the process exited. */
+    pump(&t, 2000, 300);
+    fi = find_final(&t, j.job);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply from the draining worker");
+    ck_assert_int_eq(t.evs[fi].attempt, 1);
+    ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
+    ck_assert(work_stream_empty(&t));
+    t_end(&t, false);
+}
+END_TEST
+
+START_TEST(test_sigterm_hands_back_after_grace)
+{
+    /* AckWait 10 + 30 s: a handed-back job must be taken at once, not after
+     * AckWait. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=200", "SLUICE_MODEL_TIMEOUT_MS=10000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=30000", "SLUICE_DRAIN_GRACE_MS=200", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    int status = -1, fi, other = -1;
+    int64_t term_at;
+    char *joined;
+    int ntok;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, LONG_TEXT, "lobby"); /* 6 s of tokens */
+    publish_work(&t, &j);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, j.job, 1, 10000), "no token within 10 s");
+    HX_OK(t.stack, hx_stack_add(t.stack, HX_WORKER, NULL, &other));
+    term_at = hx_now_ms();
+    HX_OK(t.stack, hx_stack_stop(t.stack, HX_WORKER, 0, SIGTERM, 10000, &status));
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker exit status %d", status);
+    fi = wait_final(&t, j.job, 20000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 20 s");
+    ck_assert_int_eq(t.evs[fi].attempt, 2);
+    ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
+    joined = tokens_of(&t, j.job, 2, t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, LONG_TEXT);
+    free(joined);
+    /* Well before the 40 s AckWait: the job was NAKed, not abandoned. */
+    ck_assert_msg(t.evs[fi].at_ms - term_at < 15000, "final %" PRId64 " ms after SIGTERM",
+                  t.evs[fi].at_ms - term_at);
+    t_end(&t, true);
+}
+END_TEST
+
+/* ---- The openai backend against the fake server --------------------------- */
+
+typedef struct oa_ctx {
+    tctx t;
+    fake_openai *fake;
+    char url[128];
+    const char *env[8]; /* the stack keeps pointing at it */
+} oa_ctx;
+
+static void oa_begin(oa_ctx *o)
+{
+    int port = 0;
+    hx_stack_cfg cfg = {.workers = 1};
+    int k = 0;
+
+    ck_assert_int_eq(fake_openai_start(&o->fake, &port), 0);
+    snprintf(o->url, sizeof(o->url), "SLUICE_MODEL_URL=http://127.0.0.1:%d", port);
+    o->env[k++] = "SLUICE_MODEL_BACKEND=openai";
+    o->env[k++] = o->url;
+    o->env[k++] = "SLUICE_MODEL_API_KEY=sk-test-123";
+    o->env[k++] = "SLUICE_MODEL_TIMEOUT_MS=1500";
+    o->env[k++] = "SLUICE_WORKER_ACK_GRACE_MS=1000";
+    o->env[k++] = "SLUICE_CONTEXT_MESSAGES=10";
+    o->env[k] = NULL;
+    cfg.tier_env[HX_WORKER] = o->env;
+    t_begin(&o->t, &cfg);
+}
+
+static void oa_end(oa_ctx *o)
+{
+    t_end(&o->t, true);
+    fake_openai_stop(o->fake);
+}
+
+/* Runs one job in the current fake mode; returns the final's index. */
+static int oa_run(oa_ctx *o, job_spec *j, const char *text, int timeout_ms)
+{
+    int fi;
+
+    job_init(j, text, "lobby");
+    publish_work(&o->t, j);
+    fi = wait_final(&o->t, j->job, timeout_ms);
+    HX_ASSERT_MSG(o->t.stack, fi >= 0, "no final reply within %d ms", timeout_ms);
+    return fi;
+}
+
+START_TEST(test_openai_normal_with_context)
+{
+    oa_ctx o;
+    job_spec j, j2;
+    int fi, ntok;
+    char *joined, *body, *head;
+    const char *answer = "Paris is the capital of France.";
+
+    oa_begin(&o);
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_NORMAL);
+    ck_assert_int_eq(fake_openai_set_reply(o.fake, answer), 0);
+    fi = oa_run(&o, &j, "What is the capital of France?", 10000);
+    ck_assert(!o.t.evs[fi].degraded && !o.t.evs[fi].partial && !o.t.evs[fi].cancelled);
+    ck_assert_str_eq(o.t.evs[fi].text, answer);
+    joined = tokens_of(&o.t, j.job, 1, o.t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, answer);
+    free(joined);
+    head = fake_openai_last_head(o.fake);
+    ck_assert_ptr_nonnull(head);
+    ck_assert_msg(strstr(head, "Bearer sk-test-123") != NULL, "no API key in %s", head);
+    free(head);
+
+    /* A second question in the same room: the model gets the system prompt,
+     * the earlier user message and its own earlier answer as context. */
+    fake_openai_set_reply(o.fake, "About two million people.");
+    job_init(&j2, "And how many people live there?", "lobby");
+    memcpy(j2.session, j.session, sizeof(j2.session));
+    j2.system_prompt = "You are a geography bot.";
+    publish_out_message(&o.t, &j2, "c-earlier", "What is the capital of France?");
+    publish_work(&o.t, &j2);
+    fi = wait_final(&o.t, j2.job, 10000);
+    HX_ASSERT_MSG(o.t.stack, fi >= 0, "no second final reply");
+    ck_assert_str_eq(o.t.evs[fi].text, "About two million people.");
+    body = fake_openai_last_body(o.fake);
+    ck_assert_ptr_nonnull(body);
+    {
+        cJSON *req = cJSON_Parse(body);
+        const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
+        int n = cJSON_GetArraySize(msgs);
+        bool sys = false, earlier_user = false, earlier_answer = false;
+        ck_assert_msg(n >= 4, "only %d messages in %s", n, body);
+        for (int i = 0; i < n; i++) {
+            const cJSON *m = cJSON_GetArrayItem(msgs, i);
+            const char *role = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
+            const char *content =
+                cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "content"));
+            ck_assert_ptr_nonnull(role);
+            ck_assert_ptr_nonnull(content);
+            sys |= i == 0 && strcmp(role, "system") == 0 &&
+                   strcmp(content, "You are a geography bot.") == 0;
+            earlier_user |= strcmp(role, "user") == 0 &&
+                            strstr(content, "What is the capital of France?") != NULL;
+            earlier_answer |= strcmp(role, "assistant") == 0 && strcmp(content, answer) == 0;
+            if (i == n - 1)
+                ck_assert_str_eq(content, "And how many people live there?");
+        }
+        ck_assert_msg(sys && earlier_user && earlier_answer, "context missing in %s", body);
+        ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "model")),
+                         MODEL);
+        cJSON_Delete(req);
+    }
+    free(body);
+    oa_end(&o);
+}
+END_TEST
+
+START_TEST(test_openai_deadline_modes)
+{
+    oa_ctx o;
+    job_spec j;
+    int fi;
+
+    oa_begin(&o);
+    /* Slow: the first token at once, the next ones after the deadline. */
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_SLOW);
+    fake_openai_set_slow_ms(o.fake, 5000);
+    fake_openai_set_reply(o.fake, "First then nothing in time.");
+    fi = oa_run(&o, &j, "slow please", 10000);
+    ck_assert(o.t.evs[fi].partial);
+    ck_assert(!o.t.evs[fi].degraded);
+    ck_assert_str_eq(o.t.evs[fi].text, "First ");
+    ck_assert_int_eq(o.t.evs[fi].attempt, 1);
+    ck_assert(inflight_state_is(&o.t, &j, "done"));
+
+    /* Hang after the headers: nothing produced by the deadline. */
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_HANG_AFTER_HEADERS);
+    fi = oa_run(&o, &j, "hang please", 10000);
+    ck_assert(o.t.evs[fi].degraded);
+    ck_assert_str_eq(o.t.evs[fi].text, FALLBACK);
+    ck_assert_int_eq(o.t.evs[fi].attempt, 1);
+
+    /* Malformed SSE: fatal, the fallback at once, no retry. */
+    int before = fake_openai_requests(o.fake);
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_MALFORMED_SSE);
+    fi = oa_run(&o, &j, "malformed please", 10000);
+    ck_assert(o.t.evs[fi].degraded);
+    ck_assert_str_eq(o.t.evs[fi].text, FALLBACK);
+    ck_assert_int_eq(fake_openai_requests(o.fake) - before, 1);
+    HX_ASSERT(o.t.stack, hx_wait_until(work_stream_empty, &o.t, 5000));
+    ck_assert(inflight_state_is(&o.t, &j, "failed"));
+    oa_end(&o);
+}
+END_TEST
+
+START_TEST(test_openai_retry_modes)
+{
+    oa_ctx o;
+    job_spec j;
+    int fi, before, ntok;
+    char *joined;
+
+    oa_begin(&o);
+    /* 500 every time: three attempts, then the fallback and the message is
+     * terminated (gone from the work queue). */
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_HTTP_500);
+    before = fake_openai_requests(o.fake);
+    fi = oa_run(&o, &j, "five hundred", 20000);
+    ck_assert(o.t.evs[fi].degraded);
+    ck_assert_str_eq(o.t.evs[fi].text, FALLBACK);
+    ck_assert_int_eq(o.t.evs[fi].attempt, 3);
+    ck_assert_int_eq(fake_openai_requests(o.fake) - before, 3);
+    HX_ASSERT(o.t.stack, hx_wait_until(work_stream_empty, &o.t, 5000));
+    ck_assert(inflight_state_is(&o.t, &j, "failed"));
+
+    /* 429 with Retry-After: 1 — the same, paced by the server's hint. */
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_HTTP_429);
+    before = fake_openai_requests(o.fake);
+    int64_t t0 = hx_now_ms();
+    fi = oa_run(&o, &j, "too many", 20000);
+    ck_assert(o.t.evs[fi].degraded);
+    ck_assert_int_eq(o.t.evs[fi].attempt, 3);
+    ck_assert_int_eq(fake_openai_requests(o.fake) - before, 3);
+    ck_assert_msg(o.t.evs[fi].at_ms - t0 >= 2000, "retries did not wait for Retry-After");
+    HX_ASSERT(o.t.stack, hx_wait_until(work_stream_empty, &o.t, 5000));
+
+    /* Reset mid-stream, then the model recovers: attempt 2 completes. */
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_RESET_MID_STREAM);
+    fake_openai_set_reset_after(o.fake, 2);
+    fake_openai_set_reply(o.fake, "alpha beta gamma delta epsilon");
+    before = fake_openai_requests(o.fake);
+    job_init(&j, "reset please", "lobby");
+    publish_work(&o.t, &j);
+    ck_assert_int_eq(fake_openai_wait_requests(o.fake, before + 1, 10000), 0);
+    fake_openai_set_mode(o.fake, FAKE_OPENAI_NORMAL); /* for the retry, >= 500 ms later */
+    fi = wait_final(&o.t, j.job, 15000);
+    HX_ASSERT_MSG(o.t.stack, fi >= 0, "no final reply after the reset");
+    ck_assert(!o.t.evs[fi].degraded && !o.t.evs[fi].partial);
+    ck_assert_int_eq(o.t.evs[fi].attempt, 2);
+    ck_assert_str_eq(o.t.evs[fi].text, "alpha beta gamma delta epsilon");
+    joined = tokens_of(&o.t, j.job, 2, o.t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, "alpha beta gamma delta epsilon");
+    free(joined);
+    ck_assert_int_eq(fake_openai_requests(o.fake) - before, 2);
+    oa_end(&o);
+}
+END_TEST
+
+static Suite *worker_suite(void)
+{
+    Suite *s = suite_create("worker");
+    TCase *echo = tcase_create("echo");
+    TCase *cancel = tcase_create("cancel");
+    TCase *faults = tcase_create("faults");
+    TCase *openai = tcase_create("openai");
+
+    tcase_set_timeout(echo, 60);
+    tcase_add_test(echo, test_echo_streams_and_ends_once);
+    tcase_add_test(echo, test_echo_coalesces_fast_tokens);
+    suite_add_tcase(s, echo);
+
+    tcase_set_timeout(cancel, 60);
+    tcase_add_test(cancel, test_cancel_mid_stream);
+    tcase_add_test(cancel, test_cancelled_before_start_is_dropped);
+    suite_add_tcase(s, cancel);
+
+    tcase_set_timeout(faults, 90);
+    tcase_add_test(faults, test_killed_worker_job_finished_by_another);
+    tcase_add_test(faults, test_sigterm_finishes_running_job);
+    tcase_add_test(faults, test_sigterm_hands_back_after_grace);
+    suite_add_tcase(s, faults);
+
+    tcase_set_timeout(openai, 90);
+    tcase_add_test(openai, test_openai_normal_with_context);
+    tcase_add_test(openai, test_openai_deadline_modes);
+    tcase_add_test(openai, test_openai_retry_modes);
+    suite_add_tcase(s, openai);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(worker_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

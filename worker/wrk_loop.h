@@ -1,0 +1,110 @@
+/* The worker's job loop: durable pull consumers on SLUICE_WORK (one
+ * `wrk_<model>` per model, shared by every worker replica), a fixed number
+ * of job slots (a thread each, so one slow model call never blocks the
+ * others), the job lifecycle (in-flight KV state, cancel markers, model
+ * call with a hard deadline, coalesced tokens and the final reply on OUT,
+ * ack / NAK with delay / Term) and graceful shutdown (docs/wire.md).
+ *
+ * Threads: wrk_loop_create, wrk_loop_stop and wrk_loop_destroy are called
+ * by one owner thread (main). Inside, each slot thread owns the job it
+ * runs; a timer thread publishes due token chunks and sends InProgress
+ * acks for long jobs; the cancel subscription runs on a cnats thread.
+ * wrk_loop_ready() may be called from any thread. Every thread the loop
+ * starts blocks all signals, so signals reach the process's main thread. */
+#ifndef WRK_LOOP_H
+#define WRK_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_bus.h"
+#include "sl_status.h"
+#include "wrk_backend.h"
+
+#define WRK_MAX_DELIVER     3     /* deliveries of one job, the consumer's MaxDeliver */
+#define WRK_RETRY_BASE_MS   500   /* NAK delay of the first transient retry, doubled after */
+#define WRK_RETRY_MAX_MS    30000 /* bound on any NAK delay */
+#define WRK_CONCURRENCY_MAX 256
+
+typedef struct wrk_loop_cfg {
+    const char *const *models; /* valid ids; at least one */
+    size_t nmodels;
+    int concurrency;          /* job slots, 1..WRK_CONCURRENCY_MAX */
+    int64_t timeout_ms;       /* per-attempt model deadline when the job gives none */
+    int64_t ack_grace_ms;     /* AckWait = timeout_ms + ack_grace_ms */
+    int64_t coalesce_ms;      /* token coalescing window */
+    int64_t coalesce_bytes;   /* token coalescing size bound */
+    int64_t context_messages; /* channel messages given to the model as context; 0: none */
+    const char *worker_id;    /* shown in the in-flight KV state */
+} wrk_loop_cfg;
+
+typedef struct wrk_loop wrk_loop;
+
+/* Ensures the durable consumers (creating them, or updating AckWait,
+ * MaxDeliver and BackOff when they differ), binds one pull subscription
+ * per slot and model, subscribes to `sluice.ctl.cancel.*` and starts the
+ * threads. bus must be provisioned (sl_bus_wait_provisioned) and, like
+ * backend, outlive the loop; cfg is copied. Returns SL_OK with *out owned
+ * by the caller; SL_ERR_INVAL for a bad configuration or a consumer with an
+ * incompatible filter (fatal); SL_ERR_BUS when NATS failed (retry later);
+ * SL_ERR_NOMEM. A reason goes to err. */
+sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
+                          const wrk_loop_cfg *cfg, char *err, size_t errlen);
+
+/* True while the loop is running and not stopping. */
+bool wrk_loop_ready(const wrk_loop *l);
+
+/* Graceful stop: stops fetching (a job fetched meanwhile is NAKed at once),
+ * lets running jobs finish for up to grace_ms, then aborts the rest and
+ * NAKs them so another worker takes them at once (a job on its last
+ * delivery is ended here instead, with what it has), and joins every
+ * thread. Returns within about grace_ms plus one fetch wait (1 s) plus the
+ * time to publish the last replies. Idempotent. */
+void wrk_loop_stop(wrk_loop *l, int64_t grace_ms);
+
+/* Stops (with no grace when still running) and frees the loop. NULL-safe. */
+void wrk_loop_destroy(wrk_loop *l);
+
+/* ---- The end of a job, as a pure decision (tested in unit tests) ------- */
+
+/* Why the job's cancel flag was raised. */
+typedef enum wrk_cancel_reason {
+    WRK_CANCEL_NONE = 0,
+    WRK_CANCEL_USER = 1,     /* a client cancel (core NATS or the KV marker) */
+    WRK_CANCEL_SHUTDOWN = 2, /* the worker is stopping and the grace ran out */
+} wrk_cancel_reason;
+
+typedef enum wrk_end {
+    WRK_END_OK,        /* final reply with the whole text */
+    WRK_END_PARTIAL,   /* final with the text so far, partial:true */
+    WRK_END_DEGRADED,  /* final with the agent's fallback, degraded:true */
+    WRK_END_CANCELLED, /* final with the text so far, cancelled:true */
+    WRK_END_RETRY,     /* no final: NAK with delay_ms, another attempt follows */
+    WRK_END_REQUEUE,   /* no final: NAK at once (shutdown), another worker takes it */
+} wrk_end;
+
+typedef struct wrk_decision {
+    wrk_end end;
+    bool term;            /* after the final: natsMsg_Term instead of Ack */
+    int64_t delay_ms;     /* WRK_END_RETRY: the NAK delay */
+    const char *kv_state; /* in-flight state to record: done, cancelled, failed or queued */
+    const char *metric;   /* outcome label (ok, partial, degraded, cancelled) or NULL */
+} wrk_decision;
+
+/* Decides how a job ends from the backend's outcome, the cancel reason,
+ * whether the reply was cut because it grew too long (truncated), the
+ * bytes of text produced, the delivery attempt (1-based), the consumer's
+ * MaxDeliver (<= 0: unlimited) and the backend's retry_after_ms (-1 when
+ * none). The rules:
+ *   DONE -> ok; DEADLINE -> partial when text was produced, else degraded;
+ *   CANCELLED -> partial when truncated, cancelled for a user cancel, and
+ *   for a shutdown: requeue, or on the last delivery partial/degraded;
+ *   TRANSIENT -> retry (delay: retry_after_ms when given, else
+ *   WRK_RETRY_BASE_MS doubled per attempt, both capped at WRK_RETRY_MAX_MS),
+ *   or on the last delivery degraded + Term; FATAL -> degraded + Term. */
+wrk_decision wrk_job_decide(wrk_outcome outcome, wrk_cancel_reason cancel, bool truncated,
+                            size_t text_len, uint64_t attempt, int64_t max_deliver,
+                            int64_t retry_after_ms);
+
+#endif
