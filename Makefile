@@ -128,4 +128,4 @@ clean:
 -include $(shell find build -name '*.d' 2>/dev/null)
 
 # Fragments owned by their folders (benchmarks, deployment checks, web client).
--include bench/bench.mk deploy/deploy.mk web/web.mk
+-include bench/bench.mk deploy/deploy.mk web/web.mk tests/fuzz/fuzz.mk tests/fault/fault.mk

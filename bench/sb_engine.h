@@ -75,6 +75,7 @@ typedef struct sb_msg {
     int64_t id_n;   /* n of "m<n>" in id (accepted/busy) or to (token/reply); -1 */
     uint64_t stamp; /* the "sbt=<ns>" send time in the text; 0 when absent */
     int resumed;    /* welcome.resumed */
+    int dup;        /* seq not above the last one seen on the channel */
     uint64_t retry_after_ms;
 } sb_msg;
 
@@ -97,6 +98,7 @@ typedef struct sb_conn {
     uint8_t target; /* index into the target list */
     uint8_t joined;
     uint8_t resuming;
+    uint8_t retry_pending; /* refused while connecting: retry at retry_at */
     uint16_t close_code;
     char key[28];
     uint64_t t_start; /* connect() time of the current attempt */

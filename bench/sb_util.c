@@ -59,6 +59,12 @@ size_t sb_b64url(char *out, size_t cap, const uint8_t *in, size_t len)
 sl_status sb_jwt_mint(char *out, size_t cap, const char *secret, const char *tenant,
                       const char *sub, long ttl_s)
 {
+    return sb_jwt_mint_at(out, cap, secret, tenant, sub, (long long)sb_wall_s() + ttl_s);
+}
+
+sl_status sb_jwt_mint_at(char *out, size_t cap, const char *secret, const char *tenant,
+                         const char *sub, long long exp)
+{
     static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     char claims[512];
     unsigned char mac[EVP_MAX_MD_SIZE];
@@ -70,7 +76,7 @@ sl_status sb_jwt_mint(char *out, size_t cap, const char *secret, const char *ten
     if (out == NULL || secret == NULL || tenant == NULL || sub == NULL)
         return SL_ERR_INVAL;
     c = snprintf(claims, sizeof(claims), "{\"sub\":\"%s\",\"tenant\":\"%s\",\"exp\":%lld}", sub,
-                 tenant, (long long)(sb_wall_s() + ttl_s));
+                 tenant, exp);
     if (c < 0 || (size_t)c >= sizeof(claims))
         return SL_ERR_INVAL;
     n = sb_b64url(out, cap, (const uint8_t *)header, sizeof(header) - 1);

@@ -20,6 +20,10 @@ int64_t sb_wall_s(void);
 sl_status sb_jwt_mint(char *out, size_t cap, const char *secret, const char *tenant,
                       const char *sub, long ttl_s);
 
+/* As sb_jwt_mint, with an absolute exp (Unix seconds). */
+sl_status sb_jwt_mint_at(char *out, size_t cap, const char *secret, const char *tenant,
+                         const char *sub, long long exp);
+
 /* Base64url without padding of in[0..len) into out; returns the length, or 0
  * when it does not fit in cap. */
 size_t sb_b64url(char *out, size_t cap, const uint8_t *in, size_t len);
