@@ -15,6 +15,7 @@ struct sl_bus {
     jsCtx *js;
     _Atomic int connected;
     _Atomic int provisioned;
+    _Atomic int closed; /* set by the last callback cnats makes */
 };
 
 sl_status sl_status_from_nats(natsStatus s)
@@ -60,8 +61,10 @@ static void on_disconnected(natsConnection *nc, void *closure)
 
 static void on_closed(natsConnection *nc, void *closure)
 {
+    sl_bus *b = closure;
     (void)nc;
-    set_connected(closure, 0);
+    set_connected(b, 0);
+    atomic_store(&b->closed, 1);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -164,6 +167,10 @@ void sl_bus_destroy(sl_bus *b, int64_t drain_ms)
         }
     }
     natsConnection_Close(b->nc);
+    /* cnats calls back on its own threads after Close returns: wait for the
+     * closed callback (the last one) before freeing what it touches. */
+    for (int i = 0; i < 500 && b->nc != NULL && !atomic_load(&b->closed); i++)
+        usleep(10 * 1000);
     jsCtx_Destroy(b->js);
     natsConnection_Destroy(b->nc);
     free(b);

@@ -54,6 +54,8 @@ typedef struct wrk_slot {
     int idx;
     pthread_t th;
     bool started;
+    bool done;               /* the thread left its fetch loop; under the loop's mu */
+    bool in_job;             /* a job is attached; under the loop's mu */
     natsSubscription **subs; /* one per model; used only by this slot's thread */
 
     pthread_mutex_t mu; /* guards the fields below against the timer and cancel threads */
@@ -466,6 +468,7 @@ static void slot_attach(wrk_slot *s, job *j)
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&l->mu);
     l->busy++;
+    s->in_job = true;
     pthread_mutex_unlock(&l->mu);
     sl_gauge_inc(l->m_inflight);
 }
@@ -513,6 +516,7 @@ static void slot_detach(wrk_slot *s)
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&l->mu);
     l->busy--;
+    s->in_job = false;
     pthread_cond_broadcast(&l->idle_cv);
     pthread_mutex_unlock(&l->mu);
     sl_gauge_dec(l->m_inflight);
@@ -796,15 +800,53 @@ static void *slot_main(void *arg)
             nap(l, 250);
             continue;
         }
-        for (int i = 0; i < list.Count; i++) {
-            if (atomic_load(&l->stopping))
-                natsMsg_Nak(list.Msgs[i], NULL); /* another worker takes it at once */
-            else
-                job_run(s, list.Msgs[i]);
-        }
+        /* Even while stopping, a fetched job runs: within the grace it may
+         * finish, and after it slot_attach aborts it at once, so it is
+         * handed back only once this worker fetches nothing any more (a
+         * NAK caught by one of our own pending pulls would bounce between
+         * our slots and burn the job's deliveries). */
+        for (int i = 0; i < list.Count; i++)
+            job_run(s, list.Msgs[i]);
         natsMsgList_Destroy(&list);
     }
+    pthread_mutex_lock(&l->mu);
+    s->done = true;
+    pthread_cond_broadcast(&l->idle_cv);
+    pthread_mutex_unlock(&l->mu);
     return NULL;
+}
+
+/* True when every slot thread has left its fetch loop or runs a job, so
+ * this worker has no pull request pending. Caller holds l->mu. */
+static bool fetches_over(const wrk_loop *l)
+{
+    for (int i = 0; i < l->nslots; i++)
+        if (l->slots[i].started && !l->slots[i].done && !l->slots[i].in_job)
+            return false;
+    return true;
+}
+
+/* NAKs messages that reached a pull subscription after its last fetch. */
+static void nak_leftovers(wrk_loop *l)
+{
+    for (int i = 0; i < l->nslots; i++) {
+        for (size_t m = 0; l->slots[i].subs != NULL && m < l->nmodels; m++) {
+            natsSubscription *sub = l->slots[i].subs[m];
+            natsMsgList list = {0};
+            int n = 0;
+            if (sub == NULL || natsSubscription_GetPending(sub, &n, NULL) != NATS_OK || n <= 0)
+                continue;
+            /* With n messages queued, Fetch takes them without asking the
+             * server for more. */
+            if (natsSubscription_Fetch(&list, sub, n, 100, NULL) == NATS_OK) {
+                for (int k = 0; k < list.Count; k++)
+                    natsMsg_Nak(list.Msgs[k], NULL);
+                sl_info("stopping: handed back %d job(s) that arrived after the last fetch",
+                        list.Count);
+            }
+            natsMsgList_Destroy(&list);
+        }
+    }
 }
 
 /* ---- Setup ------------------------------------------------------------- */
@@ -1119,6 +1161,15 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
         pthread_cond_timedwait(&l->idle_cv, &l->mu, &ts);
     }
     int left = l->busy;
+    /* Before handing anything back, let the idle slots' pending fetches
+     * end (at most one fetch wait), so a NAKed job goes to another worker. */
+    if (left > 0) {
+        int64_t fetch_until = wrk_backend_now_ms() + l->fetch_wait_ms + 1000;
+        while (l->slots != NULL && !fetches_over(l) && wrk_backend_now_ms() < fetch_until) {
+            struct timespec ts = mono_abs(fetch_until);
+            pthread_cond_timedwait(&l->idle_cv, &l->mu, &ts);
+        }
+    }
     pthread_mutex_unlock(&l->mu);
     if (left > 0)
         sl_warn("stopping: grace over, handing back %d running job(s)", left);
@@ -1142,6 +1193,8 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
             l->slots[i].started = false;
         }
     }
+    if (l->slots != NULL)
+        nak_leftovers(l);
     if (l->ticker_started) {
         pthread_mutex_lock(&l->mu);
         atomic_store(&l->ticker_stop, 1);

@@ -695,7 +695,7 @@ typedef struct loader {
     _Atomic int stop;
     _Atomic int sent; /* messages accepted by IN */
     _Atomic int failed;
-    int per_sess[64];
+    int per_sess[64]; /* at most 64 sessions */
     pthread_t thread;
 } loader;
 
@@ -717,7 +717,9 @@ static void *load_main(void *arg)
             ld->per_sess[s] = round;
             atomic_fetch_add(&ld->sent, 1);
         }
-        hx_sleep_ms(20);
+        /* 5 messages/s per session: a busy user, within the gateway's
+         * default rate limit. */
+        hx_sleep_ms(200);
     }
     return NULL;
 }
@@ -727,7 +729,7 @@ static void *load_main(void *arg)
  * every session's order holds and every job has exactly one final reply. */
 START_TEST(test_sigkill_under_load)
 {
-    enum { NSESS = 10, KILLS = 12 };
+    enum { NSESS = 40, KILLS = 12 };
     const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=5000", NULL};
     fixture fx;
     out_log o;
@@ -793,6 +795,17 @@ START_TEST(test_sigkill_under_load)
             "%zu out of order, %zu causal gaps logged\n",
             KILLS, total, distinct, dups, finals, final_dups, (size_t)total - distinct,
             (size_t)total - finals, disorder, gaps);
+    if (getenv("ORCH_KEEP_LOGS") != NULL) {
+        /* Development aid: keep the orchestrators' logs at $ORCH_KEEP_LOGS-<i>. */
+        for (int i = 0; i < 2; i++) {
+            char *text = hx_file_tail(hx_stack_log_path(fx.stack, HX_ORCHESTRATOR, i), 256u << 20);
+            char *path = hx_strf("%s-%d", getenv("ORCH_KEEP_LOGS"), i);
+            if (text != NULL)
+                hx_file_write(path, text);
+            free(text);
+            free(path);
+        }
+    }
     ck_assert_uint_eq(distinct, (size_t)total);
     ck_assert_uint_eq(dups, 0);
     ck_assert_uint_eq(finals, (size_t)total);
