@@ -66,23 +66,51 @@ int main(int argc, char **argv)
     sl_status st;
 
     sl_common_opts(opts, &common, "0.0.0.0:9091");
-    opts[SL_COMMON_OPTS_N + 0] = (sl_cfg_opt){
-        "SLUICE_AGENTS_FILE", "agents-file", SL_CFG_STR, NULL,
-        "agents JSON file (unset: built-in assistant + summarizer)", &agents_file, 0, 0, false,
-        false};
+    opts[SL_COMMON_OPTS_N + 0] =
+        (sl_cfg_opt){"SLUICE_AGENTS_FILE",
+                     "agents-file",
+                     SL_CFG_STR,
+                     NULL,
+                     "agents JSON file (unset: built-in assistant + summarizer)",
+                     &agents_file,
+                     0,
+                     0,
+                     false,
+                     false};
     opts[SL_COMMON_OPTS_N + 1] =
-        (sl_cfg_opt){"SLUICE_HOP_LIMIT", "hop-limit", SL_CFG_INT, "3",
+        (sl_cfg_opt){"SLUICE_HOP_LIMIT",
+                     "hop-limit",
+                     SL_CFG_INT,
+                     "3",
                      "agent hops along a causal chain before agents stop answering agents",
-                     &hop_limit, 0, 100, false, false};
+                     &hop_limit,
+                     0,
+                     100,
+                     false,
+                     false};
     opts[SL_COMMON_OPTS_N + 2] = (sl_cfg_opt){
-        "SLUICE_CAUSAL_WAIT_MS", "causal-wait-ms", SL_CFG_INT, "5000",
+        "SLUICE_CAUSAL_WAIT_MS",
+        "causal-wait-ms",
+        SL_CFG_INT,
+        "5000",
         "how long an out-of-order message waits for its predecessor before it is processed "
         "anyway (a logged gap)",
-        &causal_wait_ms, 0, 3600000, false, false};
-    opts[SL_COMMON_OPTS_N + 3] = (sl_cfg_opt){
-        "SLUICE_MODEL_TIMEOUT_MS", "model-timeout-ms", SL_CFG_INT, "10000",
-        "per-attempt model deadline written into work requests", &model_timeout_ms, 1,
-        3600000, false, false};
+        &causal_wait_ms,
+        0,
+        3600000,
+        false,
+        false};
+    opts[SL_COMMON_OPTS_N + 3] =
+        (sl_cfg_opt){"SLUICE_MODEL_TIMEOUT_MS",
+                     "model-timeout-ms",
+                     SL_CFG_INT,
+                     "10000",
+                     "per-attempt model deadline written into work requests",
+                     &model_timeout_ms,
+                     1,
+                     3600000,
+                     false,
+                     false};
 
     st = sl_config_load(opts, ORCH_OPTS_N, argc, argv, &help, err, sizeof(err));
     if (help) {

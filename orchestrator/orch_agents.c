@@ -104,9 +104,9 @@ static sl_status parse_match(const cJSON *m, orch_agent *g, char *err, size_t er
 static sl_status parse_agent(const cJSON *obj, size_t index, orch_agent *g, char *err,
                              size_t errlen)
 {
-    static const char *const known[] = {"name",     "model",    "backend_model",  "system_prompt",
-                                        "system",   "match",    "fallback",       "max_concurrent",
-                                        "description"};
+    static const char *const known[] = {"name",          "model",          "backend_model",
+                                        "system_prompt", "system",         "match",
+                                        "fallback",      "max_concurrent", "description"};
     const cJSON *it;
     char who[32];
     sl_status st;

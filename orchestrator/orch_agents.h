@@ -25,7 +25,7 @@
 #define ORCH_DEFAULT_FALLBACK "Sorry, I can't answer right now. Please try again in a moment."
 
 typedef enum orch_match_kind {
-    ORCH_MATCH_ALL,     /* every message, except the agent's own */
+    ORCH_MATCH_ALL,     /* every user message (not agents' messages) */
     ORCH_MATCH_MENTION, /* messages that mention @name */
     ORCH_MATCH_REGEX,   /* messages matching a POSIX extended regex */
 } orch_match_kind;

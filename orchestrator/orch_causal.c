@@ -135,8 +135,7 @@ sl_status orch_causal_load(kvStore *kv, const char *key, orch_causal_state *st, 
     return SL_OK;
 }
 
-sl_status orch_causal_store(kvStore *kv, const char *key, const orch_causal_state *st,
-                            uint64_t rev)
+sl_status orch_causal_store(kvStore *kv, const char *key, const orch_causal_state *st, uint64_t rev)
 {
     char *json = NULL;
     uint64_t nrev = 0;

@@ -22,8 +22,7 @@ struct orch_ctl {
     natsSubscription *adv_sub;
 };
 
-sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq,
-                                  uint32_t *deliveries)
+sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, uint32_t *deliveries)
 {
     cJSON *root = cJSON_ParseWithLength(json, len);
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
@@ -64,8 +63,7 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
         st = SL_ERR_BUS;
         goto cleanup;
     }
-    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &work) !=
-            SL_OK ||
+    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &work) != SL_OK ||
         work->work == NULL || !sl_id_valid(work->work->job_id) ||
         orch_fallback_encode(work, attempt, &buf, &len, subj, sizeof(subj)) != SL_OK) {
         sl_warn("work message %llu is not a valid work request; deleting it",
@@ -81,13 +79,14 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
         goto cleanup;
     }
     if (!pa->Duplicate) {
-        sl_counter_inc(sl_counter_get("sluice_orch_fallbacks_total", NULL,
-                                      "replies ended with the agent's fallback by the orchestrator"));
+        sl_counter_inc(
+            sl_counter_get("sluice_orch_fallbacks_total", NULL,
+                           "replies ended with the agent's fallback by the orchestrator"));
         sl_logf(SL_LOG_WARN,
-                &(sl_log_ctx){.tenant = work->tenant, .session = work->session,
-                              .trace = work->trace_id},
-                "job %s exhausted its deliveries (%u); ended with the fallback",
-                work->work->job_id, attempt);
+                &(sl_log_ctx){
+                    .tenant = work->tenant, .session = work->session, .trace = work->trace_id},
+                "job %s exhausted its deliveries (%u); ended with the fallback", work->work->job_id,
+                attempt);
     }
     if (inflight != NULL &&
         sl_kv_key2(key, sizeof(key), work->tenant, work->work->job_id) == SL_OK &&
@@ -141,8 +140,7 @@ static void on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     (void)nc;
     (void)sub;
     if (strncmp(subject, "sluice.ctl.cancel.", 18) != 0 || !sl_id_valid(tenant) ||
-        sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) !=
-            SL_OK ||
+        sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) != SL_OK ||
         e->cancel == NULL ||
         sl_cancel_key(key, sizeof(key), tenant, e->session, e->cancel->message_id) != SL_OK)
         goto cleanup;

@@ -92,8 +92,7 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
 }
 
 sl_status orch_busy_encode(const Sluice__Envelope *in, const char *tenant, const char *agent,
-                           const char *reason, uint32_t retry_after_ms, uint8_t **out,
-                           size_t *len)
+                           const char *reason, uint32_t retry_after_ms, uint8_t **out, size_t *len)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__Busy b = SLUICE__BUSY__INIT;
@@ -134,7 +133,7 @@ sl_status orch_fallback_encode(const Sluice__Envelope *work, uint32_t attempt, u
     r.to = w->to;
     r.agent = w->agent;
     r.text = (w->fallback != NULL && w->fallback[0] != '\0') ? w->fallback
-                                                              : (char *)ORCH_DEFAULT_FALLBACK;
+                                                             : (char *)ORCH_DEFAULT_FALLBACK;
     r.attempt = attempt;
     r.degraded = true;
     e.body_case = SLUICE__ENVELOPE__BODY_REPLY;

@@ -38,8 +38,7 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
 
 /* Encodes a `busy` event for message in and agent a. */
 sl_status orch_busy_encode(const Sluice__Envelope *in, const char *tenant, const char *agent,
-                           const char *reason, uint32_t retry_after_ms, uint8_t **out,
-                           size_t *len);
+                           const char *reason, uint32_t retry_after_ms, uint8_t **out, size_t *len);
 
 /* Encodes the final fallback `reply` (degraded) for a work envelope; the
  * OUT subject it goes to is written to subj. */

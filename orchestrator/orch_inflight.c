@@ -92,8 +92,8 @@ static job **job_find(orch_inflight *f, const char *key)
     return pp;
 }
 
-static void job_add(orch_inflight *f, job **slot, const char *key, const char *tenant,
-                    size_t agent, int64_t now_ms)
+static void job_add(orch_inflight *f, job **slot, const char *key, const char *tenant, size_t agent,
+                    int64_t now_ms)
 {
     job *j = calloc(1, sizeof(*j));
     tally *t;
@@ -167,7 +167,8 @@ void orch_inflight_apply(orch_inflight *f, const char *key, const char *json, si
     bool active;
     job **slot;
 
-    if (dot == NULL || dot == key || (size_t)(dot - key) > SL_ID_MAX || strncmp(dot + 1, "x-", 2) == 0)
+    if (dot == NULL || dot == key || (size_t)(dot - key) > SL_ID_MAX ||
+        strncmp(dot + 1, "x-", 2) == 0)
         return;
     memcpy(tenant, key, (size_t)(dot - key));
     tenant[dot - key] = '\0';

@@ -19,17 +19,17 @@
 #include "sl_streams.h"
 #include "sl_subject.h"
 
-#define NS_PER_MS        1000000LL
-#define BATCH_MAX        256
-#define PUB_WAIT_MS      5000
-#define NAK_FAIL_MS      250
-#define NAK_WAIT_MAX_MS  100
-#define CAS_TRIES        8
+#define NS_PER_MS          1000000LL
+#define BATCH_MAX          256
+#define PUB_WAIT_MS        5000
+#define NAK_FAIL_MS        250
+#define NAK_WAIT_MAX_MS    100
+#define CAS_TRIES          8
 #define IN_ACK_WAIT_MAX_MS 30000
 #define IN_ACK_WAIT_MIN_MS 1000
-#define IN_MAX_ACK_PEND  10000
-#define REBUILD_AFTER    50 /* consecutive fetch errors before the subscription is rebuilt */
-#define JERR_SUBJ_FULL   10077
+#define IN_MAX_ACK_PEND    10000
+#define REBUILD_AFTER      50 /* consecutive fetch errors before the subscription is rebuilt */
+#define JERR_SUBJ_FULL     10077
 
 typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 
@@ -81,26 +81,26 @@ struct orch_loop {
     int order[BATCH_MAX]; /* item indexes in processing order */
     int norder;
     struct {
-        sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full,
-            *busy_conc, *bad, *failed, *hop_stops;
+        sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full, *busy_conc,
+            *bad, *failed, *hop_stops;
         sl_hist *proc;
     } m;
 };
 
 static void metrics_init(orch_loop *l)
 {
-    l->m.ev_user = sl_counter_get("sluice_orch_events_total", "kind=\"user\"",
-                                  "messages processed from IN");
-    l->m.ev_agent = sl_counter_get("sluice_orch_events_total", "kind=\"agent\"",
-                                   "messages processed from IN");
+    l->m.ev_user =
+        sl_counter_get("sluice_orch_events_total", "kind=\"user\"", "messages processed from IN");
+    l->m.ev_agent =
+        sl_counter_get("sluice_orch_events_total", "kind=\"agent\"", "messages processed from IN");
     l->m.dups = sl_counter_get("sluice_orch_duplicates_total", NULL,
                                "redelivered messages acked without effects");
     l->m.waits = sl_counter_get("sluice_orch_causal_waits_total", NULL,
                                 "messages NAKed to wait for their causal predecessor");
     l->m.gaps = sl_counter_get("sluice_orch_causal_gaps_total", NULL,
                                "messages processed without their predecessor after the deadline");
-    l->m.dispatched = sl_counter_get("sluice_orch_jobs_dispatched_total", NULL,
-                                     "work requests queued on WORK");
+    l->m.dispatched =
+        sl_counter_get("sluice_orch_jobs_dispatched_total", NULL, "work requests queued on WORK");
     l->m.busy_full = sl_counter_get("sluice_orch_busy_total", "reason=\"tenant_queue_full\"",
                                     "jobs refused with a busy event");
     l->m.busy_conc = sl_counter_get("sluice_orch_busy_total", "reason=\"overloaded\"",
@@ -111,8 +111,8 @@ static void metrics_init(orch_loop *l)
                                  "messages NAKed because an effect could not be stored");
     l->m.hop_stops = sl_counter_get("sluice_orch_hop_limit_total", NULL,
                                     "agent messages not routed because of the hop limit");
-    l->m.proc = sl_hist_get("sluice_orch_processing_seconds", NULL,
-                            "time from fetch to ack of a message");
+    l->m.proc =
+        sl_hist_get("sluice_orch_processing_seconds", NULL, "time from fetch to ack of a message");
 }
 
 sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agents,
@@ -394,8 +394,8 @@ static void decide_all(orch_loop *l, int n)
             if (it->kind != K_USER || it->decided)
                 continue;
             s = &l->sessions[it->sess];
-            d = orch_causal_decide(&s->cur, it->env->client_id, it->env->prev_event_id,
-                                   it->age_ms, l->cfg.causal_wait_ms);
+            d = orch_causal_decide(&s->cur, it->env->client_id, it->env->prev_event_id, it->age_ms,
+                                   l->cfg.causal_wait_ms);
             if (d == ORCH_CAUSAL_WAIT)
                 continue;
             it->decided = true;
@@ -423,7 +423,6 @@ static void queue_effects(orch_loop *l, item *it)
     const Sluice__Envelope *e = it->env;
     size_t idx[ORCH_AGENTS_MAX];
     size_t n;
-    int64_t now = sl_mono_ms();
     int64_t wall = sl_now_ns() / NS_PER_MS;
 
     if (it->kind == K_USER &&
@@ -447,7 +446,6 @@ static void queue_effects(orch_loop *l, item *it)
         return;
     }
     it->njobs = n;
-    (void)now;
     for (size_t j = 0; j < n; j++) {
         job_slot *js = &it->jobs[j];
         const orch_agent *a = &l->agents->v[idx[j]];
@@ -464,9 +462,9 @@ static void queue_effects(orch_loop *l, item *it)
             js->over = true;
             continue;
         }
-        if (orch_job_json(&json, "queued", e->session, e->message_id[0] ? e->message_id
-                                                                         : e->client_id,
-                          a->name, NULL) != SL_OK ||
+        if (orch_job_json(&json, "queued", e->session,
+                          e->message_id[0] ? e->message_id : e->client_id, a->name,
+                          NULL) != SL_OK ||
             orch_queue_job_state(l->pub, it->tenant, js->job, "q", json, &js->s_state) != SL_OK ||
             orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
                             &js->s_work) != SL_OK)
@@ -494,9 +492,8 @@ static void queue_followups(orch_loop *l, item *it)
             continue;
         if (js->over) {
             reason = "overloaded";
-            retry = (uint32_t)orch_inflight_retry_after_ms(l->inflight, it->tenant, a->model,
-                                                           a->max_concurrent,
-                                                           sl_now_ns() / NS_PER_MS);
+            retry = (uint32_t)orch_inflight_retry_after_ms(
+                l->inflight, it->tenant, a->model, a->max_concurrent, sl_now_ns() / NS_PER_MS);
             sl_counter_inc(l->m.busy_conc);
         } else {
             orch_pub_result rw = orch_pub_get(l->pub, js->s_work);
@@ -514,9 +511,9 @@ static void queue_followups(orch_loop *l, item *it)
                 break;
             }
             reason = "tenant_queue_full";
-            retry = (uint32_t)orch_inflight_retry_after_ms(
-                l->inflight, it->tenant, a->model, l->cfg.tenant_queue_max,
-                sl_now_ns() / NS_PER_MS);
+            retry = (uint32_t)orch_inflight_retry_after_ms(l->inflight, it->tenant, a->model,
+                                                           l->cfg.tenant_queue_max,
+                                                           sl_now_ns() / NS_PER_MS);
             sl_counter_inc(l->m.busy_full);
             {
                 char *json = NULL;
@@ -529,8 +526,8 @@ static void queue_followups(orch_loop *l, item *it)
                 free(json);
             }
         }
-        if (orch_queue_busy(l->pub, e, it->tenant, a->name, js->job, reason, retry,
-                            &js->s_busy) != SL_OK)
+        if (orch_queue_busy(l->pub, e, it->tenant, a->name, js->job, reason, retry, &js->s_busy) !=
+            SL_OK)
             it->failed = true;
     }
 }
@@ -612,9 +609,9 @@ static void finish(orch_loop *l, item *it, int64_t t0_ns)
     static const char *const names[] = {"process", "duplicate", "wait", "gap"};
 
     if (it->kind != K_BAD)
-        item_log(it, SL_LOG_DEBUG, "%s %s prev %s: %s%s (age %lld ms)", it->kind == K_USER ? "user" : "agent",
-                 it->env->client_id, it->env->prev_event_id, names[it->d],
-                 it->failed ? ", failed" : "", (long long)it->age_ms);
+        item_log(it, SL_LOG_DEBUG, "%s %s prev %s: %s%s (age %lld ms)",
+                 it->kind == K_USER ? "user" : "agent", it->env->client_id, it->env->prev_event_id,
+                 names[it->d], it->failed ? ", failed" : "", (long long)it->age_ms);
     switch (it->kind) {
     case K_BAD:
         sl_counter_inc(l->m.bad);
@@ -633,7 +630,10 @@ static void finish(orch_loop *l, item *it, int64_t t0_ns)
     if (it->d == ORCH_CAUSAL_WAIT) {
         int64_t left = l->cfg.causal_wait_ms - it->age_ms;
         sl_counter_inc(l->m.waits);
-        natsMsg_NakWithDelay(it->m, left < 1 ? 1 : left > NAK_WAIT_MAX_MS ? NAK_WAIT_MAX_MS : left,
+        natsMsg_NakWithDelay(it->m,
+                             left < 1                 ? 1
+                             : left > NAK_WAIT_MAX_MS ? NAK_WAIT_MAX_MS
+                                                      : left,
                              NULL);
         return;
     }
@@ -722,8 +722,7 @@ sl_status orch_loop_run(orch_loop *l, volatile int *stop)
             continue;
         }
         if (++errors >= REBUILD_AFTER) {
-            sl_warn("fetch keeps failing (%s); rebuilding the subscription",
-                    natsStatus_GetText(s));
+            sl_warn("fetch keeps failing (%s); rebuilding the subscription", natsStatus_GetText(s));
             natsSubscription_Destroy(l->sub);
             l->sub = NULL;
             errors = 0;

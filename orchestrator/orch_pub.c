@@ -38,8 +38,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     slot *s;
 
     (void)js;
-    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == NULL)
+    /* With an ack handler, the message is ours to destroy (nats.h). */
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == NULL) {
+        natsMsg_Destroy(msg);
         return;
+    }
     pthread_mutex_lock(&p->mu);
     s = find_slot(p, id);
     if (s != NULL) {
@@ -54,6 +57,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         }
     }
     pthread_mutex_unlock(&p->mu);
+    natsMsg_Destroy(msg);
 }
 
 sl_status orch_pub_create(orch_pub **out, natsConnection *nc)

@@ -12,6 +12,11 @@ size_t orch_route(const orch_agents *a, const char *text, const char *author_age
     for (size_t i = 0; i < a->n && n < cap; i++) {
         if (author_agent != NULL && strcmp(author_agent, a->v[i].name) == 0)
             continue;
+        /* "all" means every person's message: an agent answering every
+         * agent's message would turn each reply into a chain up to the hop
+         * limit. Agents answer agents by mention or regex. */
+        if (author_agent != NULL && a->v[i].match == ORCH_MATCH_ALL)
+            continue;
         if (orch_agent_matches(&a->v[i], text))
             idx[n++] = i;
     }

@@ -186,7 +186,7 @@ static void publish_chunk(void *ud, const char *text, size_t len)
     po.MsgId = msg_id;
     ns = js_PublishMsgAsync(s->js, &msg, &po);
     if (ns != NATS_OK) {
-        sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
+        sl_logf(SL_LOG_DEBUG, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
                 "token publish for job %s failed: %s", s->job_id, natsStatus_GetText(ns));
         goto fail;
     }

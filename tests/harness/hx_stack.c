@@ -286,6 +286,12 @@ static sl_status hx__svc_new(hx_stack *s, hx_tier tier, const char *const *env, 
     return st;
 }
 
+const char *hx_stack_default_bin_dir(void)
+{
+    const char *d = getenv("SLUICE_BIN_DIR");
+    return d != NULL && *d != '\0' ? d : HX_DEFAULT_BIN_DIR;
+}
+
 sl_status hx_stack_start(hx_stack **out, const hx_stack_cfg *cfg)
 {
     hx_stack_cfg def = {.gateways = 1, .orchestrators = 1, .workers = 1};
@@ -301,11 +307,7 @@ sl_status hx_stack_start(hx_stack **out, const hx_stack_cfg *cfg)
             return SL_ERR_INVAL;
         }
     }
-    const char *bin_dir = c->bin_dir;
-    if (bin_dir == NULL)
-        bin_dir = getenv("SLUICE_BIN_DIR");
-    if (bin_dir == NULL || *bin_dir == '\0')
-        bin_dir = HX_DEFAULT_BIN_DIR;
+    const char *bin_dir = c->bin_dir ? c->bin_dir : hx_stack_default_bin_dir();
     char resolved[PATH_MAX];
     if (realpath(bin_dir, resolved) == NULL) {
         hx_set_error("binary directory %s: %s (run make, or set SLUICE_BIN_DIR)", bin_dir,

@@ -69,6 +69,10 @@ typedef struct hx_stack hx_stack;
  * ready in time). On success *out owns everything. */
 sl_status hx_stack_start(hx_stack **out, const hx_stack_cfg *cfg);
 
+/* The binary directory a stack uses when cfg.bin_dir is NULL:
+ * $SLUICE_BIN_DIR, else "bin" ("build/san/bin" in a SANITIZE=1 build). */
+const char *hx_stack_default_bin_dir(void);
+
 /* Tears the stack down as described above. Sanitizer reports found in the
  * logs are printed to stderr (assert on them with
  * hx_stack_stop_all_gracefully). NULL-safe. */

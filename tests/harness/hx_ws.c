@@ -564,9 +564,19 @@ static int hx__parse_one(hx_ws *ws, hx_ws_result *res, bool *need_more, char **d
         *res = hx__fail(ws, "server sent reserved data opcode 0x%x", op);
         return -1;
     }
-    /* Consume the frame. */
+    /* Consume the frame; give back big buffers once idle. */
     memmove(ws->rbuf, ws->rbuf + hl + len, ws->rlen - hl - len);
     ws->rlen -= hl + len;
+    if (ws->rlen == 0 && ws->rcap > 65536) {
+        free(ws->rbuf);
+        ws->rbuf = NULL;
+        ws->rcap = 0;
+    }
+    if (ws->frag_op == 0 && ws->fcap > 65536) {
+        free(ws->frag);
+        ws->frag = NULL;
+        ws->fcap = 0;
+    }
     return ret;
 }
 
@@ -591,7 +601,9 @@ hx_ws_result hx_ws_recv_msg(hx_ws *ws, int timeout_ms, char **data_out, size_t *
             return res;
         if (!need_more)
             continue;
-        if (hx__grow(&ws->rbuf, &ws->rcap, ws->rlen + 65536) != 0)
+        /* Small steps for small traffic (tests may hold thousands of
+         * connections), geometric growth for large frames. */
+        if (hx__grow(&ws->rbuf, &ws->rcap, ws->rlen + (ws->rlen < 4096 ? 4096 : ws->rlen)) != 0)
             return hx__fail(ws, "out of memory");
         ssize_t n = hx__io_read(ws->fd, ws->rbuf + ws->rlen, ws->rcap - ws->rlen, deadline);
         if (n == -2) {
@@ -660,6 +672,11 @@ const char *hx_ws_protocol(const hx_ws *ws)
 int hx_ws_fd(const hx_ws *ws)
 {
     return ws ? ws->fd : -1;
+}
+
+bool hx_ws_has_buffered(const hx_ws *ws)
+{
+    return ws != NULL && (ws->rlen > 0 || ws->bl_count > 0);
 }
 
 int hx_ws_close(hx_ws *ws, int code, const char *reason)

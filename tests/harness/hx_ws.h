@@ -155,8 +155,14 @@ hx_ws_stats hx_ws_get_stats(const hx_ws *ws);
 /* The subprotocol the server chose ("" if none). Owned by ws. */
 const char *hx_ws_protocol(const hx_ws *ws);
 
-/* The socket, for tricks the API lacks (e.g. setsockopt). Owned by ws. */
+/* The socket, for tricks the API lacks (e.g. setsockopt, or poll() over
+ * many connections). Owned by ws. */
 int hx_ws_fd(const hx_ws *ws);
+
+/* True when bytes already read from the socket (or JSON frames in the
+ * backlog) wait to be processed: poll() on hx_ws_fd would not report them,
+ * so call hx_ws_recv* with timeout 0 first. */
+bool hx_ws_has_buffered(const hx_ws *ws);
 
 /* Closes politely: sends a close frame with code (0: no code; reason may be
  * NULL) unless one was sent, waits up to 2 s for the peer's close frame
@@ -174,7 +180,8 @@ void hx_ws_destroy(hx_ws *ws);
  * text message from the socket within timeout_ms. The caller owns the
  * result (cJSON_Delete). NULL on timeout, close or error (see
  * hx_ws_last_result and hx_error); a text frame that is not JSON or a
- * binary frame is an error. */
+ * binary frame gives NULL with HX_WS_ERROR as the last result, but the
+ * connection stays usable. */
 cJSON *hx_ws_recv_json(hx_ws *ws, int timeout_ms);
 
 /* Decides whether a frame is the wanted one. */

@@ -1411,6 +1411,7 @@ START_TEST(test_ws_json_backlog)
     ck_assert_int_eq(hx_json_int(j, "n", -1), 1);
     ck_assert_int_eq(hx_json_int(j, "missing", -7), -7);
     cJSON_Delete(j);
+    ck_assert(!hx_ws_has_buffered(ws)); /* exactly one frame was sent */
 
     /* expect_type skips into the backlog; recv_json drains it in order. */
     HX_OK(s, hx_ws_send_text(ws, "{\"type\":\"x\"}"));
@@ -1423,6 +1424,7 @@ START_TEST(test_ws_json_backlog)
     HX_ASSERT(s, j != NULL);
     cJSON_Delete(j);
     ck_assert_uint_eq(hx_ws_backlog_count(ws), 2);
+    ck_assert(hx_ws_has_buffered(ws));
     ck_assert_str_eq(hx_json_str(hx_ws_backlog_get(ws, 0), "type"), "x");
     ck_assert_ptr_null(hx_ws_backlog_get(ws, 2));
     j = hx_ws_expect_type(ws, "y", 0); /* found in the backlog */
@@ -1801,6 +1803,53 @@ START_TEST(test_sluice_client)
 END_TEST
 
 /* ================================================================== */
+/* the real binaries, when they are built                              */
+/* ================================================================== */
+
+START_TEST(test_real_stack_smoke)
+{
+    const char *bin = hx_stack_default_bin_dir();
+    char *gw = hx_strf("%s/sluice-gateway", bin);
+    bool have = access(gw, X_OK) == 0;
+    free(gw);
+    if (!have) {
+        fprintf(stderr, "test_real_stack_smoke: SKIPPED, no binaries in %s\n", bin);
+        return;
+    }
+    /* The harness's helpers against the real protocol: start, hello,
+     * send -> accepted -> reply, resume, graceful stop. Whether the tiers
+     * exit cleanly under sanitizers is for their own tests to assert. */
+    hx_stack_cfg cfg = {.gateways = 1, .orchestrators = 1, .workers = 1};
+    hx_stack *s = NULL;
+    HX_OK(NULL, hx_stack_start(&s, &cfg));
+    char *tok = hx_token(s, "acme", "u1", 60);
+    hx_sl_client *c = NULL;
+    HX_OK(s, hx_sl_connect(&c, hx_stack_gw_port(s, 0), tok, 10000));
+    HX_ASSERT(s, *hx_sl_session(c) != '\0' && *hx_sl_resume_token(c) != '\0');
+    cJSON *a = hx_sl_send_wait(c, "c-1", NULL, "hello harness", 10000);
+    HX_ASSERT(s, a != NULL);
+    HX_ASSERT(s, strcmp(hx_json_str(a, "type"), "accepted") == 0);
+    cJSON_Delete(a);
+    cJSON *r = hx_sl_wait_reply(c, "c-1", 15000);
+    HX_ASSERT(s, r != NULL);
+    HX_ASSERT(s, hx_json_true(r, "final"));
+    cJSON_Delete(r);
+    HX_ASSERT(s, hx_sl_get_counts(c).duplicates == 0);
+    HX_ASSERT(s, hx_sl_position(c, "s") > 0);
+    HX_OK(s, hx_sl_reconnect(c, hx_stack_gw_port(s, 0), 10000));
+    HX_ASSERT(s, hx_json_true(hx_sl_welcome(c), "resumed"));
+    hx_sl_destroy(c);
+    free(tok);
+    bool clean = false;
+    hx_stack_stop_all_gracefully(s, &clean);
+    for (int t = 0; t < HX_TIERS; t++)
+        ck_assert(!hx_proc_alive(hx_stack_proc(s, (hx_tier)t, 0)));
+    hx_stack_destroy(s);
+    assert_no_children();
+}
+END_TEST
+
+/* ================================================================== */
 
 static Suite *harness_suite(void)
 {
@@ -1849,6 +1898,11 @@ static Suite *harness_suite(void)
     tc = tcase_create("sluice");
     tcase_add_test(tc, test_sluice_tokens);
     tcase_add_test(tc, test_sluice_client);
+    tcase_set_timeout(tc, 120);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("real");
+    tcase_add_test(tc, test_real_stack_smoke);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;

@@ -78,6 +78,9 @@ static void fx_stop(fixture *fx)
             ck_assert_msg(hx_stack_stop(fx->stack, HX_ORCHESTRATOR, i, SIGTERM, 5000, &status) ==
                               SL_OK,
                           "orchestrator %d did not stop within 5 s of SIGTERM", i);
+            if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+                hx_print_tail(stderr, "orchestrator",
+                              hx_stack_log_path(fx->stack, HX_ORCHESTRATOR, i), 8000);
             ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                           "orchestrator %d: %s after SIGTERM", i,
                           hx_proc_status_str(status, sb, sizeof(sb)));
@@ -175,8 +178,8 @@ static void publish_user(fixture *fx, const char *tenant, const char *session,
                          const char *client_id, const char *prev, const char *room,
                          const char *text, const char *msg_id_override, sent *out)
 {
-    natsStatus s = try_publish_user(fx, tenant, session, client_id, prev, room, text,
-                                    msg_id_override, out);
+    natsStatus s =
+        try_publish_user(fx, tenant, session, client_id, prev, room, text, msg_id_override, out);
     ck_assert_msg(s == NATS_OK, "publish to IN: %s", natsStatus_GetText(s));
 }
 
@@ -201,8 +204,7 @@ static void on_out(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 
     (void)nc;
     (void)sub;
-    if (sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) ==
-        SL_OK) {
+    if (sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) == SL_OK) {
         pthread_mutex_lock(&o->mu);
         if (o->n == o->cap) {
             o->cap = o->cap ? o->cap * 2 : 256;
@@ -267,8 +269,8 @@ static bool count_reached(void *ud)
     return out_count(c->o, c->kind, c->subject) >= c->want;
 }
 
-static bool wait_out(out_log *o, Sluice__Envelope__BodyCase kind, const char *subject,
-                     size_t want, int timeout_ms)
+static bool wait_out(out_log *o, Sluice__Envelope__BodyCase kind, const char *subject, size_t want,
+                     int timeout_ms)
 {
     count_cond c = {o, kind, subject, want};
     return hx_wait_until(count_reached, &c, timeout_ms);
@@ -595,8 +597,8 @@ END_TEST
 /* Checks every session's message events on OUT against client order
  * c-1, c-2, ...: counts distinct events, duplicates and order violations
  * (an event that is not the successor of the session's previous one). */
-static void check_session_order(out_log *o, int nsess, int per_sess, size_t *distinct,
-                                size_t *dups, size_t *disorder)
+static void check_session_order(out_log *o, int nsess, int per_sess, size_t *distinct, size_t *dups,
+                                size_t *disorder)
 {
     int *last = calloc((size_t)nsess, sizeof(int));
     char **seen = calloc((size_t)nsess, sizeof(char *));
@@ -610,8 +612,8 @@ static void check_session_order(out_log *o, int nsess, int per_sess, size_t *dis
     for (size_t i = 0; i < o->n; i++) {
         const Sluice__Envelope *e = o->v[i].env;
         int s, c;
-        if (e->body_case != SLUICE__ENVELOPE__BODY_MESSAGE ||
-            sscanf(e->session, "s%d", &s) != 1 || sscanf(e->client_id, "c-%d", &c) != 1)
+        if (e->body_case != SLUICE__ENVELOPE__BODY_MESSAGE || sscanf(e->session, "s%d", &s) != 1 ||
+            sscanf(e->client_id, "c-%d", &c) != 1)
             continue;
         ck_assert(s >= 0 && s < nsess && c > 0 && c < 100000);
         if (seen[s][c]) {
@@ -759,10 +761,11 @@ START_TEST(test_sigkill_under_load)
     /* Everything accepted must come out: the held messages of the last
      * victim come back after the IN AckWait. */
     ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL, (size_t)total, 60000),
-                  "only %zu of %d message events", out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL),
-                  total);
+                  "only %zu of %d message events",
+                  out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, NULL), total);
     ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL, (size_t)total, 60000),
-                  "only %zu of %d finals", out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL), total);
+                  "only %zu of %d finals", out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, NULL),
+                  total);
     hx_sleep_ms(1000); /* let late duplicates, if any, show up */
     check_session_order(&o, NSESS, 0, &distinct, &dups, &disorder);
     for (int i = 0; i < 2; i++)
@@ -858,10 +861,15 @@ START_TEST(test_tenant_queue_full_busy)
         snprintf(prev, sizeof(prev), "c-%d", c - 1);
         publish_user(&fx, T2, "sessB", cid, c > 1 ? prev : NULL, "lobby", "hi", NULL, NULL);
     }
-    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby", 3, 10000));
+    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby", 3, 10000),
+                  "t2: %zu messages, %zu replies, %zu busy; %llu queued; worker saw %ld",
+                  out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T2 ".r.lobby"),
+                  out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby"),
+                  out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"),
+                  (unsigned long long)work_depth(&fx, "sluice.work.default." T2),
+                  atomic_load(&w.deliveries));
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"), 0);
-    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_busy_total{reason=\"tenant_queue_full\"}"),
-                        3);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_busy_total{reason=\"tenant_queue_full\"}"), 3);
     fw_stop(&w);
     out_stop(&o);
     fx_stop(&fx);
@@ -957,6 +965,50 @@ START_TEST(test_mentions_and_hop_limit)
 }
 END_TEST
 
+/* A cancel request on core NATS becomes the cancel marker in the in-flight
+ * bucket (docs/wire.md), which workers check before starting a job. */
+START_TEST(test_cancel_marker)
+{
+    fixture fx;
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    char key[SL_SUBJECT_MAX];
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    Sluice__Cancel c = SLUICE__CANCEL__INIT;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    natsStatus s = NATS_NOT_FOUND;
+
+    fx_start(&fx, 1, ONE_AGENT, NULL);
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    ck_assert_int_eq(sl_cancel_key(key, sizeof(key), T1, "sessA", "c-17"), SL_OK);
+    env.tenant = T1;
+    env.session = "sessA";
+    c.message_id = "c-17";
+    c.user = "u1";
+    env.body_case = SLUICE__ENVELOPE__BODY_CANCEL;
+    env.cancel = &c;
+    ck_assert_int_eq(sl_envelope_encode(&env, &buf, &len), SL_OK);
+    /* Core NATS: publish until the marker shows up (the listener may
+     * subscribe a moment after /readyz). */
+    for (int i = 0; i < 50 && s != NATS_OK; i++) {
+        ck_assert_int_eq(natsConnection_Publish(fx.nc, "sluice.ctl.cancel." T1, buf, (int)len),
+                         NATS_OK);
+        for (int k = 0; k < 10 && s != NATS_OK; k++) {
+            hx_sleep_ms(20);
+            s = kvStore_Get(&e, kv, key);
+        }
+    }
+    ck_assert_int_eq(s, NATS_OK);
+    ck_assert(strstr(kvEntry_ValueString(e), "\"state\":\"cancelled\"") != NULL);
+    ck_assert(strstr(kvEntry_ValueString(e), "\"to\":\"c-17\"") != NULL);
+    kvEntry_Destroy(e);
+    free(buf);
+    kvStore_Destroy(kv);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* An invalid agents file stops the process at start with a clear error. */
 START_TEST(test_invalid_agents_file)
 {
@@ -1015,6 +1067,7 @@ static Suite *suite(void)
     ADD(tc, test_tenant_queue_full_busy);
     ADD(tc, test_fallback_after_max_deliveries);
     ADD(tc, test_mentions_and_hop_limit);
+    ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
     ADD(tc, test_sigkill_under_load);
     suite_add_tcase(s, tc);

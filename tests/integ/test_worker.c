@@ -380,6 +380,26 @@ static bool inflight_state_is(tctx *t, const job_spec *j, const char *state)
     return yes;
 }
 
+typedef struct state_wait {
+    tctx *t;
+    const job_spec *j;
+    const char *state;
+} state_wait;
+
+static bool state_reached(void *ud)
+{
+    state_wait *w = ud;
+    return inflight_state_is(w->t, w->j, w->state);
+}
+
+/* Waits until the job's in-flight state is state (it is written just after
+ * the final reply, before the ack). */
+static bool wait_state(tctx *t, const job_spec *j, const char *state)
+{
+    state_wait w = {t, j, state};
+    return hx_wait_until(state_reached, &w, 5000);
+}
+
 /* The agent message a worker published on IN for a reply, or NULL. */
 static Sluice__Envelope *agent_message(tctx *t)
 {
@@ -437,7 +457,7 @@ START_TEST(test_echo_streams_and_ends_once)
     /* The work message is acked (gone from the work queue) and the job is
      * recorded as done. */
     HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
-    ck_assert(inflight_state_is(&t, &room_job, "done"));
+    HX_ASSERT(t.stack, wait_state(&t, &room_job, "done"));
     /* The answer went back to IN as an agent message, one hop further. */
     {
         Sluice__Envelope *am = agent_message(&t);
@@ -468,6 +488,22 @@ START_TEST(test_echo_streams_and_ends_once)
     pump(&t, 500, 0);
     ck_assert_int_eq(count_finals(&t, room_job.job), 1);
     ck_assert_int_eq(count_finals(&t, sess_job.job), 1);
+
+    /* The job metrics. */
+    {
+        char *body = NULL;
+        int port = hx_stack_admin_port(t.stack, HX_WORKER, 0);
+        ck_assert_int_eq(hx_http_get(NULL, port, "/metrics", 5000, &body), 200);
+        const char *want[] = {"sluice_wrk_jobs_total{outcome=\"ok\"} 2\n",
+                              "sluice_wrk_jobs_total{outcome=\"failed\"} 0\n",
+                              "sluice_wrk_tokens_total 12\n",
+                              "sluice_wrk_ttft_seconds_count 2\n",
+                              "sluice_wrk_job_seconds_count 2\n",
+                              "sluice_wrk_inflight 0\n"};
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+            ck_assert_msg(strstr(body, want[i]) != NULL, "no %s in /metrics:\n%s", want[i], body);
+        free(body);
+    }
     t_end(&t, true);
 }
 END_TEST
@@ -503,6 +539,34 @@ START_TEST(test_echo_coalesces_fast_tokens)
 }
 END_TEST
 
+START_TEST(test_slow_job_does_not_block_others)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=100", "SLUICE_MODEL_TIMEOUT_MS=10000",
+                         "SLUICE_WORKER_CONCURRENCY=4", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec slow, quick;
+    int fs, fq;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&slow, LONG_TEXT, "lobby"); /* 30 tokens: about 3 s */
+    publish_work(&t, &slow);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, slow.job, 1, 10000), "no token within 10 s");
+    job_init(&quick, "quick one", "lobby");
+    publish_work(&t, &quick);
+    fq = wait_final(&t, quick.job, 10000);
+    HX_ASSERT_MSG(t.stack, fq >= 0, "no final for the quick job");
+    /* The quick job, queued behind the slow one, ended first. */
+    ck_assert_int_lt(find_final(&t, slow.job), 0);
+    fs = wait_final(&t, slow.job, 15000);
+    HX_ASSERT_MSG(t.stack, fs >= 0, "no final for the slow job");
+    ck_assert_uint_lt(t.evs[fq].seq, t.evs[fs].seq);
+    ck_assert_str_eq(t.evs[fs].text, LONG_TEXT);
+    t_end(&t, true);
+}
+END_TEST
+
 /* ---- Cancellation ------------------------------------------------------- */
 
 START_TEST(test_cancel_mid_stream)
@@ -531,7 +595,7 @@ START_TEST(test_cancel_mid_stream)
     ck_assert_msg(t.evs[fi].at_ms - cancel_at <= 1000, "final %" PRId64 " ms after the cancel",
                   t.evs[fi].at_ms - cancel_at);
     HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
-    ck_assert(inflight_state_is(&t, &j, "cancelled"));
+    HX_ASSERT(t.stack, wait_state(&t, &j, "cancelled"));
     /* No agent message for a cancelled reply. */
     ck_assert_ptr_null(agent_message(&t));
     pump(&t, 300, 0);
@@ -566,7 +630,7 @@ START_TEST(test_cancelled_before_start_is_dropped)
     joined = tokens_of(&t, by_marker.job, 1, 0, &ntok);
     ck_assert_int_eq(ntok, 0);
     free(joined);
-    ck_assert(inflight_state_is(&t, &by_marker, "cancelled"));
+    HX_ASSERT(t.stack, wait_state(&t, &by_marker, "cancelled"));
 
     /* A cancel the worker heard on core NATS before the job arrived. */
     job_init(&by_core, "this should never be answered either", NULL);
@@ -669,7 +733,7 @@ START_TEST(test_sigterm_finishes_running_job)
     HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply from the draining worker");
     ck_assert_int_eq(t.evs[fi].attempt, 1);
     ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
-    ck_assert(work_stream_empty(&t));
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
     t_end(&t, false);
 }
 END_TEST
@@ -839,7 +903,7 @@ START_TEST(test_openai_deadline_modes)
     ck_assert(!o.t.evs[fi].degraded);
     ck_assert_str_eq(o.t.evs[fi].text, "First ");
     ck_assert_int_eq(o.t.evs[fi].attempt, 1);
-    ck_assert(inflight_state_is(&o.t, &j, "done"));
+    HX_ASSERT(o.t.stack, wait_state(&o.t, &j, "done"));
 
     /* Hang after the headers: nothing produced by the deadline. */
     fake_openai_set_mode(o.fake, FAKE_OPENAI_HANG_AFTER_HEADERS);
@@ -856,7 +920,7 @@ START_TEST(test_openai_deadline_modes)
     ck_assert_str_eq(o.t.evs[fi].text, FALLBACK);
     ck_assert_int_eq(fake_openai_requests(o.fake) - before, 1);
     HX_ASSERT(o.t.stack, hx_wait_until(work_stream_empty, &o.t, 5000));
-    ck_assert(inflight_state_is(&o.t, &j, "failed"));
+    HX_ASSERT(o.t.stack, wait_state(&o.t, &j, "failed"));
     oa_end(&o);
 }
 END_TEST
@@ -879,7 +943,7 @@ START_TEST(test_openai_retry_modes)
     ck_assert_int_eq(o.t.evs[fi].attempt, 3);
     ck_assert_int_eq(fake_openai_requests(o.fake) - before, 3);
     HX_ASSERT(o.t.stack, hx_wait_until(work_stream_empty, &o.t, 5000));
-    ck_assert(inflight_state_is(&o.t, &j, "failed"));
+    HX_ASSERT(o.t.stack, wait_state(&o.t, &j, "failed"));
 
     /* 429 with Retry-After: 1 — the same, paced by the server's hint. */
     fake_openai_set_mode(o.fake, FAKE_OPENAI_HTTP_429);
@@ -925,6 +989,7 @@ static Suite *worker_suite(void)
     tcase_set_timeout(echo, 60);
     tcase_add_test(echo, test_echo_streams_and_ends_once);
     tcase_add_test(echo, test_echo_coalesces_fast_tokens);
+    tcase_add_test(echo, test_slow_job_does_not_block_others);
     suite_add_tcase(s, echo);
 
     tcase_set_timeout(cancel, 60);

@@ -1,0 +1,388 @@
+/* Resume (shared/PROTOCOL.md "Session life cycle"): from the positions
+ * acknowledged with ack, on a second gateway after the first was SIGKILLed
+ * mid-reply, repeatedly while a room is being written to, and past what the
+ * stream still keeps (gap). Each test counts every event a client sees:
+ * exactly once, in order, nothing missing. */
+#include <sys/socket.h>
+
+#include "test_gateway_fx.h"
+
+#define T 15000
+
+static cJSON *want(fx *f, hx_ws *ws, const char *pattern)
+{
+    cJSON *fr = hx_ws_expect(ws, pattern, T);
+    HX_ASSERT_MSG(f->s, fr != NULL, "no frame like %s: %s", pattern, hx_error());
+    return fr;
+}
+
+static void post(fx *f, hx_sl_client *c, const char *id, const char *room, const char *text)
+{
+    cJSON *a = hx_sl_send_wait(c, id, room, text, T);
+    HX_ASSERT_MSG(f->s, a != NULL && fx__is_type(a, "accepted"), "send %s not accepted: %s", id,
+                  a ? cJSON_PrintUnformatted(a) : hx_error());
+    cJSON_Delete(a);
+}
+
+static int64_t see_msg(fx *f, hx_ws *ws, const char *ch, const char *id)
+{
+    char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}",
+                        ch, id);
+    cJSON *e = want(f, ws, pat);
+    int64_t seq = hx_json_int(e, "seq", -1);
+
+    free(pat);
+    cJSON_Delete(e);
+    return seq;
+}
+
+/* ---- ack persisted: resume without positions ---- */
+
+typedef struct pos_wait {
+    fx *f;
+    char key[256];
+    const char *ch;
+    int64_t seq;
+} pos_wait;
+
+static bool pos_stored(void *ud)
+{
+    pos_wait *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    bool ok = hx_json_int(cJSON_GetObjectItem(o, "pos"), w->ch, -1) == w->seq;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_resume_without_positions_uses_acked_positions)
+{
+    fx f;
+    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1,
+                 .agents_json = FX_AGENTS_MENTION};
+    hx_sl_client *a, *b;
+    int64_t seq[5];
+    char *session, *rt, *resume, *tok;
+    pos_wait w;
+    hx_ws *ws;
+    cJSON *welcome = NULL;
+    int next = 2;
+    int64_t last = 0;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    cJSON_Delete(hx_sl_join(a, "lobby", T));
+    cJSON_Delete(hx_sl_join(b, "lobby", T));
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "m-%d", i);
+        post(&f, b, id, "lobby", id);
+        seq[i] = see_msg(&f, hx_sl_ws(a), "r:lobby", id);
+    }
+    /* alice has seen three messages but acknowledges two. */
+    HX_OK(f.s, hx_sl_ack(a, "r:lobby", seq[1]));
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", hx_sl_session(a));
+    w.ch = "r:lobby";
+    w.seq = seq[1];
+    HX_ASSERT_MSG(f.s, hx_wait_until(pos_stored, &w, T), "acked position never stored under %s",
+                  w.key);
+    session = hx_strf("%s", hx_sl_session(a));
+    rt = hx_strf("%s", hx_sl_resume_token(a));
+    hx_sl_destroy(a); /* a lost connection */
+
+    /* The room goes on without her. */
+    for (int i = 3; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "m-%d", i);
+        post(&f, b, id, "lobby", id);
+        seq[i] = see_msg(&f, hx_sl_ws(b), "r:lobby", id);
+    }
+    ws = fx_raw(&f, 0);
+    resume = hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, rt);
+    tok = hx_token(f.s, "acme", "alice", 600);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    HX_ASSERT(f.s, strcmp(hx_json_str(welcome, "session"), session) == 0);
+    /* Replayed: m-2 (seen, never acked), m-3, m-4, in order; nothing at or
+     * below the acked position. */
+    for (int k = 0; k < 1000 && next < 5; k++) {
+        cJSON *e = hx_ws_recv_json(ws, T);
+        const char *kind;
+        HX_ASSERT_MSG(f.s, e != NULL, "replay stopped before m-%d: %s", next, hx_error());
+        if (!fx__is_type(e, "event")) {
+            HX_ASSERT_MSG(f.s, !fx__is_type(e, "gap"), "unexpected gap");
+            cJSON_Delete(e);
+            continue;
+        }
+        HX_ASSERT(f.s, strcmp(hx_json_str(e, "ch"), "r:lobby") == 0);
+        HX_ASSERT_MSG(f.s, hx_json_int(e, "seq", 0) > seq[1] && hx_json_int(e, "seq", 0) > last,
+                      "replayed seq %lld (acked %lld, previous %lld)",
+                      (long long)hx_json_int(e, "seq", 0), (long long)seq[1], (long long)last);
+        last = hx_json_int(e, "seq", 0);
+        kind = hx_json_str(e, "kind");
+        if (strcmp(kind, "message") == 0) {
+            char id[16];
+            snprintf(id, sizeof(id), "m-%d", next);
+            HX_ASSERT_MSG(f.s, strcmp(hx_json_str(e, "id"), id) == 0, "replayed %s, wanted %s",
+                          hx_json_str(e, "id"), id);
+            HX_ASSERT(f.s, hx_json_int(e, "seq", 0) == seq[next]);
+            next++;
+        }
+        cJSON_Delete(e);
+    }
+    HX_ASSERT(f.s, next == 5);
+    /* And it is live again. */
+    post(&f, b, "m-5", "lobby", "live again");
+    see_msg(&f, ws, "r:lobby", "m-5");
+    cJSON_Delete(welcome);
+    hx_ws_destroy(ws);
+    free(resume);
+    free(tok);
+    free(session);
+    free(rt);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- SIGKILL mid-reply, resume on the other gateway ---- */
+
+typedef struct reply_log {
+    const char *to;
+    char text[4096]; /* the tokens, concatenated */
+    int tokens;
+    char *final;     /* the final reply text */
+} reply_log;
+
+/* Reads c's frames until reply log r has at least min_tokens tokens (or,
+ * with min_tokens < 0, until its final reply). */
+static void read_reply(fx *f, hx_sl_client *c, reply_log *r, int min_tokens)
+{
+    int64_t deadline = hx_now_ms() + 30000;
+
+    while (hx_now_ms() < deadline) {
+        cJSON *e;
+        const char *kind, *to;
+        if (min_tokens >= 0 ? r->tokens >= min_tokens : r->final != NULL)
+            return;
+        e = hx_ws_recv_json(hx_sl_ws(c), 1000);
+        if (e == NULL) {
+            HX_ASSERT_MSG(f->s, hx_ws_last_result(hx_sl_ws(c)) == HX_WS_TIMEOUT,
+                          "connection ended while reading the reply to %s: %s", r->to, hx_error());
+            continue;
+        }
+        kind = hx_json_str(e, "kind");
+        to = hx_json_str(e, "to");
+        if (fx__is_type(e, "event") && kind && to && strcmp(to, r->to) == 0) {
+            HX_ASSERT_MSG(f->s, hx_json_int(e, "attempt", 1) == 1, "a retried attempt: %s",
+                          cJSON_PrintUnformatted(e));
+            if (strcmp(kind, "token") == 0) {
+                HX_ASSERT(f->s, r->final == NULL);
+                strncat(r->text, hx_json_str(e, "text"), sizeof(r->text) - strlen(r->text) - 1);
+                r->tokens++;
+            } else if (strcmp(kind, "reply") == 0) {
+                HX_ASSERT_MSG(f->s, r->final == NULL, "a second final reply to %s", r->to);
+                HX_ASSERT(f->s, hx_json_true(e, "final"));
+                r->final = hx_strf("%s", hx_json_str(e, "text"));
+            }
+        }
+        cJSON_Delete(e);
+    }
+    HX_ASSERT_MSG(f->s, false, "reply to %s incomplete after 30 s: %d tokens '%s'", r->to,
+                  r->tokens, r->text);
+}
+
+START_TEST(test_resume_on_second_gateway_after_sigkill)
+{
+    fx f;
+    fx_opts o = {.gateways = 2, .orchestrators = 1, .workers = 1, .echo_token_delay_ms = 100,
+                 .agents_json = FX_AGENTS_MENTION};
+    hx_sl_client *p, *r;
+    reply_log lp = {.to = "p-1"}, lr = {.to = "r-1"};
+    char text_p[512] = "@bot", text_r[512] = "@bot";
+
+    for (int i = 0; i < 30; i++) {
+        char w[32];
+        snprintf(w, sizeof(w), " private%d", i);
+        strcat(text_p, w);
+        snprintf(w, sizeof(w), " room%d", i);
+        strcat(text_r, w);
+    }
+    fx_start(&f, &o);
+    p = fx_client(&f, 0, "acme", "alice");
+    r = fx_client(&f, 0, "acme", "bob");
+    cJSON_Delete(hx_sl_join(r, "lobby", T));
+    post(&f, p, "p-1", NULL, text_p);
+    post(&f, r, "r-1", "lobby", text_r);
+    read_reply(&f, p, &lp, 5);
+    read_reply(&f, r, &lr, 5);
+
+    HX_OK(f.s, hx_stack_kill(f.s, HX_GATEWAY, 0, SIGKILL));
+    HX_OK(f.s, hx_sl_reconnect(p, hx_stack_gw_port(f.s, 1), T));
+    HX_OK(f.s, hx_sl_reconnect(r, hx_stack_gw_port(f.s, 1), T));
+    HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(p), "resumed"));
+    HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(r), "resumed"));
+    HX_ASSERT_MSG(f.s, lp.final == NULL && lr.final == NULL,
+                  "the replies ended before the kill: make the text longer");
+    read_reply(&f, p, &lp, -1);
+    read_reply(&f, r, &lr, -1);
+
+    HX_ASSERT_MSG(f.s, strcmp(lp.text, text_p) == 0, "private tokens assemble to '%s'", lp.text);
+    HX_ASSERT_MSG(f.s, strcmp(lp.final, text_p) == 0, "private final '%s'", lp.final);
+    HX_ASSERT_MSG(f.s, strcmp(lr.text, text_r) == 0, "room tokens assemble to '%s'", lr.text);
+    HX_ASSERT_MSG(f.s, strcmp(lr.final, text_r) == 0, "room final '%s'", lr.final);
+    HX_ASSERT_MSG(f.s, hx_sl_get_counts(p).duplicates == 0, "%lu duplicates on the private client",
+                  hx_sl_get_counts(p).duplicates);
+    HX_ASSERT_MSG(f.s, hx_sl_get_counts(r).duplicates == 0, "%lu duplicates on the room client",
+                  hx_sl_get_counts(r).duplicates);
+    HX_ASSERT(f.s, hx_sl_get_counts(p).gaps == 0 && hx_sl_get_counts(r).gaps == 0);
+    /* The resumed sessions keep working on the new gateway. */
+    post(&f, r, "r-2", "lobby", "after the crash");
+    see_msg(&f, hx_sl_ws(r), "r:lobby", "r-2");
+    HX_ASSERT(f.s, hx_sl_get_counts(r).duplicates == 0);
+    free(lp.final);
+    free(lr.final);
+    hx_sl_destroy(p);
+    hx_sl_destroy(r);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- repeated resumes while the room is written to ---- */
+
+#define FLOOD 600
+
+START_TEST(test_resume_during_live_traffic_loses_nothing)
+{
+    fx f;
+    fx_opts o = {.gateways = 2};
+    hx_sl_client *c;
+    int next = 0, reconnects = 0;
+    int64_t deadline;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "alice");
+    cJSON_Delete(hx_sl_join(c, "live", T));
+    for (int i = 0; i < FLOOD; i++) {
+        char id[16], text[64];
+        snprintf(id, sizeof(id), "f-%d", i);
+        snprintf(text, sizeof(text), "flood message %d", i);
+        fx_publish_room_msg(&f, "acme", "live", "bob", id, text);
+        if (i % 60 == 59) {
+            /* Read a little (so positions move), then jump gateways while
+             * the rest is still arriving. */
+            for (int k = 0; k < 20; k++) {
+                cJSON *e = hx_ws_recv_json(hx_sl_ws(c), 50);
+                const char *id2 = e ? hx_json_str(e, "id") : NULL;
+                if (id2 != NULL && strncmp(id2, "f-", 2) == 0 &&
+                    strcmp(hx_json_str(e, "kind"), "message") == 0) {
+                    HX_ASSERT_MSG(f.s, atoi(id2 + 2) == next, "got %s, wanted f-%d", id2, next);
+                    next++;
+                }
+                cJSON_Delete(e);
+            }
+            HX_OK(f.s, hx_sl_reconnect(c, hx_stack_gw_port(f.s, reconnects % 2 == 0 ? 1 : 0), T));
+            HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(c), "resumed"));
+            reconnects++;
+        }
+    }
+    fx_publish_flush(&f);
+    deadline = hx_now_ms() + 30000;
+    while (next < FLOOD && hx_now_ms() < deadline) {
+        cJSON *e = hx_ws_recv_json(hx_sl_ws(c), 1000);
+        const char *id2 = e ? hx_json_str(e, "id") : NULL;
+        if (id2 != NULL && strncmp(id2, "f-", 2) == 0 &&
+            strcmp(hx_json_str(e, "kind"), "message") == 0) {
+            HX_ASSERT_MSG(f.s, atoi(id2 + 2) == next, "got %s, wanted f-%d", id2, next);
+            next++;
+        }
+        cJSON_Delete(e);
+    }
+    HX_ASSERT_MSG(f.s, next == FLOOD, "only %d of %d messages arrived", next, FLOOD);
+    HX_ASSERT_MSG(f.s, hx_sl_get_counts(c).duplicates == 0, "%lu duplicates",
+                  hx_sl_get_counts(c).duplicates);
+    HX_ASSERT(f.s, hx_sl_get_counts(c).gaps == 0);
+    HX_ASSERT(f.s, reconnects == FLOOD / 60);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- resume from a position the stream no longer keeps ---- */
+
+START_TEST(test_resume_past_retention_sends_gap)
+{
+    static const char *const env[] = {"SLUICE_OUT_HISTORY=10", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .env = env};
+    hx_sl_client *c;
+    cJSON *g;
+    int64_t seen, to;
+    int next = -1;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "alice");
+    cJSON_Delete(hx_sl_join(c, "old", T));
+    fx_publish_room_msg(&f, "acme", "old", "bob", "o-0", "zero");
+    fx_publish_flush(&f);
+    seen = see_msg(&f, hx_sl_ws(c), "r:old", "o-0");
+    /* Offline while 30 more arrive; the stream keeps only 10 per channel. */
+    shutdown(hx_ws_fd(hx_sl_ws(c)), SHUT_RDWR); /* hx_sl_reconnect frees it below */
+    for (int i = 1; i <= 30; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "o-%d", i);
+        fx_publish_room_msg(&f, "acme", "old", "bob", id, "later");
+    }
+    fx_publish_flush(&f);
+    HX_ASSERT(f.s, fx_stream_msgs(&f, SL_STREAM_OUT, "sluice.out.acme.r.old") <= 10);
+    HX_OK(f.s, hx_sl_reconnect(c, hx_stack_gw_port(f.s, 0), T));
+    g = want(&f, hx_sl_ws(c), "{\"type\":\"gap\",\"ch\":\"r:old\"}");
+    HX_ASSERT_MSG(f.s, hx_json_int(g, "from", -1) == seen, "gap from %lld, the client had %lld",
+                  (long long)hx_json_int(g, "from", -1), (long long)seen);
+    to = hx_json_int(g, "to", -1);
+    HX_ASSERT(f.s, to > seen + 1);
+    cJSON_Delete(g);
+    /* The gap comes before the rest, which is complete from `to` on. */
+    for (int k = 0; k < 100 && next != 30; k++) {
+        cJSON *e = hx_ws_recv_json(hx_sl_ws(c), T);
+        const char *id;
+        HX_ASSERT_MSG(f.s, e != NULL, "replay after the gap stopped: %s", hx_error());
+        id = hx_json_str(e, "id");
+        if (fx__is_type(e, "event") && strcmp(hx_json_str(e, "kind"), "message") == 0) {
+            HX_ASSERT(f.s, hx_json_int(e, "seq", 0) >= to);
+            HX_ASSERT_MSG(f.s, next < 0 || atoi(id + 2) == next + 1, "%s after o-%d", id, next);
+            next = atoi(id + 2);
+        }
+        cJSON_Delete(e);
+    }
+    HX_ASSERT(f.s, next == 30);
+    HX_ASSERT(f.s, hx_sl_get_counts(c).duplicates == 0 && hx_sl_get_counts(c).gaps == 1);
+    HX_ASSERT(f.s, fx_metric(&f, 0, "sluice_gw_resumes_total{result=\"gap\"}") >= 1);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("gateway resume");
+    TCase *tc = tcase_create("resume");
+    SRunner *sr;
+    int failed;
+
+    tcase_set_timeout(tc, 150);
+    tcase_add_test(tc, test_resume_without_positions_uses_acked_positions);
+    tcase_add_test(tc, test_resume_on_second_gateway_after_sigkill);
+    tcase_add_test(tc, test_resume_during_live_traffic_loses_nothing);
+    tcase_add_test(tc, test_resume_past_retention_sends_gap);
+    suite_add_tcase(su, tc);
+    sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

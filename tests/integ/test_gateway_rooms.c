@@ -1,0 +1,612 @@
+/* Every client frame of shared/PROTOCOL.md against a whole stack (real
+ * nats-server, gateway, orchestrator, worker): send with idempotent ids,
+ * join/leave with members and presence, ack and receipts, cancel,
+ * history, ping; and tenant isolation of rooms with the same name.
+ * Several clients at once; every wait is on a frame, with a timeout, and
+ * "nothing arrived" is proved with a ping/pong barrier after the event
+ * that would have come with it. */
+#include "test_gateway_fx.h"
+
+#define T 15000 /* ms to wait for any one frame */
+
+static void start(fx *f, int echo_delay_ms, const char *agents)
+{
+    fx_opts o = {.gateways = 1,
+                 .orchestrators = 1,
+                 .workers = 1,
+                 .echo_token_delay_ms = echo_delay_ms,
+                 .agents_json = agents};
+    fx_start(f, &o);
+}
+
+/* Waits for a frame matching a JSON pattern (hx_json_match); caller frees. */
+static cJSON *want(fx *f, hx_ws *ws, const char *pattern)
+{
+    cJSON *fr = hx_ws_expect(ws, pattern, T);
+    HX_ASSERT_MSG(f->s, fr != NULL, "no frame like %s: %s", pattern, hx_error());
+    return fr;
+}
+
+static void want_free(fx *f, hx_ws *ws, const char *pattern)
+{
+    cJSON_Delete(want(f, ws, pattern));
+}
+
+/* Everything the client has received up to a ping barrier (backlog first,
+ * in arrival order), as a JSON array the caller frees; the pong is not in
+ * it. */
+static cJSON *drain(fx *f, hx_ws *ws)
+{
+    cJSON *all = cJSON_CreateArray();
+
+    HX_OK(f->s, hx_ws_send_text(ws, "{\"type\":\"ping\"}"));
+    for (int i = 0; i < 1000000; i++) {
+        cJSON *fr = hx_ws_recv_json(ws, T);
+        HX_ASSERT_MSG(f->s, fr != NULL, "no pong while draining: %s", hx_error());
+        if (fx__is_type(fr, "pong")) {
+            cJSON_Delete(fr);
+            return all;
+        }
+        cJSON_AddItemToArray(all, fr);
+    }
+    return all;
+}
+
+/* Counts frames of arr matching a JSON pattern. */
+static int count_like(const cJSON *arr, const char *pattern)
+{
+    cJSON *p = cJSON_Parse(pattern);
+    const cJSON *it;
+    int n = 0;
+
+    ck_assert_ptr_nonnull(p);
+    cJSON_ArrayForEach(it, arr)
+    {
+        if (hx_json_match(p, it))
+            n++;
+    }
+    cJSON_Delete(p);
+    return n;
+}
+
+/* Sends a room message and waits for its acceptance. */
+static void post(fx *f, hx_sl_client *c, const char *id, const char *room, const char *text)
+{
+    cJSON *a = hx_sl_send_wait(c, id, room, text, T);
+    HX_ASSERT_MSG(f->s, a != NULL && fx__is_type(a, "accepted"), "send %s not accepted: %s", id,
+                  a ? cJSON_PrintUnformatted(a) : hx_error());
+    cJSON_Delete(a);
+}
+
+/* Waits for the message event with id on channel ch; returns its seq. */
+static int64_t see_msg(fx *f, hx_sl_client *c, const char *ch, const char *id)
+{
+    char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}",
+                        ch, id);
+    cJSON *e = want(f, hx_sl_ws(c), pat);
+    int64_t seq = hx_json_int(e, "seq", -1);
+
+    free(pat);
+    cJSON_Delete(e);
+    HX_ASSERT(f->s, seq > 0);
+    return seq;
+}
+
+static cJSON *join(fx *f, hx_sl_client *c, const char *room)
+{
+    cJSON *j = hx_sl_join(c, room, T);
+    HX_ASSERT_MSG(f->s, j != NULL, "join %s: %s", room, hx_error());
+    return j;
+}
+
+/* Waits until the gateway's presence entry for c in room is in KV (it is
+ * written asynchronously after joined). */
+typedef struct kv_wait {
+    fx *f;
+    char key[256];
+} kv_wait;
+
+static bool kv_present(void *ud)
+{
+    kv_wait *w = ud;
+    return fx_kv_has(w->f, SL_KV_PRESENCE, w->key);
+}
+
+static void wait_presence_kv(fx *f, const char *tenant, const char *room, hx_sl_client *c)
+{
+    kv_wait w = {.f = f};
+
+    snprintf(w.key, sizeof(w.key), "%s.%s.%s", tenant, room, hx_sl_session(c));
+    HX_ASSERT_MSG(f->s, hx_wait_until(kv_present, &w, T), "presence key %s never written", w.key);
+}
+
+static bool has_member(const cJSON *joined, const char *user, const char *session)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(joined, "members"))
+    {
+        if (strcmp(hx_json_str(m, "user") ? hx_json_str(m, "user") : "", user) == 0 &&
+            (session == NULL || strcmp(hx_json_str(m, "session") ? hx_json_str(m, "session") : "",
+                                       session) == 0))
+            return true;
+    }
+    return false;
+}
+
+/* ---- send: accepted, duplicate ---- */
+
+START_TEST(test_send_accepted_and_duplicate)
+{
+    fx f;
+    hx_sl_client *c;
+    cJSON *a1, *a2, *all;
+    char *ev1, *subj;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    c = fx_client(&f, 0, "acme", "alice");
+    a1 = hx_sl_send_wait(c, "c-1", NULL, "first words", T);
+    HX_ASSERT_MSG(f.s, a1 != NULL && fx__is_type(a1, "accepted"), "c-1: %s", hx_error());
+    HX_ASSERT(f.s, cJSON_IsFalse(cJSON_GetObjectItem(a1, "duplicate")));
+    ev1 = hx_strf("%s", hx_json_str(a1, "event"));
+    HX_ASSERT(f.s, strlen(ev1) > 0);
+    see_msg(&f, c, "s", "c-1");
+
+    /* The same id again (a retry after a lost accepted): the same event,
+     * flagged duplicate, and nothing new stored. */
+    a2 = hx_sl_send_wait(c, "c-1", NULL, "first words", T);
+    HX_ASSERT_MSG(f.s, a2 != NULL && fx__is_type(a2, "accepted"), "c-1 again: %s", hx_error());
+    HX_ASSERT_MSG(f.s, hx_json_true(a2, "duplicate"), "repeat not flagged duplicate");
+    HX_ASSERT_MSG(f.s, strcmp(hx_json_str(a2, "event"), ev1) == 0,
+                  "duplicate got event %s, the original was %s", hx_json_str(a2, "event"), ev1);
+    /* Another message after it: once its event is here, a second c-1 event
+     * would have been delivered before it. */
+    post(&f, c, "c-2", NULL, "second words");
+    see_msg(&f, c, "s", "c-2");
+    all = drain(&f, hx_sl_ws(c));
+    HX_ASSERT(f.s, count_like(all, "{\"type\":\"event\",\"kind\":\"message\",\"id\":\"c-1\"}") == 0);
+    HX_ASSERT(f.s, count_like(all, "{\"type\":\"accepted\"}") == 0);
+    HX_ASSERT(f.s, hx_sl_get_counts(c).duplicates == 0);
+    subj = hx_strf("sluice.in.acme.%s", hx_sl_session(c));
+    HX_ASSERT_MSG(f.s, fx_stream_msgs(&f, SL_STREAM_IN, subj) == 2,
+                  "SLUICE_IN holds %llu messages of the session, wanted 2",
+                  (unsigned long long)fx_stream_msgs(&f, SL_STREAM_IN, subj));
+    free(subj);
+    cJSON_Delete(all);
+    cJSON_Delete(a1);
+    cJSON_Delete(a2);
+    free(ev1);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- join, members, presence, leave ---- */
+
+START_TEST(test_join_members_presence_leave)
+{
+    fx f;
+    hx_sl_client *a, *b, *c;
+    cJSON *ja, *jb, *left, *all;
+    char *pat, *sess_c;
+    int64_t seq;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    c = fx_client(&f, 0, "acme", "carol");
+
+    ja = join(&f, a, "lobby");
+    HX_ASSERT(f.s, strcmp(hx_json_str(ja, "ch"), "r:lobby") == 0);
+    HX_ASSERT(f.s, cJSON_IsNumber(cJSON_GetObjectItem(ja, "seq")));
+    HX_ASSERT(f.s, cJSON_IsArray(cJSON_GetObjectItem(ja, "members")));
+    wait_presence_kv(&f, "acme", "lobby", a);
+
+    jb = join(&f, b, "lobby");
+    HX_ASSERT_MSG(f.s, has_member(jb, "alice", hx_sl_session(a)), "bob's joined lacks alice: %s",
+                  cJSON_PrintUnformatted(jb));
+    HX_ASSERT(f.s, hx_json_int(jb, "seq", -1) >= hx_json_int(ja, "seq", -1));
+    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
+                  "\"user\":\"bob\",\"session\":\"%s\"}",
+                  hx_sl_session(b));
+    want_free(&f, hx_sl_ws(a), pat);
+    free(pat);
+
+    /* A room message reaches both members. */
+    post(&f, a, "m-1", "lobby", "hello room");
+    seq = see_msg(&f, a, "r:lobby", "m-1");
+    HX_ASSERT(f.s, see_msg(&f, b, "r:lobby", "m-1") == seq);
+
+    /* bob leaves: left, a presence leave, and no more room events for him. */
+    cJSON_Delete(drain(&f, hx_sl_ws(b)));
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(b), "{\"type\":\"leave\",\"room\":\"lobby\"}"));
+    left = want(&f, hx_sl_ws(b), "{\"type\":\"left\",\"room\":\"lobby\"}");
+    cJSON_Delete(left);
+    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\","
+                  "\"action\":\"leave\",\"user\":\"bob\",\"session\":\"%s\"}",
+                  hx_sl_session(b));
+    want_free(&f, hx_sl_ws(a), pat);
+    free(pat);
+    post(&f, a, "m-2", "lobby", "bob should not see this");
+    see_msg(&f, a, "r:lobby", "m-2");
+    all = drain(&f, hx_sl_ws(b));
+    HX_ASSERT_MSG(f.s, count_like(all, "{\"type\":\"event\",\"ch\":\"r:lobby\"}") == 0 &&
+                           count_like(all, "{\"type\":\"event\",\"id\":\"m-2\"}") == 0,
+                  "bob got room events after leaving: %s", cJSON_PrintUnformatted(all));
+    cJSON_Delete(all);
+    {
+        cJSON *e;
+        HX_OK(f.s, hx_sl_send(b, "b-1", "lobby", "still here?", NULL));
+        e = fx_expect_error(&f, hx_sl_ws(b), "not_joined");
+        cJSON_Delete(e);
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(b), "{\"type\":\"leave\",\"room\":\"lobby\"}"));
+        e = fx_expect_error(&f, hx_sl_ws(b), "not_joined");
+        cJSON_Delete(e);
+    }
+
+    /* carol joins and drops her connection: a presence disconnect. */
+    cJSON_Delete(join(&f, c, "lobby"));
+    sess_c = hx_strf("%s", hx_sl_session(c));
+    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
+                  "\"user\":\"carol\",\"session\":\"%s\"}",
+                  sess_c);
+    want_free(&f, hx_sl_ws(a), pat);
+    free(pat);
+    hx_sl_destroy(c);
+    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\","
+                  "\"action\":\"disconnect\",\"user\":\"carol\",\"session\":\"%s\"}",
+                  sess_c);
+    want_free(&f, hx_sl_ws(a), pat);
+    free(pat);
+    free(sess_c);
+
+    /* A token whose rooms claim does not list the room is refused. */
+    {
+        const char *rooms[] = {"team-*"};
+        char *tok = hx_token_rooms(f.s, "acme", "dave", 600, rooms, 1);
+        hx_sl_client *d = NULL;
+        cJSON *e;
+        HX_OK(f.s, hx_sl_connect(&d, hx_stack_gw_port(f.s, 0), tok, T));
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(d), "{\"type\":\"join\",\"room\":\"lobby\"}"));
+        e = fx_expect_error(&f, hx_sl_ws(d), "forbidden");
+        cJSON_Delete(e);
+        cJSON_Delete(join(&f, d, "team-red"));
+        hx_sl_destroy(d);
+        free(tok);
+    }
+    HX_ASSERT(f.s, hx_sl_get_counts(a).duplicates == 0);
+    HX_ASSERT(f.s, hx_sl_get_counts(b).duplicates == 0);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- ack and receipts ---- */
+
+START_TEST(test_ack_sends_receipts_to_the_sender)
+{
+    fx f;
+    hx_sl_client *a, *b, *c;
+    cJSON *r, *all;
+    int64_t seq;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    c = fx_client(&f, 0, "acme", "carol");
+    cJSON_Delete(join(&f, a, "lobby"));
+    cJSON_Delete(join(&f, b, "lobby"));
+    cJSON_Delete(join(&f, c, "lobby"));
+
+    post(&f, a, "m-1", "lobby", "please confirm");
+    seq = see_msg(&f, a, "r:lobby", "m-1");
+    HX_ASSERT(f.s, see_msg(&f, b, "r:lobby", "m-1") == seq);
+    HX_ASSERT(f.s, see_msg(&f, c, "r:lobby", "m-1") == seq);
+
+    /* alice acks her own message: no receipt for that. bob acks: one. */
+    HX_OK(f.s, hx_sl_ack(a, "r:lobby", seq));
+    HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq));
+    r = want(&f, hx_sl_ws(a),
+             "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-1\",\"user\":\"bob\"}");
+    HX_ASSERT(f.s, strcmp(hx_json_str(r, "state"), "delivered") == 0);
+    cJSON_Delete(r);
+    /* An ack beyond it again does not repeat bob's receipt; carol's comes. */
+    HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq));
+    HX_OK(f.s, hx_sl_ack(c, "r:lobby", seq));
+    want_free(&f, hx_sl_ws(a),
+              "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-1\","
+              "\"user\":\"carol\",\"state\":\"delivered\"}");
+    /* A later message proves the order: its receipt comes after any stray
+     * one for m-1. */
+    post(&f, a, "m-2", "lobby", "and this?");
+    seq = see_msg(&f, b, "r:lobby", "m-2");
+    HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq));
+    want_free(&f, hx_sl_ws(a),
+              "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-2\",\"user\":\"bob\"}");
+    all = drain(&f, hx_sl_ws(a));
+    HX_ASSERT_MSG(f.s, count_like(all, "{\"kind\":\"receipt\",\"to\":\"m-1\"}") == 0,
+                  "extra receipts: %s", cJSON_PrintUnformatted(all));
+    cJSON_Delete(all);
+    /* Receipts go to the sender only. */
+    all = drain(&f, hx_sl_ws(b));
+    HX_ASSERT(f.s, count_like(all, "{\"kind\":\"receipt\"}") == 0);
+    cJSON_Delete(all);
+    /* An ack on a channel the client is not in is refused. */
+    {
+        cJSON *e;
+        HX_OK(f.s, hx_sl_ack(b, "r:elsewhere", 1));
+        e = fx_expect_error(&f, hx_sl_ws(b), "not_joined");
+        cJSON_Delete(e);
+    }
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- history ---- */
+
+static void check_history(fx *f, hx_ws *ws, const char *req, const char *const *ids, int nids,
+                          int64_t below)
+{
+    cJSON *h, *ev;
+    int k = 0;
+    int64_t last = 0;
+
+    HX_OK(f->s, hx_ws_send_text(ws, req));
+    h = want(f, ws, "{\"type\":\"history\"}");
+    cJSON_ArrayForEach(ev, cJSON_GetObjectItemCaseSensitive(h, "events"))
+    {
+        int64_t seq = hx_json_int(ev, "seq", -1);
+        const char *kind = hx_json_str(ev, "kind");
+        HX_ASSERT_MSG(f->s, seq > last, "history out of order: %s", cJSON_PrintUnformatted(h));
+        HX_ASSERT_MSG(f->s, below == 0 || seq < below, "history event at %lld not before %lld",
+                      (long long)seq, (long long)below);
+        last = seq;
+        if (kind != NULL && strcmp(kind, "message") == 0) {
+            HX_ASSERT_MSG(f->s, k < nids && strcmp(hx_json_str(ev, "id"), ids[k]) == 0,
+                          "%s: message %d is %s: %s", req, k, hx_json_str(ev, "id"),
+                          cJSON_PrintUnformatted(h));
+            k++;
+        }
+    }
+    HX_ASSERT_MSG(f->s, k == nids, "%s: %d messages, wanted %d: %s", req, k, nids,
+                  cJSON_PrintUnformatted(h));
+    cJSON_Delete(h);
+}
+
+START_TEST(test_history)
+{
+    fx f;
+    hx_sl_client *a, *b;
+    const char *ids[] = {"h-1", "h-2", "h-3", "h-4", "h-5", "h-6"};
+    int64_t seq[6];
+    char *req;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    cJSON_Delete(join(&f, a, "hist"));
+    for (int i = 0; i < 6; i++) {
+        post(&f, a, ids[i], "hist", ids[i]);
+        seq[i] = see_msg(&f, a, "r:hist", ids[i]);
+    }
+    /* The last three before h-6: events only (no presence in between:
+     * alice joined before h-1), limit honoured. */
+    req = hx_strf("{\"type\":\"history\",\"ch\":\"r:hist\",\"before\":%lld,\"limit\":3}",
+                  (long long)seq[5]);
+    check_history(&f, hx_sl_ws(a), req, ids + 2, 3, seq[5]);
+    free(req);
+    /* From the head, limit 2: the newest two. */
+    check_history(&f, hx_sl_ws(a), "{\"type\":\"history\",\"ch\":\"r:hist\",\"limit\":2}", ids + 4,
+                  2, 0);
+    /* Everything before h-2: h-1 only (and alice's join). */
+    req = hx_strf("{\"type\":\"history\",\"ch\":\"r:hist\",\"before\":%lld}", (long long)seq[1]);
+    check_history(&f, hx_sl_ws(a), req, ids, 1, seq[1]);
+    free(req);
+    /* The default limit covers all six, in order; history does not need a
+     * join (bob never joined), and does not count as delivery. */
+    check_history(&f, hx_sl_ws(b), "{\"type\":\"history\",\"ch\":\"r:hist\"}", ids, 6, 0);
+    /* The session channel: alice's private messages. */
+    post(&f, a, "p-1", NULL, "private one");
+    see_msg(&f, a, "s", "p-1");
+    {
+        const char *pids[] = {"p-1"};
+        check_history(&f, hx_sl_ws(a), "{\"type\":\"history\",\"ch\":\"s\"}", pids, 1, 0);
+        check_history(&f, hx_sl_ws(b), "{\"type\":\"history\",\"ch\":\"s\"}", pids, 0, 0);
+    }
+    /* Bad limits. */
+    {
+        cJSON *e;
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(a),
+                                   "{\"type\":\"history\",\"ch\":\"r:hist\",\"limit\":0}"));
+        e = fx_expect_error(&f, hx_sl_ws(a), "bad_frame");
+        cJSON_Delete(e);
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(a),
+                                   "{\"type\":\"history\",\"ch\":\"r:hist\",\"limit\":100000}"));
+        e = fx_expect_error(&f, hx_sl_ws(a), "bad_frame");
+        cJSON_Delete(e);
+    }
+    HX_ASSERT(f.s, hx_sl_get_counts(b).events == 0); /* history frames are not events */
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- ping ---- */
+
+START_TEST(test_ping_pong)
+{
+    fx f;
+    hx_sl_client *c;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    c = fx_client(&f, 0, "acme", "alice");
+    for (int i = 0; i < 60; i++) /* more than the burst: pings are never rate limited */
+        fx_ping(&f, hx_sl_ws(c));
+    HX_ASSERT(f.s, fx_backlog_count(hx_sl_ws(c), "busy", NULL) == 0);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- cancel ---- */
+
+START_TEST(test_cancel_ends_reply_cancelled)
+{
+    fx f;
+    hx_sl_client *c;
+    cJSON *tok, *rep;
+    char text[1024] = "@bot";
+
+    for (int i = 0; i < 40; i++) { /* 8 s of tokens: within the 10 s model deadline */
+        char w[16];
+        snprintf(w, sizeof(w), " w%d", i);
+        strcat(text, w);
+    }
+    start(&f, 200, FX_AGENTS_MENTION);
+    c = fx_client(&f, 0, "acme", "alice");
+    post(&f, c, "long-1", NULL, text);
+    tok = want(&f, hx_sl_ws(c), "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"token\",\"to\":\"long-1\"}");
+    cJSON_Delete(tok);
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c), "{\"type\":\"cancel\",\"id\":\"long-1\"}"));
+    rep = hx_sl_wait_reply(c, "long-1", 30000);
+    HX_ASSERT_MSG(f.s, rep != NULL, "no final reply after cancel: %s", hx_error());
+    HX_ASSERT_MSG(f.s, hx_json_true(rep, "final") && hx_json_true(rep, "cancelled"),
+                  "reply not cancelled: %s", cJSON_PrintUnformatted(rep));
+    HX_ASSERT_MSG(f.s, strlen(hx_json_str(rep, "text")) < strlen(text),
+                  "the whole text was generated anyway: %s", cJSON_PrintUnformatted(rep));
+    cJSON_Delete(rep);
+    /* Exactly one final reply. */
+    {
+        cJSON *all = drain(&f, hx_sl_ws(c));
+        HX_ASSERT(f.s, count_like(all, "{\"kind\":\"reply\",\"to\":\"long-1\"}") == 0);
+        cJSON_Delete(all);
+    }
+    /* The session goes on: a short request is answered in full. */
+    post(&f, c, "short-1", NULL, "@bot hi");
+    rep = hx_sl_wait_reply(c, "short-1", 30000);
+    HX_ASSERT_MSG(f.s, rep != NULL && !hx_json_true(rep, "cancelled"), "short reply: %s",
+                  rep ? cJSON_PrintUnformatted(rep) : hx_error());
+    cJSON_Delete(rep);
+    HX_ASSERT(f.s, hx_sl_get_counts(c).duplicates == 0);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- tenants ---- */
+
+static void no_foreign(fx *f, const cJSON *frames, const char *foreign_marker)
+{
+    const cJSON *it;
+
+    cJSON_ArrayForEach(it, frames)
+    {
+        const char *text = hx_json_str(it, "text");
+        HX_ASSERT_MSG(f->s, text == NULL || strstr(text, foreign_marker) == NULL,
+                      "a client saw another tenant's event: %s", cJSON_PrintUnformatted(it));
+    }
+}
+
+START_TEST(test_tenants_with_the_same_room_are_isolated)
+{
+    fx f;
+    hx_sl_client *a1, *a2, *g1, *g2;
+    cJSON *ja2, *jg2, *all;
+    char id[32];
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    /* The same user names in both tenants, too. */
+    a1 = fx_client(&f, 0, "acme", "alice");
+    a2 = fx_client(&f, 0, "acme", "bob");
+    g1 = fx_client(&f, 0, "globex", "alice");
+    g2 = fx_client(&f, 0, "globex", "bob");
+    cJSON_Delete(join(&f, a1, "lobby"));
+    cJSON_Delete(join(&f, g1, "lobby"));
+    wait_presence_kv(&f, "acme", "lobby", a1);
+    wait_presence_kv(&f, "globex", "lobby", g1);
+    ja2 = join(&f, a2, "lobby");
+    jg2 = join(&f, g2, "lobby");
+    HX_ASSERT(f.s, has_member(ja2, "alice", hx_sl_session(a1)));
+    HX_ASSERT_MSG(f.s, !has_member(ja2, "alice", hx_sl_session(g1)), "acme sees globex members");
+    HX_ASSERT(f.s, has_member(jg2, "alice", hx_sl_session(g1)));
+    HX_ASSERT_MSG(f.s, !has_member(jg2, "alice", hx_sl_session(a1)), "globex sees acme members");
+
+    /* globex talks first; when its own members have it, acme would have it
+     * too if it leaked (same gateway, same fan-out pass). */
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "g-%d", i);
+        post(&f, g1, id, "lobby", "globex-secret");
+        see_msg(&f, g1, "r:lobby", id);
+        see_msg(&f, g2, "r:lobby", id);
+    }
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "a-%d", i);
+        post(&f, a1, id, "lobby", "acme-secret");
+        see_msg(&f, a1, "r:lobby", id);
+        see_msg(&f, a2, "r:lobby", id);
+    }
+    /* Same ids in both tenants, too: each tenant's own. */
+    post(&f, g1, "same-id", "lobby", "globex-secret again");
+    post(&f, a1, "same-id", "lobby", "acme-secret again");
+    see_msg(&f, g2, "r:lobby", "same-id");
+    see_msg(&f, a2, "r:lobby", "same-id");
+    all = drain(&f, hx_sl_ws(a1));
+    no_foreign(&f, all, "globex");
+    cJSON_Delete(all);
+    all = drain(&f, hx_sl_ws(a2));
+    no_foreign(&f, all, "globex");
+    cJSON_Delete(all);
+    all = drain(&f, hx_sl_ws(g1));
+    no_foreign(&f, all, "acme");
+    cJSON_Delete(all);
+    all = drain(&f, hx_sl_ws(g2));
+    no_foreign(&f, all, "acme");
+    cJSON_Delete(all);
+    /* History is per tenant as well. */
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(a2), "{\"type\":\"history\",\"ch\":\"r:lobby\"}"));
+    {
+        cJSON *h = want(&f, hx_sl_ws(a2), "{\"type\":\"history\"}");
+        no_foreign(&f, cJSON_GetObjectItem(h, "events"), "globex");
+        HX_ASSERT(f.s, count_like(cJSON_GetObjectItem(h, "events"), "{\"kind\":\"message\"}") == 6);
+        cJSON_Delete(h);
+    }
+    HX_ASSERT(f.s, hx_sl_get_counts(a2).duplicates == 0 && hx_sl_get_counts(g2).duplicates == 0);
+    cJSON_Delete(ja2);
+    cJSON_Delete(jg2);
+    hx_sl_destroy(a1);
+    hx_sl_destroy(a2);
+    hx_sl_destroy(g1);
+    hx_sl_destroy(g2);
+    fx_stop(&f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("gateway rooms");
+    TCase *tc = tcase_create("frames");
+    SRunner *sr;
+    int failed;
+
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_send_accepted_and_duplicate);
+    tcase_add_test(tc, test_join_members_presence_leave);
+    tcase_add_test(tc, test_ack_sends_receipts_to_the_sender);
+    tcase_add_test(tc, test_history);
+    tcase_add_test(tc, test_ping_pong);
+    tcase_add_test(tc, test_cancel_ends_reply_cancelled);
+    tcase_add_test(tc, test_tenants_with_the_same_room_are_isolated);
+    suite_add_tcase(su, tc);
+    sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
