@@ -5,8 +5,9 @@
 #   docker build --target worker       -t sluice/worker:dev .
 #
 # Every target holds all four binaries (sluicectl included, for `kubectl
-# exec ... sluicectl status`); the target only picks the entry point, the
-# exposed ports and the health check. docker-compose.yml builds the three
+# exec ... sluicectl status`) and the web client (web/: the demo page and
+# client/sluice.js, served by the gateway at /); the target only picks the
+# entry point, the exposed ports and the health check. docker-compose.yml builds the three
 # targets; deploy/k8s uses the same image names. `make deploy-check`
 # (deploy/check.sh) verifies that these names, ports and targets agree.
 
@@ -27,7 +28,10 @@ RUN make -j"$(nproc)" all \
  && install -d /out/bin /out/web \
  && install -m 0755 bin/sluice-gateway bin/sluice-orchestrator bin/sluice-worker bin/sluicectl \
         /out/bin/ \
- && if [ -d web/client ]; then cp -r web/client/. /out/web/; fi
+ && if [ -d web ]; then \
+        tar -C web --exclude=node_modules --exclude=test --exclude='package*.json' \
+            --exclude='*.mk' --exclude='*.md' -cf - . | tar -C /out/web -xf -; \
+    fi
 
 # ---------------------------------------------------------------------------
 # runtime: only the shared libraries the binaries link against (the runtime
@@ -45,7 +49,7 @@ RUN apt-get update \
  && install -d -o 10001 -g 10001 /etc/sluice
 COPY --from=build /out/bin/ /usr/local/bin/
 COPY --from=build /out/web/ /usr/share/sluice/web/
-COPY deploy/compose/agents.json /etc/sluice/agents.json
+COPY deploy/agents.json /etc/sluice/agents.json
 ENV SLUICE_LOG_LEVEL=info
 USER 10001:10001
 WORKDIR /nonexistent

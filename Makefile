@@ -103,6 +103,7 @@ deps:
 test: deps
 	$(MAKE) all tests
 	$(MAKE) SANITIZE=1 all tests
+	$(MAKE) deploy-check
 	scripts/run-tests.sh build/rel bin build/san build/san/bin
 
 test-unit: all tests
@@ -125,7 +126,7 @@ format-check:
 clean:
 	rm -rf build bin
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find build -type f -name '*.d' 2>/dev/null)
 
 # Fragments owned by their folders (benchmarks, deployment checks, web client).
 -include bench/bench.mk deploy/deploy.mk web/web.mk tests/fuzz/fuzz.mk tests/fault/fault.mk
