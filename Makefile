@@ -104,6 +104,7 @@ test: deps
 	$(MAKE) all tests
 	$(MAKE) SANITIZE=1 all tests
 	$(MAKE) deploy-check
+	$(MAKE) web-test
 	scripts/run-tests.sh build/rel bin build/san build/san/bin
 
 test-unit: all tests

@@ -184,17 +184,42 @@ static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
     return SL_ERR_INVAL;
 }
 
+/* True when a JSON text holds the escape \u0000: cJSON would cut that
+ * string short at the NUL, so "a\u0000.b" would pass as the valid id "a". */
+static bool has_nul_escape(const char *buf, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (buf[i] != '\\')
+            continue;
+        if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0)
+            return true;
+        i++; /* skip the escaped character, so "\\\\u0000" is plain text */
+    }
+    return false;
+}
+
 sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err)
 {
     gw_cmd c;
-    const char *type;
+    const char *type, *end = NULL;
     sl_status st;
 
     memset(&c, 0, sizeof(c));
     memset(err, 0, sizeof(*err));
-    c.root = cJSON_ParseWithLength(buf, len);
-    if (c.root == NULL) {
+    c.root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
+    /* cJSON stops after the first value: anything but whitespace after it
+     * makes the frame invalid JSON. */
+    while (c.root != NULL && end != NULL && end < buf + len &&
+           (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (c.root == NULL || end != buf + len) {
+        cJSON_Delete(c.root);
         set_err(err, "bad_frame", "frame is not valid JSON");
+        return SL_ERR_INVAL;
+    }
+    if (has_nul_escape(buf, len)) {
+        cJSON_Delete(c.root);
+        set_err(err, "bad_frame", "strings must not contain NUL (\\u0000)");
         return SL_ERR_INVAL;
     }
     if (!cJSON_IsObject(c.root)) {

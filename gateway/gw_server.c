@@ -58,6 +58,7 @@ typedef struct gw_member {
     gw_conn *conn;
     uint64_t delivered;
     bool replaying;
+    bool replay_paused; /* waits for the outbound queue to drain */
     bool pend_overflow;
     pend *pend_head, *pend_tail;
     int npend;
@@ -1038,6 +1039,28 @@ static void member_go_live(gw_server *s, gw_member *m)
     }
 }
 
+/* Replayed events take at most half of the outbound bounds, so that a
+ * resuming client is paced by its own reading instead of being cut (4429)
+ * by the size of a replay batch; the other half is for live traffic. */
+static bool replay_has_room(gw_server *s, gw_conn *c, size_t len)
+{
+    return c->q.frames == 0 || (c->q.frames + 1 <= (size_t)s->cfg->outq_max_frames / 2 &&
+                                c->q.bytes + len <= (size_t)s->cfg->outq_max_bytes / 2);
+}
+
+/* True when the events a member buffered during its replay fit in the
+ * replay share of the outbound queue. */
+static bool member_pend_fits(gw_server *s, gw_member *m)
+{
+    size_t bytes = 0;
+
+    for (pend *p = m->pend_head; p != NULL; p = p->next)
+        bytes += p->buf->len;
+    return m->npend == 0 ||
+           (m->conn->q.frames + (size_t)m->npend <= (size_t)s->cfg->outq_max_frames / 2 &&
+            m->conn->q.bytes + bytes <= (size_t)s->cfg->outq_max_bytes / 2);
+}
+
 static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
 {
     read_job *j = read_job_new(s, READ_REPLAY, m->chan);
@@ -1134,18 +1157,24 @@ static void read_result_run(void *arg)
             b = frame_of(natsMsg_GetData(j->msgs[i].msg),
                          (size_t)natsMsg_GetDataLength(j->msgs[i].msg), ch->ch, j->msgs[i].seq,
                          sender, msgid);
+            if (b != NULL && !replay_has_room(s, c, b->len)) {
+                /* The rest is read again once the client has caught up. */
+                gw_buf_unref(b);
+                m->replay_paused = true;
+                break;
+            }
             m->delivered = j->msgs[i].seq;
             if (b != NULL) {
                 conn_send_buf(s, c, b);
                 gw_buf_unref(b);
             }
         }
-        if (c->close_code != 0)
+        if (c->close_code != 0 || m->replay_paused)
             break;
-        if (j->more || m->pend_overflow) {
+        if (j->more || m->pend_overflow || !member_pend_fits(s, m)) {
             m->pend_overflow = false;
             if (!j->more)
-                member_pend_clear(m);
+                member_pend_clear(m); /* all in the stream: the next round reads them */
             replay_submit(s, c, m, false);
         } else {
             member_go_live(s, m);
@@ -1885,7 +1914,11 @@ static int on_writeable(gw_server *s, gw_conn *c)
     }
     if (c->ping_due) {
         c->ping_due = false;
-        if (lws_write(c->wsi, ctl + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+        /* Not empty: peers echo the payload, and libwebsockets 4.1.6 never
+         * reports an empty pong (LWS_CALLBACK_RECEIVE_PONG), so answering
+         * clients would be cut with 4408. */
+        memcpy(ctl + LWS_PRE, "hb", 2);
+        if (lws_write(c->wsi, ctl + LWS_PRE, 2, LWS_WRITE_PING) < 0)
             return -1;
     }
     while ((b = gw_outq_peek(&c->q)) != NULL) {
@@ -1902,6 +1935,12 @@ static int on_writeable(gw_server *s, gw_conn *c)
     }
     if (gw_outq_peek(&c->q) != NULL || c->close_code != 0)
         lws_callback_on_writable(c->wsi);
+    for (gw_member *m = c->members; m != NULL && c->close_code == 0; m = m->next) {
+        if (m->replay_paused && replay_has_room(s, c, 0)) {
+            m->replay_paused = false;
+            replay_submit(s, c, m, false);
+        }
+    }
     return 0;
 }
 
@@ -2052,6 +2091,9 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             return http_dev_token(s, wsi);
         if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL))
             return -1;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        /* Keep-alive: browsers fetch a page's files over one connection. */
         return lws_http_transaction_completed(wsi) ? -1 : 0;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         char uri[64];
