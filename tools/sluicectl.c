@@ -1,7 +1,10 @@
 /* sluicectl: operator and developer commands.
  *   token --tenant T --sub U [--ttl S] [--room R ...]   mint a development JWT
  *   status                                              streams, consumers, queue depths
+ *   tail --tenant T [--count N] [--seconds S]           follow a tenant's events
+ *   drain-check                                         is anything still in flight?
  * Configuration comes from the same SLUICE_* variables as the services. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +12,10 @@
 
 #include "sl_auth.h"
 #include "sl_bus.h"
+#include "sl_codec.h"
 #include "sl_config.h"
+#include <cJSON.h>
+
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
@@ -21,7 +27,13 @@ static int usage(FILE *f)
                "  token --tenant T --sub U [--ttl SECONDS] [--room R ...]\n"
                "        print a HS256 JWT signed with SLUICE_JWT_SECRET (default ttl 3600)\n"
                "  status\n"
-               "        streams, consumers and per-subject queue depths (SLUICE_NATS_URL)\n\n"
+               "        streams, consumers and per-subject queue depths (SLUICE_NATS_URL)\n"
+               "  tail --tenant T [--count N] [--seconds S]\n"
+               "        print the tenant's events as they happen, one JSON object per line\n"
+               "  drain-check\n"
+               "        exit 0 when no work is in flight (no unacknowledged or queued\n"
+               "        messages on any consumer), 1 otherwise: run before stopping the\n"
+               "        last orchestrator or worker of an upgrade\n\n"
                "Environment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
                "SLUICE_NATS_PASSWORD\n");
     return f == stdout ? 0 : 2;
@@ -107,32 +119,205 @@ static void print_stream(jsCtx *js, const char *name)
     jsStreamInfo_Destroy(si);
 }
 
+/* Connects with the SLUICE_NATS_* variables. On success the caller
+ * destroys *bus and frees opts with sl_config_free. */
+static int open_bus(sl_common_cfg *cc, sl_cfg_opt *opts, sl_bus **bus)
+{
+    bool help;
+    char err[256];
+
+    memset(cc, 0, sizeof(*cc));
+    sl_common_opts(opts, cc, "127.0.0.1:9099");
+    if (sl_config_load(opts, SL_COMMON_OPTS_N, 0, NULL, &help, err, sizeof(err)) != SL_OK) {
+        fprintf(stderr, "sluicectl: %s\n", err);
+        return 2;
+    }
+    sl_log_init("sluicectl", SL_LOG_ERROR);
+    if (sl_bus_create(bus, cc, "sluicectl", err, sizeof(err)) != SL_OK ||
+        !sl_bus_connected(*bus)) {
+        fprintf(stderr, "sluicectl: cannot reach NATS at %s\n", cc->nats_url);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_status(void)
 {
     sl_common_cfg cc;
     sl_cfg_opt opts[SL_COMMON_OPTS_N];
     sl_bus *bus = NULL;
-    bool help;
-    char err[256];
-    int rv = 1;
+    int rv = open_bus(&cc, opts, &bus);
 
-    memset(&cc, 0, sizeof(cc));
-    sl_common_opts(opts, &cc, "127.0.0.1:9099");
-    if (sl_config_load(opts, SL_COMMON_OPTS_N, 0, NULL, &help, err, sizeof(err)) != SL_OK) {
-        fprintf(stderr, "sluicectl: %s\n", err);
+    if (rv == 0) {
+        print_stream(sl_bus_js(bus), SL_STREAM_IN);
+        print_stream(sl_bus_js(bus), SL_STREAM_WORK);
+        print_stream(sl_bus_js(bus), SL_STREAM_OUT);
+    }
+    sl_bus_destroy(bus, 0);
+    sl_config_free(opts, SL_COMMON_OPTS_N);
+    return rv;
+}
+
+static volatile sig_atomic_t tail_stop;
+
+static void on_tail_signal(int sig)
+{
+    (void)sig;
+    tail_stop = 1;
+}
+
+/* One event as a JSON line: the subject, stream sequence and decoded body. */
+static void print_event(natsMsg *m)
+{
+    Sluice__Envelope *e = NULL;
+    const char *seq = NULL;
+    cJSON *o;
+    char *line;
+
+    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) != SL_OK)
+        return;
+    natsMsgHeader_Get(m, "Nats-Sequence", &seq);
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "subject", natsMsg_GetSubject(m));
+    cJSON_AddNumberToObject(o, "seq", seq ? strtod(seq, NULL) : 0);
+    cJSON_AddStringToObject(o, "event", e->event_id);
+    cJSON_AddStringToObject(o, "session", e->session);
+    cJSON_AddStringToObject(o, "message", e->message_id);
+    switch (e->body_case) {
+    case SLUICE__ENVELOPE__BODY_MESSAGE:
+        cJSON_AddStringToObject(o, "kind", "message");
+        cJSON_AddStringToObject(o, "from", e->message->agent[0] ? e->message->agent
+                                                                : e->message->user);
+        cJSON_AddStringToObject(o, "text", e->message->text);
+        break;
+    case SLUICE__ENVELOPE__BODY_TOKEN:
+        cJSON_AddStringToObject(o, "kind", "token");
+        cJSON_AddStringToObject(o, "agent", e->token->agent);
+        cJSON_AddStringToObject(o, "text", e->token->text);
+        break;
+    case SLUICE__ENVELOPE__BODY_REPLY:
+        cJSON_AddStringToObject(o, "kind", "reply");
+        cJSON_AddStringToObject(o, "agent", e->reply->agent);
+        cJSON_AddStringToObject(o, "text", e->reply->text);
+        cJSON_AddBoolToObject(o, "degraded", e->reply->degraded);
+        cJSON_AddBoolToObject(o, "partial", e->reply->partial);
+        cJSON_AddBoolToObject(o, "cancelled", e->reply->cancelled);
+        break;
+    case SLUICE__ENVELOPE__BODY_PRESENCE:
+        cJSON_AddStringToObject(o, "kind", "presence");
+        cJSON_AddStringToObject(o, "action", e->presence->action);
+        cJSON_AddStringToObject(o, "user", e->presence->user);
+        break;
+    case SLUICE__ENVELOPE__BODY_RECEIPT:
+        cJSON_AddStringToObject(o, "kind", "receipt");
+        cJSON_AddStringToObject(o, "user", e->receipt->user);
+        break;
+    case SLUICE__ENVELOPE__BODY_BUSY:
+        cJSON_AddStringToObject(o, "kind", "busy");
+        cJSON_AddStringToObject(o, "reason", e->busy->reason);
+        break;
+    default:
+        cJSON_AddStringToObject(o, "kind", "other");
+        break;
+    }
+    line = cJSON_PrintUnformatted(o);
+    if (line != NULL)
+        printf("%s\n", line);
+    fflush(stdout);
+    free(line);
+    cJSON_Delete(o);
+    sl_envelope_free(e);
+}
+
+static int cmd_tail(int argc, char **argv)
+{
+    const char *tenant = NULL;
+    int64_t count = 0, seconds = 0, seen = 0;
+    sl_common_cfg cc;
+    sl_cfg_opt opts[SL_COMMON_OPTS_N];
+    sl_bus *bus = NULL;
+    natsSubscription *sub = NULL;
+    char subj[SL_SUBJECT_MAX];
+    struct sigaction sa;
+    int64_t end;
+    int rv;
+
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--tenant") == 0)
+            tenant = argv[i + 1];
+        else if (strcmp(argv[i], "--count") == 0 && sl_parse_int(argv[i + 1], &count) == SL_OK)
+            continue;
+        else if (strcmp(argv[i], "--seconds") == 0 &&
+                 sl_parse_int(argv[i + 1], &seconds) == SL_OK)
+            continue;
+        else {
+            fprintf(stderr, "sluicectl tail: bad option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!sl_id_valid(tenant)) {
+        fprintf(stderr, "sluicectl tail: --tenant ([A-Za-z0-9_-]{1,64}) is required\n");
+        return 2;
+    }
+    /* tenant is validated: no wildcard or separator can reach the subject. */
+    snprintf(subj, sizeof(subj), "sluice.live.%s.>", tenant);
+    if ((rv = open_bus(&cc, opts, &bus)) != 0)
+        goto cleanup;
+    if (natsConnection_SubscribeSync(&sub, sl_bus_nc(bus), subj) != NATS_OK) {
+        fprintf(stderr, "sluicectl tail: cannot subscribe to %s\n", subj);
+        rv = 1;
         goto cleanup;
     }
-    sl_log_init("sluicectl", SL_LOG_ERROR);
-    if (sl_bus_create(&bus, &cc, "sluicectl", err, sizeof(err)) != SL_OK ||
-        !sl_bus_connected(bus)) {
-        fprintf(stderr, "sluicectl: cannot reach NATS at %s\n", cc.nats_url);
-        goto cleanup;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_tail_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    end = seconds > 0 ? sl_mono_ms() + seconds * 1000 : INT64_MAX;
+    while (!tail_stop && sl_mono_ms() < end && (count <= 0 || seen < count)) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, sub, 200) == NATS_OK) {
+            print_event(m);
+            seen++;
+        }
+        natsMsg_Destroy(m);
     }
-    print_stream(sl_bus_js(bus), SL_STREAM_IN);
-    print_stream(sl_bus_js(bus), SL_STREAM_WORK);
-    print_stream(sl_bus_js(bus), SL_STREAM_OUT);
-    rv = 0;
 cleanup:
+    natsSubscription_Destroy(sub);
+    sl_bus_destroy(bus, 0);
+    sl_config_free(opts, SL_COMMON_OPTS_N);
+    return rv;
+}
+
+static int cmd_drain_check(void)
+{
+    static const char *const streams[] = {SL_STREAM_IN, SL_STREAM_WORK};
+    sl_common_cfg cc;
+    sl_cfg_opt opts[SL_COMMON_OPTS_N];
+    sl_bus *bus = NULL;
+    int64_t busy = 0;
+    int rv = open_bus(&cc, opts, &bus);
+
+    for (size_t i = 0; rv == 0 && i < 2; i++) {
+        jsConsumerInfoList *list = NULL;
+        jsErrCode jerr = 0;
+        if (js_Consumers(&list, sl_bus_js(bus), streams[i], NULL, &jerr) != NATS_OK) {
+            fprintf(stderr, "sluicectl drain-check: cannot list consumers of %s\n", streams[i]);
+            rv = 1;
+            break;
+        }
+        for (int k = 0; k < list->Count; k++) {
+            jsConsumerInfo *ci = list->List[k];
+            printf("%-12s %-20s pending=%llu ack_pending=%lld redelivered=%lld\n", streams[i],
+                   ci->Name, (unsigned long long)ci->NumPending, (long long)ci->NumAckPending,
+                   (long long)ci->NumRedelivered);
+            busy += (int64_t)ci->NumPending + ci->NumAckPending;
+        }
+        jsConsumerInfoList_Destroy(list);
+    }
+    if (rv == 0) {
+        printf("%s\n", busy == 0 ? "drained: nothing in flight" : "not drained: work in flight");
+        rv = busy == 0 ? 0 : 1;
+    }
     sl_bus_destroy(bus, 0);
     sl_config_free(opts, SL_COMMON_OPTS_N);
     return rv;
@@ -146,6 +331,10 @@ int main(int argc, char **argv)
         return cmd_token(argc, argv);
     if (strcmp(argv[1], "status") == 0)
         return cmd_status();
+    if (strcmp(argv[1], "tail") == 0)
+        return cmd_tail(argc, argv);
+    if (strcmp(argv[1], "drain-check") == 0)
+        return cmd_drain_check();
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0)
         return usage(stdout);
