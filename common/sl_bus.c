@@ -77,6 +77,33 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     sl_warn("nats async error: %s", natsStatus_GetText(err));
 }
 
+/* natsOptions_SetURL takes a single URL (a comma-separated list never
+ * connects); a list, e.g. the nodes of a cluster, goes to
+ * natsOptions_SetServers, which copies the strings. */
+static natsStatus set_servers(natsOptions *opts, const char *url)
+{
+    const char *list[16];
+    char *copy, *save = NULL, *tok;
+    int n = 0;
+    natsStatus s;
+
+    if (strchr(url, ',') == NULL)
+        return natsOptions_SetURL(opts, url);
+    copy = strdup(url);
+    if (copy == NULL)
+        return NATS_NO_MEMORY;
+    for (tok = strtok_r(copy, ",", &save); tok != NULL && n < 16;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (*tok != '\0')
+            list[n++] = tok;
+    }
+    s = n > 0 ? natsOptions_SetServers(opts, list, n) : NATS_INVALID_ARG;
+    free(copy);
+    return s;
+}
+
 sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name, char *err,
                         size_t errlen)
 {
@@ -90,7 +117,7 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
         return SL_ERR_NOMEM;
     s = natsOptions_Create(&opts);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(opts, cfg->nats_url);
+        s = set_servers(opts, cfg->nats_url);
     if (s == NATS_OK)
         s = natsOptions_SetName(opts, name);
     if (s == NATS_OK && cfg->nats_user != NULL)

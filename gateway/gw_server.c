@@ -56,6 +56,7 @@ typedef struct pend {
 typedef struct gw_member {
     gw_chan *chan;
     gw_conn *conn;
+    uint64_t gen; /* tells this membership from a later one of the same session */
     uint64_t delivered;
     bool replaying;
     bool replay_paused; /* waits for the outbound queue to drain */
@@ -658,6 +659,7 @@ typedef struct read_job {
     uint64_t before;
     int64_t limit;
     bool check_gap;
+    uint64_t member_gen; /* replay, join: the membership asking */
     /* results */
     uint64_t head;
     bool gap;
@@ -981,10 +983,12 @@ static gw_member *member_find(gw_conn *c, const char *chname)
 
 static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool replaying)
 {
+    static uint64_t next_gen; /* loop thread only */
     gw_member *m = calloc(1, sizeof(*m));
 
     if (m == NULL)
         return NULL;
+    m->gen = ++next_gen;
     m->chan = ch;
     m->conn = c;
     m->delivered = delivered;
@@ -1070,6 +1074,7 @@ static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap
         return;
     }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
+    j->member_gen = m->gen;
     j->from = m->delivered + 1;
     j->check_gap = check_gap;
     gw_io_submit(s->io, read_io, j);
@@ -1086,6 +1091,12 @@ static void read_result_run(void *arg)
     gw_member *m = (c != NULL && ch != NULL) ? member_find(c, j->ch) : NULL;
     bool failed = j->head == UINT64_MAX;
 
+    /* The session may have left and come back (resumed on this gateway, or
+     * left and re-joined) while the read ran: a result for an earlier
+     * membership must not move the current one's position. */
+    if (m != NULL && j->member_gen != 0 && m->gen != j->member_gen)
+        m = NULL;
+
     if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
                    j->kind == READ_JOIN)) {
         /* NATS trouble: try again shortly (the io thread paces retries). */
@@ -1097,6 +1108,7 @@ static void read_result_run(void *arg)
                 again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
                 again->upto = j->upto;
                 again->check_gap = j->check_gap;
+                again->member_gen = j->member_gen;
                 gw_io_submit(s->io, read_io, again);
             }
         }
@@ -1427,6 +1439,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         return;
     }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
+    j->member_gen = m->gen;
     gw_io_submit(s->io, read_io, j);
     presence_put(s, c, cmd->room, true);
     publish_presence(s, c, cmd->room, "join");

@@ -98,7 +98,12 @@ static inline void fx_start(fx *f, const fx_opts *o)
     cfg.term_timeout_ms = o->term_timeout_ms > 0 ? o->term_timeout_ms : (FX_SANITIZED ? 15000 : 0);
     cfg.ready_timeout_ms = FX_SANITIZED ? 40000 : 0;
     HX_OK(NULL, hx_stack_start(&f->s, &cfg));
-    HX_ASSERT(f->s, natsConnection_ConnectTo(&f->nc, hx_stack_nats_url(f->s)) == NATS_OK);
+    {
+        natsStatus st = natsConnection_ConnectTo(&f->nc, hx_stack_nats_url(f->s));
+        HX_ASSERT_MSG(f->s, st == NATS_OK, "test's NATS connection to %s: %s (nats-server %s)",
+                      hx_stack_nats_url(f->s), natsStatus_GetText(st),
+                      hx_nats_alive(hx_stack_nats(f->s), 0) ? "running" : "not running");
+    }
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4096;
     jo.PublishAsync.StallWait = 30000;
@@ -255,8 +260,8 @@ static inline hx_sl_client *fx_client(fx *f, int gw, const char *tenant, const c
 static inline hx_ws *fx_raw(fx *f, int gw)
 {
     hx_ws *ws = NULL;
-    int code = hx_ws_connect(&ws, NULL, hx_stack_gw_port(f->s, gw), HX_SL_PATH,
-                             HX_SL_SUBPROTOCOL, 10000);
+    int code =
+        hx_ws_connect(&ws, NULL, hx_stack_gw_port(f->s, gw), HX_SL_PATH, HX_SL_SUBPROTOCOL, 10000);
     HX_ASSERT_MSG(f->s, code == 101, "upgrade answered %d: %s", code, hx_error());
     return ws;
 }
@@ -340,9 +345,8 @@ static inline int fx_backlog_count(hx_ws *ws, const char *type, const char *kind
 
     for (size_t i = 0; i < hx_ws_backlog_count(ws); i++) {
         const cJSON *fr = hx_ws_backlog_get(ws, i);
-        if (fx__is_type(fr, type) &&
-            (kind == NULL ||
-             (hx_json_str(fr, "kind") && strcmp(hx_json_str(fr, "kind"), kind) == 0)))
+        if (fx__is_type(fr, type) && (kind == NULL || (hx_json_str(fr, "kind") &&
+                                                       strcmp(hx_json_str(fr, "kind"), kind) == 0)))
             n++;
     }
     return n;
@@ -373,8 +377,8 @@ static inline void fx_check_serves(fx *f, int gw)
 /* Publishes a user message envelope straight to a room's OUT subject (as
  * the orchestrator would): live copies reach the gateways by RePublish.
  * Asynchronous; call fx_publish_flush to wait for the acks. */
-static inline void fx_publish_room_msg(fx *f, const char *tenant, const char *room, const char *user,
-                                const char *id, const char *text)
+static inline void fx_publish_room_msg(fx *f, const char *tenant, const char *room,
+                                       const char *user, const char *id, const char *text)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;

@@ -33,7 +33,7 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
     hx_sl_client *c, *other;
     int accepted = 0, busy = 0;
     char first_busy[16] = "";
-    int64_t retry = 0;
+    int64_t retry = 0, t0, elapsed;
     char *subj;
     const cJSON *lim;
 
@@ -42,6 +42,7 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
     other = fx_client(&f, 0, "acme", "bob");
     lim = cJSON_GetObjectItem(hx_sl_welcome(c), "limits");
     HX_ASSERT(f.s, hx_json_int(lim, "rate", -1) == 1 && hx_json_int(lim, "burst", -1) == 3);
+    t0 = hx_now_ms();
     for (int i = 0; i < 12; i++) {
         char id[16];
         snprintf(id, sizeof(id), "c-%d", i);
@@ -57,11 +58,13 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
             accepted++;
         } else {
             char *txt = cJSON_PrintUnformatted(a);
-            HX_ASSERT_MSG(f.s, fx__is_type(a, "busy") && strcmp(hx_json_str(a, "reason"),
-                                                                "rate_limited") == 0,
+            HX_ASSERT_MSG(f.s,
+                          fx__is_type(a, "busy") &&
+                              strcmp(hx_json_str(a, "reason"), "rate_limited") == 0,
                           "wanted busy rate_limited, got %s", txt);
-            HX_ASSERT_MSG(f.s, hx_json_int(a, "retry_after_ms", -1) > 0 &&
-                                   hx_json_int(a, "retry_after_ms", -1) <= 1000,
+            HX_ASSERT_MSG(f.s,
+                          hx_json_int(a, "retry_after_ms", -1) > 0 &&
+                              hx_json_int(a, "retry_after_ms", -1) <= 1000,
                           "retry_after_ms out of range: %s", txt);
             cJSON_free(txt);
             if (busy++ == 0) {
@@ -71,9 +74,12 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
         }
         cJSON_Delete(a);
     }
-    /* The burst, plus at most one token refilled meanwhile at 1/s. */
-    HX_ASSERT_MSG(f.s, accepted >= 3 && accepted <= 4 && busy == 12 - accepted,
-                  "%d accepted, %d busy", accepted, busy);
+    /* The burst, plus what refilled at 1/s while the frames were handled. */
+    elapsed = hx_now_ms() - t0;
+    HX_ASSERT_MSG(f.s,
+                  accepted >= 3 && accepted <= 3 + 1 + elapsed / 1000 && busy >= 1 &&
+                      busy == 12 - accepted,
+                  "%d accepted, %d busy in %lld ms", accepted, busy, (long long)elapsed);
     subj = hx_strf("sluice.in.acme.%s", hx_sl_session(c));
     HX_ASSERT_MSG(f.s, fx_stream_msgs(&f, SL_STREAM_IN, subj) == (uint64_t)accepted,
                   "SLUICE_IN has %llu of the session's messages, %d were accepted",
@@ -94,8 +100,7 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
     hx_sleep_ms((int)retry + 20);
     {
         cJSON *a = hx_sl_send_wait(c, first_busy, NULL, "quick", T);
-        HX_ASSERT_MSG(f.s, a != NULL && fx__is_type(a, "accepted") &&
-                               !hx_json_true(a, "duplicate"),
+        HX_ASSERT_MSG(f.s, a != NULL && fx__is_type(a, "accepted") && !hx_json_true(a, "duplicate"),
                       "retry of %s after %lld ms: %s", first_busy, (long long)retry,
                       a ? cJSON_PrintUnformatted(a) : hx_error());
         cJSON_Delete(a);
@@ -187,8 +192,9 @@ static int slow_read(fx *f, hx_ws *ws, int *next, int upto, int64_t *last_seq)
             return hx_ws_close_code(ws);
         }
         if (fx__is_type(e, "event")) {
-            HX_ASSERT_MSG(f->s, hx_json_int(e, "seq", 0) > *last_seq, "slow client: seq %lld after %lld",
-                          (long long)hx_json_int(e, "seq", 0), (long long)*last_seq);
+            HX_ASSERT_MSG(f->s, hx_json_int(e, "seq", 0) > *last_seq,
+                          "slow client: seq %lld after %lld", (long long)hx_json_int(e, "seq", 0),
+                          (long long)*last_seq);
             *last_seq = hx_json_int(e, "seq", 0);
         }
         if (id != NULL && strncmp(id, "f-", 2) == 0) {
@@ -254,9 +260,9 @@ START_TEST(test_slow_consumer_cut_4429_others_unaffected)
     HX_ASSERT_MSG(f.s, ns < SLOW_FLOOD, "the slow client got all %d: it was never held back", ns);
     hx_ws_destroy(slow);
     /* It resumes from its position and gets the rest, once each. */
-    resume = hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\",\"positions\":{\"r:flood\":%lld}}",
-                     hx_json_str(welcome, "session"), hx_json_str(welcome, "resume_token"),
-                     (long long)slow_seq);
+    resume = hx_strf(
+        "{\"session\":\"%s\",\"resume_token\":\"%s\",\"positions\":{\"r:flood\":%lld}}",
+        hx_json_str(welcome, "session"), hx_json_str(welcome, "resume_token"), (long long)slow_seq);
     cJSON_Delete(welcome);
     welcome = NULL;
     slow = slow_connect(&f, resume, &welcome);
@@ -355,8 +361,7 @@ END_TEST
 
 START_TEST(test_handshake_storm_refused_1013)
 {
-    static const char *const env[] = {"SLUICE_HANDSHAKE_RATE=2", "SLUICE_HANDSHAKE_BURST=5",
-                                      NULL};
+    static const char *const env[] = {"SLUICE_HANDSHAKE_RATE=2", "SLUICE_HANDSHAKE_BURST=5", NULL};
     fx f;
     hx_ws *ws[STORM];
     const char *tok;
@@ -381,7 +386,6 @@ START_TEST(test_handshake_storm_refused_1013)
         }
         HX_ASSERT_MSG(f.s, code == 101, "connection %d: %d %s", i, code, hx_error());
     }
-    elapsed = hx_now_ms() - t0;
     for (int i = 0; i < STORM; i++) {
         sl_status st;
         if (ws[i] == NULL)
@@ -390,13 +394,14 @@ START_TEST(test_handshake_storm_refused_1013)
         if (st == SL_OK) {
             welcomed++;
         } else {
-            int code = hx_ws_close_code(ws[i]) >= 0 ? hx_ws_close_code(ws[i])
-                                                     : fx_wait_close(ws[i], T);
+            int code =
+                hx_ws_close_code(ws[i]) >= 0 ? hx_ws_close_code(ws[i]) : fx_wait_close(ws[i], T);
             HX_ASSERT_MSG(f.s, code == 1013, "connection %d refused with close %d (%s)", i, code,
                           hx_error());
             refused++;
         }
     }
+    elapsed = hx_now_ms() - t0;
     HX_ASSERT_MSG(f.s, welcomed >= 5, "only %d of the burst of 5 got in", welcomed);
     HX_ASSERT_MSG(f.s, welcomed <= 5 + 2 * (elapsed / 1000 + 1),
                   "%d got in within %lld ms at rate 2/s, burst 5", welcomed, (long long)elapsed);

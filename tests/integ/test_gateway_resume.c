@@ -3,7 +3,10 @@
  * mid-reply, repeatedly while a room is being written to, and past what the
  * stream still keeps (gap). Each test counts every event a client sees:
  * exactly once, in order, nothing missing. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "test_gateway_fx.h"
 
@@ -26,8 +29,8 @@ static void post(fx *f, hx_sl_client *c, const char *id, const char *room, const
 
 static int64_t see_msg(fx *f, hx_ws *ws, const char *ch, const char *id)
 {
-    char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}",
-                        ch, id);
+    char *pat =
+        hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}", ch, id);
     cJSON *e = want(f, ws, pat);
     int64_t seq = hx_json_int(e, "seq", -1);
 
@@ -60,8 +63,7 @@ static bool pos_stored(void *ud)
 START_TEST(test_resume_without_positions_uses_acked_positions)
 {
     fx f;
-    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1,
-                 .agents_json = FX_AGENTS_MENTION};
+    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1, .agents_json = FX_AGENTS_MENTION};
     hx_sl_client *a, *b;
     int64_t seq[5];
     char *session, *rt, *resume, *tok;
@@ -155,7 +157,7 @@ typedef struct reply_log {
     const char *to;
     char text[4096]; /* the tokens, concatenated */
     int tokens;
-    char *final;     /* the final reply text */
+    char *final; /* the final reply text */
 } reply_log;
 
 /* Reads c's frames until reply log r has at least min_tokens tokens (or,
@@ -199,13 +201,17 @@ static void read_reply(fx *f, hx_sl_client *c, reply_log *r, int min_tokens)
 START_TEST(test_resume_on_second_gateway_after_sigkill)
 {
     fx f;
-    fx_opts o = {.gateways = 2, .orchestrators = 1, .workers = 1, .echo_token_delay_ms = 100,
+    fx_opts o = {.gateways = 2,
+                 .orchestrators = 1,
+                 .workers = 1,
+                 .echo_token_delay_ms = 100,
                  .agents_json = FX_AGENTS_MENTION};
     hx_sl_client *p, *r;
     reply_log lp = {.to = "p-1"}, lr = {.to = "r-1"};
-    char text_p[512] = "@bot", text_r[512] = "@bot";
+    char text_p[1024] = "@bot", text_r[1024] = "@bot";
+    int before_p, before_r;
 
-    for (int i = 0; i < 30; i++) {
+    for (int i = 0; i < 50; i++) { /* 5 s of tokens each, within the 10 s deadline */
         char w[32];
         snprintf(w, sizeof(w), " private%d", i);
         strcat(text_p, w);
@@ -221,6 +227,8 @@ START_TEST(test_resume_on_second_gateway_after_sigkill)
     read_reply(&f, p, &lp, 5);
     read_reply(&f, r, &lr, 5);
 
+    before_p = lp.tokens;
+    before_r = lr.tokens;
     HX_OK(f.s, hx_stack_kill(f.s, HX_GATEWAY, 0, SIGKILL));
     HX_OK(f.s, hx_sl_reconnect(p, hx_stack_gw_port(f.s, 1), T));
     HX_OK(f.s, hx_sl_reconnect(r, hx_stack_gw_port(f.s, 1), T));
@@ -231,6 +239,8 @@ START_TEST(test_resume_on_second_gateway_after_sigkill)
     read_reply(&f, p, &lp, -1);
     read_reply(&f, r, &lr, -1);
 
+    HX_ASSERT_MSG(f.s, lp.tokens > before_p && lr.tokens > before_r,
+                  "no tokens after the resume: the kill was not mid-reply");
     HX_ASSERT_MSG(f.s, strcmp(lp.text, text_p) == 0, "private tokens assemble to '%s'", lp.text);
     HX_ASSERT_MSG(f.s, strcmp(lp.final, text_p) == 0, "private final '%s'", lp.final);
     HX_ASSERT_MSG(f.s, strcmp(lr.text, text_r) == 0, "room tokens assemble to '%s'", lr.text);
@@ -254,60 +264,132 @@ END_TEST
 
 /* ---- repeated resumes while the room is written to ---- */
 
-#define FLOOD 600
+#define FLOOD 2000
+
+typedef struct publisher {
+    jsCtx *js;
+    atomic_int done;
+    atomic_int errors;
+} publisher;
+
+/* Writes FLOOD room messages, about one per millisecond, so that live
+ * events keep arriving while the client replays. No assertions here (not
+ * the test's thread): failures are counted. */
+static void *publish_main(void *arg)
+{
+    publisher *p = arg;
+    struct timespec ms = {.tv_nsec = 1000000};
+
+    for (int i = 0; i < FLOOD; i++) {
+        Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+        Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;
+        char event_id[SL_EVENT_ID_LEN + 1], id[16], text[64];
+        uint8_t *data = NULL;
+        size_t len = 0;
+        snprintf(id, sizeof(id), "f-%d", i);
+        snprintf(text, sizeof(text), "flood message %d", i);
+        sl_event_id_new(event_id);
+        e.event_id = event_id;
+        e.tenant = "acme";
+        e.session = "test-publisher";
+        e.client_id = id;
+        e.message_id = id;
+        e.ts_unix_ns = sl_now_ns();
+        m.room = "live";
+        m.user = "bob";
+        m.text = text;
+        e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+        e.message = &m;
+        if (sl_envelope_encode(&e, &data, &len) != SL_OK ||
+            js_PublishAsync(p->js, "sluice.out.acme.r.live", data, (int)len, NULL) != NATS_OK)
+            atomic_fetch_add(&p->errors, 1);
+        free(data);
+        nanosleep(&ms, NULL);
+    }
+    {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 30000;
+        if (js_PublishAsyncComplete(p->js, &po) != NATS_OK)
+            atomic_fetch_add(&p->errors, 1);
+    }
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+/* Reads for up to ms, checking the flood's order into *next. */
+static void read_live(fx *f, hx_sl_client *c, int *next, int ms)
+{
+    int64_t until = hx_now_ms() + ms;
+
+    while (hx_now_ms() < until && *next < FLOOD) {
+        cJSON *e = hx_ws_recv_json(hx_sl_ws(c), 10);
+        const char *id = e ? hx_json_str(e, "id") : NULL;
+        if (id != NULL && strncmp(id, "f-", 2) == 0) {
+            HX_ASSERT_MSG(f->s, atoi(id + 2) == *next, "got %s, wanted f-%d", id, *next);
+            (*next)++;
+        }
+        cJSON_Delete(e);
+    }
+}
 
 START_TEST(test_resume_during_live_traffic_loses_nothing)
 {
     fx f;
     fx_opts o = {.gateways = 2};
-    hx_sl_client *c;
-    int next = 0, reconnects = 0;
+    hx_sl_client *c, *anchor[2];
+    publisher pub;
+    pthread_t th;
+    int next = 0, anext[2] = {0, 0}, reconnects = 0;
     int64_t deadline;
 
     fx_start(&f, &o);
+    /* One client stays in the room on each gateway, so the room's channel
+     * is live on both when the moving client arrives: its live events are
+     * buffered per member while it replays. */
+    for (int g = 0; g < 2; g++) {
+        anchor[g] = fx_client(&f, g, "acme", g == 0 ? "anchor0" : "anchor1");
+        cJSON_Delete(hx_sl_join(anchor[g], "live", T));
+    }
     c = fx_client(&f, 0, "acme", "alice");
     cJSON_Delete(hx_sl_join(c, "live", T));
-    for (int i = 0; i < FLOOD; i++) {
-        char id[16], text[64];
-        snprintf(id, sizeof(id), "f-%d", i);
-        snprintf(text, sizeof(text), "flood message %d", i);
-        fx_publish_room_msg(&f, "acme", "live", "bob", id, text);
-        if (i % 60 == 59) {
-            /* Read a little (so positions move), then jump gateways while
-             * the rest is still arriving. */
-            for (int k = 0; k < 20; k++) {
-                cJSON *e = hx_ws_recv_json(hx_sl_ws(c), 50);
-                const char *id2 = e ? hx_json_str(e, "id") : NULL;
-                if (id2 != NULL && strncmp(id2, "f-", 2) == 0 &&
-                    strcmp(hx_json_str(e, "kind"), "message") == 0) {
-                    HX_ASSERT_MSG(f.s, atoi(id2 + 2) == next, "got %s, wanted f-%d", id2, next);
-                    next++;
-                }
-                cJSON_Delete(e);
-            }
-            HX_OK(f.s, hx_sl_reconnect(c, hx_stack_gw_port(f.s, reconnects % 2 == 0 ? 1 : 0), T));
-            HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(c), "resumed"));
-            reconnects++;
-        }
+    pub.js = f.js;
+    atomic_init(&pub.done, 0);
+    atomic_init(&pub.errors, 0);
+    HX_ASSERT(f.s, pthread_create(&th, NULL, publish_main, &pub) == 0);
+    /* Jump between the gateways while the room is being written to,
+     * reading only part of the time, so each resume has a backlog to
+     * replay while new events keep coming. */
+    while (!atomic_load(&pub.done) && reconnects < 200) {
+        read_live(&f, c, &next, 20);
+        read_live(&f, anchor[0], &anext[0], 40);
+        read_live(&f, anchor[1], &anext[1], 40);
+        HX_OK(f.s, hx_sl_reconnect(c, hx_stack_gw_port(f.s, reconnects % 2 == 0 ? 1 : 0), T));
+        HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(c), "resumed"));
+        reconnects++;
     }
-    fx_publish_flush(&f);
+    pthread_join(th, NULL);
+    HX_ASSERT_MSG(f.s, atomic_load(&pub.errors) == 0, "%d publish errors",
+                  atomic_load(&pub.errors));
     deadline = hx_now_ms() + 30000;
-    while (next < FLOOD && hx_now_ms() < deadline) {
-        cJSON *e = hx_ws_recv_json(hx_sl_ws(c), 1000);
-        const char *id2 = e ? hx_json_str(e, "id") : NULL;
-        if (id2 != NULL && strncmp(id2, "f-", 2) == 0 &&
-            strcmp(hx_json_str(e, "kind"), "message") == 0) {
-            HX_ASSERT_MSG(f.s, atoi(id2 + 2) == next, "got %s, wanted f-%d", id2, next);
-            next++;
-        }
-        cJSON_Delete(e);
+    while ((next < FLOOD || anext[0] < FLOOD || anext[1] < FLOOD) && hx_now_ms() < deadline) {
+        read_live(&f, c, &next, 200);
+        read_live(&f, anchor[0], &anext[0], 200);
+        read_live(&f, anchor[1], &anext[1], 200);
     }
+    fprintf(stderr, "live resume: %d reconnects during a flood of %d\n", reconnects, FLOOD);
     HX_ASSERT_MSG(f.s, next == FLOOD, "only %d of %d messages arrived", next, FLOOD);
+    HX_ASSERT_MSG(f.s, anext[0] == FLOOD && anext[1] == FLOOD, "anchors got %d and %d of %d",
+                  anext[0], anext[1], FLOOD);
     HX_ASSERT_MSG(f.s, hx_sl_get_counts(c).duplicates == 0, "%lu duplicates",
                   hx_sl_get_counts(c).duplicates);
     HX_ASSERT(f.s, hx_sl_get_counts(c).gaps == 0);
-    HX_ASSERT(f.s, reconnects == FLOOD / 60);
+    HX_ASSERT(f.s, hx_sl_get_counts(anchor[0]).duplicates == 0);
+    HX_ASSERT(f.s, hx_sl_get_counts(anchor[1]).duplicates == 0);
+    HX_ASSERT_MSG(f.s, reconnects >= 5, "only %d reconnects during the flood", reconnects);
     hx_sl_destroy(c);
+    hx_sl_destroy(anchor[0]);
+    hx_sl_destroy(anchor[1]);
     fx_stop(&f);
 }
 END_TEST

@@ -81,8 +81,8 @@ static void post(fx *f, hx_sl_client *c, const char *id, const char *room, const
 /* Waits for the message event with id on channel ch; returns its seq. */
 static int64_t see_msg(fx *f, hx_sl_client *c, const char *ch, const char *id)
 {
-    char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}",
-                        ch, id);
+    char *pat =
+        hx_strf("{\"type\":\"event\",\"ch\":\"%s\",\"kind\":\"message\",\"id\":\"%s\"}", ch, id);
     cJSON *e = want(f, hx_sl_ws(c), pat);
     int64_t seq = hx_json_int(e, "seq", -1);
 
@@ -127,8 +127,8 @@ static bool has_member(const cJSON *joined, const char *user, const char *sessio
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(joined, "members"))
     {
         if (strcmp(hx_json_str(m, "user") ? hx_json_str(m, "user") : "", user) == 0 &&
-            (session == NULL || strcmp(hx_json_str(m, "session") ? hx_json_str(m, "session") : "",
-                                       session) == 0))
+            (session == NULL ||
+             strcmp(hx_json_str(m, "session") ? hx_json_str(m, "session") : "", session) == 0))
             return true;
     }
     return false;
@@ -164,7 +164,8 @@ START_TEST(test_send_accepted_and_duplicate)
     post(&f, c, "c-2", NULL, "second words");
     see_msg(&f, c, "s", "c-2");
     all = drain(&f, hx_sl_ws(c));
-    HX_ASSERT(f.s, count_like(all, "{\"type\":\"event\",\"kind\":\"message\",\"id\":\"c-1\"}") == 0);
+    HX_ASSERT(f.s,
+              count_like(all, "{\"type\":\"event\",\"kind\":\"message\",\"id\":\"c-1\"}") == 0);
     HX_ASSERT(f.s, count_like(all, "{\"type\":\"accepted\"}") == 0);
     HX_ASSERT(f.s, hx_sl_get_counts(c).duplicates == 0);
     subj = hx_strf("sluice.in.acme.%s", hx_sl_session(c));
@@ -206,9 +207,10 @@ START_TEST(test_join_members_presence_leave)
     HX_ASSERT_MSG(f.s, has_member(jb, "alice", hx_sl_session(a)), "bob's joined lacks alice: %s",
                   cJSON_PrintUnformatted(jb));
     HX_ASSERT(f.s, hx_json_int(jb, "seq", -1) >= hx_json_int(ja, "seq", -1));
-    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
-                  "\"user\":\"bob\",\"session\":\"%s\"}",
-                  hx_sl_session(b));
+    pat =
+        hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
+                "\"user\":\"bob\",\"session\":\"%s\"}",
+                hx_sl_session(b));
     want_free(&f, hx_sl_ws(a), pat);
     free(pat);
 
@@ -230,8 +232,9 @@ START_TEST(test_join_members_presence_leave)
     post(&f, a, "m-2", "lobby", "bob should not see this");
     see_msg(&f, a, "r:lobby", "m-2");
     all = drain(&f, hx_sl_ws(b));
-    HX_ASSERT_MSG(f.s, count_like(all, "{\"type\":\"event\",\"ch\":\"r:lobby\"}") == 0 &&
-                           count_like(all, "{\"type\":\"event\",\"id\":\"m-2\"}") == 0,
+    HX_ASSERT_MSG(f.s,
+                  count_like(all, "{\"type\":\"event\",\"ch\":\"r:lobby\"}") == 0 &&
+                      count_like(all, "{\"type\":\"event\",\"id\":\"m-2\"}") == 0,
                   "bob got room events after leaving: %s", cJSON_PrintUnformatted(all));
     cJSON_Delete(all);
     {
@@ -247,9 +250,10 @@ START_TEST(test_join_members_presence_leave)
     /* carol joins and drops her connection: a presence disconnect. */
     cJSON_Delete(join(&f, c, "lobby"));
     sess_c = hx_strf("%s", hx_sl_session(c));
-    pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
-                  "\"user\":\"carol\",\"session\":\"%s\"}",
-                  sess_c);
+    pat =
+        hx_strf("{\"type\":\"event\",\"ch\":\"r:lobby\",\"kind\":\"presence\",\"action\":\"join\","
+                "\"user\":\"carol\",\"session\":\"%s\"}",
+                sess_c);
     want_free(&f, hx_sl_ws(a), pat);
     free(pat);
     hx_sl_destroy(c);
@@ -309,8 +313,9 @@ START_TEST(test_ack_sends_receipts_to_the_sender)
     /* alice acks her own message: no receipt for that. bob acks: one. */
     HX_OK(f.s, hx_sl_ack(a, "r:lobby", seq));
     HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq));
-    r = want(&f, hx_sl_ws(a),
-             "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-1\",\"user\":\"bob\"}");
+    r = want(
+        &f, hx_sl_ws(a),
+        "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-1\",\"user\":\"bob\"}");
     HX_ASSERT(f.s, strcmp(hx_json_str(r, "state"), "delivered") == 0);
     cJSON_Delete(r);
     /* An ack beyond it again does not repeat bob's receipt; carol's comes. */
@@ -324,8 +329,9 @@ START_TEST(test_ack_sends_receipts_to_the_sender)
     post(&f, a, "m-2", "lobby", "and this?");
     seq = see_msg(&f, b, "r:lobby", "m-2");
     HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq));
-    want_free(&f, hx_sl_ws(a),
-              "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-2\",\"user\":\"bob\"}");
+    want_free(
+        &f, hx_sl_ws(a),
+        "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":\"m-2\",\"user\":\"bob\"}");
     all = drain(&f, hx_sl_ws(a));
     HX_ASSERT_MSG(f.s, count_like(all, "{\"kind\":\"receipt\",\"to\":\"m-1\"}") == 0,
                   "extra receipts: %s", cJSON_PrintUnformatted(all));
@@ -422,8 +428,8 @@ START_TEST(test_history)
     /* Bad limits. */
     {
         cJSON *e;
-        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(a),
-                                   "{\"type\":\"history\",\"ch\":\"r:hist\",\"limit\":0}"));
+        HX_OK(f.s,
+              hx_ws_send_text(hx_sl_ws(a), "{\"type\":\"history\",\"ch\":\"r:hist\",\"limit\":0}"));
         e = fx_expect_error(&f, hx_sl_ws(a), "bad_frame");
         cJSON_Delete(e);
         HX_OK(f.s, hx_ws_send_text(hx_sl_ws(a),
@@ -472,7 +478,8 @@ START_TEST(test_cancel_ends_reply_cancelled)
     start(&f, 200, FX_AGENTS_MENTION);
     c = fx_client(&f, 0, "acme", "alice");
     post(&f, c, "long-1", NULL, text);
-    tok = want(&f, hx_sl_ws(c), "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"token\",\"to\":\"long-1\"}");
+    tok = want(&f, hx_sl_ws(c),
+               "{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"token\",\"to\":\"long-1\"}");
     cJSON_Delete(tok);
     HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c), "{\"type\":\"cancel\",\"id\":\"long-1\"}"));
     rep = hx_sl_wait_reply(c, "long-1", 30000);
