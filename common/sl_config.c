@@ -69,8 +69,8 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
         char host[256];
         int port;
         if (sl_parse_addr(val, host, sizeof(host), &port) != SL_OK) {
-            snprintf(err, errlen, "%s (%s): '%s' is not host:port with a port in 1..65535",
-                     o->env, source, val);
+            snprintf(err, errlen, "%s (%s): '%s' is not host:port with a port in 1..65535", o->env,
+                     source, val);
             return SL_ERR_INVAL;
         }
     }
@@ -109,8 +109,7 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
     return SL_ERR_INTERNAL;
 }
 
-static const sl_cfg_opt *find_flag(const sl_cfg_opt *opts, size_t n, const char *name,
-                                   size_t len)
+static const sl_cfg_opt *find_flag(const sl_cfg_opt *opts, size_t n, const char *name, size_t len)
 {
     for (size_t i = 0; i < n; i++) {
         if (strlen(opts[i].flag) == len && strncmp(opts[i].flag, name, len) == 0)
@@ -157,7 +156,8 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
         }
         if (eq != NULL) {
             val = eq + 1;
-        } else if (o->type == SL_CFG_BOOL && (a + 1 >= argc || strncmp(argv[a + 1], "--", 2) == 0)) {
+        } else if (o->type == SL_CFG_BOOL &&
+                   (a + 1 >= argc || strncmp(argv[a + 1], "--", 2) == 0)) {
             val = "1";
         } else if (a + 1 < argc) {
             val = argv[++a];
@@ -180,8 +180,7 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
     return st;
 }
 
-void sl_config_usage(FILE *f, const char *prog, const char *about, const sl_cfg_opt *opts,
-                     size_t n)
+void sl_config_usage(FILE *f, const char *prog, const char *about, const sl_cfg_opt *opts, size_t n)
 {
     fprintf(f, "Usage: %s [--flag value ...]\n%s\n\n", prog, about);
     fprintf(f, "Every option is an environment variable and a flag (the flag wins):\n\n");

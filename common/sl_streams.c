@@ -42,8 +42,7 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
         bool subjects_ok = have->SubjectsLen == want->SubjectsLen;
         for (int i = 0; subjects_ok && i < want->SubjectsLen; i++)
             subjects_ok = strcmp(have->Subjects[i], want->Subjects[i]) == 0;
-        if (!subjects_ok || have->Retention != want->Retention ||
-            have->Storage != want->Storage ||
+        if (!subjects_ok || have->Retention != want->Retention || have->Storage != want->Storage ||
             (want->RePublish != NULL && have->RePublish == NULL)) {
             snprintf(err, errlen,
                      "stream %s exists with an incompatible configuration (subjects, retention, "

@@ -6,8 +6,8 @@
 
 static bool id_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
 }
 
 bool sl_id_valid(const char *s)
@@ -85,8 +85,8 @@ sl_status sl_subject_cancel(char *buf, size_t n, const char *tenant)
     return fmt_checked(buf, n, snprintf(buf, n, "sluice.ctl.cancel.%s", tenant));
 }
 
-sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant,
-                          bool is_room, const char *name)
+sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant, bool is_room,
+                          const char *name)
 {
     if (prefix == NULL || (strcmp(prefix, "sluice.out") != 0 && strcmp(prefix, "sluice.live") != 0))
         return SL_ERR_INVAL;

@@ -447,7 +447,8 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
 {
     cJSON *o;
 
-    if (e->body_case == SLUICE__ENVELOPE__BODY__NOT_SET || e->body_case == SLUICE__ENVELOPE__BODY_WORK ||
+    if (e->body_case == SLUICE__ENVELOPE__BODY__NOT_SET ||
+        e->body_case == SLUICE__ENVELOPE__BODY_WORK ||
         e->body_case == SLUICE__ENVELOPE__BODY_CANCEL)
         return NULL;
     o = typed("event");

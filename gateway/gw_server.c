@@ -29,18 +29,29 @@
  * connection may be gone by then.
  */
 
-#define MEMBER_PEND_MAX  4096 /* live events buffered while a member replays */
-#define CHAN_PEND_MAX    8192 /* live events buffered while a channel fills a gap */
-#define REPLAY_BATCH     256  /* events fetched per replay round trip batch */
-#define SEND_INFLIGHT    256  /* unacknowledged sends per connection */
-#define RECEIPTS_MAX     64   /* delivered messages awaiting an ack, per connection */
-#define HISTORY_MAX_RTT  2000 /* direct gets one history request may cost */
+#define MEMBER_PEND_MAX 4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX   8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH    256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT   256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX    64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_MAX_RTT 2000 /* direct gets one history request may cost */
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 
 typedef struct gw_chan gw_chan;
 typedef struct gw_conn gw_conn;
+
+/* One event in a channel's cache. */
+typedef struct cached {
+    uint64_t seq;
+    gw_buf *buf;
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} cached;
+
+#define CHAN_CACHE_MAX_BYTES (512 * 1024) /* bytes per channel */
+#define CHAN_LINGER_MS       30000        /* an empty channel is kept this long */
 
 /* A live event waiting for its channel or member to be ready. */
 typedef struct pend {
@@ -81,6 +92,15 @@ struct gw_chan {
     int nmembers;
     pend *pend_head, *pend_tail;
     int npend;
+    /* The latest events in order: every event of the channel with a
+     * sequence in (cache_base, head] is in the ring once cache_valid, so a
+     * member resuming from there is served from memory (no NATS). */
+    cached *ring;
+    int ring_cap, ring_start, ring_n;
+    size_t ring_bytes;
+    uint64_t cache_base;
+    bool cache_valid;
+    int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
 };
 
 typedef struct pending_send {
@@ -142,6 +162,7 @@ typedef struct gw_metrics {
     sl_counter *handshake_refusals;
     sl_counter *bad_frames;
     sl_counter *live_dropped;
+    sl_counter *replays, *replays_cached;
     sl_hist *delivery_latency;
     sl_hist *accept_latency;
 } gw_metrics;
@@ -156,7 +177,7 @@ struct gw_server {
     struct lws_protocols protocols[2];
     gw_bridge *bridge;
     gw_io *io;
-    jsCtx *js_in;  /* publishes client messages; acks come to on_pub_ack_cb */
+    jsCtx *js_in; /* publishes client messages; acks come to on_pub_ack_cb */
     kvStore *kv_sessions;
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
@@ -166,6 +187,7 @@ struct gw_server {
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_presence_ms;
+    int64_t last_expire_ms;
     volatile int *stop;
     int64_t drain_started_ms;
     _Atomic int draining;
@@ -513,6 +535,83 @@ static uint64_t header_u64(natsMsg *m, const char *name)
     return strtoull(v, NULL, 10);
 }
 
+static void cache_drop_oldest(gw_chan *ch)
+{
+    cached *c = &ch->ring[ch->ring_start];
+
+    ch->cache_base = c->seq;
+    ch->ring_bytes -= c->buf->len;
+    gw_buf_unref(c->buf);
+    c->buf = NULL;
+    ch->ring_start = (ch->ring_start + 1) % ch->ring_cap;
+    ch->ring_n--;
+}
+
+static void cache_clear(gw_chan *ch)
+{
+    while (ch->ring_n > 0)
+        cache_drop_oldest(ch);
+    free(ch->ring);
+    ch->ring = NULL;
+    ch->ring_cap = 0;
+}
+
+/* Starts caching after `head` (the channel just became ready). */
+static void cache_start(gw_server *s, gw_chan *ch)
+{
+    ch->cache_valid = s->cfg->chan_cache > 0;
+    ch->cache_base = ch->head;
+}
+
+/* Appends an in-order event; evicts the oldest beyond the bounds. The
+ * cache never holds more events than the stream keeps per channel, so a
+ * resume sees the same history on every gateway. */
+static void cache_append(gw_server *s, gw_chan *ch, uint64_t seq, gw_buf *b, const char *sender,
+                         const char *msgid)
+{
+    int max = (int)(s->cfg->chan_cache < s->cfg->common.out_history ? s->cfg->chan_cache
+                                                                    : s->cfg->common.out_history);
+    cached *c;
+
+    if (!ch->cache_valid)
+        return;
+    if (max <= 0) {
+        ch->cache_valid = false; /* it no longer holds every event after its base */
+        return;
+    }
+    if (ch->ring == NULL) {
+        /* Grows on demand: most session channels hold a handful. */
+        ch->ring_cap = 16;
+        ch->ring = calloc((size_t)ch->ring_cap, sizeof(cached));
+        if (ch->ring == NULL) {
+            ch->cache_valid = false;
+            return;
+        }
+    } else if (ch->ring_n == ch->ring_cap && ch->ring_cap < max) {
+        int ncap = ch->ring_cap * 2;
+        cached *nr = calloc((size_t)ncap, sizeof(cached));
+        if (nr != NULL) {
+            for (int i = 0; i < ch->ring_n; i++)
+                nr[i] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+            free(ch->ring);
+            ch->ring = nr;
+            ch->ring_cap = ncap;
+            ch->ring_start = 0;
+        }
+    }
+    while (ch->ring_n > 0 && (ch->ring_n == ch->ring_cap || ch->ring_n >= max ||
+                              ch->ring_bytes + b->len > CHAN_CACHE_MAX_BYTES))
+        cache_drop_oldest(ch);
+    c = &ch->ring[(ch->ring_start + ch->ring_n) % ch->ring_cap];
+    c->seq = seq;
+    c->buf = b;
+    gw_buf_ref(b);
+    snprintf(c->sender_session, sizeof(c->sender_session), "%s", sender);
+    snprintf(c->message_id, sizeof(c->message_id), "%s", msgid);
+    ch->ring_n++;
+    ch->ring_bytes += b->len;
+}
+
 /* Delivers an in-order channel event to every member. */
 static void chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len)
 {
@@ -524,6 +623,7 @@ static void chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *da
     b = frame_of(data, len, ch->ch, seq, sender, msgid);
     if (b == NULL)
         return;
+    cache_append(s, ch, seq, b, sender, msgid);
     for (gw_member *m = ch->members; m != NULL; m = m->cnext)
         member_offer(s, m, seq, b, sender, msgid);
     gw_buf_unref(b);
@@ -654,8 +754,8 @@ typedef struct read_job {
     char session[SL_ID_MAX + 1]; /* the connection asking (replay, history, join) */
     char room[SL_ID_MAX + 1];
     char tenant[SL_ID_MAX + 1];
-    uint64_t from;  /* first sequence wanted */
-    uint64_t upto;  /* fill: stop at this sequence */
+    uint64_t from; /* first sequence wanted */
+    uint64_t upto; /* fill: stop at this sequence */
     uint64_t before;
     int64_t limit;
     bool check_gap;
@@ -957,10 +1057,10 @@ static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const c
     return ch;
 }
 
-static void chan_release(gw_server *s, gw_chan *ch)
+/* Frees an unused channel: at once when force, else after it has been
+ * empty for CHAN_LINGER_MS (so members resuming here find its cache). */
+static void chan_free(gw_server *s, gw_chan *ch)
 {
-    if (ch->nmembers > 0)
-        return;
     gw_map_del(s->chans, ch->live);
     natsSubscription_Unsubscribe(ch->sub);
     natsSubscription_Destroy(ch->sub);
@@ -969,7 +1069,48 @@ static void chan_release(gw_server *s, gw_chan *ch)
         ch->pend_head = p->next;
         pend_free(p);
     }
+    cache_clear(ch);
     free(ch);
+}
+
+static void chan_release(gw_server *s, gw_chan *ch)
+{
+    if (ch->nmembers > 0)
+        return;
+    if (ch->cache_valid && !atomic_load(&s->draining)) {
+        ch->idle_since_ms = now_ms();
+        return;
+    }
+    chan_free(s, ch);
+}
+
+typedef struct idle_scan {
+    gw_chan **list;
+    size_t n, cap;
+    int64_t now;
+} idle_scan;
+
+static void collect_idle_cb(const char *key, void *val, void *ud)
+{
+    gw_chan *ch = val;
+    idle_scan *sc = ud;
+
+    (void)key;
+    if (ch->nmembers == 0 && ch->idle_since_ms != 0 &&
+        sc->now - ch->idle_since_ms >= CHAN_LINGER_MS && sc->n < sc->cap)
+        sc->list[sc->n++] = ch;
+}
+
+/* Frees channels that stayed empty past the linger time (at most 1024 per
+ * call, to keep the loop responsive). */
+static void chans_expire(gw_server *s)
+{
+    gw_chan *list[1024];
+    idle_scan sc = {list, 0, 1024, now_ms()};
+
+    gw_map_each(s->chans, collect_idle_cb, &sc);
+    for (size_t i = 0; i < sc.n; i++)
+        chan_free(s, list[i]);
 }
 
 static gw_member *member_find(gw_conn *c, const char *chname)
@@ -989,6 +1130,7 @@ static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool r
     if (m == NULL)
         return NULL;
     m->gen = ++next_gen;
+    ch->idle_since_ms = 0;
     m->chan = ch;
     m->conn = c;
     m->delivered = delivered;
@@ -1065,9 +1207,44 @@ static bool member_pend_fits(gw_server *s, gw_member *m)
             m->conn->q.bytes + bytes <= (size_t)s->cfg->outq_max_bytes / 2);
 }
 
+/* Serves a member's replay from its channel's cache when the cache covers
+ * the member's position (no gap is possible then: the cache is contiguous).
+ * Returns false when the stream must be read instead. */
+static bool replay_from_cache(gw_server *s, gw_conn *c, gw_member *m)
+{
+    gw_chan *ch = m->chan;
+
+    if (ch->state != CHAN_READY || !ch->cache_valid || m->delivered < ch->cache_base)
+        return false;
+    for (int i = 0; i < ch->ring_n && c->close_code == 0; i++) {
+        cached *e = &ch->ring[(ch->ring_start + i) % ch->ring_cap];
+        if (e->seq <= m->delivered)
+            continue;
+        if (!replay_has_room(s, c, e->buf->len)) {
+            m->replay_paused = true; /* continues when the client has read */
+            return true;
+        }
+        m->delivered = e->seq;
+        conn_send_buf(s, c, e->buf);
+        if (ch->is_room && e->sender_session[0] != '\0' &&
+            strcmp(e->sender_session, c->session) != 0)
+            receipt_track(c, ch->ch, e->seq, e->sender_session, e->message_id);
+    }
+    if (c->close_code == 0)
+        member_go_live(s, m);
+    return true;
+}
+
 static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
 {
-    read_job *j = read_job_new(s, READ_REPLAY, m->chan);
+    read_job *j;
+
+    sl_counter_inc(s->m.replays);
+    if (replay_from_cache(s, c, m)) {
+        sl_counter_inc(s->m.replays_cached);
+        return;
+    }
+    j = read_job_new(s, READ_REPLAY, m->chan);
 
     if (j == NULL) {
         conn_close(c, 1011, "out of memory", true);
@@ -1100,8 +1277,7 @@ static void read_result_run(void *arg)
     if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
                    j->kind == READ_JOIN)) {
         /* NATS trouble: try again shortly (the io thread paces retries). */
-        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL ||
-                           m != NULL)) {
+        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL)) {
             read_job *again = read_job_new(s, j->kind, ch);
             if (again != NULL) {
                 memcpy(again->session, j->session, sizeof(j->session));
@@ -1120,6 +1296,7 @@ static void read_result_run(void *arg)
         if (ch != NULL && ch->state == CHAN_INIT) {
             ch->head = j->head;
             ch->state = CHAN_READY;
+            cache_start(s, ch);
             chan_process_pending(s, ch);
         }
         break;
@@ -1143,6 +1320,7 @@ static void read_result_run(void *arg)
         if (ch->state == CHAN_INIT) {
             ch->head = j->head;
             ch->state = CHAN_READY;
+            cache_start(s, ch);
             chan_process_pending(s, ch);
         }
         m->delivered = j->head;
@@ -1267,9 +1445,9 @@ static void ack_run(void *arg)
     if (c == NULL || (p = sends_take(c, id)) == NULL)
         goto cleanup; /* gone, or answered already (timeout) */
     if (a->ok) {
-        conn_send_text(s, c,
-                       gw_frame_accepted(id, a->duplicate && a->event[0] ? a->event : p->event,
-                                         a->duplicate));
+        conn_send_text(
+            s, c,
+            gw_frame_accepted(id, a->duplicate && a->event[0] ? a->event : p->event, a->duplicate));
     } else {
         conn_busy(s, c, id, "overloaded", 1000);
     }
@@ -1286,8 +1464,7 @@ static void ack_dup_io(void *arg)
 
     if (js_GetMsg(&m, sl_bus_js(a->s->bus), SL_STREAM_IN, a->seq, NULL, NULL) == NATS_OK) {
         Sluice__Envelope *e = NULL;
-        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) ==
-            SL_OK) {
+        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) == SL_OK) {
             snprintf(a->event, sizeof(a->event), "%s", e->event_id);
             sl_envelope_free(e);
         }
@@ -1974,7 +2151,8 @@ static void start_drain(gw_server *s)
         uint32_t r;
         sl_random_bytes(&r, sizeof(r));
         if (c->state == CONN_READY)
-            conn_send_text(s, c, gw_frame_reconnect(spread > 0 ? (int64_t)(r % (uint32_t)spread) : 0));
+            conn_send_text(s, c,
+                           gw_frame_reconnect(spread > 0 ? (int64_t)(r % (uint32_t)spread) : 0));
         else
             conn_close(c, 1001, "draining", false);
     }
@@ -2029,6 +2207,10 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         s->last_presence_ms = now;
         refresh_presence(s);
     }
+    if (now - s->last_expire_ms >= 1000) {
+        s->last_expire_ms = now;
+        chans_expire(s);
+    }
     if (atomic_load(&s->draining) &&
         (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms)) {
         for (gw_conn *c = s->all; c != NULL; c = c->all_next)
@@ -2060,8 +2242,8 @@ static int http_dev_token(gw_server *s, struct lws *wsi)
         code = 400;
         snprintf(body, sizeof(body),
                  "{\"error\":\"tenant and sub are required ([A-Za-z0-9_-]{1,64})\"}");
-    } else if (sl_jwt_mint_hs256(s->cfg->jwt_secret, tenant, sub, (int64_t)time(NULL) + 86400,
-                                 NULL, -1, &tok) != SL_OK) {
+    } else if (sl_jwt_mint_hs256(s->cfg->jwt_secret, tenant, sub, (int64_t)time(NULL) + 86400, NULL,
+                                 -1, &tok) != SL_OK) {
         code = 400;
         snprintf(body, sizeof(body), "{\"error\":\"cannot mint a token for these claims\"}");
     } else {
@@ -2163,8 +2345,7 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
         {"SLUICE_JWT_SECRET", "jwt-secret", SL_CFG_STR, NULL, "HS256 secret for client JWTs",
          &c->jwt_secret, 0, 0, false, true},
         {"SLUICE_JWT_PUBLIC_KEY", "jwt-public-key", SL_CFG_STR, NULL,
-         "PEM file of an RS256 public key for client JWTs", &c->jwt_public_key, 0, 0, false,
-         false},
+         "PEM file of an RS256 public key for client JWTs", &c->jwt_public_key, 0, 0, false, false},
         {"SLUICE_RESUME_SECRET", "resume-secret", SL_CFG_STR, NULL,
          "HMAC secret for resume tokens, the same on every gateway (default: the JWT secret)",
          &c->resume_secret, 0, 0, false, true},
@@ -2175,8 +2356,8 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
         {"SLUICE_WEB_ROOT", "web-root", SL_CFG_STR, "web", "folder of static files served at /",
          &c->web_root, 0, 0, false, false},
         {"SLUICE_DEV_MODE", "dev-mode", SL_CFG_BOOL, "0",
-         "serve development tokens at /dev/token (never in production)", &c->dev_mode, 0, 0,
-         false, false},
+         "serve development tokens at /dev/token (never in production)", &c->dev_mode, 0, 0, false,
+         false},
         {"SLUICE_HEARTBEAT_MS", "heartbeat-ms", SL_CFG_INT, "25000",
          "ping interval; silent connections close after 2.5x", &c->heartbeat_ms, 100, 3600000,
          false, false},
@@ -2184,14 +2365,14 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
          &c->max_frame, 256, 16 * 1024 * 1024, false, false},
         {"SLUICE_RATE", "rate", SL_CFG_INT, "20", "client frames per second per connection",
          &c->rate, 1, 1000000, false, false},
-        {"SLUICE_BURST", "burst", SL_CFG_INT, "40", "client frame burst per connection",
-         &c->burst, 1, 1000000, false, false},
+        {"SLUICE_BURST", "burst", SL_CFG_INT, "40", "client frame burst per connection", &c->burst,
+         1, 1000000, false, false},
         {"SLUICE_OUTQ_MAX_FRAMES", "outq-max-frames", SL_CFG_INT, "4096",
-         "frames queued to one client before it is cut (4429)", &c->outq_max_frames, 16,
-         10000000, false, false},
+         "frames queued to one client before it is cut (4429)", &c->outq_max_frames, 16, 10000000,
+         false, false},
         {"SLUICE_OUTQ_MAX_BYTES", "outq-max-bytes", SL_CFG_INT, "1048576",
-         "bytes queued to one client before it is cut (4429)", &c->outq_max_bytes, 4096,
-         1LL << 32, false, false},
+         "bytes queued to one client before it is cut (4429)", &c->outq_max_bytes, 4096, 1LL << 32,
+         false, false},
         {"SLUICE_DRAIN_GRACE_MS", "drain-grace-ms", SL_CFG_INT, "10000",
          "on SIGTERM: time clients get to reconnect elsewhere", &c->drain_grace_ms, 0, 600000,
          false, false},
@@ -2201,11 +2382,14 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
         {"SLUICE_HANDSHAKE_BURST", "handshake-burst", SL_CFG_INT, "1000",
          "burst of new connections", &c->handshake_burst, 1, 10000000, false, false},
         {"SLUICE_PUBLISH_TIMEOUT_MS", "publish-timeout-ms", SL_CFG_INT, "5000",
-         "wait for the JetStream ack before answering busy overloaded", &c->publish_timeout_ms,
-         100, 600000, false, false},
-        {"SLUICE_HELLO_TIMEOUT_MS", "hello-timeout-ms", SL_CFG_INT, "5000",
-         "time a new connection has to say hello (then 4401)", &c->hello_timeout_ms, 100,
+         "wait for the JetStream ack before answering busy overloaded", &c->publish_timeout_ms, 100,
          600000, false, false},
+        {"SLUICE_HELLO_TIMEOUT_MS", "hello-timeout-ms", SL_CFG_INT, "5000",
+         "time a new connection has to say hello (then 4401)", &c->hello_timeout_ms, 100, 600000,
+         false, false},
+        {"SLUICE_CHAN_CACHE", "chan-cache", SL_CFG_INT, "512",
+         "recent events kept in memory per channel for resumes (0: none)", &c->chan_cache, 0,
+         100000, false, false},
         {"SLUICE_GW_IO_THREADS", "gw-io-threads", SL_CFG_INT, "2",
          "threads for stream reads and KV writes", &c->io_threads, 1, 64, false, false},
     };
@@ -2247,18 +2431,18 @@ static void metrics_init(gw_metrics *m)
     m->frames_out = sl_counter_get("sluice_gw_frames_out_total", NULL, "frames sent to clients");
     m->bytes_in = sl_counter_get("sluice_gw_bytes_in_total", NULL, "client frame bytes received");
     m->bytes_out = sl_counter_get("sluice_gw_bytes_out_total", NULL, "frame bytes sent");
-    m->busy_rate = sl_counter_get("sluice_gw_busy_total", "reason=\"rate_limited\"",
-                                  "busy answers by reason");
-    m->busy_overloaded = sl_counter_get("sluice_gw_busy_total", "reason=\"overloaded\"",
-                                        "busy answers by reason");
-    m->busy_draining = sl_counter_get("sluice_gw_busy_total", "reason=\"draining\"",
-                                      "busy answers by reason");
+    m->busy_rate =
+        sl_counter_get("sluice_gw_busy_total", "reason=\"rate_limited\"", "busy answers by reason");
+    m->busy_overloaded =
+        sl_counter_get("sluice_gw_busy_total", "reason=\"overloaded\"", "busy answers by reason");
+    m->busy_draining =
+        sl_counter_get("sluice_gw_busy_total", "reason=\"draining\"", "busy answers by reason");
     m->slow_closes = sl_counter_get("sluice_gw_slow_consumer_closes_total", NULL,
                                     "clients cut with 4429 at their outbound bound");
     m->resumes_ok = sl_counter_get("sluice_gw_resumes_total", "result=\"recovered\"",
                                    "session resumes by result");
-    m->resumes_gap = sl_counter_get("sluice_gw_resumes_total", "result=\"gap\"",
-                                    "session resumes by result");
+    m->resumes_gap =
+        sl_counter_get("sluice_gw_resumes_total", "result=\"gap\"", "session resumes by result");
     m->gap_fills =
         sl_counter_get("sluice_gw_gap_fills_total", NULL, "live holes filled from the stream");
     m->handshake_refusals = sl_counter_get("sluice_gw_handshake_refusals_total", NULL,
@@ -2266,8 +2450,12 @@ static void metrics_init(gw_metrics *m)
     m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");
     m->live_dropped = sl_counter_get("sluice_gw_live_dropped_total", NULL,
                                      "live events dropped under overload (refilled)");
-    m->delivery_latency = sl_hist_get("sluice_gw_delivery_latency_seconds", NULL,
-                                      "event time to socket write");
+    m->replays = sl_counter_get("sluice_gw_replays_total", NULL,
+                                "channel replays for resuming or joining members");
+    m->replays_cached = sl_counter_get("sluice_gw_replays_cached_total", NULL,
+                                       "replays served from the gateway's channel cache");
+    m->delivery_latency =
+        sl_hist_get("sluice_gw_delivery_latency_seconds", NULL, "event time to socket write");
 }
 
 sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, char *err,
@@ -2288,8 +2476,7 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     metrics_init(&s->m);
     gw_bucket_init(&s->handshakes, (double)cfg->handshake_rate, (double)cfg->handshake_burst,
                    now_ms());
-    if ((st = sl_auth_create(&s->auth, cfg->jwt_secret, cfg->jwt_public_key, err, errlen)) !=
-        SL_OK)
+    if ((st = sl_auth_create(&s->auth, cfg->jwt_secret, cfg->jwt_public_key, err, errlen)) != SL_OK)
         goto cleanup;
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
@@ -2314,7 +2501,9 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     s->protocols[0].name = "sluice.v1";
     s->protocols[0].callback = gw_callback;
     s->protocols[0].per_session_data_size = sizeof(gw_conn);
-    s->protocols[0].rx_buffer_size = 4096;
+    /* Kept per connection by lws: small, since larger client frames arrive
+     * in pieces that on_receive() joins anyway. */
+    s->protocols[0].rx_buffer_size = 512;
 
     s->mounts[0].mountpoint = "/dev/token";
     s->mounts[0].mountpoint_len = 10;
@@ -2407,6 +2596,7 @@ static void free_chan_cb(const char *key, void *val, void *ud)
         ch->pend_head = p->next;
         pend_free(p);
     }
+    cache_clear(ch);
     free(ch);
 }
 

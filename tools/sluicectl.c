@@ -133,8 +133,7 @@ static int open_bus(sl_common_cfg *cc, sl_cfg_opt *opts, sl_bus **bus)
         return 2;
     }
     sl_log_init("sluicectl", SL_LOG_ERROR);
-    if (sl_bus_create(bus, cc, "sluicectl", err, sizeof(err)) != SL_OK ||
-        !sl_bus_connected(*bus)) {
+    if (sl_bus_create(bus, cc, "sluicectl", err, sizeof(err)) != SL_OK || !sl_bus_connected(*bus)) {
         fprintf(stderr, "sluicectl: cannot reach NATS at %s\n", cc->nats_url);
         return 1;
     }
@@ -186,8 +185,8 @@ static void print_event(natsMsg *m)
     switch (e->body_case) {
     case SLUICE__ENVELOPE__BODY_MESSAGE:
         cJSON_AddStringToObject(o, "kind", "message");
-        cJSON_AddStringToObject(o, "from", e->message->agent[0] ? e->message->agent
-                                                                : e->message->user);
+        cJSON_AddStringToObject(o, "from",
+                                e->message->agent[0] ? e->message->agent : e->message->user);
         cJSON_AddStringToObject(o, "text", e->message->text);
         break;
     case SLUICE__ENVELOPE__BODY_TOKEN:
@@ -247,8 +246,7 @@ static int cmd_tail(int argc, char **argv)
             tenant = argv[i + 1];
         else if (strcmp(argv[i], "--count") == 0 && sl_parse_int(argv[i + 1], &count) == SL_OK)
             continue;
-        else if (strcmp(argv[i], "--seconds") == 0 &&
-                 sl_parse_int(argv[i + 1], &seconds) == SL_OK)
+        else if (strcmp(argv[i], "--seconds") == 0 && sl_parse_int(argv[i + 1], &seconds) == SL_OK)
             continue;
         else {
             fprintf(stderr, "sluicectl tail: bad option %s\n", argv[i]);

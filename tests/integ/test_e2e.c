@@ -102,8 +102,8 @@ END_TEST
 START_TEST(test_bad_token_is_refused)
 {
     hx_stack *s = start_stack(0);
-    char *forged = hx_token_secret("not-the-right-secret-at-all-0123", "acme", "mallory", 300,
-                                   NULL, -1);
+    char *forged =
+        hx_token_secret("not-the-right-secret-at-all-0123", "acme", "mallory", 300, NULL, -1);
     hx_sl_client *c = NULL;
 
     HX_ASSERT(s, forged != NULL);

@@ -67,9 +67,11 @@ START_TEST(test_bad_frames)
         {"{\"type\":\"history\",\"ch\":\"s\",\"limit\":0}", "bad_frame"},
         {"{\"type\":\"history\",\"ch\":\"s\",\"limit\":1000}", "bad_frame"},
         {"{\"type\":\"hello\"}", "unauthorized"},
-        {"{\"type\":\"hello\",\"token\":\"t\",\"resume\":{\"session\":\"a.b\",\"resume_token\":\"x\"}}",
+        {"{\"type\":\"hello\",\"token\":\"t\",\"resume\":{\"session\":\"a.b\",\"resume_token\":"
+         "\"x\"}}",
          "unauthorized"},
-        {"{\"type\":\"hello\",\"token\":\"t\",\"resume\":{\"session\":\"s1\",\"resume_token\":\"x\","
+        {"{\"type\":\"hello\",\"token\":\"t\",\"resume\":{\"session\":\"s1\",\"resume_token\":"
+         "\"x\","
          "\"positions\":{\"r:a.b\":1}}}",
          "bad_id"},
         {"{\"type\":\"cancel\",\"id\":\"\"}", "bad_id"},
@@ -81,8 +83,8 @@ START_TEST(test_bad_frames)
         gw_err e;
         ck_assert_msg(parse(cases[i].frame, &c, &e) == SL_ERR_INVAL, "accepted: %s",
                       cases[i].frame);
-        ck_assert_msg(strcmp(e.code, cases[i].code) == 0, "%s: code %s, want %s",
-                      cases[i].frame, e.code, cases[i].code);
+        ck_assert_msg(strcmp(e.code, cases[i].code) == 0, "%s: code %s, want %s", cases[i].frame,
+                      e.code, cases[i].code);
     }
     memset(longid, 'a', 65);
     longid[65] = '\0';
