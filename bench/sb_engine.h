@@ -22,6 +22,7 @@
 #define SB_MAX_CONNS   19500
 #define SB_WBUF_MAX    (8u << 20)
 #define SB_FRAME_MAX   (1u << 20)
+#define SB_MAX_CODES   16
 
 typedef enum sb_proto_kind {
     SB_P_SLUICE,
@@ -199,6 +200,11 @@ struct sb_engine {
     uint64_t errors_app; /* protocol "error" frames */
     uint64_t reconnect_frames;
     int last_errno;
+    /* Close codes received from servers: up to SB_MAX_CODES distinct ones. */
+    uint16_t close_code[SB_MAX_CODES];
+    uint64_t close_count[SB_MAX_CODES];
+    /* TCP-level ends of ready connections (EOF or reset without a close frame). */
+    uint64_t eof_ready;
 };
 
 /* Creates an engine for cfg (copied) in *out: allocates the connection table

@@ -29,8 +29,7 @@ int64_t sb_wall_s(void)
 
 size_t sb_b64url(char *out, size_t cap, const uint8_t *in, size_t len)
 {
-    static const char tbl[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t o = 0;
     size_t i;
 

@@ -122,8 +122,7 @@ sl_status sb_ws_parse_response(const char *buf, size_t len, const char *key, siz
     return SL_OK;
 }
 
-size_t sb_ws_encode_header(uint8_t *hdr, int opcode, size_t len, uint8_t mask[4],
-                           uint64_t *seed)
+size_t sb_ws_encode_header(uint8_t *hdr, int opcode, size_t len, uint8_t mask[4], uint64_t *seed)
 {
     size_t n = 0;
     uint32_t m = (uint32_t)sb_rand(seed);

@@ -63,8 +63,7 @@ size_t sb_ws_encode(uint8_t *out, int opcode, const void *payload, size_t len, u
 /* Writes only the header of a masked frame of len bytes into hdr and returns
  * its length; mask receives the 4 mask bytes, to be applied with
  * sb_ws_mask(). */
-size_t sb_ws_encode_header(uint8_t *hdr, int opcode, size_t len, uint8_t mask[4],
-                           uint64_t *seed);
+size_t sb_ws_encode_header(uint8_t *hdr, int opcode, size_t len, uint8_t mask[4], uint64_t *seed);
 
 /* XORs buf with the mask, starting at mask offset off. */
 void sb_ws_mask(uint8_t *buf, size_t len, const uint8_t mask[4], size_t off);

@@ -11,14 +11,14 @@
 #include "sl_config.h"
 #include "sl_status.h"
 
-#define SL_STREAM_IN       "SLUICE_IN"
-#define SL_STREAM_WORK     "SLUICE_WORK"
-#define SL_STREAM_OUT      "SLUICE_OUT"
-#define SL_KV_SESSIONS     "sluice_sessions"
-#define SL_KV_INFLIGHT     "sluice_inflight"
-#define SL_KV_PRESENCE     "sluice_presence"
-#define SL_PRESENCE_TTL_S  75 /* 3 x the default 25 s heartbeat */
-#define SL_INFLIGHT_TTL_S  3600
+#define SL_STREAM_IN      "SLUICE_IN"
+#define SL_STREAM_WORK    "SLUICE_WORK"
+#define SL_STREAM_OUT     "SLUICE_OUT"
+#define SL_KV_SESSIONS    "sluice_sessions"
+#define SL_KV_INFLIGHT    "sluice_inflight"
+#define SL_KV_PRESENCE    "sluice_presence"
+#define SL_PRESENCE_TTL_S 75 /* 3 x the default 25 s heartbeat */
+#define SL_INFLIGHT_TTL_S 3600
 
 /* Ensures every stream and bucket. SL_OK; SL_ERR_BUS when NATS failed
  * (retry later); SL_ERR_INVAL on a configuration mismatch (err says

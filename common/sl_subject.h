@@ -35,8 +35,8 @@ sl_status sl_subject_cancel(char *buf, size_t n, const char *tenant);
 
 /* OUT and live subjects of a channel: prefix is "sluice.out" or
  * "sluice.live"; when is_room, name is the room, otherwise the session. */
-sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant,
-                          bool is_room, const char *name);
+sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant, bool is_room,
+                          const char *name);
 
 /* Parses "<prefix>.<tenant>.s.<session>" or "<prefix>.<tenant>.r.<room>"
  * (prefix "sluice.out" or "sluice.live"). On success copies the tenant and
