@@ -398,7 +398,7 @@ char *gw_frame_pong(void)
     return strdup("{\"type\":\"pong\"}");
 }
 
-char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members)
+char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool truncated)
 {
     cJSON *o = typed("joined");
     char ch[GW_CH_MAX];
@@ -411,6 +411,8 @@ char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members)
     cJSON_AddStringToObject(o, "ch", ch);
     cJSON_AddNumberToObject(o, "seq", (double)seq);
     cJSON_AddItemToObject(o, "members", members ? members : cJSON_CreateArray());
+    if (truncated)
+        cJSON_AddBoolToObject(o, "members_truncated", 1);
     return print_and_free(o);
 }
 

@@ -86,8 +86,9 @@ char *gw_frame_left(const char *room);
 char *gw_frame_pong(void);
 
 /* joined: members is a cJSON array whose ownership passes to the frame
- * builder (it is freed in every case); NULL means []. */
-char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members);
+ * builder (it is freed in every case); NULL means []. truncated adds
+ * "members_truncated":true (a large room's list is cut). */
+char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool truncated);
 
 /* history: events are complete event frames as built by gw_frame_event. */
 char *gw_frame_history(const char *ch, char *const *events, size_t n);

@@ -29,12 +29,13 @@
  * connection may be gone by then.
  */
 
-#define MEMBER_PEND_MAX 4096 /* live events buffered while a member replays */
-#define CHAN_PEND_MAX   8192 /* live events buffered while a channel fills a gap */
-#define REPLAY_BATCH    256  /* events fetched per replay round trip batch */
-#define SEND_INFLIGHT   256  /* unacknowledged sends per connection */
-#define RECEIPTS_MAX    64   /* delivered messages awaiting an ack, per connection */
-#define HISTORY_MAX_RTT 2000 /* direct gets one history request may cost */
+#define MEMBER_PEND_MAX  4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX    8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH     256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT    256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX     64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_MAX_RTT  2000 /* direct gets one history request may cost */
+#define JOIN_MEMBERS_MAX 100  /* members listed in `joined` */
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
@@ -86,7 +87,8 @@ struct gw_chan {
     char name[SL_ID_MAX + 1];
     bool is_room;
     int state;
-    uint64_t head; /* last sequence seen on this channel */
+    uint64_t head;       /* last sequence seen on this channel */
+    uint64_t ready_head; /* head when it became ready: buffered live events up to it were dropped */
     natsSubscription *sub;
     gw_member *members;
     int nmembers;
@@ -101,6 +103,11 @@ struct gw_chan {
     uint64_t cache_base;
     bool cache_valid;
     int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
+    /* Who is in the room (session -> user), loaded once from the presence
+     * bucket by the first join and kept current from presence events and
+     * local joins, so later joins need no NATS round trip. */
+    cJSON *presence;
+    bool presence_truncated;
 };
 
 typedef struct pending_send {
@@ -163,6 +170,8 @@ typedef struct gw_metrics {
     sl_counter *bad_frames;
     sl_counter *live_dropped;
     sl_counter *replays, *replays_cached;
+    sl_counter *presence_suppressed;
+    sl_counter *joins_local;
     sl_hist *delivery_latency;
     sl_hist *accept_latency;
 } gw_metrics;
@@ -289,14 +298,27 @@ static void publish_out_async(gw_server *s, const char *subject, const Sluice__E
     free(data);
 }
 
+/* Presence events of a room are published only while the room has at most
+ * SLUICE_PRESENCE_FANOUT_MAX members on this gateway: in a large room every
+ * join would otherwise reach every member, and a reconnect storm of N
+ * members would cost N^2 frames. Members of large rooms still appear in
+ * `joined.members` (the presence bucket is always kept). */
 static void publish_presence(gw_server *s, gw_conn *c, const char *room, const char *action)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__Presence p = SLUICE__PRESENCE__INIT;
     char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[SL_EVENT_ID_LEN + 4];
+    char live[SL_SUBJECT_MAX];
+    gw_chan *ch;
 
-    if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, true, room) != SL_OK)
+    if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, true, room) != SL_OK ||
+        sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, true, room) != SL_OK)
         return;
+    ch = gw_map_get(s->chans, live);
+    if (ch != NULL && ch->nmembers > s->cfg->presence_fanout_max) {
+        sl_counter_inc(s->m.presence_suppressed);
+        return;
+    }
     fill_header(c, &e, event_id);
     p.action = (char *)action;
     p.user = c->sub;
@@ -310,44 +332,28 @@ static void publish_presence(gw_server *s, gw_conn *c, const char *room, const c
 
 /* ---------- io jobs: KV ---------- */
 
-typedef struct kv_job {
-    gw_server *s;
-    char key[SL_SUBJECT_MAX];
-    char *value; /* NULL: delete */
-    bool presence;
-} kv_job;
-
-static void kv_put_io(void *arg)
-{
-    kv_job *j = arg;
-    kvStore *kv = j->presence ? j->s->kv_presence : j->s->kv_sessions;
-    natsStatus st;
-
-    if (kv != NULL) {
-        if (j->value != NULL)
-            st = kvStore_PutString(NULL, kv, j->key, j->value);
-        else
-            st = kvStore_Delete(kv, j->key);
-        if (st != NATS_OK)
-            sl_debug("kv %s %s: %s", j->value ? "put" : "delete", j->key, natsStatus_GetText(st));
-    }
-    free(j->value);
-    free(j);
-}
-
+/* Writes (value) or deletes (NULL) a KV key without waiting: a KV put is a
+ * publish to "$KV.<bucket>.<key>", so it goes out asynchronously from the
+ * loop like any other publish, instead of a round trip per key. Takes
+ * value (malloc'd). Presence and positions are refreshed regularly, so a
+ * lost write is repaired by the next one. */
 static void kv_submit(gw_server *s, bool presence, const char *key, char *value)
 {
-    kv_job *j = calloc(1, sizeof(*j));
+    char subj[SL_SUBJECT_MAX + 32];
+    natsMsg *m = NULL;
+    jsPubOptions po;
 
-    if (j == NULL) {
-        free(value);
-        return;
-    }
-    j->s = s;
-    j->presence = presence;
-    snprintf(j->key, sizeof(j->key), "%s", key);
-    j->value = value;
-    gw_io_submit(s->io, kv_put_io, j);
+    snprintf(subj, sizeof(subj), "$KV.%s.%s", presence ? SL_KV_PRESENCE : SL_KV_SESSIONS, key);
+    if (natsMsg_Create(&m, subj, NULL, value, value ? (int)strlen(value) : 0) != NATS_OK ||
+        (value == NULL && natsMsgHeader_Set(m, "KV-Operation", "DEL") != NATS_OK))
+        goto cleanup;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 5000;
+    if (js_PublishMsgAsync(sl_bus_js(s->bus), &m, &po) != NATS_OK)
+        sl_debug("kv write %s not sent", subj);
+cleanup:
+    natsMsg_Destroy(m);
+    free(value);
 }
 
 static void presence_put(gw_server *s, gw_conn *c, const char *room, bool present)
@@ -506,8 +512,14 @@ static void member_offer(gw_server *s, gw_member *m, uint64_t seq, gw_buf *b,
 
 /* Decodes a stored/live OUT message into a frame for channel ch. Fills the
  * sender session and message id of user messages (for receipts). */
+static void presence_snap_set(gw_chan *ch, const char *session, const char *user);
+static void presence_snap_del(gw_chan *ch, const char *session);
+
+/* Builds the frame of a stored or live OUT message for channel ch. Fills
+ * the sender session and message id of user messages (for receipts); when
+ * snap is not NULL, a presence event also updates its member snapshot. */
 static gw_buf *frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
-                        char *sender_session, char *message_id)
+                        char *sender_session, char *message_id, gw_chan *snap)
 {
     Sluice__Envelope *e = NULL;
     gw_buf *b = NULL;
@@ -522,8 +534,65 @@ static gw_buf *frame_of(const void *data, size_t len, const char *ch, uint64_t s
         snprintf(sender_session, SL_ID_MAX + 1, "%s", sl_id_valid(e->session) ? e->session : "");
         snprintf(message_id, SL_ID_MAX + 1, "%s", e->message_id);
     }
+    if (snap != NULL && e->body_case == SLUICE__ENVELOPE__BODY_PRESENCE &&
+        sl_id_valid(e->presence->session)) {
+        if (strcmp(e->presence->action, "join") == 0)
+            presence_snap_set(snap, e->presence->session, e->presence->user);
+        else
+            presence_snap_del(snap, e->presence->session);
+    }
     sl_envelope_free(e);
     return b;
+}
+
+#define PRESENCE_SNAP_MAX 1000
+
+static const char *json_str(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void presence_snap_set(gw_chan *ch, const char *session, const char *user)
+{
+    if (ch->presence == NULL)
+        return; /* not loaded yet: the first join's read brings everyone */
+    if (cJSON_GetObjectItemCaseSensitive(ch->presence, session) != NULL)
+        return;
+    if (cJSON_GetArraySize(ch->presence) >= PRESENCE_SNAP_MAX) {
+        ch->presence_truncated = true;
+        return;
+    }
+    cJSON_AddStringToObject(ch->presence, session, user);
+}
+
+static void presence_snap_del(gw_chan *ch, const char *session)
+{
+    if (ch->presence != NULL)
+        cJSON_DeleteItemFromObjectCaseSensitive(ch->presence, session);
+}
+
+/* The members list of `joined`, from the snapshot (at most
+ * JOIN_MEMBERS_MAX). Sets *truncated when the room has more. */
+static cJSON *presence_snap_list(const gw_chan *ch, bool *truncated)
+{
+    cJSON *arr = cJSON_CreateArray(), *it;
+    int n = 0;
+
+    *truncated = ch->presence_truncated;
+    cJSON_ArrayForEach(it, ch->presence)
+    {
+        cJSON *mem;
+        if (n++ >= JOIN_MEMBERS_MAX) {
+            *truncated = true;
+            break;
+        }
+        mem = cJSON_CreateObject();
+        cJSON_AddStringToObject(mem, "user", it->valuestring);
+        cJSON_AddStringToObject(mem, "session", it->string);
+        cJSON_AddItemToArray(arr, mem);
+    }
+    return arr;
 }
 
 static uint64_t header_u64(natsMsg *m, const char *name)
@@ -620,7 +689,7 @@ static void chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *da
 
     if (seq > ch->head)
         ch->head = seq;
-    b = frame_of(data, len, ch->ch, seq, sender, msgid);
+    b = frame_of(data, len, ch->ch, seq, sender, msgid, ch);
     if (b == NULL)
         return;
     cache_append(s, ch, seq, b, sender, msgid);
@@ -760,6 +829,7 @@ typedef struct read_job {
     int64_t limit;
     bool check_gap;
     uint64_t member_gen; /* replay, join: the membership asking */
+    bool after_ready;    /* replay: submitted when the channel knew its head */
     /* results */
     uint64_t head;
     bool gap;
@@ -767,6 +837,7 @@ typedef struct read_job {
     got *msgs;
     size_t n;
     cJSON *members;
+    bool members_truncated;
 } read_job;
 
 enum { READ_HEAD, READ_FILL, READ_REPLAY, READ_HISTORY, READ_JOIN };
@@ -883,10 +954,17 @@ static void read_io(void *arg)
         kvWatchOptions_Init(&wo);
         wo.IgnoreDeletes = true;
         if (s->kv_presence != NULL && kvStore_Watch(&w, s->kv_presence, filter, &wo) == NATS_OK) {
-            for (int i = 0; i < 10000; i++) {
+            /* A large room's list is cut: reading every member on every
+             * join would make a room of N members cost N^2 reads. */
+            for (int i = 0;; i++) {
                 kvEntry *e = NULL;
                 if (kvWatcher_Next(&e, w, 2000) != NATS_OK || e == NULL)
                     break; /* NULL entry: the initial values are done */
+                if (i >= JOIN_MEMBERS_MAX) {
+                    j->members_truncated = true;
+                    kvEntry_Destroy(e);
+                    break;
+                }
                 {
                     const char *key = kvEntry_Key(e);
                     const char *sess = strrchr(key, '.');
@@ -1020,7 +1098,13 @@ static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
 
 /* ---------- channels and members ---------- */
 
-static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
+static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
+
+/* Finds or creates (subscribing to its live subject) a channel. A fresh
+ * channel is one that cannot have events yet (a new session's): it is ready
+ * at once, without reading the stream's head. */
+static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
+                            bool fresh)
 {
     char live[SL_SUBJECT_MAX];
     gw_chan *ch;
@@ -1051,10 +1135,19 @@ static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const c
         return NULL;
     }
     natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
+    if (fresh) {
+        chan_ready(s, ch, 0);
+        return ch;
+    }
     j = read_job_new(s, READ_HEAD, ch);
     if (j != NULL)
         gw_io_submit(s->io, read_io, j);
     return ch;
+}
+
+static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
+{
+    return chan_get_ex(s, tenant, is_room, name, false);
 }
 
 /* Frees an unused channel: at once when force, else after it has been
@@ -1070,6 +1163,7 @@ static void chan_free(gw_server *s, gw_chan *ch)
         pend_free(p);
     }
     cache_clear(ch);
+    cJSON_Delete(ch->presence);
     free(ch);
 }
 
@@ -1254,10 +1348,32 @@ static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap
     j->member_gen = m->gen;
     j->from = m->delivered + 1;
     j->check_gap = check_gap;
+    j->after_ready = m->chan->state != CHAN_INIT;
     gw_io_submit(s->io, read_io, j);
 }
 
 /* ---------- results of stream reads ---------- */
+
+/* Makes a channel ready at head. The live events it buffered meanwhile at
+ * or below head are dropped (they are in the stream), so a member that went
+ * live below head first replays up to it; a member still replaying checks
+ * at the end of its replay (read_result_run). Without this, events stored
+ * while a channel waited for its head never reach members that resumed or
+ * said hello in that window. */
+static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head)
+{
+    ch->head = head;
+    ch->ready_head = head;
+    ch->state = CHAN_READY;
+    cache_start(s, ch);
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext) {
+        if (!m->replaying && m->delivered < head) {
+            m->replaying = true;
+            replay_submit(s, m->conn, m, false);
+        }
+    }
+    chan_process_pending(s, ch);
+}
 
 static void read_result_run(void *arg)
 {
@@ -1293,12 +1409,8 @@ static void read_result_run(void *arg)
     }
     switch (j->kind) {
     case READ_HEAD:
-        if (ch != NULL && ch->state == CHAN_INIT) {
-            ch->head = j->head;
-            ch->state = CHAN_READY;
-            cache_start(s, ch);
-            chan_process_pending(s, ch);
-        }
+        if (ch != NULL && ch->state == CHAN_INIT)
+            chan_ready(s, ch, j->head);
         break;
     case READ_FILL:
         if (ch == NULL)
@@ -1317,17 +1429,27 @@ static void read_result_run(void *arg)
     case READ_JOIN:
         if (ch == NULL || m == NULL)
             break;
-        if (ch->state == CHAN_INIT) {
-            ch->head = j->head;
-            ch->state = CHAN_READY;
-            cache_start(s, ch);
-            chan_process_pending(s, ch);
-        }
+        if (ch->state == CHAN_INIT)
+            chan_ready(s, ch, j->head);
         m->delivered = j->head;
-        conn_send_text(s, c, gw_frame_joined(ch->name, j->head, j->members));
+        if (ch->presence == NULL && j->members != NULL) {
+            cJSON *it;
+            ch->presence = cJSON_CreateObject();
+            ch->presence_truncated = j->members_truncated;
+            cJSON_ArrayForEach(it, j->members)
+            {
+                const char *u = json_str(it, "user"), *ss = json_str(it, "session");
+                if (u != NULL && ss != NULL)
+                    presence_snap_set(ch, ss, u);
+            }
+        }
+        conn_send_text(s, c, gw_frame_joined(ch->name, j->head, j->members, j->members_truncated));
         j->members = NULL;
         acked_set(c, ch->ch, (int64_t)j->head, true);
-        member_go_live(s, m);
+        if (m->delivered < ch->ready_head)
+            replay_submit(s, c, m, false); /* the channel dropped events above the join point */
+        else
+            member_go_live(s, m);
         break;
     case READ_REPLAY: {
         char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
@@ -1346,7 +1468,7 @@ static void read_result_run(void *arg)
                 continue;
             b = frame_of(natsMsg_GetData(j->msgs[i].msg),
                          (size_t)natsMsg_GetDataLength(j->msgs[i].msg), ch->ch, j->msgs[i].seq,
-                         sender, msgid);
+                         sender, msgid, NULL);
             if (b != NULL && !replay_has_room(s, c, b->len)) {
                 /* The rest is read again once the client has caught up. */
                 gw_buf_unref(b);
@@ -1361,7 +1483,8 @@ static void read_result_run(void *arg)
         }
         if (c->close_code != 0 || m->replay_paused)
             break;
-        if (j->more || m->pend_overflow || !member_pend_fits(s, m)) {
+        if (j->more || m->pend_overflow || !member_pend_fits(s, m) ||
+            (!j->after_ready && ch->state != CHAN_INIT && m->delivered < ch->ready_head)) {
             m->pend_overflow = false;
             if (!j->more)
                 member_pend_clear(m); /* all in the stream: the next round reads them */
@@ -1602,10 +1725,30 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(rch, sizeof(rch), "r:%s", cmd->room);
     m = member_find(c, rch);
     if (m != NULL) {
-        conn_send_text(s, c, gw_frame_joined(cmd->room, m->delivered, NULL));
+        conn_send_text(s, c, gw_frame_joined(cmd->room, m->delivered, NULL, false));
         return;
     }
     ch = chan_get(s, c->tenant, true, cmd->room);
+    if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
+        /* The room is live on this gateway: join from memory, no NATS. */
+        bool truncated;
+        m = member_add(c, ch, ch->head, false);
+        if (m == NULL) {
+            chan_release(s, ch);
+            conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            return;
+        }
+        presence_snap_set(ch, c->session, c->sub);
+        {
+            cJSON *members = presence_snap_list(ch, &truncated);
+            conn_send_text(s, c, gw_frame_joined(ch->name, ch->head, members, truncated));
+        }
+        acked_set(c, ch->ch, (int64_t)ch->head, true);
+        sl_counter_inc(s->m.joins_local);
+        presence_put(s, c, cmd->room, true);
+        publish_presence(s, c, cmd->room, "join");
+        return;
+    }
     if (ch == NULL || (m = member_add(c, ch, 0, true)) == NULL ||
         (j = read_job_new(s, READ_JOIN, ch)) == NULL) {
         if (ch != NULL && m != NULL)
@@ -1633,6 +1776,7 @@ static void cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         conn_error(s, c, "not_joined", "not in this room", NULL);
         return;
     }
+    presence_snap_del(m->chan, c->session);
     member_remove(s, m);
     presence_put(s, c, cmd->room, false);
     publish_presence(s, c, cmd->room, "leave");
@@ -1887,7 +2031,8 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
                                     s->cfg->max_frame, (double)s->cfg->rate,
                                     (double)s->cfg->burst));
     if (!cmd->resume) {
-        gw_chan *ch = chan_get(s, c->tenant, false, c->session);
+        /* A new session id is random: nothing can be on its channel yet. */
+        gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, true);
         if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
@@ -1923,6 +2068,7 @@ static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action)
         if (m->chan->is_room && presence_action != NULL) {
             char room[SL_ID_MAX + 1];
             snprintf(room, sizeof(room), "%s", m->chan->name);
+            presence_snap_del(m->chan, c->session);
             member_remove(s, m);
             presence_put(s, c, room, false);
             publish_presence(s, c, room, presence_action);
@@ -2387,6 +2533,9 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
         {"SLUICE_HELLO_TIMEOUT_MS", "hello-timeout-ms", SL_CFG_INT, "5000",
          "time a new connection has to say hello (then 4401)", &c->hello_timeout_ms, 100, 600000,
          false, false},
+        {"SLUICE_PRESENCE_FANOUT_MAX", "presence-fanout-max", SL_CFG_INT, "200",
+         "rooms with more local members get no join/leave presence events", &c->presence_fanout_max,
+         0, 100000000, false, false},
         {"SLUICE_CHAN_CACHE", "chan-cache", SL_CFG_INT, "512",
          "recent events kept in memory per channel for resumes (0: none)", &c->chan_cache, 0,
          100000, false, false},
@@ -2450,6 +2599,11 @@ static void metrics_init(gw_metrics *m)
     m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");
     m->live_dropped = sl_counter_get("sluice_gw_live_dropped_total", NULL,
                                      "live events dropped under overload (refilled)");
+    m->joins_local = sl_counter_get("sluice_gw_joins_local_total", NULL,
+                                    "joins served from the gateway's room state (no NATS)");
+    m->presence_suppressed =
+        sl_counter_get("sluice_gw_presence_suppressed_total", NULL,
+                       "presence events not published: room over SLUICE_PRESENCE_FANOUT_MAX");
     m->replays = sl_counter_get("sluice_gw_replays_total", NULL,
                                 "channel replays for resuming or joining members");
     m->replays_cached = sl_counter_get("sluice_gw_replays_cached_total", NULL,
@@ -2597,6 +2751,7 @@ static void free_chan_cb(const char *key, void *val, void *ud)
         pend_free(p);
     }
     cache_clear(ch);
+    cJSON_Delete(ch->presence);
     free(ch);
 }
 
