@@ -1,0 +1,150 @@
+/* Unit tests for configuration parsing (common/sl_config). */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_config.h"
+
+typedef struct cfg {
+    char *url;
+    char *addr;
+    int64_t n;
+    bool flag;
+} cfg;
+
+static void table(sl_cfg_opt *o, cfg *c)
+{
+    const sl_cfg_opt t[4] = {
+        {"TEST_URL", "url", SL_CFG_STR, "nats://x:1", "url", &c->url, 0, 0, true, false},
+        {"TEST_ADDR", "addr", SL_CFG_ADDR, "0.0.0.0:80", "addr", &c->addr, 0, 0, true, false},
+        {"TEST_N", "n", SL_CFG_INT, "5", "n", &c->n, 1, 10, false, false},
+        {"TEST_FLAG", "flag", SL_CFG_BOOL, "0", "flag", &c->flag, 0, 0, false, false},
+    };
+    memcpy(o, t, sizeof(t));
+}
+
+static sl_status load(cfg *c, sl_cfg_opt *o, int argc, char **argv, char *err)
+{
+    bool help;
+    memset(c, 0, sizeof(*c));
+    table(o, c);
+    return sl_config_load(o, 4, argc, argv, &help, err, 256);
+}
+
+START_TEST(test_defaults_env_flags)
+{
+    cfg c;
+    sl_cfg_opt o[4];
+    char err[256];
+    char *argv[] = {"prog", "--n", "7", "--flag", "--url=nats://flag:2"};
+
+    unsetenv("TEST_URL");
+    unsetenv("TEST_N");
+    ck_assert_int_eq(load(&c, o, 1, argv, err), SL_OK);
+    ck_assert_str_eq(c.url, "nats://x:1");
+    ck_assert_int_eq(c.n, 5);
+    ck_assert(!c.flag);
+    sl_config_free(o, 4);
+
+    setenv("TEST_URL", "nats://env:3", 1);
+    setenv("TEST_N", "9", 1);
+    ck_assert_int_eq(load(&c, o, 1, argv, err), SL_OK);
+    ck_assert_str_eq(c.url, "nats://env:3");
+    ck_assert_int_eq(c.n, 9);
+    sl_config_free(o, 4);
+
+    /* Flags win over the environment. */
+    ck_assert_int_eq(load(&c, o, 5, argv, err), SL_OK);
+    ck_assert_str_eq(c.url, "nats://flag:2");
+    ck_assert_int_eq(c.n, 7);
+    ck_assert(c.flag);
+    sl_config_free(o, 4);
+    ck_assert_ptr_null(c.url);
+    unsetenv("TEST_URL");
+    unsetenv("TEST_N");
+}
+END_TEST
+
+START_TEST(test_errors_name_the_variable)
+{
+    cfg c;
+    sl_cfg_opt o[4];
+    char err[256];
+
+    setenv("TEST_N", "12", 1);
+    ck_assert_int_eq(load(&c, o, 1, (char *[]){"p"}, err), SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "TEST_N"));
+    sl_config_free(o, 4);
+    setenv("TEST_N", "3x", 1);
+    ck_assert_int_eq(load(&c, o, 1, (char *[]){"p"}, err), SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "TEST_N"));
+    sl_config_free(o, 4);
+    unsetenv("TEST_N");
+    setenv("TEST_ADDR", "nohostport", 1);
+    ck_assert_int_eq(load(&c, o, 1, (char *[]){"p"}, err), SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "TEST_ADDR"));
+    sl_config_free(o, 4);
+    setenv("TEST_ADDR", "h:70000", 1);
+    ck_assert_int_eq(load(&c, o, 1, (char *[]){"p"}, err), SL_ERR_INVAL);
+    sl_config_free(o, 4);
+    unsetenv("TEST_ADDR");
+    setenv("TEST_FLAG", "maybe", 1);
+    ck_assert_int_eq(load(&c, o, 1, (char *[]){"p"}, err), SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "TEST_FLAG"));
+    sl_config_free(o, 4);
+    unsetenv("TEST_FLAG");
+    ck_assert_int_eq(load(&c, o, 2, (char *[]){"p", "--nope"}, err), SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "--nope"));
+    sl_config_free(o, 4);
+    ck_assert_int_eq(load(&c, o, 2, (char *[]){"p", "--n"}, err), SL_ERR_INVAL);
+    sl_config_free(o, 4);
+}
+END_TEST
+
+START_TEST(test_help_and_parsers)
+{
+    cfg c;
+    sl_cfg_opt o[4];
+    char err[256], host[64];
+    bool help = false;
+    int64_t v;
+    int port;
+
+    memset(&c, 0, sizeof(c));
+    table(o, &c);
+    ck_assert_int_eq(sl_config_load(o, 4, 2, (char *[]){"p", "--help"}, &help, err, sizeof(err)),
+                     SL_OK);
+    ck_assert(help);
+    sl_config_free(o, 4);
+    ck_assert_int_eq(sl_parse_int("42", &v), SL_OK);
+    ck_assert_int_eq(v, 42);
+    ck_assert_int_eq(sl_parse_int("", &v), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_parse_int("4 2", &v), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_parse_int("99999999999999999999", &v), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_parse_addr("127.0.0.1:8080", host, sizeof(host), &port), SL_OK);
+    ck_assert_str_eq(host, "127.0.0.1");
+    ck_assert_int_eq(port, 8080);
+    ck_assert_int_eq(sl_parse_addr(":9", host, sizeof(host), &port), SL_OK);
+    ck_assert_str_eq(host, "");
+    ck_assert_int_eq(sl_parse_addr("h:0", host, sizeof(host), &port), SL_ERR_INVAL);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("sl_config");
+    TCase *tc = tcase_create("core");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_test(tc, test_defaults_env_flags);
+    tcase_add_test(tc, test_errors_name_the_variable);
+    tcase_add_test(tc, test_help_and_parsers);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
