@@ -105,6 +105,7 @@ test: deps
 	$(MAKE) SANITIZE=1 all tests
 	$(MAKE) deploy-check
 	$(MAKE) web-test
+	$(MAKE) bench-check
 	scripts/run-tests.sh build/rel bin build/san build/san/bin
 
 test-unit: all tests
