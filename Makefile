@@ -106,6 +106,7 @@ test: deps
 	$(MAKE) deploy-check
 	$(MAKE) web-test
 	$(MAKE) bench-check
+	$(MAKE) fuzz-ci
 	scripts/run-tests.sh build/rel bin build/san build/san/bin
 
 test-unit: all tests

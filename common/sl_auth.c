@@ -262,12 +262,14 @@ static bool json_int(const cJSON *item, int64_t *out)
     return true;
 }
 
-/* Parses len bytes (NUL-terminated at len) as exactly one JSON object. */
+/* Parses len bytes (NUL-terminated at len) as exactly one JSON object.
+ * An escaped NUL is refused like a raw one: cJSON would end the string
+ * there, so a claim "tb\u0000x" would read as tenant "tb". */
 static cJSON *parse_object(const unsigned char *buf, size_t len)
 {
     cJSON *j;
 
-    if (memchr(buf, '\0', len) != NULL)
+    if (memchr(buf, '\0', len) != NULL || strstr((const char *)buf, "\\u0000") != NULL)
         return NULL;
     j = cJSON_ParseWithOpts((const char *)buf, NULL, 1);
     if (j != NULL && !cJSON_IsObject(j)) {

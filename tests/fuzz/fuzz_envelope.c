@@ -1,0 +1,545 @@
+/* libFuzzer target: envelope decoding (common/sl_codec.c) and the event
+ * frames the gateway builds from what decodes (gateway/gw_protocol.c).
+ *
+ * Input: the bytes of one NATS message body, as read from SLUICE_OUT. They
+ * are copied so that they end right before a PROT_NONE page, so an
+ * over-read faults even inside the (uninstrumented) protobuf-c library.
+ *
+ * Properties checked on every input that sl_envelope_decode() accepts:
+ *   - Re-encoding is a fixed point: with k = encode(known fields of e),
+ *     encode(decode(k)) equals k byte for byte, and e and decode(k) give
+ *     the same frame.
+ *   - gw_frame_event() returns NULL exactly for the bodies clients never
+ *     see (none, work, cancel); otherwise a JSON object of type "event" on
+ *     the given channel and sequence, whose kind matches the body and whose
+ *     fields carry the envelope's strings and numbers back unchanged.
+ *   - When every string of the envelope is valid UTF-8, the frame is valid
+ *     UTF-8 too (a browser closes the socket on anything else).
+ *   - A history frame holding the event parses and holds the same event.
+ *
+ * Built with -DFUZZ_SEEDS, this file is instead a program that writes the
+ * seed corpus (one encoded envelope per body kind, plus near misses) into
+ * the directory given as its argument, running each seed through the
+ * checks. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "gw_protocol.h"
+#include "sl_codec.h"
+#include "sl_subject.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define GUARDED_MAX (1u << 20)
+
+static unsigned char *guard_page; /* first byte after the input area: PROT_NONE */
+
+/* Maps GUARDED_MAX readable bytes followed by one inaccessible page. */
+static void guard_init(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    unsigned char *p;
+
+    CHECK(pg > 0);
+    p = mmap(NULL, GUARDED_MAX + (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+             -1, 0);
+    CHECK(p != MAP_FAILED);
+    CHECK(mprotect(p + GUARDED_MAX, (size_t)pg, PROT_NONE) == 0);
+    guard_page = p + GUARDED_MAX;
+}
+
+/* Well-formed UTF-8 after the Unicode standard's table 3-7. */
+static bool ref_utf8(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str), i = 0;
+
+    while (i < n) {
+        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
+        size_t k;
+
+        if (b <= 0x7F) {
+            i++;
+            continue;
+        }
+        if (b >= 0xC2 && b <= 0xDF) {
+            k = 1;
+        } else if (b == 0xE0) {
+            k = 2;
+            lo = 0xA0;
+        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
+            k = 2;
+        } else if (b == 0xED) {
+            k = 2;
+            hi = 0x9F;
+        } else if (b == 0xF0) {
+            k = 3;
+            lo = 0x90;
+        } else if (b >= 0xF1 && b <= 0xF3) {
+            k = 3;
+        } else if (b == 0xF4) {
+            k = 3;
+            hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j <= k; j++) {
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
+                return false;
+        }
+        i += k + 1;
+    }
+    return true;
+}
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static bool streq(const char *a, const char *b)
+{
+    return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+static double jnum(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    CHECK(cJSON_IsNumber(v));
+    return v->valuedouble;
+}
+
+/* A number printed by cJSON 1.7.15 reads back exactly below 10^15; above,
+ * it has 15 significant digits. */
+static bool num_eq(double got, double want)
+{
+    if (fabs(want) < 1e15)
+        return got == want;
+    return fabs(got - want) <= fabs(want) * 1e-14;
+}
+
+/* The boolean member key: absent counts as false, as the builder omits it. */
+static bool jflag(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    CHECK(v == NULL || cJSON_IsBool(v));
+    return cJSON_IsTrue(v);
+}
+
+/* Every string of the envelope, header and body, is valid UTF-8. */
+static bool all_utf8(const Sluice__Envelope *e)
+{
+    const char *hdr[] = {e->event_id,   e->tenant,        e->session, e->client_id,
+                         e->message_id, e->prev_event_id, e->trace_id};
+    const char *body[12] = {NULL};
+
+    for (size_t i = 0; i < sizeof(hdr) / sizeof(hdr[0]); i++) {
+        if (!ref_utf8(hdr[i]))
+            return false;
+    }
+    switch (e->body_case) {
+    case SLUICE__ENVELOPE__BODY_MESSAGE:
+        body[0] = e->message->room, body[1] = e->message->text, body[2] = e->message->user;
+        body[3] = e->message->agent;
+        break;
+    case SLUICE__ENVELOPE__BODY_TOKEN:
+        body[0] = e->token->reply_id, body[1] = e->token->to, body[2] = e->token->agent;
+        body[3] = e->token->text;
+        break;
+    case SLUICE__ENVELOPE__BODY_REPLY:
+        body[0] = e->reply->reply_id, body[1] = e->reply->to, body[2] = e->reply->agent;
+        body[3] = e->reply->text;
+        break;
+    case SLUICE__ENVELOPE__BODY_PRESENCE:
+        body[0] = e->presence->action, body[1] = e->presence->user;
+        body[2] = e->presence->session, body[3] = e->presence->room;
+        break;
+    case SLUICE__ENVELOPE__BODY_RECEIPT:
+        body[0] = e->receipt->to, body[1] = e->receipt->user, body[2] = e->receipt->state;
+        break;
+    case SLUICE__ENVELOPE__BODY_BUSY:
+        body[0] = e->busy->to, body[1] = e->busy->agent, body[2] = e->busy->reason;
+        break;
+    default:
+        break;
+    }
+    for (size_t i = 0; i < sizeof(body) / sizeof(body[0]); i++) {
+        if (body[i] != NULL && !ref_utf8(body[i]))
+            return false;
+    }
+    return true;
+}
+
+/* The event frame o carries e's body. */
+static void check_body(const cJSON *o, const Sluice__Envelope *e)
+{
+    const char *kind = jstr(o, "kind");
+
+    switch (e->body_case) {
+    case SLUICE__ENVELOPE__BODY_MESSAGE: {
+        const Sluice__ClientMessage *m = e->message;
+        const cJSON *from = cJSON_GetObjectItemCaseSensitive(o, "from");
+        CHECK(streq(kind, "message"));
+        CHECK(streq(jstr(o, "id"), e->message_id) && streq(jstr(o, "event"), e->event_id));
+        CHECK(streq(jstr(o, "text"), m->text));
+        CHECK(num_eq(jnum(o, "ts"), (double)(e->ts_unix_ns / 1000000)));
+        CHECK(cJSON_IsObject(from) && cJSON_GetArraySize(from) == 1);
+        if (m->agent[0] != '\0')
+            CHECK(streq(jstr(from, "agent"), m->agent));
+        else
+            CHECK(streq(jstr(from, "user"), m->user));
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_TOKEN: {
+        const Sluice__TokenChunk *t = e->token;
+        CHECK(streq(kind, "token"));
+        CHECK(streq(jstr(o, "reply"), t->reply_id) && streq(jstr(o, "to"), t->to));
+        CHECK(streq(jstr(o, "agent"), t->agent) && streq(jstr(o, "text"), t->text));
+        CHECK(jnum(o, "attempt") == (double)t->attempt);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_REPLY: {
+        const Sluice__Reply *r = e->reply;
+        CHECK(streq(kind, "reply"));
+        CHECK(streq(jstr(o, "reply"), r->reply_id) && streq(jstr(o, "to"), r->to));
+        CHECK(streq(jstr(o, "agent"), r->agent) && streq(jstr(o, "text"), r->text));
+        CHECK(jnum(o, "attempt") == (double)r->attempt);
+        CHECK(jflag(o, "final"));
+        CHECK(jflag(o, "degraded") == r->degraded && jflag(o, "partial") == r->partial);
+        CHECK(jflag(o, "cancelled") == r->cancelled);
+        break;
+    }
+    case SLUICE__ENVELOPE__BODY_PRESENCE:
+        CHECK(streq(kind, "presence"));
+        CHECK(streq(jstr(o, "action"), e->presence->action));
+        CHECK(streq(jstr(o, "user"), e->presence->user));
+        CHECK(streq(jstr(o, "session"), e->presence->session));
+        break;
+    case SLUICE__ENVELOPE__BODY_RECEIPT:
+        CHECK(streq(kind, "receipt"));
+        CHECK(streq(jstr(o, "to"), e->receipt->to) && streq(jstr(o, "user"), e->receipt->user));
+        CHECK(streq(jstr(o, "state"), e->receipt->state));
+        break;
+    case SLUICE__ENVELOPE__BODY_BUSY:
+        CHECK(streq(kind, "busy"));
+        CHECK(streq(jstr(o, "to"), e->busy->to) && streq(jstr(o, "reason"), e->busy->reason));
+        if (e->busy->agent[0] != '\0')
+            CHECK(streq(jstr(o, "agent"), e->busy->agent));
+        else
+            CHECK(cJSON_GetObjectItemCaseSensitive(o, "agent") == NULL);
+        CHECK(jnum(o, "retry_after_ms") == (double)e->busy->retry_after_ms);
+        break;
+    default:
+        CHECK(!"a body clients never see produced a frame");
+    }
+}
+
+/* Builds and checks the frame of e on its channel; returns the frame text
+ * (the caller frees) or NULL for a body clients never see. */
+static char *check_event(const Sluice__Envelope *e)
+{
+    bool hidden = e->body_case == SLUICE__ENVELOPE__BODY__NOT_SET ||
+                  e->body_case == SLUICE__ENVELOPE__BODY_WORK ||
+                  e->body_case == SLUICE__ENVELOPE__BODY_CANCEL;
+    char ch[GW_CH_MAX] = "s";
+    uint64_t seq = (uint64_t)e->ts_unix_ns & ((UINT64_C(1) << 53) - 1);
+    char *text, *hist;
+    cJSON *o, *h;
+
+    if (e->body_case == SLUICE__ENVELOPE__BODY_MESSAGE && sl_id_valid(e->message->room))
+        snprintf(ch, sizeof(ch), "r:%s", e->message->room);
+    text = gw_frame_event(e, ch, seq);
+    CHECK((text == NULL) == hidden);
+    if (text == NULL)
+        return NULL;
+    if (all_utf8(e)) {
+        CHECK(ref_utf8(text));
+        CHECK(gw_utf8_valid((const unsigned char *)text, strlen(text)));
+    }
+    o = cJSON_Parse(text);
+    CHECK(cJSON_IsObject(o));
+    CHECK(streq(jstr(o, "type"), "event") && streq(jstr(o, "ch"), ch));
+    CHECK(num_eq(jnum(o, "seq"), (double)seq));
+    check_body(o, e);
+
+    hist = gw_frame_history(ch, &text, 1);
+    CHECK(hist != NULL);
+    h = cJSON_Parse(hist);
+    free(hist);
+    CHECK(cJSON_IsObject(h) && streq(jstr(h, "type"), "history"));
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(h, "events")) == 1);
+    CHECK(cJSON_Compare(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(h, "events"), 0), o,
+                        true));
+    cJSON_Delete(h);
+    cJSON_Delete(o);
+    return text;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    guard_init();
+    return 0;
+}
+
+/* Encodes e without the unknown fields it kept (at the top and in its
+ * body): protobuf-c 1.4.1 accepts field number 0 when its tag is a
+ * non-minimal varint ("82 00") but refuses the minimal "02" it writes
+ * back, so only the known fields are expected to round-trip. */
+static void encode_known(const Sluice__Envelope *e, uint8_t **out, size_t *len)
+{
+    Sluice__Envelope top = *e;
+    union {
+        ProtobufCMessage base;
+        Sluice__ClientMessage message;
+        Sluice__WorkRequest work;
+        Sluice__TokenChunk token;
+        Sluice__Reply reply;
+        Sluice__Presence presence;
+        Sluice__Receipt receipt;
+        Sluice__Busy busy;
+        Sluice__Cancel cancel;
+    } body;
+
+    top.base.n_unknown_fields = 0;
+    top.base.unknown_fields = NULL;
+    if (e->body_case != SLUICE__ENVELOPE__BODY__NOT_SET) {
+        const ProtobufCMessage *b = (const ProtobufCMessage *)e->message;
+        CHECK(b != NULL && b->descriptor->sizeof_message <= sizeof(body));
+        memcpy(&body, b, b->descriptor->sizeof_message);
+        body.base.n_unknown_fields = 0;
+        body.base.unknown_fields = NULL;
+        top.message = &body.message; /* any member of the oneof: they share storage */
+    }
+    CHECK(sl_envelope_encode(&top, out, len) == SL_OK);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    Sluice__Envelope *e = NULL, *e2 = NULL;
+    uint8_t *b1 = NULL, *b2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    char *f1, *f2;
+
+    if (size > GUARDED_MAX)
+        return 0;
+    if (sl_envelope_decode(memcpy(guard_page - size, data, size), size, &e) != SL_OK)
+        return 0;
+    CHECK(e != NULL);
+    encode_known(e, &b1, &n1);
+    CHECK(sl_envelope_decode(b1, n1, &e2) == SL_OK);
+    CHECK(e2->base.n_unknown_fields == 0);
+    CHECK(sl_envelope_encode(e2, &b2, &n2) == SL_OK);
+    CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0);
+    CHECK(e2->body_case == e->body_case);
+
+    f1 = check_event(e);
+    f2 = check_event(e2);
+    CHECK((f1 == NULL) == (f2 == NULL));
+    CHECK(f1 == NULL || strcmp(f1, f2) == 0);
+    free(f1);
+    free(f2);
+    free(b1);
+    free(b2);
+    sl_envelope_free(e);
+    sl_envelope_free(e2);
+    sl_envelope_free(NULL);
+    return 0;
+}
+
+#ifdef FUZZ_SEEDS
+static const char *seed_dir;
+static int seed_count;
+
+/* Writes one seed file and runs it through the checks. */
+static void seed(const char *name, const void *data, size_t len)
+{
+    char path[4096];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
+        perror(path);
+        exit(1);
+    }
+    LLVMFuzzerTestOneInput(data, len);
+    seed_count++;
+}
+
+/* Encodes e and writes it as a seed, then a copy cut one byte short. */
+static void seed_env(const char *name, const Sluice__Envelope *e)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char cut[256];
+
+    CHECK(sl_envelope_encode(e, &buf, &len) == SL_OK);
+    seed(name, buf, len);
+    if (len > 0) {
+        snprintf(cut, sizeof(cut), "%s_cut", name);
+        seed(cut, buf, len - 1);
+    }
+    free(buf);
+}
+
+/* The causal header the orchestrator and worker fill in. */
+static void header(Sluice__Envelope *e)
+{
+    sluice__envelope__init(e);
+    e->event_id = "01HX7Z9Q2M4N5P6R7S8T9V0W1X";
+    e->tenant = "acme";
+    e->session = "S0000000000000000000000";
+    e->client_id = "c-17";
+    e->message_id = "c-17";
+    e->prev_event_id = "c-16";
+    e->ts_unix_ns = 1700000000123456789LL;
+    e->trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    e->hops = 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const uint8_t bad_wire[] = {0x0f, 0x01};            /* field 1, wire type 7 */
+    static const uint8_t long_len[] = {0x0a, 0xff, 0x7f, 'a'}; /* length past the end */
+    static const uint8_t bad_utf8[] = {0xa2, 0x01, 0x04, 0x12, 0x02, 0xc0, 0xaf}; /* message.text */
+    Sluice__Envelope e;
+    Sluice__ClientMessage m;
+    Sluice__WorkRequest w;
+    Sluice__TokenChunk t;
+    Sluice__Reply r;
+    Sluice__Presence p;
+    Sluice__Receipt rc;
+    Sluice__Busy b;
+    Sluice__Cancel c;
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR (writes the envelope seed corpus into DIR)\n", argv[0]);
+        return 2;
+    }
+    seed_dir = argv[1];
+    LLVMFuzzerInitialize(&argc, &argv);
+
+    header(&e);
+    seed_env("header_only", &e);
+
+    sluice__client_message__init(&m);
+    m.room = "lobby";
+    m.text = "hi @summarizer \xF0\x9F\x99\x82 \"quoted\"\n";
+    m.user = "u1";
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &m;
+    seed_env("message_room", &e);
+    m.room = "";
+    m.user = "";
+    m.agent = "summarizer";
+    seed_env("message_agent", &e);
+
+    header(&e);
+    sluice__work_request__init(&w);
+    w.job_id = "j-1";
+    w.agent = "summarizer";
+    w.model = "echo";
+    w.system_prompt = "Summarize.";
+    w.fallback = "Sorry.";
+    w.text = "hi";
+    w.user = "u1";
+    w.room = "lobby";
+    w.to = "c-17";
+    w.reply_id = "r-1";
+    w.deadline_ms = 10000;
+    e.body_case = SLUICE__ENVELOPE__BODY_WORK;
+    e.work = &w;
+    seed_env("work", &e);
+
+    header(&e);
+    sluice__token_chunk__init(&t);
+    t.reply_id = "r-1";
+    t.to = "c-17";
+    t.agent = "summarizer";
+    t.attempt = 2;
+    t.text = "Hel";
+    t.index = 3;
+    e.body_case = SLUICE__ENVELOPE__BODY_TOKEN;
+    e.token = &t;
+    seed_env("token", &e);
+
+    header(&e);
+    sluice__reply__init(&r);
+    r.reply_id = "r-1";
+    r.to = "c-17";
+    r.agent = "summarizer";
+    r.text = "Hello there.";
+    r.attempt = 1;
+    r.degraded = 1;
+    r.partial = 1;
+    r.cancelled = 1;
+    e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
+    e.reply = &r;
+    seed_env("reply", &e);
+
+    header(&e);
+    sluice__presence__init(&p);
+    p.action = "join";
+    p.user = "u1";
+    p.session = "S0000000000000000000000";
+    p.room = "lobby";
+    e.body_case = SLUICE__ENVELOPE__BODY_PRESENCE;
+    e.presence = &p;
+    seed_env("presence", &e);
+
+    header(&e);
+    sluice__receipt__init(&rc);
+    rc.to = "c-17";
+    rc.user = "u2";
+    rc.state = "delivered";
+    e.body_case = SLUICE__ENVELOPE__BODY_RECEIPT;
+    e.receipt = &rc;
+    seed_env("receipt", &e);
+
+    header(&e);
+    sluice__busy__init(&b);
+    b.to = "c-17";
+    b.agent = "summarizer";
+    b.reason = "tenant_queue_full";
+    b.retry_after_ms = 800;
+    e.body_case = SLUICE__ENVELOPE__BODY_BUSY;
+    e.busy = &b;
+    seed_env("busy", &e);
+
+    header(&e);
+    sluice__cancel__init(&c);
+    c.message_id = "c-17";
+    c.user = "u1";
+    e.body_case = SLUICE__ENVELOPE__BODY_CANCEL;
+    e.cancel = &c;
+    seed_env("cancel", &e);
+
+    seed("empty", "", 0);
+    seed("bad_wire_type", bad_wire, sizeof(bad_wire));
+    seed("length_past_end", long_len, sizeof(long_len));
+    seed("message_bad_utf8", bad_utf8, sizeof(bad_utf8));
+    printf("%d seeds written to %s\n", seed_count, seed_dir);
+    return 0;
+}
+#endif

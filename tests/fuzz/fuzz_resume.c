@@ -1,0 +1,564 @@
+/* libFuzzer target: resume tokens (common/sl_auth.c: sl_resume_token_make
+ * and sl_resume_token_verify), with a fixed secret, tenant, session and
+ * clock (NOW).
+ *
+ * Input: byte 0 selects the mode (bits 0-1).
+ *   0, 3  raw: the rest is a token verified for TENANT and SESSION. It is
+ *         accepted only when it is exactly the token sl_resume_token_make()
+ *         makes from its own fields; a refused one leaves sub untouched.
+ *   1     made: 8 bytes of exp (little endian, any int64), then tenant,
+ *         session, sub and another id, separated by NUL bytes. Making
+ *         succeeds exactly when tenant and session are valid ids and sub
+ *         is valid (1..128 bytes of UTF-8 without control characters); the
+ *         token then is "v1." + base64url + "." + base64url, short enough
+ *         to verify, the same every time, and it verifies for its tenant
+ *         and session (OK before exp, EXPIRED from exp on, giving back
+ *         sub), and never for another tenant, another session or another
+ *         secret (AUTH), nor as a JWT; any one-character change refuses it.
+ *   2     signed payload: the rest is the token's payload, which the
+ *         harness authenticates itself (the same key derivation, checked
+ *         at start against sl_resume_token_make), so the parser behind the
+ *         MAC is reached; the result must equal an independent model of
+ *         the format "<tenant>\n<session>\n<exp>\n<sub>".
+ *
+ * Built with -DFUZZ_SEEDS, this file is instead a program that writes the
+ * seed corpus into the directory given as its argument, running each seed
+ * through the checks. */
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_auth.h"
+#include "sl_subject.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define SECRET    "fuzz-secret-0123456789abcdef-0123456789abcdef"
+#define OTHER     "another-secret-0123456789abcdef-0123456789"
+#define TENANT    "acme"
+#define SESSION   "S0000000000000000000000"
+#define NOW       INT64_C(1700000000)
+#define EXP_LATER INT64_C(4102444800)
+#define KEY_LABEL "sluice resume token v1" /* the derivation sl_auth.c documents */
+
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static sl_auth *jwt_verifier;
+static unsigned char resume_key[32];
+
+/* Appends the unpadded base64url form of in[0..n) to out at *o. */
+static void b64_put(const unsigned char *in, size_t n, char *out, size_t *o)
+{
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        size_t k = n - i < 3 ? n - i : 3;
+        if (k > 1)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (k > 2)
+            v |= in[i + 2];
+        for (size_t j = 0; j <= k; j++)
+            out[(*o)++] = b64chars[v >> (18 - 6 * j) & 63];
+    }
+    out[*o] = '\0';
+}
+
+/* Decodes n base64url characters into out; -1 for a foreign character. */
+static long b64_get(const char *in, size_t n, unsigned char *out)
+{
+    uint32_t acc = 0;
+    int bits = 0;
+    long o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const char *p = memchr(b64chars, in[i], 64);
+        if (p == NULL || in[i] == '\0')
+            return -1;
+        acc = acc << 6 | (uint32_t)(p - b64chars);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return o;
+}
+
+static bool ref_id(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n < 1 || n > SL_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Well-formed UTF-8 (Unicode table 3-7), 1..SL_SUB_MAX bytes, with no C0
+ * or C1 control and no DEL. */
+static bool ref_sub(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str), i = 0;
+
+    if (n < 1 || n > SL_SUB_MAX)
+        return false;
+    while (i < n) {
+        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
+        size_t k;
+
+        if (b < 0x20 || b == 0x7F)
+            return false;
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        if (b == 0xC2) {
+            k = 1;
+            lo = 0xA0; /* C2 80..C2 9F are the C1 controls */
+        } else if (b >= 0xC3 && b <= 0xDF) {
+            k = 1;
+        } else if (b == 0xE0) {
+            k = 2;
+            lo = 0xA0;
+        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
+            k = 2;
+        } else if (b == 0xED) {
+            k = 2;
+            hi = 0x9F;
+        } else if (b == 0xF0) {
+            k = 3;
+            lo = 0x90;
+        } else if (b >= 0xF1 && b <= 0xF3) {
+            k = 3;
+        } else if (b == 0xF4) {
+            k = 3;
+            hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j <= k; j++) {
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
+                return false;
+        }
+        i += k + 1;
+    }
+    return true;
+}
+
+/* "v1." + b64url(payload) + "." + b64url(HMAC(resume_key, all before)). */
+static char *sign_payload(const unsigned char *pay, size_t n)
+{
+    char *t = malloc(3 + n / 3 * 4 + 4 + 1 + 43 + 1);
+    unsigned char mac[32];
+    unsigned int ml = 0;
+    size_t o = 3, signed_len;
+
+    CHECK(t != NULL);
+    memcpy(t, "v1.", 3);
+    b64_put(pay, n, t, &o);
+    signed_len = o;
+    CHECK(HMAC(EVP_sha256(), resume_key, sizeof(resume_key), (unsigned char *)t, signed_len, mac,
+               &ml) != NULL &&
+          ml == 32);
+    t[o++] = '.';
+    b64_put(mac, 32, t, &o);
+    return t;
+}
+
+static sl_status verify(const char *secret, const char *tok, const char *tenant,
+                        const char *session, int64_t now, char *sub)
+{
+    char before[SL_SUB_MAX + 1];
+    sl_status st;
+
+    memset(sub, 0xA5, SL_SUB_MAX + 1);
+    memcpy(before, sub, sizeof(before));
+    st = sl_resume_token_verify(secret, tok, tenant, session, now, sub);
+    CHECK(st == SL_OK || st == SL_ERR_INVAL || st == SL_ERR_AUTH || st == SL_ERR_EXPIRED);
+    if (st == SL_OK)
+        CHECK(memchr(sub, '\0', SL_SUB_MAX + 1) != NULL && ref_sub(sub));
+    else
+        CHECK(memcmp(sub, before, sizeof(before)) == 0);
+    return st;
+}
+
+static uint32_t fnv(const uint8_t *d, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ d[i]) * 16777619u;
+    return h;
+}
+
+/* A valid token for (tenant, session) changed in one character (including
+ * only the padding bits of its last one), or cut
+ * short, or offered as a JWT, is refused. */
+static void check_tamper(const char *tok, const char *tenant, const char *session,
+                         const uint8_t *data, size_t size)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+    size_t len = strlen(tok);
+    uint32_t h = fnv(data, size);
+    char *t = strdup(tok), sub[SL_SUB_MAX + 1], why[128];
+    sl_claims cl;
+    size_t pos;
+    char ch;
+
+    CHECK(t != NULL && len > 0);
+    pos = h % len;
+    ch = alphabet[(h >> 16) % (sizeof(alphabet) - 1)];
+    if (ch == t[pos])
+        ch = ch == 'A' ? 'B' : 'A';
+    t[pos] = ch;
+    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
+    memcpy(t, tok, len);
+    t[len - 1] = '\0';
+    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
+    /* The last character's lowest bits are padding in most lengths: an
+     * encoding that differs only there must be refused too. */
+    memcpy(t, tok, len + 1);
+    t[len - 1] = b64chars[(strchr(b64chars, t[len - 1]) - b64chars) ^ 1];
+    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
+    free(t);
+    CHECK(sl_auth_verify(jwt_verifier, tok, NOW, &cl, why, sizeof(why)) != SL_OK);
+}
+
+static void mode_raw(const uint8_t *data, size_t size)
+{
+    char *tok = malloc(size + 1), sub[SL_SUB_MAX + 1];
+    unsigned char pay[SL_RESUME_TOKEN_MAX];
+    char *again = NULL, *f[4], *save = NULL;
+    const char *dot;
+    long n;
+    int64_t exp;
+
+    CHECK(tok != NULL);
+    memcpy(tok, data, size);
+    tok[size] = '\0';
+    if (verify(SECRET, tok, TENANT, SESSION, NOW, sub) == SL_OK) {
+        /* Accepted: its own fields must make exactly this token. */
+        dot = strchr(tok + 3, '.');
+        CHECK(strncmp(tok, "v1.", 3) == 0 && dot != NULL);
+        n = b64_get(tok + 3, (size_t)(dot - tok - 3), pay);
+        CHECK(n > 0 && (size_t)n < sizeof(pay));
+        pay[n] = '\0';
+        f[0] = strtok_r((char *)pay, "\n", &save);
+        f[1] = strtok_r(NULL, "\n", &save);
+        f[2] = strtok_r(NULL, "\n", &save);
+        f[3] = strtok_r(NULL, "", &save);
+        CHECK(f[0] && f[1] && f[2] && f[3]);
+        CHECK(strcmp(f[0], TENANT) == 0 && strcmp(f[1], SESSION) == 0 && strcmp(f[3], sub) == 0);
+        errno = 0;
+        exp = strtoll(f[2], NULL, 10);
+        CHECK(errno == 0 && exp > NOW);
+        CHECK(sl_resume_token_make(SECRET, TENANT, SESSION, sub, exp, &again) == SL_OK);
+        CHECK(strcmp(again, tok) == 0);
+        free(again);
+        check_tamper(tok, TENANT, SESSION, data, size);
+    }
+    free(tok);
+}
+
+/* "v1." then base64url, '.', and 43 base64url characters (the MAC), no
+ * longer than a verifier accepts. */
+static bool shape_ok(const char *tok)
+{
+    size_t n = strlen(tok), a;
+
+    if (n > SL_RESUME_TOKEN_MAX || strncmp(tok, "v1.", 3) != 0)
+        return false;
+    a = strspn(tok + 3, b64chars);
+    return a > 0 && tok[3 + a] == '.' && strspn(tok + 4 + a, b64chars) == 43 && 4 + a + 43 == n;
+}
+
+static void mode_made(const uint8_t *data, size_t size)
+{
+    const char *str[4] = {"", "", "", ""};
+    char *copy, *tok = NULL, *again = NULL, sub[SL_SUB_MAX + 1], *jwt = NULL;
+    uint64_t u = 0;
+    int64_t exp;
+    bool valid;
+    sl_status st;
+
+    if (size < 8)
+        return;
+    for (int i = 7; i >= 0; i--)
+        u = u << 8 | data[i];
+    exp = (int64_t)u;
+    copy = malloc(size - 8 + 1);
+    CHECK(copy != NULL);
+    memcpy(copy, data + 8, size - 8);
+    copy[size - 8] = '\0';
+    for (size_t i = 0, k = 0, start = 0; i <= size - 8 && k < 4; i++) {
+        if (copy[i] == '\0') {
+            str[k++] = copy + start;
+            start = i + 1;
+        }
+    }
+    valid = ref_id(str[0]) && ref_id(str[1]) && ref_sub(str[2]);
+    st = sl_resume_token_make(SECRET, str[0], str[1], str[2], exp, &tok);
+    CHECK((st == SL_OK) == valid);
+    if (st != SL_OK) {
+        CHECK(st == SL_ERR_INVAL);
+        free(copy);
+        return;
+    }
+    CHECK(shape_ok(tok));
+    CHECK(sl_resume_token_make(SECRET, str[0], str[1], str[2], exp, &again) == SL_OK);
+    CHECK(strcmp(again, tok) == 0);
+    free(again);
+
+    st = verify(SECRET, tok, str[0], str[1], NOW, sub);
+    CHECK(st == (NOW < exp ? SL_OK : SL_ERR_EXPIRED));
+    if (st == SL_OK)
+        CHECK(strcmp(sub, str[2]) == 0);
+    CHECK(verify(SECRET, tok, str[0], str[1], exp, sub) == SL_ERR_EXPIRED);
+    if (exp > INT64_MIN) {
+        CHECK(verify(SECRET, tok, str[0], str[1], exp - 1, sub) == SL_OK);
+        CHECK(strcmp(sub, str[2]) == 0);
+    }
+    if (strcmp(str[3], str[0]) != 0)
+        CHECK(verify(SECRET, tok, str[3], str[1], INT64_MIN, sub) == SL_ERR_AUTH);
+    if (strcmp(str[3], str[1]) != 0)
+        CHECK(verify(SECRET, tok, str[0], str[3], INT64_MIN, sub) == SL_ERR_AUTH);
+    CHECK(verify(OTHER, tok, str[0], str[1], INT64_MIN, sub) == SL_ERR_AUTH);
+    check_tamper(tok, str[0], str[1], data, size);
+
+    /* A JWT made with the same secret is not a resume token. */
+    if ((double)exp <= 9007199254740992.0 && (double)exp >= -9007199254740992.0) {
+        CHECK(sl_jwt_mint_hs256(SECRET, str[0], str[2], exp, NULL, 0, &jwt) == SL_OK);
+        CHECK(verify(SECRET, jwt, str[0], str[1], INT64_MIN, sub) != SL_OK);
+        free(jwt);
+    }
+    free(tok);
+    free(copy);
+}
+
+/* The documented result of verifying an authentic token with payload pay
+ * for TENANT and SESSION at now. */
+static sl_status model(const uint8_t *pay, size_t n, int64_t now, const char **sub)
+{
+    char *s, *f[4], *end = NULL;
+    long long exp;
+    sl_status st = SL_ERR_INVAL;
+
+    if (memchr(pay, '\0', n) != NULL)
+        return SL_ERR_INVAL;
+    s = malloc(n + 1);
+    CHECK(s != NULL);
+    memcpy(s, pay, n);
+    s[n] = '\0';
+    f[0] = s;
+    for (int i = 1; i < 4; i++) {
+        f[i] = strchr(f[i - 1], '\n');
+        if (f[i] == NULL)
+            goto done;
+        *f[i]++ = '\0';
+    }
+    errno = 0;
+    exp = strtoll(f[2], &end, 10);
+    if (!ref_id(f[0]) || !ref_id(f[1]) || !ref_sub(f[3]) || f[2][0] == '\0' || errno != 0 ||
+        *end != '\0')
+        goto done;
+    st = SL_ERR_AUTH;
+    if (strcmp(f[0], TENANT) != 0 || strcmp(f[1], SESSION) != 0)
+        goto done;
+    st = now >= exp ? SL_ERR_EXPIRED : SL_OK;
+    *sub = (const char *)pay + (f[3] - s);
+done:
+    free(s);
+    return st;
+}
+
+static void mode_signed(const uint8_t *data, size_t size)
+{
+    char *tok = sign_payload(data, size), sub[SL_SUB_MAX + 1];
+    const char *want_sub = NULL;
+    sl_status st = verify(SECRET, tok, TENANT, SESSION, NOW, sub);
+    sl_status want =
+        strlen(tok) > SL_RESUME_TOKEN_MAX ? SL_ERR_INVAL : model(data, size, NOW, &want_sub);
+
+    CHECK(st == want);
+    if (st == SL_OK) {
+        CHECK(strlen(sub) == size - (size_t)((const uint8_t *)want_sub - data));
+        CHECK(memcmp(sub, want_sub, strlen(sub)) == 0);
+        check_tamper(tok, TENANT, SESSION, data, size);
+    }
+    free(tok);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    static const char pay[] = TENANT "\n" SESSION "\n4102444800\nuser-1";
+    char err[256], *made = NULL, *ours;
+    unsigned int ml = 0;
+
+    (void)argc;
+    (void)argv;
+    CHECK(sl_auth_create(&jwt_verifier, SECRET, NULL, err, sizeof(err)) == SL_OK);
+    CHECK(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)KEY_LABEL,
+               strlen(KEY_LABEL), resume_key, &ml) != NULL &&
+          ml == 32);
+    /* Mode 2 signs like sl_auth.c; if that changes, this target must too. */
+    CHECK(sl_resume_token_make(SECRET, TENANT, SESSION, "user-1", EXP_LATER, &made) == SL_OK);
+    ours = sign_payload((const unsigned char *)pay, strlen(pay));
+    if (strcmp(made, ours) != 0) {
+        fprintf(stderr,
+                "fuzz_resume: resume tokens are no longer made as this harness "
+                "signs them (%s vs %s); update sign_payload()\n",
+                made, ours);
+        abort();
+    }
+    free(made);
+    free(ours);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    switch (data[0] & 3) {
+    case 1:
+        mode_made(data + 1, size - 1);
+        break;
+    case 2:
+        mode_signed(data + 1, size - 1);
+        break;
+    default:
+        mode_raw(data + 1, size - 1);
+        break;
+    }
+    return 0;
+}
+
+#ifdef FUZZ_SEEDS
+static const char *seed_dir;
+static int seed_count;
+
+/* Writes one seed: the mode byte, then body. */
+static void seed(const char *name, unsigned mode, const void *body, size_t len)
+{
+    unsigned char *data = malloc(len + 1);
+    char path[4096];
+    FILE *f;
+
+    CHECK(data != NULL);
+    data[0] = (unsigned char)mode;
+    memcpy(data + 1, body, len);
+    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(data, 1, len + 1, f) != len + 1 || fclose(f) != 0) {
+        perror(path);
+        exit(1);
+    }
+    LLVMFuzzerTestOneInput(data, len + 1);
+    free(data);
+    seed_count++;
+}
+
+/* A raw seed: a made token that verifies for TENANT/SESSION to want. */
+static void seed_made_token(const char *name, sl_status want, const char *tenant,
+                            const char *session, const char *sub, int64_t exp)
+{
+    char *tok = NULL, buf[SL_SUB_MAX + 1];
+
+    CHECK(sl_resume_token_make(SECRET, tenant, session, sub, exp, &tok) == SL_OK);
+    CHECK(verify(SECRET, tok, TENANT, SESSION, NOW, buf) == want);
+    seed(name, 0, tok, strlen(tok));
+    free(tok);
+}
+
+/* A made-mode seed: exp, then the four strings joined by NUL bytes. */
+static void seed_fields(const char *name, int64_t exp, const char *const s[4])
+{
+    unsigned char body[600];
+    size_t len = 8;
+    uint64_t u = (uint64_t)exp;
+
+    for (int i = 0; i < 8; i++)
+        body[i] = (unsigned char)(u >> (8 * i));
+    for (int i = 0; i < 4; i++) {
+        size_t l = strlen(s[i]);
+        CHECK(len + l + 1 <= sizeof(body));
+        memcpy(body + len, s[i], l);
+        len += l;
+        if (i < 3)
+            body[len++] = '\0';
+    }
+    seed(name, 1, body, len);
+}
+
+/* A signed-mode seed whose payload verifies to want. */
+static void seed_payload(const char *name, sl_status want, const char *pay)
+{
+    const char *sub = NULL;
+
+    CHECK(model((const uint8_t *)pay, strlen(pay), NOW, &sub) == want);
+    seed(name, 2, pay, strlen(pay));
+}
+
+int main(int argc, char **argv)
+{
+    static const char *const ok[4] = {TENANT, SESSION, "user-1", "globex"};
+    static const char *const unicode[4] = {"t_1", "s-2", "Zo\xC3\xAB \xF0\x9F\x99\x82", "t_2"};
+    static const char *const bad_sub[4] = {TENANT, SESSION, "a\nb", TENANT};
+    static const char *const bad_tenant[4] = {"ac.me", SESSION, "u", TENANT};
+    static const char *const c1_sub[4] = {TENANT, SESSION, "\xC2\x85", TENANT};
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR (writes the resume seed corpus into DIR)\n", argv[0]);
+        return 2;
+    }
+    seed_dir = argv[1];
+    LLVMFuzzerInitialize(&argc, &argv);
+
+    seed_made_token("valid", SL_OK, TENANT, SESSION, "user-1", EXP_LATER);
+    seed_made_token("expired", SL_ERR_EXPIRED, TENANT, SESSION, "user-1", NOW - 1);
+    seed_made_token("other_tenant", SL_ERR_AUTH, "globex", SESSION, "user-1", EXP_LATER);
+    seed_made_token("other_session", SL_ERR_AUTH, TENANT, "S1111111111111111111111", "u",
+                    EXP_LATER);
+    seed("jwt_shaped", 0, "eyJhbGciOiJIUzI1NiJ9.e30.AAAA", 29);
+    seed("v1_garbage", 0, "v1.!!!.???", 10);
+
+    seed_fields("fields_valid", EXP_LATER, ok);
+    seed_fields("fields_unicode", NOW, unicode);
+    seed_fields("fields_exp_min", INT64_MIN, ok);
+    seed_fields("fields_bad_sub", EXP_LATER, bad_sub);
+    seed_fields("fields_bad_tenant", EXP_LATER, bad_tenant);
+    seed_fields("fields_c1_sub", EXP_LATER, c1_sub);
+
+    seed_payload("payload_valid", SL_OK, TENANT "\n" SESSION "\n4102444800\nuser-1");
+    seed_payload("payload_plus_exp", SL_OK, TENANT "\n" SESSION "\n +4102444800\nuser-1");
+    seed_payload("payload_expired", SL_ERR_EXPIRED, TENANT "\n" SESSION "\n-5\nuser-1");
+    seed_payload("payload_other_tenant", SL_ERR_AUTH, "globex\n" SESSION "\n4102444800\nu");
+    seed_payload("payload_exp_overflow", SL_ERR_INVAL,
+                 TENANT "\n" SESSION "\n99999999999999999999\nu");
+    seed_payload("payload_three_fields", SL_ERR_INVAL, TENANT "\n" SESSION "\n4102444800");
+    seed_payload("payload_newline_sub", SL_ERR_INVAL, TENANT "\n" SESSION "\n4102444800\na\nb");
+    printf("%d seeds written to %s\n", seed_count, seed_dir);
+    return 0;
+}
+#endif
