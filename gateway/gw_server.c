@@ -139,7 +139,7 @@ struct gw_conn {
     bool ping_due;
     int close_code;
     bool close_now;
-    char close_reason[64];
+    const char *close_reason; /* a string literal */
     char *rx;
     size_t rxlen;
     bool rx_binary;
@@ -211,13 +211,15 @@ static int64_t now_ms(void)
 
 /* ---------- output ---------- */
 
+/* Closes c with code once its queue is flushed (or at once). reason must
+ * outlive the connection: callers pass string literals. */
 static void conn_close(gw_conn *c, int code, const char *reason, bool flush_first)
 {
     if (c->close_code != 0)
         return;
     c->close_code = code;
     c->close_now = !flush_first;
-    snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+    c->close_reason = reason;
     if (c->wsi != NULL)
         lws_callback_on_writable(c->wsi);
 }
