@@ -22,120 +22,16 @@
  * the directory given as its argument, running each seed through the
  * checks. */
 #include <cJSON.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
+#include "fuzz_ref.h"
 #include "gw_protocol.h"
 #include "sl_codec.h"
 #include "sl_subject.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#define GUARDED_MAX (1u << 20)
-
-static unsigned char *guard_page; /* first byte after the input area: PROT_NONE */
-
-/* Maps GUARDED_MAX readable bytes followed by one inaccessible page. */
-static void guard_init(void)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    unsigned char *p;
-
-    CHECK(pg > 0);
-    p = mmap(NULL, GUARDED_MAX + (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-             -1, 0);
-    CHECK(p != MAP_FAILED);
-    CHECK(mprotect(p + GUARDED_MAX, (size_t)pg, PROT_NONE) == 0);
-    guard_page = p + GUARDED_MAX;
-}
-
-/* Well-formed UTF-8 after the Unicode standard's table 3-7. */
-static bool ref_utf8(const char *str)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t n = strlen(str), i = 0;
-
-    while (i < n) {
-        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
-        size_t k;
-
-        if (b <= 0x7F) {
-            i++;
-            continue;
-        }
-        if (b >= 0xC2 && b <= 0xDF) {
-            k = 1;
-        } else if (b == 0xE0) {
-            k = 2;
-            lo = 0xA0;
-        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
-            k = 2;
-        } else if (b == 0xED) {
-            k = 2;
-            hi = 0x9F;
-        } else if (b == 0xF0) {
-            k = 3;
-            lo = 0x90;
-        } else if (b >= 0xF1 && b <= 0xF3) {
-            k = 3;
-        } else if (b == 0xF4) {
-            k = 3;
-            hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= k; j++) {
-            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
-                return false;
-        }
-        i += k + 1;
-    }
-    return true;
-}
-
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static bool streq(const char *a, const char *b)
-{
-    return a != NULL && b != NULL && strcmp(a, b) == 0;
-}
-
-static double jnum(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    CHECK(cJSON_IsNumber(v));
-    return v->valuedouble;
-}
-
-/* A number printed by cJSON 1.7.15 reads back exactly below 10^15; above,
- * it has 15 significant digits. */
-static bool num_eq(double got, double want)
-{
-    if (fabs(want) < 1e15)
-        return got == want;
-    return fabs(got - want) <= fabs(want) * 1e-14;
-}
 
 /* The boolean member key: absent counts as false, as the builder omits it. */
 static bool jflag(const cJSON *o, const char *key)
@@ -153,7 +49,7 @@ static bool all_utf8(const Sluice__Envelope *e)
     const char *body[12] = {NULL};
 
     for (size_t i = 0; i < sizeof(hdr) / sizeof(hdr[0]); i++) {
-        if (!ref_utf8(hdr[i]))
+        if (!ref_utf8_str(hdr[i]))
             return false;
     }
     switch (e->body_case) {
@@ -183,7 +79,7 @@ static bool all_utf8(const Sluice__Envelope *e)
         break;
     }
     for (size_t i = 0; i < sizeof(body) / sizeof(body[0]); i++) {
-        if (body[i] != NULL && !ref_utf8(body[i]))
+        if (body[i] != NULL && !ref_utf8_str(body[i]))
             return false;
     }
     return true;
@@ -272,7 +168,7 @@ static char *check_event(const Sluice__Envelope *e)
     if (text == NULL)
         return NULL;
     if (all_utf8(e)) {
-        CHECK(ref_utf8(text));
+        CHECK(ref_utf8_str(text));
         CHECK(gw_utf8_valid((const unsigned char *)text, strlen(text)));
     }
     o = cJSON_Parse(text);
@@ -298,7 +194,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    guard_init();
+    fz_guard_init();
     return 0;
 }
 
@@ -341,9 +237,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n1 = 0, n2 = 0;
     char *f1, *f2;
 
-    if (size > GUARDED_MAX)
+    if (size > FZ_GUARDED_MAX)
         return 0;
-    if (sl_envelope_decode(memcpy(guard_page - size, data, size), size, &e) != SL_OK)
+    if (sl_envelope_decode(fz_guard_copy(data, size), size, &e) != SL_OK)
         return 0;
     CHECK(e != NULL);
     encode_known(e, &b1, &n1);
@@ -368,25 +264,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_SEEDS
-static const char *seed_dir;
-static int seed_count;
-
-/* Writes one seed file and runs it through the checks. */
-static void seed(const char *name, const void *data, size_t len)
-{
-    char path[4096];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
-    f = fopen(path, "wb");
-    if (f == NULL || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-    LLVMFuzzerTestOneInput(data, len);
-    seed_count++;
-}
-
 /* Encodes e and writes it as a seed, then a copy cut one byte short. */
 static void seed_env(const char *name, const Sluice__Envelope *e)
 {
@@ -395,10 +272,10 @@ static void seed_env(const char *name, const Sluice__Envelope *e)
     char cut[256];
 
     CHECK(sl_envelope_encode(e, &buf, &len) == SL_OK);
-    seed(name, buf, len);
+    fz_seed(name, buf, len);
     if (len > 0) {
         snprintf(cut, sizeof(cut), "%s_cut", name);
-        seed(cut, buf, len - 1);
+        fz_seed(cut, buf, len - 1);
     }
     free(buf);
 }
@@ -433,11 +310,8 @@ int main(int argc, char **argv)
     Sluice__Busy b;
     Sluice__Cancel c;
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR (writes the envelope seed corpus into DIR)\n", argv[0]);
+    if (!fz_seed_args(argc, argv, "envelope"))
         return 2;
-    }
-    seed_dir = argv[1];
     LLVMFuzzerInitialize(&argc, &argv);
 
     header(&e);
@@ -535,11 +409,10 @@ int main(int argc, char **argv)
     e.cancel = &c;
     seed_env("cancel", &e);
 
-    seed("empty", "", 0);
-    seed("bad_wire_type", bad_wire, sizeof(bad_wire));
-    seed("length_past_end", long_len, sizeof(long_len));
-    seed("message_bad_utf8", bad_utf8, sizeof(bad_utf8));
-    printf("%d seeds written to %s\n", seed_count, seed_dir);
-    return 0;
+    fz_seed("empty", "", 0);
+    fz_seed("bad_wire_type", bad_wire, sizeof(bad_wire));
+    fz_seed("length_past_end", long_len, sizeof(long_len));
+    fz_seed("message_bad_utf8", bad_utf8, sizeof(bad_utf8));
+    return fz_seed_done();
 }
 #endif

@@ -23,127 +23,21 @@
  * seed corpus (frames from shared/PROTOCOL.md and near misses) into the
  * directory given as its argument, running each seed through the checks. */
 #include <cJSON.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
+#include "fuzz_ref.h"
 #include "gw_protocol.h"
 #include "sl_subject.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#define GUARDED_MAX  (1u << 20) /* inputs up to 1 MiB are parsed; the gateway stops at 64 KiB */
-#define JSON_INT_MAX 9007199254740992.0
-#define EVENT_ID     "01HX0000000000000000000000"
-
-static unsigned char *guard_page; /* first byte after the input area: PROT_NONE */
-
-/* Maps GUARDED_MAX readable bytes followed by one inaccessible page. */
-static void guard_init(void)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    unsigned char *p;
-
-    CHECK(pg > 0);
-    p = mmap(NULL, GUARDED_MAX + (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-             -1, 0);
-    CHECK(p != MAP_FAILED);
-    CHECK(mprotect(p + GUARDED_MAX, (size_t)pg, PROT_NONE) == 0);
-    guard_page = p + GUARDED_MAX;
-}
-
-/* Well-formed UTF-8 after the Unicode standard's table 3-7: the allowed
- * range of the second byte depends on the first; no overlongs, surrogates
- * or code points above U+10FFFF. */
-static bool ref_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
-        size_t k;
-
-        if (b <= 0x7F) {
-            i++;
-            continue;
-        }
-        if (b >= 0xC2 && b <= 0xDF) {
-            k = 1;
-        } else if (b == 0xE0) {
-            k = 2;
-            lo = 0xA0;
-        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
-            k = 2;
-        } else if (b == 0xED) {
-            k = 2;
-            hi = 0x9F;
-        } else if (b == 0xF0) {
-            k = 3;
-            lo = 0x90;
-        } else if (b >= 0xF1 && b <= 0xF3) {
-            k = 3;
-        } else if (b == 0xF4) {
-            k = 3;
-            hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= k; j++) {
-            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
-                return false;
-        }
-        i += k + 1;
-    }
-    return true;
-}
-
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static bool streq(const char *a, const char *b)
-{
-    return a != NULL && b != NULL && strcmp(a, b) == 0;
-}
+#define EVENT_ID "01HX0000000000000000000000"
 
 static bool is_uint53(int64_t v)
 {
-    return v >= 0 && (double)v <= JSON_INT_MAX;
-}
-
-static double jnum(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    CHECK(cJSON_IsNumber(v));
-    return v->valuedouble;
-}
-
-/* A number printed by cJSON 1.7.15 reads back exactly below 10^15; above,
- * cJSON prints 15 significant digits ("%1.15g" passes its own relative
- * epsilon test), so 2^53 comes back as 9007199254740990. */
-static bool num_eq(double got, double want)
-{
-    if (fabs(want) < 1e15)
-        return got == want;
-    return fabs(got - want) <= fabs(want) * 1e-14;
+    return v >= 0 && (double)v <= FZ_INT53;
 }
 
 static bool jbool(const cJSON *o, const char *key)
@@ -411,7 +305,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    guard_init();
+    fz_guard_init();
     return 0;
 }
 
@@ -423,11 +317,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     gw_err err;
     cJSON *j, *o;
 
-    if (size > GUARDED_MAX)
+    if (size > FZ_GUARDED_MAX)
         return 0;
     utf8 = gw_utf8_valid(data, size);
     CHECK(utf8 == ref_utf8(data, size));
-    buf = memcpy(guard_page - size, data, size);
+    buf = fz_guard_copy(data, size);
 
     memset(&cmd, 0xA5, sizeof(cmd));
     if (gw_cmd_parse(buf, size, &cmd, &err) != SL_OK) {
@@ -452,28 +346,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_SEEDS
-static const char *seed_dir;
-static int seed_count;
-
-/* Writes one seed file and runs it through the checks. */
-static void seed(const char *name, const void *data, size_t len)
-{
-    char path[4096];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
-    f = fopen(path, "wb");
-    if (f == NULL || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-    LLVMFuzzerTestOneInput(data, len);
-    seed_count++;
-}
-
 static void seed_str(const char *name, const char *s)
 {
-    seed(name, s, strlen(s));
+    fz_seed(name, s, strlen(s));
 }
 
 int main(int argc, char **argv)
@@ -485,11 +360,8 @@ int main(int argc, char **argv)
     static const unsigned char cut[] =
         "{\"type\":\"send\",\"id\":\"c-1\",\"text\":\"\xF0\x9F\x99\"}";
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR (writes the frame seed corpus into DIR)\n", argv[0]);
+    if (!fz_seed_args(argc, argv, "frame"))
         return 2;
-    }
-    seed_dir = argv[1];
     LLVMFuzzerInitialize(&argc, &argv);
 
     /* Every client frame of shared/PROTOCOL.md. */
@@ -540,10 +412,13 @@ int main(int argc, char **argv)
     seed_str("ack_bad_ch", "{\"type\":\"ack\",\"ch\":\"r:\",\"seq\":1}");
     seed_str("history_limit", "{\"type\":\"history\",\"ch\":\"s\",\"limit\":201}");
     seed_str("cancel_no_id", "{\"type\":\"cancel\"}");
-    seed(("utf8_overlong"), overlong, sizeof(overlong) - 1);
-    seed(("utf8_surrogate"), surrogate, sizeof(surrogate) - 1);
-    seed(("utf8_truncated"), cut, sizeof(cut) - 1);
-    printf("%d seeds written to %s\n", seed_count, seed_dir);
-    return 0;
+    fz_seed("utf8_overlong", overlong, sizeof(overlong) - 1);
+    fz_seed("utf8_surrogate", surrogate, sizeof(surrogate) - 1);
+    fz_seed("utf8_truncated", cut, sizeof(cut) - 1);
+
+    /* Regressions: inputs that once failed a property (tests/fuzz/crashes/). */
+    seed_str("regress-send-room-case",
+             "{\"type\":\"send\",\"id\":\"c-1\",\"text\":\"x\",\"Room\":null,\"room\":\"lobby\"}");
+    return fz_seed_done();
 }
 #endif

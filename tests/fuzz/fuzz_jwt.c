@@ -33,7 +33,6 @@
 #include <cJSON.h>
 #include <math.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,24 +41,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_ref.h"
 #include "sl_auth.h"
 #include "sl_subject.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 #define SECRET    "fuzz-secret-0123456789abcdef-0123456789abcdef"
 #define NOW       INT64_C(1700000000)
 #define EXP_LATER INT64_C(4102444800) /* 2100-01-01 */
-#define INT53     9007199254740992.0
 
 /* A throwaway 2048-bit RSA key for the RS256 seeds; it protects nothing. */
 static const char test_rsa_key[] =
@@ -92,121 +80,10 @@ static const char test_rsa_key[] =
     "wFY/EAtnVc3WC58XZOe2/g==\n"
     "-----END PRIVATE KEY-----\n";
 
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 static sl_auth *v_both, *v_hs, *v_rs;
 static EVP_PKEY *test_key;
 
 /* ---- independent helpers ------------------------------------------------ */
-
-/* Appends the unpadded base64url form of in[0..n) to out at *o. */
-static void b64_put(const unsigned char *in, size_t n, char *out, size_t *o)
-{
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        size_t k = n - i < 3 ? n - i : 3;
-        if (k > 1)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (k > 2)
-            v |= in[i + 2];
-        for (size_t j = 0; j <= k; j++)
-            out[(*o)++] = b64chars[v >> (18 - 6 * j) & 63];
-    }
-    out[*o] = '\0';
-}
-
-/* Decodes n base64url characters (no padding) into out; returns the byte
- * count or -1 for a character outside the alphabet. */
-static long b64_get(const char *in, size_t n, unsigned char *out)
-{
-    uint32_t acc = 0;
-    int bits = 0;
-    long o = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        const char *p = memchr(b64chars, in[i], 64);
-        if (p == NULL || in[i] == '\0')
-            return -1;
-        acc = acc << 6 | (uint32_t)(p - b64chars);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return o;
-}
-
-/* Well-formed UTF-8 (Unicode table 3-7) with no C0 or C1 control or DEL,
- * 1..SL_SUB_MAX bytes: the documented rule for sub. */
-static bool ref_sub(const char *str)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t n = strlen(str), i = 0;
-
-    if (n < 1 || n > SL_SUB_MAX)
-        return false;
-    while (i < n) {
-        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
-        size_t k;
-
-        if (b < 0x20 || b == 0x7F)
-            return false;
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        if (b == 0xC2) {
-            k = 1;
-            lo = 0xA0; /* C2 80..C2 9F are the C1 controls */
-        } else if (b >= 0xC3 && b <= 0xDF) {
-            k = 1;
-        } else if (b == 0xE0) {
-            k = 2;
-            lo = 0xA0;
-        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
-            k = 2;
-        } else if (b == 0xED) {
-            k = 2;
-            hi = 0x9F;
-        } else if (b == 0xF0) {
-            k = 3;
-            lo = 0x90;
-        } else if (b >= 0xF1 && b <= 0xF3) {
-            k = 3;
-        } else if (b == 0xF4) {
-            k = 3;
-            hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= k; j++) {
-            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
-                return false;
-        }
-        i += k + 1;
-    }
-    return true;
-}
-
-static bool ref_id_chars(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
-static bool ref_id(const char *s)
-{
-    size_t n = strlen(s);
-    return n >= 1 && n <= SL_ID_MAX && ref_id_chars(s, n);
-}
 
 /* A rooms entry: an id, or 0..64 id characters followed by '*'. */
 static bool ref_pattern(const char *s)
@@ -214,13 +91,13 @@ static bool ref_pattern(const char *s)
     size_t n = strlen(s);
 
     if (n >= 1 && s[n - 1] == '*')
-        return n - 1 <= SL_ID_MAX && ref_id_chars(s, n - 1);
-    return ref_id(s);
+        return n - 1 <= SL_ID_MAX && ref_id_chars(s, n - 1, false);
+    return ref_id(s, false);
 }
 
 static bool ref_room_allowed(const sl_claims *c, const char *room)
 {
-    if (!ref_id(room))
+    if (!ref_id(room, false))
         return false;
     if (c->nrooms < 0)
         return true;
@@ -236,7 +113,7 @@ static bool ref_room_allowed(const sl_claims *c, const char *room)
 /* A JSON integer within +-2^53, as the claims need. */
 static bool ref_int(const cJSON *v, int64_t *out)
 {
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > INT53 ||
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > FZ_INT53 ||
         v->valuedouble != floor(v->valuedouble))
         return false;
     *out = (int64_t)v->valuedouble;
@@ -266,12 +143,6 @@ static cJSON *ref_object(const unsigned char *buf, size_t n)
     return j;
 }
 
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* ---- signing (the harness's own, for mode 1 and the seeds) ---------------- */
 
 /* Returns a malloc'd "<b64 hdr>.<b64 pay>." with room for a signature. */
@@ -282,9 +153,9 @@ static char *signing_input(const unsigned char *hdr, size_t hl, const unsigned c
     size_t o = 0;
 
     CHECK(t != NULL);
-    b64_put(hdr, hl, t, &o);
+    fz_b64_put(hdr, hl, t, &o);
     t[o++] = '.';
-    b64_put(pay, pl, t, &o);
+    fz_b64_put(pay, pl, t, &o);
     *len = o;
     t[o++] = '.';
     t[o] = '\0';
@@ -294,15 +165,12 @@ static char *signing_input(const unsigned char *hdr, size_t hl, const unsigned c
 static char *sign_hs256(const unsigned char *hdr, size_t hl, const unsigned char *pay, size_t pl)
 {
     unsigned char mac[32];
-    unsigned int ml = 0;
     size_t len, o;
     char *t = signing_input(hdr, hl, pay, pl, &len);
 
-    CHECK(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (unsigned char *)t, len, mac, &ml) !=
-              NULL &&
-          ml == 32);
+    fz_hmac_sha256(SECRET, strlen(SECRET), t, len, mac);
     o = len + 1;
-    b64_put(mac, ml, t, &o);
+    fz_b64_put(mac, sizeof(mac), t, &o);
     return t;
 }
 
@@ -332,7 +200,7 @@ static sl_status verify(const sl_auth *a, const char *tok, int64_t now, sl_claim
 static void check_claims(const sl_claims *c, int64_t now)
 {
     CHECK(memchr(c->sub, '\0', sizeof(c->sub)) != NULL && ref_sub(c->sub));
-    CHECK(memchr(c->tenant, '\0', sizeof(c->tenant)) != NULL && ref_id(c->tenant));
+    CHECK(memchr(c->tenant, '\0', sizeof(c->tenant)) != NULL && ref_id(c->tenant, false));
     CHECK(c->exp > now);
     CHECK(c->nrooms >= -1 && c->nrooms <= SL_ROOMS_MAX);
     for (int i = 0; i < c->nrooms; i++)
@@ -368,44 +236,21 @@ static void check_claims_match(const sl_claims *c, const cJSON *p)
     }
 }
 
-static uint32_t fnv(const uint8_t *d, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ d[i]) * 16777619u;
-    return h;
-}
-
 /* An accepted token changed anywhere in one character (including only the
  * padding bits of its last one), or cut short, or offered as a resume
  * token, is refused. */
 static void check_tamper(const char *tok, const uint8_t *data, size_t size)
 {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
-    size_t len = strlen(tok);
-    uint32_t h = fnv(data, size);
+    uint32_t h = fz_fnv(data, size);
     char *t = strdup(tok);
     char sub[SL_SUB_MAX + 1];
     sl_claims cl;
-    size_t pos;
-    char ch;
 
-    CHECK(t != NULL && len > 0);
-    pos = h % len;
-    ch = alphabet[(h >> 16) % (sizeof(alphabet) - 1)];
-    if (ch == t[pos])
-        ch = ch == 'A' ? 'B' : 'A';
-    t[pos] = ch;
-    CHECK(verify(v_both, t, NOW, &cl) != SL_OK);
-    memcpy(t, tok, len);
-    t[len - 1] = '\0';
-    CHECK(verify(v_both, t, NOW, &cl) != SL_OK);
-    /* The last character's lowest bits are padding in most lengths: an
-     * encoding that differs only there must be refused too. */
-    memcpy(t, tok, len + 1);
-    t[len - 1] = b64chars[(strchr(b64chars, t[len - 1]) - b64chars) ^ 1];
-    CHECK(verify(v_both, t, NOW, &cl) != SL_OK);
+    CHECK(t != NULL);
+    for (int i = 0; i < FZ_TAMPER_N; i++) {
+        fz_tamper(t, tok, h, i);
+        CHECK(verify(v_both, t, NOW, &cl) != SL_OK);
+    }
     free(t);
     CHECK(sl_resume_token_verify(SECRET, tok, "acme", "S0000000000000000000000", NOW, sub) !=
           SL_OK);
@@ -417,7 +262,6 @@ static const char *oracle_alg(const char *tok)
     const char *d1 = strchr(tok, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
     size_t len = strlen(tok), hl, sl;
     unsigned char *hdr, *sig, mac[32];
-    unsigned int ml = 0;
     const char *alg = NULL;
     cJSON *h;
     long hn, sn;
@@ -429,16 +273,15 @@ static const char *oracle_alg(const char *tok)
     hdr = malloc(hl + 1);
     sig = malloc(sl + 1);
     CHECK(hdr != NULL && sig != NULL);
-    hn = b64_get(tok, hl, hdr);
-    sn = b64_get(d2 + 1, sl, sig);
+    hn = fz_b64_get(tok, hl, hdr);
+    sn = fz_b64_get(d2 + 1, sl, sig);
     CHECK(hn >= 0 && sn >= 0);
     h = ref_object(hdr, (size_t)hn);
     CHECK(h != NULL);
     CHECK(cJSON_GetObjectItemCaseSensitive(h, "crit") == NULL);
     if (jstr(h, "alg") != NULL && strcmp(jstr(h, "alg"), "HS256") == 0) {
         alg = "HS256";
-        CHECK(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)tok,
-                   (size_t)(d2 - tok), mac, &ml) != NULL);
+        fz_hmac_sha256(SECRET, strlen(SECRET), tok, (size_t)(d2 - tok), mac);
         ok = sn == 32 && memcmp(mac, sig, 32) == 0;
     } else if (jstr(h, "alg") != NULL && strcmp(jstr(h, "alg"), "RS256") == 0) {
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -466,7 +309,7 @@ static cJSON *oracle_payload(const char *tok)
     cJSON *p;
 
     CHECK(pay != NULL);
-    pn = b64_get(d1 + 1, pl, pay);
+    pn = fz_b64_get(d1 + 1, pl, pay);
     CHECK(pn >= 0);
     p = ref_object(pay, (size_t)pn);
     CHECK(p != NULL);
@@ -520,7 +363,7 @@ static sl_status model(const uint8_t *hdr, size_t hl, const uint8_t *pay, size_t
     st = SL_ERR_INVAL;
     p = ref_object(pay, pl);
     if (p == NULL || jstr(p, "sub") == NULL || !ref_sub(jstr(p, "sub")) ||
-        jstr(p, "tenant") == NULL || !ref_id(jstr(p, "tenant")) ||
+        jstr(p, "tenant") == NULL || !ref_id(jstr(p, "tenant"), false) ||
         !ref_int(cJSON_GetObjectItemCaseSensitive(p, "exp"), &exp))
         goto done;
     if ((v = cJSON_GetObjectItemCaseSensitive(p, "rooms")) != NULL) {
@@ -668,30 +511,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_SEEDS
-static const char *seed_dir;
-static int seed_count;
-
-/* Writes one seed: the mode byte, then body. */
-static void seed(const char *name, unsigned mode, const void *body, size_t len)
-{
-    unsigned char *data = malloc(len + 1);
-    char path[4096];
-    FILE *f;
-
-    CHECK(data != NULL);
-    data[0] = (unsigned char)mode;
-    memcpy(data + 1, body, len);
-    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
-    f = fopen(path, "wb");
-    if (f == NULL || fwrite(data, 1, len + 1, f) != len + 1 || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-    LLVMFuzzerTestOneInput(data, len + 1);
-    free(data);
-    seed_count++;
-}
-
 static char *hs(const char *hdr, const char *pay)
 {
     return sign_hs256((const unsigned char *)hdr, strlen(hdr), (const unsigned char *)pay,
@@ -711,7 +530,7 @@ static char *rs(const char *hdr, const char *pay)
     CHECK(EVP_DigestSign(ctx, sig, &sl, (unsigned char *)t, len) == 1);
     EVP_MD_CTX_free(ctx);
     o = len + 1;
-    b64_put(sig, sl, t, &o);
+    fz_b64_put(sig, sl, t, &o);
     return t;
 }
 
@@ -722,7 +541,7 @@ static void seed_tok(const char *name, sl_status want, char *tok)
 
     CHECK(tok != NULL);
     CHECK(verify(v_both, tok, NOW, &cl) == want);
-    seed(name, 0, tok, strlen(tok));
+    fz_seed_mode(name, 0, tok, strlen(tok));
     free(tok);
 }
 
@@ -741,7 +560,7 @@ static void seed_signed(const char *name, sl_status want, const char *hdr, const
     body[0] = (unsigned char)hl;
     memcpy(body + 1, hdr, hl);
     memcpy(body + 1 + hl, pay, pl);
-    seed(name, 1, body, 1 + hl + pl);
+    fz_seed_mode(name, 1, body, 1 + hl + pl);
     free(body);
 }
 
@@ -753,11 +572,8 @@ int main(int argc, char **argv)
                               "\"rooms\":[\"lobby\",\"team-*\"]}";
     char *tok = NULL;
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR (writes the JWT seed corpus into DIR)\n", argv[0]);
+    if (!fz_seed_args(argc, argv, "JWT"))
         return 2;
-    }
-    seed_dir = argv[1];
     LLVMFuzzerInitialize(&argc, &argv);
 
     /* Raw tokens. */
@@ -812,11 +628,10 @@ int main(int argc, char **argv)
     seed_signed("payload_not_object", SL_ERR_INVAL, hs_hdr, "\"acme\"");
 
     /* Room patterns and a room. */
-    seed("rooms_prefix", 2, "lobby\nteam-*\nteam-red", strlen("lobby\nteam-*\nteam-red"));
-    seed("rooms_star", 2, "*\nanything", strlen("*\nanything"));
-    seed("rooms_denied", 2, "lobby\nteam-*\nlob", strlen("lobby\nteam-*\nlob"));
-    seed("rooms_no_claim", 2 | 0x80, "\nr:lobby", strlen("\nr:lobby"));
-    printf("%d seeds written to %s\n", seed_count, seed_dir);
-    return 0;
+    fz_seed_mode("rooms_prefix", 2, "lobby\nteam-*\nteam-red", strlen("lobby\nteam-*\nteam-red"));
+    fz_seed_mode("rooms_star", 2, "*\nanything", strlen("*\nanything"));
+    fz_seed_mode("rooms_denied", 2, "lobby\nteam-*\nlob", strlen("lobby\nteam-*\nlob"));
+    fz_seed_mode("rooms_no_claim", 2 | 0x80, "\nr:lobby", strlen("\nr:lobby"));
+    return fz_seed_done();
 }
 #endif

@@ -25,27 +25,15 @@
  * seed corpus into the directory given as its argument, running each seed
  * through the checks. */
 #include <errno.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_ref.h"
 #include "sl_auth.h"
 #include "sl_subject.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 #define SECRET    "fuzz-secret-0123456789abcdef-0123456789abcdef"
 #define OTHER     "another-secret-0123456789abcdef-0123456789"
@@ -55,134 +43,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define EXP_LATER INT64_C(4102444800)
 #define KEY_LABEL "sluice resume token v1" /* the derivation sl_auth.c documents */
 
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 static sl_auth *jwt_verifier;
 static unsigned char resume_key[32];
-
-/* Appends the unpadded base64url form of in[0..n) to out at *o. */
-static void b64_put(const unsigned char *in, size_t n, char *out, size_t *o)
-{
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        size_t k = n - i < 3 ? n - i : 3;
-        if (k > 1)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (k > 2)
-            v |= in[i + 2];
-        for (size_t j = 0; j <= k; j++)
-            out[(*o)++] = b64chars[v >> (18 - 6 * j) & 63];
-    }
-    out[*o] = '\0';
-}
-
-/* Decodes n base64url characters into out; -1 for a foreign character. */
-static long b64_get(const char *in, size_t n, unsigned char *out)
-{
-    uint32_t acc = 0;
-    int bits = 0;
-    long o = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        const char *p = memchr(b64chars, in[i], 64);
-        if (p == NULL || in[i] == '\0')
-            return -1;
-        acc = acc << 6 | (uint32_t)(p - b64chars);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return o;
-}
-
-static bool ref_id(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n < 1 || n > SL_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
-/* Well-formed UTF-8 (Unicode table 3-7), 1..SL_SUB_MAX bytes, with no C0
- * or C1 control and no DEL. */
-static bool ref_sub(const char *str)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t n = strlen(str), i = 0;
-
-    if (n < 1 || n > SL_SUB_MAX)
-        return false;
-    while (i < n) {
-        unsigned char b = s[i], lo = 0x80, hi = 0xBF;
-        size_t k;
-
-        if (b < 0x20 || b == 0x7F)
-            return false;
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        if (b == 0xC2) {
-            k = 1;
-            lo = 0xA0; /* C2 80..C2 9F are the C1 controls */
-        } else if (b >= 0xC3 && b <= 0xDF) {
-            k = 1;
-        } else if (b == 0xE0) {
-            k = 2;
-            lo = 0xA0;
-        } else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) {
-            k = 2;
-        } else if (b == 0xED) {
-            k = 2;
-            hi = 0x9F;
-        } else if (b == 0xF0) {
-            k = 3;
-            lo = 0x90;
-        } else if (b >= 0xF1 && b <= 0xF3) {
-            k = 3;
-        } else if (b == 0xF4) {
-            k = 3;
-            hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= k; j++) {
-            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
-                return false;
-        }
-        i += k + 1;
-    }
-    return true;
-}
 
 /* "v1." + b64url(payload) + "." + b64url(HMAC(resume_key, all before)). */
 static char *sign_payload(const unsigned char *pay, size_t n)
 {
     char *t = malloc(3 + n / 3 * 4 + 4 + 1 + 43 + 1);
     unsigned char mac[32];
-    unsigned int ml = 0;
-    size_t o = 3, signed_len;
+    size_t o = 3;
 
     CHECK(t != NULL);
     memcpy(t, "v1.", 3);
-    b64_put(pay, n, t, &o);
-    signed_len = o;
-    CHECK(HMAC(EVP_sha256(), resume_key, sizeof(resume_key), (unsigned char *)t, signed_len, mac,
-               &ml) != NULL &&
-          ml == 32);
+    fz_b64_put(pay, n, t, &o);
+    fz_hmac_sha256(resume_key, sizeof(resume_key), t, o, mac);
     t[o++] = '.';
-    b64_put(mac, 32, t, &o);
+    fz_b64_put(mac, sizeof(mac), t, &o);
     return t;
 }
 
@@ -203,44 +79,21 @@ static sl_status verify(const char *secret, const char *tok, const char *tenant,
     return st;
 }
 
-static uint32_t fnv(const uint8_t *d, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ d[i]) * 16777619u;
-    return h;
-}
-
 /* A valid token for (tenant, session) changed in one character (including
  * only the padding bits of its last one), or cut
  * short, or offered as a JWT, is refused. */
 static void check_tamper(const char *tok, const char *tenant, const char *session,
                          const uint8_t *data, size_t size)
 {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
-    size_t len = strlen(tok);
-    uint32_t h = fnv(data, size);
+    uint32_t h = fz_fnv(data, size);
     char *t = strdup(tok), sub[SL_SUB_MAX + 1], why[128];
     sl_claims cl;
-    size_t pos;
-    char ch;
 
-    CHECK(t != NULL && len > 0);
-    pos = h % len;
-    ch = alphabet[(h >> 16) % (sizeof(alphabet) - 1)];
-    if (ch == t[pos])
-        ch = ch == 'A' ? 'B' : 'A';
-    t[pos] = ch;
-    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
-    memcpy(t, tok, len);
-    t[len - 1] = '\0';
-    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
-    /* The last character's lowest bits are padding in most lengths: an
-     * encoding that differs only there must be refused too. */
-    memcpy(t, tok, len + 1);
-    t[len - 1] = b64chars[(strchr(b64chars, t[len - 1]) - b64chars) ^ 1];
-    CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
+    CHECK(t != NULL);
+    for (int i = 0; i < FZ_TAMPER_N; i++) {
+        fz_tamper(t, tok, h, i);
+        CHECK(verify(SECRET, t, tenant, session, INT64_MIN, sub) != SL_OK);
+    }
     free(t);
     CHECK(sl_auth_verify(jwt_verifier, tok, NOW, &cl, why, sizeof(why)) != SL_OK);
 }
@@ -261,7 +114,7 @@ static void mode_raw(const uint8_t *data, size_t size)
         /* Accepted: its own fields must make exactly this token. */
         dot = strchr(tok + 3, '.');
         CHECK(strncmp(tok, "v1.", 3) == 0 && dot != NULL);
-        n = b64_get(tok + 3, (size_t)(dot - tok - 3), pay);
+        n = fz_b64_get(tok + 3, (size_t)(dot - tok - 3), pay);
         CHECK(n > 0 && (size_t)n < sizeof(pay));
         pay[n] = '\0';
         f[0] = strtok_r((char *)pay, "\n", &save);
@@ -289,13 +142,13 @@ static bool shape_ok(const char *tok)
 
     if (n > SL_RESUME_TOKEN_MAX || strncmp(tok, "v1.", 3) != 0)
         return false;
-    a = strspn(tok + 3, b64chars);
-    return a > 0 && tok[3 + a] == '.' && strspn(tok + 4 + a, b64chars) == 43 && 4 + a + 43 == n;
+    a = strspn(tok + 3, fz_b64chars);
+    return a > 0 && tok[3 + a] == '.' && strspn(tok + 4 + a, fz_b64chars) == 43 && 4 + a + 43 == n;
 }
 
 static void mode_made(const uint8_t *data, size_t size)
 {
-    const char *str[4] = {"", "", "", ""};
+    const char *str[4];
     char *copy, *tok = NULL, *again = NULL, sub[SL_SUB_MAX + 1], *jwt = NULL;
     uint64_t u = 0;
     int64_t exp;
@@ -307,17 +160,8 @@ static void mode_made(const uint8_t *data, size_t size)
     for (int i = 7; i >= 0; i--)
         u = u << 8 | data[i];
     exp = (int64_t)u;
-    copy = malloc(size - 8 + 1);
-    CHECK(copy != NULL);
-    memcpy(copy, data + 8, size - 8);
-    copy[size - 8] = '\0';
-    for (size_t i = 0, k = 0, start = 0; i <= size - 8 && k < 4; i++) {
-        if (copy[i] == '\0') {
-            str[k++] = copy + start;
-            start = i + 1;
-        }
-    }
-    valid = ref_id(str[0]) && ref_id(str[1]) && ref_sub(str[2]);
+    copy = fz_split_nul(data + 8, size - 8, str, 4);
+    valid = ref_id(str[0], false) && ref_id(str[1], false) && ref_sub(str[2]);
     st = sl_resume_token_make(SECRET, str[0], str[1], str[2], exp, &tok);
     CHECK((st == SL_OK) == valid);
     if (st != SL_OK) {
@@ -347,7 +191,7 @@ static void mode_made(const uint8_t *data, size_t size)
     check_tamper(tok, str[0], str[1], data, size);
 
     /* A JWT made with the same secret is not a resume token. */
-    if ((double)exp <= 9007199254740992.0 && (double)exp >= -9007199254740992.0) {
+    if ((double)exp <= FZ_INT53 && (double)exp >= -FZ_INT53) {
         CHECK(sl_jwt_mint_hs256(SECRET, str[0], str[2], exp, NULL, 0, &jwt) == SL_OK);
         CHECK(verify(SECRET, jwt, str[0], str[1], INT64_MIN, sub) != SL_OK);
         free(jwt);
@@ -379,8 +223,8 @@ static sl_status model(const uint8_t *pay, size_t n, int64_t now, const char **s
     }
     errno = 0;
     exp = strtoll(f[2], &end, 10);
-    if (!ref_id(f[0]) || !ref_id(f[1]) || !ref_sub(f[3]) || f[2][0] == '\0' || errno != 0 ||
-        *end != '\0')
+    if (!ref_id(f[0], false) || !ref_id(f[1], false) || !ref_sub(f[3]) || f[2][0] == '\0' ||
+        errno != 0 || *end != '\0')
         goto done;
     st = SL_ERR_AUTH;
     if (strcmp(f[0], TENANT) != 0 || strcmp(f[1], SESSION) != 0)
@@ -413,14 +257,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     static const char pay[] = TENANT "\n" SESSION "\n4102444800\nuser-1";
     char err[256], *made = NULL, *ours;
-    unsigned int ml = 0;
 
     (void)argc;
     (void)argv;
     CHECK(sl_auth_create(&jwt_verifier, SECRET, NULL, err, sizeof(err)) == SL_OK);
-    CHECK(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)KEY_LABEL,
-               strlen(KEY_LABEL), resume_key, &ml) != NULL &&
-          ml == 32);
+    fz_hmac_sha256(SECRET, strlen(SECRET), KEY_LABEL, strlen(KEY_LABEL), resume_key);
     /* Mode 2 signs like sl_auth.c; if that changes, this target must too. */
     CHECK(sl_resume_token_make(SECRET, TENANT, SESSION, "user-1", EXP_LATER, &made) == SL_OK);
     ours = sign_payload((const unsigned char *)pay, strlen(pay));
@@ -455,30 +296,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_SEEDS
-static const char *seed_dir;
-static int seed_count;
-
-/* Writes one seed: the mode byte, then body. */
-static void seed(const char *name, unsigned mode, const void *body, size_t len)
-{
-    unsigned char *data = malloc(len + 1);
-    char path[4096];
-    FILE *f;
-
-    CHECK(data != NULL);
-    data[0] = (unsigned char)mode;
-    memcpy(data + 1, body, len);
-    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
-    f = fopen(path, "wb");
-    if (f == NULL || fwrite(data, 1, len + 1, f) != len + 1 || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-    LLVMFuzzerTestOneInput(data, len + 1);
-    free(data);
-    seed_count++;
-}
-
 /* A raw seed: a made token that verifies for TENANT/SESSION to want. */
 static void seed_made_token(const char *name, sl_status want, const char *tenant,
                             const char *session, const char *sub, int64_t exp)
@@ -487,7 +304,7 @@ static void seed_made_token(const char *name, sl_status want, const char *tenant
 
     CHECK(sl_resume_token_make(SECRET, tenant, session, sub, exp, &tok) == SL_OK);
     CHECK(verify(SECRET, tok, TENANT, SESSION, NOW, buf) == want);
-    seed(name, 0, tok, strlen(tok));
+    fz_seed_mode(name, 0, tok, strlen(tok));
     free(tok);
 }
 
@@ -495,20 +312,11 @@ static void seed_made_token(const char *name, sl_status want, const char *tenant
 static void seed_fields(const char *name, int64_t exp, const char *const s[4])
 {
     unsigned char body[600];
-    size_t len = 8;
     uint64_t u = (uint64_t)exp;
 
     for (int i = 0; i < 8; i++)
         body[i] = (unsigned char)(u >> (8 * i));
-    for (int i = 0; i < 4; i++) {
-        size_t l = strlen(s[i]);
-        CHECK(len + l + 1 <= sizeof(body));
-        memcpy(body + len, s[i], l);
-        len += l;
-        if (i < 3)
-            body[len++] = '\0';
-    }
-    seed(name, 1, body, len);
+    fz_seed_mode(name, 1, body, fz_seed_join(body, sizeof(body), 8, s, 4));
 }
 
 /* A signed-mode seed whose payload verifies to want. */
@@ -517,7 +325,7 @@ static void seed_payload(const char *name, sl_status want, const char *pay)
     const char *sub = NULL;
 
     CHECK(model((const uint8_t *)pay, strlen(pay), NOW, &sub) == want);
-    seed(name, 2, pay, strlen(pay));
+    fz_seed_mode(name, 2, pay, strlen(pay));
 }
 
 int main(int argc, char **argv)
@@ -528,11 +336,8 @@ int main(int argc, char **argv)
     static const char *const bad_tenant[4] = {"ac.me", SESSION, "u", TENANT};
     static const char *const c1_sub[4] = {TENANT, SESSION, "\xC2\x85", TENANT};
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR (writes the resume seed corpus into DIR)\n", argv[0]);
+    if (!fz_seed_args(argc, argv, "resume"))
         return 2;
-    }
-    seed_dir = argv[1];
     LLVMFuzzerInitialize(&argc, &argv);
 
     seed_made_token("valid", SL_OK, TENANT, SESSION, "user-1", EXP_LATER);
@@ -540,8 +345,8 @@ int main(int argc, char **argv)
     seed_made_token("other_tenant", SL_ERR_AUTH, "globex", SESSION, "user-1", EXP_LATER);
     seed_made_token("other_session", SL_ERR_AUTH, TENANT, "S1111111111111111111111", "u",
                     EXP_LATER);
-    seed("jwt_shaped", 0, "eyJhbGciOiJIUzI1NiJ9.e30.AAAA", 29);
-    seed("v1_garbage", 0, "v1.!!!.???", 10);
+    fz_seed_mode("jwt_shaped", 0, "eyJhbGciOiJIUzI1NiJ9.e30.AAAA", 29);
+    fz_seed_mode("v1_garbage", 0, "v1.!!!.???", 10);
 
     seed_fields("fields_valid", EXP_LATER, ok);
     seed_fields("fields_unicode", NOW, unicode);
@@ -558,7 +363,6 @@ int main(int argc, char **argv)
                  TENANT "\n" SESSION "\n99999999999999999999\nu");
     seed_payload("payload_three_fields", SL_ERR_INVAL, TENANT "\n" SESSION "\n4102444800");
     seed_payload("payload_newline_sub", SL_ERR_INVAL, TENANT "\n" SESSION "\n4102444800\na\nb");
-    printf("%d seeds written to %s\n", seed_count, seed_dir);
-    return 0;
+    return fz_seed_done();
 }
 #endif

@@ -33,40 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_ref.h"
 #include "sl_subject.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond);            \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
 #define NSTR 4
-
-static bool ref_id_char(unsigned char c, bool client)
-{
-    if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", c) != NULL &&
-        c != '\0')
-        return true;
-    return client && (c == '.' || c == ':');
-}
-
-static bool ref_id(const char *s, bool client)
-{
-    size_t n = strlen(s);
-
-    if (n < 1 || n > SL_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (!ref_id_char((unsigned char)s[i], client))
-            return false;
-    }
-    return true;
-}
 
 /* No byte of s could change how NATS splits or matches a subject. */
 static bool subject_safe(const char *s, bool allow_dot)
@@ -219,7 +189,7 @@ static void check_cancel_key(size_t n, const char *t, const char *sess, const ch
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *str[NSTR] = {"", "", "", ""};
+    const char *str[NSTR];
     char *copy;
     char *buf, exp[4 * SL_ID_MAX + 64];
     const char *prefix;
@@ -233,16 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     prefix = (data[1] >> 1 & 3) == 0   ? "sluice.out"
              : (data[1] >> 1 & 3) == 1 ? "sluice.live"
                                        : NULL;
-    copy = malloc(size - 2 + 1);
-    CHECK(copy != NULL);
-    memcpy(copy, data + 2, size - 2);
-    copy[size - 2] = '\0';
-    for (size_t i = 0, k = 0, start = 0; i <= size - 2 && k < NSTR; i++) {
-        if (copy[i] == '\0') {
-            str[k++] = copy + start;
-            start = i + 1;
-        }
-    }
+    copy = fz_split_nul(data + 2, size - 2, str, NSTR);
     if (prefix == NULL)
         prefix = str[3];
 
@@ -289,36 +250,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_SEEDS
-static const char *seed_dir;
-static int seed_count;
-
 /* Writes one seed: buffer size n, mode byte, then the strings joined by
  * NUL bytes. */
 static void seed(const char *name, unsigned n, unsigned mode, const char *const *s, int ns)
 {
     unsigned char data[1024];
-    size_t len = 2;
-    char path[4096];
-    FILE *f;
 
     data[0] = (unsigned char)n;
     data[1] = (unsigned char)mode;
-    for (int i = 0; i < ns; i++) {
-        size_t l = strlen(s[i]);
-        CHECK(len + l + 1 <= sizeof(data));
-        memcpy(data + len, s[i], l);
-        len += l;
-        if (i + 1 < ns)
-            data[len++] = '\0';
-    }
-    snprintf(path, sizeof(path), "%s/%s", seed_dir, name);
-    f = fopen(path, "wb");
-    if (f == NULL || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-    LLVMFuzzerTestOneInput(data, len);
-    seed_count++;
+    fz_seed(name, data, fz_seed_join(data, sizeof(data), 2, s, ns));
 }
 
 int main(int argc, char **argv)
@@ -335,11 +275,8 @@ int main(int argc, char **argv)
                                            "sluice.out..r.lobby", "sluice.out.acme.r.lobby.x"};
     static const char *const prefix[] = {"acme", "lobby", "c-1", "sluice.in"};
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR (writes the subject seed corpus into DIR)\n", argv[0]);
+    if (!fz_seed_args(argc, argv, "subject"))
         return 2;
-    }
-    seed_dir = argv[1];
     seed("valid_out_room", 255, 0 | 1, valid, 4);
     seed("valid_live_session", 255, 2, valid, 4);
     seed("valid_short_buffer", 12, 1, valid, 4);
@@ -352,7 +289,6 @@ int main(int argc, char **argv)
     seed("bad_channel_subjects", 255, 3, bad_chan, 4);
     seed("foreign_prefix", 255, 4, prefix, 4);
     seed("empty", 255, 0, valid, 0);
-    printf("%d seeds written to %s\n", seed_count, seed_dir);
-    return 0;
+    return fz_seed_done();
 }
 #endif
