@@ -135,6 +135,22 @@ sl_status orch_causal_load(kvStore *kv, const char *key, orch_causal_state *st, 
     return SL_OK;
 }
 
+sl_status orch_causal_from_entry(const orch_kv_entry *e, orch_causal_state *st, uint64_t *rev)
+{
+    memset(st, 0, sizeof(*st));
+    *rev = 0;
+    if (e->st == SL_ERR_NOTFOUND)
+        return SL_OK;
+    if (e->st != SL_OK)
+        return e->st == SL_ERR_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+    *rev = e->rev;
+    if (e->deleted)
+        return SL_OK; /* write over the marker with its revision */
+    if (orch_causal_parse(st, e->value, e->len) != SL_OK)
+        sl_warn("causal state %s is malformed; starting it afresh", e->key);
+    return SL_OK;
+}
+
 sl_status orch_causal_store(kvStore *kv, const char *key, const orch_causal_state *st, uint64_t rev)
 {
     char *json = NULL;

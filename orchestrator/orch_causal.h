@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "orch_kvget.h"
 #include "sl_status.h"
 
 #define ORCH_CAUSAL_RECENT 64 /* processed ids remembered for redelivery detection */
@@ -58,6 +59,12 @@ sl_status orch_causal_format(const orch_causal_state *st, char **out);
  * *rev = 0; a malformed value is logged and treated as empty with its
  * revision. SL_ERR_BUS or SL_ERR_TIMEOUT when NATS failed. */
 sl_status orch_causal_load(kvStore *kv, const char *key, orch_causal_state *st, uint64_t *rev);
+
+/* The same from an entry read with orch_kvget_many: a key never written
+ * gives an empty state and revision 0, a deleted key an empty state and
+ * its marker's revision, a malformed value an empty state (logged).
+ * Returns SL_OK, or the read's error (SL_ERR_TIMEOUT, SL_ERR_BUS). */
+sl_status orch_causal_from_entry(const orch_kv_entry *e, orch_causal_state *st, uint64_t *rev);
 
 /* Writes *st to key if its revision is still rev (0: the key must not
  * exist). Returns SL_OK; SL_ERR_CONFLICT when another writer got there

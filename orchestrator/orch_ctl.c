@@ -1,6 +1,7 @@
 #include "orch_ctl.h"
 
 #include <cJSON.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@ struct orch_ctl {
     kvStore *kv;
     natsSubscription *cancel_sub;
     natsSubscription *adv_sub;
+    _Atomic int stopping; /* ends the advisory retries at shutdown */
 };
 
 sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, uint32_t *deliveries)
@@ -116,14 +118,21 @@ static void on_advisory(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     (void)sub;
     if (orch_ctl_parse_advisory(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &seq,
                                 &dc) == SL_OK) {
-        /* A few tries: the advisory is not repeated, so a NATS hiccup here
-         * would leave the reply open. Bounded: 5 tries over about 3 s. */
-        for (int i = 0; i < 5; i++) {
+        /* The advisory is not repeated, so giving up here would leave the
+         * reply open for good: keep trying while NATS recovers (a stream
+         * leader election after a node loss takes seconds; the fault tests
+         * saw more than 3 s). Bounded: about 40 s, or until shutdown, which
+         * waits for this callback (orch_ctl_destroy). */
+        bool ended = false;
+        for (int i = 0; i < 45 && !ended && !atomic_load(&c->stopping); i++) {
             sl_status st = orch_ctl_end_job(c->js, c->kv, seq, dc);
-            if (st == SL_OK || st == SL_ERR_NOTFOUND)
-                break;
-            usleep((useconds_t)(200 * 1000 * (i + 1)));
+            ended = st == SL_OK || st == SL_ERR_NOTFOUND;
+            if (!ended)
+                usleep((useconds_t)(200 * 1000 * (i < 5 ? i + 1 : 5)));
         }
+        if (!ended)
+            sl_error("could not end the exhausted job at WORK seq %llu; its reply stays open",
+                     (unsigned long long)seq);
     }
     natsMsg_Destroy(msg);
 }
@@ -193,6 +202,7 @@ void orch_ctl_destroy(orch_ctl *c)
 {
     if (c == NULL)
         return;
+    atomic_store(&c->stopping, 1);
     sub_close(c->cancel_sub);
     sub_close(c->adv_sub);
     free(c);

@@ -11,6 +11,7 @@
 #include "orch_ctl.h"
 #include "orch_dispatch.h"
 #include "orch_inflight.h"
+#include "orch_kvget.h"
 #include "orch_pub.h"
 #include "orch_router.h"
 #include "sl_codec.h"
@@ -25,11 +26,14 @@
 #define NAK_FAIL_MS        250
 #define NAK_WAIT_MAX_MS    100
 #define CAS_TRIES          8
+#define KV_READ_MS         2000  /* bound on a batch's session reads */
+#define JERR_WRONG_LAST    10071 /* a compare-and-set lost the race */
 #define IN_ACK_WAIT_MAX_MS 30000
 #define IN_ACK_WAIT_MIN_MS 1000
 #define IN_MAX_ACK_PEND    10000
 #define REBUILD_AFTER      50 /* consecutive fetch errors before the subscription is rebuilt */
 #define JERR_SUBJ_FULL     10077
+#define BELLS_MAX          64 /* distinct (model, tenant) doorbells per flush */
 
 typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 
@@ -56,12 +60,20 @@ typedef struct item {
     size_t njobs;
 } item;
 
+/* A work queue that got jobs in this batch: its doorbell. */
+typedef struct bell {
+    const char *model; /* the agent's, owned by the agents set */
+    char tenant[SL_ID_MAX + 1];
+    int jobs; /* stored in this batch */
+} bell;
+
 typedef struct session {
     char key[SL_SUBJECT_MAX];
     orch_causal_state base; /* as loaded from KV */
     orch_causal_state cur;  /* advanced by the batch's decisions */
     uint64_t rev;
     bool failed;
+    int s_store; /* the first store's publish slot, -1 when none */
 } session;
 
 struct orch_loop {
@@ -70,6 +82,10 @@ struct orch_loop {
     orch_loop_cfg cfg;
     kvStore *kv_sessions;
     kvStore *kv_inflight;
+    orch_kvget *kvget;                 /* batched reads of kv_sessions */
+    orch_kv_entry *entries;            /* BATCH_MAX of them */
+    char nonce[SL_SESSION_ID_LEN + 1]; /* makes the stores' Nats-Msg-Ids unique */
+    uint64_t store_seq;
     natsSubscription *sub;
     orch_pub *pub;
     orch_ctl *ctl;
@@ -80,6 +96,8 @@ struct orch_loop {
     int nsess;
     int order[BATCH_MAX]; /* item indexes in processing order */
     int norder;
+    bell bells[BELLS_MAX];
+    int nbells;
     struct {
         sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full, *busy_conc,
             *bad, *failed, *hop_stops;
@@ -126,10 +144,14 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
     if (l == NULL)
         return SL_ERR_NOMEM;
     l->sessions = calloc(BATCH_MAX, sizeof(*l->sessions));
-    if (l->sessions == NULL) {
+    l->entries = calloc(BATCH_MAX, sizeof(*l->entries));
+    if (l->sessions == NULL || l->entries == NULL) {
+        free(l->sessions);
+        free(l->entries);
         free(l);
         return SL_ERR_NOMEM;
     }
+    sl_session_id_new(l->nonce);
     l->bus = bus;
     l->agents = agents;
     l->cfg = *cfg;
@@ -157,6 +179,8 @@ static void teardown(orch_loop *l)
     }
     orch_pub_destroy(l->pub);
     l->pub = NULL;
+    orch_kvget_destroy(l->kvget);
+    l->kvget = NULL;
     kvStore_Destroy(l->kv_sessions);
     l->kv_sessions = NULL;
     kvStore_Destroy(l->kv_inflight);
@@ -168,6 +192,9 @@ void orch_loop_destroy(orch_loop *l)
     if (l == NULL)
         return;
     teardown(l);
+    for (int i = 0; i < BATCH_MAX; i++)
+        orch_kv_entry_clear(&l->entries[i]);
+    free(l->entries);
     free(l->sessions);
     free(l);
 }
@@ -233,6 +260,9 @@ static sl_status setup(orch_loop *l)
         (st = sl_bus_kv(l->bus, SL_KV_INFLIGHT, &l->kv_inflight)) != SL_OK)
         return st;
     if (l->pub == NULL && (st = orch_pub_create(&l->pub, sl_bus_nc(l->bus))) != SL_OK)
+        return st;
+    if (l->kvget == NULL &&
+        (st = orch_kvget_create(&l->kvget, sl_bus_nc(l->bus), SL_KV_SESSIONS)) != SL_OK)
         return st;
     if (l->sub == NULL) {
         if ((st = ensure_consumer(sl_bus_js(l->bus), l->cfg.causal_wait_ms)) != SL_OK)
@@ -342,7 +372,8 @@ static void classify(orch_loop *l, item *it, int64_t now_ns)
     (void)l;
 }
 
-/* Finds or loads the causal state of the item's session. */
+/* Finds the item's session among the batch's, adding it (not loaded yet:
+ * sessions_load reads them all at once). */
 static int session_of(orch_loop *l, const item *it)
 {
     char key[SL_SUBJECT_MAX];
@@ -357,10 +388,25 @@ static int session_of(orch_loop *l, const item *it)
     s = &l->sessions[l->nsess];
     memset(s, 0, sizeof(*s));
     snprintf(s->key, sizeof(s->key), "%s", key);
-    if (orch_causal_load(l->kv_sessions, key, &s->base, &s->rev) != SL_OK)
-        s->failed = true;
-    s->cur = s->base;
+    s->s_store = -1;
     return l->nsess++;
+}
+
+/* Reads the causal state of every session of the batch, all requests in
+ * flight at once (one round trip instead of one per session). */
+static void sessions_load(orch_loop *l)
+{
+    for (int i = 0; i < l->nsess; i++)
+        l->entries[i].key = l->sessions[i].key;
+    orch_kvget_many(l->kvget, l->entries, (size_t)l->nsess, KV_READ_MS);
+    for (int i = 0; i < l->nsess; i++) {
+        session *s = &l->sessions[i];
+        if (orch_causal_from_entry(&l->entries[i], &s->base, &s->rev) != SL_OK)
+            s->failed = true;
+        s->cur = s->base;
+        orch_kv_entry_clear(&l->entries[i]);
+        l->entries[i].key = NULL;
+    }
 }
 
 /* Decides every user message against its session's state as the batch
@@ -377,12 +423,16 @@ static void decide_all(orch_loop *l, int n)
             l->order[l->norder++] = i;
         } else if (it->kind == K_USER) {
             it->sess = session_of(l, it);
-            if (it->sess < 0) {
+            if (it->sess < 0)
                 it->kind = K_BAD;
-            } else if (l->sessions[it->sess].failed) {
-                it->decided = true;
-                it->failed = true;
-            }
+        }
+    }
+    sessions_load(l);
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_USER && l->sessions[it->sess].failed) {
+            it->decided = true;
+            it->failed = true;
         }
     }
     for (int pass = 0; pass < n && progress; pass++) {
@@ -475,6 +525,42 @@ static void queue_effects(orch_loop *l, item *it)
     }
 }
 
+/* Rings the doorbells of the work queues that got jobs: a core message on
+ * sluice.ctl.work.<model>.<tenant> whose body is the number of jobs
+ * stored, sent once they are stored, so a worker that asks the queue right
+ * away finds them (docs/wire.md). Best effort: workers also look for jobs
+ * on their own every few hundred ms. */
+static void bells_flush(orch_loop *l)
+{
+    char subj[SL_SUBJECT_MAX], body[16];
+
+    for (int i = 0; i < l->nbells; i++) {
+        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.%s", l->bells[i].model,
+                 l->bells[i].tenant);
+        snprintf(body, sizeof(body), "%d", l->bells[i].jobs);
+        (void)natsConnection_PublishString(sl_bus_nc(l->bus), subj, body);
+    }
+    l->nbells = 0;
+}
+
+static void bell_add(orch_loop *l, const char *model, const char *tenant)
+{
+    for (int i = 0; i < l->nbells; i++) {
+        if (strcmp(l->bells[i].model, model) == 0 && strcmp(l->bells[i].tenant, tenant) == 0) {
+            l->bells[i].jobs++;
+            return;
+        }
+    }
+    if (!sl_id_valid(model) || !sl_id_valid(tenant))
+        return;
+    if (l->nbells == BELLS_MAX)
+        bells_flush(l);
+    l->bells[l->nbells].model = model;
+    memcpy(l->bells[l->nbells].tenant, tenant, strlen(tenant) + 1); /* a valid id: fits */
+    l->bells[l->nbells].jobs = 1;
+    l->nbells++;
+}
+
 /* Reads the first round's outcomes; queues busy events (and the failed
  * in-flight record) for refused or over-limit jobs. */
 static void queue_followups(orch_loop *l, item *it)
@@ -502,8 +588,10 @@ static void queue_followups(orch_loop *l, item *it)
                 break;
             }
             if (rw.err == NATS_OK) {
-                if (!rw.duplicate)
+                if (!rw.duplicate) {
                     sl_counter_inc(l->m.dispatched);
+                    bell_add(l, a->model, it->tenant);
+                }
                 continue;
             }
             if (rw.jerr != JERR_SUBJ_FULL) {
@@ -542,30 +630,82 @@ static void check_followups(orch_loop *l, item *it)
     }
 }
 
-/* Stores each session's advanced state; on a lost race merges our ids into
- * the winner's state and tries again. Items of a session whose state
- * cannot be stored fail (and are redelivered). */
+/* Collects the ids the batch processed for session si, in order, up to
+ * the session's first failed item (later ones must wait for it). */
+static int session_ids(orch_loop *l, int si, const char **ids)
+{
+    int nids = 0;
+
+    for (int k = 0; k < l->norder; k++) {
+        item *it = &l->items[l->order[k]];
+        if (it->kind != K_USER || it->sess != si)
+            continue;
+        if (it->failed)
+            break;
+        ids[nids++] = it->env->client_id;
+    }
+    return nids;
+}
+
+/* Queues the first store of every advanced session as an asynchronous
+ * compare-and-set on its revision (all in flight at once). */
+static void stores_queue(orch_loop *l)
+{
+    for (int si = 0; si < l->nsess; si++) {
+        session *s = &l->sessions[si];
+        const char *ids[BATCH_MAX];
+        char subj[SL_SUBJECT_MAX + 32], id[96], rev[32];
+        char *json = NULL;
+        int nids;
+
+        s->s_store = -1;
+        if (s->failed || (nids = session_ids(l, si, ids)) == 0)
+            continue;
+        s->cur = s->base;
+        for (int k = 0; k < nids; k++)
+            if (!orch_causal_seen(&s->cur, ids[k]))
+                orch_causal_advance(&s->cur, ids[k]);
+        if (orch_causal_format(&s->cur, &json) != SL_OK)
+            continue; /* store_sessions tries again */
+        snprintf(subj, sizeof(subj), "$KV.%s.%s", SL_KV_SESSIONS, s->key);
+        /* Unique: a CAS must never be dropped as a duplicate of another. */
+        snprintf(id, sizeof(id), "s:%s:%llu", l->nonce, (unsigned long long)++l->store_seq);
+        snprintf(rev, sizeof(rev), "%llu", (unsigned long long)s->rev);
+        if (orch_pub_add_hdr(l->pub, subj, id, json, strlen(json),
+                             "Nats-Expected-Last-Subject-Sequence", rev, &s->s_store) != SL_OK)
+            s->s_store = -1;
+        free(json);
+    }
+}
+
+/* Stores each session's advanced state: the first try is the batch's
+ * asynchronous compare-and-set (stores_queue, awaited by the caller); on a
+ * lost race merges our ids into the winner's state and tries again.
+ * Items of a session whose state cannot be stored fail (and are
+ * redelivered). */
 static void store_sessions(orch_loop *l)
 {
     for (int si = 0; si < l->nsess; si++) {
         session *s = &l->sessions[si];
         const char *ids[BATCH_MAX];
-        int nids = 0;
-        bool stored = false;
+        int nids;
+        bool stored = false, reload = false;
 
         if (s->failed)
             continue;
-        for (int k = 0; k < l->norder; k++) {
-            item *it = &l->items[l->order[k]];
-            if (it->kind != K_USER || it->sess != si)
-                continue;
-            if (it->failed)
-                break; /* later items of the session must wait for this one */
-            ids[nids++] = it->env->client_id;
-        }
-        if (nids == 0)
+        if ((nids = session_ids(l, si, ids)) == 0)
             continue;
-        for (int t = 0; t < CAS_TRIES && !stored; t++) {
+        if (s->s_store >= 0) {
+            orch_pub_result r = orch_pub_get(l->pub, s->s_store);
+            if (r.done && r.err == NATS_OK)
+                continue;
+            if (!(r.done && r.jerr == JERR_WRONG_LAST)) {
+                s->failed = true; /* not stored, or not known to be */
+                continue;
+            }
+            reload = true;
+        }
+        for (int t = reload ? 1 : 0; t < CAS_TRIES && !stored; t++) {
             sl_status st;
             if (t > 0 && orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
                 break;
@@ -672,13 +812,17 @@ static void process_batch(orch_loop *l, natsMsgList *list)
 
     /* A refused job's busy event goes out in a second round: we only learn
      * of the refusal from the first round's acks. */
+    l->nbells = 0;
     for (int k = 0; k < l->norder; k++)
         queue_followups(l, &l->items[l->order[k]]);
+    bells_flush(l);
     orch_pub_wait(l->pub, PUB_WAIT_MS);
     for (int k = 0; k < l->norder; k++)
         check_followups(l, &l->items[l->order[k]]);
 
     propagate_failures(l);
+    stores_queue(l);
+    orch_pub_wait(l->pub, PUB_WAIT_MS);
     store_sessions(l);
     propagate_failures(l);
 

@@ -110,6 +110,12 @@ void orch_pub_reset(orch_pub *p)
 sl_status orch_pub_add(orch_pub *p, const char *subject, const char *msg_id, const void *data,
                        size_t len, int *slot_out)
 {
+    return orch_pub_add_hdr(p, subject, msg_id, data, len, NULL, NULL, slot_out);
+}
+
+sl_status orch_pub_add_hdr(orch_pub *p, const char *subject, const char *msg_id, const void *data,
+                           size_t len, const char *extra_hdr, const char *extra_val, int *slot_out)
+{
     natsMsg *m = NULL;
     natsStatus s;
     slot *sl;
@@ -132,6 +138,8 @@ sl_status orch_pub_add(orch_pub *p, const char *subject, const char *msg_id, con
     s = natsMsg_Create(&m, subject, NULL, data, (int)len);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id);
+    if (s == NATS_OK && extra_hdr != NULL && extra_val != NULL)
+        s = natsMsgHeader_Set(m, extra_hdr, extra_val);
     if (s == NATS_OK)
         s = js_PublishMsgAsync(p->js, &m, NULL);
     natsMsg_Destroy(m);

@@ -36,12 +36,17 @@ void orch_pub_reset(orch_pub *p);
 
 /* Queues one publish of data to subject with header Nats-Msg-Id msg_id
  * (required: it is how outcomes are matched and duplicates dropped).
- * extra_hdr/extra_val add one more header when not NULL. Returns SL_OK and
- * the slot in *slot; SL_ERR_FULL when the round has ORCH_PUB_MAX slots;
- * SL_ERR_BUS when the publish could not be queued (the slot is then
- * already done with that error). */
+ * Returns SL_OK and the slot in *slot; SL_ERR_FULL when the round has
+ * ORCH_PUB_MAX slots; SL_ERR_BUS when the publish could not be queued (the
+ * slot is then already done with that error). */
 sl_status orch_pub_add(orch_pub *p, const char *subject, const char *msg_id, const void *data,
                        size_t len, int *slot);
+
+/* orch_pub_add with one more header, extra_hdr: extra_val (both not NULL),
+ * e.g. Nats-Expected-Last-Subject-Sequence for a KV compare-and-set (whose
+ * refusal comes back as jerr 10071). */
+sl_status orch_pub_add_hdr(orch_pub *p, const char *subject, const char *msg_id, const void *data,
+                           size_t len, const char *extra_hdr, const char *extra_val, int *slot);
 
 /* Waits until every queued publish of the round has an outcome or
  * timeout_ms passed; publishes still without an outcome then count as

@@ -126,8 +126,9 @@ int main(int argc, char **argv)
                              "worker-models",
                              SL_CFG_STR,
                              "default",
-                             "comma-separated models this worker serves (a durable consumer "
-                             "wrk_<model> on SLUICE_WORK each)",
+                             "comma-separated models this worker serves (durable consumers "
+                             "wrk_<model>~<tenant> on SLUICE_WORK, pulled fairly across "
+                             "tenants)",
                              &models_list,
                              0,
                              0,

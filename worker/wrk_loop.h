@@ -1,14 +1,27 @@
-/* The worker's job loop: durable pull consumers on SLUICE_WORK (one
- * `wrk_<model>` per model, shared by every worker replica), a fixed number
- * of job slots (a thread each, so one slow model call never blocks the
- * others), the job lifecycle (in-flight KV state, cancel markers, model
- * call with a hard deadline, coalesced tokens and the final reply on OUT,
- * ack / NAK with delay / Term) and graceful shutdown (docs/wire.md).
+/* The worker's job loop: fair pulling from SLUICE_WORK (a durable
+ * `wrk_<model>~<tenant>` per model and tenant, shared by every worker
+ * replica, asked in turn: wrk_sched.h), a fixed number of job slots (a
+ * thread each, so one slow model call never blocks the others), the job
+ * lifecycle (in-flight KV state, cancels, model call with a hard deadline,
+ * coalesced tokens and the final reply on OUT, ack / NAK with delay /
+ * Term) and graceful shutdown (docs/wire.md).
+ *
+ * Per job, on the hot path: the job arrives in a batch pulled for its
+ * queue; tokens are published without waiting; the final reply is
+ * published and awaited; then the agent message and the end state go out
+ * together and one wait covers both; then the ack. The `running` state is
+ * written only for jobs that last (by the timer thread), and the cancel
+ * marker is read only when a cancel could have been missed.
  *
  * Threads: wrk_loop_create, wrk_loop_stop and wrk_loop_destroy are called
- * by one owner thread (main). Inside, each slot thread owns the job it
- * runs; a timer thread publishes due token chunks and sends InProgress
- * acks for long jobs; the cancel subscription runs on a cnats thread.
+ * by one owner thread (main). Inside, a dispatcher thread finds queues
+ * (the stream's per-subject counts every 200 ms) and sets up their
+ * consumers; pull requests are sent by whichever thread frees capacity or
+ * rings a queue (a slot thread, or a cnats thread on a doorbell
+ * `sluice.ctl.work.<model>.<tenant>` or a pull reply); pulled jobs wait in
+ * a ready list for a slot thread, which owns the job it runs; a timer
+ * thread publishes due token chunks, sends InProgress acks for long jobs
+ * and writes `running`; the cancel subscription runs on a cnats thread.
  * wrk_loop_ready() may be called from any thread. Every thread the loop
  * starts blocks all signals, so signals reach the process's main thread. */
 #ifndef WRK_LOOP_H
@@ -41,12 +54,14 @@ typedef struct wrk_loop_cfg {
 
 typedef struct wrk_loop wrk_loop;
 
-/* Ensures the durable consumers (creating them, or updating AckWait,
- * MaxDeliver and BackOff when they differ), binds one pull subscription
- * per slot and model, subscribes to `sluice.ctl.cancel.*` and starts the
- * threads. bus must be provisioned (sl_bus_wait_provisioned) and, like
- * backend, outlive the loop; cfg is copied. Returns SL_OK with *out owned
- * by the caller; SL_ERR_INVAL for a bad configuration or a consumer with an
+/* Looks at each model's older model-wide consumer `wrk_<model>` (serving
+ * the model from it while it holds jobs, deleting it once empty and
+ * unused), subscribes to pull replies, doorbells and `sluice.ctl.cancel.*`,
+ * and starts the threads; per-tenant consumers are made (or their
+ * AckWait, MaxDeliver and BackOff updated) as their tenants show up. bus
+ * must be provisioned (sl_bus_wait_provisioned) and, like backend, outlive
+ * the loop; cfg is copied. Returns SL_OK with *out owned by the caller;
+ * SL_ERR_INVAL for a bad configuration or a `wrk_<model>` consumer with an
  * incompatible filter (fatal); SL_ERR_BUS when NATS failed (retry later);
  * SL_ERR_NOMEM. A reason goes to err. */
 sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
@@ -55,12 +70,13 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
 /* True while the loop is running and not stopping. */
 bool wrk_loop_ready(const wrk_loop *l);
 
-/* Graceful stop: stops fetching (a job fetched meanwhile is NAKed at once),
- * lets running jobs finish for up to grace_ms, then aborts the rest and
- * NAKs them so another worker takes them at once (a job on its last
- * delivery is ended here instead, with what it has), and joins every
- * thread. Returns within about grace_ms plus one fetch wait (1 s) plus the
- * time to publish the last replies. Idempotent. */
+/* Graceful stop: stops pulling (jobs already pulled still run; one that
+ * arrives after the last slot is gone is NAKed at once), lets running jobs
+ * finish for up to grace_ms, then aborts the rest and NAKs them so another
+ * worker takes them at once (a job on its last delivery is ended here
+ * instead, with what it has), and joins every thread. Returns within about
+ * grace_ms plus 1.5 s plus the time to publish the last replies.
+ * Idempotent. */
 void wrk_loop_stop(wrk_loop *l, int64_t grace_ms);
 
 /* Stops (with no grace when still running) and frees the loop. NULL-safe. */
@@ -106,5 +122,29 @@ typedef struct wrk_decision {
 wrk_decision wrk_job_decide(wrk_outcome outcome, wrk_cancel_reason cancel, bool truncated,
                             size_t text_len, uint64_t attempt, int64_t max_deliver,
                             int64_t retry_after_ms);
+
+/* ---- Whether a job must read its cancel marker (tested in unit tests) --- */
+
+/* Bound on the clock difference between the gateway that made an event id
+ * and this worker. */
+#define WRK_CANCEL_SKEW_MS 10000
+
+/* Reads the Unix ms time in a time-sortable event id (or a job id that
+ * starts with one, `<event_id>-<agent>`). Returns false when id does not
+ * start with one. */
+bool wrk_event_id_ms(const char *id, int64_t *ms);
+
+/* A worker hears every cancel on core NATS (sluice.ctl.cancel.*) while
+ * connected and keeps the recent ones (10 minutes, a bounded ring); the
+ * orchestrator's KV marker is for cancels this worker may have missed.
+ * Returns true when the job must read the marker: when the message it
+ * answers (time from job_id's event id; false when it has none) is not
+ * clearly younger, by WRK_CANCEL_SKEW_MS, than live_since_ms (since when
+ * cancels were heard without a gap: connect, reconnect) and than
+ * evicted_ms (the newest cancel dropped from the full ring), or is too old
+ * for the ring's 10 minutes. A cancel for a message is assumed not to
+ * precede it by more than WRK_CANCEL_SKEW_MS. All times are Unix ms. */
+bool wrk_cancel_marker_needed(const char *job_id, int64_t now_ms, int64_t live_since_ms,
+                              int64_t evicted_ms);
 
 #endif

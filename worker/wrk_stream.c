@@ -98,6 +98,7 @@ size_t wrk_coalesce_pending(const wrk_coalesce *c)
 struct wrk_stream {
     pthread_mutex_t mu; /* orders the job thread and the timer thread */
     jsCtx *js;
+    natsConnection *nc; /* token events without acknowledgment; NULL: through js */
     char *subject, *tenant, *session, *trace_id, *job_id, *reply_id, *to, *agent;
     uint32_t hops, attempt;
     size_t max_text;
@@ -182,9 +183,19 @@ static void publish_chunk(void *ud, const char *text, size_t len)
     if (envelope_msg(&e, s->subject, &msg) != SL_OK)
         goto fail;
     snprintf(msg_id, sizeof(msg_id), "t:%s:%" PRIu32 ":%" PRIu32, s->job_id, s->attempt, index);
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    ns = js_PublishMsgAsync(s->js, &msg, &po);
+    if (s->nc != NULL) {
+        /* A plain publish: JetStream stores it (deduplicated by the same
+         * header) and sends no acknowledgment back. */
+        ns = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
+        if (ns == NATS_OK)
+            ns = natsConnection_PublishMsg(s->nc, msg);
+        natsMsg_Destroy(msg);
+        msg = NULL;
+    } else {
+        jsPubOptions_Init(&po);
+        po.MsgId = msg_id;
+        ns = js_PublishMsgAsync(s->js, &msg, &po);
+    }
     if (ns != NATS_OK) {
         sl_logf(SL_LOG_DEBUG, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
                 "token publish for job %s failed: %s", s->job_id, natsStatus_GetText(ns));
@@ -240,6 +251,7 @@ sl_status wrk_stream_create(wrk_stream **out, jsCtx *js, const wrk_stream_params
         return SL_ERR_NOMEM;
     }
     s->js = js;
+    s->nc = p->nc;
     s->hops = p->hops;
     s->attempt = p->attempt;
     s->max_text = p->max_text ? p->max_text : WRK_STREAM_MAX_TEXT;
@@ -415,26 +427,21 @@ cleanup:
 
 /* ---- Agent message on IN ----------------------------------------------- */
 
-sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
+/* Encodes the agent message and its subject and Nats-Msg-Id; *buf is the
+ * caller's to free. */
+static sl_status agent_message_encode(const wrk_agent_msg *m, char *subject, size_t subject_len,
+                                      char *msg_id, size_t msg_id_len, uint8_t **buf, size_t *len)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__ClientMessage cm = SLUICE__CLIENT_MESSAGE__INIT;
     char event_id[SL_EVENT_ID_LEN + 1];
     char pseudo[SL_ID_MAX + 8];
-    char subject[SL_SUBJECT_MAX];
-    char msg_id[256];
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    jsPubAck *pa = NULL;
-    jsPubOptions po;
-    jsErrCode jerr = 0;
-    natsStatus ns;
     sl_status st;
 
-    if (js == NULL || m == NULL || m->agent == NULL || m->reply_id == NULL || m->tenant == NULL)
+    if (m == NULL || m->agent == NULL || m->reply_id == NULL || m->tenant == NULL)
         return SL_ERR_INVAL;
     snprintf(pseudo, sizeof(pseudo), "a-%s", m->agent);
-    st = sl_subject_in(subject, sizeof(subject), m->tenant, pseudo);
+    st = sl_subject_in(subject, subject_len, m->tenant, pseudo);
     if (st != SL_OK)
         return st;
     sl_event_id_new(event_id);
@@ -451,10 +458,30 @@ sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
     cm.agent = (char *)m->agent;
     e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
     e.message = &cm;
-    st = sl_envelope_encode(&e, &buf, &len);
+    st = sl_envelope_encode(&e, buf, len);
     if (st != SL_OK)
         return st;
-    snprintf(msg_id, sizeof(msg_id), "a:%s", m->reply_id);
+    snprintf(msg_id, msg_id_len, "a:%s", m->reply_id);
+    return SL_OK;
+}
+
+sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
+{
+    char subject[SL_SUBJECT_MAX];
+    char msg_id[256];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st;
+
+    if (js == NULL)
+        return SL_ERR_INVAL;
+    st = agent_message_encode(m, subject, sizeof(subject), msg_id, sizeof(msg_id), &buf, &len);
+    if (st != SL_OK)
+        return st;
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;
     ns = js_Publish(&pa, js, subject, buf, (int)len, &po, &jerr);
@@ -466,6 +493,34 @@ sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
         st = ns == NATS_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
     }
     jsPubAck_Destroy(pa);
+    free(buf);
+    return st;
+}
+
+sl_status wrk_agent_message_publish_async(jsCtx *js, const wrk_agent_msg *m)
+{
+    char subject[SL_SUBJECT_MAX];
+    char msg_id[256];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    jsPubOptions po;
+    natsStatus ns;
+    sl_status st;
+
+    if (js == NULL)
+        return SL_ERR_INVAL;
+    st = agent_message_encode(m, subject, sizeof(subject), msg_id, sizeof(msg_id), &buf, &len);
+    if (st != SL_OK)
+        return st;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    ns = js_PublishAsync(js, subject, buf, (int)len, &po);
+    if (ns != NATS_OK) {
+        sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = m->tenant, .session = m->session},
+                "agent message %s not sent: %s", m->reply_id, natsStatus_GetText(ns));
+        sl_counter_inc(m_pub_errors());
+        st = SL_ERR_BUS;
+    }
     free(buf);
     return st;
 }

@@ -5,9 +5,11 @@
  *   locks), so it can be tested by feeding it arrival times.
  * - wrk_stream: one attempt of one reply. It coalesces the model's tokens
  *   into `token` events published asynchronously on the reply's OUT
- *   channel with Nats-Msg-Id `t:<job>:<attempt>:<index>`, keeps the whole
- *   text, and publishes the final `reply` (Nats-Msg-Id `r:<job>`)
- *   synchronously, so the caller knows JetStream stored it before it acks
+ *   channel with Nats-Msg-Id `t:<job>:<attempt>:<index>` (best effort:
+ *   with params.nc, without waiting for or even asking for JetStream's
+ *   acknowledgment), keeps the whole text, and publishes the final
+ *   `reply` (Nats-Msg-Id `r:<job>`) synchronously, so the caller knows
+ *   JetStream stored it, after every token of the attempt, before it acks
  *   the work message.
  * - wrk_agent_message_publish: the agent's answer as a new message on IN,
  *   so that agents can answer agents.
@@ -90,12 +92,15 @@ typedef struct wrk_stream_params {
     uint32_t hops;
     const char *job_id;
     const char *reply_id;
-    const char *to;    /* the client message id answered */
-    const char *agent; /* the agent answering */
-    uint32_t attempt;  /* the JetStream delivery count of the work message */
-    int64_t window_ms; /* coalescing window (SLUICE_COALESCE_MS) */
-    size_t max_bytes;  /* coalescing size bound (SLUICE_COALESCE_BYTES) */
-    size_t max_text;   /* bound on the whole reply text; 0: WRK_STREAM_MAX_TEXT */
+    const char *to;     /* the client message id answered */
+    const char *agent;  /* the agent answering */
+    uint32_t attempt;   /* the JetStream delivery count of the work message */
+    int64_t window_ms;  /* coalescing window (SLUICE_COALESCE_MS) */
+    size_t max_bytes;   /* coalescing size bound (SLUICE_COALESCE_BYTES) */
+    size_t max_text;    /* bound on the whole reply text; 0: WRK_STREAM_MAX_TEXT */
+    natsConnection *nc; /* NULL: tokens are JetStream async publishes on js (acknowledged,
+                           failures counted); else plain publishes on nc (the connection
+                           of js): no acknowledgment traffic, failures unseen */
 } wrk_stream_params;
 
 #define WRK_STREAM_MAX_TEXT (256u * 1024u)
@@ -176,6 +181,12 @@ typedef struct wrk_agent_msg {
  * duplicate); SL_ERR_INVAL when the subject cannot be built (e.g. an agent
  * name too long for "a-<agent>"); SL_ERR_BUS / SL_ERR_TIMEOUT / SL_ERR_NOMEM. */
 sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m);
+
+/* The same message, published asynchronously on js (its PublishAsync
+ * error handler hears of a failure; js_PublishAsyncComplete waits for the
+ * acknowledgment). Returns SL_OK once handed to the connection; SL_ERR_INVAL,
+ * SL_ERR_BUS (not sent), SL_ERR_NOMEM. */
+sl_status wrk_agent_message_publish_async(jsCtx *js, const wrk_agent_msg *m);
 
 /* ---- Channel history as context ---------------------------------------- */
 

@@ -396,7 +396,8 @@ int main(int argc, char **argv)
             ctl = {.name = "sluicectl"};
     pc_user *all[] = {&gw, &orch, &wrk, &ctl};
     natsSubscription *live = NULL, *cancel = NULL, *advisory = NULL, *in = NULL, *echo = NULL,
-                     *slow = NULL, *ctl_live = NULL, *deny = NULL, *orch_cancel = NULL;
+                     *slow = NULL, *ctl_live = NULL, *deny = NULL, *orch_cancel = NULL,
+                     *bell = NULL, *fair = NULL;
     natsMsg *m = NULL;
     jsOptions deny_js;
     jsStreamNamesList *names = NULL;
@@ -436,6 +437,8 @@ int main(int argc, char **argv)
                natsConnection_SubscribeSync(&cancel, wrk.nc, "sluice.ctl.cancel.*"));
     pc_allowed(&orch, "subscribe sluice.ctl.cancel.*",
                natsConnection_SubscribeSync(&orch_cancel, orch.nc, "sluice.ctl.cancel.*"));
+    pc_allowed(&wrk, "subscribe the doorbells sluice.ctl.work.*.*",
+               natsConnection_SubscribeSync(&bell, wrk.nc, "sluice.ctl.work.*.*"));
     pc_allowed(&orch, "subscribe max-deliveries advisory of SLUICE_WORK",
                natsConnection_SubscribeSync(
                    &advisory, orch.nc, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SLUICE_WORK.*"));
@@ -570,6 +573,47 @@ int main(int argc, char **argv)
         pc_allowed(&orch, "delete the dead job by sequence",
                    js_DeleteMsg(orch.js, "SLUICE_WORK", dead_seq, NULL, NULL));
     }
+    /* Fair pulling: a consumer per (model, tenant), found from the stream's
+     * per-subject counts and the orchestrator's doorbell, pulled with a
+     * no-wait request of our own and acked on its reply subject; an older
+     * model-wide consumer is deleted once empty. */
+    s = pc_pull(&wrk, "sluice.work.fair.t1", "wrk_fair~t1", "SLUICE_WORK", 3, 15000, NULL, &fair);
+    pc_allowed(&wrk, "create and bind a per-tenant durable wrk_fair~t1", s);
+    pc_allowed(&orch, "queue work on SLUICE_WORK (fair)",
+               pc_jspub(&orch, "sluice.work.fair.t1", "t1:job-3", PC_WAIT_MS));
+    pc_allowed(&orch, "ring the doorbell sluice.ctl.work.fair.t1",
+               natsConnection_PublishString(orch.nc, "sluice.ctl.work.fair.t1", ""));
+    s = natsSubscription_NextMsg(&m, bell, PC_WAIT_MS);
+    natsMsg_Destroy(m);
+    m = NULL;
+    pc_allowed(&wrk, "receive the doorbell", s);
+    {
+        jsOptions so;
+        jsOptions_Init(&so);
+        so.Stream.Info.SubjectsFilter = "sluice.work.fair.*";
+        s = js_GetStreamInfo(&si, wrk.js, "SLUICE_WORK", &so, NULL);
+        if (s == NATS_OK && (si->State.Subjects == NULL || si->State.Subjects->Count != 1))
+            s = NATS_ERR;
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        pc_allowed(&wrk, "read SLUICE_WORK's per-subject counts", s);
+    }
+    s = natsConnection_RequestString(&m, wrk.nc,
+                                     "$JS.API.CONSUMER.MSG.NEXT.SLUICE_WORK.wrk_fair~t1",
+                                     "{\"batch\":1,\"no_wait\":true}", PC_WAIT_MS);
+    if (s == NATS_OK &&
+        (natsMsg_GetReply(m) == NULL || strncmp(natsMsg_GetReply(m), "$JS.ACK.", 8) != 0))
+        s = NATS_ERR;
+    if (s == NATS_OK)
+        s = natsConnection_PublishString(wrk.nc, natsMsg_GetReply(m), "+ACK");
+    natsMsg_Destroy(m);
+    m = NULL;
+    pc_allowed(&wrk, "pull a job with a no-wait request and ack it", s);
+    pc_allowed(&wrk, "delete a consumer on SLUICE_WORK",
+               js_DeleteConsumer(wrk.js, "SLUICE_WORK", "wrk_fair~t1", NULL, NULL));
+    b = pc_before(&wrk);
+    (void)natsConnection_PublishString(wrk.nc, "sluice.ctl.work.fair.t1", "");
+    pc_denied(&wrk, "ring a doorbell is refused", b);
     b = pc_before(&wrk);
     (void)pc_jspub(&wrk, "sluice.work.echo.t1", NULL, PC_DENY_MS);
     pc_denied(&wrk, "publish to SLUICE_WORK is refused", b);
@@ -615,6 +659,8 @@ cleanup:
     natsSubscription_Destroy(slow);
     natsSubscription_Destroy(ctl_live);
     natsSubscription_Destroy(orch_cancel);
+    natsSubscription_Destroy(bell);
+    natsSubscription_Destroy(fair);
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         pc_close(all[i]);
     nats_Close();

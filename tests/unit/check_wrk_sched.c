@@ -1,0 +1,448 @@
+/* Unit tests of the worker's fair pulling (wrk_sched: which queue is asked
+ * next, for how many jobs, and when a queue waits) and of when a job must
+ * read its cancel marker (wrk_cancel_marker_needed). */
+#include <check.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_codec.h"
+#include "wrk_loop.h"
+#include "wrk_sched.h"
+
+static wrk_sched *sched_new(size_t max)
+{
+    wrk_sched *s = NULL;
+
+    ck_assert_int_eq(wrk_sched_create(&s, max), SL_OK);
+    return s;
+}
+
+static wrk_queue *queue(wrk_sched *s, const char *tenant)
+{
+    wrk_queue *q = wrk_sched_queue(s, 0, "default", tenant, true);
+
+    ck_assert_ptr_nonnull(q);
+    q->ready = true;
+    return q;
+}
+
+/* Takes the next queue's turn with free slots and, when one is due, opens
+ * its request; returns the queue (NULL: none) and its batch. */
+static wrk_queue *turn(wrk_sched *s, int free, int64_t now, int *batch, uint64_t *token)
+{
+    int b = 0;
+    wrk_queue *q = wrk_sched_next(s, free, now, &b, NULL);
+
+    if (q != NULL) {
+        ck_assert(q->claimed);
+        ck_assert(!q->in_ring);
+        *token = wrk_sched_open(s, q, b, now);
+        ck_assert(*token != 0);
+    }
+    if (batch != NULL)
+        *batch = b;
+    return q;
+}
+
+START_TEST(test_names)
+{
+    wrk_sched *s = sched_new(8);
+    wrk_queue *q = wrk_sched_queue(s, 0, "default", "acme", true);
+    wrk_queue *legacy = wrk_sched_queue(s, 0, "default", "", true);
+
+    ck_assert_ptr_nonnull(q);
+    ck_assert_str_eq(q->durable, "wrk_default~acme");
+    ck_assert_str_eq(q->filter, "sluice.work.default.acme");
+    ck_assert_ptr_nonnull(legacy);
+    ck_assert_str_eq(legacy->durable, "wrk_default");
+    ck_assert_str_eq(legacy->filter, "sluice.work.default.>");
+    /* Found again, not made twice; per model. */
+    ck_assert_ptr_eq(wrk_sched_queue(s, 0, "default", "acme", false), q);
+    ck_assert_ptr_null(wrk_sched_queue(s, 1, "other", "acme", false));
+    ck_assert_ptr_eq(wrk_sched_by_id(s, q->id), q);
+    /* Never a name from an invalid id. */
+    ck_assert_ptr_null(wrk_sched_queue(s, 0, "default", "a.b", true));
+    ck_assert_ptr_null(wrk_sched_queue(s, 0, "default", "*", true));
+    ck_assert_ptr_null(wrk_sched_queue(s, 2, "bad.model", "zz", true));
+    ck_assert(!q->ready && !q->in_ring && q->req_token == 0);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_table_bound)
+{
+    wrk_sched *s = sched_new(2);
+
+    ck_assert_ptr_nonnull(wrk_sched_queue(s, 0, "default", "a", true));
+    ck_assert_ptr_nonnull(wrk_sched_queue(s, 0, "default", "b", true));
+    ck_assert_ptr_null(wrk_sched_queue(s, 0, "default", "c", true));
+    ck_assert_ptr_nonnull(wrk_sched_queue(s, 0, "default", "a", false));
+    wrk_sched_destroy(s);
+    ck_assert_int_eq(wrk_sched_create(&s, 0), SL_ERR_INVAL);
+}
+END_TEST
+
+/* Tenant A has a long backlog (each request fills its batch), tenant B
+ * rings once: B's request comes at the next free slot but one, and from
+ * then on the turns alternate while both have jobs. */
+START_TEST(test_backlog_does_not_starve_another_tenant)
+{
+    wrk_sched *s = sched_new(16);
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b"), *q;
+    uint64_t tok = 0;
+    int batch = 0, turns_b = 0, turns_a = 0;
+    int64_t now = 1000;
+
+    wrk_sched_ring(s, a, now, 100); /* a backlog of 100 */
+    /* A alone: it gets every free slot, one turn after another. */
+    for (int i = 0; i < 5; i++) {
+        q = turn(s, 1, now, &batch, &tok);
+        ck_assert_ptr_eq(q, a);
+        ck_assert_int_eq(batch, 1);
+        ck_assert(wrk_sched_delivered(s, a, tok, now)); /* full batch: A may have more */
+        ck_assert(a->in_ring);
+    }
+    wrk_sched_ring(s, b, now, 100);
+    ck_assert_uint_eq(wrk_sched_active(s), 2);
+    q = turn(s, 1, now, &batch, &tok);
+    ck_assert_ptr_eq(q, a); /* A was first in line */
+    ck_assert(wrk_sched_delivered(s, a, tok, now));
+    q = turn(s, 1, now, &batch, &tok);
+    ck_assert_ptr_eq(q, b); /* then B, before A's next job */
+    ck_assert(wrk_sched_delivered(s, b, tok, now));
+    /* Both keep jobs: strict alternation. */
+    for (int i = 0; i < 20; i++) {
+        q = turn(s, 1, now, &batch, &tok);
+        ck_assert_ptr_nonnull(q);
+        if (q == a)
+            turns_a++;
+        else
+            turns_b++;
+        ck_assert(wrk_sched_delivered(s, q, tok, now));
+    }
+    ck_assert_int_eq(turns_a, 10);
+    ck_assert_int_eq(turns_b, 10);
+    ck_assert_int_eq(a->held, 16);
+    ck_assert_int_eq(b->held, 11);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* Free slots are shared among the queues in line. */
+START_TEST(test_shares)
+{
+    wrk_sched *s = sched_new(16);
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b"), *c = queue(s, "c");
+    uint64_t tok = 0;
+    int batch = 0, free = 8;
+
+    wrk_sched_ring(s, a, 0, 20);
+    ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 8); /* alone: everything */
+    ck_assert_int_eq(wrk_sched_outstanding(s), 8);
+    ck_assert(wrk_sched_ended(s, a, tok, 0)); /* none there after all */
+    ck_assert_int_eq(wrk_sched_outstanding(s), 0);
+    ck_assert(!a->in_ring);
+
+    wrk_sched_ring(s, a, 0, 20);
+    wrk_sched_ring(s, b, 0, 20);
+    wrk_sched_ring(s, c, 0, 20);
+    ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 2); /* 8 / 3 */
+    free -= batch;
+    ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), b);
+    ck_assert_int_eq(batch, 3); /* 6 / 2 */
+    free -= batch;
+    ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), c);
+    ck_assert_int_eq(batch, 3);
+    ck_assert_int_eq(wrk_sched_outstanding(s), 8);
+    /* No queue left in line, and none without free slots. */
+    ck_assert_ptr_null(wrk_sched_next(s, 5, 0, &batch, NULL));
+    wrk_sched_ring(s, a, 0, 0); /* rung while its request is open: not in line twice */
+    ck_assert_uint_eq(wrk_sched_active(s), 0);
+    ck_assert_ptr_null(wrk_sched_next(s, 0, 0, &batch, NULL));
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* A queue found empty waits until something rings it; a ring that came
+ * while its request was open puts it back at once (the job may have been
+ * stored after the server looked). */
+START_TEST(test_empty_and_rung_meanwhile)
+{
+    wrk_sched *s = sched_new(4);
+    wrk_queue *a = queue(s, "a");
+    uint64_t tok = 0, old;
+    int batch = 0;
+
+    wrk_sched_ring(s, a, 0, 4);
+    ck_assert_ptr_eq(turn(s, 4, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 4);
+    ck_assert(!wrk_sched_delivered(s, a, tok, 0)); /* 1 of 4 */
+    ck_assert(wrk_sched_ended(s, a, tok, 0));      /* 404: no more */
+    ck_assert(!a->in_ring);
+    ck_assert_int_eq(a->held, 1);
+    ck_assert_ptr_null(wrk_sched_next(s, 4, 0, &batch, NULL));
+
+    ck_assert_int_eq(a->hint, 0); /* the server found no more */
+    wrk_sched_ring(s, a, 5, 1);
+    ck_assert_ptr_eq(turn(s, 4, 5, &batch, &tok), a);
+    ck_assert_int_eq(batch, 1); /* no more than the doorbell said */
+    wrk_sched_ring(s, a, 6, 1); /* a doorbell while the request is open */
+    ck_assert(!a->in_ring);
+    ck_assert(wrk_sched_ended(s, a, tok, 7));
+    ck_assert(a->in_ring);
+
+    /* An end for a request that is not the open one changes nothing. */
+    old = tok;
+    ck_assert_ptr_eq(turn(s, 4, 8, &batch, &tok), a);
+    ck_assert(!wrk_sched_ended(s, a, old, 8));
+    ck_assert(a->req_token == tok);
+    /* A late delivery (no open request) is held but fills nothing. */
+    ck_assert(wrk_sched_ended(s, a, tok, 9));
+    ck_assert(!wrk_sched_delivered(s, a, 0, 9));
+    ck_assert_int_eq(a->held, 2);
+    ck_assert_int_eq(wrk_sched_outstanding(s), 0);
+    wrk_sched_release(s, a);
+    wrk_sched_release(s, a);
+    wrk_sched_release(s, a); /* never below zero */
+    ck_assert_int_eq(a->held, 0);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* An unanswered request (lost in a reconnect, or a consumer that does not
+ * exist) is given up after the timeout and the queue's consumer is checked
+ * again; meanwhile the queue keeps its place in line and other queues get
+ * their turns. A queue kept waiting is not asked before its retry time. */
+START_TEST(test_expire_setup_and_retry)
+{
+    wrk_sched *s = sched_new(4);
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b");
+    uint64_t tok = 0;
+    int batch = 0;
+    int64_t wake = 0;
+
+    wrk_sched_ring(s, a, 0, 2);
+    ck_assert_ptr_eq(turn(s, 2, 0, &batch, &tok), a);
+    ck_assert_uint_eq(wrk_sched_expire(s, 1999, 2000), 0);
+    ck_assert_uint_eq(wrk_sched_expire(s, 2000, 2000), 1);
+    ck_assert(a->req_token == 0 && a->in_ring && !a->ready);
+    ck_assert_int_eq(wrk_sched_outstanding(s), 0);
+
+    /* Not ready: no turn, whatever the free capacity, until set up. */
+    wrk_sched_ring(s, b, 2000, 1);
+    ck_assert_ptr_eq(wrk_sched_next(s, 2, 2000, &batch, &wake), b);
+    wrk_sched_unclaim(s, b); /* back at the tail: [a, b] */
+    ck_assert(b->in_ring && !b->claimed);
+    ck_assert_ptr_eq(wrk_sched_unready(s, 2000, &wake), a);
+    ck_assert(a->setting_up && a->in_ring);
+    ck_assert_ptr_null(wrk_sched_unready(s, 2000, &wake)); /* already handed out */
+    wrk_sched_setup_done(s, a, false, 2500);               /* failed: retry later */
+    ck_assert_ptr_null(wrk_sched_unready(s, 2100, &wake));
+    ck_assert(wake == 2500);
+    ck_assert_ptr_eq(turn(s, 2, 2100, &batch, &tok), b);
+    ck_assert(wrk_sched_ended(s, b, tok, 2100));
+    ck_assert_ptr_null(wrk_sched_next(s, 2, 2100, &batch, &wake));
+    ck_assert_ptr_eq(wrk_sched_unready(s, 2500, &wake), a);
+    wrk_sched_setup_done(s, a, true, 0);
+    ck_assert(a->ready && !a->setting_up);
+    ck_assert_ptr_eq(wrk_sched_next(s, 2, 2500, &batch, &wake), a);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* A new tenant's queue keeps its place in line while its consumer is set
+ * up: once ready it comes before the tenant with a backlog. */
+START_TEST(test_new_queue_keeps_its_place)
+{
+    wrk_sched *s = sched_new(4);
+    wrk_queue *a = queue(s, "a"), *b = wrk_sched_queue(s, 0, "default", "b", true), *q;
+    uint64_t tok = 0;
+    int batch = 0;
+
+    wrk_sched_ring(s, a, 0, 100);
+    wrk_sched_ring(s, b, 0, 1); /* not ready yet */
+    /* A takes the free slots while B is being set up... */
+    ck_assert_ptr_eq(wrk_sched_unready(s, 0, NULL), b);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_ptr_eq(turn(s, 1, 0, &batch, &tok), a);
+        ck_assert(wrk_sched_delivered(s, a, tok, 0));
+    }
+    /* ...and B is first once it is ready: it was in line before A came
+     * back. */
+    wrk_sched_setup_done(s, b, true, 0);
+    q = turn(s, 1, 0, &batch, &tok);
+    ck_assert_ptr_eq(q, b);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_prune_and_remove)
+{
+    wrk_sched *s = sched_new(4);
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b"), *c;
+    uint64_t tok = 0;
+    int batch = 0;
+
+    wrk_sched_ring(s, a, 0, 5);
+    wrk_sched_ring(s, b, 0, 1);
+    ck_assert_ptr_eq(turn(s, 1, 0, &batch, &tok), a);
+    ck_assert(wrk_sched_delivered(s, a, tok, 0)); /* a holds a job, and is in line */
+    ck_assert(a->in_ring);
+    ck_assert(!wrk_sched_remove(s, a));
+    ck_assert_uint_eq(wrk_sched_prune(s, 100000, 1000), 0); /* both busy */
+    ck_assert_ptr_eq(turn(s, 1, 0, &batch, &tok), b);
+    ck_assert(wrk_sched_ended(s, b, tok, 0));
+    ck_assert_uint_eq(wrk_sched_prune(s, 500, 1000), 0); /* b seen too recently */
+    b->pinned = true;
+    ck_assert_uint_eq(wrk_sched_prune(s, 100000, 1000), 0); /* pinned */
+    b->pinned = false;
+    ck_assert_uint_eq(wrk_sched_prune(s, 100000, 1000), 1); /* b is gone */
+    ck_assert_ptr_null(wrk_sched_queue(s, 0, "default", "b", false));
+    /* Its id is used again. */
+    c = queue(s, "c");
+    ck_assert_uint_eq(c->id, 1);
+    ck_assert(wrk_sched_remove(s, c));
+    ck_assert_ptr_null(wrk_sched_by_id(s, 1));
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* A queue is asked for no more jobs than it is believed to hold (what its
+ * doorbells said, or the stream's count), so a request is filled instead
+ * of ended by a status message; when the belief runs out it waits for the
+ * next doorbell. */
+START_TEST(test_hints)
+{
+    wrk_sched *s = sched_new(4);
+    wrk_queue *a = queue(s, "a");
+    uint64_t tok = 0;
+    int batch = 0;
+
+    wrk_sched_ring(s, a, 0, 3);
+    ck_assert_ptr_eq(turn(s, 8, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 3);
+    ck_assert_int_eq(a->hint, 0);
+    ck_assert(!wrk_sched_delivered(s, a, tok, 0));
+    ck_assert(!wrk_sched_delivered(s, a, tok, 0));
+    ck_assert(wrk_sched_delivered(s, a, tok, 0)); /* filled */
+    ck_assert(!a->in_ring);                       /* and nothing more believed */
+    /* A doorbell without a count: at least one. */
+    wrk_sched_ring(s, a, 1, 0);
+    ck_assert_ptr_eq(turn(s, 8, 1, &batch, &tok), a);
+    ck_assert_int_eq(batch, 1);
+    wrk_sched_ring(s, a, 2, 4); /* 4 more stored meanwhile */
+    ck_assert(wrk_sched_delivered(s, a, tok, 2));
+    ck_assert(a->in_ring);
+    ck_assert_int_eq(a->hint, 4);
+    /* The stream's count raises the belief, never lowers it. */
+    wrk_sched_ring_count(s, a, 3, 2);
+    ck_assert_int_eq(a->hint, 4);
+    wrk_sched_ring_count(s, a, 3, 6);
+    ck_assert_int_eq(a->hint, 6);
+    ck_assert_ptr_eq(turn(s, 8, 3, &batch, &tok), a);
+    ck_assert_int_eq(batch, 6);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* ---- Cancel markers ----------------------------------------------------- */
+
+static void job_id_at(char *out, size_t n, int64_t ms)
+{
+    static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    char id[SL_EVENT_ID_LEN + 1];
+
+    sl_event_id_new(id);
+    for (int i = 9; i >= 0; i--) {
+        id[i] = b32[ms & 31];
+        ms >>= 5;
+    }
+    snprintf(out, n, "%s-0", id);
+}
+
+START_TEST(test_event_id_time)
+{
+    char id[SL_EVENT_ID_LEN + 1];
+    int64_t now = sl_now_ns() / 1000000, ms = 0;
+
+    sl_event_id_new(id);
+    ck_assert(wrk_event_id_ms(id, &ms));
+    ck_assert(ms >= now - 1000 && ms <= now + 1000);
+    ck_assert(!wrk_event_id_ms("short", &ms));
+    ck_assert(!wrk_event_id_ms("c-17-0000000000000000000000000", &ms));
+    ck_assert(!wrk_event_id_ms(NULL, &ms));
+}
+END_TEST
+
+START_TEST(test_marker_needed)
+{
+    char job[64];
+    const int64_t now = 1800000000000LL, min = 60 * 1000;
+
+    /* Heard every cancel for an hour, ring never full: a fresh message's
+     * cancel would have been heard. */
+    job_id_at(job, sizeof(job), now - 1000);
+    ck_assert(!wrk_cancel_marker_needed(job, now, now - 60 * min, 0));
+    /* Connected (or reconnected) after the message, or within the skew. */
+    ck_assert(wrk_cancel_marker_needed(job, now, now - 2000, 0));
+    ck_assert(wrk_cancel_marker_needed(job, now, now - 1000 - WRK_CANCEL_SKEW_MS, 0));
+    ck_assert(!wrk_cancel_marker_needed(job, now, now - 1001 - WRK_CANCEL_SKEW_MS, 0));
+    /* The ring forgot a cancel heard after the message could have been
+     * cancelled. */
+    ck_assert(wrk_cancel_marker_needed(job, now, now - 60 * min, now - 5000));
+    ck_assert(!wrk_cancel_marker_needed(job, now, now - 60 * min, now - 30 * min));
+    /* Too old for the ring's 10 minutes. */
+    job_id_at(job, sizeof(job), now - 10 * min);
+    ck_assert(wrk_cancel_marker_needed(job, now, now - 60 * min, 0));
+    job_id_at(job, sizeof(job), now - 9 * min);
+    ck_assert(!wrk_cancel_marker_needed(job, now, now - 60 * min, 0));
+    /* A job id without an event id: always. */
+    ck_assert(wrk_cancel_marker_needed("job-1", now, now - 60 * min, 0));
+}
+END_TEST
+
+static Suite *sched_suite(void)
+{
+    Suite *s = suite_create("wrk_sched");
+    TCase *tc = tcase_create("sched");
+
+    tcase_add_test(tc, test_names);
+    tcase_add_test(tc, test_table_bound);
+    tcase_add_test(tc, test_backlog_does_not_starve_another_tenant);
+    tcase_add_test(tc, test_shares);
+    tcase_add_test(tc, test_empty_and_rung_meanwhile);
+    tcase_add_test(tc, test_expire_setup_and_retry);
+    tcase_add_test(tc, test_new_queue_keeps_its_place);
+    tcase_add_test(tc, test_prune_and_remove);
+    tcase_add_test(tc, test_hints);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+static Suite *marker_suite(void)
+{
+    Suite *s = suite_create("wrk_cancel_marker");
+    TCase *tc = tcase_create("marker");
+
+    tcase_add_test(tc, test_event_id_time);
+    tcase_add_test(tc, test_marker_needed);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(sched_suite());
+    int failed;
+
+    srunner_add_suite(sr, marker_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,161 @@
+/* Fair pulling across tenants: the worker's table of work queues and the
+ * round-robin order in which it asks them for jobs. Pure bookkeeping, no
+ * I/O and no clock of its own (times are passed in), so it is tested by
+ * feeding it events (tests/unit/check_wrk_sched.c).
+ *
+ * A queue is one durable pull consumer on SLUICE_WORK: `wrk_<model>~<tenant>`
+ * with filter `sluice.work.<model>.<tenant>` (or, while a model still has
+ * the model-wide consumer of older workers, `wrk_<model>` with filter
+ * `sluice.work.<model>.>`, see wrk_loop.c). A queue is *active* while it
+ * may hold jobs this worker could take: it sits in a ring, and the
+ * dispatcher takes queues from the ring's head in turn and asks each for a
+ * share of the free job slots (one pull request at a time per queue, no
+ * waiting on the server: an empty queue answers at once and leaves the
+ * ring until something rings it again). A tenant with a long backlog
+ * therefore gets one turn per round like any other, instead of every slot
+ * until its backlog is gone.
+ *
+ * Not thread-safe: the caller holds one lock around every call. Queue
+ * pointers stay valid until wrk_sched_prune() or wrk_sched_destroy() frees
+ * them; prune frees only queues that hold nothing and wait for nothing. */
+#ifndef WRK_SCHED_H
+#define WRK_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_status.h"
+#include "sl_subject.h"
+
+#define WRK_DURABLE_MAX (2 * SL_ID_MAX + 8)
+
+typedef struct wrk_queue {
+    uint32_t id;                /* table index: stable while the queue lives */
+    size_t model;               /* caller's model index */
+    char tenant[SL_ID_MAX + 1]; /* "" for a model's legacy model-wide consumer */
+    char durable[WRK_DURABLE_MAX];
+    char filter[SL_SUBJECT_MAX];
+    bool ready;          /* the consumer is known to exist (wrk_sched_setup_done) */
+    bool setting_up;     /* handed out by wrk_sched_unready, not done yet */
+    bool claimed;        /* taken by wrk_sched_next(), being set up or requested */
+    bool in_ring;        /* waiting for its turn */
+    bool pinned;         /* never pruned (set by the caller) */
+    int64_t retry_at_ms; /* not asked before this time (set by the caller after a failure) */
+    uint64_t bell;       /* bumped whenever jobs may have arrived */
+    int hint;            /* jobs it is believed to hold for us (not asked for yet) */
+    int held;            /* jobs fetched from it and not yet settled here */
+    int64_t seen_ms;     /* last time it was rung or delivered a job */
+    /* The open pull request (token 0: none). */
+    uint64_t req_token;
+    int req_batch, req_got;
+    uint64_t req_bell; /* bell when the request was made */
+    int64_t req_at_ms;
+    struct wrk_queue *hnext, *rnext; /* hash chain, ring */
+} wrk_queue;
+
+typedef struct wrk_sched wrk_sched;
+
+/* Creates an empty table holding at most max_queues queues (>= 1).
+ * Returns SL_OK with *out owned by the caller, SL_ERR_INVAL, SL_ERR_NOMEM. */
+sl_status wrk_sched_create(wrk_sched **out, size_t max_queues);
+
+/* Frees the table and every queue. NULL-safe. */
+void wrk_sched_destroy(wrk_sched *s);
+
+/* The queue of (model, tenant), created (not ready, not in the ring) when
+ * missing and create is set. tenant "" names a model's legacy queue. The
+ * durable and filter names are made here. Returns NULL when it does not
+ * exist and create is not set, when tenant is not a valid id (and not ""),
+ * when model_name is invalid, or when the table is full or out of memory. */
+wrk_queue *wrk_sched_queue(wrk_sched *s, size_t model, const char *model_name, const char *tenant,
+                           bool create);
+
+/* The queue with this id, or NULL. */
+wrk_queue *wrk_sched_by_id(wrk_sched *s, uint32_t id);
+
+/* Jobs may have arrived on q: jobs more (a doorbell says how many were
+ * stored; 0 when unknown). Bumps its bell, adds jobs to its hint, notes
+ * now_ms as seen, and puts it at the ring's tail unless it is there
+ * already, claimed, or has a request open (it is put back when that ends,
+ * since it was rung meanwhile). */
+void wrk_sched_ring(wrk_sched *s, wrk_queue *q, int64_t now_ms, int jobs);
+
+/* The same when q is known to hold at least jobs for us (the stream's
+ * per-subject count minus what this worker holds): the hint becomes at
+ * least jobs. */
+void wrk_sched_ring_count(wrk_sched *s, wrk_queue *q, int64_t now_ms, int jobs);
+
+/* Number of queues in the ring. */
+size_t wrk_sched_active(const wrk_sched *s);
+
+/* Takes the next queue whose turn it is (the ring's head, skipping and
+ * keeping queues not ready or whose retry time has not come) and claims
+ * it. *batch is
+ * its share of free (free > 0): free divided by the queues in the ring
+ * counting this one, at least 1, and no more than its hint (at least 1).
+ * Returns NULL when no queue may be asked now; then *wake_ms (may be NULL)
+ * is the earliest retry time in the ring or INT64_MAX. */
+wrk_queue *wrk_sched_next(wrk_sched *s, int free, int64_t now_ms, int *batch, int64_t *wake_ms);
+
+/* The first queue in line whose consumer is not known to exist (new, or
+ * checked again after an unanswered request), not being set up, and due:
+ * it keeps its place in line while the caller sets it up (without regard
+ * to free capacity, so a new tenant never waits for a free slot to get
+ * its consumer) and calls wrk_sched_setup_done. NULL when none; then
+ * *wake_ms (may be NULL) is the earliest retry time of such a queue, or
+ * INT64_MAX. */
+wrk_queue *wrk_sched_unready(wrk_sched *s, int64_t now_ms, int64_t *wake_ms);
+
+/* Ends the setup of q: ready when ok, else not asked again before
+ * retry_at_ms. */
+void wrk_sched_setup_done(wrk_sched *s, wrk_queue *q, bool ok, int64_t retry_at_ms);
+
+/* Puts a claimed queue back at the ring's tail (after a failure with
+ * q->retry_at_ms set by the caller). */
+void wrk_sched_unclaim(wrk_sched *s, wrk_queue *q);
+
+/* Opens a pull request of batch jobs on a claimed queue (its hint goes
+ * down by batch) and returns its token (never 0). */
+uint64_t wrk_sched_open(wrk_sched *s, wrk_queue *q, int batch, int64_t now_ms);
+
+/* A job delivered for q's request token (or for no open request: a late
+ * delivery, when token does not match; a queue has at most one request
+ * open, so the caller passes q->req_token). Counts it as held. Returns
+ * true when it completed the open request (the batch is full); the queue
+ * goes back in the ring when its hint says it holds more, or it was rung
+ * meanwhile. */
+bool wrk_sched_delivered(wrk_sched *s, wrk_queue *q, uint64_t token, int64_t now_ms);
+
+/* The server ended q's request token before its batch was full (no more
+ * jobs, or an error): its hint drops to 0. The queue goes back to the ring
+ * only when it was rung while the request was open; otherwise it is idle
+ * until rung. Returns false when token is not the open request (nothing
+ * changes). */
+bool wrk_sched_ended(wrk_sched *s, wrk_queue *q, uint64_t token, int64_t now_ms);
+
+/* Ends every request open for longer than timeout_ms (its answer was lost
+ * in a reconnect, or its consumer does not exist: such a pull gets no
+ * answer at all), marks its queue not ready (the caller checks the
+ * consumer again) and rings it; returns how many. */
+size_t wrk_sched_expire(wrk_sched *s, int64_t now_ms, int64_t timeout_ms);
+
+/* Jobs asked for and not delivered yet, over every open request. */
+int wrk_sched_outstanding(const wrk_sched *s);
+
+/* A job of q was settled (acked, NAKed or terminated) here. */
+void wrk_sched_release(wrk_sched *s, wrk_queue *q);
+
+/* Frees the queues that are not pinned, hold nothing, wait for nothing and
+ * were not seen for idle_ms. Returns how many were freed. */
+size_t wrk_sched_prune(wrk_sched *s, int64_t now_ms, int64_t idle_ms);
+
+/* Frees q now when it holds nothing and waits for nothing (returns true);
+ * otherwise leaves it and returns false. */
+bool wrk_sched_remove(wrk_sched *s, wrk_queue *q);
+
+/* Calls fn for every queue (in table order; fn must not add or free
+ * queues). */
+void wrk_sched_each(wrk_sched *s, void (*fn)(void *ud, wrk_queue *q), void *ud);
+
+#endif
