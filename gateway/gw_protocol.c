@@ -112,14 +112,16 @@ static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
             set_err(err, "bad_frame", "send.text must be a string");
             return SL_ERR_INVAL;
         }
-        if (has_key(root, "room") && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "room"))) {
+        if (has_key(root, "room") &&
+            !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "room"))) {
             c->room = get_str(root, "room");
             if (!sl_id_valid(c->room)) {
                 set_err(err, "bad_id", "room must be 1-64 chars of [A-Za-z0-9_-]");
                 return SL_ERR_INVAL;
             }
         }
-        if (has_key(root, "prev") && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "prev"))) {
+        if (has_key(root, "prev") &&
+            !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "prev"))) {
             c->prev = get_str(root, "prev");
             if (!sl_client_id_valid(c->prev)) {
                 set_err(err, "bad_id", "send.prev must be 1-64 chars of [A-Za-z0-9_.:-]");

@@ -374,12 +374,3 @@ bool wrk_sched_remove(wrk_sched *s, wrk_queue *q)
         s->n--;
     return true;
 }
-
-void wrk_sched_each(wrk_sched *s, void (*fn)(void *ud, wrk_queue *q), void *ud)
-{
-    if (s == NULL || fn == NULL)
-        return;
-    for (size_t i = 0; i < s->n; i++)
-        if (s->v[i] != NULL)
-            fn(ud, s->v[i]);
-}

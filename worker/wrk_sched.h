@@ -154,8 +154,4 @@ size_t wrk_sched_prune(wrk_sched *s, int64_t now_ms, int64_t idle_ms);
  * otherwise leaves it and returns false. */
 bool wrk_sched_remove(wrk_sched *s, wrk_queue *q);
 
-/* Calls fn for every queue (in table order; fn must not add or free
- * queues). */
-void wrk_sched_each(wrk_sched *s, void (*fn)(void *ud, wrk_queue *q), void *ud);
-
 #endif
