@@ -1152,12 +1152,9 @@ static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const c
     return chan_get_ex(s, tenant, is_room, name, false);
 }
 
-/* Frees an unused channel: at once when force, else after it has been
- * empty for CHAN_LINGER_MS (so members resuming here find its cache). */
-static void chan_free(gw_server *s, gw_chan *ch)
+/* Frees what a channel owns and the channel itself (not its map entry). */
+static void chan_destroy(gw_chan *ch)
 {
-    gw_map_del(s->chans, ch->live);
-    natsSubscription_Unsubscribe(ch->sub);
     natsSubscription_Destroy(ch->sub);
     while (ch->pend_head != NULL) {
         pend *p = ch->pend_head;
@@ -1169,6 +1166,16 @@ static void chan_free(gw_server *s, gw_chan *ch)
     free(ch);
 }
 
+/* Unsubscribes and frees a channel nobody uses any more. */
+static void chan_free(gw_server *s, gw_chan *ch)
+{
+    gw_map_del(s->chans, ch->live);
+    natsSubscription_Unsubscribe(ch->sub);
+    chan_destroy(ch);
+}
+
+/* Called when a member leaves: an empty channel with a cache is kept for
+ * CHAN_LINGER_MS (members resuming here find its cache), else freed. */
 static void chan_release(gw_server *s, gw_chan *ch)
 {
     if (ch->nmembers > 0)
@@ -2743,18 +2750,9 @@ bool gw_server_ready(gw_server *s, char *why, size_t whylen)
 
 static void free_chan_cb(const char *key, void *val, void *ud)
 {
-    gw_chan *ch = val;
     (void)key;
     (void)ud;
-    natsSubscription_Destroy(ch->sub);
-    while (ch->pend_head != NULL) {
-        pend *p = ch->pend_head;
-        ch->pend_head = p->next;
-        pend_free(p);
-    }
-    cache_clear(ch);
-    cJSON_Delete(ch->presence);
-    free(ch);
+    chan_destroy(val);
 }
 
 void gw_server_destroy(gw_server *s)
