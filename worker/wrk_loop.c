@@ -1264,7 +1264,10 @@ static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *f
         cc.InactiveThreshold = (int64_t)WRK_CONSUMER_IDLE_S * 1000 * NS_PER_MS;
 
     ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
-    if (ns == NATS_NOT_FOUND && create) {
+    /* Only per-tenant consumers are ever created: a model-wide one
+     * (wrk_<model>, from before the migration) made again by a stale queue
+     * would overlap every tenant's filter and block their consumers. */
+    if (ns == NATS_NOT_FOUND && create && strchr(durable, '~') != NULL) {
         ns = js_AddConsumer(&ci, l->js, SL_STREAM_WORK, &cc, NULL, &jerr);
         if (ns == NATS_OK)
             sl_debug("created consumer %s on %s", durable, SL_STREAM_WORK);
