@@ -828,7 +828,10 @@ export class SluiceClient extends Emitter {
                 break;
             case 'gap':
                 this.#stats.gaps += 1;
-                if (Number.isFinite(f.to)) this.#positions.advance(f.ch, f.to);
+                // `to` is the seq of the first event replayed after the hole:
+                // that event is still to come, so the position stops just
+                // before it (advancing to `to` would drop it as a duplicate).
+                if (Number.isFinite(f.to)) this.#positions.advance(f.ch, f.to - 1);
                 this.emit('gap', f);
                 break;
             case 'reconnect':

@@ -171,6 +171,29 @@ describe('client against a fake gateway', () => {
         });
     });
 
+    test('a gap frame is followed by the event it names in `to`, which is delivered', { timeout: 20000 }, async () => {
+        await withGateway(async (gw) => {
+            const client = makeClient(gw.url, { autoAck: false });
+            const seen = [];
+            const gaps = [];
+            client.on('event', (e) => seen.push(`${e.ch}#${e.seq}`));
+            client.on('gap', (g) => gaps.push(g));
+            client.connect();
+            const conn = await gw.conn(0);
+            await conn.next((f) => f.type === 'hello');
+            conn.welcome();
+            await until(() => client.state === 'open');
+            conn.send({ type: 'event', ch: 'r:lobby', seq: 10, kind: 'message', id: 'm10', from: { user: 'u' }, text: 't' });
+            conn.send({ type: 'gap', ch: 'r:lobby', from: 10, to: 350 });
+            conn.send({ type: 'event', ch: 'r:lobby', seq: 350, kind: 'message', id: 'm350', from: { user: 'u' }, text: 't' });
+            conn.send({ type: 'event', ch: 'r:lobby', seq: 351, kind: 'message', id: 'm351', from: { user: 'u' }, text: 't' });
+            await until(() => seen.length === 3, { what: 'three events' });
+            assert.deepEqual(seen, ['r:lobby#10', 'r:lobby#350', 'r:lobby#351']);
+            assert.equal(gaps.length, 1);
+            assert.equal(client.stats.duplicates, 0);
+        });
+    });
+
     test('busy: the same id is sent again only after retry_after_ms', { timeout: 20000 }, async () => {
         await withGateway(async (gw) => {
             const client = makeClient(gw.url);
