@@ -46,7 +46,8 @@ export interface MessageEvent extends EventBase {
     event: string;
     from: From;
     text: string;
-    ts: string | number;
+    /** Milliseconds since the Unix epoch. */
+    ts: number;
 }
 
 export interface TokenEvent extends EventBase {
@@ -63,6 +64,8 @@ export interface ReplyEvent extends EventBase {
     reply: string;
     to: string;
     agent: string;
+    /** The delivery attempt that produced this reply (1 on the first). */
+    attempt: number;
     text: string;
     final: true;
     degraded?: boolean;
@@ -87,7 +90,8 @@ export interface ReceiptEvent extends EventBase {
 export interface AgentBusyEvent extends EventBase {
     kind: 'busy';
     to: string;
-    agent: string;
+    /** Absent when the refusal is not about one agent. */
+    agent?: string;
     reason: string;
     retry_after_ms: number;
 }
@@ -135,11 +139,14 @@ export interface Joined {
     ch: `r:${string}`;
     seq: number;
     members: Member[];
+    /** True when the member list was cut (at most 100 are listed). */
+    members_truncated?: boolean;
 }
 
 export interface Left {
     type: 'left';
     room: string;
+    ch: `r:${string}`;
 }
 
 export interface Gap {
