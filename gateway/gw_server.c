@@ -1452,8 +1452,21 @@ static void read_result_run(void *arg)
                     presence_snap_set(ch, ss, u);
             }
         }
-        conn_send_text(s, c, gw_frame_joined(ch->name, j->head, j->members, j->members_truncated));
-        j->members = NULL;
+        if (ch->presence != NULL) {
+            /* The store read may have run before this member's own presence
+             * write landed: the snapshot always holds every local member, so
+             * the next join served from memory lists it, and this joiner
+             * sees itself as on the fast path. */
+            bool truncated = false;
+            cJSON *members;
+            presence_snap_set(ch, c->session, c->sub);
+            members = presence_snap_list(ch, &truncated);
+            conn_send_text(s, c, gw_frame_joined(ch->name, j->head, members, truncated));
+        } else {
+            conn_send_text(s, c,
+                           gw_frame_joined(ch->name, j->head, j->members, j->members_truncated));
+            j->members = NULL;
+        }
         acked_set(c, ch->ch, (int64_t)j->head, true);
         if (m->delivered < ch->ready_head)
             replay_submit(s, c, m, false); /* the channel dropped events above the join point */

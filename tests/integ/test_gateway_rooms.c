@@ -290,6 +290,39 @@ END_TEST
 
 /* ---- ack and receipts ---- */
 
+/* Back-to-back joins on one gateway, with no wait for the presence store:
+ * the first joiner (the slow path, which reads the store) is listed in its
+ * own `joined`, and the second (served from memory) lists the first. Each
+ * pair runs in a room of its own, so every pair takes the slow path first. */
+START_TEST(test_joined_lists_local_members_at_once)
+{
+    fx f;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    for (int i = 0; i < 10; i++) {
+        char room[16];
+        hx_sl_client *a = fx_client(&f, 0, "acme", "alice");
+        hx_sl_client *b = fx_client(&f, 0, "acme", "bob");
+        cJSON *ja, *jb;
+
+        snprintf(room, sizeof(room), "quick-%d", i);
+        ja = join(&f, a, room);
+        jb = join(&f, b, room);
+        HX_ASSERT_MSG(f.s, has_member(ja, "alice", hx_sl_session(a)),
+                      "round %d: alice's joined lacks alice: %s", i, cJSON_PrintUnformatted(ja));
+        HX_ASSERT_MSG(f.s, has_member(jb, "alice", hx_sl_session(a)),
+                      "round %d: bob's joined lacks alice: %s", i, cJSON_PrintUnformatted(jb));
+        HX_ASSERT_MSG(f.s, has_member(jb, "bob", hx_sl_session(b)),
+                      "round %d: bob's joined lacks bob: %s", i, cJSON_PrintUnformatted(jb));
+        cJSON_Delete(ja);
+        cJSON_Delete(jb);
+        hx_sl_destroy(a);
+        hx_sl_destroy(b);
+    }
+    fx_stop(&f);
+}
+END_TEST
+
 START_TEST(test_ack_sends_receipts_to_the_sender)
 {
     fx f;
@@ -605,6 +638,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_send_accepted_and_duplicate);
     tcase_add_test(tc, test_join_members_presence_leave);
+    tcase_add_test(tc, test_joined_lists_local_members_at_once);
     tcase_add_test(tc, test_ack_sends_receipts_to_the_sender);
     tcase_add_test(tc, test_history);
     tcase_add_test(tc, test_ping_pong);
