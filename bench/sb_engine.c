@@ -153,8 +153,8 @@ sl_status sb_engine_create(sb_engine **out, const sb_engine_cfg *cfg, const sb_h
     sl_status rc = SL_OK;
     uint32_t i;
 
-    if (out == NULL || cfg == NULL || cfg->ntargets <= 0 || cfg->ntargets > SB_MAX_TARGETS ||
-        cfg->nconns == 0 || cfg->nconns > SB_MAX_CONNS)
+    if (out == NULL || cfg == NULL || cfg->adapter == NULL || cfg->ntargets <= 0 ||
+        cfg->ntargets > SB_MAX_TARGETS || cfg->nconns == 0 || cfg->nconns > SB_MAX_CONNS)
         return SL_ERR_INVAL;
     e = calloc(1, sizeof(*e));
     if (e == NULL)
@@ -163,7 +163,7 @@ sl_status sb_engine_create(sb_engine **out, const sb_engine_cfg *cfg, const sb_h
     e->cfg = *cfg;
     if (hooks)
         e->hooks = *hooks;
-    e->ad = sb_adapter_for(cfg->proto);
+    e->ad = cfg->adapter;
     e->seed = sb_now_ns() ^ ((uint64_t)getpid() << 32);
     e->conns = calloc(cfg->nconns, sizeof(sb_conn));
     e->scratch = malloc(SCRATCH_CAP);

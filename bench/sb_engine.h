@@ -159,6 +159,10 @@ typedef struct sb_hooks {
 /* Engine configuration, filled by the caller. */
 typedef struct sb_engine_cfg {
     sb_proto_kind proto;
+    /* The protocol adapter (sb_proto.h's sb_adapter_for(proto)); required.
+     * Handed in so that the engine does not depend on the adapters, which
+     * depend on it. */
+    const sb_adapter *adapter;
     sb_target targets[SB_MAX_TARGETS];
     int ntargets;
     sb_target pub_targets[SB_MAX_TARGETS]; /* nchan publishes elsewhere */
@@ -241,9 +245,6 @@ void sb_engine_msg(sb_engine *e, sb_conn *c, const sb_msg *m);
 
 /* Returns the JWT for c's group (or its own from the tokens file). */
 const char *sb_engine_token(const sb_engine *e, const sb_conn *c);
-
-/* Returns the adapter for a protocol. */
-const sb_adapter *sb_adapter_for(sb_proto_kind p);
 
 /* Parses "sbt=<digits>" in s[0..len) (0 when absent). */
 uint64_t sb_parse_stamp(const uint8_t *s, size_t len);

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sb_engine.h"
+#include "sb_proto.h"
 #include "sb_ws.h"
 
 /* Finds "key": in buf and returns the start of its value (after spaces), or

@@ -1,5 +1,6 @@
 /* Bench scenarios: see sb_scen.h. */
 #include "sb_scen.h"
+#include "sb_proto.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -499,6 +500,7 @@ static sl_status scen_init(scen *s, const sb_opts *o, uint32_t nconns)
             sb_hist_create(&s->g[g].reply) != SL_OK)
             return SL_ERR_NOMEM;
     }
+    cfg.adapter = sb_adapter_for(cfg.proto);
     rc = sb_engine_create(&s->e, &cfg, &hooks);
     return rc;
 }
