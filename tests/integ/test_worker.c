@@ -775,6 +775,118 @@ START_TEST(test_sigterm_hands_back_after_grace)
 }
 END_TEST
 
+/* ---- The end is stored before the ack ------------------------------------ */
+
+/* Moves the in-flight bucket's stream to other subjects (paused) or back,
+ * so that the worker's end-state writes find no stream and fail while
+ * everything else works. */
+static void inflight_pause(tctx *t, bool paused)
+{
+    const char *moved[] = {"$KV.sluice_inflight_paused.>"};
+    const char *normal[] = {"$KV.sluice_inflight.>"};
+    jsStreamInfo *si = NULL, *upd = NULL;
+    jsErrCode jerr = 0;
+    const char **saved;
+    int saved_len;
+    natsStatus s;
+
+    ck_assert_int_eq(js_GetStreamInfo(&si, t->js, "KV_sluice_inflight", NULL, NULL), NATS_OK);
+    saved = si->Config->Subjects;
+    saved_len = si->Config->SubjectsLen;
+    si->Config->Subjects = paused ? moved : normal;
+    si->Config->SubjectsLen = 1;
+    s = js_UpdateStream(&upd, t->js, si->Config, NULL, &jerr);
+    si->Config->Subjects = saved;
+    si->Config->SubjectsLen = saved_len;
+    ck_assert_msg(s == NATS_OK, "updating KV_sluice_inflight: %s (jerr %d)", natsStatus_GetText(s),
+                  (int)jerr);
+    jsStreamInfo_Destroy(upd);
+    jsStreamInfo_Destroy(si);
+}
+
+/* A counter of the worker's /metrics, or -1. */
+static long long worker_metric(tctx *t, const char *name)
+{
+    char *body = NULL, pat[128];
+    const char *p;
+    long long v = -1;
+    int port = hx_stack_admin_port(t->stack, HX_WORKER, 0);
+
+    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
+        free(body);
+        return -1;
+    }
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    p = strstr(body, pat);
+    if (p != NULL)
+        v = strtoll(p + strlen(pat), NULL, 10);
+    free(body);
+    return v;
+}
+
+typedef struct store_wait {
+    tctx *t;
+    long long retries;
+} store_wait;
+
+/* Until the worker has stored the end again `retries` times, or the job
+ * has left the work queue (acked). */
+static bool retried_or_acked(void *ud)
+{
+    store_wait *w = ud;
+    return worker_metric(w->t, "sluice_wrk_store_retries_total") >= w->retries ||
+           work_stream_empty(w->t);
+}
+
+START_TEST(test_end_state_stored_before_ack)
+{
+    /* AckWait = 3000 + 1000 ms: the end state stays unwritable for longer
+     * than that, so the job's lease must be kept alive meanwhile. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20", "SLUICE_MODEL_TIMEOUT_MS=3000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    int fi, ntok;
+    char *joined;
+    /* Back-offs 100, 200, 400, 800, 1600, 2000, 2000 ms: past AckWait. */
+    store_wait w = {.t = &t, .retries = 7};
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    inflight_pause(&t, true);
+    job_init(&j, LONG_TEXT, "lobby");
+    publish_work(&t, &j);
+
+    /* The final reply is stored; the end state cannot be. */
+    fi = wait_final(&t, j.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    HX_ASSERT_MSG(t.stack, hx_wait_until(retried_or_acked, &w, 30000),
+                  "the worker neither acked nor stored the end again within 30 s");
+    HX_ASSERT_MSG(t.stack, !work_stream_empty(&t),
+                  "the job was acked although its end state was not stored");
+
+    /* Once the bucket takes writes again, the end state is stored, then
+     * the job is acked: within this attempt, which kept its lease, and
+     * with one final reply. */
+    inflight_pause(&t, false);
+    HX_ASSERT(t.stack, wait_state(&t, &j, "done"));
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 10000));
+    pump(&t, 500, 0);
+    ck_assert_int_eq(count_finals(&t, j.job), 1);
+    fi = find_final(&t, j.job);
+    ck_assert_int_eq(t.evs[fi].attempt, 1);
+    ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
+    ck_assert(!wait_token(&t, j.job, 2, 100)); /* never redelivered */
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, LONG_TEXT);
+    free(joined);
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"ok\"}"), 1);
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"failed\"}"), 0);
+    t_end(&t, true);
+}
+END_TEST
+
 /* ---- The openai backend against the fake server --------------------------- */
 
 typedef struct oa_ctx {
@@ -1001,6 +1113,7 @@ static Suite *worker_suite(void)
     tcase_add_test(faults, test_killed_worker_job_finished_by_another);
     tcase_add_test(faults, test_sigterm_finishes_running_job);
     tcase_add_test(faults, test_sigterm_hands_back_after_grace);
+    tcase_add_test(faults, test_end_state_stored_before_ack);
     suite_add_tcase(s, faults);
 
     tcase_set_timeout(openai, 90);
