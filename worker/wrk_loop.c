@@ -71,6 +71,9 @@
  * server deletes it after WRK_CONSUMER_IDLE_S without activity). */
 #define QUEUE_FORGET_MS (10 * 60 * 1000)
 #define WRK_QUEUES_MAX  65536
+/* The streams' sizes and limits (sluice_stream_* gauges) are sampled this
+ * often. */
+#define STREAM_SAMPLE_MS 15000
 /* Server-side lifetime of an unused per-tenant consumer. */
 #define WRK_CONSUMER_IDLE_S 3600
 
@@ -116,8 +119,9 @@ typedef struct wrk_slot {
 struct wrk_loop {
     sl_bus *bus;
     natsConnection *nc;
-    jsCtx *js; /* API calls: consumers, stream info */
-    kvStore *kv;
+    jsCtx *js;          /* API calls: consumers, stream info */
+    kvStore *kv;        /* sluice_inflight */
+    kvStore *kv_cancel; /* sluice_cancel */
     wrk_backend *backend;
 
     char **models;
@@ -481,7 +485,7 @@ static bool cancel_requested(wrk_loop *l, wrk_slot *s, const job *j)
         return hit;
     if (sl_cancel_key(key, sizeof(key), j->tenant, j->session, j->to) != SL_OK)
         return false;
-    if (kvStore_Get(&e, l->kv, key) == NATS_OK)
+    if (kvStore_Get(&e, l->kv_cancel, key) == NATS_OK)
         hit = true;
     kvEntry_Destroy(e);
     return hit;
@@ -1611,6 +1615,7 @@ static void *dispatch_main(void *arg)
     int64_t next_discover = 0, next_prune = wrk_backend_now_ms() + QUEUE_FORGET_MS / 10;
     int64_t stop_until = 0;
     int64_t last_warn = 0;
+    int64_t next_sample = 0;
 
     pthread_mutex_lock(&l->qmu);
     for (;;) {
@@ -1632,6 +1637,10 @@ static void *dispatch_main(void *arg)
         if (now >= next_discover) {
             size_t n;
             pthread_mutex_unlock(&l->qmu);
+            if (now >= next_sample) {
+                sl_streams_sample(l->js);
+                next_sample = now + STREAM_SAMPLE_MS;
+            }
             discover(l, now);
             pthread_mutex_lock(&l->qmu);
             n = wrk_sched_expire(l->sched, now, REQUEST_TIMEOUT_MS);
@@ -1868,8 +1877,10 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         goto cleanup;
     }
     st = sl_bus_kv(bus, SL_KV_INFLIGHT, &l->kv);
+    if (st == SL_OK)
+        st = sl_bus_kv(bus, SL_KV_CANCEL, &l->kv_cancel);
     if (st != SL_OK) {
-        set_err(err, errlen, "bucket %s: %s", SL_KV_INFLIGHT, sl_status_str(st));
+        set_err(err, errlen, "buckets %s, %s: %s", SL_KV_INFLIGHT, SL_KV_CANCEL, sl_status_str(st));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -2147,6 +2158,7 @@ void wrk_loop_destroy(wrk_loop *l)
     free(l->ready);
     wrk_sched_destroy(l->sched);
     kvStore_Destroy(l->kv);
+    kvStore_Destroy(l->kv_cancel);
     jsCtx_Destroy(l->js);
     for (size_t m = 0; l->models != NULL && m < l->nmodels; m++)
         free(l->models[m]);
