@@ -20,6 +20,40 @@ sl_status sl_parse_int(const char *s, int64_t *out)
     return SL_OK;
 }
 
+sl_status sl_parse_size(const char *s, int64_t *out)
+{
+    static const char units[] = "kmgt";
+    const char *p = s;
+    const char *u;
+    int64_t v = 0;
+    int shift = 0;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return SL_ERR_INVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (INT64_MAX - (*p - '0')) / 10)
+            return SL_ERR_INVAL;
+        v = v * 10 + (*p - '0');
+    }
+    if (*p != '\0') {
+        u = strchr(units, p[0] | 0x20);
+        if (u == NULL)
+            return SL_ERR_INVAL;
+        shift = 10 * (int)(u - units + 1);
+        p++;
+        if (strcasecmp(p, "ib") == 0)
+            p += 2;
+        else if (strcasecmp(p, "b") == 0)
+            p += 1;
+        if (*p != '\0')
+            return SL_ERR_INVAL;
+    }
+    if (v > (INT64_MAX >> shift))
+        return SL_ERR_INVAL;
+    *out = v << shift;
+    return SL_OK;
+}
+
 sl_status sl_parse_addr(const char *s, char *hostbuf, size_t hostlen, int *port)
 {
     const char *colon;
@@ -92,6 +126,21 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
         }
         if ((o->min != 0 || o->max != 0) && (v < o->min || v > o->max)) {
             snprintf(err, errlen, "%s (%s): %lld is outside %lld..%lld", o->env, source,
+                     (long long)v, (long long)o->min, (long long)o->max);
+            return SL_ERR_INVAL;
+        }
+        *(int64_t *)o->dst = v;
+        return SL_OK;
+    }
+    case SL_CFG_SIZE: {
+        int64_t v;
+        if (sl_parse_size(val, &v) != SL_OK) {
+            snprintf(err, errlen, "%s (%s): '%s' is not a byte size (e.g. 1073741824 or 1GiB)",
+                     o->env, source, val);
+            return SL_ERR_INVAL;
+        }
+        if ((o->min != 0 || o->max != 0) && (v < o->min || v > o->max)) {
+            snprintf(err, errlen, "%s (%s): %lld bytes is outside %lld..%lld", o->env, source,
                      (long long)v, (long long)o->min, (long long)o->max);
             return SL_ERR_INVAL;
         }
@@ -233,6 +282,22 @@ void sl_common_opts(sl_cfg_opt *out, sl_common_cfg *c, const char *admin_default
          false},
         {"SLUICE_RESUME_WINDOW_S", "resume-window-s", SL_CFG_INT, "900",
          "how long a session can be resumed", &c->resume_window_s, 10, 30 * 86400, false, false},
+        {"SLUICE_IN_MAX_BYTES", "in-max-bytes", SL_CFG_SIZE, "1GiB",
+         "storage bound of SLUICE_IN (client messages; when full the oldest are dropped)",
+         &c->in_max_bytes, SL_MAX_BYTES_MIN, SL_MAX_BYTES_MAX, false, false},
+        {"SLUICE_WORK_MAX_BYTES", "work-max-bytes", SL_CFG_SIZE, "1GiB",
+         "storage bound of SLUICE_WORK (queued jobs; when full new jobs are refused: busy)",
+         &c->work_max_bytes, SL_MAX_BYTES_MIN, SL_MAX_BYTES_MAX, false, false},
+        {"SLUICE_OUT_MAX_BYTES", "out-max-bytes", SL_CFG_SIZE, "4GiB",
+         "storage bound of SLUICE_OUT (delivered events; when full the oldest are dropped)",
+         &c->out_max_bytes, SL_MAX_BYTES_MIN, SL_MAX_BYTES_MAX, false, false},
+        {"SLUICE_KV_MAX_BYTES", "kv-max-bytes", SL_CFG_SIZE, "256MiB",
+         "storage bound of each KV bucket (when full new keys are refused)", &c->kv_max_bytes,
+         SL_MAX_BYTES_MIN, SL_MAX_BYTES_MAX, false, false},
+        {"SLUICE_CANCEL_TTL_S", "cancel-ttl-s", SL_CFG_INT, "300",
+         "lifetime of a cancel marker (bucket sluice_cancel): at least as long as a job can "
+         "wait and run",
+         &c->cancel_ttl_s, 1, 7 * 86400, false, false},
     };
     memcpy(out, opts, sizeof(opts));
 }

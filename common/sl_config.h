@@ -17,6 +17,8 @@ typedef enum sl_cfg_type {
     SL_CFG_INT,  /* dst is int64_t *, checked against [min, max] */
     SL_CFG_BOOL, /* dst is bool *: 1/0, true/false, yes/no, on/off */
     SL_CFG_ADDR, /* dst is char **: "host:port" with a port in 1..65535 */
+    SL_CFG_SIZE, /* dst is int64_t *: bytes, with an optional K, M, G or T suffix
+                    (binary: 1K = 1024; "KiB" and "KB" alike), checked against [min, max] */
 } sl_cfg_type;
 
 typedef struct sl_cfg_opt {
@@ -43,9 +45,19 @@ typedef struct sl_common_cfg {
     int64_t out_max_age_s;
     int64_t out_history;
     int64_t resume_window_s;
+    int64_t in_max_bytes;   /* MaxBytes of SLUICE_IN */
+    int64_t work_max_bytes; /* MaxBytes of SLUICE_WORK */
+    int64_t out_max_bytes;  /* MaxBytes of SLUICE_OUT */
+    int64_t kv_max_bytes;   /* MaxBytes of each KV bucket */
+    int64_t cancel_ttl_s;   /* lifetime of a cancel marker (bucket sluice_cancel) */
 } sl_common_cfg;
 
-#define SL_COMMON_OPTS_N 10
+#define SL_COMMON_OPTS_N 15
+
+/* Bounds of the storage limits (SLUICE_*_MAX_BYTES): at least 1 MiB (the
+ * largest message NATS takes by default), at most 1 PiB. */
+#define SL_MAX_BYTES_MIN (1LL << 20)
+#define SL_MAX_BYTES_MAX (1LL << 50)
 
 /* Fills out[0..SL_COMMON_OPTS_N) with the common options writing into c;
  * admin_default is the tier's default admin address. */
@@ -67,6 +79,11 @@ void sl_config_free(const sl_cfg_opt *opts, size_t n);
 
 /* Strict integer parse of the whole string: SL_ERR_INVAL otherwise. */
 sl_status sl_parse_int(const char *s, int64_t *out);
+
+/* Strict parse of a byte size: digits, then optionally K, M, G or T (any
+ * case, binary multiples), optionally followed by "iB" or "B". SL_ERR_INVAL
+ * when malformed or when it overflows int64_t. */
+sl_status sl_parse_size(const char *s, int64_t *out);
 
 /* Splits "host:port" (host may be empty, meaning all interfaces); host is
  * written to hostbuf (NUL-terminated). SL_ERR_INVAL when malformed. */

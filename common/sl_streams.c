@@ -1,11 +1,18 @@
 #include "sl_streams.h"
 
+#include <inttypes.h>
 #include <string.h>
 
 #include "sl_bus.h"
+#include "sl_codec.h"
 #include "sl_log.h"
+#include "sl_metrics.h"
 
 #define NS_PER_S 1000000000LL
+
+/* JetStream error codes (nats-server 2.9.10). */
+#define JERR_INSUFFICIENT_RESOURCES 10023
+#define JERR_STORAGE_RESOURCES      10047
 
 /* Limits where 0 and -1 both mean "none". */
 static bool limit_eq(int64_t a, int64_t b)
@@ -13,7 +20,71 @@ static bool limit_eq(int64_t a, int64_t b)
     return (a <= 0 && b <= 0) || a == b;
 }
 
-/* Creates the stream, or checks that the existing one is compatible. */
+/* Names the configuration variable of a stream's or bucket's byte limit,
+ * for error messages. */
+static const char *max_bytes_var(const char *name)
+{
+    if (strcmp(name, SL_STREAM_IN) == 0)
+        return "SLUICE_IN_MAX_BYTES";
+    if (strcmp(name, SL_STREAM_WORK) == 0)
+        return "SLUICE_WORK_MAX_BYTES";
+    if (strcmp(name, SL_STREAM_OUT) == 0)
+        return "SLUICE_OUT_MAX_BYTES";
+    return "SLUICE_KV_MAX_BYTES";
+}
+
+/* A refused create or update of a stream: not enough storage on the
+ * server for the limits asked is a configuration error (fatal, retrying
+ * cannot help); anything else is left to a retry. */
+static sl_status refused(const char *what, const char *name, int64_t max_bytes, natsStatus s,
+                         jsErrCode jerr, char *err, size_t errlen)
+{
+    if (jerr == JERR_INSUFFICIENT_RESOURCES || jerr == JERR_STORAGE_RESOURCES) {
+        snprintf(err, errlen,
+                 "%s %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                 " (%s; the sum of SLUICE_*_MAX_BYTES must fit nats-server's max_file_store): "
+                 "%s (jerr %d)",
+                 what, name, max_bytes, max_bytes_var(name), nats_GetLastError(NULL), (int)jerr);
+        return SL_ERR_INVAL;
+    }
+    snprintf(err, errlen, "%s %s: %s (jerr %d)", what, name, natsStatus_GetText(s), (int)jerr);
+    return SL_ERR_BUS;
+}
+
+/* Brings an existing stream's byte limit and discard policy (and, when
+ * max_age is set, its MaxAge: the cancel bucket's TTL) to the wanted ones;
+ * other limits stay as they are. have is modified. */
+static sl_status update_limits(jsCtx *js, jsStreamConfig *have, int64_t max_bytes,
+                               jsDiscardPolicy discard, int64_t max_age, char *err, size_t errlen)
+{
+    jsStreamInfo *upd = NULL;
+    jsErrCode jerr = 0;
+    int64_t old_bytes = have->MaxBytes, old_age = have->MaxAge;
+    natsStatus s;
+
+    if (have->MaxBytes == max_bytes && have->Discard == discard &&
+        (max_age <= 0 || have->MaxAge == max_age))
+        return SL_OK;
+    have->MaxBytes = max_bytes;
+    have->Discard = discard;
+    if (max_age > 0) {
+        have->MaxAge = max_age;
+        if (have->Duplicates > max_age)
+            have->Duplicates = max_age; /* the server wants it within MaxAge */
+    }
+    s = js_UpdateStream(&upd, js, have, NULL, &jerr);
+    jsStreamInfo_Destroy(upd);
+    if (s != NATS_OK)
+        return refused("updating", have->Name, max_bytes, s, jerr, err, errlen);
+    sl_info("stream %s updated: MaxBytes %" PRId64 " -> %" PRId64 ", MaxAge %" PRId64
+            " s -> %" PRId64 " s, discard %s",
+            have->Name, old_bytes, max_bytes, (int64_t)(old_age / NS_PER_S),
+            (int64_t)(have->MaxAge / NS_PER_S), discard == js_DiscardNew ? "new" : "old");
+    return SL_OK;
+}
+
+/* Creates the stream, or checks that the existing one is compatible and
+ * brings its byte limit and discard policy to want's. */
 static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_t errlen)
 {
     jsStreamInfo *si = NULL;
@@ -26,6 +97,10 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
         s = js_AddStream(&si, js, want, NULL, &jerr);
         if (s == NATS_OK) {
             sl_info("created stream %s", want->Name);
+            goto cleanup;
+        }
+        if (jerr == JERR_INSUFFICIENT_RESOURCES || jerr == JERR_STORAGE_RESOURCES) {
+            st = refused("creating stream", want->Name, want->MaxBytes, s, jerr, err, errlen);
             goto cleanup;
         }
         /* Another process may have created it in between: check it. */
@@ -56,19 +131,27 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
             !limit_eq(have->Replicas, want->Replicas))
             sl_warn("stream %s has other limits than this process's configuration; keeping them",
                     want->Name);
+        st = update_limits(js, have, want->MaxBytes, want->Discard, 0, err, errlen);
     }
 cleanup:
     jsStreamInfo_Destroy(si);
     return st;
 }
 
-static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int replicas, char *err,
-                           size_t errlen)
+/* Creates the bucket, or brings an existing one's byte limit (and, when
+ * sync_ttl, its TTL) to the configuration. */
+static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int replicas,
+                           int64_t max_bytes, bool sync_ttl, char *err, size_t errlen)
 {
     kvStore *kv = NULL;
+    jsStreamInfo *si = NULL;
+    char stream[64];
     kvConfig kc;
+    jsErrCode jerr = 0;
     natsStatus s;
+    sl_status st = SL_OK;
 
+    snprintf(stream, sizeof(stream), "KV_%s", bucket);
     s = js_KeyValue(&kv, js, bucket);
     if (s == NATS_NOT_FOUND) {
         kvConfig_Init(&kc);
@@ -77,18 +160,37 @@ static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int rep
         kc.TTL = ttl_s * NS_PER_S;
         kc.StorageType = js_FileStorage;
         kc.Replicas = replicas;
+        kc.MaxBytes = max_bytes;
         s = js_CreateKeyValue(&kv, js, &kc);
-        if (s != NATS_OK)
-            s = js_KeyValue(&kv, js, bucket);
-        else
+        if (s == NATS_OK) {
             sl_info("created bucket %s", bucket);
+            goto cleanup;
+        }
+        if (strstr(nats_GetLastError(NULL), "insufficient") != NULL) {
+            snprintf(err, errlen,
+                     "bucket %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                     " (SLUICE_KV_MAX_BYTES; the sum of SLUICE_*_MAX_BYTES must fit "
+                     "nats-server's max_file_store): %s",
+                     bucket, max_bytes, nats_GetLastError(NULL));
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        s = js_KeyValue(&kv, js, bucket);
     }
-    kvStore_Destroy(kv);
+    if (s == NATS_OK)
+        s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
     if (s != NATS_OK) {
         snprintf(err, errlen, "bucket %s: %s", bucket, natsStatus_GetText(s));
-        return SL_ERR_BUS;
+        st = SL_ERR_BUS;
+        goto cleanup;
     }
-    return SL_OK;
+    /* Keep the discard policy the client library chose for buckets. */
+    st = update_limits(js, si->Config, max_bytes, si->Config->Discard,
+                       sync_ttl ? ttl_s * NS_PER_S : 0, err, errlen);
+cleanup:
+    jsStreamInfo_Destroy(si);
+    kvStore_Destroy(kv);
+    return st;
 }
 
 sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size_t errlen)
@@ -98,8 +200,14 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
     const char *out_subj[] = {"sluice.out.>"};
     jsRePublish rp = {.Source = "sluice.out.>", .Destination = "sluice.live.>"};
     jsStreamConfig in, work, out;
+    int replicas = (int)cfg->stream_replicas;
+    int64_t kv_bytes = cfg->kv_max_bytes;
     sl_status st;
 
+    /* IN and OUT drop their oldest messages when full (IN: client messages
+     * the orchestrators normally processed long before; OUT: the oldest
+     * history), so the service goes on; WORK refuses new jobs (busy), as
+     * it does for a full tenant queue. docs/operations.md has the why. */
     jsStreamConfig_Init(&in);
     in.Name = SL_STREAM_IN;
     in.Subjects = in_subj;
@@ -107,6 +215,8 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
     in.Retention = js_LimitsPolicy;
     in.Storage = js_FileStorage;
     in.MaxAge = 24 * 3600 * NS_PER_S;
+    in.MaxBytes = cfg->in_max_bytes;
+    in.Discard = js_DiscardOld;
     in.Duplicates = 120 * NS_PER_S;
     in.Replicas = cfg->stream_replicas;
 
@@ -117,6 +227,7 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
     work.Retention = js_WorkQueuePolicy;
     work.Storage = js_FileStorage;
     work.MaxMsgsPerSubject = cfg->tenant_queue_max;
+    work.MaxBytes = cfg->work_max_bytes;
     work.Discard = js_DiscardNew;
     work.DiscardNewPerSubject = true;
     work.Duplicates = 120 * NS_PER_S;
@@ -131,6 +242,8 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
     out.Storage = js_FileStorage;
     out.MaxAge = cfg->out_max_age_s * NS_PER_S;
     out.MaxMsgsPerSubject = cfg->out_history;
+    out.MaxBytes = cfg->out_max_bytes;
+    out.Discard = js_DiscardOld;
     out.Duplicates = 120 * NS_PER_S;
     out.AllowDirect = true;
     out.RePublish = &rp;
@@ -140,12 +253,57 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
         (st = ensure_stream(js, &work, err, errlen)) != SL_OK ||
         (st = ensure_stream(js, &out, err, errlen)) != SL_OK)
         return st;
-    if ((st = ensure_kv(js, SL_KV_SESSIONS, cfg->resume_window_s, (int)cfg->stream_replicas, err,
+    if ((st = ensure_kv(js, SL_KV_SESSIONS, cfg->resume_window_s, replicas, kv_bytes, false, err,
                         errlen)) != SL_OK ||
-        (st = ensure_kv(js, SL_KV_INFLIGHT, SL_INFLIGHT_TTL_S, (int)cfg->stream_replicas, err,
+        (st = ensure_kv(js, SL_KV_INFLIGHT, SL_INFLIGHT_TTL_S, replicas, kv_bytes, false, err,
                         errlen)) != SL_OK ||
-        (st = ensure_kv(js, SL_KV_PRESENCE, SL_PRESENCE_TTL_S, (int)cfg->stream_replicas, err,
+        (st = ensure_kv(js, SL_KV_PRESENCE, SL_PRESENCE_TTL_S, replicas, kv_bytes, false, err,
+                        errlen)) != SL_OK ||
+        (st = ensure_kv(js, SL_KV_CANCEL, cfg->cancel_ttl_s, replicas, kv_bytes, true, err,
                         errlen)) != SL_OK)
         return st;
     return SL_OK;
+}
+
+/* ---- Sampling ------------------------------------------------------------ */
+
+void sl_streams_sample(jsCtx *js)
+{
+    static const char *const names[] = {
+        SL_STREAM_IN,         SL_STREAM_WORK,       SL_STREAM_OUT,     "KV_" SL_KV_SESSIONS,
+        "KV_" SL_KV_INFLIGHT, "KV_" SL_KV_PRESENCE, "KV_" SL_KV_CANCEL};
+    int64_t now_ns = sl_now_ns();
+    jsOptions o;
+
+    /* A short wait, and none after the first failure: the caller's thread
+     * has other work. */
+    jsOptions_Init(&o);
+    o.Wait = 1000;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        jsStreamInfo *si = NULL;
+        char labels[96];
+        natsStatus s = js_GetStreamInfo(&si, js, names[i], &o, NULL);
+
+        if (s == NATS_NOT_FOUND)
+            continue;
+        if (s != NATS_OK)
+            break;
+        snprintf(labels, sizeof(labels), "stream=\"%s\"", names[i]);
+        sl_gauge_set(sl_gauge_get("sluice_stream_bytes", labels,
+                                  "bytes stored in a Sluice stream or bucket (sampled)"),
+                     (int64_t)si->State.Bytes);
+        sl_gauge_set(sl_gauge_get("sluice_stream_max_bytes", labels,
+                                  "the stream's or bucket's MaxBytes (-1: none)"),
+                     si->Config->MaxBytes);
+        sl_gauge_set(sl_gauge_get("sluice_stream_max_age_seconds", labels,
+                                  "the stream's or bucket's MaxAge or TTL (0: none)"),
+                     si->Config->MaxAge / NS_PER_S);
+        sl_gauge_set(sl_gauge_get("sluice_stream_first_age_seconds", labels,
+                                  "age of the oldest message kept (0: empty): what the stream "
+                                  "still holds, in time"),
+                     si->State.Msgs > 0 && si->State.FirstTime > 0
+                         ? (now_ns - si->State.FirstTime) / NS_PER_S
+                         : 0);
+        jsStreamInfo_Destroy(si);
+    }
 }

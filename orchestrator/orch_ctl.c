@@ -19,6 +19,7 @@
 struct orch_ctl {
     jsCtx *js;
     kvStore *kv;
+    kvStore *kv_cancel;
     natsSubscription *cancel_sub;
     natsSubscription *adv_sub;
     _Atomic int stopping; /* ends the advisory retries at shutdown */
@@ -155,7 +156,7 @@ static void on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
         goto cleanup;
     if (orch_job_json(&json, "cancelled", e->session, e->cancel->message_id, "", NULL) != SL_OK)
         goto cleanup;
-    if (kvStore_PutString(NULL, c->kv, key, json) != NATS_OK)
+    if (kvStore_PutString(NULL, c->kv_cancel, key, json) != NATS_OK)
         sl_warn("cancel marker %s: %s", key, nats_GetLastError(NULL));
     else
         sl_logf(SL_LOG_INFO, &(sl_log_ctx){.tenant = tenant, .session = e->session},
@@ -166,7 +167,8 @@ cleanup:
     natsMsg_Destroy(msg);
 }
 
-sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight)
+sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,
+                          kvStore *cancel)
 {
     orch_ctl *c = calloc(1, sizeof(*c));
     natsStatus s;
@@ -175,6 +177,7 @@ sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore
         return SL_ERR_NOMEM;
     c->js = js;
     c->kv = inflight;
+    c->kv_cancel = cancel;
     s = natsConnection_Subscribe(&c->cancel_sub, nc, "sluice.ctl.cancel.*", on_cancel, c);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&c->adv_sub, nc, ADVISORY_SUBJ, on_advisory, c);

@@ -1,7 +1,7 @@
 /* The orchestrator's listeners on core NATS, which run on cnats threads:
  * - cancel requests on sluice.ctl.cancel.* become cancel markers in KV
- *   sluice_inflight ("<t>.x-<hex>", docs/wire.md), so a worker drops a
- *   queued job before it starts;
+ *   sluice_cancel ("<t>.x-<hex>", docs/wire.md; they expire after
+ *   SLUICE_CANCEL_TTL_S), so a worker drops a queued job before it starts;
  * - the max-deliveries advisory of SLUICE_WORK ends the job nobody could
  *   finish: the agent's fallback as the final reply (degraded, id
  *   r:<job>), the job marked failed, and the work message deleted by
@@ -19,9 +19,11 @@
 
 typedef struct orch_ctl orch_ctl;
 
-/* Subscribes on nc using js and the in-flight bucket kv (all borrowed: they
- * must outlive the listeners). SL_ERR_BUS when a subscription failed. */
-sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight);
+/* Subscribes on nc using js, the in-flight bucket and the cancel bucket
+ * (all borrowed: they must outlive the listeners). SL_ERR_BUS when a
+ * subscription failed. */
+sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,
+                          kvStore *cancel);
 
 /* Unsubscribes and waits for running callbacks; NULL-safe. */
 void orch_ctl_destroy(orch_ctl *c);

@@ -82,6 +82,7 @@ struct orch_loop {
     orch_loop_cfg cfg;
     kvStore *kv_sessions;
     kvStore *kv_inflight;
+    kvStore *kv_cancel;
     orch_kvget *kvget;                 /* batched reads of kv_sessions */
     orch_kv_entry *entries;            /* BATCH_MAX of them */
     char nonce[SL_SESSION_ID_LEN + 1]; /* makes the stores' Nats-Msg-Ids unique */
@@ -185,6 +186,8 @@ static void teardown(orch_loop *l)
     l->kv_sessions = NULL;
     kvStore_Destroy(l->kv_inflight);
     l->kv_inflight = NULL;
+    kvStore_Destroy(l->kv_cancel);
+    l->kv_cancel = NULL;
 }
 
 void orch_loop_destroy(orch_loop *l)
@@ -259,6 +262,8 @@ static sl_status setup(orch_loop *l)
     if (l->kv_inflight == NULL &&
         (st = sl_bus_kv(l->bus, SL_KV_INFLIGHT, &l->kv_inflight)) != SL_OK)
         return st;
+    if (l->kv_cancel == NULL && (st = sl_bus_kv(l->bus, SL_KV_CANCEL, &l->kv_cancel)) != SL_OK)
+        return st;
     if (l->pub == NULL && (st = orch_pub_create(&l->pub, sl_bus_nc(l->bus))) != SL_OK)
         return st;
     if (l->kvget == NULL &&
@@ -289,7 +294,7 @@ static sl_status setup(orch_loop *l)
         }
     }
     if (l->ctl == NULL && (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus),
-                                                l->kv_inflight)) != SL_OK)
+                                                l->kv_inflight, l->kv_cancel)) != SL_OK)
         return st;
     atomic_store(&l->ready, 1);
     return SL_OK;

@@ -107,10 +107,10 @@ static void print_stream(jsCtx *js, const char *name)
         printf("%-12s missing\n", name);
         return;
     }
-    printf("%-12s msgs=%llu bytes=%llu first=%llu last=%llu consumers=%lld\n", name,
+    printf("%-12s msgs=%llu bytes=%llu max_bytes=%lld first=%llu last=%llu consumers=%lld\n", name,
            (unsigned long long)si->State.Msgs, (unsigned long long)si->State.Bytes,
-           (unsigned long long)si->State.FirstSeq, (unsigned long long)si->State.LastSeq,
-           (long long)si->State.Consumers);
+           (long long)si->Config->MaxBytes, (unsigned long long)si->State.FirstSeq,
+           (unsigned long long)si->State.LastSeq, (long long)si->State.Consumers);
     if (strcmp(name, SL_STREAM_WORK) == 0 && si->State.Subjects != NULL) {
         for (int i = 0; i < si->State.Subjects->Count; i++)
             printf("  queue %-40s depth=%llu\n", si->State.Subjects->List[i].Subject,
@@ -151,6 +151,10 @@ static int cmd_status(void)
         print_stream(sl_bus_js(bus), SL_STREAM_IN);
         print_stream(sl_bus_js(bus), SL_STREAM_WORK);
         print_stream(sl_bus_js(bus), SL_STREAM_OUT);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_SESSIONS);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_INFLIGHT);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_PRESENCE);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_CANCEL);
     }
     sl_bus_destroy(bus, 0);
     sl_config_free(opts, SL_COMMON_OPTS_N);

@@ -293,6 +293,22 @@ int main(int argc, char **argv)
         st = SL_ERR_INVAL;
     }
     if (st == SL_OK) {
+        /* A cancel marker must outlive every job it may concern: all its
+         * deliveries, each up to AckWait (timeout + grace) and a NAK delay
+         * of up to WRK_RETRY_MAX_MS. */
+        int64_t life_s =
+            (WRK_MAX_DELIVER * (timeout_ms + ack_grace_ms + WRK_RETRY_MAX_MS) + 999) / 1000;
+        if (common.cancel_ttl_s < life_s) {
+            snprintf(err, sizeof(err),
+                     "SLUICE_CANCEL_TTL_S: %lld s is shorter than a job can live here (%lld s = "
+                     "%d deliveries x (SLUICE_MODEL_TIMEOUT_MS + SLUICE_WORKER_ACK_GRACE_MS + "
+                     "%d ms of retry delay)): a cancel could expire before its job runs",
+                     (long long)common.cancel_ttl_s, (long long)life_s, WRK_MAX_DELIVER,
+                     WRK_RETRY_MAX_MS);
+            st = SL_ERR_INVAL;
+        }
+    }
+    if (st == SL_OK) {
         nmodels = split_models(models_list, models, MAX_MODELS, err, sizeof(err));
         if (nmodels < 0)
             st = SL_ERR_INVAL;

@@ -40,8 +40,20 @@
 /* Bound on the time spent reading the channel history for context. */
 #define CONTEXT_BUDGET_MS 1000
 
-/* A final reply that could not be stored is retried after this delay. */
+/* A job that could not run or store its end is handed back with this NAK
+ * delay. */
 #define FINAL_RETRY_MS 1000
+
+/* The end of a job (final reply, agent message, end state) is stored again
+ * and again, with a back-off from STORE_BACKOFF_MIN_MS to
+ * STORE_BACKOFF_MAX_MS, for up to STORE_RETRY_MS while the timer keeps the
+ * job's lease; only then is the job handed back. The bound keeps a
+ * redelivery's final reply within JetStream's 2-minute duplicate window
+ * (60 s here, plus the NAK delay, plus one model call), so no client ever
+ * sees a second final. */
+#define STORE_RETRY_MS       60000
+#define STORE_BACKOFF_MIN_MS 100
+#define STORE_BACKOFF_MAX_MS 2000
 
 /* Bound on the wait for the acknowledgments of a job's last publishes. */
 #define PUB_WAIT_MS 5000
@@ -59,6 +71,9 @@
  * server deletes it after WRK_CONSUMER_IDLE_S without activity). */
 #define QUEUE_FORGET_MS (10 * 60 * 1000)
 #define WRK_QUEUES_MAX  65536
+/* The streams' sizes and limits (sluice_stream_* gauges) are sampled this
+ * often. */
+#define STREAM_SAMPLE_MS 15000
 /* Server-side lifetime of an unused per-tenant consumer. */
 #define WRK_CONSUMER_IDLE_S 3600
 
@@ -104,8 +119,9 @@ typedef struct wrk_slot {
 struct wrk_loop {
     sl_bus *bus;
     natsConnection *nc;
-    jsCtx *js; /* API calls: consumers, stream info */
-    kvStore *kv;
+    jsCtx *js;          /* API calls: consumers, stream info */
+    kvStore *kv;        /* sluice_inflight */
+    kvStore *kv_cancel; /* sluice_cancel */
     wrk_backend *backend;
 
     char **models;
@@ -160,7 +176,7 @@ struct wrk_loop {
     bool stopped;
 
     sl_counter *m_jobs[5]; /* ok, partial, degraded, cancelled, failed */
-    sl_counter *m_tokens, *m_retries, *m_requeued, *m_cancels, *m_pulls;
+    sl_counter *m_tokens, *m_retries, *m_requeued, *m_cancels, *m_pulls, *m_store_retries;
     sl_hist *m_ttft, *m_job;
     sl_gauge *m_inflight, *m_queues;
 };
@@ -360,15 +376,15 @@ static char *state_json(const wrk_loop *l, const char *state, const char *sessio
  * slot's context (a KV put is a publish to $KV.<bucket>.<key>); the
  * caller's next js_PublishAsyncComplete covers it. Published on the same
  * connection after every earlier state of the job, so the bucket keeps the
- * order. */
-static void kv_put_async(wrk_loop *l, job *j, const char *state)
+ * order. Returns false when it was not even sent. */
+static bool kv_put_async(wrk_loop *l, job *j, const char *state)
 {
     wrk_slot *s = j->slot;
     char *txt = state_json(l, state, j->session, j->to, j->agent, j->attempt);
     natsStatus ns;
 
     if (txt == NULL)
-        return;
+        return false;
     ns = js_PublishAsync(s->js, s->kv_subject, txt, (int)strlen(txt), NULL);
     if (ns != NATS_OK) {
         sl_log_ctx c = job_ctx(j);
@@ -376,6 +392,7 @@ static void kv_put_async(wrk_loop *l, job *j, const char *state)
                 natsStatus_GetText(ns));
     }
     free(txt);
+    return ns == NATS_OK;
 }
 
 /* Returns true when the in-flight KV says the job already ended. */
@@ -468,7 +485,7 @@ static bool cancel_requested(wrk_loop *l, wrk_slot *s, const job *j)
         return hit;
     if (sl_cancel_key(key, sizeof(key), j->tenant, j->session, j->to) != SL_OK)
         return false;
-    if (kvStore_Get(&e, l->kv, key) == NATS_OK)
+    if (kvStore_Get(&e, l->kv_cancel, key) == NATS_OK)
         hit = true;
     kvEntry_Destroy(e);
     return hit;
@@ -724,8 +741,14 @@ static bool slot_publishes_done(wrk_slot *s, const job *j, int errors_before)
     po.MaxWait = PUB_WAIT_MS;
     ns = js_PublishAsyncComplete(s->js, &po);
     if (ns != NATS_OK) {
+        natsMsgList pending = {0};
         sl_logf(SL_LOG_WARN, &c, "job %s: publishes not acknowledged within %d ms (%s)", j->job_id,
                 PUB_WAIT_MS, natsStatus_GetText(ns));
+        /* Forget them (a late acknowledgment is then ignored), or every
+         * later wait of this slot would wait for them too; whoever needs
+         * them stored publishes them again. */
+        if (js_PublishAsyncGetPendingList(&pending, s->js) == NATS_OK)
+            natsMsgList_Destroy(&pending);
         return false;
     }
     if (atomic_load(&s->pub_errors) != errors_before) {
@@ -777,57 +800,115 @@ static bool job_parse(job *j)
     return true;
 }
 
-/* Publishes the final reply and waits for JetStream to store it; only then
- * the agent message and the in-flight state (both asynchronous, one wait
- * for their acknowledgments), and only then the ack of the work message.
- * A final that is not stored leaves the job to a later attempt. */
+/* Sleeps up to ms, in steps, returning early once the grace of a stop is
+ * over. */
+static void store_backoff(wrk_loop *l, int64_t ms)
+{
+    int64_t until = wrk_backend_now_ms() + ms;
+
+    while (!atomic_load(&l->abort_all)) {
+        int64_t left = until - wrk_backend_now_ms();
+        if (left <= 0)
+            break;
+        if (left > 100)
+            left = 100;
+        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = (long)left * 1000000L}, NULL);
+    }
+}
+
+/* Stores the end of a job: the final reply, published and awaited; then
+ * the agent message (for ok and partial ends) and the in-flight end state,
+ * asynchronous, one wait for both. What fails is published again (each
+ * under its Nats-Msg-Id, so JetStream keeps one copy; the end state is the
+ * same value again) with a back-off, for up to STORE_RETRY_MS or until the
+ * grace of a stop is over; the work message stays unacknowledged all that
+ * time and the timer keeps its lease. Returns true once everything is
+ * stored. */
+static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char *text,
+                          const char *so_far)
+{
+    wrk_slot *s = j->slot;
+    sl_log_ctx c = job_ctx(j);
+    int64_t give_up = wrk_backend_now_ms() + STORE_RETRY_MS;
+    int64_t backoff = STORE_BACKOFF_MIN_MS;
+    bool final_ok = false;
+    bool want_agent = d->end == WRK_END_OK || d->end == WRK_END_PARTIAL;
+
+    for (int round = 0;; round++) {
+        if (round > 0) {
+            if (wrk_backend_now_ms() + backoff > give_up || atomic_load(&l->abort_all))
+                return false;
+            sl_counter_inc(l->m_store_retries);
+            store_backoff(l, backoff);
+            backoff = backoff * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : backoff * 2;
+        }
+        if (!final_ok) {
+            bool duplicate = false;
+            sl_status st = wrk_stream_final(j->stream, text, d->end == WRK_END_DEGRADED,
+                                            d->end == WRK_END_PARTIAL, d->end == WRK_END_CANCELLED,
+                                            &duplicate);
+            if (st != SL_OK) {
+                sl_logf(SL_LOG_WARN, &c, "job %s: final reply not stored (%s); trying again",
+                        j->job_id, sl_status_str(st));
+                continue;
+            }
+            final_ok = true;
+            if (duplicate && round == 0)
+                sl_logf(SL_LOG_INFO, &c, "job %s: a final reply was already stored", j->job_id);
+        }
+        int errors_before = atomic_load(&s->pub_errors);
+        bool sent = true;
+        if (want_agent) {
+            wrk_agent_msg am = {
+                .tenant = j->tenant,
+                .session = j->session,
+                .trace_id = j->env->trace_id,
+                .hops = j->env->hops + 1,
+                .reply_id = j->reply_id,
+                .agent = j->agent,
+                .room = j->work->room,
+                .text = so_far,
+            };
+            sl_status st = wrk_agent_message_publish_async(s->js, &am);
+            if (st == SL_ERR_INVAL) {
+                /* No valid subject for this agent: nothing that could ever
+                 * be stored, so nothing to wait for. */
+                sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id,
+                        sl_status_str(st));
+                want_agent = false;
+            } else if (st != SL_OK) {
+                sent = false;
+            }
+        }
+        if (!kv_put_async(l, j, d->kv_state))
+            sent = false;
+        if (slot_publishes_done(s, j, errors_before) && sent)
+            return true;
+        sl_logf(SL_LOG_WARN, &c, "job %s: %s not stored; trying again before the ack", j->job_id,
+                want_agent ? "the agent message or the end state" : "the end state");
+    }
+}
+
+/* Stores the end of the job (job_store_end), and only then acks (or
+ * terminates) the work message. When the end could not be stored in time
+ * the job is handed back (NAK): the next attempt ends it, and its final
+ * reply is a duplicate JetStream drops when this one was stored. */
 static void job_finish(wrk_loop *l, job *j, const wrk_decision *d)
 {
     wrk_slot *s = j->slot;
     sl_log_ctx c = job_ctx(j);
     size_t len = 0;
     const char *so_far = wrk_stream_text(j->stream, &len);
-    const char *text = so_far;
-    bool duplicate = false;
-    int errors_before = atomic_load(&s->pub_errors);
-    sl_status st;
+    const char *text = d->end == WRK_END_DEGRADED ? j->fallback : so_far;
 
-    if (d->end == WRK_END_DEGRADED)
-        text = j->fallback;
-    st = wrk_stream_final(j->stream, text, d->end == WRK_END_DEGRADED, d->end == WRK_END_PARTIAL,
-                          d->end == WRK_END_CANCELLED, &duplicate);
-    if (st != SL_OK) {
-        /* Not stored: the job stays pending so this or another worker ends
-         * it (attempt + 1); the orchestrator covers the last delivery. */
-        sl_logf(SL_LOG_ERROR, &c, "job %s: final reply not stored (%s); will be retried", j->job_id,
-                sl_status_str(st));
+    if (!job_store_end(l, j, d, text, so_far)) {
+        sl_logf(SL_LOG_ERROR, &c,
+                "job %s: its end could not be stored; handing it back for another attempt",
+                j->job_id);
         sl_counter_inc(l->m_jobs[M_FAILED]);
         slot_settle(s, j->msg, SETTLE_NAK, FINAL_RETRY_MS);
         return;
     }
-    if (duplicate)
-        sl_logf(SL_LOG_INFO, &c, "job %s: a final reply was already stored", j->job_id);
-    if (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) {
-        wrk_agent_msg am = {
-            .tenant = j->tenant,
-            .session = j->session,
-            .trace_id = j->env->trace_id,
-            .hops = j->env->hops + 1,
-            .reply_id = j->reply_id,
-            .agent = j->agent,
-            .room = j->work->room,
-            .text = so_far,
-        };
-        st = wrk_agent_message_publish_async(s->js, &am);
-        if (st != SL_OK)
-            sl_logf(SL_LOG_WARN, &c, "job %s: agent message not published (%s)", j->job_id,
-                    sl_status_str(st));
-    }
-    kv_put_async(l, j, d->kv_state);
-    /* As before this change, a lost agent message or state is logged and
-     * the job still ends: its reply is stored, and a retry would only
-     * repeat what JetStream deduplicates. */
-    (void)slot_publishes_done(s, j, errors_before);
     slot_settle(s, j->msg, d->term ? SETTLE_TERM : SETTLE_ACK, 0);
     for (int i = 0; i < 4; i++)
         if (d->metric != NULL && strcmp(d->metric, metric_names[i]) == 0)
@@ -1534,6 +1615,7 @@ static void *dispatch_main(void *arg)
     int64_t next_discover = 0, next_prune = wrk_backend_now_ms() + QUEUE_FORGET_MS / 10;
     int64_t stop_until = 0;
     int64_t last_warn = 0;
+    int64_t next_sample = 0;
 
     pthread_mutex_lock(&l->qmu);
     for (;;) {
@@ -1555,6 +1637,10 @@ static void *dispatch_main(void *arg)
         if (now >= next_discover) {
             size_t n;
             pthread_mutex_unlock(&l->qmu);
+            if (now >= next_sample) {
+                sl_streams_sample(l->js);
+                next_sample = now + STREAM_SAMPLE_MS;
+            }
             discover(l, now);
             pthread_mutex_lock(&l->qmu);
             n = wrk_sched_expire(l->sched, now, REQUEST_TIMEOUT_MS);
@@ -1638,6 +1724,10 @@ static void init_metrics(wrk_loop *l)
         sl_counter_get("sluice_wrk_requeued_total", NULL, "running jobs handed back at shutdown");
     l->m_cancels = sl_counter_get("sluice_wrk_cancels_total", NULL,
                                   "cancel requests received on sluice.ctl.cancel");
+    l->m_store_retries =
+        sl_counter_get("sluice_wrk_store_retries_total", NULL,
+                       "rounds in which a job's final reply, agent message or end state was "
+                       "stored again before the ack");
     l->m_pulls = sl_counter_get("sluice_wrk_pull_requests_total", NULL,
                                 "pull requests sent to the work queues (tenant turns)");
     l->m_ttft = sl_hist_get("sluice_wrk_ttft_seconds", NULL,
@@ -1787,8 +1877,10 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         goto cleanup;
     }
     st = sl_bus_kv(bus, SL_KV_INFLIGHT, &l->kv);
+    if (st == SL_OK)
+        st = sl_bus_kv(bus, SL_KV_CANCEL, &l->kv_cancel);
     if (st != SL_OK) {
-        set_err(err, errlen, "bucket %s: %s", SL_KV_INFLIGHT, sl_status_str(st));
+        set_err(err, errlen, "buckets %s, %s: %s", SL_KV_INFLIGHT, SL_KV_CANCEL, sl_status_str(st));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -2066,6 +2158,7 @@ void wrk_loop_destroy(wrk_loop *l)
     free(l->ready);
     wrk_sched_destroy(l->sched);
     kvStore_Destroy(l->kv);
+    kvStore_Destroy(l->kv_cancel);
     jsCtx_Destroy(l->js);
     for (size_t m = 0; l->models != NULL && m < l->nmodels; m++)
         free(l->models[m]);

@@ -9,7 +9,9 @@
  * Per job, on the hot path: the job arrives in a batch pulled for its
  * queue; tokens are published without waiting; the final reply is
  * published and awaited; then the agent message and the end state go out
- * together and one wait covers both; then the ack. The `running` state is
+ * together and one wait covers both; then the ack, and only then: what was
+ * not stored is stored again (bounded, the lease kept alive by InProgress)
+ * or the job is handed back with a NAK. The `running` state is
  * written only for jobs that last (by the timer thread), and the cancel
  * marker is read only when a cancel could have been missed.
  *

@@ -153,12 +153,17 @@ static void pc_close(pc_user *u)
 }
 
 /* What common/sl_streams.c does at start in every tier: look each stream
- * and bucket up, create it when missing. */
+ * and bucket up, create it when missing, and bring its byte limit to the
+ * configuration (an update). */
 static natsStatus pc_provision(pc_user *u)
 {
     const char *in_s[] = {"sluice.in.>"}, *work_s[] = {"sluice.work.>"},
                *out_s[] = {"sluice.out.>"};
-    const char *buckets[] = {"sluice_sessions", "sluice_inflight", "sluice_presence"};
+    const char *buckets[] = {"sluice_sessions", "sluice_inflight", "sluice_presence",
+                             "sluice_cancel"};
+    const char *streams[] = {"SLUICE_IN",          "SLUICE_WORK",        "SLUICE_OUT",
+                             "KV_sluice_sessions", "KV_sluice_inflight", "KV_sluice_presence",
+                             "KV_sluice_cancel"};
     jsRePublish rp = {.Source = "sluice.out.>", .Destination = "sluice.live.>"};
     jsStreamConfig cfg[3];
     natsStatus s = NATS_OK;
@@ -186,7 +191,7 @@ static natsStatus pc_provision(pc_user *u)
             s = js_AddStream(&si, u->js, &cfg[i], NULL, NULL);
         jsStreamInfo_Destroy(si);
     }
-    for (int i = 0; s == NATS_OK && i < 3; i++) {
+    for (int i = 0; s == NATS_OK && i < 4; i++) {
         kvStore *kv = NULL;
         kvConfig kc;
         s = js_KeyValue(&kv, u->js, buckets[i]);
@@ -198,6 +203,16 @@ static natsStatus pc_provision(pc_user *u)
             s = js_CreateKeyValue(&kv, u->js, &kc);
         }
         kvStore_Destroy(kv);
+    }
+    for (int i = 0; s == NATS_OK && i < 7; i++) {
+        jsStreamInfo *si = NULL, *upd = NULL;
+        s = js_GetStreamInfo(&si, u->js, streams[i], NULL, NULL);
+        if (s == NATS_OK) {
+            si->Config->MaxBytes = si->Config->MaxBytes == 64LL << 20 ? 32LL << 20 : 64LL << 20;
+            s = js_UpdateStream(&upd, u->js, si->Config, NULL, NULL);
+        }
+        jsStreamInfo_Destroy(upd);
+        jsStreamInfo_Destroy(si);
     }
     return s;
 }
@@ -510,6 +525,8 @@ int main(int argc, char **argv)
                pc_kv_put(&orch, "sluice_sessions", "t1.s1"));
     pc_allowed(&orch, "KV get sluice_presence", pc_kv_get(&orch, "sluice_presence", "t1.lobby.s1"));
     pc_allowed(&orch, "KV watch sluice_inflight", pc_kv_keys(&orch, "sluice_inflight"));
+    pc_allowed(&orch, "KV put sluice_cancel (cancel marker)",
+               pc_kv_put(&orch, "sluice_cancel", "t1.x-00"));
     s = natsSubscription_NextMsg(&m, orch_cancel, PC_WAIT_MS);
     natsMsg_Destroy(m);
     m = NULL;
@@ -543,6 +560,8 @@ int main(int argc, char **argv)
                pc_context(&wrk, "sluice.out.t1.r.lobby"));
     pc_allowed(&wrk, "KV put sluice_inflight", pc_kv_put(&wrk, "sluice_inflight", "t1.job-1"));
     pc_allowed(&wrk, "KV get sluice_inflight", pc_kv_get(&wrk, "sluice_inflight", "t1.job-1"));
+    pc_allowed(&wrk, "KV get sluice_cancel (cancel marker)",
+               pc_kv_get(&wrk, "sluice_cancel", "t1.x-00"));
     s = natsSubscription_NextMsg(&m, cancel, PC_WAIT_MS);
     natsMsg_Destroy(m);
     m = NULL;
@@ -620,6 +639,9 @@ int main(int argc, char **argv)
     b = pc_before(&wrk);
     (void)pc_kv_put(&wrk, "sluice_sessions", "t1.s1");
     pc_denied(&wrk, "KV put sluice_sessions is refused", b);
+    b = pc_before(&wrk);
+    (void)pc_kv_put(&wrk, "sluice_cancel", "t1.x-01");
+    pc_denied(&wrk, "KV put sluice_cancel is refused", b);
 
     /* sluicectl */
     pc_allowed(&ctl, "list stream names", js_StreamNames(&names, ctl.js, NULL, NULL));

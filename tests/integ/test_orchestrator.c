@@ -965,7 +965,7 @@ START_TEST(test_mentions_and_hop_limit)
 }
 END_TEST
 
-/* A cancel request on core NATS becomes the cancel marker in the in-flight
+/* A cancel request on core NATS becomes the cancel marker in the cancel
  * bucket (docs/wire.md), which workers check before starting a job. */
 START_TEST(test_cancel_marker)
 {
@@ -980,7 +980,7 @@ START_TEST(test_cancel_marker)
     natsStatus s = NATS_NOT_FOUND;
 
     fx_start(&fx, 1, ONE_AGENT, NULL);
-    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_CANCEL), NATS_OK);
     ck_assert_int_eq(sl_cancel_key(key, sizeof(key), T1, "sessA", "c-17"), SL_OK);
     env.tenant = T1;
     env.session = "sessA";

@@ -610,6 +610,7 @@ START_TEST(test_cancelled_before_start_is_dropped)
     hx_stack_cfg cfg = {.workers = 1};
     tctx t;
     job_spec by_marker, by_core;
+    kvStore *cancel_kv = NULL;
     char key[256];
     int fi, ntok;
     char *joined;
@@ -617,11 +618,13 @@ START_TEST(test_cancelled_before_start_is_dropped)
     cfg.tier_env[HX_WORKER] = env;
     t_begin(&t, &cfg);
 
-    /* The orchestrator's cancel marker in the in-flight KV. */
+    /* The orchestrator's cancel marker in the cancel bucket. */
     job_init(&by_marker, "this should never be answered", "lobby");
     ck_assert_int_eq(sl_cancel_key(key, sizeof(key), t.tenant, by_marker.session, by_marker.to),
                      SL_OK);
-    ck_assert_int_eq(kvStore_PutString(NULL, t.kv, key, "{\"cancelled\":true}"), NATS_OK);
+    ck_assert_int_eq(js_KeyValue(&cancel_kv, t.js, "sluice_cancel"), NATS_OK);
+    ck_assert_int_eq(kvStore_PutString(NULL, cancel_kv, key, "{\"cancelled\":true}"), NATS_OK);
+    kvStore_Destroy(cancel_kv);
     publish_work(&t, &by_marker);
     fi = wait_final(&t, by_marker.job, 10000);
     HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
@@ -771,6 +774,345 @@ START_TEST(test_sigterm_hands_back_after_grace)
     /* Well before the 40 s AckWait: the job was NAKed, not abandoned. */
     ck_assert_msg(t.evs[fi].at_ms - term_at < 15000, "final %" PRId64 " ms after SIGTERM",
                   t.evs[fi].at_ms - term_at);
+    t_end(&t, true);
+}
+END_TEST
+
+/* ---- The end is stored before the ack ------------------------------------ */
+
+/* Moves the in-flight bucket's stream to other subjects (paused) or back,
+ * so that the worker's end-state writes find no stream and fail while
+ * everything else works. */
+static void inflight_pause(tctx *t, bool paused)
+{
+    const char *moved[] = {"$KV.sluice_inflight_paused.>"};
+    const char *normal[] = {"$KV.sluice_inflight.>"};
+    jsStreamInfo *si = NULL, *upd = NULL;
+    jsErrCode jerr = 0;
+    const char **saved;
+    int saved_len;
+    natsStatus s;
+
+    ck_assert_int_eq(js_GetStreamInfo(&si, t->js, "KV_sluice_inflight", NULL, NULL), NATS_OK);
+    saved = si->Config->Subjects;
+    saved_len = si->Config->SubjectsLen;
+    si->Config->Subjects = paused ? moved : normal;
+    si->Config->SubjectsLen = 1;
+    s = js_UpdateStream(&upd, t->js, si->Config, NULL, &jerr);
+    si->Config->Subjects = saved;
+    si->Config->SubjectsLen = saved_len;
+    ck_assert_msg(s == NATS_OK, "updating KV_sluice_inflight: %s (jerr %d)", natsStatus_GetText(s),
+                  (int)jerr);
+    jsStreamInfo_Destroy(upd);
+    jsStreamInfo_Destroy(si);
+}
+
+/* A counter of the worker's /metrics, or -1. */
+static long long worker_metric(tctx *t, const char *name)
+{
+    char *body = NULL, pat[128];
+    const char *p;
+    long long v = -1;
+    int port = hx_stack_admin_port(t->stack, HX_WORKER, 0);
+
+    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
+        free(body);
+        return -1;
+    }
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    p = strstr(body, pat);
+    if (p != NULL)
+        v = strtoll(p + strlen(pat), NULL, 10);
+    free(body);
+    return v;
+}
+
+typedef struct store_wait {
+    tctx *t;
+    long long retries;
+} store_wait;
+
+/* Until the worker has stored the end again `retries` times, or the job
+ * has left the work queue (acked). */
+static bool retried_or_acked(void *ud)
+{
+    store_wait *w = ud;
+    return worker_metric(w->t, "sluice_wrk_store_retries_total") >= w->retries ||
+           work_stream_empty(w->t);
+}
+
+START_TEST(test_end_state_stored_before_ack)
+{
+    /* AckWait = 3000 + 1000 ms: the end state stays unwritable for longer
+     * than that, so the job's lease must be kept alive meanwhile. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20", "SLUICE_MODEL_TIMEOUT_MS=3000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    int fi, ntok;
+    char *joined;
+    /* Back-offs 100, 200, 400, 800, 1600, 2000, 2000 ms: past AckWait. */
+    store_wait w = {.t = &t, .retries = 7};
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    inflight_pause(&t, true);
+    job_init(&j, LONG_TEXT, "lobby");
+    publish_work(&t, &j);
+
+    /* The final reply is stored; the end state cannot be. */
+    fi = wait_final(&t, j.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    HX_ASSERT_MSG(t.stack, hx_wait_until(retried_or_acked, &w, 30000),
+                  "the worker neither acked nor stored the end again within 30 s");
+    HX_ASSERT_MSG(t.stack, !work_stream_empty(&t),
+                  "the job was acked although its end state was not stored");
+
+    /* Once the bucket takes writes again, the end state is stored, then
+     * the job is acked: within this attempt, which kept its lease, and
+     * with one final reply. */
+    inflight_pause(&t, false);
+    HX_ASSERT(t.stack, wait_state(&t, &j, "done"));
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 10000));
+    pump(&t, 500, 0);
+    ck_assert_int_eq(count_finals(&t, j.job), 1);
+    fi = find_final(&t, j.job);
+    ck_assert_int_eq(t.evs[fi].attempt, 1);
+    ck_assert_str_eq(t.evs[fi].text, LONG_TEXT);
+    ck_assert(!wait_token(&t, j.job, 2, 100)); /* never redelivered */
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_str_eq(joined, LONG_TEXT);
+    free(joined);
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"ok\"}"), 1);
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"failed\"}"), 0);
+    t_end(&t, true);
+}
+END_TEST
+
+/* ---- Storage bounds --------------------------------------------------------- */
+
+typedef struct limits_want {
+    const char *stream;
+    int64_t max_bytes;
+    int discard; /* jsDiscardPolicy, or -1: not checked */
+} limits_want;
+
+static void assert_limits(tctx *t, const limits_want *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        jsStreamInfo *si = NULL;
+        ck_assert_msg(js_GetStreamInfo(&si, t->js, w[i].stream, NULL, NULL) == NATS_OK,
+                      "no stream %s", w[i].stream);
+        ck_assert_msg(si->Config->MaxBytes == w[i].max_bytes,
+                      "%s: MaxBytes %" PRId64 " where %" PRId64 " was wanted", w[i].stream,
+                      si->Config->MaxBytes, w[i].max_bytes);
+        if (w[i].discard >= 0)
+            ck_assert_msg((int)si->Config->Discard == w[i].discard, "%s: discard %d, not %d",
+                          w[i].stream, (int)si->Config->Discard, w[i].discard);
+        jsStreamInfo_Destroy(si);
+    }
+}
+
+/* Sets a stream's MaxBytes and discard policy, as an older version left
+ * them. */
+static void set_limits(tctx *t, const char *stream, int64_t max_bytes, jsDiscardPolicy discard)
+{
+    jsStreamInfo *si = NULL, *upd = NULL;
+
+    ck_assert_int_eq(js_GetStreamInfo(&si, t->js, stream, NULL, NULL), NATS_OK);
+    si->Config->MaxBytes = max_bytes;
+    si->Config->Discard = discard;
+    ck_assert_int_eq(js_UpdateStream(&upd, t->js, si->Config, NULL, NULL), NATS_OK);
+    jsStreamInfo_Destroy(upd);
+    jsStreamInfo_Destroy(si);
+}
+
+typedef struct metric_wait {
+    tctx *t;
+    const char *line;
+} metric_wait;
+
+static bool metric_line_seen(void *ud)
+{
+    metric_wait *w = ud;
+    char *body = NULL;
+    bool seen;
+    int port = hx_stack_admin_port(w->t->stack, HX_WORKER, 0);
+
+    seen = hx_http_get(NULL, port, "/metrics", 2000, &body) == 200 && body != NULL &&
+           strstr(body, w->line) != NULL;
+    free(body);
+    return seen;
+}
+
+START_TEST(test_streams_bounded_and_updated)
+{
+    const char *env[] = {"SLUICE_IN_MAX_BYTES=64MiB",      "SLUICE_WORK_MAX_BYTES=32M",
+                         "SLUICE_OUT_MAX_BYTES=134217728", "SLUICE_KV_MAX_BYTES=16MiB",
+                         "SLUICE_CANCEL_TTL_S=200",        NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    const limits_want want[] = {
+        {"SLUICE_IN", 64LL << 20, js_DiscardOld},
+        {"SLUICE_WORK", 32LL << 20, js_DiscardNew},
+        {"SLUICE_OUT", 128LL << 20, js_DiscardOld},
+        {"KV_sluice_sessions", 16LL << 20, js_DiscardNew},
+        {"KV_sluice_inflight", 16LL << 20, js_DiscardNew},
+        {"KV_sluice_presence", 16LL << 20, js_DiscardNew},
+        {"KV_sluice_cancel", 16LL << 20, js_DiscardNew},
+    };
+    const size_t n = sizeof(want) / sizeof(want[0]);
+    jsStreamInfo *si = NULL;
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    /* Created with the limits. */
+    assert_limits(&t, want, n);
+    ck_assert_int_eq(js_GetStreamInfo(&si, t.js, "KV_sluice_cancel", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(si->Config->MaxAge, 200LL * 1000000000LL);
+    jsStreamInfo_Destroy(si);
+    si = NULL;
+    {
+        metric_wait w = {&t, "sluice_stream_max_bytes{stream=\"SLUICE_OUT\"} 134217728\n"};
+        HX_ASSERT_MSG(t.stack, hx_wait_until(metric_line_seen, &w, 10000),
+                      "no sampled limit of SLUICE_OUT in the worker's /metrics");
+    }
+
+    /* Streams and buckets as an older version left them (no byte limit,
+     * IN discarding new, the cancel bucket with another TTL) are brought
+     * to the configuration by the next start. */
+    HX_OK(t.stack, hx_stack_stop(t.stack, HX_WORKER, 0, SIGTERM, 10000, NULL));
+    for (size_t i = 0; i < n; i++)
+        set_limits(&t, want[i].stream, -1,
+                   strcmp(want[i].stream, "SLUICE_IN") == 0 ? js_DiscardNew
+                   : want[i].discard >= 0                   ? (jsDiscardPolicy)want[i].discard
+                                                            : js_DiscardOld);
+    {
+        jsStreamInfo *upd = NULL;
+        ck_assert_int_eq(js_GetStreamInfo(&si, t.js, "KV_sluice_cancel", NULL, NULL), NATS_OK);
+        si->Config->MaxAge = 3600LL * 1000000000LL;
+        ck_assert_int_eq(js_UpdateStream(&upd, t.js, si->Config, NULL, NULL), NATS_OK);
+        jsStreamInfo_Destroy(upd);
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+    }
+    HX_OK(t.stack, hx_stack_restart(t.stack, HX_WORKER, 0));
+    assert_limits(&t, want, n);
+    ck_assert_int_eq(js_GetStreamInfo(&si, t.js, "KV_sluice_cancel", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(si->Config->MaxAge, 200LL * 1000000000LL);
+    jsStreamInfo_Destroy(si);
+    HX_ASSERT(t.stack, hx_file_contains(hx_stack_log_path(t.stack, HX_WORKER, 0),
+                                        "stream SLUICE_OUT updated"));
+    t_end(&t, true);
+}
+END_TEST
+
+/* Runs the worker binary with one extra variable against the stack's
+ * NATS; returns its exit status and its output in out (caller frees). */
+static int run_worker_with(tctx *t, const char *var, char **out)
+{
+    /* timeout: a worker that accepted the value would run until stopped. */
+    char *cmd = hx_strf("SLUICE_NATS_URL='%s' SLUICE_ADMIN_LISTEN=127.0.0.1:1 %s "
+                        "timeout -s KILL 15 '%s/sluice-worker' 2>&1",
+                        hx_stack_nats_url(t->stack), var, hx_stack_bin_dir(t->stack));
+    FILE *p = popen(cmd, "r");
+    size_t len = 0, cap = 4096;
+    char *buf = calloc(1, cap);
+    int status;
+
+    ck_assert_ptr_nonnull(p);
+    while (!feof(p) && len + 1 < cap) {
+        size_t r = fread(buf + len, 1, cap - len - 1, p);
+        if (r == 0)
+            break;
+        len += r;
+    }
+    status = pclose(p);
+    free(cmd);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(test_bad_limit_refused_at_start)
+{
+    const char *env[] = {"SLUICE_WORK_MAX_BYTES=32MiB", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    const limits_want want[] = {{"SLUICE_WORK", 32LL << 20, js_DiscardNew}};
+    const char *bad[][2] = {
+        {"SLUICE_WORK_MAX_BYTES=12x", "SLUICE_WORK_MAX_BYTES"},
+        {"SLUICE_WORK_MAX_BYTES=1000", "SLUICE_WORK_MAX_BYTES"},
+        {"SLUICE_KV_MAX_BYTES=-5", "SLUICE_KV_MAX_BYTES"},
+        {"SLUICE_CANCEL_TTL_S=60", "SLUICE_CANCEL_TTL_S"}, /* shorter than a job can live */
+    };
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *out = NULL;
+        int rc = run_worker_with(&t, bad[i][0], &out);
+        ck_assert_msg(rc == 2, "%s: exit status %d, output: %s", bad[i][0], rc, out);
+        ck_assert_msg(strstr(out, bad[i][1]) != NULL, "%s: the error does not name %s: %s",
+                      bad[i][0], bad[i][1], out);
+        free(out);
+    }
+    /* Nothing changed. */
+    assert_limits(&t, want, 1);
+    t_end(&t, true);
+}
+END_TEST
+
+static bool marker_present(void *ud)
+{
+    void **a = ud;
+    kvEntry *e = NULL;
+    bool yes = kvStore_Get(&e, (kvStore *)a[0], (const char *)a[1]) == NATS_OK;
+    kvEntry_Destroy(e);
+    return yes;
+}
+
+static bool marker_gone(void *ud)
+{
+    return !marker_present(ud);
+}
+
+START_TEST(test_cancel_marker_expires)
+{
+    const char *env[] = {"SLUICE_CANCEL_TTL_S=3", NULL};
+    hx_stack_cfg cfg = {.orchestrators = 1};
+    kvStore *cancel = NULL;
+    char key[SL_SUBJECT_MAX];
+    job_spec j;
+    tctx t;
+    void *a[2];
+    int64_t seen_at;
+
+    cfg.tier_env[HX_ORCHESTRATOR] = env;
+    t_begin(&t, &cfg);
+    ck_assert_int_eq(js_KeyValue(&cancel, t.js, "sluice_cancel"), NATS_OK);
+    job_init(&j, "hello", NULL);
+    ck_assert_int_eq(sl_cancel_key(key, sizeof(key), t.tenant, j.session, j.to), SL_OK);
+    a[0] = cancel;
+    a[1] = key;
+    /* Core NATS: the orchestrator's subscription may reach the server a
+     * moment after /readyz, so send until the marker shows up. */
+    for (int i = 0; i < 50 && !marker_present(a); i++) {
+        publish_cancel(&t, &j);
+        hx_wait_until(marker_present, a, 200);
+    }
+    HX_ASSERT_MSG(t.stack, marker_present(a), "no cancel marker in sluice_cancel within 10 s");
+    seen_at = hx_now_ms();
+    /* Not in the in-flight bucket (whose TTL is an hour). */
+    {
+        kvEntry *e = NULL;
+        ck_assert_int_ne(kvStore_Get(&e, t.kv, key), NATS_OK);
+        kvEntry_Destroy(e);
+    }
+    HX_ASSERT_MSG(t.stack, hx_wait_until(marker_gone, a, 20000),
+                  "the cancel marker outlived its 3 s TTL by 20 s");
+    ck_assert_int_ge(hx_now_ms() - seen_at, 0);
+    kvStore_Destroy(cancel);
     t_end(&t, true);
 }
 END_TEST
@@ -985,6 +1327,7 @@ static Suite *worker_suite(void)
     TCase *cancel = tcase_create("cancel");
     TCase *faults = tcase_create("faults");
     TCase *openai = tcase_create("openai");
+    TCase *storage = tcase_create("storage");
 
     tcase_set_timeout(echo, 60);
     tcase_add_test(echo, test_echo_streams_and_ends_once);
@@ -1001,7 +1344,14 @@ static Suite *worker_suite(void)
     tcase_add_test(faults, test_killed_worker_job_finished_by_another);
     tcase_add_test(faults, test_sigterm_finishes_running_job);
     tcase_add_test(faults, test_sigterm_hands_back_after_grace);
+    tcase_add_test(faults, test_end_state_stored_before_ack);
     suite_add_tcase(s, faults);
+
+    tcase_set_timeout(storage, 90);
+    tcase_add_test(storage, test_streams_bounded_and_updated);
+    tcase_add_test(storage, test_bad_limit_refused_at_start);
+    tcase_add_test(storage, test_cancel_marker_expires);
+    suite_add_tcase(s, storage);
 
     tcase_set_timeout(openai, 90);
     tcase_add_test(openai, test_openai_normal_with_context);

@@ -131,6 +131,90 @@ START_TEST(test_help_and_parsers)
 }
 END_TEST
 
+START_TEST(test_sizes)
+{
+    int64_t v;
+
+    ck_assert_int_eq(sl_parse_size("0", &v), SL_OK);
+    ck_assert_int_eq(v, 0);
+    ck_assert_int_eq(sl_parse_size("1073741824", &v), SL_OK);
+    ck_assert_int_eq(v, 1073741824LL);
+    ck_assert_int_eq(sl_parse_size("1GiB", &v), SL_OK);
+    ck_assert_int_eq(v, 1LL << 30);
+    ck_assert_int_eq(sl_parse_size("4g", &v), SL_OK);
+    ck_assert_int_eq(v, 4LL << 30);
+    ck_assert_int_eq(sl_parse_size("256MB", &v), SL_OK);
+    ck_assert_int_eq(v, 256LL << 20);
+    ck_assert_int_eq(sl_parse_size("64k", &v), SL_OK);
+    ck_assert_int_eq(v, 64LL << 10);
+    ck_assert_int_eq(sl_parse_size("2T", &v), SL_OK);
+    ck_assert_int_eq(v, 2LL << 40);
+    const char *bad[] = {"",
+                         "G",
+                         "-1",
+                         "1.5G",
+                         "1 G",
+                         "1GiBs",
+                         "1X",
+                         "1Gi",
+                         "0x10",
+                         "9223372036854775808",
+                         "8589934592G",
+                         NULL};
+    for (int i = 0; bad[i] != NULL; i++)
+        ck_assert_msg(sl_parse_size(bad[i], &v) == SL_ERR_INVAL, "'%s' was accepted", bad[i]);
+}
+END_TEST
+
+/* The storage limits every tier takes: defaults, a good value, and bad
+ * values refused with the variable named. */
+START_TEST(test_common_storage_limits)
+{
+    sl_common_cfg c;
+    sl_cfg_opt o[SL_COMMON_OPTS_N];
+    char err[256];
+    bool help;
+    const char *vars[] = {"SLUICE_IN_MAX_BYTES", "SLUICE_WORK_MAX_BYTES", "SLUICE_OUT_MAX_BYTES",
+                          "SLUICE_KV_MAX_BYTES"};
+
+    memset(&c, 0, sizeof(c));
+    sl_common_opts(o, &c, "127.0.0.1:1");
+    ck_assert_int_eq(sl_config_load(o, SL_COMMON_OPTS_N, 1, (char *[]){"p"}, &help, err, 256),
+                     SL_OK);
+    ck_assert_int_eq(c.in_max_bytes, 1LL << 30);
+    ck_assert_int_eq(c.work_max_bytes, 1LL << 30);
+    ck_assert_int_eq(c.out_max_bytes, 4LL << 30);
+    ck_assert_int_eq(c.kv_max_bytes, 256LL << 20);
+    ck_assert_int_eq(c.cancel_ttl_s, 300);
+    sl_config_free(o, SL_COMMON_OPTS_N);
+
+    ck_assert_int_eq(sl_config_load(o, SL_COMMON_OPTS_N, 2, (char *[]){"p", "--out-max-bytes=8GiB"},
+                                    &help, err, 256),
+                     SL_OK);
+    ck_assert_int_eq(c.out_max_bytes, 8LL << 30);
+    sl_config_free(o, SL_COMMON_OPTS_N);
+
+    for (size_t i = 0; i < 4; i++) {
+        const char *values[] = {"lots", "1000", "2P"}; /* not a size, below 1 MiB, above 1 PiB */
+        for (size_t k = 0; k < 3; k++) {
+            setenv(vars[i], values[k], 1);
+            ck_assert_int_eq(
+                sl_config_load(o, SL_COMMON_OPTS_N, 1, (char *[]){"p"}, &help, err, 256),
+                SL_ERR_INVAL);
+            ck_assert_msg(strstr(err, vars[i]) != NULL, "'%s' does not name %s", err, vars[i]);
+            sl_config_free(o, SL_COMMON_OPTS_N);
+        }
+        unsetenv(vars[i]);
+    }
+    setenv("SLUICE_CANCEL_TTL_S", "0", 1);
+    ck_assert_int_eq(sl_config_load(o, SL_COMMON_OPTS_N, 1, (char *[]){"p"}, &help, err, 256),
+                     SL_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(err, "SLUICE_CANCEL_TTL_S"));
+    sl_config_free(o, SL_COMMON_OPTS_N);
+    unsetenv("SLUICE_CANCEL_TTL_S");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sl_config");
@@ -141,6 +225,8 @@ int main(void)
     tcase_add_test(tc, test_defaults_env_flags);
     tcase_add_test(tc, test_errors_name_the_variable);
     tcase_add_test(tc, test_help_and_parsers);
+    tcase_add_test(tc, test_sizes);
+    tcase_add_test(tc, test_common_storage_limits);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
