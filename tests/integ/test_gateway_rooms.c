@@ -300,7 +300,7 @@ START_TEST(test_joined_lists_local_members_at_once)
 
     start(&f, 0, FX_AGENTS_MENTION);
     for (int i = 0; i < 10; i++) {
-        char room[16];
+        char room[32];
         hx_sl_client *a = fx_client(&f, 0, "acme", "alice");
         hx_sl_client *b = fx_client(&f, 0, "acme", "bob");
         cJSON *ja, *jb;
