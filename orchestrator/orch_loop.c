@@ -33,8 +33,13 @@
 #define IN_MAX_ACK_PEND    10000
 #define REBUILD_AFTER      50 /* consecutive fetch errors before the subscription is rebuilt */
 #define JERR_SUBJ_FULL     10077
-#define BELLS_MAX          64  /* distinct (model, tenant) doorbells per flush */
-#define PARK_POLL_MS       100 /* re-reads of parked sessions' states (other replicas' progress) */
+#define BELLS_MAX          64   /* distinct (model, tenant) doorbells per flush */
+#define PARK_POLL_MS       100  /* re-reads of parked sessions' states (other replicas' progress) */
+#define PARK_LEASE_MS      1000 /* a waiting message's NAK delay: how long a copy stays parked */
+/* A parked copy is kept this long past its lease: its redelivery, when it
+ * comes to this replica, replaces it (so the bounds hold steady); when it
+ * went to another replica, the copy is dropped then. */
+#define PARK_LEASE_GRACE 1000
 /* Parked messages of all tenants on one replica: a quarter of the IN
  * consumer's MaxAckPending, which parked messages hold. */
 #define PARK_TOTAL_MAX (IN_MAX_ACK_PEND / 4)
@@ -58,6 +63,7 @@ typedef struct item {
     int64_t age_ms;
     bool decided, failed;
     bool parked;    /* waits in the park: the park owns m now */
+    bool from_park; /* a parked copy (NAKed already: answered with raw acks) */
     bool park_full; /* would have waited, but the park's bounds were reached */
     orch_causal_decision d;
     int order; /* position among processed items, -1 otherwise */
@@ -96,8 +102,7 @@ struct orch_loop {
     orch_pub *pub;
     orch_ctl *ctl;
     orch_inflight *inflight;
-    orch_park *park;     /* messages waiting for their predecessor */
-    int64_t ack_wait_ms; /* the IN consumer's, as the server has it */
+    orch_park *park; /* messages waiting for their predecessor */
     int64_t last_poll_ms;
     _Atomic int ready;
     natsMsg *msgs[BATCH_MAX]; /* the batch's messages, owned by the loop until parked */
@@ -116,8 +121,6 @@ struct orch_loop {
         sl_hist *proc;
     } m;
 };
-
-static int64_t in_ack_wait_ms(int64_t causal_wait_ms);
 
 static void metrics_init(orch_loop *l)
 {
@@ -174,7 +177,6 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
         free(l);
         return SL_ERR_NOMEM;
     }
-    l->ack_wait_ms = in_ack_wait_ms(cfg->causal_wait_ms);
     sl_session_id_new(l->nonce);
     l->bus = bus;
     l->agents = agents;
@@ -217,7 +219,7 @@ void orch_loop_destroy(orch_loop *l)
         return;
     /* Parked messages go back to the server for another replica (before
      * the connection goes: the caller destroys the bus after us). */
-    orch_park_destroy(l->park, true);
+    orch_park_destroy(l->park, l->sub != NULL ? sl_bus_nc(l->bus) : NULL);
     sl_gauge_set(l->m.parked, 0);
     teardown(l);
     for (int i = 0; i < BATCH_MAX; i++)
@@ -241,10 +243,8 @@ static int64_t in_ack_wait_ms(int64_t causal_wait_ms)
     return w;
 }
 
-/* Ensures the shared durable exists with the wire.md settings; sets
- * *ack_wait_ms to its AckWait (parked messages are kept from redelivery
- * within it). */
-static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms, int64_t *ack_wait_ms)
+/* Ensures the shared durable exists with the wire.md settings. */
+static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms)
 {
     jsConsumerInfo *ci = NULL;
     jsConsumerConfig cc;
@@ -265,8 +265,6 @@ static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms, int64_t *ack
         if (s != NATS_OK) /* another replica may have created it in between */
             s = js_GetConsumerInfo(&ci, js, SL_STREAM_IN, ORCH_DURABLE, NULL, &jerr);
     }
-    if (s == NATS_OK && ci != NULL && ci->Config != NULL && ci->Config->AckWait > 0)
-        *ack_wait_ms = ci->Config->AckWait / NS_PER_MS;
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
         sl_warn("consumer %s on %s: %s (jerr %d)", ORCH_DURABLE, SL_STREAM_IN,
@@ -297,8 +295,7 @@ static sl_status setup(orch_loop *l)
         (st = orch_kvget_create(&l->kvget, sl_bus_nc(l->bus), SL_KV_SESSIONS)) != SL_OK)
         return st;
     if (l->sub == NULL) {
-        if ((st = ensure_consumer(sl_bus_js(l->bus), l->cfg.causal_wait_ms, &l->ack_wait_ms)) !=
-            SL_OK)
+        if ((st = ensure_consumer(sl_bus_js(l->bus), l->cfg.causal_wait_ms)) != SL_OK)
             return st;
         jsSubOptions_Init(&so);
         so.Stream = SL_STREAM_IN;
@@ -442,6 +439,24 @@ static void sessions_load(orch_loop *l)
     }
 }
 
+/* Answers the server for m by publishing body to its reply subject, with
+ * {"delay":ns} when delay_ms > 0. Used for parked copies: cnats counts a
+ * message as answered after its first NAK and ignores later acks, but the
+ * server still takes them. */
+static void raw_reply(orch_loop *l, natsMsg *m, const char *body, int64_t delay_ms)
+{
+    const char *reply = natsMsg_GetReply(m);
+    char buf[64];
+
+    if (reply == NULL || reply[0] == '\0')
+        return;
+    if (delay_ms > 0)
+        snprintf(buf, sizeof(buf), "%s {\"delay\":%lld}", body, (long long)(delay_ms * NS_PER_MS));
+    else
+        snprintf(buf, sizeof(buf), "%s", body);
+    (void)natsConnection_PublishString(sl_bus_nc(l->bus), reply, buf);
+}
+
 /* Decides the undecided user messages against their sessions' states as
  * the batch advances them, pass after pass, so a batch holding c-2 before
  * c-1 processes both in order. Messages that must wait stay undecided. */
@@ -480,7 +495,7 @@ static void decide_passes(orch_loop *l, int n)
  * returns true then (the caller decides again; the rest stay undecided). */
 static bool park_waiting(orch_loop *l, int n)
 {
-    int64_t now = sl_mono_ms();
+    int64_t now = sl_mono_ms(), lease;
 
     for (int k = 0; k < n; k++) {
         int i = (k + l->nfetched) % n;
@@ -492,9 +507,18 @@ static bool park_waiting(orch_loop *l, int n)
         s = &l->sessions[it->sess];
         it->decided = true;
         it->d = ORCH_CAUSAL_WAIT;
+        lease = l->cfg.causal_wait_ms - it->age_ms;
+        if (lease > PARK_LEASE_MS)
+            lease = PARK_LEASE_MS;
+        if (lease < 1)
+            lease = 1;
         st = orch_park_add(l->park, it->tenant, s->key, it->env->client_id, it->env->prev_event_id,
-                           it->m, now + l->cfg.causal_wait_ms - it->age_ms, now);
+                           it->m, now + lease + PARK_LEASE_GRACE);
         if (st == SL_OK) {
+            /* Back to the server until the lease ends (then redelivered
+             * to any replica, as a gap if the wait is over); the copy
+             * lets this replica process it sooner. */
+            raw_reply(l, it->m, "-NAK", lease);
             it->parked = true;
             l->msgs[i] = NULL;
         } else if (st == SL_ERR_FULL) {
@@ -839,16 +863,21 @@ static void finish(orch_loop *l, item *it, int64_t t0_ns)
     }
     if (it->failed) {
         sl_counter_inc(l->m.failed);
-        natsMsg_NakWithDelay(it->m, NAK_FAIL_MS, NULL);
+        if (it->from_park)
+            raw_reply(l, it->m, "-NAK", NAK_FAIL_MS);
+        else
+            natsMsg_NakWithDelay(it->m, NAK_FAIL_MS, NULL);
         return;
     }
     if (it->d == ORCH_CAUSAL_WAIT) {
-        /* Parked: no ack, no NAK (the park tells the server it is in
-         * progress), and it comes back through a later batch. */
+        /* Parked (and NAKed with its lease as the delay). */
         sl_counter_inc(l->m.waits);
         return;
     }
-    natsMsg_Ack(it->m, NULL);
+    if (it->from_park)
+        raw_reply(l, it->m, "+ACK", 0);
+    else
+        natsMsg_Ack(it->m, NULL);
     if (it->d == ORCH_CAUSAL_DUPLICATE) {
         sl_counter_inc(l->m.dups);
         return;
@@ -885,15 +914,17 @@ static int add_parked(orch_loop *l, int n, int64_t t0)
         if (it->kind != K_USER ||
             sl_kv_key2(key, sizeof(key), it->tenant, it->env->session) != SL_OK)
             continue;
+        /* A redelivery of a parked message supersedes its copy. */
+        orch_park_drop_id(l->park, key, it->env->client_id);
         total += (int)orch_park_take_session(l->park, key, it->env->client_id, &l->msgs[total],
                                              (size_t)(BATCH_MAX - total));
     }
     if (total < BATCH_MAX)
-        total += (int)orch_park_take_ready(l->park, sl_mono_ms(), &l->msgs[total],
-                                           (size_t)(BATCH_MAX - total));
+        total += (int)orch_park_take_ready(l->park, &l->msgs[total], (size_t)(BATCH_MAX - total));
     for (int i = n; i < total; i++) {
         memset(&l->items[i], 0, sizeof(l->items[i]));
         l->items[i].m = l->msgs[i];
+        l->items[i].from_park = true;
         classify(l, &l->items[i], t0);
     }
     return total;
@@ -913,6 +944,7 @@ static void process_batch(orch_loop *l, int n)
         classify(l, &l->items[i], t0);
     }
     l->nfetched = n;
+    orch_park_expire(l->park, sl_mono_ms());
     n = add_parked(l, n, t0);
     if (n == 0)
         return;
@@ -962,7 +994,7 @@ static void park_tend(orch_loop *l)
 
     if (orch_park_count(l->park) == 0)
         return;
-    orch_park_progress(l->park, now, l->ack_wait_ms / 3 > 100 ? l->ack_wait_ms / 3 : 100);
+    orch_park_expire(l->park, now);
     if (now - l->last_poll_ms < PARK_POLL_MS)
         return;
     l->last_poll_ms = now;

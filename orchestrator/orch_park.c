@@ -13,8 +13,7 @@ typedef struct parked {
     natsMsg *m;
     char id[ORCH_CAUSAL_ID_MAX + 1];
     char prev[ORCH_CAUSAL_ID_MAX + 1];
-    int64_t due_ms;
-    int64_t told_ms; /* last in-progress ack (or when parked) */
+    int64_t lease_ms; /* when the copy is dropped (the server redelivers it then) */
     struct parked *next;
 } parked;
 
@@ -123,7 +122,7 @@ bool orch_park_fits(const orch_park *p, const char *tenant, const char *key)
 }
 
 sl_status orch_park_add(orch_park *p, const char *tenant, const char *key, const char *id,
-                        const char *prev, natsMsg *m, int64_t due_ms, int64_t now_ms)
+                        const char *prev, natsMsg *m, int64_t lease_end_ms)
 {
     psession *s;
     tenant_count *tc;
@@ -182,8 +181,7 @@ sl_status orch_park_add(orch_park *p, const char *tenant, const char *key, const
     e->m = m;
     snprintf(e->id, sizeof(e->id), "%s", id != NULL ? id : "");
     snprintf(e->prev, sizeof(e->prev), "%s", prev != NULL ? prev : "");
-    e->due_ms = due_ms;
-    e->told_ms = now_ms;
+    e->lease_ms = lease_end_ms;
     if (s->tail != NULL)
         s->tail->next = e;
     else
@@ -231,28 +229,87 @@ size_t orch_park_take_session(orch_park *p, const char *key, const char *id, nat
     return take ? session_take(p, s, out, max) : 0;
 }
 
-size_t orch_park_take_ready(orch_park *p, int64_t now_ms, natsMsg **out, size_t max)
+size_t orch_park_take_ready(orch_park *p, natsMsg **out, size_t max)
 {
     size_t k = 0;
 
     for (size_t i = 0; i < p->nv && k < max;) {
         psession *s = p->v[i];
-        bool due = s->woken;
-        for (const parked *e = s->head; e != NULL && !due; e = e->next)
-            due = e->due_ms <= now_ms;
-        if (!due) {
+        if (!s->woken) {
             i++;
             continue;
         }
         /* The whole session, so that its messages are decided together
-         * and in order; session_take may move another session into v[i]. */
+         * and in order; session_take moves another session into v[i]. */
         s->woken = false;
-        if (s->n <= (int64_t)(max - k))
-            k += session_take(p, s, out + k, max - k);
-        else
+        if (s->n > (int64_t)(max - k))
             break;
+        k += session_take(p, s, out + k, max - k);
     }
     return k;
+}
+
+/* Drops the copies of s that match (lease ended at now_ms, or client id
+ * id when id is not NULL); frees s when it is left empty. Returns how many
+ * were dropped. */
+static size_t session_drop_some(orch_park *p, psession *s, int64_t now_ms, const char *id)
+{
+    parked **pp = &s->head, *last = NULL;
+    size_t dropped = 0;
+
+    while (*pp != NULL) {
+        parked *e = *pp;
+        if (id != NULL ? strcmp(e->id, id) != 0 : e->lease_ms > now_ms) {
+            last = e;
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        natsMsg_Destroy(e->m);
+        free(e);
+        s->n--;
+        s->tc->n--;
+        p->count--;
+        dropped++;
+    }
+    s->tail = last;
+    if (s->head == NULL) {
+        if (s->tc->n == 0)
+            tenant_drop(p, s->tc);
+        session_drop(p, s);
+    }
+    return dropped;
+}
+
+size_t orch_park_expire(orch_park *p, int64_t now_ms)
+{
+    size_t dropped = 0;
+
+    for (size_t i = 0; i < p->nv;) {
+        psession *s = p->v[i];
+        int64_t ended = 0;
+        bool freed;
+        for (const parked *e = s->head; e != NULL; e = e->next)
+            ended += e->lease_ms <= now_ms;
+        if (ended == 0) {
+            i++;
+            continue;
+        }
+        freed = ended == s->n;
+        dropped += session_drop_some(p, s, now_ms, NULL);
+        /* A session left empty is freed and another one takes its slot:
+         * look at slot i again then. */
+        if (!freed)
+            i++;
+    }
+    return dropped;
+}
+
+size_t orch_park_drop_id(orch_park *p, const char *key, const char *id)
+{
+    psession *s = session_find(p, key);
+
+    return s == NULL || id == NULL ? 0 : session_drop_some(p, s, 0, id);
 }
 
 void orch_park_wake(orch_park *p, const char *key)
@@ -292,24 +349,12 @@ bool orch_park_recheck(orch_park *p, const char *key, const orch_causal_state *s
     return false;
 }
 
-void orch_park_progress(orch_park *p, int64_t now_ms, int64_t interval_ms)
-{
-    for (size_t i = 0; i < p->nv; i++) {
-        for (parked *e = p->v[i]->head; e != NULL; e = e->next) {
-            if (now_ms - e->told_ms < interval_ms)
-                continue;
-            (void)natsMsg_InProgress(e->m, NULL);
-            e->told_ms = now_ms;
-        }
-    }
-}
-
 size_t orch_park_count(const orch_park *p)
 {
     return p == NULL ? 0 : p->count;
 }
 
-void orch_park_destroy(orch_park *p, bool nak)
+void orch_park_destroy(orch_park *p, natsConnection *nc)
 {
     if (p == NULL)
         return;
@@ -317,8 +362,9 @@ void orch_park_destroy(orch_park *p, bool nak)
         parked *e = p->v[i]->head;
         while (e != NULL) {
             parked *next = e->next;
-            if (nak)
-                (void)natsMsg_Nak(e->m, NULL);
+            const char *reply = natsMsg_GetReply(e->m);
+            if (nc != NULL && reply != NULL && reply[0] != '\0')
+                (void)natsConnection_PublishString(nc, reply, "-NAK");
             natsMsg_Destroy(e->m);
             free(e);
             e = next;
