@@ -319,7 +319,7 @@ static sl_status setup(orch_loop *l)
         }
     }
     if (l->ctl == NULL && (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus),
-                                                l->kv_inflight)) != SL_OK)
+                                                l->kv_inflight, l->cfg.sweep_ms)) != SL_OK)
         return st;
     atomic_store(&l->ready, 1);
     return SL_OK;

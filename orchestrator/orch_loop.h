@@ -29,6 +29,7 @@ typedef struct orch_loop_cfg {
     int64_t fetch_timeout_ms; /* how long a fetch waits for messages */
     int64_t park_per_session; /* messages of one session waiting at once (more: gaps) */
     int64_t park_per_tenant;  /* messages of one tenant waiting at once, per replica */
+    int64_t sweep_ms;         /* period of the sweep for exhausted work messages (<= 0: 5000) */
 } orch_loop_cfg;
 
 typedef struct orch_loop orch_loop;

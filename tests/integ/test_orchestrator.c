@@ -1107,6 +1107,91 @@ START_TEST(test_fallback_after_max_deliveries)
 }
 END_TEST
 
+/* The max-deliveries advisory is core NATS: while no orchestrator runs it
+ * is lost. The job still ends: the orchestrators' sweep finds the work
+ * message its consumer will not deliver again and ends it with the
+ * fallback, exactly once although two replicas sweep at the same time. */
+START_TEST(test_fallback_when_advisory_missed)
+{
+    const char *agents = "{\"agents\":[{\"name\":\"slowpoke\",\"model\":\"m1\",\"match\":\"all\","
+                         "\"fallback\":\"the model is unavailable\"}]}";
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    natsSubscription *adv = NULL;
+    natsMsg *am = NULL;
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    const char *room = "sluice.out." T1 ".r.lobby";
+    double fallbacks = 0, swept = 0;
+    char key[SL_SUBJECT_MAX];
+
+    fx_start(&fx, 2, agents, NULL);
+    out_start(&fx, &o);
+    ck_assert_int_eq(natsConnection_SubscribeSync(
+                         &adv, fx.nc, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SLUICE_WORK.*"),
+                     NATS_OK);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "anyone?", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 1, 10000));
+    for (int i = 0; i < 100 && work_depth(&fx, "sluice.work.m1." T1) != 1; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.m1." T1), 1);
+    /* No orchestrator from here on while the only worker exhausts the job. */
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(hx_stack_stop(fx.stack, HX_ORCHESTRATOR, i, SIGTERM, 5000, NULL), SL_OK);
+    fw_start(&fx, &w, "m1", NULL, 1000, 2, FW_NAK);
+    ck_assert_int_eq(natsSubscription_NextMsg(&am, adv, 20000), NATS_OK);
+    natsMsg_Destroy(am);
+    ck_assert_int_ge(atomic_load(&w.deliveries), 2);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 0);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.m1." T1), 1); /* still there, for good */
+    /* Both come back; each sweeps at start. */
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(hx_stack_restart(fx.stack, HX_ORCHESTRATOR, i) == SL_OK, "%s", hx_error());
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 1, 20000));
+    for (int i = 0; i < 100 && work_depth(&fx, NULL) != 0; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, NULL), 0);
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *r = o.v[i].env;
+        if (r->body_case != SLUICE__ENVELOPE__BODY_REPLY)
+            continue;
+        ck_assert(r->reply->degraded);
+        ck_assert_str_eq(r->reply->text, "the model is unavailable");
+        ck_assert_str_eq(r->reply->to, "c-1");
+    }
+    pthread_mutex_unlock(&o.mu);
+    /* The job is marked failed. */
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    pthread_mutex_lock(&o.mu);
+    snprintf(key, sizeof(key), "%s.%s", T1, o.v[0].env->event_id);
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_uint_lt(strlen(key) + 2, sizeof(key));
+    strcat(key, "-0");
+    ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_OK);
+    ck_assert_msg(strstr(kvEntry_ValueString(e), "\"state\":\"failed\"") != NULL, "%s",
+                  kvEntry_ValueString(e));
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    /* Exactly one final: one fallback published in all, one swept. */
+    for (int i = 0; i < 2; i++) {
+        double f = metric(&fx, i, "sluice_orch_fallbacks_total");
+        double s = metric(&fx, i, "sluice_orch_swept_total");
+        fallbacks += f > 0 ? f : 0;
+        swept += s > 0 ? s : 0;
+    }
+    ck_assert_double_eq(fallbacks, 1);
+    ck_assert_double_ge(swept, 1);
+    hx_sleep_ms(300);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
+    natsSubscription_Destroy(adv);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* Mentions route to the mentioned agent only; agents answering agents
  * (pinger <-> ponger) stop at the hop limit. */
 START_TEST(test_mentions_and_hop_limit)
@@ -1258,6 +1343,7 @@ static Suite *suite(void)
     ADD(tc, test_two_replicas_share_and_order);
     ADD(tc, test_tenant_queue_full_busy);
     ADD(tc, test_fallback_after_max_deliveries);
+    ADD(tc, test_fallback_when_advisory_missed);
     ADD(tc, test_mentions_and_hop_limit);
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
