@@ -12,7 +12,7 @@
 #include "sl_config.h"
 #include "sl_log.h"
 
-#define ORCH_OPTS_N (SL_COMMON_OPTS_N + 6)
+#define ORCH_OPTS_N (SL_COMMON_OPTS_N + 7)
 
 static volatile sig_atomic_t g_stop;
 
@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     sl_common_cfg common = {0};
     char *agents_file = NULL;
     int64_t hop_limit = 0, causal_wait_ms = 0, model_timeout_ms = 0;
-    int64_t park_per_session = 0, park_per_tenant = 0;
+    int64_t park_per_session = 0, park_per_tenant = 0, sweep_ms = 0;
     sl_cfg_opt opts[ORCH_OPTS_N];
     orch_agents *agents = NULL;
     sl_bus *bus = NULL;
@@ -137,6 +137,18 @@ int main(int argc, char **argv)
                      1000000,
                      false,
                      false};
+    opts[SL_COMMON_OPTS_N + 6] =
+        (sl_cfg_opt){"SLUICE_SWEEP_MS",
+                     "sweep-ms",
+                     SL_CFG_INT,
+                     "5000",
+                     "how often SLUICE_WORK is swept for jobs that exhausted their deliveries "
+                     "without their advisory being handled (ended with the fallback)",
+                     &sweep_ms,
+                     100,
+                     3600000,
+                     false,
+                     false};
 
     st = sl_config_load(opts, ORCH_OPTS_N, argc, argv, &help, err, sizeof(err));
     if (help) {
@@ -182,7 +194,8 @@ int main(int argc, char **argv)
                            .batch = 64,
                            .fetch_timeout_ms = 500,
                            .park_per_session = park_per_session,
-                           .park_per_tenant = park_per_tenant};
+                           .park_per_tenant = park_per_tenant,
+                           .sweep_ms = sweep_ms};
     if (orch_loop_create(&loop, bus, agents, &lcfg) != SL_OK) {
         sl_error("cannot create the loop");
         goto cleanup;

@@ -216,6 +216,21 @@ cleanup:
     return st;
 }
 
+/* True when a consumer's filter takes subject: the same subject, or a
+ * prefix ending in ">" (other wildcards: false, to be safe). */
+static bool filter_covers(const char *filter, const char *subject)
+{
+    size_t n;
+
+    if (filter == NULL || filter[0] == '\0')
+        return false;
+    if (strcmp(filter, subject) == 0)
+        return true;
+    n = strlen(filter);
+    return n >= 2 && strcmp(filter + n - 2, ".>") == 0 && strchr(filter, '*') == NULL &&
+           strncmp(filter, subject, n - 1) == 0 && strlen(subject) > n - 1;
+}
+
 /* Sweeps one work subject sluice.work.<model>.<tenant>: its consumer
  * (per tenant, or the older per model) tells which of its messages can no
  * longer be delivered. A message still in the work-queue stream was not
@@ -243,6 +258,11 @@ static int sweep_subject(orch_ctl *c, const char *subject)
         snprintf(durable, sizeof(durable), "wrk_%s", model);
         if (js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK)
             return 0; /* nobody consumes it yet: nothing was delivered */
+    }
+    if (ci->Config == NULL || !filter_covers(ci->Config->FilterSubject, subject)) {
+        /* Its sequences say nothing about this subject's messages. */
+        jsConsumerInfo_Destroy(ci);
+        return 0;
     }
     limit = ci->AckFloor.Stream;
     if (ci->NumAckPending == 0 && ci->Delivered.Stream > limit)

@@ -1008,7 +1008,7 @@ END_TEST
  * sender's session channel, while another tenant is still served. */
 START_TEST(test_tenant_queue_full_busy)
 {
-    const char *env[] = {"SLUICE_TENANT_QUEUE_MAX=2", NULL};
+    const char *env[] = {"SLUICE_TENANT_QUEUE_MAX=2", "SLUICE_SWEEP_MS=100", NULL};
     fixture fx;
     out_log o;
     fake_worker w;
@@ -1060,6 +1060,12 @@ START_TEST(test_tenant_queue_full_busy)
     }
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"), 0);
     ck_assert_double_eq(metric(&fx, 0, "sluice_orch_busy_total{reason=\"tenant_queue_full\"}"), 3);
+    /* t1's queued jobs are only waiting for a worker: the sweeps (every
+     * 100 ms here) leave them alone, although t2's consumer, which is
+     * named like a model-wide one, has acked past their sequences. */
+    hx_sleep_ms(1000);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 2);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby"), 0);
     fw_stop(&w);
     out_stop(&o);
     fx_stop(&fx);
