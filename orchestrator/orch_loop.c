@@ -994,7 +994,8 @@ static void park_tend(orch_loop *l)
 
     if (orch_park_count(l->park) == 0)
         return;
-    orch_park_expire(l->park, now);
+    if (orch_park_expire(l->park, now) > 0)
+        sl_gauge_set(l->m.parked, (int64_t)orch_park_count(l->park));
     if (now - l->last_poll_ms < PARK_POLL_MS)
         return;
     l->last_poll_ms = now;
