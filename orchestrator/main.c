@@ -12,7 +12,7 @@
 #include "sl_config.h"
 #include "sl_log.h"
 
-#define ORCH_OPTS_N (SL_COMMON_OPTS_N + 4)
+#define ORCH_OPTS_N (SL_COMMON_OPTS_N + 7)
 
 static volatile sig_atomic_t g_stop;
 
@@ -51,6 +51,7 @@ int main(int argc, char **argv)
     sl_common_cfg common = {0};
     char *agents_file = NULL;
     int64_t hop_limit = 0, causal_wait_ms = 0, model_timeout_ms = 0;
+    int64_t park_per_session = 0, park_per_tenant = 0, sweep_ms = 0;
     sl_cfg_opt opts[ORCH_OPTS_N];
     orch_agents *agents = NULL;
     sl_bus *bus = NULL;
@@ -112,6 +113,43 @@ int main(int argc, char **argv)
                      false,
                      false};
 
+    opts[SL_COMMON_OPTS_N + 4] =
+        (sl_cfg_opt){"SLUICE_CAUSAL_PARK_PER_SESSION",
+                     "causal-park-per-session",
+                     SL_CFG_INT,
+                     "32",
+                     "messages of one session that may wait for their predecessor at once (per "
+                     "orchestrator); more are processed at once as causal gaps",
+                     &park_per_session,
+                     0,
+                     100000,
+                     false,
+                     false};
+    opts[SL_COMMON_OPTS_N + 5] =
+        (sl_cfg_opt){"SLUICE_CAUSAL_PARK_PER_TENANT",
+                     "causal-park-per-tenant",
+                     SL_CFG_INT,
+                     "1000",
+                     "messages of one tenant that may wait for their predecessor at once (per "
+                     "orchestrator); more are processed at once as causal gaps",
+                     &park_per_tenant,
+                     0,
+                     1000000,
+                     false,
+                     false};
+    opts[SL_COMMON_OPTS_N + 6] =
+        (sl_cfg_opt){"SLUICE_SWEEP_MS",
+                     "sweep-ms",
+                     SL_CFG_INT,
+                     "5000",
+                     "how often SLUICE_WORK is swept for jobs that exhausted their deliveries "
+                     "without their advisory being handled (ended with the fallback)",
+                     &sweep_ms,
+                     100,
+                     3600000,
+                     false,
+                     false};
+
     st = sl_config_load(opts, ORCH_OPTS_N, argc, argv, &help, err, sizeof(err));
     if (help) {
         sl_config_usage(stdout, "sluice-orchestrator",
@@ -154,7 +192,10 @@ int main(int argc, char **argv)
                            .model_timeout_ms = model_timeout_ms,
                            .tenant_queue_max = common.tenant_queue_max,
                            .batch = 64,
-                           .fetch_timeout_ms = 500};
+                           .fetch_timeout_ms = 500,
+                           .park_per_session = park_per_session,
+                           .park_per_tenant = park_per_tenant,
+                           .sweep_ms = sweep_ms};
     if (orch_loop_create(&loop, bus, agents, &lcfg) != SL_OK) {
         sl_error("cannot create the loop");
         goto cleanup;

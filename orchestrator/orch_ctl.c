@@ -1,9 +1,13 @@
 #include "orch_ctl.h"
 
 #include <cJSON.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "orch_dispatch.h"
@@ -14,15 +18,38 @@
 #include "sl_streams.h"
 #include "sl_subject.h"
 
-#define ADVISORY_SUBJ "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." SL_STREAM_WORK ".*"
+#define ADVISORY_SUBJ  "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." SL_STREAM_WORK ".*"
+#define MSG_GET_SUBJ   "$JS.API.STREAM.MSG.GET." SL_STREAM_WORK
+#define ADV_QUEUE_MAX  4096 /* advisories waiting to be handled; more are left to the sweep */
+#define ADV_TRIES      45   /* about 40 s of retries, then the sweep takes over */
+#define API_WAIT_MS    5000
+#define SWEEP_SCAN_MAX 100000 /* messages looked at per subject and sweep */
+
+/* An advisory to handle: the work message at seq, delivered dc times. */
+typedef struct adv {
+    uint64_t seq;
+    uint32_t dc;
+    int tries;
+    int64_t due_ms; /* monotonic */
+} adv;
 
 struct orch_ctl {
+    natsConnection *nc;
     jsCtx *js;
     kvStore *kv;
     kvStore *kv_cancel;
+    int64_t sweep_ms;
     natsSubscription *cancel_sub;
     natsSubscription *adv_sub;
-    _Atomic int stopping; /* ends the advisory retries at shutdown */
+    /* The advisories' queue, handled by the ender thread (never on the
+     * cnats thread that delivers them), which also runs the sweeps. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    adv queue[ADV_QUEUE_MAX];
+    size_t nqueue;
+    pthread_t thread;
+    bool started;
+    _Atomic int stopping; /* ends the retries and the thread at shutdown */
 };
 
 sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, uint32_t *deliveries)
@@ -43,6 +70,36 @@ sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, u
     return st;
 }
 
+/* Reads a job's in-flight entry: *ended when it holds an end state (the
+ * reply was ended by someone), *rev its revision (0 when absent).
+ * SL_ERR_BUS when it could not be read. */
+static sl_status job_entry(kvStore *kv, const char *key, bool *ended, uint64_t *rev)
+{
+    kvEntry *e = NULL;
+    cJSON *root = NULL;
+    const cJSON *state;
+    natsStatus s;
+
+    *ended = false;
+    *rev = 0;
+    s = kvStore_Get(&e, kv, key);
+    if (s == NATS_NOT_FOUND)
+        return SL_OK;
+    if (s != NATS_OK)
+        return SL_ERR_BUS;
+    *rev = kvEntry_Revision(e);
+    if (kvEntry_Operation(e) == kvOp_Put) {
+        root = cJSON_ParseWithLength(kvEntry_ValueString(e), (size_t)kvEntry_ValueLen(e));
+        state = cJSON_GetObjectItemCaseSensitive(root, "state");
+        *ended = cJSON_IsString(state) && (strcmp(state->valuestring, "done") == 0 ||
+                                           strcmp(state->valuestring, "cancelled") == 0 ||
+                                           strcmp(state->valuestring, "failed") == 0);
+    }
+    cJSON_Delete(root);
+    kvEntry_Destroy(e);
+    return SL_OK;
+}
+
 sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t attempt)
 {
     natsMsg *m = NULL;
@@ -54,6 +111,8 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
     size_t len = 0;
     char subj[SL_SUBJECT_MAX], id[ORCH_MSGID_MAX], key[SL_SUBJECT_MAX];
     char *json = NULL;
+    bool ended = false, keyed;
+    uint64_t rev = 0;
     natsStatus s;
     sl_status st = SL_OK;
 
@@ -73,6 +132,16 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
                 (unsigned long long)seq);
         goto delete_msg;
     }
+    keyed =
+        inflight != NULL && sl_kv_key2(key, sizeof(key), work->tenant, work->work->job_id) == SL_OK;
+    /* A job whose reply has ended (its final stored, then its worker died
+     * before the ack) only needs its message removed. */
+    if (keyed && job_entry(inflight, key, &ended, &rev) != SL_OK) {
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    if (ended)
+        goto delete_msg;
     jsPubOptions_Init(&po);
     snprintf(id, sizeof(id), "r:%s", work->work->job_id);
     po.MsgId = id;
@@ -91,11 +160,15 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
                 "job %s exhausted its deliveries (%u); ended with the fallback", work->work->job_id,
                 attempt);
     }
-    if (inflight != NULL &&
-        sl_kv_key2(key, sizeof(key), work->tenant, work->work->job_id) == SL_OK &&
-        orch_job_json(&json, "failed", work->session, work->work->to, work->work->agent,
-                      "max_deliveries") == SL_OK)
-        (void)kvStore_PutString(NULL, inflight, key, json);
+    /* Compare-and-set on the revision read: a state written meanwhile (by
+     * another replica ending it too) stays. */
+    if (keyed && orch_job_json(&json, "failed", work->session, work->work->to, work->work->agent,
+                               "max_deliveries") == SL_OK) {
+        if (rev > 0)
+            (void)kvStore_UpdateString(NULL, inflight, key, json, rev);
+        else
+            (void)kvStore_CreateString(NULL, inflight, key, json);
+    }
 delete_msg:
     s = js_DeleteMsg(js, SL_STREAM_WORK, seq, NULL, &jerr);
     if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != 10057)
@@ -109,6 +182,213 @@ cleanup:
     return st;
 }
 
+/* ---- the sweep: exhausted work messages whose advisory was missed ---- */
+
+/* Finds the stream sequence of the first message on subject at or after
+ * seq (the JetStream API's next_by_subj, which 2.9.10 serves without
+ * AllowDirect). SL_OK with *found; SL_ERR_NOTFOUND at the end; SL_ERR_BUS. */
+static sl_status next_on_subject(natsConnection *nc, const char *subject, uint64_t seq,
+                                 uint64_t *found)
+{
+    char req[SL_SUBJECT_MAX + 64];
+    natsMsg *r = NULL;
+    cJSON *root = NULL;
+    const cJSON *msg, *sq, *err;
+    sl_status st = SL_ERR_BUS;
+
+    snprintf(req, sizeof(req), "{\"seq\":%llu,\"next_by_subj\":\"%s\"}", (unsigned long long)seq,
+             subject);
+    if (natsConnection_RequestString(&r, nc, MSG_GET_SUBJ, req, API_WAIT_MS) != NATS_OK)
+        goto cleanup;
+    root = cJSON_ParseWithLength(natsMsg_GetData(r), (size_t)natsMsg_GetDataLength(r));
+    msg = cJSON_GetObjectItemCaseSensitive(root, "message");
+    sq = cJSON_GetObjectItemCaseSensitive(msg, "seq");
+    err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (cJSON_IsNumber(sq) && sq->valuedouble >= 1) {
+        *found = (uint64_t)sq->valuedouble;
+        st = SL_OK;
+    } else if (err != NULL && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(err, "code")) &&
+               cJSON_GetObjectItemCaseSensitive(err, "code")->valueint == 404) {
+        st = SL_ERR_NOTFOUND;
+    }
+cleanup:
+    cJSON_Delete(root);
+    natsMsg_Destroy(r);
+    return st;
+}
+
+/* True when a consumer's filter takes subject: the same subject, or a
+ * prefix ending in ">" (other wildcards: false, to be safe). */
+static bool filter_covers(const char *filter, const char *subject)
+{
+    size_t n;
+
+    if (filter == NULL || filter[0] == '\0')
+        return false;
+    if (strcmp(filter, subject) == 0)
+        return true;
+    n = strlen(filter);
+    return n >= 2 && strcmp(filter + n - 2, ".>") == 0 && strchr(filter, '*') == NULL &&
+           strncmp(filter, subject, n - 1) == 0 && strlen(subject) > n - 1;
+}
+
+/* Sweeps one work subject sluice.work.<model>.<tenant>: its consumer
+ * (per tenant, or the older per model) tells which of its messages can no
+ * longer be delivered. A message still in the work-queue stream was not
+ * acked; if its sequence is at or below the consumer's ack floor, or if
+ * the consumer delivered it and has no ack pending at all, it is not
+ * pending either: it exhausted MaxDeliver. Each is ended as the advisory
+ * would have. Returns how many were ended. */
+static int sweep_subject(orch_ctl *c, const char *subject)
+{
+    char model[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1], durable[2 * SL_ID_MAX + 8];
+    const char *p = subject + strlen("sluice.work."), *dot = strchr(p, '.');
+    jsConsumerInfo *ci = NULL;
+    uint64_t limit, seq = 1, found = 0;
+    uint32_t dc;
+    int ended = 0;
+
+    if (strncmp(subject, "sluice.work.", 12) != 0 || dot == NULL || dot == p ||
+        (size_t)(dot - p) > SL_ID_MAX || !sl_id_valid(dot + 1))
+        return 0;
+    memcpy(model, p, (size_t)(dot - p));
+    model[dot - p] = '\0';
+    snprintf(tenant, sizeof(tenant), "%s", dot + 1);
+    snprintf(durable, sizeof(durable), "wrk_%s~%s", model, tenant);
+    if (js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK) {
+        snprintf(durable, sizeof(durable), "wrk_%s", model);
+        if (js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK)
+            return 0; /* nobody consumes it yet: nothing was delivered */
+    }
+    if (ci->Config == NULL || !filter_covers(ci->Config->FilterSubject, subject)) {
+        /* Its sequences say nothing about this subject's messages. */
+        jsConsumerInfo_Destroy(ci);
+        return 0;
+    }
+    limit = ci->AckFloor.Stream;
+    if (ci->NumAckPending == 0 && ci->Delivered.Stream > limit)
+        limit = ci->Delivered.Stream;
+    dc = ci->Config != NULL && ci->Config->MaxDeliver > 0 ? (uint32_t)ci->Config->MaxDeliver : 0;
+    jsConsumerInfo_Destroy(ci);
+    for (int n = 0; n < SWEEP_SCAN_MAX && !atomic_load(&c->stopping); n++) {
+        sl_status st;
+        if (next_on_subject(c->nc, subject, seq, &found) != SL_OK || found > limit)
+            break;
+        st = orch_ctl_end_job(c->js, c->kv, found, dc);
+        if (st == SL_OK) {
+            ended++;
+            sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = tenant},
+                    "swept work message %llu of %s: its deliveries were exhausted and no "
+                    "advisory was handled",
+                    (unsigned long long)found, subject);
+        }
+        seq = found + 1;
+    }
+    return ended;
+}
+
+int orch_ctl_sweep(orch_ctl *c)
+{
+    jsStreamInfo *si = NULL;
+    jsOptions o;
+    int ended = 0;
+
+    if (c == NULL)
+        return 0;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = "sluice.work.>";
+    if (js_GetStreamInfo(&si, c->js, SL_STREAM_WORK, &o, NULL) != NATS_OK)
+        return 0;
+    for (int i = 0;
+         si->State.Subjects != NULL && i < si->State.Subjects->Count && !atomic_load(&c->stopping);
+         i++) {
+        if (si->State.Subjects->List[i].Msgs > 0)
+            ended += sweep_subject(c, si->State.Subjects->List[i].Subject);
+    }
+    jsStreamInfo_Destroy(si);
+    if (ended > 0)
+        sl_counter_add(sl_counter_get("sluice_orch_swept_total", NULL,
+                                      "exhausted work messages ended by the sweep (their "
+                                      "advisory was missed)"),
+                       (uint64_t)ended);
+    return ended;
+}
+
+/* ---- the ender thread ---- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits on the condition variable until abs_ms (monotonic clock) at most.
+ * Caller holds mu. */
+static void wait_until(orch_ctl *c, int64_t abs_ms)
+{
+    struct timespec ts = {.tv_sec = abs_ms / 1000, .tv_nsec = (abs_ms % 1000) * 1000000};
+
+    (void)pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+}
+
+/* Handles queued advisories (retrying those that fail while NATS
+ * recovers, a stream leader election takes seconds) and sweeps every
+ * sweep_ms, first right at start (advisories may have been missed while
+ * no orchestrator ran). */
+static void *ender_main(void *arg)
+{
+    orch_ctl *c = arg;
+    int64_t next_sweep = mono_ms();
+
+    pthread_mutex_lock(&c->mu);
+    while (!atomic_load(&c->stopping)) {
+        int64_t now = mono_ms(), wake = next_sweep;
+        size_t i = 0;
+        while (i < c->nqueue && !atomic_load(&c->stopping)) {
+            adv a = c->queue[i];
+            sl_status st;
+            if (a.due_ms > now) {
+                if (a.due_ms < wake)
+                    wake = a.due_ms;
+                i++;
+                continue;
+            }
+            c->queue[i] = c->queue[--c->nqueue];
+            pthread_mutex_unlock(&c->mu);
+            st = orch_ctl_end_job(c->js, c->kv, a.seq, a.dc);
+            pthread_mutex_lock(&c->mu);
+            if (st == SL_OK || st == SL_ERR_NOTFOUND)
+                continue;
+            if (++a.tries >= ADV_TRIES) {
+                sl_error("could not end the exhausted job at WORK seq %llu yet; the sweep "
+                         "will",
+                         (unsigned long long)a.seq);
+                continue;
+            }
+            a.due_ms = mono_ms() + 200 * (a.tries < 5 ? a.tries : 5);
+            if (c->nqueue < ADV_QUEUE_MAX)
+                c->queue[c->nqueue++] = a;
+            now = mono_ms();
+        }
+        if (atomic_load(&c->stopping))
+            break;
+        if (mono_ms() >= next_sweep) {
+            pthread_mutex_unlock(&c->mu);
+            (void)orch_ctl_sweep(c);
+            pthread_mutex_lock(&c->mu);
+            next_sweep = mono_ms() + c->sweep_ms;
+            continue;
+        }
+        wait_until(c, wake);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* Queues the advisory for the ender thread: a cnats delivery thread must
+ * not wait on NATS round trips and retries. */
 static void on_advisory(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     orch_ctl *c = closure;
@@ -119,21 +399,15 @@ static void on_advisory(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     (void)sub;
     if (orch_ctl_parse_advisory(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &seq,
                                 &dc) == SL_OK) {
-        /* The advisory is not repeated, so giving up here would leave the
-         * reply open for good: keep trying while NATS recovers (a stream
-         * leader election after a node loss takes seconds; the fault tests
-         * saw more than 3 s). Bounded: about 40 s, or until shutdown, which
-         * waits for this callback (orch_ctl_destroy). */
-        bool ended = false;
-        for (int i = 0; i < 45 && !ended && !atomic_load(&c->stopping); i++) {
-            sl_status st = orch_ctl_end_job(c->js, c->kv, seq, dc);
-            ended = st == SL_OK || st == SL_ERR_NOTFOUND;
-            if (!ended)
-                usleep((useconds_t)(200 * 1000 * (i < 5 ? i + 1 : 5)));
+        pthread_mutex_lock(&c->mu);
+        if (c->nqueue < ADV_QUEUE_MAX) {
+            c->queue[c->nqueue++] = (adv){.seq = seq, .dc = dc, .tries = 0, .due_ms = 0};
+            pthread_cond_signal(&c->cv);
+        } else {
+            sl_warn("advisory queue full; WORK seq %llu is left to the sweep",
+                    (unsigned long long)seq);
         }
-        if (!ended)
-            sl_error("could not end the exhausted job at WORK seq %llu; its reply stays open",
-                     (unsigned long long)seq);
+        pthread_mutex_unlock(&c->mu);
     }
     natsMsg_Destroy(msg);
 }
@@ -168,16 +442,29 @@ cleanup:
 }
 
 sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,
-                          kvStore *cancel)
+                          kvStore *cancel, int64_t sweep_ms)
 {
     orch_ctl *c = calloc(1, sizeof(*c));
+    pthread_condattr_t ca;
     natsStatus s;
 
     if (c == NULL)
         return SL_ERR_NOMEM;
+    c->nc = nc;
     c->js = js;
     c->kv = inflight;
     c->kv_cancel = cancel;
+    c->sweep_ms = sweep_ms > 0 ? sweep_ms : 5000;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&c->thread, NULL, ender_main, c) != 0) {
+        orch_ctl_destroy(c);
+        return SL_ERR_NOMEM;
+    }
+    c->started = true;
     s = natsConnection_Subscribe(&c->cancel_sub, nc, "sluice.ctl.cancel.*", on_cancel, c);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&c->adv_sub, nc, ADVISORY_SUBJ, on_advisory, c);
@@ -208,5 +495,16 @@ void orch_ctl_destroy(orch_ctl *c)
     atomic_store(&c->stopping, 1);
     sub_close(c->cancel_sub);
     sub_close(c->adv_sub);
+    if (c->started) {
+        pthread_mutex_lock(&c->mu);
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thread, NULL);
+    }
+    if (c->nqueue > 0)
+        sl_warn("%zu advisories not handled at shutdown; another replica's sweep ends them",
+                c->nqueue);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
     free(c);
 }

@@ -1,13 +1,19 @@
-/* The orchestrator's listeners on core NATS, which run on cnats threads:
+/* The orchestrator's listeners on core NATS, which run on cnats threads,
+ * and the thread that ends exhausted jobs:
  * - cancel requests on sluice.ctl.cancel.* become cancel markers in KV
  *   sluice_cancel ("<t>.x-<hex>", docs/wire.md; they expire after
  *   SLUICE_CANCEL_TTL_S), so a worker drops a queued job before it starts;
  * - the max-deliveries advisory of SLUICE_WORK ends the job nobody could
  *   finish: the agent's fallback as the final reply (degraded, id
  *   r:<job>), the job marked failed, and the work message deleted by
- *   sequence (on nats-server 2.9.10 it would keep its tenant's slot).
- * Every replica handles every advisory and cancel: the steps are
- * idempotent, and a replica dying halfway does not lose the ending. */
+ *   sequence (on nats-server 2.9.10 it would keep its tenant's slot). The
+ *   callback only queues it; the ender thread does the work and retries.
+ * - the sweep (on the ender thread, at start and every sweep_ms) ends the
+ *   same way every work message that exhausted its deliveries but is
+ *   still there: its advisory was missed (no orchestrator was connected)
+ *   or could not be handled.
+ * Every replica handles every advisory and cancel and sweeps: the steps
+ * are idempotent, and a replica dying halfway does not lose the ending. */
 #ifndef ORCH_CTL_H
 #define ORCH_CTL_H
 
@@ -19,19 +25,29 @@
 
 typedef struct orch_ctl orch_ctl;
 
-/* Subscribes on nc using js, the in-flight bucket and the cancel bucket
+/* Starts the ender thread (sweeping every sweep_ms, <= 0: 5000) and
+ * subscribes on nc using js, the in-flight bucket and the cancel bucket
  * (all borrowed: they must outlive the listeners). SL_ERR_BUS when a
- * subscription failed. */
+ * subscription failed, SL_ERR_NOMEM. */
 sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,
-                          kvStore *cancel);
+                          kvStore *cancel, int64_t sweep_ms);
 
-/* Unsubscribes and waits for running callbacks; NULL-safe. */
+/* Unsubscribes, waits for running callbacks, stops the ender thread (a
+ * job being ended finishes first); NULL-safe. */
 void orch_ctl_destroy(orch_ctl *c);
 
+/* One sweep (the ender thread runs it; exposed for tests): ends every
+ * work message of SLUICE_WORK that its consumer will not deliver again.
+ * Returns how many were ended. Any thread. */
+int orch_ctl_sweep(orch_ctl *c);
+
 /* Ends the work message at stream sequence seq of SLUICE_WORK with its
- * fallback (the advisory's handler; exposed for tests). attempt is the
- * number of deliveries. Returns SL_OK when the reply is stored (or was
- * already) and the message is gone; SL_ERR_NOTFOUND when there is no such
+ * fallback (the advisory's handler and the sweep's; exposed for tests):
+ * unless the job's in-flight entry already holds an end state, publishes
+ * the fallback final reply and marks the entry failed (compare-and-set on
+ * the revision read); then deletes the message. attempt is the number of
+ * deliveries. Returns SL_OK when the reply is stored (or was already)
+ * and the message is gone; SL_ERR_NOTFOUND when there is no such
  * message; SL_ERR_BUS when NATS failed. */
 sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t attempt);
 

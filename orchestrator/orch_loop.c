@@ -12,6 +12,7 @@
 #include "orch_dispatch.h"
 #include "orch_inflight.h"
 #include "orch_kvget.h"
+#include "orch_park.h"
 #include "orch_pub.h"
 #include "orch_router.h"
 #include "sl_codec.h"
@@ -24,7 +25,6 @@
 #define BATCH_MAX          256
 #define PUB_WAIT_MS        5000
 #define NAK_FAIL_MS        250
-#define NAK_WAIT_MAX_MS    100
 #define CAS_TRIES          8
 #define KV_READ_MS         2000  /* bound on a batch's session reads */
 #define JERR_WRONG_LAST    10071 /* a compare-and-set lost the race */
@@ -33,7 +33,16 @@
 #define IN_MAX_ACK_PEND    10000
 #define REBUILD_AFTER      50 /* consecutive fetch errors before the subscription is rebuilt */
 #define JERR_SUBJ_FULL     10077
-#define BELLS_MAX          64 /* distinct (model, tenant) doorbells per flush */
+#define BELLS_MAX          64   /* distinct (model, tenant) doorbells per flush */
+#define PARK_POLL_MS       100  /* re-reads of parked sessions' states (other replicas' progress) */
+#define PARK_LEASE_MS      1000 /* a waiting message's NAK delay: how long a copy stays parked */
+/* A parked copy is kept this long past its lease: its redelivery, when it
+ * comes to this replica, replaces it (so the bounds hold steady); when it
+ * went to another replica, the copy is dropped then. */
+#define PARK_LEASE_GRACE 1000
+/* Parked messages of all tenants on one replica: a quarter of the IN
+ * consumer's MaxAckPending, which parked messages hold. */
+#define PARK_TOTAL_MAX (IN_MAX_ACK_PEND / 4)
 
 typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 
@@ -53,6 +62,9 @@ typedef struct item {
     int sess;           /* index into sessions, user messages only */
     int64_t age_ms;
     bool decided, failed;
+    bool parked;    /* waits in the park: the park owns m now */
+    bool from_park; /* a parked copy (NAKed already: answered with raw acks) */
+    bool park_full; /* would have waited, but the park's bounds were reached */
     orch_causal_decision d;
     int order; /* position among processed items, -1 otherwise */
     int s_post;
@@ -91,7 +103,11 @@ struct orch_loop {
     orch_pub *pub;
     orch_ctl *ctl;
     orch_inflight *inflight;
+    orch_park *park; /* messages waiting for their predecessor */
+    int64_t last_poll_ms;
     _Atomic int ready;
+    natsMsg *msgs[BATCH_MAX]; /* the batch's messages, owned by the loop until parked */
+    int nfetched;             /* msgs[0..nfetched) are new, the rest came from the park */
     item items[BATCH_MAX];
     session *sessions; /* BATCH_MAX of them: large, so on the heap */
     int nsess;
@@ -101,7 +117,8 @@ struct orch_loop {
     int nbells;
     struct {
         sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full, *busy_conc,
-            *bad, *failed, *hop_stops;
+            *bad, *failed, *hop_stops, *park_full;
+        sl_gauge *parked;
         sl_hist *proc;
     } m;
 };
@@ -115,9 +132,15 @@ static void metrics_init(orch_loop *l)
     l->m.dups = sl_counter_get("sluice_orch_duplicates_total", NULL,
                                "redelivered messages acked without effects");
     l->m.waits = sl_counter_get("sluice_orch_causal_waits_total", NULL,
-                                "messages NAKed to wait for their causal predecessor");
+                                "messages parked to wait for their causal predecessor");
     l->m.gaps = sl_counter_get("sluice_orch_causal_gaps_total", NULL,
-                               "messages processed without their predecessor after the deadline");
+                               "messages processed without their predecessor (deadline or park "
+                               "bound reached)");
+    l->m.park_full = sl_counter_get("sluice_orch_causal_park_full_total", NULL,
+                                    "messages processed without their predecessor because the "
+                                    "session's or tenant's park was full");
+    l->m.parked = sl_gauge_get("sluice_orch_causal_parked", NULL,
+                               "messages parked now, waiting for their predecessor");
     l->m.dispatched =
         sl_counter_get("sluice_orch_jobs_dispatched_total", NULL, "work requests queued on WORK");
     l->m.busy_full = sl_counter_get("sluice_orch_busy_total", "reason=\"tenant_queue_full\"",
@@ -139,14 +162,17 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
 {
     orch_loop *l = NULL;
 
-    if (bus == NULL || agents == NULL || cfg == NULL || cfg->batch < 1 || cfg->batch > BATCH_MAX)
+    if (bus == NULL || agents == NULL || cfg == NULL || cfg->batch < 1 || cfg->batch > BATCH_MAX ||
+        cfg->park_per_session < 0 || cfg->park_per_tenant < 0)
         return SL_ERR_INVAL;
     l = calloc(1, sizeof(*l));
     if (l == NULL)
         return SL_ERR_NOMEM;
     l->sessions = calloc(BATCH_MAX, sizeof(*l->sessions));
     l->entries = calloc(BATCH_MAX, sizeof(*l->entries));
-    if (l->sessions == NULL || l->entries == NULL) {
+    if (l->sessions == NULL || l->entries == NULL ||
+        orch_park_create(&l->park, cfg->park_per_session, cfg->park_per_tenant, PARK_TOTAL_MAX) !=
+            SL_OK) {
         free(l->sessions);
         free(l->entries);
         free(l);
@@ -194,6 +220,10 @@ void orch_loop_destroy(orch_loop *l)
 {
     if (l == NULL)
         return;
+    /* Parked messages go back to the server for another replica (before
+     * the connection goes: the caller destroys the bus after us). */
+    orch_park_destroy(l->park, l->sub != NULL ? sl_bus_nc(l->bus) : NULL);
+    sl_gauge_set(l->m.parked, 0);
     teardown(l);
     for (int i = 0; i < BATCH_MAX; i++)
         orch_kv_entry_clear(&l->entries[i]);
@@ -293,8 +323,9 @@ static sl_status setup(orch_loop *l)
             return st;
         }
     }
-    if (l->ctl == NULL && (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus),
-                                                l->kv_inflight, l->kv_cancel)) != SL_OK)
+    if (l->ctl == NULL &&
+        (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus), l->kv_inflight,
+                              l->kv_cancel, l->cfg.sweep_ms)) != SL_OK)
         return st;
     atomic_store(&l->ready, 1);
     return SL_OK;
@@ -414,32 +445,31 @@ static void sessions_load(orch_loop *l)
     }
 }
 
-/* Decides every user message against its session's state as the batch
- * advances it, so a batch holding c-2 before c-1 processes both in order. */
-static void decide_all(orch_loop *l, int n)
+/* Answers the server for m by publishing body to its reply subject, with
+ * {"delay":ns} when delay_ms > 0. Used for parked copies: cnats counts a
+ * message as answered after its first NAK and ignores later acks, but the
+ * server still takes them. */
+static void raw_reply(orch_loop *l, natsMsg *m, const char *body, int64_t delay_ms)
+{
+    const char *reply = natsMsg_GetReply(m);
+    char buf[64];
+
+    if (reply == NULL || reply[0] == '\0')
+        return;
+    if (delay_ms > 0)
+        snprintf(buf, sizeof(buf), "%s {\"delay\":%lld}", body, (long long)(delay_ms * NS_PER_MS));
+    else
+        snprintf(buf, sizeof(buf), "%s", body);
+    (void)natsConnection_PublishString(sl_bus_nc(l->bus), reply, buf);
+}
+
+/* Decides the undecided user messages against their sessions' states as
+ * the batch advances them, pass after pass, so a batch holding c-2 before
+ * c-1 processes both in order. Messages that must wait stay undecided. */
+static void decide_passes(orch_loop *l, int n)
 {
     bool progress = true;
 
-    for (int i = 0; i < n; i++) {
-        item *it = &l->items[i];
-        if (it->kind == K_AGENT) {
-            it->decided = true;
-            it->d = ORCH_CAUSAL_PROCESS;
-            l->order[l->norder++] = i;
-        } else if (it->kind == K_USER) {
-            it->sess = session_of(l, it);
-            if (it->sess < 0)
-                it->kind = K_BAD;
-        }
-    }
-    sessions_load(l);
-    for (int i = 0; i < n; i++) {
-        item *it = &l->items[i];
-        if (it->kind == K_USER && l->sessions[it->sess].failed) {
-            it->decided = true;
-            it->failed = true;
-        }
-    }
     for (int pass = 0; pass < n && progress; pass++) {
         progress = false;
         for (int i = 0; i < n; i++) {
@@ -462,13 +492,83 @@ static void decide_all(orch_loop *l, int n)
             l->order[l->norder++] = i;
         }
     }
-    for (int i = 0; i < n; i++) {
+}
+
+/* Parks the messages that must wait (the park owns them from then on),
+ * the ones that came from the park first, then the new ones, so that the
+ * older keep their place. The first message past the park's bounds is
+ * processed now as a gap, which may let newer ones of its session go on:
+ * returns true then (the caller decides again; the rest stay undecided). */
+static bool park_waiting(orch_loop *l, int n)
+{
+    int64_t now = sl_mono_ms(), lease;
+
+    for (int k = 0; k < n; k++) {
+        int i = (k + l->nfetched) % n;
         item *it = &l->items[i];
-        if (it->kind == K_USER && !it->decided) {
-            it->decided = true;
-            it->d = ORCH_CAUSAL_WAIT;
+        session *s;
+        sl_status st;
+        if (it->kind != K_USER || it->decided)
+            continue;
+        s = &l->sessions[it->sess];
+        it->decided = true;
+        it->d = ORCH_CAUSAL_WAIT;
+        lease = l->cfg.causal_wait_ms - it->age_ms;
+        if (lease > PARK_LEASE_MS)
+            lease = PARK_LEASE_MS;
+        if (lease < 1)
+            lease = 1;
+        st = orch_park_add(l->park, it->tenant, s->key, it->env->client_id, it->env->prev_event_id,
+                           it->m, now + lease + PARK_LEASE_GRACE);
+        if (st == SL_OK) {
+            /* Back to the server until the lease ends (then redelivered
+             * to any replica, as a gap if the wait is over); the copy
+             * lets this replica process it sooner. */
+            raw_reply(l, it->m, "-NAK", lease);
+            it->parked = true;
+            l->msgs[i] = NULL;
+        } else if (st == SL_ERR_FULL) {
+            it->d = ORCH_CAUSAL_GAP;
+            it->park_full = true;
+            orch_causal_advance(&s->cur, it->env->client_id);
+            l->order[l->norder++] = i;
+            return true;
+        } else {
+            it->failed = true; /* NAKed: it comes back */
         }
     }
+    return false;
+}
+
+/* Decides every message of the batch: agent messages are processed as
+ * they come; user messages in causal order per session, the ones whose
+ * predecessor is missing parked (or, past the park's bounds, processed
+ * as gaps). */
+static void decide_all(orch_loop *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_AGENT) {
+            it->decided = true;
+            it->d = ORCH_CAUSAL_PROCESS;
+            l->order[l->norder++] = i;
+        } else if (it->kind == K_USER) {
+            it->sess = session_of(l, it);
+            if (it->sess < 0)
+                it->kind = K_BAD;
+        }
+    }
+    sessions_load(l);
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_USER && l->sessions[it->sess].failed) {
+            it->decided = true;
+            it->failed = true;
+        }
+    }
+    do {
+        decide_passes(l, n);
+    } while (park_waiting(l, n));
 }
 
 /* Queues an item's first-round effects: the message event, then per agent
@@ -769,45 +869,91 @@ static void finish(orch_loop *l, item *it, int64_t t0_ns)
     }
     if (it->failed) {
         sl_counter_inc(l->m.failed);
-        natsMsg_NakWithDelay(it->m, NAK_FAIL_MS, NULL);
+        if (it->from_park)
+            raw_reply(l, it->m, "-NAK", NAK_FAIL_MS);
+        else
+            natsMsg_NakWithDelay(it->m, NAK_FAIL_MS, NULL);
         return;
     }
     if (it->d == ORCH_CAUSAL_WAIT) {
-        int64_t left = l->cfg.causal_wait_ms - it->age_ms;
+        /* Parked (and NAKed with its lease as the delay). */
         sl_counter_inc(l->m.waits);
-        natsMsg_NakWithDelay(it->m,
-                             left < 1                 ? 1
-                             : left > NAK_WAIT_MAX_MS ? NAK_WAIT_MAX_MS
-                                                      : left,
-                             NULL);
         return;
     }
-    natsMsg_Ack(it->m, NULL);
+    if (it->from_park)
+        raw_reply(l, it->m, "+ACK", 0);
+    else
+        natsMsg_Ack(it->m, NULL);
     if (it->d == ORCH_CAUSAL_DUPLICATE) {
         sl_counter_inc(l->m.dups);
         return;
     }
     if (it->d == ORCH_CAUSAL_GAP) {
         sl_counter_inc(l->m.gaps);
-        item_log(it, SL_LOG_WARN, "causal gap: processed without its predecessor %s",
-                 it->env->prev_event_id);
+        if (it->park_full) {
+            sl_counter_inc(l->m.park_full);
+            item_log(it, SL_LOG_WARN,
+                     "causal gap: processed without its predecessor %s (too many messages of "
+                     "this session or tenant wait already, or too many in all)",
+                     it->env->prev_event_id);
+        } else {
+            item_log(it, SL_LOG_WARN, "causal gap: processed without its predecessor %s",
+                     it->env->prev_event_id);
+        }
     }
     sl_counter_inc(it->kind == K_USER ? l->m.ev_user : l->m.ev_agent);
     sl_hist_observe_ns(l->m.proc, sl_now_ns() - t0_ns);
 }
 
-static void process_batch(orch_loop *l, natsMsgList *list)
+/* Adds to the batch (after its n fetched messages) the parked messages
+ * that may go on: those of the sessions whose awaited predecessor the
+ * batch holds (with the rest of their session, for the chains behind it),
+ * those whose wait ended and those of sessions found advanced. Returns
+ * the new size. */
+static int add_parked(orch_loop *l, int n, int64_t t0)
 {
-    int n = list->Count < BATCH_MAX ? list->Count : BATCH_MAX;
+    int total = n;
+    char key[SL_SUBJECT_MAX];
+
+    for (int i = 0; i < n && total < BATCH_MAX; i++) {
+        const item *it = &l->items[i];
+        if (it->kind != K_USER ||
+            sl_kv_key2(key, sizeof(key), it->tenant, it->env->session) != SL_OK)
+            continue;
+        /* A redelivery of a parked message supersedes its copy. */
+        orch_park_drop_id(l->park, key, it->env->client_id);
+        total += (int)orch_park_take_session(l->park, key, it->env->client_id, &l->msgs[total],
+                                             (size_t)(BATCH_MAX - total));
+    }
+    if (total < BATCH_MAX)
+        total += (int)orch_park_take_ready(l->park, &l->msgs[total], (size_t)(BATCH_MAX - total));
+    for (int i = n; i < total; i++) {
+        memset(&l->items[i], 0, sizeof(l->items[i]));
+        l->items[i].m = l->msgs[i];
+        l->items[i].from_park = true;
+        classify(l, &l->items[i], t0);
+    }
+    return total;
+}
+
+/* Processes l->msgs[0..n) (owned by the loop): parked ones move to the
+ * park, the others are acked or NAKed and destroyed. */
+static void process_batch(orch_loop *l, int n)
+{
     int64_t t0 = sl_now_ns();
 
     l->nsess = 0;
     l->norder = 0;
     memset(l->items, 0, sizeof(l->items[0]) * (size_t)n);
     for (int i = 0; i < n; i++) {
-        l->items[i].m = list->Msgs[i];
+        l->items[i].m = l->msgs[i];
         classify(l, &l->items[i], t0);
     }
+    l->nfetched = n;
+    orch_park_expire(l->park, sl_mono_ms());
+    n = add_parked(l, n, t0);
+    if (n == 0)
+        return;
     decide_all(l, n);
 
     orch_pub_reset(l->pub);
@@ -837,6 +983,39 @@ static void process_batch(orch_loop *l, natsMsgList *list)
         free(l->items[i].jobs);
         l->items[i].env = NULL;
         l->items[i].jobs = NULL;
+        natsMsg_Destroy(l->msgs[i]); /* NULL when parked */
+        l->msgs[i] = NULL;
+    }
+    sl_gauge_set(l->m.parked, (int64_t)orch_park_count(l->park));
+}
+
+/* Keeps the parked messages from redelivery and learns of their sessions'
+ * progress on other replicas: re-reads the parked sessions' states (at
+ * most BATCH_MAX per call, round robin) and marks those that may go on. */
+static void park_tend(orch_loop *l)
+{
+    const char *keys[BATCH_MAX];
+    size_t n;
+    int64_t now = sl_mono_ms();
+
+    if (orch_park_count(l->park) == 0)
+        return;
+    if (orch_park_expire(l->park, now) > 0)
+        sl_gauge_set(l->m.parked, (int64_t)orch_park_count(l->park));
+    if (now - l->last_poll_ms < PARK_POLL_MS)
+        return;
+    l->last_poll_ms = now;
+    n = orch_park_sessions(l->park, keys, BATCH_MAX);
+    for (size_t i = 0; i < n; i++)
+        l->entries[i].key = keys[i];
+    orch_kvget_many(l->kvget, l->entries, n, KV_READ_MS);
+    for (size_t i = 0; i < n; i++) {
+        orch_causal_state st;
+        uint64_t rev = 0;
+        if (orch_causal_from_entry(&l->entries[i], &st, &rev) == SL_OK)
+            orch_park_recheck(l->park, keys[i], &st);
+        orch_kv_entry_clear(&l->entries[i]);
+        l->entries[i].key = NULL;
     }
 }
 
@@ -858,14 +1037,34 @@ sl_status orch_loop_run(orch_loop *l, volatile int *stop)
             }
             sl_info("consuming %s as durable %s", SL_STREAM_IN, ORCH_DURABLE);
         }
-        s = natsSubscription_Fetch(&list, l->sub, l->cfg.batch, l->cfg.fetch_timeout_ms, &jerr);
+        park_tend(l);
+        /* While messages are parked, come back often enough to let them go
+         * on soon after their predecessor. */
+        s = natsSubscription_Fetch(&list, l->sub, l->cfg.batch,
+                                   orch_park_count(l->park) > 0 &&
+                                           l->cfg.fetch_timeout_ms > PARK_POLL_MS
+                                       ? PARK_POLL_MS
+                                       : l->cfg.fetch_timeout_ms,
+                                   &jerr);
         if (s == NATS_OK && list.Count > 0) {
+            int n = list.Count < l->cfg.batch ? list.Count : l->cfg.batch;
             errors = 0;
-            process_batch(l, &list);
+            for (int i = 0; i < n; i++) {
+                l->msgs[i] = list.Msgs[i];
+                list.Msgs[i] = NULL;
+            }
             natsMsgList_Destroy(&list);
+            process_batch(l, n);
             continue;
         }
         natsMsgList_Destroy(&list);
+        if (orch_park_count(l->park) > 0 && (s == NATS_OK || s == NATS_TIMEOUT)) {
+            /* Nothing new: still let parked messages whose wait ended or
+             * whose session advanced elsewhere go on. */
+            process_batch(l, 0);
+            errors = 0;
+            continue;
+        }
         if (s == NATS_OK || s == NATS_TIMEOUT) {
             errors = 0;
             continue;

@@ -2,7 +2,9 @@
  * "orch" on SLUICE_IN, decides each message's causal fate, publishes its
  * effects (room/session message event, in-flight records, work requests,
  * busy events) asynchronously per batch, advances each session's causal
- * state with CAS, and only then acks. NATS may be down at any time: the
+ * state with CAS, and only then acks. A message whose predecessor is
+ * missing is parked (orch_park) until it can go on or its wait ends. NATS
+ * may be down at any time: the
  * loop keeps trying and recovers. Runs on the calling thread; the
  * listeners (orch_ctl) and the in-flight watcher run on their own. */
 #ifndef ORCH_LOOP_H
@@ -25,6 +27,9 @@ typedef struct orch_loop_cfg {
     int64_t tenant_queue_max; /* the WORK per-subject bound (for retry hints) */
     int batch;                /* messages per fetch, 1..256 */
     int64_t fetch_timeout_ms; /* how long a fetch waits for messages */
+    int64_t park_per_session; /* messages of one session waiting at once (more: gaps) */
+    int64_t park_per_tenant;  /* messages of one tenant waiting at once, per replica */
+    int64_t sweep_ms;         /* period of the sweep for exhausted work messages (<= 0: 5000) */
 } orch_loop_cfg;
 
 typedef struct orch_loop orch_loop;

@@ -118,6 +118,20 @@ static double metric(fixture *fx, int i, const char *series)
     return v;
 }
 
+/* Waits until the metric reaches want (or timeout_ms passes); returns
+ * the last value read. */
+static double wait_metric(fixture *fx, int i, const char *series, double want, int timeout_ms)
+{
+    int64_t end = hx_now_ms() + timeout_ms;
+    double v = metric(fx, i, series);
+
+    while (v < want && hx_now_ms() < end) {
+        hx_sleep_ms(20);
+        v = metric(fx, i, series);
+    }
+    return v;
+}
+
 /* ---- helpers: publishing to IN ---- */
 
 typedef struct sent {
@@ -555,9 +569,180 @@ START_TEST(test_causal_order)
     publish_user(&fx, T1, "sessB", "c-9", "c-8", NULL, "orphan", NULL, NULL);
     ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T1 ".s.sessB", 1, 15000));
     ck_assert_int_ge(hx_now_ms() - t0, 2000);
-    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 1);
+    /* Counted once its effects are stored: right after the event shows. */
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_causal_gaps_total", 1, 5000), 1);
     /* Each message also became one work request for the one agent. */
     ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 4);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+static size_t count_lines_with(const char *path, const char *needle);
+
+/* Publishes n user messages of tenant, sessions "<prefix><k>" (k < nsess)
+ * round robin, each with a predecessor that is never sent, asynchronously
+ * (as a busy gateway does), and waits for all acknowledgments. */
+static void flood_orphans(fixture *fx, const char *tenant, const char *prefix, int nsess, int n)
+{
+    jsCtx *js = NULL;
+    jsOptions jo;
+    natsStatus s = NATS_OK;
+
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 2000;
+    jo.PublishAsync.StallWait = 10000;
+    ck_assert_int_eq(natsConnection_JetStream(&js, fx->nc, &jo), NATS_OK);
+    for (int i = 0; i < n && s == NATS_OK; i++) {
+        Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+        Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;
+        char ev[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], id[200], sess[32], cid[16], prev[16];
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        jsPubOptions po;
+        int k = i / nsess;
+        snprintf(sess, sizeof(sess), "%s%d", prefix, i % nsess);
+        snprintf(cid, sizeof(cid), "c-%d", 2 * k + 2);
+        snprintf(prev, sizeof(prev), "c-%d", 2 * k + 1); /* never sent */
+        sl_event_id_new(ev);
+        e.event_id = ev;
+        e.tenant = (char *)tenant;
+        e.session = sess;
+        e.client_id = cid;
+        e.message_id = cid;
+        e.prev_event_id = prev;
+        e.ts_unix_ns = sl_now_ns();
+        m.room = "";
+        m.text = "where is my prev?";
+        m.user = "u1";
+        e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+        e.message = &m;
+        ck_assert_int_eq(sl_envelope_encode(&e, &buf, &len), SL_OK);
+        ck_assert_int_eq(sl_subject_in(subj, sizeof(subj), tenant, sess), SL_OK);
+        snprintf(id, sizeof(id), "%s:%s:%s", tenant, sess, cid);
+        jsPubOptions_Init(&po);
+        po.MsgId = id;
+        s = js_PublishAsync(js, subj, buf, (int)len, &po);
+        free(buf);
+    }
+    ck_assert_msg(s == NATS_OK, "flood publish: %s", natsStatus_GetText(s));
+    ck_assert_int_eq(js_PublishAsyncComplete(js, NULL), NATS_OK);
+    {
+        natsMsgList failed = {0};
+        ck_assert_int_eq(js_PublishAsyncGetPendingList(&failed, js), NATS_NOT_FOUND);
+    }
+    jsCtx_Destroy(js);
+}
+
+/* One tenant floods messages whose predecessors never come: 400 sessions,
+ * 10,800 messages, more than the IN consumer's MaxAckPending (10,000).
+ * Another tenant's messages are answered one after the other while the
+ * flood's waits are still running: at most SLUICE_CAUSAL_PARK_PER_TENANT
+ * of the flood wait (parked, coming back once a second instead of ten
+ * times), the rest are processed at once as gaps. With the old NAK loop every waiting message
+ * stayed pending on the shared consumer, so the flood filled its
+ * MaxAckPending and came back every 100 ms ahead of new messages: the
+ * other tenant was answered only after the flood's waits ended. */
+START_TEST(test_causal_wait_isolated)
+{
+    enum { SESS = 400, PER = 27, B_MSGS = 5 };
+    const char *agents = "{\"agents\":[{\"name\":\"assistant\",\"model\":\"default\","
+                         "\"match\":\"mention\"}]}";
+    const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=90000", NULL};
+    const char *b_sess = "sluice.out.tb.s.sessB";
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    char cid[16], prev[16];
+    double gaps, full, parked;
+    int64_t t0;
+
+    fx_start(&fx, 1, agents, env);
+    out_start(&fx, &o);
+    fw_start(&fx, &w, "default", "sluice.work.default.tb", 5000, 3, FW_REPLY);
+    t0 = hx_now_ms();
+    flood_orphans(&fx, "ta", "flood", SESS, SESS * PER);
+    for (int c = 1; c <= B_MSGS; c++) {
+        snprintf(cid, sizeof(cid), "c-%d", c);
+        snprintf(prev, sizeof(prev), "c-%d", c - 1);
+        publish_user(&fx, "tb", "sessB", cid, c > 1 ? prev : NULL, NULL, "@assistant hi", NULL,
+                     NULL);
+        ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, b_sess, (size_t)c, 60000),
+                      "tb: no reply to c-%d after %lld ms", c, (long long)(hx_now_ms() - t0));
+    }
+    /* tb was answered while no flooded message's wait had ended: every
+     * gap so far is one past the park's bound, none a wait that ran out. */
+    gaps = metric(&fx, 0, "sluice_orch_causal_gaps_total");
+    full = metric(&fx, 0, "sluice_orch_causal_park_full_total");
+    parked = metric(&fx, 0, "sluice_orch_causal_parked");
+    fprintf(stderr,
+            "isolation: %d flooded, %.0f parked, %.0f processed as gaps (%.0f past the bound); "
+            "tb answered %d times within %lld ms of the flood's start\n",
+            SESS * PER, parked, gaps, full, B_MSGS, (long long)(hx_now_ms() - t0));
+    ck_assert_double_eq(gaps - (full > 0 ? full : 0), 0);
+    /* At most the default per-tenant bound waits. */
+    ck_assert(parked > 0 && parked <= 1000);
+    ck_assert_double_ge(gaps, SESS * PER - 1000);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, NULL), 0);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* Past the park's bounds (per session, per tenant) a waiting message is
+ * processed at once as a gap, counted and logged; parked messages go on
+ * in order as soon as their predecessor is processed. */
+START_TEST(test_causal_park_bounds)
+{
+    const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=60000", "SLUICE_CAUSAL_PARK_PER_SESSION=2",
+                         "SLUICE_CAUSAL_PARK_PER_TENANT=3", NULL};
+    const char *s1 = "sluice.out." T1 ".s.sess1";
+    const char *s2 = "sluice.out." T1 ".s.sess2";
+    fixture fx;
+    out_log o;
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    /* sess1: c-2 and c-3 wait (2 per session), c-4 is past the bound. */
+    publish_user(&fx, T1, "sess1", "c-2", "c-1", NULL, "two", NULL, NULL);
+    publish_user(&fx, T1, "sess1", "c-3", "c-2", NULL, "three", NULL, NULL);
+    ck_assert_double_ge(wait_metric(&fx, 0, "sluice_orch_causal_waits_total", 2, 10000), 2);
+    publish_user(&fx, T1, "sess1", "c-4", "c-3", NULL, "four", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, s1, 1, 10000));
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_causal_park_full_total", 1, 5000), 1);
+    /* sess2: x-2 waits (the tenant's third), x-3 is past the tenant's bound. */
+    publish_user(&fx, T1, "sess2", "x-2", "x-1", NULL, "a", NULL, NULL);
+    ck_assert_double_ge(wait_metric(&fx, 0, "sluice_orch_causal_parked", 3, 10000), 3);
+    publish_user(&fx, T1, "sess2", "x-3", "x-9", NULL, "b", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, s2, 1, 10000));
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_causal_park_full_total", 2, 5000), 2);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 2);
+    ck_assert_uint_eq(count_lines_with(hx_stack_log_path(fx.stack, HX_ORCHESTRATOR, 0),
+                                       "too many messages of this session or tenant wait"),
+                      2);
+    /* c-1 arrives: c-1, c-2, c-3 follow c-4 on sess1's channel, in order. */
+    publish_user(&fx, T1, "sess1", "c-1", NULL, NULL, "one", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, s1, 4, 10000));
+    pthread_mutex_lock(&o.mu);
+    {
+        const char *want[] = {"c-4", "c-1", "c-2", "c-3"};
+        size_t k = 0;
+        for (size_t i = 0; i < o.n; i++) {
+            if (o.v[i].env->body_case != SLUICE__ENVELOPE__BODY_MESSAGE ||
+                strcmp(o.v[i].subject, s1) != 0)
+                continue;
+            ck_assert_str_eq(o.v[i].env->client_id, want[k]);
+            k++;
+        }
+        ck_assert_uint_eq(k, 4);
+    }
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 2);
+    /* x-2 still waits. */
+    for (int i = 0; i < 100 && metric(&fx, 0, "sluice_orch_causal_parked") != 1; i++)
+        hx_sleep_ms(20);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_parked"), 1);
     out_stop(&o);
     fx_stop(&fx);
 }
@@ -587,8 +772,11 @@ START_TEST(test_redelivery_no_second_effect)
     publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "next", NULL, NULL);
     ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 2, 10000));
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room), 2);
+    /* The event and the work request are stored in different streams: the
+     * counter goes up once the work request is, a moment after the event
+     * may show. */
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_jobs_dispatched_total", 2, 5000), 2);
     ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 2);
-    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_jobs_dispatched_total"), 2);
     out_stop(&o);
     fx_stop(&fx);
 }
@@ -823,7 +1011,7 @@ END_TEST
  * sender's session channel, while another tenant is still served. */
 START_TEST(test_tenant_queue_full_busy)
 {
-    const char *env[] = {"SLUICE_TENANT_QUEUE_MAX=2", NULL};
+    const char *env[] = {"SLUICE_TENANT_QUEUE_MAX=2", "SLUICE_SWEEP_MS=100", NULL};
     fixture fx;
     out_log o;
     fake_worker w;
@@ -855,21 +1043,32 @@ START_TEST(test_tenant_queue_full_busy)
     /* All five messages were still posted to the room. */
     ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T1 ".r.lobby", 5, 5000));
 
-    /* Tenant t2 is answered meanwhile. */
+    /* Tenant t2 is answered meanwhile. Each message is sent after the
+     * previous reply: t2's own bound is 2 too, and three sent at once may
+     * all be queued before the worker takes the first, when the third is
+     * rightly refused (that is t2's queue being full, not t1's hurting t2). */
     for (int c = 1; c <= 3; c++) {
         snprintf(cid, sizeof(cid), "c-%d", c);
         snprintf(prev, sizeof(prev), "c-%d", c - 1);
         publish_user(&fx, T2, "sessB", cid, c > 1 ? prev : NULL, "lobby", "hi", NULL, NULL);
+        ck_assert_msg(
+            wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby", (size_t)c,
+                     10000),
+            "t2 after c-%d: %zu messages, %zu replies, %zu busy; %llu queued; worker saw %ld", c,
+            out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T2 ".r.lobby"),
+            out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby"),
+            out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"),
+            (unsigned long long)work_depth(&fx, "sluice.work.default." T2),
+            atomic_load(&w.deliveries));
     }
-    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby", 3, 10000),
-                  "t2: %zu messages, %zu replies, %zu busy; %llu queued; worker saw %ld",
-                  out_count(&o, SLUICE__ENVELOPE__BODY_MESSAGE, "sluice.out." T2 ".r.lobby"),
-                  out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T2 ".r.lobby"),
-                  out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"),
-                  (unsigned long long)work_depth(&fx, "sluice.work.default." T2),
-                  atomic_load(&w.deliveries));
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T2 ".s.sessB"), 0);
     ck_assert_double_eq(metric(&fx, 0, "sluice_orch_busy_total{reason=\"tenant_queue_full\"}"), 3);
+    /* t1's queued jobs are only waiting for a worker: the sweeps (every
+     * 100 ms here) leave them alone, although t2's consumer, which is
+     * named like a model-wide one, has acked past their sequences. */
+    hx_sleep_ms(1000);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 2);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby"), 0);
     fw_stop(&w);
     out_stop(&o);
     fx_stop(&fx);
@@ -911,6 +1110,91 @@ START_TEST(test_fallback_after_max_deliveries)
     ck_assert_double_eq(metric(&fx, 0, "sluice_orch_fallbacks_total"), 1);
     hx_sleep_ms(300);
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
+/* The max-deliveries advisory is core NATS: while no orchestrator runs it
+ * is lost. The job still ends: the orchestrators' sweep finds the work
+ * message its consumer will not deliver again and ends it with the
+ * fallback, exactly once although two replicas sweep at the same time. */
+START_TEST(test_fallback_when_advisory_missed)
+{
+    const char *agents = "{\"agents\":[{\"name\":\"slowpoke\",\"model\":\"m1\",\"match\":\"all\","
+                         "\"fallback\":\"the model is unavailable\"}]}";
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    natsSubscription *adv = NULL;
+    natsMsg *am = NULL;
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    const char *room = "sluice.out." T1 ".r.lobby";
+    double fallbacks = 0, swept = 0;
+    char key[SL_SUBJECT_MAX];
+
+    fx_start(&fx, 2, agents, NULL);
+    out_start(&fx, &o);
+    ck_assert_int_eq(natsConnection_SubscribeSync(
+                         &adv, fx.nc, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SLUICE_WORK.*"),
+                     NATS_OK);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "anyone?", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, room, 1, 10000));
+    for (int i = 0; i < 100 && work_depth(&fx, "sluice.work.m1." T1) != 1; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.m1." T1), 1);
+    /* No orchestrator from here on while the only worker exhausts the job. */
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(hx_stack_stop(fx.stack, HX_ORCHESTRATOR, i, SIGTERM, 5000, NULL), SL_OK);
+    fw_start(&fx, &w, "m1", NULL, 1000, 2, FW_NAK);
+    ck_assert_int_eq(natsSubscription_NextMsg(&am, adv, 20000), NATS_OK);
+    natsMsg_Destroy(am);
+    ck_assert_int_ge(atomic_load(&w.deliveries), 2);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 0);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.m1." T1), 1); /* still there, for good */
+    /* Both come back; each sweeps at start. */
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(hx_stack_restart(fx.stack, HX_ORCHESTRATOR, i) == SL_OK, "%s", hx_error());
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 1, 20000));
+    for (int i = 0; i < 100 && work_depth(&fx, NULL) != 0; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, NULL), 0);
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *r = o.v[i].env;
+        if (r->body_case != SLUICE__ENVELOPE__BODY_REPLY)
+            continue;
+        ck_assert(r->reply->degraded);
+        ck_assert_str_eq(r->reply->text, "the model is unavailable");
+        ck_assert_str_eq(r->reply->to, "c-1");
+    }
+    pthread_mutex_unlock(&o.mu);
+    /* The job is marked failed. */
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    pthread_mutex_lock(&o.mu);
+    snprintf(key, sizeof(key), "%s.%s", T1, o.v[0].env->event_id);
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_uint_lt(strlen(key) + 2, sizeof(key));
+    strcat(key, "-0");
+    ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_OK);
+    ck_assert_msg(strstr(kvEntry_ValueString(e), "\"state\":\"failed\"") != NULL, "%s",
+                  kvEntry_ValueString(e));
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    /* Exactly one final: one fallback published in all, one swept. */
+    for (int i = 0; i < 2; i++) {
+        double f = metric(&fx, i, "sluice_orch_fallbacks_total");
+        double s = metric(&fx, i, "sluice_orch_swept_total");
+        fallbacks += f > 0 ? f : 0;
+        swept += s > 0 ? s : 0;
+    }
+    ck_assert_double_eq(fallbacks, 1);
+    ck_assert_double_ge(swept, 1);
+    hx_sleep_ms(300);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
+    natsSubscription_Destroy(adv);
     fw_stop(&w);
     out_stop(&o);
     fx_stop(&fx);
@@ -1063,9 +1347,12 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 180);
     ADD(tc, test_causal_order);
     ADD(tc, test_redelivery_no_second_effect);
+    ADD(tc, test_causal_wait_isolated);
+    ADD(tc, test_causal_park_bounds);
     ADD(tc, test_two_replicas_share_and_order);
     ADD(tc, test_tenant_queue_full_busy);
     ADD(tc, test_fallback_after_max_deliveries);
+    ADD(tc, test_fallback_when_advisory_missed);
     ADD(tc, test_mentions_and_hop_limit);
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
