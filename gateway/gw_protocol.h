@@ -13,8 +13,9 @@
 #include "sl_subject.h"
 #include "sluice.pb-c.h"
 
-#define GW_CH_MAX        (SL_ID_MAX + 3) /* "r:" + room + NUL */
-#define GW_POSITIONS_MAX 64
+#define GW_CH_MAX        (SL_ID_MAX + 3)      /* "r:" + room + NUL */
+#define GW_ROOMS_LIMIT   1024                 /* highest SLUICE_MAX_ROOMS */
+#define GW_POSITIONS_MAX (GW_ROOMS_LIMIT + 1) /* every room of a connection, and "s" */
 
 typedef enum gw_cmd_type {
     GW_CMD_HELLO,
@@ -37,7 +38,7 @@ typedef struct gw_pos {
 typedef struct gw_cmd {
     gw_cmd_type type;
     cJSON *root;
-    const char *id;    /* send, cancel */
+    const char *id;    /* send, cancel; optional on join, leave, history (echoed in errors) */
     const char *room;  /* send (may be NULL), join, leave */
     const char *text;  /* send */
     const char *prev;  /* send (may be NULL) */
@@ -51,7 +52,7 @@ typedef struct gw_cmd {
     const char *resume_token;
     bool has_positions;
     int npositions;
-    gw_pos positions[GW_POSITIONS_MAX];
+    gw_pos *positions; /* npositions entries (malloc'd, at most GW_POSITIONS_MAX) */
 } gw_cmd;
 
 /* Why a frame was refused: an error code of the protocol and a message. */

@@ -147,11 +147,12 @@ struct gw_conn {
     gw_bucket bucket;
     gw_outq q;
     gw_member *members;
+    int nrooms; /* room memberships, at most cfg->max_rooms */
     pending_send *sends;
     int nsends;
     char last_id[SL_ID_MAX + 1];
-    gw_pos *acked; /* acked positions (malloc'd, GW_POSITIONS_MAX) */
-    int nacked;
+    gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
+    int nacked, acked_cap;
     bool acked_dirty;
     receipt *receipts; /* ring (malloc'd on first use) */
     int nreceipts;
@@ -408,13 +409,21 @@ static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_abse
             return;
         }
     }
-    if (c->acked == NULL) {
-        c->acked = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
-        if (c->acked == NULL)
+    if (c->nacked == c->acked_cap) {
+        /* Grows with the channels joined (bounded by SLUICE_MAX_ROOMS + the
+         * session channel): most connections hold a few. */
+        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 4;
+        gw_pos *na;
+        if (ncap > GW_POSITIONS_MAX)
+            ncap = GW_POSITIONS_MAX;
+        if (c->nacked >= ncap)
             return;
+        na = realloc(c->acked, (size_t)ncap * sizeof(gw_pos));
+        if (na == NULL)
+            return;
+        c->acked = na;
+        c->acked_cap = ncap;
     }
-    if (c->nacked >= GW_POSITIONS_MAX)
-        return;
     snprintf(c->acked[c->nacked].ch, GW_CH_MAX, "%s", ch);
     c->acked[c->nacked].seq = seq;
     c->nacked++;
@@ -1245,6 +1254,8 @@ static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool r
     ch->nmembers++;
     m->next = c->members;
     c->members = m;
+    if (ch->is_room)
+        c->nrooms++;
     return m;
 }
 
@@ -1261,6 +1272,8 @@ static void member_remove(gw_server *s, gw_member *m)
     if (m->cnext != NULL)
         m->cnext->cprev = m->cprev;
     ch->nmembers--;
+    if (ch->is_room)
+        c->nrooms--;
     for (pp = &c->members; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == m) {
             *pp = m->next;
@@ -1728,13 +1741,20 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     read_job *j;
 
     if (!conn_room_allowed(c, cmd->room)) {
-        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        conn_error(s, c, "forbidden", "your token does not allow this room", cmd->id);
         return;
     }
     snprintf(rch, sizeof(rch), "r:%s", cmd->room);
     m = member_find(c, rch);
     if (m != NULL) {
         conn_send_text(s, c, gw_frame_joined(cmd->room, m->delivered, NULL, false));
+        return;
+    }
+    if (c->nrooms >= s->cfg->max_rooms) {
+        /* Checked before anything is touched: no subscription, presence or
+         * position for a refused join. */
+        conn_error(s, c, "too_many_rooms", "this connection is in SLUICE_MAX_ROOMS rooms already",
+                   cmd->id);
         return;
     }
     ch = chan_get(s, c->tenant, true, cmd->room);
@@ -1744,7 +1764,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         m = member_add(c, ch, ch->head, false);
         if (m == NULL) {
             chan_release(s, ch);
-            conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
             return;
         }
         presence_snap_set(ch, c->session, c->sub);
@@ -1764,7 +1784,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
             member_remove(s, m);
         else if (ch != NULL)
             chan_release(s, ch);
-        conn_error(s, c, "internal", "cannot join now; retry", NULL);
+        conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
         return;
     }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
@@ -1782,7 +1802,7 @@ static void cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(rch, sizeof(rch), "r:%s", cmd->room);
     m = member_find(c, rch);
     if (m == NULL) {
-        conn_error(s, c, "not_joined", "not in this room", NULL);
+        conn_error(s, c, "not_joined", "not in this room", cmd->id);
         return;
     }
     presence_snap_del(m->chan, c->session);
@@ -1859,7 +1879,7 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 
     sl_channel_parse(cmd->ch, &is_room, &room);
     if (is_room && !conn_room_allowed(c, room)) {
-        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        conn_error(s, c, "forbidden", "your token does not allow this room", cmd->id);
         return;
     }
     memset(&tmp, 0, sizeof(tmp));
@@ -1903,6 +1923,8 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
             continue; /* the new token no longer allows it */
         if (member_find(c, pos[i].ch) != NULL)
             continue;
+        if (is_room && c->nrooms >= s->cfg->max_rooms)
+            continue; /* as a join past the bound would be refused */
         ch = chan_get(s, c->tenant, is_room, is_room ? room : c->session);
         if (ch == NULL || (m = member_add(c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
             if (ch != NULL)
@@ -1931,24 +1953,24 @@ static void resume_kv_run(void *arg)
 {
     resume_job *j = arg;
     gw_conn *c = gw_map_get(j->s->sessions, j->session);
-    gw_pos *pos = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
+    cJSON *root = c != NULL && j->value ? cJSON_Parse(j->value) : NULL;
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "pos"), *it;
+    int cap = cJSON_GetArraySize(o) < GW_POSITIONS_MAX ? cJSON_GetArraySize(o) : GW_POSITIONS_MAX;
+    gw_pos *pos = calloc((size_t)cap + 1, sizeof(gw_pos));
     int n = 0;
 
     if (c != NULL && pos != NULL) {
-        cJSON *root = j->value ? cJSON_Parse(j->value) : NULL;
-        cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "pos"), *it;
         cJSON_ArrayForEach(it, o)
         {
-            if (n < GW_POSITIONS_MAX && it->string != NULL && cJSON_IsNumber(it) &&
-                it->valuedouble >= 0) {
+            if (n < cap && it->string != NULL && cJSON_IsNumber(it) && it->valuedouble >= 0) {
                 snprintf(pos[n].ch, GW_CH_MAX, "%s", it->string);
                 pos[n].seq = (int64_t)it->valuedouble;
                 n++;
             }
         }
-        cJSON_Delete(root);
         resume_attach(j->s, c, pos, n);
     }
+    cJSON_Delete(root);
     free(pos);
     free(j->value);
     free(j);
@@ -2550,6 +2572,9 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
          100000, false, false},
         {"SLUICE_GW_IO_THREADS", "gw-io-threads", SL_CFG_INT, "2",
          "threads for stream reads and KV writes", &c->io_threads, 1, 64, false, false},
+        {"SLUICE_MAX_ROOMS", "max-rooms", SL_CFG_INT, "100",
+         "rooms one connection may be in (a join past it: error too_many_rooms)", &c->max_rooms, 1,
+         GW_ROOMS_LIMIT, false, false},
     };
     sl_common_opts(o, &c->common, "0.0.0.0:9090");
     memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));

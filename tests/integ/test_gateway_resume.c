@@ -449,6 +449,99 @@ START_TEST(test_resume_past_retention_sends_gap)
 }
 END_TEST
 
+/* ---- every joined room's position is persisted ---- */
+
+#define MANY_ROOMS 80 /* more than the 64 positions stored before */
+
+typedef struct npos_wait {
+    fx *f;
+    char key[256];
+    int n;
+} npos_wait;
+
+static bool npos_stored(void *ud)
+{
+    npos_wait *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    bool ok = cJSON_GetArraySize(cJSON_GetObjectItem(o, "pos")) == w->n;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_resume_from_kv_restores_every_room)
+{
+    static const char *const gw_env[] = {"SLUICE_RATE=1000", "SLUICE_BURST=1000", NULL};
+    fx_opts o = {.gateways = 2, .gw_env = gw_env};
+    fx f;
+    hx_sl_client *a;
+    char *session, *rt, *resume, *tok;
+    npos_wait w;
+    hx_ws *ws;
+    cJSON *welcome = NULL;
+    int seen[MANY_ROOMS] = {0}, nseen = 0;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    for (int i = 0; i < MANY_ROOMS; i++) {
+        char room[32];
+        cJSON *j;
+        snprintf(room, sizeof(room), "room-%d", i);
+        j = hx_sl_join(a, room, T);
+        HX_ASSERT_MSG(f.s, j != NULL, "join %s: %s", room, hx_error());
+        cJSON_Delete(j);
+    }
+    /* Every room is stored (KV values of up to SLUICE_MAX_ROOMS + 1
+     * positions: below 100 KB at the highest bound, far below NATS's 1 MB
+     * payload). */
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", hx_sl_session(a));
+    w.n = MANY_ROOMS;
+    HX_ASSERT_MSG(f.s, hx_wait_until(npos_stored, &w, T), "%s never held %d positions: %s", w.key,
+                  w.n, fx_kv_get(&f, SL_KV_SESSIONS, w.key));
+    session = hx_strf("%s", hx_sl_session(a));
+    rt = hx_strf("%s", hx_sl_resume_token(a));
+    hx_sl_destroy(a);
+    /* Every room gets a message while she is away. */
+    for (int i = 0; i < MANY_ROOMS; i++) {
+        char room[32];
+        snprintf(room, sizeof(room), "room-%d", i);
+        fx_publish_room_msg(&f, "acme", room, "writer", room, "while away");
+    }
+    fx_publish_flush(&f);
+    /* Resumed on the other gateway from the stored positions only. */
+    ws = fx_raw(&f, 1);
+    resume = hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, rt);
+    tok = hx_token(f.s, "acme", "alice", 600);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    while (nseen < MANY_ROOMS) {
+        cJSON *e = hx_ws_recv_json(ws, T);
+        const char *ch;
+        int k;
+        HX_ASSERT_MSG(f.s, e != NULL, "resume replayed %d of %d rooms: %s", nseen, MANY_ROOMS,
+                      hx_error());
+        ch = hx_json_str(e, "ch");
+        if (fx__is_type(e, "event") && ch != NULL && sscanf(ch, "r:room-%d", &k) == 1 && k >= 0 &&
+            k < MANY_ROOMS && strcmp(hx_json_str(e, "kind"), "message") == 0) {
+            HX_ASSERT_MSG(f.s, seen[k] == 0, "room-%d replayed twice", k);
+            seen[k] = 1;
+            nseen++;
+        }
+        cJSON_Delete(e);
+    }
+    cJSON_Delete(welcome);
+    hx_ws_destroy(ws);
+    free(resume);
+    free(tok);
+    free(session);
+    free(rt);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -461,6 +554,7 @@ int main(void)
     tcase_add_test(tc, test_resume_on_second_gateway_after_sigkill);
     tcase_add_test(tc, test_resume_during_live_traffic_loses_nothing);
     tcase_add_test(tc, test_resume_past_retention_sends_gap);
+    tcase_add_test(tc, test_resume_from_kv_restores_every_room);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
