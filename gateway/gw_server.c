@@ -167,6 +167,7 @@ typedef struct gw_metrics {
     sl_counter *slow_closes;
     sl_counter *resumes_ok, *resumes_gap;
     sl_counter *gap_fills;
+    sl_counter *fill_gaps;
     sl_counter *handshake_refusals;
     sl_counter *bad_frames;
     sl_counter *live_dropped;
@@ -730,7 +731,7 @@ static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t las
     ch->npend++;
 }
 
-static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto);
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 static void chan_process_pending(gw_server *s, gw_chan *ch);
 
 /* A live event for a ready channel: in order, a duplicate, or after a hole. */
@@ -753,7 +754,7 @@ static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
     }
     if (last > ch->head) {
         chan_pend_push(ch, msg, seq, last);
-        chan_fill_start(s, ch, seq);
+        chan_fill_start(s, ch, seq, last);
         return;
     }
     chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
@@ -836,6 +837,7 @@ typedef struct read_job {
     char tenant[SL_ID_MAX + 1];
     uint64_t from; /* first sequence wanted */
     uint64_t upto; /* fill: stop at this sequence */
+    uint64_t last; /* fill: Nats-Last-Sequence of the live event at upto */
     uint64_t before;
     int64_t limit;
     bool check_gap;
@@ -943,6 +945,31 @@ static natsStatus read_forward_io(read_job *j, size_t max)
     return st;
 }
 
+/* Sets j->gap when the event at seq (the last one delivered) is no longer
+ * in the stream on j's subject: events after it may be gone too. While it
+ * is stored nothing after it was removed (removal is oldest-first). */
+static natsStatus still_stored_io(read_job *j, uint64_t seq)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    const char *subj = NULL;
+    natsStatus st;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    st = js_DirectGetMsg(&m, sl_bus_js(j->s->bus), SL_STREAM_OUT, NULL, &o);
+    if (st == NATS_NOT_FOUND) {
+        j->gap = true;
+        st = NATS_OK;
+    } else if (st == NATS_OK) {
+        if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
+            strcmp(subj, j->out) != 0)
+            j->gap = true;
+    }
+    natsMsg_Destroy(m);
+    return st;
+}
+
 static void read_result_run(void *arg);
 
 static void read_io(void *arg)
@@ -996,28 +1023,14 @@ static void read_io(void *arg)
         break;
     }
     case READ_FILL:
-        st = read_forward_io(j, CHAN_PEND_MAX);
+        if (j->from > 1)
+            st = still_stored_io(j, j->from - 1);
+        if (st == NATS_OK)
+            st = read_forward_io(j, CHAN_PEND_MAX);
         break;
     case READ_REPLAY:
-        if (j->check_gap && j->from > 1) {
-            /* The client's last event still stored means nothing after it
-             * was removed (removal is oldest-first): no gap. */
-            jsDirectGetMsgOptions o;
-            natsMsg *m = NULL;
-            const char *subj = NULL;
-            jsDirectGetMsgOptions_Init(&o);
-            o.Sequence = j->from - 1;
-            st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-            if (st == NATS_NOT_FOUND) {
-                j->gap = true;
-                st = NATS_OK;
-            } else if (st == NATS_OK) {
-                if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
-                    strcmp(subj, j->out) != 0)
-                    j->gap = true;
-            }
-            natsMsg_Destroy(m);
-        }
+        if (j->check_gap && j->from > 1)
+            st = still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
             st = read_forward_io(j, REPLAY_BATCH);
         break;
@@ -1094,7 +1107,7 @@ static read_job *read_job_new(gw_server *s, int kind, gw_chan *ch)
     return j;
 }
 
-static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last)
 {
     read_job *j = read_job_new(s, READ_FILL, ch);
 
@@ -1103,6 +1116,7 @@ static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
     ch->state = CHAN_FILLING;
     j->from = ch->head + 1;
     j->upto = upto;
+    j->last = last;
     sl_counter_inc(s->m.gap_fills);
     gw_io_submit(s->io, read_io, j);
 }
@@ -1376,6 +1390,25 @@ static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap
 
 /* ---------- results of stream reads ---------- */
 
+/* Tells the channel's live members that events in (from, to) are missing:
+ * the stream no longer has them. Members still replaying read the stream
+ * themselves. */
+static void chan_gap(gw_server *s, gw_chan *ch, uint64_t from, uint64_t to)
+{
+    gw_buf *b = gw_buf_from(gw_frame_gap(ch->ch, (int64_t)from, (int64_t)to));
+
+    sl_warn("channel %s: events in (%llu, %llu) are no longer in the stream", ch->out,
+            (unsigned long long)from, (unsigned long long)to);
+    sl_counter_inc(s->m.fill_gaps);
+    if (b == NULL)
+        return;
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext) {
+        if (!m->replaying && m->delivered < to)
+            conn_send_buf(s, m->conn, b);
+    }
+    gw_buf_unref(b);
+}
+
 /* Makes a channel ready at head. The live events it buffered meanwhile at
  * or below head are dropped (they are in the stream), so a member that went
  * live below head first replays up to it; a member still replaying checks
@@ -1434,20 +1467,30 @@ static void read_result_run(void *arg)
         if (ch != NULL && ch->state == CHAN_INIT)
             chan_ready(s, ch, j->head);
         break;
-    case READ_FILL:
+    case READ_FILL: {
+        /* The stream no longer has some of the hole when the last event
+         * delivered is gone (what followed it may be gone too), or when the
+         * live event's predecessor is not there: the live members are told
+         * with `gap`, never skipped silently. */
         if (ch == NULL)
             break;
+        if (ch->head > 0 && j->gap && j->n > 0 && j->msgs[0].seq > ch->head + 1)
+            chan_gap(s, ch, ch->head, j->msgs[0].seq);
         for (size_t i = 0; i < j->n; i++) {
             if (j->msgs[i].seq > ch->head)
                 chan_deliver(s, ch, j->msgs[i].seq, natsMsg_GetData(j->msgs[i].msg),
                              (size_t)natsMsg_GetDataLength(j->msgs[i].msg));
         }
         /* What is not in the stream below `upto` any more is gone for good. */
-        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head)
+        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head) {
+            if (j->last > ch->head)
+                chan_gap(s, ch, ch->head, j->upto);
             ch->head = j->upto - 1;
+        }
         ch->state = CHAN_READY;
         chan_process_pending(s, ch);
         break;
+    }
     case READ_JOIN:
         if (ch == NULL || m == NULL)
             break;
@@ -2628,6 +2671,8 @@ static void metrics_init(gw_metrics *m)
         sl_counter_get("sluice_gw_resumes_total", "result=\"gap\"", "session resumes by result");
     m->gap_fills =
         sl_counter_get("sluice_gw_gap_fills_total", NULL, "live holes filled from the stream");
+    m->fill_gaps = sl_counter_get("sluice_gw_fill_gaps_total", NULL,
+                                  "live holes the stream no longer had (gap sent to members)");
     m->handshake_refusals = sl_counter_get("sluice_gw_handshake_refusals_total", NULL,
                                            "connections refused by the handshake bucket");
     m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");

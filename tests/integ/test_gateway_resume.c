@@ -542,6 +542,126 @@ START_TEST(test_resume_from_kv_restores_every_room)
 }
 END_TEST
 
+/* ---- a hole the stream no longer has ---- */
+
+static uint64_t out_last_seq(fx *f)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t n;
+
+    HX_ASSERT(f->s, js_GetStreamInfo(&si, f->js, SL_STREAM_OUT, NULL, NULL) == NATS_OK);
+    n = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+/* Publishes on core NATS what RePublish would deliver for a room event at
+ * seq whose predecessor on the room's subject is last: the gateway sees a
+ * live event after a hole, as when it missed live copies of events the
+ * stream has removed since. */
+static void publish_live_copy(fx *f, const char *room, uint64_t seq, uint64_t last, const char *id)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;
+    char event_id[SL_EVENT_ID_LEN + 1], live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], num[32];
+    uint8_t *data = NULL;
+    size_t len = 0;
+    natsMsg *msg = NULL;
+
+    sl_event_id_new(event_id);
+    e.event_id = event_id;
+    e.tenant = (char *)"acme";
+    e.session = (char *)"test-publisher";
+    e.client_id = e.message_id = (char *)id;
+    e.ts_unix_ns = sl_now_ns();
+    m.room = (char *)room;
+    m.user = (char *)"writer";
+    m.text = (char *)"after the hole";
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &m;
+    HX_OK(f->s, sl_subject_chan(live, sizeof(live), "sluice.live", "acme", true, room));
+    HX_OK(f->s, sl_subject_chan(out, sizeof(out), "sluice.out", "acme", true, room));
+    HX_OK(f->s, sl_envelope_encode(&e, &data, &len));
+    HX_ASSERT(f->s, natsMsg_Create(&msg, live, NULL, (const char *)data, (int)len) == NATS_OK);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Sequence", num) == NATS_OK);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)last);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Last-Sequence", num) == NATS_OK);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Subject", out) == NATS_OK);
+    HX_ASSERT(f->s, natsConnection_PublishMsg(f->nc, msg) == NATS_OK);
+    HX_ASSERT(f->s, natsConnection_Flush(f->nc) == NATS_OK);
+    natsMsg_Destroy(msg);
+    free(data);
+}
+
+START_TEST(test_fill_that_finds_nothing_sends_gap)
+{
+    fx f;
+    fx_opts o = {.gateways = 1};
+    hx_sl_client *a, *b;
+    hx_sl_client *both[2];
+    int64_t seen;
+    uint64_t base;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    both[0] = a;
+    both[1] = b;
+    cJSON_Delete(hx_sl_join(a, "holes", T));
+    cJSON_Delete(hx_sl_join(b, "holes", T));
+    fx_publish_room_msg(&f, "acme", "holes", "writer", "h-1", "before");
+    fx_publish_flush(&f);
+    seen = see_msg(&f, hx_sl_ws(a), "r:holes", "h-1");
+    HX_ASSERT(f.s, see_msg(&f, hx_sl_ws(b), "r:holes", "h-1") == seen);
+    /* Stream positions that belong to another subject: the room's events
+     * at base + 1 and base + 2 "were removed" before the gateway heard of
+     * them, and the live event at base + 3 says its predecessor is base + 2. */
+    for (int i = 0; i < 3; i++)
+        fx_publish_room_msg(&f, "acme", "elsewhere", "writer", "e", "filler");
+    fx_publish_flush(&f);
+    base = out_last_seq(&f) - 3;
+    publish_live_copy(&f, "holes", base + 3, base + 2, "h-2");
+    /* The next real event of the room still comes, after the gap. */
+    fx_publish_room_msg(&f, "acme", "holes", "writer", "h-3", "after");
+    fx_publish_flush(&f);
+    for (int k = 0; k < 2; k++) {
+        hx_ws *ws = hx_sl_ws(both[k]);
+        int64_t last = seen; /* the last event of the room before the gap (h-1 or a presence) */
+        cJSON *g = NULL;
+        while (g == NULL) {
+            cJSON *e = hx_ws_recv_json(ws, T);
+            HX_ASSERT_MSG(f.s, e != NULL, "no gap frame: %s", hx_error());
+            if (fx__is_type(e, "gap")) {
+                g = e;
+                break;
+            }
+            if (fx__is_type(e, "event") && strcmp(hx_json_str(e, "ch"), "r:holes") == 0) {
+                HX_ASSERT_MSG(f.s, hx_json_int(e, "seq", 0) < (int64_t)(base + 3),
+                              "an event after the hole came before the gap");
+                if (hx_json_int(e, "seq", 0) > last)
+                    last = hx_json_int(e, "seq", 0);
+            }
+            cJSON_Delete(e);
+        }
+        HX_ASSERT_MSG(
+            f.s,
+            strcmp(hx_json_str(g, "ch"), "r:holes") == 0 && hx_json_int(g, "from", -1) == last &&
+                hx_json_int(g, "to", -1) == (int64_t)(base + 3),
+            "gap from %lld to %lld, wanted %lld to %llu", (long long)hx_json_int(g, "from", -1),
+            (long long)hx_json_int(g, "to", -1), (long long)last, (unsigned long long)(base + 3));
+        cJSON_Delete(g);
+        HX_ASSERT(f.s, see_msg(&f, ws, "r:holes", "h-2") == (int64_t)(base + 3));
+        see_msg(&f, ws, "r:holes", "h-3");
+        HX_ASSERT(f.s, hx_sl_get_counts(both[k]).duplicates == 0);
+    }
+    HX_ASSERT(f.s, fx_metric(&f, 0, "sluice_gw_fill_gaps_total") == 1);
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -555,6 +675,7 @@ int main(void)
     tcase_add_test(tc, test_resume_during_live_traffic_loses_nothing);
     tcase_add_test(tc, test_resume_past_retention_sends_gap);
     tcase_add_test(tc, test_resume_from_kv_restores_every_room);
+    tcase_add_test(tc, test_fill_that_finds_nothing_sends_gap);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
