@@ -150,6 +150,9 @@ struct gw_conn {
     int nrooms; /* room memberships, at most cfg->max_rooms */
     pending_send *sends;
     int nsends;
+    /* The session's default `prev`: the last client id JetStream
+     * acknowledged (a refused or failed send never becomes it). Persisted
+     * with the positions and read back on a resume, on any gateway. */
     char last_id[SL_ID_MAX + 1];
     gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
     int nacked, acked_cap;
@@ -393,6 +396,8 @@ static void positions_flush(gw_server *s, gw_conn *c)
     pos = cJSON_AddObjectToObject(o, "pos");
     for (int i = 0; i < c->nacked; i++)
         cJSON_AddNumberToObject(pos, c->acked[i].ch, (double)c->acked[i].seq);
+    if (c->last_id[0] != '\0')
+        cJSON_AddStringToObject(o, "prev", c->last_id);
     val = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (val != NULL)
@@ -1630,6 +1635,13 @@ static void ack_run(void *arg)
     *session++ = '\0';
     *id++ = '\0';
     c = gw_map_get(s->sessions, session);
+    if (c != NULL && a->ok && !a->duplicate) {
+        /* Stored: the session's next default prev, even when the send was
+         * made on an earlier connection of the session or answered busy
+         * after a timeout. A duplicate is an older id: no step back. */
+        snprintf(c->last_id, sizeof(c->last_id), "%s", id);
+        c->acked_dirty = true;
+    }
     if (c == NULL || (p = sends_take(c, id)) == NULL)
         goto cleanup; /* gone, or answered already (timeout) */
     if (a->ok) {
@@ -1769,7 +1781,6 @@ static void cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     c->nsends++;
     p = NULL;
-    snprintf(c->last_id, sizeof(c->last_id), "%s", cmd->id);
 cleanup:
     natsMsg_Destroy(m);
     free(data);
@@ -1945,9 +1956,13 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 
 typedef struct resume_job {
     gw_server *s;
-    char key[SL_SUBJECT_MAX];
+    char key[SL_SUBJECT_MAX];      /* <t>.<session>.pos */
+    char orch_key[SL_SUBJECT_MAX]; /* <t>.<session>: the orchestrator's causal state */
     char session[SL_ID_MAX + 1];
-    char *value; /* the stored positions JSON, or NULL */
+    bool attach;    /* the client gave no positions: attach the stored ones */
+    bool want_prev; /* the default prev is not known on this gateway */
+    char *value;    /* the stored positions JSON, or NULL */
+    char prev[SL_ID_MAX + 1];
 } resume_job;
 
 static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
@@ -2002,7 +2017,11 @@ static void resume_kv_run(void *arg)
     gw_pos *pos = calloc((size_t)cap + 1, sizeof(gw_pos));
     int n = 0;
 
-    if (c != NULL && pos != NULL) {
+    if (c != NULL && j->want_prev) {
+        snprintf(c->last_id, sizeof(c->last_id), "%s", j->prev);
+        lws_rx_flow_control(c->wsi, 1); /* held since the hello: sends may use it now */
+    }
+    if (c != NULL && pos != NULL && j->attach) {
         cJSON_ArrayForEach(it, o)
         {
             if (n < cap && it->string != NULL && cJSON_IsNumber(it) && it->valuedouble >= 0) {
@@ -2026,6 +2045,18 @@ static void resume_kv_free(void *arg)
     free(j);
 }
 
+/* The id stored under key field of a JSON value, when it is a valid client
+ * id. */
+static void json_id(const char *value, int len, const char *key, char *out, size_t outlen)
+{
+    cJSON *root = value != NULL ? cJSON_ParseWithLength(value, (size_t)len) : NULL;
+    const char *v = json_str(root, key);
+
+    if (v != NULL && sl_client_id_valid(v))
+        snprintf(out, outlen, "%s", v);
+    cJSON_Delete(root);
+}
+
 static void resume_kv_io(void *arg)
 {
     resume_job *j = arg;
@@ -2033,6 +2064,16 @@ static void resume_kv_io(void *arg)
 
     if (j->s->kv_sessions != NULL && kvStore_Get(&e, j->s->kv_sessions, j->key) == NATS_OK)
         j->value = strndup(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+    kvEntry_Destroy(e);
+    e = NULL;
+    if (j->want_prev && j->value != NULL)
+        json_id(j->value, (int)strlen(j->value), "prev", j->prev, sizeof(j->prev));
+    /* No id acknowledged by a gateway stored (an older gateway, or a crash
+     * before the write): the orchestrator's last processed id is one the
+     * session stored too. */
+    if (j->want_prev && j->prev[0] == '\0' && j->s->kv_sessions != NULL &&
+        kvStore_Get(&e, j->s->kv_sessions, j->orch_key) == NATS_OK)
+        json_id(kvEntry_Value(e), kvEntry_ValueLen(e), "last", j->prev, sizeof(j->prev));
     kvEntry_Destroy(e);
     gw_bridge_post(j->s->bridge, resume_kv_run, resume_kv_free, j);
 }
@@ -2045,6 +2086,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     char why[128], sub_rt[SL_SUB_MAX + 1];
     char *rt = NULL;
     int64_t now = (int64_t)time(NULL);
+    bool have_prev = false;
     sl_status st;
 
     if (cl == NULL) {
@@ -2068,6 +2110,8 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         {
             gw_conn *old = gw_map_get(s->sessions, cmd->resume_session);
             if (old != NULL && old != c) {
+                snprintf(c->last_id, sizeof(c->last_id), "%s", old->last_id);
+                have_prev = true;
                 conn_detach(s, old, NULL);
                 conn_close(old, 1000, "session resumed elsewhere", false);
             }
@@ -2115,17 +2159,24 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         goto cleanup;
     }
     sl_counter_inc(s->m.resumes_ok);
-    if (cmd->has_positions) {
+    if (cmd->has_positions)
         resume_attach(s, c, cmd->positions, cmd->npositions);
-    } else {
+    if (!cmd->has_positions || !have_prev) {
         resume_job *j = calloc(1, sizeof(*j));
         if (j == NULL) {
             conn_close(c, 1011, "out of memory", false);
             goto cleanup;
         }
         j->s = s;
+        j->attach = !cmd->has_positions;
+        j->want_prev = !have_prev;
         snprintf(j->session, sizeof(j->session), "%s", c->session);
         sl_kv_key3(j->key, sizeof(j->key), c->tenant, c->session, "pos");
+        sl_kv_key2(j->orch_key, sizeof(j->orch_key), c->tenant, c->session);
+        /* Frames wait in the socket until the session's default prev is
+         * known, so a send without prev never takes a stale one. */
+        if (j->want_prev)
+            lws_rx_flow_control(c->wsi, 0);
         gw_io_submit(s->io, resume_kv_io, j);
     }
 cleanup:

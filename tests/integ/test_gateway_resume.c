@@ -662,6 +662,142 @@ START_TEST(test_fill_that_finds_nothing_sends_gap)
 }
 END_TEST
 
+/* ---- the default prev belongs to the session ---- */
+
+/* The prev_event_id stored in SLUICE_IN with the session's latest message,
+ * which must be message id (caller frees). */
+static char *stored_prev(fx *f, const char *session, const char *id)
+{
+    char subj[SL_SUBJECT_MAX];
+    natsMsg *m = NULL;
+    Sluice__Envelope *e = NULL;
+    char *prev;
+
+    snprintf(subj, sizeof(subj), "sluice.in.acme.%s", session);
+    HX_ASSERT(f->s, js_GetLastMsg(&m, f->js, SL_STREAM_IN, subj, NULL, NULL) == NATS_OK);
+    HX_OK(f->s, sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e));
+    HX_ASSERT_MSG(f->s, strcmp(e->client_id, id) == 0, "the latest stored message is %s, not %s",
+                  e->client_id, id);
+    prev = strdup(e->prev_event_id);
+    sl_envelope_free(e);
+    natsMsg_Destroy(m);
+    return prev;
+}
+
+static void expect_prev(fx *f, const char *session, const char *id, const char *want_prev)
+{
+    char *prev = stored_prev(f, session, id);
+
+    HX_ASSERT_MSG(f->s, strcmp(prev, want_prev) == 0,
+                  "%s was stored with prev \"%s\", wanted \"%s\"", id, prev, want_prev);
+    free(prev);
+}
+
+/* Points SLUICE_IN at subjects (a JetStream refusal for every client
+ * message while it is not "sluice.in.>"). */
+static void in_subjects(fx *f, const char *subject)
+{
+    jsStreamInfo *si = NULL;
+    const char *subj[1] = {subject};
+    const char **was;
+    int wasn;
+    natsStatus st;
+
+    HX_ASSERT(f->s, js_GetStreamInfo(&si, f->js, SL_STREAM_IN, NULL, NULL) == NATS_OK);
+    was = si->Config->Subjects;
+    wasn = si->Config->SubjectsLen;
+    si->Config->Subjects = subj;
+    si->Config->SubjectsLen = 1;
+    st = js_UpdateStream(NULL, f->js, si->Config, NULL, NULL);
+    si->Config->Subjects = was;
+    si->Config->SubjectsLen = wasn;
+    jsStreamInfo_Destroy(si);
+    HX_ASSERT_MSG(f->s, st == NATS_OK, "update of SLUICE_IN: %s", natsStatus_GetText(st));
+}
+
+typedef struct prev_wait {
+    fx *f;
+    char key[256];
+    const char *prev;
+} prev_wait;
+
+static bool prev_stored(void *ud)
+{
+    prev_wait *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    const char *p = hx_json_str(o, "prev");
+    bool ok = p != NULL && strcmp(p, w->prev) == 0;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_default_prev_is_the_sessions_last_accepted)
+{
+    fx f;
+    fx_opts o = {.gateways = 2};
+    hx_sl_client *a;
+    hx_ws *ws;
+    cJSON *welcome = NULL, *r;
+    char *session, *resume, *tok;
+    prev_wait w;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    session = hx_strf("%s", hx_sl_session(a));
+    post(&f, a, "c-1", NULL, "one");
+    post(&f, a, "c-2", NULL, "two");
+    expect_prev(&f, session, "c-2", "c-1");
+
+    /* A send JetStream refuses does not become the default prev. */
+    in_subjects(&f, "sluice.nothing.>");
+    r = hx_sl_send_wait(a, "c-3", NULL, "refused", T);
+    HX_ASSERT_MSG(f.s, r != NULL && fx__is_type(r, "busy"), "c-3: %s",
+                  r ? cJSON_PrintUnformatted(r) : hx_error());
+    cJSON_Delete(r);
+    in_subjects(&f, "sluice.in.>");
+    post(&f, a, "c-4", NULL, "four");
+    expect_prev(&f, session, "c-4", "c-2");
+
+    /* Resumed on the same gateway while the old connection is still open:
+     * a send right after the welcome chains to c-4. */
+    ws = fx_raw(&f, 0);
+    resume =
+        hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, hx_sl_resume_token(a));
+    tok = hx_token(f.s, "acme", "alice", 600);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    HX_OK(f.s, hx_ws_send_text(ws, "{\"type\":\"send\",\"id\":\"c-5\",\"text\":\"five\"}"));
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"c-5\"}"));
+    expect_prev(&f, session, "c-5", "c-4");
+    hx_ws_destroy(ws);
+    cJSON_Delete(welcome);
+    welcome = NULL;
+    hx_sl_destroy(a);
+
+    /* On the other gateway, from the stored session state; the first
+     * frame after the welcome already has it. */
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", session);
+    w.prev = "c-5";
+    HX_ASSERT_MSG(f.s, hx_wait_until(prev_stored, &w, T), "prev c-5 never stored under %s", w.key);
+    ws = fx_raw(&f, 1);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    HX_OK(f.s, hx_ws_send_text(ws, "{\"type\":\"send\",\"id\":\"c-6\",\"text\":\"six\"}"));
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"c-6\"}"));
+    expect_prev(&f, session, "c-6", "c-5");
+    hx_ws_destroy(ws);
+    cJSON_Delete(welcome);
+    free(resume);
+    free(tok);
+    free(session);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -676,6 +812,7 @@ int main(void)
     tcase_add_test(tc, test_resume_past_retention_sends_gap);
     tcase_add_test(tc, test_resume_from_kv_restores_every_room);
     tcase_add_test(tc, test_fill_that_finds_nothing_sends_gap);
+    tcase_add_test(tc, test_default_prev_is_the_sessions_last_accepted);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
