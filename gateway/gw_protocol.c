@@ -453,9 +453,10 @@ char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool trunc
     return print_and_free(o);
 }
 
-char *gw_frame_history(const char *ch, char *const *events, size_t n)
+char *gw_frame_history(const char *ch, char *const *events, size_t n, bool more,
+                       int64_t next_before, const char *id)
 {
-    size_t len = 64 + strlen(ch);
+    size_t len = 128 + strlen(ch) + (id != NULL ? strlen(id) : 0);
     char *out, *p;
 
     for (size_t i = 0; i < n; i++)
@@ -463,8 +464,12 @@ char *gw_frame_history(const char *ch, char *const *events, size_t n)
     out = malloc(len);
     if (out == NULL)
         return NULL;
-    /* ch is a validated channel name: no escaping needed. */
-    p = out + sprintf(out, "{\"type\":\"history\",\"ch\":\"%s\",\"events\":[", ch);
+    /* ch is a validated channel name and id a validated client id: no
+     * escaping needed. */
+    p = out + sprintf(out, "{\"type\":\"history\",\"ch\":\"%s\",", ch);
+    if (id != NULL)
+        p += sprintf(p, "\"id\":\"%s\",", id);
+    p = stpcpy(p, "\"events\":[");
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(events[i]);
         if (i > 0)
@@ -472,7 +477,10 @@ char *gw_frame_history(const char *ch, char *const *events, size_t n)
         memcpy(p, events[i], l);
         p += l;
     }
-    strcpy(p, "]}");
+    if (more)
+        sprintf(p, "],\"more\":true,\"next_before\":%lld}", (long long)next_before);
+    else
+        strcpy(p, "],\"more\":false}");
     return out;
 }
 

@@ -91,8 +91,13 @@ char *gw_frame_pong(void);
  * "members_truncated":true (a large room's list is cut). */
 char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool truncated);
 
-/* history: events are complete event frames as built by gw_frame_event. */
-char *gw_frame_history(const char *ch, char *const *events, size_t n);
+/* history: events are complete event frames as built by gw_frame_event, in
+ * stream order. more:true says older events remain: the client asks again
+ * with before = next_before (the seq of the oldest event in this page, or
+ * where the read stopped when the page is empty). id (NULL: none) is the
+ * request's. */
+char *gw_frame_history(const char *ch, char *const *events, size_t n, bool more,
+                       int64_t next_before, const char *id);
 
 /* Builds the `event` frame of an OUT envelope on channel ch at stream
  * sequence seq. Returns NULL for an envelope with no client-visible body

@@ -29,13 +29,15 @@
  * connection may be gone by then.
  */
 
-#define MEMBER_PEND_MAX  4096 /* live events buffered while a member replays */
-#define CHAN_PEND_MAX    8192 /* live events buffered while a channel fills a gap */
-#define REPLAY_BATCH     256  /* events fetched per replay round trip batch */
-#define SEND_INFLIGHT    256  /* unacknowledged sends per connection */
-#define RECEIPTS_MAX     64   /* delivered messages awaiting an ack, per connection */
-#define HISTORY_MAX_RTT  2000 /* direct gets one history request may cost */
-#define JOIN_MEMBERS_MAX 100  /* members listed in `joined` */
+#define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT      256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX       64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_CONN_MAX   2    /* history reads in flight per connection */
+#define HISTORY_TENANT_MAX 8    /* history reads in flight per tenant, per gateway */
+#define HISTORY_RETRY_MS   250  /* retry_after_ms of a history_busy */
+#define JOIN_MEMBERS_MAX   100  /* members listed in `joined` */
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
@@ -159,14 +161,16 @@ struct gw_conn {
     bool acked_dirty;
     receipt *receipts; /* ring (malloc'd on first use) */
     int nreceipts;
+    int history_inflight; /* history reads queued or running */
     struct gw_conn *all_prev, *all_next;
 };
 
 typedef struct gw_metrics {
     sl_gauge *connections;
+    sl_gauge *history_inflight;
     sl_counter *connections_total;
     sl_counter *frames_in, *frames_out, *bytes_in, *bytes_out;
-    sl_counter *busy_rate, *busy_overloaded, *busy_draining;
+    sl_counter *busy_rate, *busy_overloaded, *busy_draining, *busy_history;
     sl_counter *slow_closes;
     sl_counter *resumes_ok, *resumes_gap;
     sl_counter *gap_fills;
@@ -196,7 +200,10 @@ struct gw_server {
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
     gw_map *chans;    /* live subject -> gw_chan */
-    gw_conn *all;     /* every websocket connection */
+    /* tenant -> int (malloc'd): history reads in flight; the map exists only
+     * while some read is in flight (made on demand, freed when empty). */
+    gw_map *history_tenants;
+    gw_conn *all; /* every websocket connection */
     int nconns;
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
@@ -266,6 +273,8 @@ static void conn_busy(gw_server *s, gw_conn *c, const char *id, const char *reas
         sl_counter_inc(s->m.busy_rate);
     else if (strcmp(reason, "draining") == 0)
         sl_counter_inc(s->m.busy_draining);
+    else if (strcmp(reason, "history_busy") == 0)
+        sl_counter_inc(s->m.busy_history);
     else
         sl_counter_inc(s->m.busy_overloaded);
     conn_send_text(s, c, gw_frame_busy(id, reason, retry));
@@ -845,6 +854,8 @@ typedef struct read_job {
     uint64_t last; /* fill: Nats-Last-Sequence of the live event at upto */
     uint64_t before;
     int64_t limit;
+    char id[SL_ID_MAX + 1]; /* history: the request's id, or "" */
+    uint64_t covered;       /* history: every event in [covered, before) was read */
     bool check_gap;
     uint64_t member_gen; /* replay, join: the membership asking */
     bool after_ready;    /* replay: submitted when the channel knew its head */
@@ -975,6 +986,110 @@ static natsStatus still_stored_io(read_job *j, uint64_t seq)
     return st;
 }
 
+/* Appends (seq, m) to a growing array; false without memory. */
+static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t seq)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 32;
+        got *g = realloc(*arr, nc * sizeof(got));
+        if (g == NULL)
+            return false;
+        *arr = g;
+        *cap = nc;
+    }
+    (*arr)[*n].seq = seq;
+    (*arr)[*n].msg = m;
+    (*n)++;
+    return true;
+}
+
+/* One history request: the newest `limit` events of the channel below
+ * `before`, in one bounded read. Direct gets only read forward, so windows
+ * below `before` are read newest window first, each once (from its start to
+ * where the previous window began, never again), growing fourfold, until
+ * `limit` events are found, the stream's start is reached or the budget of
+ * 2 x limit + 16 gets is spent. A window the budget cuts is dropped (its
+ * newest part was not read); what was not reached is the next page's
+ * (j->covered). */
+static natsStatus history_read_io(read_job *j)
+{
+    uint64_t before = j->before, w = (uint64_t)j->limit * 2;
+    uint64_t budget = (uint64_t)j->limit * 2 + 16, used = 0;
+    natsStatus st = NATS_OK;
+
+    if (before == 0) {
+        st = last_seq_io(j->s, j->out, &before);
+        before += 1;
+        used++;
+    }
+    j->covered = before;
+    while (st == NATS_OK && j->covered > 1 && (int64_t)j->n < j->limit && used < budget) {
+        uint64_t start = j->covered > w ? j->covered - w : 1;
+        got *win = NULL;
+        size_t wn = 0, wcap = 0;
+        bool complete = false;
+        for (uint64_t seq = start; used < budget;) {
+            natsMsg *m = NULL;
+            uint64_t gs;
+            used++;
+            st = next_by_subject(j->s, j->out, seq, &m);
+            if (st == NATS_NOT_FOUND) {
+                st = NATS_OK;
+                complete = true;
+                break;
+            }
+            if (st != NATS_OK)
+                break;
+            gs = header_u64(m, "Nats-Sequence");
+            if (gs == 0 || gs >= j->covered) {
+                natsMsg_Destroy(m);
+                complete = true;
+                break;
+            }
+            if (!got_append(&win, &wn, &wcap, m, gs)) {
+                natsMsg_Destroy(m);
+                st = NATS_NO_MEMORY;
+                break;
+            }
+            seq = gs + 1;
+        }
+        if (complete && st == NATS_OK && wn > 0) {
+            got *all = realloc(win, (wn + j->n) * sizeof(got));
+            if (all == NULL) {
+                complete = false;
+                st = NATS_NO_MEMORY;
+            } else {
+                win = all;
+                if (j->n > 0)
+                    memcpy(win + wn, j->msgs, j->n * sizeof(got));
+                free(j->msgs);
+                j->msgs = win;
+                j->n += wn;
+                win = NULL;
+                wn = 0;
+            }
+        }
+        for (size_t i = 0; i < wn; i++)
+            natsMsg_Destroy(win[i].msg);
+        free(win);
+        if (!complete)
+            break;
+        j->covered = start;
+        w *= 4;
+    }
+    /* Not every event below covered was read: is there any? (one get) */
+    if (st == NATS_OK && j->covered > 1 && (int64_t)j->n <= j->limit) {
+        natsMsg *m = NULL;
+        st = next_by_subject(j->s, j->out, 1, &m);
+        if (st == NATS_NOT_FOUND || (st == NATS_OK && header_u64(m, "Nats-Sequence") >= j->covered))
+            j->covered = 1;
+        if (st == NATS_NOT_FOUND)
+            st = NATS_OK;
+        natsMsg_Destroy(m);
+    }
+    return st;
+}
+
 static void read_result_run(void *arg);
 
 static void read_io(void *arg)
@@ -1039,58 +1154,17 @@ static void read_io(void *arg)
         if (st == NATS_OK)
             st = read_forward_io(j, REPLAY_BATCH);
         break;
-    case READ_HISTORY: {
-        /* Direct get only reads forward: scan growing windows below
-         * `before` until enough events are found or the stream's start. */
-        uint64_t before = j->before, window = (uint64_t)j->limit * 4;
-        int rtt = 0;
-        if (before == 0) {
-            st = last_seq_io(s, j->out, &before);
-            before += 1;
-        }
-        while (st == NATS_OK && before > 1 && rtt < HISTORY_MAX_RTT) {
-            size_t cap = 0;
-            uint64_t start = before > window ? before - window : 1;
-            for (size_t i = 0; i < j->n; i++)
-                natsMsg_Destroy(j->msgs[i].msg);
-            free(j->msgs);
-            j->msgs = NULL;
-            j->n = 0;
-            for (uint64_t seq = start; rtt < HISTORY_MAX_RTT;) {
-                natsMsg *m = NULL;
-                uint64_t gs;
-                rtt++;
-                st = next_by_subject(s, j->out, seq, &m);
-                if (st == NATS_NOT_FOUND) {
-                    st = NATS_OK;
-                    break;
-                }
-                if (st != NATS_OK)
-                    break;
-                gs = header_u64(m, "Nats-Sequence");
-                if (gs == 0 || gs >= before) {
-                    natsMsg_Destroy(m);
-                    break;
-                }
-                if (!push_got(j, m, gs, &cap)) {
-                    natsMsg_Destroy(m);
-                    break;
-                }
-                seq = gs + 1;
-            }
-            if ((int64_t)j->n >= j->limit || start == 1)
-                break;
-            window *= 4;
-        }
+    case READ_HISTORY:
+        st = history_read_io(j);
         break;
-    }
     }
     if (st != NATS_OK)
         sl_warn("stream read on %s failed: %s", j->out, natsStatus_GetText(st));
     j->more = j->more && st == NATS_OK;
-    if (st != NATS_OK && j->kind != READ_HISTORY) {
+    if (st != NATS_OK) {
         j->head = UINT64_MAX; /* marks failure for the loop, which retries */
-        usleep(200 * 1000);
+        if (j->kind != READ_HISTORY)
+            usleep(200 * 1000); /* paces the retries; a history request is answered */
     }
     gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
 }
@@ -1192,6 +1266,58 @@ static void chan_destroy(gw_chan *ch)
     cache_clear(ch);
     cJSON_Delete(ch->presence);
     free(ch);
+}
+
+/* History reads in flight per tenant and per connection: a request over
+ * either bound is answered busy (history_busy), so one tenant's flood
+ * takes at most HISTORY_TENANT_MAX of the gateway's bulk reads. */
+static bool history_acquire(gw_server *s, gw_conn *c)
+{
+    int *n;
+
+    if (c->history_inflight >= HISTORY_CONN_MAX)
+        return false;
+    if (s->history_tenants == NULL && gw_map_create(&s->history_tenants) != SL_OK)
+        return false;
+    n = gw_map_get(s->history_tenants, c->tenant);
+    if (n == NULL) {
+        n = calloc(1, sizeof(*n));
+        if (n == NULL || gw_map_put(s->history_tenants, c->tenant, n) != SL_OK) {
+            free(n);
+            if (gw_map_len(s->history_tenants) == 0) {
+                gw_map_destroy(s->history_tenants);
+                s->history_tenants = NULL;
+            }
+            return false;
+        }
+    }
+    if (*n >= HISTORY_TENANT_MAX)
+        return false;
+    (*n)++;
+    c->history_inflight++;
+    sl_gauge_inc(s->m.history_inflight);
+    return true;
+}
+
+/* Ends a history read of tenant (c: the connection that asked, NULL when
+ * it is gone). */
+static void history_release(gw_server *s, const char *tenant, gw_conn *c)
+{
+    int *n = s->history_tenants != NULL ? gw_map_get(s->history_tenants, tenant) : NULL;
+
+    if (c != NULL && c->history_inflight > 0)
+        c->history_inflight--;
+    if (n == NULL)
+        return;
+    sl_gauge_dec(s->m.history_inflight);
+    if (--*n <= 0) {
+        gw_map_del(s->history_tenants, tenant);
+        free(n);
+    }
+    if (gw_map_len(s->history_tenants) == 0) {
+        gw_map_destroy(s->history_tenants);
+        s->history_tenants = NULL;
+    }
 }
 
 /* Unsubscribes and frees a channel nobody uses any more. */
@@ -1435,6 +1561,77 @@ static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head)
     chan_process_pending(s, ch);
 }
 
+/* Answers a history request: the newest events found, at most `limit`,
+ * and at most half of the outbound bound in bytes (the other half is for
+ * live traffic), so a page never cuts its reader with 4429. Older events
+ * are announced with more:true and next_before. */
+static void history_done(gw_server *s, read_job *j, gw_conn *c)
+{
+    size_t lo = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0, cut = j->n;
+    size_t max = (size_t)s->cfg->outq_max_bytes, budget = max / 2;
+    size_t used = 128 + strlen(j->ch) + strlen(j->id);
+    const char *id = j->id[0] != '\0' ? j->id : NULL;
+    char **events = NULL;
+    bool more, full = false;
+
+    history_release(s, j->tenant, c);
+    if (c == NULL || c->close_code != 0)
+        return;
+    if (j->head == UINT64_MAX) {
+        conn_error(s, c, "internal", "history read failed; retry", id);
+        return;
+    }
+    if (c->q.bytes + budget > max)
+        budget = max > c->q.bytes ? max - c->q.bytes : 0;
+    events = calloc(j->n - lo + 1, sizeof(char *));
+    if (events == NULL) {
+        conn_error(s, c, "internal", "out of memory; retry", id);
+        return;
+    }
+    for (size_t i = j->n; i > lo; i--) {
+        Sluice__Envelope *e = NULL;
+        char *ev;
+        size_t len;
+        if (sl_envelope_decode(natsMsg_GetData(j->msgs[i - 1].msg),
+                               (size_t)natsMsg_GetDataLength(j->msgs[i - 1].msg), &e) != SL_OK) {
+            cut = i - 1; /* not an event: skipped, like live delivery does */
+            continue;
+        }
+        ev = gw_frame_event(e, j->ch, j->msgs[i - 1].seq);
+        sl_envelope_free(e);
+        len = ev != NULL ? strlen(ev) + 1 : 0;
+        /* One event larger than the page still goes alone when the queue
+         * can take it; otherwise the client is asked to read first. */
+        if (ev == NULL || (used + len > budget && (k > 0 || c->q.bytes + used + len > max))) {
+            free(ev);
+            full = true;
+            break;
+        }
+        events[k++] = ev;
+        used += len;
+        cut = i - 1;
+    }
+    if (k == 0 && full) {
+        conn_busy(s, c, id, "history_busy", HISTORY_RETRY_MS);
+        free(events);
+        return;
+    }
+    for (size_t a = 0, b = k; a + 1 < b; a++, b--) { /* newest first -> stream order */
+        char *t = events[a];
+        events[a] = events[b - 1];
+        events[b - 1] = t;
+    }
+    /* Events below msgs[cut] (found, or not read yet below covered) are
+     * the next page's. */
+    more = cut > 0 || j->covered > 1;
+    conn_send_text(s, c,
+                   gw_frame_history(j->ch, events, k, more,
+                                    (int64_t)(cut < j->n ? j->msgs[cut].seq : j->covered), id));
+    for (size_t i = 0; i < k; i++)
+        free(events[i]);
+    free(events);
+}
+
 static void read_result_run(void *arg)
 {
     read_job *j = arg;
@@ -1564,33 +1761,9 @@ static void read_result_run(void *arg)
         }
         break;
     }
-    case READ_HISTORY: {
-        size_t start = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0;
-        char **events;
-        char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
-        if (c == NULL)
-            break;
-        events = calloc(j->n - start + 1, sizeof(char *));
-        if (events == NULL)
-            break;
-        for (size_t i = start; i < j->n; i++) {
-            Sluice__Envelope *e = NULL;
-            (void)sender;
-            (void)msgid;
-            if (sl_envelope_decode(natsMsg_GetData(j->msgs[i].msg),
-                                   (size_t)natsMsg_GetDataLength(j->msgs[i].msg), &e) != SL_OK)
-                continue;
-            events[k] = gw_frame_event(e, j->ch, j->msgs[i].seq);
-            if (events[k] != NULL)
-                k++;
-            sl_envelope_free(e);
-        }
-        conn_send_text(s, c, gw_frame_history(j->ch, events, k));
-        for (size_t i = 0; i < k; i++)
-            free(events[i]);
-        free(events);
+    case READ_HISTORY:
+        history_done(s, j, c);
         break;
-    }
     }
     read_job_free(j);
 }
@@ -1943,13 +2116,23 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(tmp.ch, sizeof(tmp.ch), "%s", cmd->ch);
     sl_subject_chan(tmp.out, sizeof(tmp.out), "sluice.out", c->tenant, is_room, tmp.name);
     sl_subject_chan(tmp.live, sizeof(tmp.live), "sluice.live", c->tenant, is_room, tmp.name);
-    j = read_job_new(s, READ_HISTORY, &tmp);
-    if (j == NULL)
+    if (!history_acquire(s, c)) {
+        conn_busy(s, c, cmd->id, "history_busy", HISTORY_RETRY_MS);
         return;
+    }
+    j = read_job_new(s, READ_HISTORY, &tmp);
+    if (j == NULL) {
+        history_release(s, c->tenant, c);
+        conn_error(s, c, "internal", "out of memory; retry", cmd->id);
+        return;
+    }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
+    snprintf(j->id, sizeof(j->id), "%s", cmd->id != NULL ? cmd->id : "");
     j->before = (uint64_t)cmd->before;
     j->limit = cmd->limit;
-    gw_io_submit(s->io, read_io, j);
+    /* Bulk work: runs after joins, resumes and fills, never on every io
+     * thread at once. */
+    gw_io_submit_bulk(s->io, read_io, j);
 }
 
 /* ---------- hello and resume ---------- */
@@ -2702,6 +2885,8 @@ sl_status gw_config_validate(const gw_config *c, char *err, size_t errlen)
 static void metrics_init(gw_metrics *m)
 {
     m->connections = sl_gauge_get("sluice_gw_connections", NULL, "open WebSocket connections");
+    m->history_inflight =
+        sl_gauge_get("sluice_gw_history_reads_inflight", NULL, "history reads queued or running");
     m->connections_total =
         sl_counter_get("sluice_gw_connections_total", NULL, "WebSocket connections accepted");
     m->frames_in = sl_counter_get("sluice_gw_frames_in_total", NULL, "client frames received");
@@ -2714,6 +2899,8 @@ static void metrics_init(gw_metrics *m)
         sl_counter_get("sluice_gw_busy_total", "reason=\"overloaded\"", "busy answers by reason");
     m->busy_draining =
         sl_counter_get("sluice_gw_busy_total", "reason=\"draining\"", "busy answers by reason");
+    m->busy_history =
+        sl_counter_get("sluice_gw_busy_total", "reason=\"history_busy\"", "busy answers by reason");
     m->slow_closes = sl_counter_get("sluice_gw_slow_consumer_closes_total", NULL,
                                     "clients cut with 4429 at their outbound bound");
     m->resumes_ok = sl_counter_get("sluice_gw_resumes_total", "result=\"recovered\"",

@@ -187,6 +187,34 @@ START_TEST(test_utf8)
 }
 END_TEST
 
+/* history pages say whether older events remain and where to go on. */
+START_TEST(test_history_frame)
+{
+    char *ev[2] = {"{\"type\":\"event\",\"seq\":5}", "{\"type\":\"event\",\"seq\":9}"};
+    char *s = gw_frame_history("r:lobby", ev, 2, true, 5, "h-1");
+    cJSON *j = cJSON_Parse(s);
+
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "type")->valuestring, "history");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "ch")->valuestring, "r:lobby");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "id")->valuestring, "h-1");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "events")), 2);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "more")));
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "next_before")->valueint, 5);
+    cJSON_Delete(j);
+    free(s);
+    s = gw_frame_history("s", NULL, 0, false, 0, NULL);
+    j = cJSON_Parse(s);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "events")), 0);
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(j, "more")));
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "next_before"));
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "id"));
+    cJSON_Delete(j);
+    free(s);
+}
+END_TEST
+
 START_TEST(test_event_frames)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
@@ -301,6 +329,7 @@ int main(void)
     tcase_add_test(tc, test_parse_optional_ids);
     tcase_add_test(tc, test_utf8);
     tcase_add_test(tc, test_event_frames);
+    tcase_add_test(tc, test_history_frame);
     tcase_add_test(tc, test_bucket);
     tcase_add_test(tc, test_outq_bounds);
     suite_add_tcase(s, tc);
