@@ -1204,11 +1204,17 @@ static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t l
 
 static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
 
-/* Finds or creates (subscribing to its live subject) a channel. A fresh
- * channel is one that cannot have events yet (a new session's): it is ready
- * at once, without reading the stream's head. */
+/* How a new channel learns its head. */
+enum chan_head {
+    HEAD_READ,    /* a READ_HEAD of its own */
+    HEAD_FRESH,   /* none: it cannot have events yet (a new session's) */
+    HEAD_BY_JOIN, /* the READ_JOIN of the join that creates it */
+};
+
+/* Finds or creates (subscribing to its live subject) a channel; how a new
+ * one gets ready is `how`. */
 static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
-                            bool fresh)
+                            enum chan_head how)
 {
     char live[SL_SUBJECT_MAX];
     gw_chan *ch;
@@ -1239,10 +1245,17 @@ static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, cons
         return NULL;
     }
     natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
-    if (fresh) {
+    if (how == HEAD_FRESH) {
         chan_ready(s, ch, 0);
         return ch;
     }
+    /* A join's own head read makes its channel ready: with a second read
+     * the two could fall on either side of the join's presence event, and
+     * the new member would start with a replay (which never cuts a client
+     * that stops reading: a stopped member of a flooded room was then not
+     * closed with 4429). */
+    if (how == HEAD_BY_JOIN)
+        return ch;
     j = read_job_new(s, READ_HEAD, ch);
     if (j != NULL)
         gw_io_submit(s->io, read_io, j);
@@ -1251,7 +1264,7 @@ static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, cons
 
 static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
 {
-    return chan_get_ex(s, tenant, is_room, name, false);
+    return chan_get_ex(s, tenant, is_room, name, HEAD_READ);
 }
 
 /* Frees what a channel owns and the channel itself (not its map entry). */
@@ -1650,12 +1663,16 @@ static void read_result_run(void *arg)
     if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
                    j->kind == READ_JOIN)) {
         /* NATS trouble: try again shortly (the io thread paces retries). */
-        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL)) {
-            read_job *again = read_job_new(s, j->kind, ch);
+        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL ||
+                           (j->kind == READ_JOIN && ch->state == CHAN_INIT))) {
+            /* A join that went away still owes its channel a head. */
+            int kind = j->kind == READ_JOIN && m == NULL ? READ_HEAD : j->kind;
+            read_job *again = read_job_new(s, kind, ch);
             if (again != NULL) {
                 memcpy(again->session, j->session, sizeof(j->session));
                 again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
                 again->upto = j->upto;
+                again->last = j->last;
                 again->check_gap = j->check_gap;
                 again->member_gen = j->member_gen;
                 gw_io_submit(s->io, read_io, again);
@@ -1694,10 +1711,10 @@ static void read_result_run(void *arg)
         break;
     }
     case READ_JOIN:
+        if (ch != NULL && ch->state == CHAN_INIT)
+            chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
         if (ch == NULL || m == NULL)
             break;
-        if (ch->state == CHAN_INIT)
-            chan_ready(s, ch, j->head);
         m->delivered = j->head;
         if (ch->presence == NULL && j->members != NULL) {
             cJSON *it;
@@ -1713,10 +1730,14 @@ static void read_result_run(void *arg)
         conn_send_text(s, c, gw_frame_joined(ch->name, j->head, j->members, j->members_truncated));
         j->members = NULL;
         acked_set(c, ch->ch, (int64_t)j->head, true);
-        if (m->delivered < ch->ready_head)
-            replay_submit(s, c, m, false); /* the channel dropped events above the join point */
-        else
+        if (m->delivered < ch->ready_head || m->pend_overflow) {
+            /* The channel dropped events above the join point, or more came
+             * meanwhile than the member buffers: read them from the stream. */
+            m->pend_overflow = false;
+            replay_submit(s, c, m, false);
+        } else {
             member_go_live(s, m);
+        }
         break;
     case READ_REPLAY: {
         char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
@@ -1984,7 +2005,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
                    cmd->id);
         return;
     }
-    ch = chan_get(s, c->tenant, true, cmd->room);
+    ch = chan_get_ex(s, c->tenant, true, cmd->room, HEAD_BY_JOIN);
     if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
         /* The room is live on this gateway: join from memory, no NATS. */
         bool truncated;
@@ -2333,7 +2354,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
                                     (double)s->cfg->burst));
     if (!cmd->resume) {
         /* A new session id is random: nothing can be on its channel yet. */
-        gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, true);
+        gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, HEAD_FRESH);
         if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
