@@ -140,6 +140,8 @@ struct gw_io {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     io_task *head, *tail;
+    io_task *bulk_head, *bulk_tail; /* run after head's, on bulk_max threads at most */
+    int bulk_running, bulk_max;
     size_t pending;
     bool stop;
     int nthreads;
@@ -151,23 +153,41 @@ static void *io_main(void *p)
     gw_io *io = p;
 
     for (;;) {
-        io_task *t;
+        io_task *t = NULL;
+        bool bulk = false;
         pthread_mutex_lock(&io->mu);
-        while (io->head == NULL && !io->stop)
+        for (;;) {
+            if (io->head != NULL) {
+                t = io->head;
+                io->head = t->next;
+                if (io->head == NULL)
+                    io->tail = NULL;
+                break;
+            }
+            if (io->bulk_head != NULL && io->bulk_running < io->bulk_max) {
+                t = io->bulk_head;
+                io->bulk_head = t->next;
+                if (io->bulk_head == NULL)
+                    io->bulk_tail = NULL;
+                io->bulk_running++;
+                bulk = true;
+                break;
+            }
+            if (io->stop && io->bulk_head == NULL) {
+                pthread_mutex_unlock(&io->mu);
+                return NULL;
+            }
             pthread_cond_wait(&io->cv, &io->mu);
-        t = io->head;
-        if (t == NULL) {
-            pthread_mutex_unlock(&io->mu);
-            return NULL;
         }
-        io->head = t->next;
-        if (io->head == NULL)
-            io->tail = NULL;
         pthread_mutex_unlock(&io->mu);
         t->fn(t->arg);
         free(t);
         pthread_mutex_lock(&io->mu);
         io->pending--;
+        if (bulk) {
+            io->bulk_running--;
+            pthread_cond_broadcast(&io->cv); /* a thread may take the next bulk task */
+        }
         pthread_mutex_unlock(&io->mu);
     }
 }
@@ -180,6 +200,7 @@ sl_status gw_io_create(gw_io **out, int nthreads)
         return SL_ERR_NOMEM;
     pthread_mutex_init(&io->mu, NULL);
     pthread_cond_init(&io->cv, NULL);
+    io->bulk_max = nthreads > 1 ? nthreads - 1 : 1;
     for (int i = 0; i < nthreads; i++) {
         if (pthread_create(&io->threads[i], NULL, io_main, io) != 0) {
             io->nthreads = i;
@@ -223,6 +244,25 @@ void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
     io->tail = t;
     io->pending++;
     pthread_cond_signal(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+}
+
+void gw_io_submit_bulk(gw_io *io, gw_task_fn fn, void *arg)
+{
+    io_task *t = calloc(1, sizeof(*t));
+
+    while (t == NULL)
+        t = calloc(1, sizeof(*t));
+    t->fn = fn;
+    t->arg = arg;
+    pthread_mutex_lock(&io->mu);
+    if (io->bulk_tail != NULL)
+        io->bulk_tail->next = t;
+    else
+        io->bulk_head = t;
+    io->bulk_tail = t;
+    io->pending++;
+    pthread_cond_broadcast(&io->cv);
     pthread_mutex_unlock(&io->mu);
 }
 

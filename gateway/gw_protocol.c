@@ -46,6 +46,17 @@ static sl_status parse_positions(const cJSON *pos, gw_cmd *c, gw_err *err)
         return SL_ERR_INVAL;
     }
     c->has_positions = true;
+    if (cJSON_GetArraySize(pos) > GW_POSITIONS_MAX) {
+        set_err(err, "bad_frame", "too many positions");
+        return SL_ERR_INVAL;
+    }
+    if (cJSON_GetArraySize(pos) > 0) {
+        c->positions = calloc((size_t)cJSON_GetArraySize(pos), sizeof(gw_pos));
+        if (c->positions == NULL) {
+            set_err(err, "internal", "out of memory");
+            return SL_ERR_NOMEM;
+        }
+    }
     cJSON_ArrayForEach(it, pos)
     {
         bool is_room;
@@ -70,6 +81,22 @@ static sl_status parse_positions(const cJSON *pos, gw_cmd *c, gw_err *err)
         c->npositions++;
     }
     return SL_OK;
+}
+
+/* The optional "id" of join, leave and history: a client id, echoed in
+ * the answers and errors so a client can match them to the request. */
+static bool parse_opt_id(const cJSON *root, gw_cmd *c, gw_err *err)
+{
+    if (!has_key(root, "id") || cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id")))
+        return true;
+    c->id = get_str(root, "id");
+    if (!sl_client_id_valid(c->id)) {
+        set_err(err, "bad_id", "id must be 1-64 chars of [A-Za-z0-9_.:-]");
+        c->id = NULL;
+        return false;
+    }
+    snprintf(err->id, sizeof(err->id), "%s", c->id);
+    return true;
 }
 
 static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
@@ -132,6 +159,8 @@ static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
     }
     if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
         c->type = type[0] == 'j' ? GW_CMD_JOIN : GW_CMD_LEAVE;
+        if (!parse_opt_id(root, c, err))
+            return SL_ERR_INVAL;
         c->room = get_str(root, "room");
         if (!sl_id_valid(c->room)) {
             set_err(err, "bad_id", "room must be 1-64 chars of [A-Za-z0-9_-]");
@@ -142,6 +171,8 @@ static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
     if (strcmp(type, "ack") == 0 || strcmp(type, "history") == 0) {
         bool is_room;
         const char *room;
+        if (type[0] == 'h' && !parse_opt_id(root, c, err))
+            return SL_ERR_INVAL;
         c->ch = get_str(root, "ch");
         if (c->ch == NULL || sl_channel_parse(c->ch, &is_room, &room) != SL_OK) {
             set_err(err, "bad_id", "ch must be \"s\" or \"r:<room>\"");
@@ -240,6 +271,7 @@ sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err)
 cleanup:
     if (st != SL_OK) {
         cJSON_Delete(c.root);
+        free(c.positions);
         return st;
     }
     *out = c;
@@ -250,7 +282,10 @@ void gw_cmd_free(gw_cmd *c)
 {
     if (c != NULL) {
         cJSON_Delete(c->root);
+        free(c->positions);
         c->root = NULL;
+        c->positions = NULL;
+        c->npositions = 0;
     }
 }
 
@@ -418,9 +453,10 @@ char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool trunc
     return print_and_free(o);
 }
 
-char *gw_frame_history(const char *ch, char *const *events, size_t n)
+char *gw_frame_history(const char *ch, char *const *events, size_t n, bool more,
+                       int64_t next_before, const char *id)
 {
-    size_t len = 64 + strlen(ch);
+    size_t len = 128 + strlen(ch) + (id != NULL ? strlen(id) : 0);
     char *out, *p;
 
     for (size_t i = 0; i < n; i++)
@@ -428,8 +464,12 @@ char *gw_frame_history(const char *ch, char *const *events, size_t n)
     out = malloc(len);
     if (out == NULL)
         return NULL;
-    /* ch is a validated channel name: no escaping needed. */
-    p = out + sprintf(out, "{\"type\":\"history\",\"ch\":\"%s\",\"events\":[", ch);
+    /* ch is a validated channel name and id a validated client id: no
+     * escaping needed. */
+    p = out + sprintf(out, "{\"type\":\"history\",\"ch\":\"%s\",", ch);
+    if (id != NULL)
+        p += sprintf(p, "\"id\":\"%s\",", id);
+    p = stpcpy(p, "\"events\":[");
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(events[i]);
         if (i > 0)
@@ -437,7 +477,10 @@ char *gw_frame_history(const char *ch, char *const *events, size_t n)
         memcpy(p, events[i], l);
         p += l;
     }
-    strcpy(p, "]}");
+    if (more)
+        sprintf(p, "],\"more\":true,\"next_before\":%lld}", (long long)next_before);
+    else
+        strcpy(p, "],\"more\":false}");
     return out;
 }
 

@@ -13,8 +13,9 @@
 #include "sl_subject.h"
 #include "sluice.pb-c.h"
 
-#define GW_CH_MAX        (SL_ID_MAX + 3) /* "r:" + room + NUL */
-#define GW_POSITIONS_MAX 64
+#define GW_CH_MAX        (SL_ID_MAX + 3)      /* "r:" + room + NUL */
+#define GW_ROOMS_LIMIT   1024                 /* highest SLUICE_MAX_ROOMS */
+#define GW_POSITIONS_MAX (GW_ROOMS_LIMIT + 1) /* every room of a connection, and "s" */
 
 typedef enum gw_cmd_type {
     GW_CMD_HELLO,
@@ -37,7 +38,7 @@ typedef struct gw_pos {
 typedef struct gw_cmd {
     gw_cmd_type type;
     cJSON *root;
-    const char *id;    /* send, cancel */
+    const char *id;    /* send, cancel; optional on join, leave, history (echoed in errors) */
     const char *room;  /* send (may be NULL), join, leave */
     const char *text;  /* send */
     const char *prev;  /* send (may be NULL) */
@@ -51,7 +52,7 @@ typedef struct gw_cmd {
     const char *resume_token;
     bool has_positions;
     int npositions;
-    gw_pos positions[GW_POSITIONS_MAX];
+    gw_pos *positions; /* npositions entries (malloc'd, at most GW_POSITIONS_MAX) */
 } gw_cmd;
 
 /* Why a frame was refused: an error code of the protocol and a message. */
@@ -90,8 +91,13 @@ char *gw_frame_pong(void);
  * "members_truncated":true (a large room's list is cut). */
 char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool truncated);
 
-/* history: events are complete event frames as built by gw_frame_event. */
-char *gw_frame_history(const char *ch, char *const *events, size_t n);
+/* history: events are complete event frames as built by gw_frame_event, in
+ * stream order. more:true says older events remain: the client asks again
+ * with before = next_before (the seq of the oldest event in this page, or
+ * where the read stopped when the page is empty). id (NULL: none) is the
+ * request's. */
+char *gw_frame_history(const char *ch, char *const *events, size_t n, bool more,
+                       int64_t next_before, const char *id);
 
 /* Builds the `event` frame of an OUT envelope on channel ch at stream
  * sequence seq. Returns NULL for an envelope with no client-visible body

@@ -29,13 +29,15 @@
  * connection may be gone by then.
  */
 
-#define MEMBER_PEND_MAX  4096 /* live events buffered while a member replays */
-#define CHAN_PEND_MAX    8192 /* live events buffered while a channel fills a gap */
-#define REPLAY_BATCH     256  /* events fetched per replay round trip batch */
-#define SEND_INFLIGHT    256  /* unacknowledged sends per connection */
-#define RECEIPTS_MAX     64   /* delivered messages awaiting an ack, per connection */
-#define HISTORY_MAX_RTT  2000 /* direct gets one history request may cost */
-#define JOIN_MEMBERS_MAX 100  /* members listed in `joined` */
+#define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT      256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX       64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_CONN_MAX   2    /* history reads in flight per connection */
+#define HISTORY_TENANT_MAX 8    /* history reads in flight per tenant, per gateway */
+#define HISTORY_RETRY_MS   250  /* retry_after_ms of a history_busy */
+#define JOIN_MEMBERS_MAX   100  /* members listed in `joined` */
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
@@ -147,25 +149,32 @@ struct gw_conn {
     gw_bucket bucket;
     gw_outq q;
     gw_member *members;
+    int nrooms; /* room memberships, at most cfg->max_rooms */
     pending_send *sends;
     int nsends;
+    /* The session's default `prev`: the last client id JetStream
+     * acknowledged (a refused or failed send never becomes it). Persisted
+     * with the positions and read back on a resume, on any gateway. */
     char last_id[SL_ID_MAX + 1];
-    gw_pos *acked; /* acked positions (malloc'd, GW_POSITIONS_MAX) */
-    int nacked;
+    gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
+    int nacked, acked_cap;
     bool acked_dirty;
     receipt *receipts; /* ring (malloc'd on first use) */
     int nreceipts;
+    int history_inflight; /* history reads queued or running */
     struct gw_conn *all_prev, *all_next;
 };
 
 typedef struct gw_metrics {
     sl_gauge *connections;
+    sl_gauge *history_inflight;
     sl_counter *connections_total;
     sl_counter *frames_in, *frames_out, *bytes_in, *bytes_out;
-    sl_counter *busy_rate, *busy_overloaded, *busy_draining;
+    sl_counter *busy_rate, *busy_overloaded, *busy_draining, *busy_history;
     sl_counter *slow_closes;
     sl_counter *resumes_ok, *resumes_gap;
     sl_counter *gap_fills;
+    sl_counter *fill_gaps;
     sl_counter *handshake_refusals;
     sl_counter *bad_frames;
     sl_counter *live_dropped;
@@ -191,7 +200,10 @@ struct gw_server {
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
     gw_map *chans;    /* live subject -> gw_chan */
-    gw_conn *all;     /* every websocket connection */
+    /* tenant -> int (malloc'd): history reads in flight; the map exists only
+     * while some read is in flight (made on demand, freed when empty). */
+    gw_map *history_tenants;
+    gw_conn *all; /* every websocket connection */
     int nconns;
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
@@ -261,6 +273,8 @@ static void conn_busy(gw_server *s, gw_conn *c, const char *id, const char *reas
         sl_counter_inc(s->m.busy_rate);
     else if (strcmp(reason, "draining") == 0)
         sl_counter_inc(s->m.busy_draining);
+    else if (strcmp(reason, "history_busy") == 0)
+        sl_counter_inc(s->m.busy_history);
     else
         sl_counter_inc(s->m.busy_overloaded);
     conn_send_text(s, c, gw_frame_busy(id, reason, retry));
@@ -391,6 +405,8 @@ static void positions_flush(gw_server *s, gw_conn *c)
     pos = cJSON_AddObjectToObject(o, "pos");
     for (int i = 0; i < c->nacked; i++)
         cJSON_AddNumberToObject(pos, c->acked[i].ch, (double)c->acked[i].seq);
+    if (c->last_id[0] != '\0')
+        cJSON_AddStringToObject(o, "prev", c->last_id);
     val = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (val != NULL)
@@ -408,13 +424,21 @@ static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_abse
             return;
         }
     }
-    if (c->acked == NULL) {
-        c->acked = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
-        if (c->acked == NULL)
+    if (c->nacked == c->acked_cap) {
+        /* Grows with the channels joined (bounded by SLUICE_MAX_ROOMS + the
+         * session channel): most connections hold a few. */
+        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 4;
+        gw_pos *na;
+        if (ncap > GW_POSITIONS_MAX)
+            ncap = GW_POSITIONS_MAX;
+        if (c->nacked >= ncap)
             return;
+        na = realloc(c->acked, (size_t)ncap * sizeof(gw_pos));
+        if (na == NULL)
+            return;
+        c->acked = na;
+        c->acked_cap = ncap;
     }
-    if (c->nacked >= GW_POSITIONS_MAX)
-        return;
     snprintf(c->acked[c->nacked].ch, GW_CH_MAX, "%s", ch);
     c->acked[c->nacked].seq = seq;
     c->nacked++;
@@ -721,7 +745,7 @@ static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t las
     ch->npend++;
 }
 
-static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto);
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 static void chan_process_pending(gw_server *s, gw_chan *ch);
 
 /* A live event for a ready channel: in order, a duplicate, or after a hole. */
@@ -744,7 +768,7 @@ static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
     }
     if (last > ch->head) {
         chan_pend_push(ch, msg, seq, last);
-        chan_fill_start(s, ch, seq);
+        chan_fill_start(s, ch, seq, last);
         return;
     }
     chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
@@ -827,8 +851,11 @@ typedef struct read_job {
     char tenant[SL_ID_MAX + 1];
     uint64_t from; /* first sequence wanted */
     uint64_t upto; /* fill: stop at this sequence */
+    uint64_t last; /* fill: Nats-Last-Sequence of the live event at upto */
     uint64_t before;
     int64_t limit;
+    char id[SL_ID_MAX + 1]; /* history: the request's id, or "" */
+    uint64_t covered;       /* history: every event in [covered, before) was read */
     bool check_gap;
     uint64_t member_gen; /* replay, join: the membership asking */
     bool after_ready;    /* replay: submitted when the channel knew its head */
@@ -934,6 +961,135 @@ static natsStatus read_forward_io(read_job *j, size_t max)
     return st;
 }
 
+/* Sets j->gap when the event at seq (the last one delivered) is no longer
+ * in the stream on j's subject: events after it may be gone too. While it
+ * is stored nothing after it was removed (removal is oldest-first). */
+static natsStatus still_stored_io(read_job *j, uint64_t seq)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    const char *subj = NULL;
+    natsStatus st;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    st = js_DirectGetMsg(&m, sl_bus_js(j->s->bus), SL_STREAM_OUT, NULL, &o);
+    if (st == NATS_NOT_FOUND) {
+        j->gap = true;
+        st = NATS_OK;
+    } else if (st == NATS_OK) {
+        if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
+            strcmp(subj, j->out) != 0)
+            j->gap = true;
+    }
+    natsMsg_Destroy(m);
+    return st;
+}
+
+/* Appends (seq, m) to a growing array; false without memory. */
+static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t seq)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 32;
+        got *g = realloc(*arr, nc * sizeof(got));
+        if (g == NULL)
+            return false;
+        *arr = g;
+        *cap = nc;
+    }
+    (*arr)[*n].seq = seq;
+    (*arr)[*n].msg = m;
+    (*n)++;
+    return true;
+}
+
+/* One history request: the newest `limit` events of the channel below
+ * `before`, in one bounded read. Direct gets only read forward, so windows
+ * below `before` are read newest window first, each once (from its start to
+ * where the previous window began, never again), growing fourfold, until
+ * `limit` events are found, the stream's start is reached or the budget of
+ * 2 x limit + 16 gets is spent. A window the budget cuts is dropped (its
+ * newest part was not read); what was not reached is the next page's
+ * (j->covered). */
+static natsStatus history_read_io(read_job *j)
+{
+    uint64_t before = j->before, w = (uint64_t)j->limit * 2;
+    uint64_t budget = (uint64_t)j->limit * 2 + 16, used = 0;
+    natsStatus st = NATS_OK;
+
+    if (before == 0) {
+        st = last_seq_io(j->s, j->out, &before);
+        before += 1;
+        used++;
+    }
+    j->covered = before;
+    while (st == NATS_OK && j->covered > 1 && (int64_t)j->n < j->limit && used < budget) {
+        uint64_t start = j->covered > w ? j->covered - w : 1;
+        got *win = NULL;
+        size_t wn = 0, wcap = 0;
+        bool complete = false;
+        for (uint64_t seq = start; used < budget;) {
+            natsMsg *m = NULL;
+            uint64_t gs;
+            used++;
+            st = next_by_subject(j->s, j->out, seq, &m);
+            if (st == NATS_NOT_FOUND) {
+                st = NATS_OK;
+                complete = true;
+                break;
+            }
+            if (st != NATS_OK)
+                break;
+            gs = header_u64(m, "Nats-Sequence");
+            if (gs == 0 || gs >= j->covered) {
+                natsMsg_Destroy(m);
+                complete = true;
+                break;
+            }
+            if (!got_append(&win, &wn, &wcap, m, gs)) {
+                natsMsg_Destroy(m);
+                st = NATS_NO_MEMORY;
+                break;
+            }
+            seq = gs + 1;
+        }
+        if (complete && st == NATS_OK && wn > 0) {
+            got *all = realloc(win, (wn + j->n) * sizeof(got));
+            if (all == NULL) {
+                complete = false;
+                st = NATS_NO_MEMORY;
+            } else {
+                win = all;
+                if (j->n > 0)
+                    memcpy(win + wn, j->msgs, j->n * sizeof(got));
+                free(j->msgs);
+                j->msgs = win;
+                j->n += wn;
+                win = NULL;
+                wn = 0;
+            }
+        }
+        for (size_t i = 0; i < wn; i++)
+            natsMsg_Destroy(win[i].msg);
+        free(win);
+        if (!complete)
+            break;
+        j->covered = start;
+        w *= 4;
+    }
+    /* Not every event below covered was read: is there any? (one get) */
+    if (st == NATS_OK && j->covered > 1 && (int64_t)j->n <= j->limit) {
+        natsMsg *m = NULL;
+        st = next_by_subject(j->s, j->out, 1, &m);
+        if (st == NATS_NOT_FOUND || (st == NATS_OK && header_u64(m, "Nats-Sequence") >= j->covered))
+            j->covered = 1;
+        if (st == NATS_NOT_FOUND)
+            st = NATS_OK;
+        natsMsg_Destroy(m);
+    }
+    return st;
+}
+
 static void read_result_run(void *arg);
 
 static void read_io(void *arg)
@@ -987,83 +1143,28 @@ static void read_io(void *arg)
         break;
     }
     case READ_FILL:
-        st = read_forward_io(j, CHAN_PEND_MAX);
+        if (j->from > 1)
+            st = still_stored_io(j, j->from - 1);
+        if (st == NATS_OK)
+            st = read_forward_io(j, CHAN_PEND_MAX);
         break;
     case READ_REPLAY:
-        if (j->check_gap && j->from > 1) {
-            /* The client's last event still stored means nothing after it
-             * was removed (removal is oldest-first): no gap. */
-            jsDirectGetMsgOptions o;
-            natsMsg *m = NULL;
-            const char *subj = NULL;
-            jsDirectGetMsgOptions_Init(&o);
-            o.Sequence = j->from - 1;
-            st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-            if (st == NATS_NOT_FOUND) {
-                j->gap = true;
-                st = NATS_OK;
-            } else if (st == NATS_OK) {
-                if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
-                    strcmp(subj, j->out) != 0)
-                    j->gap = true;
-            }
-            natsMsg_Destroy(m);
-        }
+        if (j->check_gap && j->from > 1)
+            st = still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
             st = read_forward_io(j, REPLAY_BATCH);
         break;
-    case READ_HISTORY: {
-        /* Direct get only reads forward: scan growing windows below
-         * `before` until enough events are found or the stream's start. */
-        uint64_t before = j->before, window = (uint64_t)j->limit * 4;
-        int rtt = 0;
-        if (before == 0) {
-            st = last_seq_io(s, j->out, &before);
-            before += 1;
-        }
-        while (st == NATS_OK && before > 1 && rtt < HISTORY_MAX_RTT) {
-            size_t cap = 0;
-            uint64_t start = before > window ? before - window : 1;
-            for (size_t i = 0; i < j->n; i++)
-                natsMsg_Destroy(j->msgs[i].msg);
-            free(j->msgs);
-            j->msgs = NULL;
-            j->n = 0;
-            for (uint64_t seq = start; rtt < HISTORY_MAX_RTT;) {
-                natsMsg *m = NULL;
-                uint64_t gs;
-                rtt++;
-                st = next_by_subject(s, j->out, seq, &m);
-                if (st == NATS_NOT_FOUND) {
-                    st = NATS_OK;
-                    break;
-                }
-                if (st != NATS_OK)
-                    break;
-                gs = header_u64(m, "Nats-Sequence");
-                if (gs == 0 || gs >= before) {
-                    natsMsg_Destroy(m);
-                    break;
-                }
-                if (!push_got(j, m, gs, &cap)) {
-                    natsMsg_Destroy(m);
-                    break;
-                }
-                seq = gs + 1;
-            }
-            if ((int64_t)j->n >= j->limit || start == 1)
-                break;
-            window *= 4;
-        }
+    case READ_HISTORY:
+        st = history_read_io(j);
         break;
-    }
     }
     if (st != NATS_OK)
         sl_warn("stream read on %s failed: %s", j->out, natsStatus_GetText(st));
     j->more = j->more && st == NATS_OK;
-    if (st != NATS_OK && j->kind != READ_HISTORY) {
+    if (st != NATS_OK) {
         j->head = UINT64_MAX; /* marks failure for the loop, which retries */
-        usleep(200 * 1000);
+        if (j->kind != READ_HISTORY)
+            usleep(200 * 1000); /* paces the retries; a history request is answered */
     }
     gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
 }
@@ -1085,7 +1186,7 @@ static read_job *read_job_new(gw_server *s, int kind, gw_chan *ch)
     return j;
 }
 
-static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
+static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last)
 {
     read_job *j = read_job_new(s, READ_FILL, ch);
 
@@ -1094,6 +1195,7 @@ static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
     ch->state = CHAN_FILLING;
     j->from = ch->head + 1;
     j->upto = upto;
+    j->last = last;
     sl_counter_inc(s->m.gap_fills);
     gw_io_submit(s->io, read_io, j);
 }
@@ -1102,11 +1204,17 @@ static void chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto)
 
 static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
 
-/* Finds or creates (subscribing to its live subject) a channel. A fresh
- * channel is one that cannot have events yet (a new session's): it is ready
- * at once, without reading the stream's head. */
+/* How a new channel learns its head. */
+enum chan_head {
+    HEAD_READ,    /* a READ_HEAD of its own */
+    HEAD_FRESH,   /* none: it cannot have events yet (a new session's) */
+    HEAD_BY_JOIN, /* the READ_JOIN of the join that creates it */
+};
+
+/* Finds or creates (subscribing to its live subject) a channel; how a new
+ * one gets ready is `how`. */
 static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
-                            bool fresh)
+                            enum chan_head how)
 {
     char live[SL_SUBJECT_MAX];
     gw_chan *ch;
@@ -1137,10 +1245,17 @@ static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, cons
         return NULL;
     }
     natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
-    if (fresh) {
+    if (how == HEAD_FRESH) {
         chan_ready(s, ch, 0);
         return ch;
     }
+    /* A join's own head read makes its channel ready: with a second read
+     * the two could fall on either side of the join's presence event, and
+     * the new member would start with a replay (which never cuts a client
+     * that stops reading: a stopped member of a flooded room was then not
+     * closed with 4429). */
+    if (how == HEAD_BY_JOIN)
+        return ch;
     j = read_job_new(s, READ_HEAD, ch);
     if (j != NULL)
         gw_io_submit(s->io, read_io, j);
@@ -1149,7 +1264,7 @@ static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, cons
 
 static gw_chan *chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
 {
-    return chan_get_ex(s, tenant, is_room, name, false);
+    return chan_get_ex(s, tenant, is_room, name, HEAD_READ);
 }
 
 /* Frees what a channel owns and the channel itself (not its map entry). */
@@ -1164,6 +1279,58 @@ static void chan_destroy(gw_chan *ch)
     cache_clear(ch);
     cJSON_Delete(ch->presence);
     free(ch);
+}
+
+/* History reads in flight per tenant and per connection: a request over
+ * either bound is answered busy (history_busy), so one tenant's flood
+ * takes at most HISTORY_TENANT_MAX of the gateway's bulk reads. */
+static bool history_acquire(gw_server *s, gw_conn *c)
+{
+    int *n;
+
+    if (c->history_inflight >= HISTORY_CONN_MAX)
+        return false;
+    if (s->history_tenants == NULL && gw_map_create(&s->history_tenants) != SL_OK)
+        return false;
+    n = gw_map_get(s->history_tenants, c->tenant);
+    if (n == NULL) {
+        n = calloc(1, sizeof(*n));
+        if (n == NULL || gw_map_put(s->history_tenants, c->tenant, n) != SL_OK) {
+            free(n);
+            if (gw_map_len(s->history_tenants) == 0) {
+                gw_map_destroy(s->history_tenants);
+                s->history_tenants = NULL;
+            }
+            return false;
+        }
+    }
+    if (*n >= HISTORY_TENANT_MAX)
+        return false;
+    (*n)++;
+    c->history_inflight++;
+    sl_gauge_inc(s->m.history_inflight);
+    return true;
+}
+
+/* Ends a history read of tenant (c: the connection that asked, NULL when
+ * it is gone). */
+static void history_release(gw_server *s, const char *tenant, gw_conn *c)
+{
+    int *n = s->history_tenants != NULL ? gw_map_get(s->history_tenants, tenant) : NULL;
+
+    if (c != NULL && c->history_inflight > 0)
+        c->history_inflight--;
+    if (n == NULL)
+        return;
+    sl_gauge_dec(s->m.history_inflight);
+    if (--*n <= 0) {
+        gw_map_del(s->history_tenants, tenant);
+        free(n);
+    }
+    if (gw_map_len(s->history_tenants) == 0) {
+        gw_map_destroy(s->history_tenants);
+        s->history_tenants = NULL;
+    }
 }
 
 /* Unsubscribes and frees a channel nobody uses any more. */
@@ -1245,6 +1412,8 @@ static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool r
     ch->nmembers++;
     m->next = c->members;
     c->members = m;
+    if (ch->is_room)
+        c->nrooms++;
     return m;
 }
 
@@ -1261,6 +1430,8 @@ static void member_remove(gw_server *s, gw_member *m)
     if (m->cnext != NULL)
         m->cnext->cprev = m->cprev;
     ch->nmembers--;
+    if (ch->is_room)
+        c->nrooms--;
     for (pp = &c->members; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == m) {
             *pp = m->next;
@@ -1363,6 +1534,25 @@ static void replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap
 
 /* ---------- results of stream reads ---------- */
 
+/* Tells the channel's live members that events in (from, to) are missing:
+ * the stream no longer has them. Members still replaying read the stream
+ * themselves. */
+static void chan_gap(gw_server *s, gw_chan *ch, uint64_t from, uint64_t to)
+{
+    gw_buf *b = gw_buf_from(gw_frame_gap(ch->ch, (int64_t)from, (int64_t)to));
+
+    sl_warn("channel %s: events in (%llu, %llu) are no longer in the stream", ch->out,
+            (unsigned long long)from, (unsigned long long)to);
+    sl_counter_inc(s->m.fill_gaps);
+    if (b == NULL)
+        return;
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext) {
+        if (!m->replaying && m->delivered < to)
+            conn_send_buf(s, m->conn, b);
+    }
+    gw_buf_unref(b);
+}
+
 /* Makes a channel ready at head. The live events it buffered meanwhile at
  * or below head are dropped (they are in the stream), so a member that went
  * live below head first replays up to it; a member still replaying checks
@@ -1384,6 +1574,77 @@ static void chan_ready(gw_server *s, gw_chan *ch, uint64_t head)
     chan_process_pending(s, ch);
 }
 
+/* Answers a history request: the newest events found, at most `limit`,
+ * and at most half of the outbound bound in bytes (the other half is for
+ * live traffic), so a page never cuts its reader with 4429. Older events
+ * are announced with more:true and next_before. */
+static void history_done(gw_server *s, read_job *j, gw_conn *c)
+{
+    size_t lo = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0, cut = j->n;
+    size_t max = (size_t)s->cfg->outq_max_bytes, budget = max / 2;
+    size_t used = 128 + strlen(j->ch) + strlen(j->id);
+    const char *id = j->id[0] != '\0' ? j->id : NULL;
+    char **events = NULL;
+    bool more, full = false;
+
+    history_release(s, j->tenant, c);
+    if (c == NULL || c->close_code != 0)
+        return;
+    if (j->head == UINT64_MAX) {
+        conn_error(s, c, "internal", "history read failed; retry", id);
+        return;
+    }
+    if (c->q.bytes + budget > max)
+        budget = max > c->q.bytes ? max - c->q.bytes : 0;
+    events = calloc(j->n - lo + 1, sizeof(char *));
+    if (events == NULL) {
+        conn_error(s, c, "internal", "out of memory; retry", id);
+        return;
+    }
+    for (size_t i = j->n; i > lo; i--) {
+        Sluice__Envelope *e = NULL;
+        char *ev;
+        size_t len;
+        if (sl_envelope_decode(natsMsg_GetData(j->msgs[i - 1].msg),
+                               (size_t)natsMsg_GetDataLength(j->msgs[i - 1].msg), &e) != SL_OK) {
+            cut = i - 1; /* not an event: skipped, like live delivery does */
+            continue;
+        }
+        ev = gw_frame_event(e, j->ch, j->msgs[i - 1].seq);
+        sl_envelope_free(e);
+        len = ev != NULL ? strlen(ev) + 1 : 0;
+        /* One event larger than the page still goes alone when the queue
+         * can take it; otherwise the client is asked to read first. */
+        if (ev == NULL || (used + len > budget && (k > 0 || c->q.bytes + used + len > max))) {
+            free(ev);
+            full = true;
+            break;
+        }
+        events[k++] = ev;
+        used += len;
+        cut = i - 1;
+    }
+    if (k == 0 && full) {
+        conn_busy(s, c, id, "history_busy", HISTORY_RETRY_MS);
+        free(events);
+        return;
+    }
+    for (size_t a = 0, b = k; a + 1 < b; a++, b--) { /* newest first -> stream order */
+        char *t = events[a];
+        events[a] = events[b - 1];
+        events[b - 1] = t;
+    }
+    /* Events below msgs[cut] (found, or not read yet below covered) are
+     * the next page's. */
+    more = cut > 0 || j->covered > 1;
+    conn_send_text(s, c,
+                   gw_frame_history(j->ch, events, k, more,
+                                    (int64_t)(cut < j->n ? j->msgs[cut].seq : j->covered), id));
+    for (size_t i = 0; i < k; i++)
+        free(events[i]);
+    free(events);
+}
+
 static void read_result_run(void *arg)
 {
     read_job *j = arg;
@@ -1402,12 +1663,16 @@ static void read_result_run(void *arg)
     if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
                    j->kind == READ_JOIN)) {
         /* NATS trouble: try again shortly (the io thread paces retries). */
-        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL)) {
-            read_job *again = read_job_new(s, j->kind, ch);
+        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL ||
+                           (j->kind == READ_JOIN && ch->state == CHAN_INIT))) {
+            /* A join that went away still owes its channel a head. */
+            int kind = j->kind == READ_JOIN && m == NULL ? READ_HEAD : j->kind;
+            read_job *again = read_job_new(s, kind, ch);
             if (again != NULL) {
                 memcpy(again->session, j->session, sizeof(j->session));
                 again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
                 again->upto = j->upto;
+                again->last = j->last;
                 again->check_gap = j->check_gap;
                 again->member_gen = j->member_gen;
                 gw_io_submit(s->io, read_io, again);
@@ -1421,25 +1686,35 @@ static void read_result_run(void *arg)
         if (ch != NULL && ch->state == CHAN_INIT)
             chan_ready(s, ch, j->head);
         break;
-    case READ_FILL:
+    case READ_FILL: {
+        /* The stream no longer has some of the hole when the last event
+         * delivered is gone (what followed it may be gone too), or when the
+         * live event's predecessor is not there: the live members are told
+         * with `gap`, never skipped silently. */
         if (ch == NULL)
             break;
+        if (ch->head > 0 && j->gap && j->n > 0 && j->msgs[0].seq > ch->head + 1)
+            chan_gap(s, ch, ch->head, j->msgs[0].seq);
         for (size_t i = 0; i < j->n; i++) {
             if (j->msgs[i].seq > ch->head)
                 chan_deliver(s, ch, j->msgs[i].seq, natsMsg_GetData(j->msgs[i].msg),
                              (size_t)natsMsg_GetDataLength(j->msgs[i].msg));
         }
         /* What is not in the stream below `upto` any more is gone for good. */
-        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head)
+        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head) {
+            if (j->last > ch->head)
+                chan_gap(s, ch, ch->head, j->upto);
             ch->head = j->upto - 1;
+        }
         ch->state = CHAN_READY;
         chan_process_pending(s, ch);
         break;
+    }
     case READ_JOIN:
+        if (ch != NULL && ch->state == CHAN_INIT)
+            chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
         if (ch == NULL || m == NULL)
             break;
-        if (ch->state == CHAN_INIT)
-            chan_ready(s, ch, j->head);
         m->delivered = j->head;
         if (ch->presence == NULL && j->members != NULL) {
             cJSON *it;
@@ -1468,10 +1743,14 @@ static void read_result_run(void *arg)
             j->members = NULL;
         }
         acked_set(c, ch->ch, (int64_t)j->head, true);
-        if (m->delivered < ch->ready_head)
-            replay_submit(s, c, m, false); /* the channel dropped events above the join point */
-        else
+        if (m->delivered < ch->ready_head || m->pend_overflow) {
+            /* The channel dropped events above the join point, or more came
+             * meanwhile than the member buffers: read them from the stream. */
+            m->pend_overflow = false;
+            replay_submit(s, c, m, false);
+        } else {
             member_go_live(s, m);
+        }
         break;
     case READ_REPLAY: {
         char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
@@ -1516,33 +1795,9 @@ static void read_result_run(void *arg)
         }
         break;
     }
-    case READ_HISTORY: {
-        size_t start = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0;
-        char **events;
-        char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
-        if (c == NULL)
-            break;
-        events = calloc(j->n - start + 1, sizeof(char *));
-        if (events == NULL)
-            break;
-        for (size_t i = start; i < j->n; i++) {
-            Sluice__Envelope *e = NULL;
-            (void)sender;
-            (void)msgid;
-            if (sl_envelope_decode(natsMsg_GetData(j->msgs[i].msg),
-                                   (size_t)natsMsg_GetDataLength(j->msgs[i].msg), &e) != SL_OK)
-                continue;
-            events[k] = gw_frame_event(e, j->ch, j->msgs[i].seq);
-            if (events[k] != NULL)
-                k++;
-            sl_envelope_free(e);
-        }
-        conn_send_text(s, c, gw_frame_history(j->ch, events, k));
-        for (size_t i = 0; i < k; i++)
-            free(events[i]);
-        free(events);
+    case READ_HISTORY:
+        history_done(s, j, c);
         break;
-    }
     }
     read_job_free(j);
 }
@@ -1587,6 +1842,13 @@ static void ack_run(void *arg)
     *session++ = '\0';
     *id++ = '\0';
     c = gw_map_get(s->sessions, session);
+    if (c != NULL && a->ok && !a->duplicate) {
+        /* Stored: the session's next default prev, even when the send was
+         * made on an earlier connection of the session or answered busy
+         * after a timeout. A duplicate is an older id: no step back. */
+        snprintf(c->last_id, sizeof(c->last_id), "%s", id);
+        c->acked_dirty = true;
+    }
     if (c == NULL || (p = sends_take(c, id)) == NULL)
         goto cleanup; /* gone, or answered already (timeout) */
     if (a->ok) {
@@ -1726,7 +1988,6 @@ static void cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     c->nsends++;
     p = NULL;
-    snprintf(c->last_id, sizeof(c->last_id), "%s", cmd->id);
 cleanup:
     natsMsg_Destroy(m);
     free(data);
@@ -1741,7 +2002,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     read_job *j;
 
     if (!conn_room_allowed(c, cmd->room)) {
-        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        conn_error(s, c, "forbidden", "your token does not allow this room", cmd->id);
         return;
     }
     snprintf(rch, sizeof(rch), "r:%s", cmd->room);
@@ -1750,14 +2011,21 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         conn_send_text(s, c, gw_frame_joined(cmd->room, m->delivered, NULL, false));
         return;
     }
-    ch = chan_get(s, c->tenant, true, cmd->room);
+    if (c->nrooms >= s->cfg->max_rooms) {
+        /* Checked before anything is touched: no subscription, presence or
+         * position for a refused join. */
+        conn_error(s, c, "too_many_rooms", "this connection is in SLUICE_MAX_ROOMS rooms already",
+                   cmd->id);
+        return;
+    }
+    ch = chan_get_ex(s, c->tenant, true, cmd->room, HEAD_BY_JOIN);
     if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
         /* The room is live on this gateway: join from memory, no NATS. */
         bool truncated;
         m = member_add(c, ch, ch->head, false);
         if (m == NULL) {
             chan_release(s, ch);
-            conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
             return;
         }
         presence_snap_set(ch, c->session, c->sub);
@@ -1777,7 +2045,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
             member_remove(s, m);
         else if (ch != NULL)
             chan_release(s, ch);
-        conn_error(s, c, "internal", "cannot join now; retry", NULL);
+        conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
         return;
     }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
@@ -1795,7 +2063,7 @@ static void cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(rch, sizeof(rch), "r:%s", cmd->room);
     m = member_find(c, rch);
     if (m == NULL) {
-        conn_error(s, c, "not_joined", "not in this room", NULL);
+        conn_error(s, c, "not_joined", "not in this room", cmd->id);
         return;
     }
     presence_snap_del(m->chan, c->session);
@@ -1872,7 +2140,7 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 
     sl_channel_parse(cmd->ch, &is_room, &room);
     if (is_room && !conn_room_allowed(c, room)) {
-        conn_error(s, c, "forbidden", "your token does not allow this room", NULL);
+        conn_error(s, c, "forbidden", "your token does not allow this room", cmd->id);
         return;
     }
     memset(&tmp, 0, sizeof(tmp));
@@ -1882,22 +2150,36 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(tmp.ch, sizeof(tmp.ch), "%s", cmd->ch);
     sl_subject_chan(tmp.out, sizeof(tmp.out), "sluice.out", c->tenant, is_room, tmp.name);
     sl_subject_chan(tmp.live, sizeof(tmp.live), "sluice.live", c->tenant, is_room, tmp.name);
-    j = read_job_new(s, READ_HISTORY, &tmp);
-    if (j == NULL)
+    if (!history_acquire(s, c)) {
+        conn_busy(s, c, cmd->id, "history_busy", HISTORY_RETRY_MS);
         return;
+    }
+    j = read_job_new(s, READ_HISTORY, &tmp);
+    if (j == NULL) {
+        history_release(s, c->tenant, c);
+        conn_error(s, c, "internal", "out of memory; retry", cmd->id);
+        return;
+    }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
+    snprintf(j->id, sizeof(j->id), "%s", cmd->id != NULL ? cmd->id : "");
     j->before = (uint64_t)cmd->before;
     j->limit = cmd->limit;
-    gw_io_submit(s->io, read_io, j);
+    /* Bulk work: runs after joins, resumes and fills, never on every io
+     * thread at once. */
+    gw_io_submit_bulk(s->io, read_io, j);
 }
 
 /* ---------- hello and resume ---------- */
 
 typedef struct resume_job {
     gw_server *s;
-    char key[SL_SUBJECT_MAX];
+    char key[SL_SUBJECT_MAX];      /* <t>.<session>.pos */
+    char orch_key[SL_SUBJECT_MAX]; /* <t>.<session>: the orchestrator's causal state */
     char session[SL_ID_MAX + 1];
-    char *value; /* the stored positions JSON, or NULL */
+    bool attach;    /* the client gave no positions: attach the stored ones */
+    bool want_prev; /* the default prev is not known on this gateway */
+    char *value;    /* the stored positions JSON, or NULL */
+    char prev[SL_ID_MAX + 1];
 } resume_job;
 
 static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
@@ -1916,6 +2198,8 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
             continue; /* the new token no longer allows it */
         if (member_find(c, pos[i].ch) != NULL)
             continue;
+        if (is_room && c->nrooms >= s->cfg->max_rooms)
+            continue; /* as a join past the bound would be refused */
         ch = chan_get(s, c->tenant, is_room, is_room ? room : c->session);
         if (ch == NULL || (m = member_add(c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
             if (ch != NULL)
@@ -1944,24 +2228,28 @@ static void resume_kv_run(void *arg)
 {
     resume_job *j = arg;
     gw_conn *c = gw_map_get(j->s->sessions, j->session);
-    gw_pos *pos = calloc(GW_POSITIONS_MAX, sizeof(gw_pos));
+    cJSON *root = c != NULL && j->value ? cJSON_Parse(j->value) : NULL;
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "pos"), *it;
+    int cap = cJSON_GetArraySize(o) < GW_POSITIONS_MAX ? cJSON_GetArraySize(o) : GW_POSITIONS_MAX;
+    gw_pos *pos = calloc((size_t)cap + 1, sizeof(gw_pos));
     int n = 0;
 
-    if (c != NULL && pos != NULL) {
-        cJSON *root = j->value ? cJSON_Parse(j->value) : NULL;
-        cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "pos"), *it;
+    if (c != NULL && j->want_prev) {
+        snprintf(c->last_id, sizeof(c->last_id), "%s", j->prev);
+        lws_rx_flow_control(c->wsi, 1); /* held since the hello: sends may use it now */
+    }
+    if (c != NULL && pos != NULL && j->attach) {
         cJSON_ArrayForEach(it, o)
         {
-            if (n < GW_POSITIONS_MAX && it->string != NULL && cJSON_IsNumber(it) &&
-                it->valuedouble >= 0) {
+            if (n < cap && it->string != NULL && cJSON_IsNumber(it) && it->valuedouble >= 0) {
                 snprintf(pos[n].ch, GW_CH_MAX, "%s", it->string);
                 pos[n].seq = (int64_t)it->valuedouble;
                 n++;
             }
         }
-        cJSON_Delete(root);
         resume_attach(j->s, c, pos, n);
     }
+    cJSON_Delete(root);
     free(pos);
     free(j->value);
     free(j);
@@ -1974,6 +2262,18 @@ static void resume_kv_free(void *arg)
     free(j);
 }
 
+/* The id stored under key field of a JSON value, when it is a valid client
+ * id. */
+static void json_id(const char *value, int len, const char *key, char *out, size_t outlen)
+{
+    cJSON *root = value != NULL ? cJSON_ParseWithLength(value, (size_t)len) : NULL;
+    const char *v = json_str(root, key);
+
+    if (v != NULL && sl_client_id_valid(v))
+        snprintf(out, outlen, "%s", v);
+    cJSON_Delete(root);
+}
+
 static void resume_kv_io(void *arg)
 {
     resume_job *j = arg;
@@ -1981,6 +2281,16 @@ static void resume_kv_io(void *arg)
 
     if (j->s->kv_sessions != NULL && kvStore_Get(&e, j->s->kv_sessions, j->key) == NATS_OK)
         j->value = strndup(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+    kvEntry_Destroy(e);
+    e = NULL;
+    if (j->want_prev && j->value != NULL)
+        json_id(j->value, (int)strlen(j->value), "prev", j->prev, sizeof(j->prev));
+    /* No id acknowledged by a gateway stored (an older gateway, or a crash
+     * before the write): the orchestrator's last processed id is one the
+     * session stored too. */
+    if (j->want_prev && j->prev[0] == '\0' && j->s->kv_sessions != NULL &&
+        kvStore_Get(&e, j->s->kv_sessions, j->orch_key) == NATS_OK)
+        json_id(kvEntry_Value(e), kvEntry_ValueLen(e), "last", j->prev, sizeof(j->prev));
     kvEntry_Destroy(e);
     gw_bridge_post(j->s->bridge, resume_kv_run, resume_kv_free, j);
 }
@@ -1993,6 +2303,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     char why[128], sub_rt[SL_SUB_MAX + 1];
     char *rt = NULL;
     int64_t now = (int64_t)time(NULL);
+    bool have_prev = false;
     sl_status st;
 
     if (cl == NULL) {
@@ -2016,6 +2327,8 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         {
             gw_conn *old = gw_map_get(s->sessions, cmd->resume_session);
             if (old != NULL && old != c) {
+                snprintf(c->last_id, sizeof(c->last_id), "%s", old->last_id);
+                have_prev = true;
                 conn_detach(s, old, NULL);
                 conn_close(old, 1000, "session resumed elsewhere", false);
             }
@@ -2054,7 +2367,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
                                     (double)s->cfg->burst));
     if (!cmd->resume) {
         /* A new session id is random: nothing can be on its channel yet. */
-        gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, true);
+        gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, HEAD_FRESH);
         if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
@@ -2063,17 +2376,24 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         goto cleanup;
     }
     sl_counter_inc(s->m.resumes_ok);
-    if (cmd->has_positions) {
+    if (cmd->has_positions)
         resume_attach(s, c, cmd->positions, cmd->npositions);
-    } else {
+    if (!cmd->has_positions || !have_prev) {
         resume_job *j = calloc(1, sizeof(*j));
         if (j == NULL) {
             conn_close(c, 1011, "out of memory", false);
             goto cleanup;
         }
         j->s = s;
+        j->attach = !cmd->has_positions;
+        j->want_prev = !have_prev;
         snprintf(j->session, sizeof(j->session), "%s", c->session);
         sl_kv_key3(j->key, sizeof(j->key), c->tenant, c->session, "pos");
+        sl_kv_key2(j->orch_key, sizeof(j->orch_key), c->tenant, c->session);
+        /* Frames wait in the socket until the session's default prev is
+         * known, so a send without prev never takes a stale one. */
+        if (j->want_prev)
+            lws_rx_flow_control(c->wsi, 0);
         gw_io_submit(s->io, resume_kv_io, j);
     }
 cleanup:
@@ -2563,6 +2883,9 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
          100000, false, false},
         {"SLUICE_GW_IO_THREADS", "gw-io-threads", SL_CFG_INT, "2",
          "threads for stream reads and KV writes", &c->io_threads, 1, 64, false, false},
+        {"SLUICE_MAX_ROOMS", "max-rooms", SL_CFG_INT, "100",
+         "rooms one connection may be in (a join past it: error too_many_rooms)", &c->max_rooms, 1,
+         GW_ROOMS_LIMIT, false, false},
     };
     sl_common_opts(o, &c->common, "0.0.0.0:9090");
     memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));
@@ -2596,6 +2919,8 @@ sl_status gw_config_validate(const gw_config *c, char *err, size_t errlen)
 static void metrics_init(gw_metrics *m)
 {
     m->connections = sl_gauge_get("sluice_gw_connections", NULL, "open WebSocket connections");
+    m->history_inflight =
+        sl_gauge_get("sluice_gw_history_reads_inflight", NULL, "history reads queued or running");
     m->connections_total =
         sl_counter_get("sluice_gw_connections_total", NULL, "WebSocket connections accepted");
     m->frames_in = sl_counter_get("sluice_gw_frames_in_total", NULL, "client frames received");
@@ -2608,6 +2933,8 @@ static void metrics_init(gw_metrics *m)
         sl_counter_get("sluice_gw_busy_total", "reason=\"overloaded\"", "busy answers by reason");
     m->busy_draining =
         sl_counter_get("sluice_gw_busy_total", "reason=\"draining\"", "busy answers by reason");
+    m->busy_history =
+        sl_counter_get("sluice_gw_busy_total", "reason=\"history_busy\"", "busy answers by reason");
     m->slow_closes = sl_counter_get("sluice_gw_slow_consumer_closes_total", NULL,
                                     "clients cut with 4429 at their outbound bound");
     m->resumes_ok = sl_counter_get("sluice_gw_resumes_total", "result=\"recovered\"",
@@ -2616,6 +2943,8 @@ static void metrics_init(gw_metrics *m)
         sl_counter_get("sluice_gw_resumes_total", "result=\"gap\"", "session resumes by result");
     m->gap_fills =
         sl_counter_get("sluice_gw_gap_fills_total", NULL, "live holes filled from the stream");
+    m->fill_gaps = sl_counter_get("sluice_gw_fill_gaps_total", NULL,
+                                  "live holes the stream no longer had (gap sent to members)");
     m->handshake_refusals = sl_counter_get("sluice_gw_handshake_refusals_total", NULL,
                                            "connections refused by the handshake bucket");
     m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");

@@ -35,9 +35,10 @@ typedef struct gw_config {
     int64_t io_threads;
     int64_t chan_cache;
     int64_t presence_fanout_max;
+    int64_t max_rooms;
 } gw_config;
 
-#define GW_OPTS_N (SL_COMMON_OPTS_N + 22)
+#define GW_OPTS_N (SL_COMMON_OPTS_N + 23)
 
 /* Fills opts with the gateway's options writing into cfg. */
 void gw_config_opts(sl_cfg_opt *opts, gw_config *cfg);

@@ -220,11 +220,13 @@ sl_status hx_stack_wait_ready(hx_stack *s, hx_tier tier, int i, int timeout_ms)
             if (fd >= 0) {
                 close(fd);
                 st = SL_OK;
+                hx_set_error("%s", ""); /* the refusals before it listened are no error */
                 goto cleanup;
             }
             last = -2;
         } else if (last == 200) {
             st = SL_OK;
+            hx_set_error("%s", "");
             goto cleanup;
         }
         left = (int)(deadline - hx_now_ms());

@@ -303,6 +303,8 @@ START_TEST(test_rss_bounded_while_stopped_client_room_flooded)
     hx_sl_client *stopped, *reader;
     int nr = 0;
     long before, after, peak = 0;
+    double closes;
+    int code;
     pid_t pid;
     char *text = filler(RSS_MSG_BYTES);
     const long allowance_kib = 16 * 1024; /* < the 20 MB that would pile up unbounded */
@@ -346,7 +348,18 @@ START_TEST(test_rss_bounded_while_stopped_client_room_flooded)
                   "gateway RSS grew from %ld KiB to %ld KiB (peak) while a stopped client's room "
                   "got %d MB",
                   before, peak, RSS_FLOOD * RSS_MSG_BYTES / 1000000);
-    HX_ASSERT(f.s, fx_metric(&f, 0, "sluice_gw_slow_consumer_closes_total") == 1);
+    /* Which close, if any, the stopped client got, and the counter as
+     * read: a failure says what happened instead of the last harness
+     * error, which may be left over from the start (the readiness probe's
+     * refused connections before the gateway listened). */
+    closes = fx_metric(&f, 0, "sluice_gw_slow_consumer_closes_total");
+    code = fx_wait_close(hx_sl_ws(stopped), T);
+    HX_ASSERT_MSG(f.s, closes == 1 && code == 4429,
+                  "sluice_gw_slow_consumer_closes_total is %g, the stopped client's close %d (%s), "
+                  "wanted 1 and 4429 (gateway %s; /metrics: %s)",
+                  closes, code, hx_ws_close_reason(hx_sl_ws(stopped)),
+                  hx_proc_alive(hx_stack_proc(f.s, HX_GATEWAY, 0)) ? "running" : "gone",
+                  closes < 0 ? hx_error() : "read");
     HX_ASSERT(f.s, hx_sl_get_counts(reader).duplicates == 0);
     free(text);
     hx_sl_destroy(stopped);

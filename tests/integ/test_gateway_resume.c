@@ -449,6 +449,355 @@ START_TEST(test_resume_past_retention_sends_gap)
 }
 END_TEST
 
+/* ---- every joined room's position is persisted ---- */
+
+#define MANY_ROOMS 80 /* more than the 64 positions stored before */
+
+typedef struct npos_wait {
+    fx *f;
+    char key[256];
+    int n;
+} npos_wait;
+
+static bool npos_stored(void *ud)
+{
+    npos_wait *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    bool ok = cJSON_GetArraySize(cJSON_GetObjectItem(o, "pos")) == w->n;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_resume_from_kv_restores_every_room)
+{
+    static const char *const gw_env[] = {"SLUICE_RATE=1000", "SLUICE_BURST=1000", NULL};
+    fx_opts o = {.gateways = 2, .gw_env = gw_env};
+    fx f;
+    hx_sl_client *a;
+    char *session, *rt, *resume, *tok;
+    npos_wait w;
+    hx_ws *ws;
+    cJSON *welcome = NULL;
+    int seen[MANY_ROOMS] = {0}, nseen = 0;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    for (int i = 0; i < MANY_ROOMS; i++) {
+        char room[32];
+        cJSON *j;
+        snprintf(room, sizeof(room), "room-%d", i);
+        j = hx_sl_join(a, room, T);
+        HX_ASSERT_MSG(f.s, j != NULL, "join %s: %s", room, hx_error());
+        cJSON_Delete(j);
+    }
+    /* Every room is stored (KV values of up to SLUICE_MAX_ROOMS + 1
+     * positions: below 100 KB at the highest bound, far below NATS's 1 MB
+     * payload). */
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", hx_sl_session(a));
+    w.n = MANY_ROOMS;
+    HX_ASSERT_MSG(f.s, hx_wait_until(npos_stored, &w, T), "%s never held %d positions: %s", w.key,
+                  w.n, fx_kv_get(&f, SL_KV_SESSIONS, w.key));
+    session = hx_strf("%s", hx_sl_session(a));
+    rt = hx_strf("%s", hx_sl_resume_token(a));
+    hx_sl_destroy(a);
+    /* Every room gets a message while she is away. */
+    for (int i = 0; i < MANY_ROOMS; i++) {
+        char room[32];
+        snprintf(room, sizeof(room), "room-%d", i);
+        fx_publish_room_msg(&f, "acme", room, "writer", room, "while away");
+    }
+    fx_publish_flush(&f);
+    /* Resumed on the other gateway from the stored positions only. */
+    ws = fx_raw(&f, 1);
+    resume = hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, rt);
+    tok = hx_token(f.s, "acme", "alice", 600);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    while (nseen < MANY_ROOMS) {
+        cJSON *e = hx_ws_recv_json(ws, T);
+        const char *ch;
+        int k;
+        HX_ASSERT_MSG(f.s, e != NULL, "resume replayed %d of %d rooms: %s", nseen, MANY_ROOMS,
+                      hx_error());
+        ch = hx_json_str(e, "ch");
+        if (fx__is_type(e, "event") && ch != NULL && sscanf(ch, "r:room-%d", &k) == 1 && k >= 0 &&
+            k < MANY_ROOMS && strcmp(hx_json_str(e, "kind"), "message") == 0) {
+            HX_ASSERT_MSG(f.s, seen[k] == 0, "room-%d replayed twice", k);
+            seen[k] = 1;
+            nseen++;
+        }
+        cJSON_Delete(e);
+    }
+    cJSON_Delete(welcome);
+    hx_ws_destroy(ws);
+    free(resume);
+    free(tok);
+    free(session);
+    free(rt);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- a hole the stream no longer has ---- */
+
+static uint64_t out_last_seq(fx *f)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t n;
+
+    HX_ASSERT(f->s, js_GetStreamInfo(&si, f->js, SL_STREAM_OUT, NULL, NULL) == NATS_OK);
+    n = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+/* Publishes on core NATS what RePublish would deliver for a room event at
+ * seq whose predecessor on the room's subject is last: the gateway sees a
+ * live event after a hole, as when it missed live copies of events the
+ * stream has removed since. */
+static void publish_live_copy(fx *f, const char *room, uint64_t seq, uint64_t last, const char *id)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__ClientMessage m = SLUICE__CLIENT_MESSAGE__INIT;
+    char event_id[SL_EVENT_ID_LEN + 1], live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], num[32];
+    uint8_t *data = NULL;
+    size_t len = 0;
+    natsMsg *msg = NULL;
+
+    sl_event_id_new(event_id);
+    e.event_id = event_id;
+    e.tenant = (char *)"acme";
+    e.session = (char *)"test-publisher";
+    e.client_id = e.message_id = (char *)id;
+    e.ts_unix_ns = sl_now_ns();
+    m.room = (char *)room;
+    m.user = (char *)"writer";
+    m.text = (char *)"after the hole";
+    e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
+    e.message = &m;
+    HX_OK(f->s, sl_subject_chan(live, sizeof(live), "sluice.live", "acme", true, room));
+    HX_OK(f->s, sl_subject_chan(out, sizeof(out), "sluice.out", "acme", true, room));
+    HX_OK(f->s, sl_envelope_encode(&e, &data, &len));
+    HX_ASSERT(f->s, natsMsg_Create(&msg, live, NULL, (const char *)data, (int)len) == NATS_OK);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Sequence", num) == NATS_OK);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)last);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Last-Sequence", num) == NATS_OK);
+    HX_ASSERT(f->s, natsMsgHeader_Set(msg, "Nats-Subject", out) == NATS_OK);
+    HX_ASSERT(f->s, natsConnection_PublishMsg(f->nc, msg) == NATS_OK);
+    HX_ASSERT(f->s, natsConnection_Flush(f->nc) == NATS_OK);
+    natsMsg_Destroy(msg);
+    free(data);
+}
+
+START_TEST(test_fill_that_finds_nothing_sends_gap)
+{
+    fx f;
+    fx_opts o = {.gateways = 1};
+    hx_sl_client *a, *b;
+    hx_sl_client *both[2];
+    int64_t seen;
+    uint64_t base;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    both[0] = a;
+    both[1] = b;
+    cJSON_Delete(hx_sl_join(a, "holes", T));
+    cJSON_Delete(hx_sl_join(b, "holes", T));
+    fx_publish_room_msg(&f, "acme", "holes", "writer", "h-1", "before");
+    fx_publish_flush(&f);
+    seen = see_msg(&f, hx_sl_ws(a), "r:holes", "h-1");
+    HX_ASSERT(f.s, see_msg(&f, hx_sl_ws(b), "r:holes", "h-1") == seen);
+    /* Stream positions that belong to another subject: the room's events
+     * at base + 1 and base + 2 "were removed" before the gateway heard of
+     * them, and the live event at base + 3 says its predecessor is base + 2. */
+    for (int i = 0; i < 3; i++)
+        fx_publish_room_msg(&f, "acme", "elsewhere", "writer", "e", "filler");
+    fx_publish_flush(&f);
+    base = out_last_seq(&f) - 3;
+    publish_live_copy(&f, "holes", base + 3, base + 2, "h-2");
+    /* The next real event of the room still comes, after the gap. */
+    fx_publish_room_msg(&f, "acme", "holes", "writer", "h-3", "after");
+    fx_publish_flush(&f);
+    for (int k = 0; k < 2; k++) {
+        hx_ws *ws = hx_sl_ws(both[k]);
+        int64_t last = seen; /* the last event of the room before the gap (h-1 or a presence) */
+        cJSON *g = NULL;
+        while (g == NULL) {
+            cJSON *e = hx_ws_recv_json(ws, T);
+            HX_ASSERT_MSG(f.s, e != NULL, "no gap frame: %s", hx_error());
+            if (fx__is_type(e, "gap")) {
+                g = e;
+                break;
+            }
+            if (fx__is_type(e, "event") && strcmp(hx_json_str(e, "ch"), "r:holes") == 0) {
+                HX_ASSERT_MSG(f.s, hx_json_int(e, "seq", 0) < (int64_t)(base + 3),
+                              "an event after the hole came before the gap");
+                if (hx_json_int(e, "seq", 0) > last)
+                    last = hx_json_int(e, "seq", 0);
+            }
+            cJSON_Delete(e);
+        }
+        HX_ASSERT_MSG(
+            f.s,
+            strcmp(hx_json_str(g, "ch"), "r:holes") == 0 && hx_json_int(g, "from", -1) == last &&
+                hx_json_int(g, "to", -1) == (int64_t)(base + 3),
+            "gap from %lld to %lld, wanted %lld to %llu", (long long)hx_json_int(g, "from", -1),
+            (long long)hx_json_int(g, "to", -1), (long long)last, (unsigned long long)(base + 3));
+        cJSON_Delete(g);
+        HX_ASSERT(f.s, see_msg(&f, ws, "r:holes", "h-2") == (int64_t)(base + 3));
+        see_msg(&f, ws, "r:holes", "h-3");
+        HX_ASSERT(f.s, hx_sl_get_counts(both[k]).duplicates == 0);
+    }
+    HX_ASSERT(f.s, fx_metric(&f, 0, "sluice_gw_fill_gaps_total") == 1);
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
+/* ---- the default prev belongs to the session ---- */
+
+/* The prev_event_id stored in SLUICE_IN with the session's latest message,
+ * which must be message id (caller frees). */
+static char *stored_prev(fx *f, const char *session, const char *id)
+{
+    char subj[SL_SUBJECT_MAX];
+    natsMsg *m = NULL;
+    Sluice__Envelope *e = NULL;
+    char *prev;
+
+    snprintf(subj, sizeof(subj), "sluice.in.acme.%s", session);
+    HX_ASSERT(f->s, js_GetLastMsg(&m, f->js, SL_STREAM_IN, subj, NULL, NULL) == NATS_OK);
+    HX_OK(f->s, sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e));
+    HX_ASSERT_MSG(f->s, strcmp(e->client_id, id) == 0, "the latest stored message is %s, not %s",
+                  e->client_id, id);
+    prev = strdup(e->prev_event_id);
+    sl_envelope_free(e);
+    natsMsg_Destroy(m);
+    return prev;
+}
+
+static void expect_prev(fx *f, const char *session, const char *id, const char *want_prev)
+{
+    char *prev = stored_prev(f, session, id);
+
+    HX_ASSERT_MSG(f->s, strcmp(prev, want_prev) == 0,
+                  "%s was stored with prev \"%s\", wanted \"%s\"", id, prev, want_prev);
+    free(prev);
+}
+
+/* Points SLUICE_IN at subjects (a JetStream refusal for every client
+ * message while it is not "sluice.in.>"). */
+static void in_subjects(fx *f, const char *subject)
+{
+    jsStreamInfo *si = NULL;
+    const char *subj[1] = {subject};
+    const char **was;
+    int wasn;
+    natsStatus st;
+
+    HX_ASSERT(f->s, js_GetStreamInfo(&si, f->js, SL_STREAM_IN, NULL, NULL) == NATS_OK);
+    was = si->Config->Subjects;
+    wasn = si->Config->SubjectsLen;
+    si->Config->Subjects = subj;
+    si->Config->SubjectsLen = 1;
+    st = js_UpdateStream(NULL, f->js, si->Config, NULL, NULL);
+    si->Config->Subjects = was;
+    si->Config->SubjectsLen = wasn;
+    jsStreamInfo_Destroy(si);
+    HX_ASSERT_MSG(f->s, st == NATS_OK, "update of SLUICE_IN: %s", natsStatus_GetText(st));
+}
+
+typedef struct prev_wait {
+    fx *f;
+    char key[256];
+    const char *prev;
+} prev_wait;
+
+static bool prev_stored(void *ud)
+{
+    prev_wait *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    const char *p = hx_json_str(o, "prev");
+    bool ok = p != NULL && strcmp(p, w->prev) == 0;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_default_prev_is_the_sessions_last_accepted)
+{
+    fx f;
+    fx_opts o = {.gateways = 2};
+    hx_sl_client *a;
+    hx_ws *ws;
+    cJSON *welcome = NULL, *r;
+    char *session, *resume, *tok;
+    prev_wait w;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    session = hx_strf("%s", hx_sl_session(a));
+    post(&f, a, "c-1", NULL, "one");
+    post(&f, a, "c-2", NULL, "two");
+    expect_prev(&f, session, "c-2", "c-1");
+
+    /* A send JetStream refuses does not become the default prev. */
+    in_subjects(&f, "sluice.nothing.>");
+    r = hx_sl_send_wait(a, "c-3", NULL, "refused", T);
+    HX_ASSERT_MSG(f.s, r != NULL && fx__is_type(r, "busy"), "c-3: %s",
+                  r ? cJSON_PrintUnformatted(r) : hx_error());
+    cJSON_Delete(r);
+    in_subjects(&f, "sluice.in.>");
+    post(&f, a, "c-4", NULL, "four");
+    expect_prev(&f, session, "c-4", "c-2");
+
+    /* Resumed on the same gateway while the old connection is still open:
+     * a send right after the welcome chains to c-4. */
+    ws = fx_raw(&f, 0);
+    resume =
+        hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, hx_sl_resume_token(a));
+    tok = hx_token(f.s, "acme", "alice", 600);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    HX_OK(f.s, hx_ws_send_text(ws, "{\"type\":\"send\",\"id\":\"c-5\",\"text\":\"five\"}"));
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"c-5\"}"));
+    expect_prev(&f, session, "c-5", "c-4");
+    hx_ws_destroy(ws);
+    cJSON_Delete(welcome);
+    welcome = NULL;
+    hx_sl_destroy(a);
+
+    /* On the other gateway, from the stored session state; the first
+     * frame after the welcome already has it. */
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", session);
+    w.prev = "c-5";
+    HX_ASSERT_MSG(f.s, hx_wait_until(prev_stored, &w, T), "prev c-5 never stored under %s", w.key);
+    ws = fx_raw(&f, 1);
+    HX_OK(f.s, hx_sl_hello(ws, tok, resume, T, &welcome));
+    HX_ASSERT(f.s, hx_json_true(welcome, "resumed"));
+    HX_OK(f.s, hx_ws_send_text(ws, "{\"type\":\"send\",\"id\":\"c-6\",\"text\":\"six\"}"));
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"c-6\"}"));
+    expect_prev(&f, session, "c-6", "c-5");
+    hx_ws_destroy(ws);
+    cJSON_Delete(welcome);
+    free(resume);
+    free(tok);
+    free(session);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -461,6 +810,9 @@ int main(void)
     tcase_add_test(tc, test_resume_on_second_gateway_after_sigkill);
     tcase_add_test(tc, test_resume_during_live_traffic_loses_nothing);
     tcase_add_test(tc, test_resume_past_retention_sends_gap);
+    tcase_add_test(tc, test_resume_from_kv_restores_every_room);
+    tcase_add_test(tc, test_fill_that_finds_nothing_sends_gap);
+    tcase_add_test(tc, test_default_prev_is_the_sessions_last_accepted);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -628,6 +628,83 @@ START_TEST(test_tenants_with_the_same_room_are_isolated)
 }
 END_TEST
 
+/* ---- rooms per connection are bounded ---- */
+
+typedef struct pos_has {
+    fx *f;
+    char key[256];
+    const char *ch;
+    int64_t seq;
+} pos_has;
+
+/* True once the stored positions have ch at seq. */
+static bool pos_is(void *ud)
+{
+    pos_has *w = ud;
+    char *v = fx_kv_get(w->f, SL_KV_SESSIONS, w->key);
+    cJSON *o = v ? cJSON_Parse(v) : NULL;
+    bool ok = hx_json_int(cJSON_GetObjectItem(o, "pos"), w->ch, -1) == w->seq;
+
+    cJSON_Delete(o);
+    free(v);
+    return ok;
+}
+
+START_TEST(test_join_past_max_rooms_refused)
+{
+    static const char *const gw_env[] = {"SLUICE_MAX_ROOMS=3", NULL};
+    fx_opts o = {.gateways = 1, .gw_env = gw_env};
+    fx f;
+    hx_sl_client *c;
+    cJSON *e, *j, *stored;
+    char key[256], *v;
+    pos_has w;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "alice");
+    for (int i = 0; i < 3; i++) {
+        char room[32];
+        snprintf(room, sizeof(room), "r-%d", i);
+        cJSON_Delete(join(&f, c, room));
+        wait_presence_kv(&f, "acme", room, c);
+    }
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c), "{\"type\":\"join\",\"room\":\"r-3\",\"id\":\"j-3\"}"));
+    e = fx_expect_error(&f, hx_sl_ws(c), "too_many_rooms");
+    HX_ASSERT_MSG(f.s, hx_json_str(e, "id") != NULL && strcmp(hx_json_str(e, "id"), "j-3") == 0,
+                  "the error does not echo the join's id");
+    cJSON_Delete(e);
+    /* Nothing changed: not a member (a send is refused), no presence, and
+     * the positions stored after the refusal hold the three rooms only. */
+    HX_OK(f.s, hx_sl_send(c, "s-1", "r-3", "hi", NULL));
+    e = fx_expect_error(&f, hx_sl_ws(c), "not_joined");
+    cJSON_Delete(e);
+    HX_OK(f.s, hx_sl_ack(c, "s", 7)); /* a change that makes the gateway store positions */
+    w.f = &f;
+    snprintf(w.key, sizeof(w.key), "acme.%s.pos", hx_sl_session(c));
+    w.ch = "s";
+    w.seq = 7;
+    HX_ASSERT_MSG(f.s, hx_wait_until(pos_is, &w, T), "positions never stored under %s", w.key);
+    v = fx_kv_get(&f, SL_KV_SESSIONS, w.key);
+    stored = v ? cJSON_Parse(v) : NULL;
+    HX_ASSERT_MSG(f.s,
+                  cJSON_GetArraySize(cJSON_GetObjectItem(stored, "pos")) == 4 &&
+                      cJSON_GetObjectItem(cJSON_GetObjectItem(stored, "pos"), "r:r-3") == NULL,
+                  "stored positions after a refused join: %s", v);
+    cJSON_Delete(stored);
+    free(v);
+    snprintf(key, sizeof(key), "acme.r-3.%s", hx_sl_session(c));
+    HX_ASSERT_MSG(f.s, !fx_kv_has(&f, SL_KV_PRESENCE, key), "a refused join left presence %s", key);
+    /* Below the bound again, the same join works. */
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c), "{\"type\":\"leave\",\"room\":\"r-0\"}"));
+    want_free(&f, hx_sl_ws(c), "{\"type\":\"left\",\"room\":\"r-0\"}");
+    j = join(&f, c, "r-3");
+    HX_ASSERT(f.s, strcmp(hx_json_str(j, "ch"), "r:r-3") == 0);
+    cJSON_Delete(j);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway rooms");
@@ -644,6 +721,7 @@ int main(void)
     tcase_add_test(tc, test_ping_pong);
     tcase_add_test(tc, test_cancel_ends_reply_cancelled);
     tcase_add_test(tc, test_tenants_with_the_same_room_are_isolated);
+    tcase_add_test(tc, test_join_past_max_rooms_refused);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

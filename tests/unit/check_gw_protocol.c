@@ -122,6 +122,57 @@ START_TEST(test_parse_hello_resume)
 }
 END_TEST
 
+/* Up to GW_POSITIONS_MAX positions (every room of SLUICE_MAX_ROOMS at its
+ * highest, and "s"); one more is refused. */
+START_TEST(test_parse_many_positions)
+{
+    gw_cmd c;
+    gw_err e;
+    size_t cap = 64 + (GW_POSITIONS_MAX + 1) * 24;
+    char *buf = malloc(cap), *p;
+
+    for (int n = GW_POSITIONS_MAX; n <= GW_POSITIONS_MAX + 1; n++) {
+        p = buf + sprintf(buf, "{\"type\":\"hello\",\"token\":\"t\",\"resume\":{\"session\":\"S1\","
+                               "\"resume_token\":\"rt\",\"positions\":{\"s\":1");
+        for (int i = 1; i < n; i++)
+            p += sprintf(p, ",\"r:room-%d\":%d", i, i);
+        strcpy(p, "}}}");
+        if (n == GW_POSITIONS_MAX) {
+            ck_assert_int_eq(parse(buf, &c, &e), SL_OK);
+            ck_assert_int_eq(c.npositions, GW_POSITIONS_MAX);
+            ck_assert_str_eq(c.positions[GW_POSITIONS_MAX - 1].ch, "r:room-1024");
+            gw_cmd_free(&c);
+        } else {
+            ck_assert_int_ne(parse(buf, &c, &e), SL_OK);
+            ck_assert_str_eq(e.code, "bad_frame");
+        }
+    }
+    free(buf);
+}
+END_TEST
+
+/* join, leave and history take an optional id, echoed in their errors. */
+START_TEST(test_parse_optional_ids)
+{
+    gw_cmd c;
+    gw_err e;
+
+    ck_assert_int_eq(parse("{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"j-1\"}", &c, &e), SL_OK);
+    ck_assert_str_eq(c.id, "j-1");
+    gw_cmd_free(&c);
+    ck_assert_int_eq(parse("{\"type\":\"join\",\"room\":\"lobby\"}", &c, &e), SL_OK);
+    ck_assert_ptr_null(c.id);
+    gw_cmd_free(&c);
+    ck_assert_int_eq(parse("{\"type\":\"history\",\"ch\":\"s\",\"id\":\"h-1\"}", &c, &e), SL_OK);
+    ck_assert_str_eq(c.id, "h-1");
+    gw_cmd_free(&c);
+    ck_assert_int_ne(parse("{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"a b\"}", &c, &e), SL_OK);
+    ck_assert_str_eq(e.code, "bad_id");
+    ck_assert_int_ne(parse("{\"type\":\"join\",\"room\":\"a.b\",\"id\":\"j-2\"}", &c, &e), SL_OK);
+    ck_assert_str_eq(e.id, "j-2");
+}
+END_TEST
+
 START_TEST(test_utf8)
 {
     ck_assert(gw_utf8_valid((const unsigned char *)"plain", 5));
@@ -133,6 +184,34 @@ START_TEST(test_utf8)
     ck_assert(!gw_utf8_valid((const unsigned char *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
     ck_assert(!gw_utf8_valid((const unsigned char *)"\xff", 1));
     ck_assert(!gw_utf8_valid((const unsigned char *)"ab\x80", 3));
+}
+END_TEST
+
+/* history pages say whether older events remain and where to go on. */
+START_TEST(test_history_frame)
+{
+    char *ev[2] = {"{\"type\":\"event\",\"seq\":5}", "{\"type\":\"event\",\"seq\":9}"};
+    char *s = gw_frame_history("r:lobby", ev, 2, true, 5, "h-1");
+    cJSON *j = cJSON_Parse(s);
+
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "type")->valuestring, "history");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "ch")->valuestring, "r:lobby");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "id")->valuestring, "h-1");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "events")), 2);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "more")));
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "next_before")->valueint, 5);
+    cJSON_Delete(j);
+    free(s);
+    s = gw_frame_history("s", NULL, 0, false, 0, NULL);
+    j = cJSON_Parse(s);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "events")), 0);
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(j, "more")));
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "next_before"));
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "id"));
+    cJSON_Delete(j);
+    free(s);
 }
 END_TEST
 
@@ -246,8 +325,11 @@ int main(void)
     tcase_add_test(tc, test_parse_send);
     tcase_add_test(tc, test_bad_frames);
     tcase_add_test(tc, test_parse_hello_resume);
+    tcase_add_test(tc, test_parse_many_positions);
+    tcase_add_test(tc, test_parse_optional_ids);
     tcase_add_test(tc, test_utf8);
     tcase_add_test(tc, test_event_frames);
+    tcase_add_test(tc, test_history_frame);
     tcase_add_test(tc, test_bucket);
     tcase_add_test(tc, test_outq_bounds);
     suite_add_tcase(s, tc);
