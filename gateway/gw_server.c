@@ -1,6 +1,7 @@
 #include "gw_server.h"
 
 #include <cJSON.h>
+#include <ev.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,7 +23,8 @@
 #include "sl_subject.h"
 
 /*
- * Threads: everything in this file runs on the lws service thread unless
+ * Threads: everything in this file runs on the loop thread (the libev loop
+ * that lws serves the sockets on, see gw_server_run) unless
  * its name ends in _cb (cnats threads) or _io (gw_io threads). Those never
  * touch a gw_conn or gw_chan: they post closures back through the bridge,
  * which look their target up again by session id or subject, since the
@@ -181,7 +183,8 @@ struct gw_server {
     sl_bus *bus;
     sl_auth *auth;
     const char *resume_secret;
-    struct lws_context *ctx;
+    struct ev_loop *loop;    /* the event loop lws runs on (libev, epoll) */
+    struct lws_context *ctx; /* NULL again once lws_context_destroy finished */
     struct lws_http_mount mounts[2];
     struct lws_protocols protocols[2];
     gw_bridge *bridge;
@@ -199,6 +202,7 @@ struct gw_server {
     int64_t last_expire_ms;
     volatile int *stop;
     int64_t drain_started_ms;
+    int64_t closing_since_ms; /* the drain ended: 1001 closes on their way */
     _Atomic int draining;
     _Atomic int running;
     gw_metrics m;
@@ -2366,11 +2370,21 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         s->last_expire_ms = now;
         chans_expire(s);
     }
-    if (atomic_load(&s->draining) &&
-        (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms)) {
+    if (atomic_load(&s->running) && atomic_load(&s->draining) &&
+        (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms || *s->stop > 1)) {
         for (gw_conn *c = s->all; c != NULL; c = c->all_next)
             conn_close(c, 1001, "gateway shutting down", false);
         atomic_store(&s->running, 0);
+        s->closing_since_ms = now;
+    }
+    if (!atomic_load(&s->running)) {
+        /* Let the 1001 closes reach the clients, briefly. */
+        if (s->nconns == 0 || now - s->closing_since_ms > 2000 || *s->stop > 1) {
+            ev_break(s->loop, EVBREAK_ALL);
+            return;
+        }
+        lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 20 * LWS_US_PER_MS);
+        return;
     }
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
 }
@@ -2626,6 +2640,7 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
 {
     gw_server *s = calloc(1, sizeof(*s));
     struct lws_context_creation_info info;
+    void *foreign_loops[1];
     jsOptions jo;
     char host[256];
     int port;
@@ -2641,6 +2656,15 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
                    now_ms());
     if ((st = sl_auth_create(&s->auth, cfg->jwt_secret, cfg->jwt_public_key, err, errlen)) != SL_OK)
         goto cleanup;
+    /* lws on a libev loop (Debian's libwebsockets-evlib-ev plugin): epoll
+     * costs what the ready sockets cost, where lws's own poll() loop scans
+     * every open one on each wake. */
+    s->loop = ev_loop_new(EVBACKEND_EPOLL);
+    if (s->loop == NULL) {
+        snprintf(err, errlen, "gateway init: cannot create the epoll event loop");
+        st = SL_ERR_INTERNAL;
+        goto cleanup;
+    }
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
         (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
@@ -2685,7 +2709,10 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     info.protocols = s->protocols;
     info.mounts = &s->mounts[0];
     info.user = s;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_LIBEV;
+    info.foreign_loops = foreign_loops;
+    foreign_loops[0] = s->loop;
+    info.pcontext = &s->ctx; /* lws clears it when its destroy is complete */
     info.timeout_secs = 10;
     if (cfg->tls_cert != NULL) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
@@ -2695,7 +2722,9 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     lws_set_log_level(LLL_ERR, NULL);
     s->ctx = lws_create_context(&info);
     if (s->ctx == NULL) {
-        snprintf(err, errlen, "SLUICE_LISTEN %s: cannot listen (in use, or bad TLS files?)",
+        snprintf(err, errlen,
+                 "SLUICE_LISTEN %s: cannot listen (in use, bad TLS files, or the libev plugin "
+                 "libwebsockets-evlib-ev is not installed?)",
                  cfg->listen);
         st = SL_ERR_IO;
         goto cleanup;
@@ -2710,23 +2739,13 @@ cleanup:
 
 sl_status gw_server_run(gw_server *s, volatile int *stop)
 {
-    int64_t closing_since = 0;
-
     s->stop = stop;
     atomic_store(&s->running, 1);
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
     sl_info("gateway listening on %s (%s)", s->cfg->listen, s->cfg->tls_cert ? "wss" : "ws");
-    for (;;) {
-        if (lws_service(s->ctx, 0) < 0)
-            break;
-        if (!atomic_load(&s->running)) {
-            /* Let the 1001 closes reach the clients, briefly. */
-            if (closing_since == 0)
-                closing_since = now_ms();
-            if (s->nconns == 0 || now_ms() - closing_since > 2000 || *stop > 1)
-                break;
-        }
-    }
+    /* Signal handlers only set *stop; on_tick sees it within a tick, drains,
+     * and breaks the loop once the 1001 closes are out. */
+    ev_run(s->loop, 0);
     lws_sul_cancel(&s->tick);
     return SL_OK;
 }
@@ -2763,7 +2782,14 @@ void gw_server_destroy(gw_server *s)
     if (s->ctx != NULL) {
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */
+        /* On a foreign loop lws may finish its destroy on the loop. */
+        for (int i = 0; s->ctx != NULL && i < 1000; i++)
+            ev_run(s->loop, EVRUN_NOWAIT);
+        if (s->ctx != NULL)
+            sl_warn("libwebsockets did not finish its shutdown");
     }
+    if (s->loop != NULL)
+        ev_loop_destroy(s->loop);
     gw_io_destroy(s->io); /* finishes queued KV writes */
     if (s->bridge != NULL)
         gw_bridge_run(s->bridge); /* results now find no connection */
