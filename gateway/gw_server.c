@@ -2635,6 +2635,13 @@ static void metrics_init(gw_metrics *m)
         sl_hist_get("sluice_gw_delivery_latency_seconds", NULL, "event time to socket write");
 }
 
+/* No lws idle policy: the gateway pings and cuts silent clients itself
+ * (on_tick). lws 4.1.6 would otherwise re-arm a 5-minute validity timer on
+ * every frame received, an insertion into its sorted timer list that walks
+ * every connection's entry. */
+static const lws_retry_bo_t no_idle_policy = {.secs_since_valid_ping = 0,
+                                              .secs_since_valid_hangup = 0};
+
 sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, char *err,
                            size_t errlen)
 {
@@ -2713,6 +2720,7 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     info.foreign_loops = foreign_loops;
     foreign_loops[0] = s->loop;
     info.pcontext = &s->ctx; /* lws clears it when its destroy is complete */
+    info.retry_and_idle_policy = &no_idle_policy;
     info.timeout_secs = 10;
     if (cfg->tls_cert != NULL) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
