@@ -45,6 +45,9 @@ enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 typedef struct gw_chan gw_chan;
 typedef struct gw_conn gw_conn;
 
+#define POSITIONS_FLUSH_MS  250 /* acked positions reach KV this long after a change */
+#define CONN_TIMER_SLACK_MS 250 /* connection deadlines are rounded up to this grid */
+
 /* One event in a channel's cache. */
 typedef struct cached {
     uint64_t seq;
@@ -158,6 +161,18 @@ struct gw_conn {
     receipt *receipts; /* ring (malloc'd on first use) */
     int nreceipts;
     struct gw_conn *all_prev, *all_next;
+    gw_server *srv;
+    /* One timer per connection (libev's heap: a start or a firing costs
+     * O(log connections)) for its next deadline: hello timeout, ping and
+     * presence refresh, silence (4408), a send's ack deadline, a position
+     * flush. Nothing walks every connection on a clock. */
+    ev_timer timer;
+    int64_t timer_due_ms; /* when the armed timer fires; 0: not armed */
+    /* In the server's list of connections whose presence entries are due
+     * (written together on the next tick: one wake of cnats's threads for
+     * many writes). */
+    struct gw_conn *pres_prev, *pres_next;
+    bool pres_queued;
 };
 
 typedef struct gw_metrics {
@@ -196,9 +211,9 @@ struct gw_server {
     gw_map *chans;    /* live subject -> gw_chan */
     gw_conn *all;     /* every websocket connection */
     int nconns;
+    gw_conn *pres_due; /* connections whose presence refresh is due (pres_next) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
-    int64_t last_presence_ms;
     int64_t last_expire_ms;
     volatile int *stop;
     int64_t drain_started_ms;
@@ -401,13 +416,23 @@ static void positions_flush(gw_server *s, gw_conn *c)
         kv_submit(s, false, key, val);
 }
 
+static void conn_timer_arm(gw_server *s, gw_conn *c);
+
+/* Marks c's positions for the next flush, which its timer does. */
+static void positions_dirty(gw_conn *c)
+{
+    c->acked_dirty = true;
+    if (c->srv != NULL)
+        conn_timer_arm(c->srv, c);
+}
+
 static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
 {
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             if (!only_if_absent && seq > c->acked[i].seq) {
                 c->acked[i].seq = seq;
-                c->acked_dirty = true;
+                positions_dirty(c);
             }
             return;
         }
@@ -422,7 +447,7 @@ static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_abse
     snprintf(c->acked[c->nacked].ch, GW_CH_MAX, "%s", ch);
     c->acked[c->nacked].seq = seq;
     c->nacked++;
-    c->acked_dirty = true;
+    positions_dirty(c);
 }
 
 static void acked_remove(gw_conn *c, const char *ch)
@@ -430,7 +455,7 @@ static void acked_remove(gw_conn *c, const char *ch)
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             c->acked[i] = c->acked[--c->nacked];
-            c->acked_dirty = true;
+            positions_dirty(c);
             return;
         }
     }
@@ -2317,9 +2342,62 @@ static void start_drain(gw_server *s)
     }
 }
 
-static void refresh_presence(gw_server *s)
+/* When c's timer must fire next (monotonic ms). */
+static int64_t conn_next_due(gw_server *s, const gw_conn *c, int64_t now)
 {
-    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
+    int64_t due = c->last_ping_ms + s->cfg->heartbeat_ms;
+    int64_t silent = c->last_rx_ms + s->cfg->heartbeat_ms * 5 / 2 + 1;
+
+    if (silent < due)
+        due = silent;
+    if (c->state == CONN_AWAIT_HELLO && c->opened_ms + s->cfg->hello_timeout_ms + 1 < due)
+        due = c->opened_ms + s->cfg->hello_timeout_ms + 1;
+    if (c->sends != NULL && c->sends->deadline_ms + 1 < due)
+        due = c->sends->deadline_ms + 1;
+    if (c->acked_dirty && now + POSITIONS_FLUSH_MS < due)
+        due = now + POSITIONS_FLUSH_MS;
+    /* On a grid, so the deadlines of many connections fire in one wake of
+     * the loop (and their writes go out together), as the old 250 ms tick
+     * did. */
+    return (due + CONN_TIMER_SLACK_MS - 1) / CONN_TIMER_SLACK_MS * CONN_TIMER_SLACK_MS;
+}
+
+/* (Re)arms c's timer when its next deadline is earlier than the armed one
+ * (or none is armed). Cheap to call after anything that may add one. */
+static void conn_timer_arm(gw_server *s, gw_conn *c)
+{
+    int64_t now = now_ms();
+    int64_t due = conn_next_due(s, c, now);
+
+    if (c->timer_due_ms != 0 && c->timer_due_ms <= due && ev_is_active(&c->timer))
+        return;
+    ev_timer_stop(s->loop, &c->timer);
+    ev_timer_set(&c->timer, due > now ? (double)(due - now) / 1000.0 : 0.001, 0.0);
+    ev_timer_start(s->loop, &c->timer);
+    c->timer_due_ms = due;
+}
+
+static void presence_unqueue(gw_server *s, gw_conn *c)
+{
+    if (!c->pres_queued)
+        return;
+    if (c->pres_prev != NULL)
+        c->pres_prev->pres_next = c->pres_next;
+    else
+        s->pres_due = c->pres_next;
+    if (c->pres_next != NULL)
+        c->pres_next->pres_prev = c->pres_prev;
+    c->pres_prev = c->pres_next = NULL;
+    c->pres_queued = false;
+}
+
+/* Refreshes the presence entries of the connections queued since the last
+ * tick. */
+static void presence_refresh_due(gw_server *s)
+{
+    while (s->pres_due != NULL) {
+        gw_conn *c = s->pres_due;
+        presence_unqueue(s, c);
         for (gw_member *m = c->members; m != NULL; m = m->next) {
             if (m->chan->is_room)
                 presence_put(s, c, m->chan->name, true);
@@ -2327,45 +2405,65 @@ static void refresh_presence(gw_server *s)
     }
 }
 
+/* One connection's deadlines. Its room presence entries are refreshed
+ * with its pings, so the refreshes of a gateway are spread over the
+ * heartbeat interval as the connections' pings are (see ESTABLISHED), and
+ * written in small batches by on_tick. */
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    gw_conn *c = lws_container_of(w, gw_conn, timer);
+    gw_server *s = c->srv;
+    int64_t now = now_ms();
+
+    (void)loop;
+    (void)revents;
+    c->timer_due_ms = 0;
+    if (c->close_code != 0)
+        return; /* closing: CLOSED stops the timer */
+    if (c->state == CONN_AWAIT_HELLO && now - c->opened_ms > s->cfg->hello_timeout_ms) {
+        conn_error(s, c, "unauthorized", "no hello in time", NULL);
+        conn_close(c, 4401, "no hello", true);
+        return;
+    }
+    if (now - c->last_rx_ms > s->cfg->heartbeat_ms * 5 / 2) {
+        conn_close(c, 4408, "heartbeat timeout", false);
+        return;
+    }
+    if (now - c->last_ping_ms >= s->cfg->heartbeat_ms) {
+        c->last_ping_ms = now;
+        c->ping_due = true;
+        lws_callback_on_writable(c->wsi);
+        if (c->members != NULL && !c->pres_queued) {
+            c->pres_queued = true;
+            c->pres_prev = NULL;
+            c->pres_next = s->pres_due;
+            if (s->pres_due != NULL)
+                s->pres_due->pres_prev = c;
+            s->pres_due = c;
+        }
+    }
+    while (c->sends != NULL && c->sends->deadline_ms < now) {
+        pending_send *p = c->sends;
+        c->sends = p->next;
+        c->nsends--;
+        conn_busy(s, c, p->id, "overloaded", 1000);
+        free(p);
+    }
+    if (c->acked_dirty)
+        positions_flush(s, c);
+    conn_timer_arm(s, c);
+}
+
+/* The gateway's own clock: signals, channel expiry, the drain. It visits no
+ * connection (conn_timer_cb does their deadlines). */
 static void on_tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *s = lws_container_of(sul, gw_server, tick);
     int64_t now = now_ms();
-    int64_t silent_max = s->cfg->heartbeat_ms * 5 / 2;
 
     if (*s->stop && !atomic_load(&s->draining))
         start_drain(s);
-    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
-        if (c->close_code != 0)
-            continue;
-        if (c->state == CONN_AWAIT_HELLO && now - c->opened_ms > s->cfg->hello_timeout_ms) {
-            conn_error(s, c, "unauthorized", "no hello in time", NULL);
-            conn_close(c, 4401, "no hello", true);
-            continue;
-        }
-        if (now - c->last_rx_ms > silent_max) {
-            conn_close(c, 4408, "heartbeat timeout", false);
-            continue;
-        }
-        if (now - c->last_ping_ms >= s->cfg->heartbeat_ms) {
-            c->last_ping_ms = now;
-            c->ping_due = true;
-            lws_callback_on_writable(c->wsi);
-        }
-        while (c->sends != NULL && c->sends->deadline_ms < now) {
-            pending_send *p = c->sends;
-            c->sends = p->next;
-            c->nsends--;
-            conn_busy(s, c, p->id, "overloaded", 1000);
-            free(p);
-        }
-        if (c->acked_dirty)
-            positions_flush(s, c);
-    }
-    if (now - s->last_presence_ms >= s->cfg->heartbeat_ms) {
-        s->last_presence_ms = now;
-        refresh_presence(s);
-    }
+    presence_refresh_due(s);
     if (now - s->last_expire_ms >= 1000) {
         s->last_expire_ms = now;
         chans_expire(s);
@@ -2470,7 +2568,17 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         int64_t now = now_ms();
         memset(c, 0, sizeof(*c));
         c->wsi = wsi;
-        c->opened_ms = c->last_rx_ms = c->last_ping_ms = now;
+        c->srv = s;
+        c->opened_ms = c->last_rx_ms = now;
+        {
+            /* The first ping (and presence refresh) comes after a random
+             * half to whole heartbeat, so connections opened together
+             * (a reconnect storm) do not keep pinging together. */
+            uint32_t r;
+            sl_random_bytes(&r, sizeof(r));
+            c->last_ping_ms = now - (int64_t)(r % (uint32_t)(s->cfg->heartbeat_ms / 2 + 1));
+        }
+        ev_init(&c->timer, conn_timer_cb);
         gw_bucket_init(&c->bucket, (double)s->cfg->rate, (double)s->cfg->burst, now);
         c->all_next = s->all;
         if (s->all != NULL)
@@ -2485,10 +2593,12 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             sl_counter_inc(s->m.handshake_refusals);
             conn_close(c, 1013, "overloaded, retry with backoff", false);
         }
+        conn_timer_arm(s, c);
         break;
     }
     case LWS_CALLBACK_RECEIVE:
         on_receive(s, c, in, len);
+        conn_timer_arm(s, c); /* a send's ack deadline, a position to flush */
         break;
     case LWS_CALLBACK_RECEIVE_PONG:
         c->last_rx_ms = now_ms();
@@ -2497,6 +2607,9 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return on_writeable(s, c);
     case LWS_CALLBACK_CLOSED:
         conn_free(s, c);
+        /* After conn_free, which may arm the timer (a position change). */
+        ev_timer_stop(s->loop, &c->timer);
+        presence_unqueue(s, c);
         break;
     default:
         break;
@@ -2636,9 +2749,9 @@ static void metrics_init(gw_metrics *m)
 }
 
 /* No lws idle policy: the gateway pings and cuts silent clients itself
- * (on_tick). lws 4.1.6 would otherwise re-arm a 5-minute validity timer on
- * every frame received, an insertion into its sorted timer list that walks
- * every connection's entry. */
+ * (conn_timer_cb). lws 4.1.6 would otherwise re-arm a 5-minute validity
+ * timer on every frame received, an insertion into its sorted timer list
+ * that walks every connection's entry. */
 static const lws_retry_bo_t no_idle_policy = {.secs_since_valid_ping = 0,
                                               .secs_since_valid_hangup = 0};
 

@@ -1,6 +1,7 @@
-/* The gateway: one libwebsockets service loop that owns every client
- * connection, with cnats callbacks and blocking NATS work handed to and from
- * it through gw_bridge. Implements shared/PROTOCOL.md. */
+/* The gateway: one event loop (libev on epoll, with libwebsockets serving
+ * the sockets on it) that owns every client connection, with cnats
+ * callbacks and blocking NATS work handed to and from it through gw_bridge.
+ * Implements shared/PROTOCOL.md. */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 

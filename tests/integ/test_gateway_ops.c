@@ -164,6 +164,66 @@ START_TEST(test_silent_client_closed_4408_answering_client_kept)
 }
 END_TEST
 
+/* The presence entry of a joined, idle client is rewritten about once a
+ * heartbeat (with its pings, spread over the interval), so it outlives the
+ * bucket's TTL while the client is connected. */
+static uint64_t presence_revision(fx *f, const char *key)
+{
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    uint64_t rev = 0;
+
+    if (js_KeyValue(&kv, f->js, SL_KV_PRESENCE) != NATS_OK)
+        return 0;
+    if (kvStore_Get(&e, kv, key) == NATS_OK && e != NULL)
+        rev = kvEntry_Revision(e);
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    return rev;
+}
+
+START_TEST(test_presence_refreshed_with_heartbeats)
+{
+    static const char *const gw_env[] = {"SLUICE_HEARTBEAT_MS=400", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .gw_env = gw_env};
+    hx_sl_client *c;
+    char key[160];
+    uint64_t first = 0, last = 0;
+    int rewrites = 0;
+    int64_t deadline;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "idler");
+    cJSON_Delete(hx_sl_join(c, "lobby", T));
+    snprintf(key, sizeof(key), "acme.lobby.%s", hx_sl_session(c));
+    /* Read (answering pings) while waiting for three more writes. */
+    deadline = hx_now_ms() + T;
+    while (hx_now_ms() < deadline) {
+        char *junk = NULL;
+        hx_ws_result r = hx_ws_recv(hx_sl_ws(c), 50, &junk);
+        free(junk);
+        HX_ASSERT_MSG(f.s, r == HX_WS_TIMEOUT || r == HX_WS_TEXT, "the idle client was closed (%d)",
+                      hx_ws_close_code(hx_sl_ws(c)));
+        {
+            uint64_t rev = presence_revision(&f, key);
+            if (first == 0)
+                first = rev;
+            else if (rev != last)
+                rewrites++;
+            last = rev;
+        }
+        if (rewrites >= 3)
+            break;
+    }
+    HX_ASSERT_MSG(f.s, first != 0, "no presence entry %s", key);
+    HX_ASSERT_MSG(f.s, rewrites >= 3, "presence entry %s rewritten %d times in %d ms", key,
+                  rewrites, T);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- wss:// ---- */
 
 typedef struct tls_ws {
@@ -424,6 +484,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_drain_on_sigterm);
     tcase_add_test(tc, test_silent_client_closed_4408_answering_client_kept);
+    tcase_add_test(tc, test_presence_refreshed_with_heartbeats);
     tcase_add_test(tc, test_wss_with_tls_cert);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
