@@ -2888,6 +2888,80 @@ bool gw_server_ready(gw_server *s, char *why, size_t whylen)
     return true;
 }
 
+/* Counts the channel subscriptions whose message handler may still run. */
+typedef struct quiesce {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int left;
+} quiesce;
+
+/* cnats thread: the subscription's handler has returned for good. */
+static void sub_done_cb(void *closure)
+{
+    quiesce *q = closure;
+
+    pthread_mutex_lock(&q->mu);
+    q->left--;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void unsubscribe_chan_cb(const char *key, void *val, void *ud)
+{
+    gw_chan *ch = val;
+    quiesce *q = ud;
+
+    (void)key;
+    /* Fails on a subscription cnats already closed (its handler is done). */
+    if (ch->sub == NULL || natsSubscription_SetOnCompleteCB(ch->sub, sub_done_cb, q) != NATS_OK)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->left++;
+    pthread_mutex_unlock(&q->mu);
+    natsSubscription_Unsubscribe(ch->sub);
+}
+
+/* Stops every cnats callback that carries s (on_live_cb, on_pub_ack_cb) and
+ * waits until none runs. False when they did not stop in time: then s must
+ * not be freed (q, which cnats may still signal, is leaked with it). */
+static bool cnats_quiesce(gw_server *s)
+{
+    quiesce *q = calloc(1, sizeof(*q));
+    struct timespec until;
+    bool done;
+
+    if (q == NULL)
+        return false;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    if (s->chans != NULL)
+        gw_map_each(s->chans, unsubscribe_chan_cb, q);
+    if (s->js_in != NULL) {
+        /* No client sends any more: the acks still due come (or time out,
+         * which cnats also reports through the handler) and end here. */
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = s->cfg->publish_timeout_ms + 5000;
+        if (js_PublishAsyncComplete(s->js_in, &po) != NATS_OK)
+            sl_warn("shutdown: publish acks still pending");
+    }
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&q->mu);
+    while (q->left > 0 && pthread_cond_timedwait(&q->cv, &q->mu, &until) == 0)
+        ;
+    done = q->left <= 0;
+    pthread_mutex_unlock(&q->mu);
+    if (!done) {
+        sl_error("shutdown: live subscriptions did not stop; leaking the server");
+        return false;
+    }
+    pthread_cond_destroy(&q->cv);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+    return true;
+}
+
 static void free_chan_cb(const char *key, void *val, void *ud)
 {
     (void)key;
@@ -2911,14 +2985,22 @@ void gw_server_destroy(gw_server *s)
     }
     if (s->loop != NULL)
         ev_loop_destroy(s->loop);
-    gw_io_destroy(s->io); /* finishes queued KV writes */
-    if (s->bridge != NULL)
-        gw_bridge_run(s->bridge); /* results now find no connection */
+    /* In order: nothing may use what is freed. cnats threads post to the
+     * bridge and submit to the io pool (on_live_cb, on_pub_ack_cb): stop
+     * them first. Then the io threads finish their queue (stream and
+     * session reads), posting results to the bridge. Those results are for
+     * connections that are gone, and running them could start more io
+     * (a failed read retries): the bridge frees them unrun. */
+    if (!cnats_quiesce(s))
+        return;
+    gw_io_destroy(s->io);
+    s->io = NULL;
+    gw_bridge_destroy(s->bridge);
+    s->bridge = NULL;
     if (s->chans != NULL)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);
     gw_map_destroy(s->sessions);
-    gw_bridge_destroy(s->bridge);
     kvStore_Destroy(s->kv_sessions);
     kvStore_Destroy(s->kv_presence);
     jsCtx_Destroy(s->js_in);

@@ -61,7 +61,12 @@ sl_status gw_server_run(gw_server *s, volatile int *stop);
 /* True while serving and not draining; thread-safe (for /readyz). */
 bool gw_server_ready(gw_server *s, char *why, size_t whylen);
 
-/* Frees everything; NULL-safe. */
+/* Closes the connections and frees everything, in an order where nothing
+ * is used after it is freed: it first stops cnats calling back into the
+ * server (unsubscribes, then waits for outstanding publish acks, up to
+ * SLUICE_PUBLISH_TIMEOUT_MS + 5 s, and for running handlers), then drains
+ * the io threads, then frees the bridge's queued tasks unrun. Call it
+ * before the bus is destroyed. NULL-safe. */
 void gw_server_destroy(gw_server *s);
 
 #endif
