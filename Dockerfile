@@ -19,7 +19,7 @@ FROM ${DEBIAN_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         gcc make pkg-config protobuf-c-compiler \
-        libnats-dev libwebsockets-dev libcjson-dev libprotobuf-c-dev \
+        libnats-dev libwebsockets-dev libwebsockets-evlib-ev libev-dev libcjson-dev libprotobuf-c-dev \
         libcurl4-openssl-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -35,12 +35,14 @@ RUN make -j"$(nproc)" all \
 
 # ---------------------------------------------------------------------------
 # runtime: only the shared libraries the binaries link against (the runtime
-# halves of the -dev packages above), CA certificates for the openai
-# backend, and curl for the health check.
+# halves of the -dev packages above, plus libwebsockets-evlib-ev, the plugin
+# lws loads at run time to run on the gateway's libev loop), CA certificates
+# for the openai backend, and curl for the health check.
 FROM ${DEBIAN_IMAGE} AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libnats3.4 libwebsockets17 libcjson1 libprotobuf-c1 libcurl4 libssl3 \
+        libnats3.4 libwebsockets17 libwebsockets-evlib-ev libev4 libcjson1 libprotobuf-c1 \
+        libcurl4 libssl3 \
         ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sluice \

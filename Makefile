@@ -25,7 +25,9 @@ WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Wvla -Werror
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SANFLAGS) -MMD -MP \
             -Icommon -I$(B)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := $(SANFLAGS) $(EXTRA_LDFLAGS)
-LDLIBS   := $(PKG_LIBS) -lpthread -lm
+# libev: the gateway's event loop (lws runs on it through Debian's
+# libwebsockets-evlib-ev plugin); Debian's libev-dev ships no .pc file.
+LDLIBS   := $(PKG_LIBS) -lev -lpthread -lm
 
 PROTO_C  := $(B)/gen/sluice.pb-c.c
 PROTO_H  := $(B)/gen/sluice.pb-c.h

@@ -1,6 +1,7 @@
 #include "gw_server.h"
 
 #include <cJSON.h>
+#include <ev.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,7 +23,8 @@
 #include "sl_subject.h"
 
 /*
- * Threads: everything in this file runs on the lws service thread unless
+ * Threads: everything in this file runs on the loop thread (the libev loop
+ * that lws serves the sockets on, see gw_server_run) unless
  * its name ends in _cb (cnats threads) or _io (gw_io threads). Those never
  * touch a gw_conn or gw_chan: they post closures back through the bridge,
  * which look their target up again by session id or subject, since the
@@ -44,6 +46,9 @@ enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 
 typedef struct gw_chan gw_chan;
 typedef struct gw_conn gw_conn;
+
+#define POSITIONS_FLUSH_MS  250 /* acked positions reach KV this long after a change */
+#define CONN_TIMER_SLACK_MS 250 /* connection deadlines are rounded up to this grid */
 
 /* One event in a channel's cache. */
 typedef struct cached {
@@ -163,6 +168,18 @@ struct gw_conn {
     int nreceipts;
     int history_inflight; /* history reads queued or running */
     struct gw_conn *all_prev, *all_next;
+    gw_server *srv;
+    /* One timer per connection (libev's heap: a start or a firing costs
+     * O(log connections)) for its next deadline: hello timeout, ping and
+     * presence refresh, silence (4408), a send's ack deadline, a position
+     * flush. Nothing walks every connection on a clock. */
+    ev_timer timer;
+    int64_t timer_due_ms; /* when the armed timer fires; 0: not armed */
+    /* In the server's list of connections whose presence entries are due
+     * (written together on the next tick: one wake of cnats's threads for
+     * many writes). */
+    struct gw_conn *pres_prev, *pres_next;
+    bool pres_queued;
 };
 
 typedef struct gw_metrics {
@@ -190,7 +207,8 @@ struct gw_server {
     sl_bus *bus;
     sl_auth *auth;
     const char *resume_secret;
-    struct lws_context *ctx;
+    struct ev_loop *loop;    /* the event loop lws runs on (libev, epoll) */
+    struct lws_context *ctx; /* NULL again once lws_context_destroy finished */
     struct lws_http_mount mounts[2];
     struct lws_protocols protocols[2];
     gw_bridge *bridge;
@@ -205,12 +223,13 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
+    gw_conn *pres_due; /* connections whose presence refresh is due (pres_next) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
-    int64_t last_presence_ms;
     int64_t last_expire_ms;
     volatile int *stop;
     int64_t drain_started_ms;
+    int64_t closing_since_ms; /* the drain ended: 1001 closes on their way */
     _Atomic int draining;
     _Atomic int running;
     gw_metrics m;
@@ -413,13 +432,23 @@ static void positions_flush(gw_server *s, gw_conn *c)
         kv_submit(s, false, key, val);
 }
 
+static void conn_timer_arm(gw_server *s, gw_conn *c);
+
+/* Marks c's positions for the next flush, which its timer does. */
+static void positions_dirty(gw_conn *c)
+{
+    c->acked_dirty = true;
+    if (c->srv != NULL)
+        conn_timer_arm(c->srv, c);
+}
+
 static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
 {
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             if (!only_if_absent && seq > c->acked[i].seq) {
                 c->acked[i].seq = seq;
-                c->acked_dirty = true;
+                positions_dirty(c);
             }
             return;
         }
@@ -442,7 +471,7 @@ static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_abse
     snprintf(c->acked[c->nacked].ch, GW_CH_MAX, "%s", ch);
     c->acked[c->nacked].seq = seq;
     c->nacked++;
-    c->acked_dirty = true;
+    positions_dirty(c);
 }
 
 static void acked_remove(gw_conn *c, const char *ch)
@@ -450,7 +479,7 @@ static void acked_remove(gw_conn *c, const char *ch)
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             c->acked[i] = c->acked[--c->nacked];
-            c->acked_dirty = true;
+            positions_dirty(c);
             return;
         }
     }
@@ -2646,9 +2675,62 @@ static void start_drain(gw_server *s)
     }
 }
 
-static void refresh_presence(gw_server *s)
+/* When c's timer must fire next (monotonic ms). */
+static int64_t conn_next_due(gw_server *s, const gw_conn *c, int64_t now)
 {
-    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
+    int64_t due = c->last_ping_ms + s->cfg->heartbeat_ms;
+    int64_t silent = c->last_rx_ms + s->cfg->heartbeat_ms * 5 / 2 + 1;
+
+    if (silent < due)
+        due = silent;
+    if (c->state == CONN_AWAIT_HELLO && c->opened_ms + s->cfg->hello_timeout_ms + 1 < due)
+        due = c->opened_ms + s->cfg->hello_timeout_ms + 1;
+    if (c->sends != NULL && c->sends->deadline_ms + 1 < due)
+        due = c->sends->deadline_ms + 1;
+    if (c->acked_dirty && now + POSITIONS_FLUSH_MS < due)
+        due = now + POSITIONS_FLUSH_MS;
+    /* On a grid, so the deadlines of many connections fire in one wake of
+     * the loop (and their writes go out together), as the old 250 ms tick
+     * did. */
+    return (due + CONN_TIMER_SLACK_MS - 1) / CONN_TIMER_SLACK_MS * CONN_TIMER_SLACK_MS;
+}
+
+/* (Re)arms c's timer when its next deadline is earlier than the armed one
+ * (or none is armed). Cheap to call after anything that may add one. */
+static void conn_timer_arm(gw_server *s, gw_conn *c)
+{
+    int64_t now = now_ms();
+    int64_t due = conn_next_due(s, c, now);
+
+    if (c->timer_due_ms != 0 && c->timer_due_ms <= due && ev_is_active(&c->timer))
+        return;
+    ev_timer_stop(s->loop, &c->timer);
+    ev_timer_set(&c->timer, due > now ? (double)(due - now) / 1000.0 : 0.001, 0.0);
+    ev_timer_start(s->loop, &c->timer);
+    c->timer_due_ms = due;
+}
+
+static void presence_unqueue(gw_server *s, gw_conn *c)
+{
+    if (!c->pres_queued)
+        return;
+    if (c->pres_prev != NULL)
+        c->pres_prev->pres_next = c->pres_next;
+    else
+        s->pres_due = c->pres_next;
+    if (c->pres_next != NULL)
+        c->pres_next->pres_prev = c->pres_prev;
+    c->pres_prev = c->pres_next = NULL;
+    c->pres_queued = false;
+}
+
+/* Refreshes the presence entries of the connections queued since the last
+ * tick. */
+static void presence_refresh_due(gw_server *s)
+{
+    while (s->pres_due != NULL) {
+        gw_conn *c = s->pres_due;
+        presence_unqueue(s, c);
         for (gw_member *m = c->members; m != NULL; m = m->next) {
             if (m->chan->is_room)
                 presence_put(s, c, m->chan->name, true);
@@ -2656,54 +2738,84 @@ static void refresh_presence(gw_server *s)
     }
 }
 
+/* One connection's deadlines. Its room presence entries are refreshed
+ * with its pings, so the refreshes of a gateway are spread over the
+ * heartbeat interval as the connections' pings are (see ESTABLISHED), and
+ * written in small batches by on_tick. */
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    gw_conn *c = lws_container_of(w, gw_conn, timer);
+    gw_server *s = c->srv;
+    int64_t now = now_ms();
+
+    (void)loop;
+    (void)revents;
+    c->timer_due_ms = 0;
+    if (c->close_code != 0)
+        return; /* closing: CLOSED stops the timer */
+    if (c->state == CONN_AWAIT_HELLO && now - c->opened_ms > s->cfg->hello_timeout_ms) {
+        conn_error(s, c, "unauthorized", "no hello in time", NULL);
+        conn_close(c, 4401, "no hello", true);
+        return;
+    }
+    if (now - c->last_rx_ms > s->cfg->heartbeat_ms * 5 / 2) {
+        conn_close(c, 4408, "heartbeat timeout", false);
+        return;
+    }
+    if (now - c->last_ping_ms >= s->cfg->heartbeat_ms) {
+        c->last_ping_ms = now;
+        c->ping_due = true;
+        lws_callback_on_writable(c->wsi);
+        if (c->members != NULL && !c->pres_queued) {
+            c->pres_queued = true;
+            c->pres_prev = NULL;
+            c->pres_next = s->pres_due;
+            if (s->pres_due != NULL)
+                s->pres_due->pres_prev = c;
+            s->pres_due = c;
+        }
+    }
+    while (c->sends != NULL && c->sends->deadline_ms < now) {
+        pending_send *p = c->sends;
+        c->sends = p->next;
+        c->nsends--;
+        conn_busy(s, c, p->id, "overloaded", 1000);
+        free(p);
+    }
+    if (c->acked_dirty)
+        positions_flush(s, c);
+    conn_timer_arm(s, c);
+}
+
+/* The gateway's own clock: signals, channel expiry, the drain. It visits no
+ * connection (conn_timer_cb does their deadlines). */
 static void on_tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *s = lws_container_of(sul, gw_server, tick);
     int64_t now = now_ms();
-    int64_t silent_max = s->cfg->heartbeat_ms * 5 / 2;
 
     if (*s->stop && !atomic_load(&s->draining))
         start_drain(s);
-    for (gw_conn *c = s->all; c != NULL; c = c->all_next) {
-        if (c->close_code != 0)
-            continue;
-        if (c->state == CONN_AWAIT_HELLO && now - c->opened_ms > s->cfg->hello_timeout_ms) {
-            conn_error(s, c, "unauthorized", "no hello in time", NULL);
-            conn_close(c, 4401, "no hello", true);
-            continue;
-        }
-        if (now - c->last_rx_ms > silent_max) {
-            conn_close(c, 4408, "heartbeat timeout", false);
-            continue;
-        }
-        if (now - c->last_ping_ms >= s->cfg->heartbeat_ms) {
-            c->last_ping_ms = now;
-            c->ping_due = true;
-            lws_callback_on_writable(c->wsi);
-        }
-        while (c->sends != NULL && c->sends->deadline_ms < now) {
-            pending_send *p = c->sends;
-            c->sends = p->next;
-            c->nsends--;
-            conn_busy(s, c, p->id, "overloaded", 1000);
-            free(p);
-        }
-        if (c->acked_dirty)
-            positions_flush(s, c);
-    }
-    if (now - s->last_presence_ms >= s->cfg->heartbeat_ms) {
-        s->last_presence_ms = now;
-        refresh_presence(s);
-    }
+    presence_refresh_due(s);
     if (now - s->last_expire_ms >= 1000) {
         s->last_expire_ms = now;
         chans_expire(s);
     }
-    if (atomic_load(&s->draining) &&
-        (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms)) {
+    if (atomic_load(&s->running) && atomic_load(&s->draining) &&
+        (s->nconns == 0 || now - s->drain_started_ms >= s->cfg->drain_grace_ms || *s->stop > 1)) {
         for (gw_conn *c = s->all; c != NULL; c = c->all_next)
             conn_close(c, 1001, "gateway shutting down", false);
         atomic_store(&s->running, 0);
+        s->closing_since_ms = now;
+    }
+    if (!atomic_load(&s->running)) {
+        /* Let the 1001 closes reach the clients, briefly. */
+        if (s->nconns == 0 || now - s->closing_since_ms > 2000 || *s->stop > 1) {
+            ev_break(s->loop, EVBREAK_ALL);
+            return;
+        }
+        lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 20 * LWS_US_PER_MS);
+        return;
     }
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
 }
@@ -2789,7 +2901,17 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         int64_t now = now_ms();
         memset(c, 0, sizeof(*c));
         c->wsi = wsi;
-        c->opened_ms = c->last_rx_ms = c->last_ping_ms = now;
+        c->srv = s;
+        c->opened_ms = c->last_rx_ms = now;
+        {
+            /* The first ping (and presence refresh) comes after a random
+             * half to whole heartbeat, so connections opened together
+             * (a reconnect storm) do not keep pinging together. */
+            uint32_t r;
+            sl_random_bytes(&r, sizeof(r));
+            c->last_ping_ms = now - (int64_t)(r % (uint32_t)(s->cfg->heartbeat_ms / 2 + 1));
+        }
+        ev_init(&c->timer, conn_timer_cb);
         gw_bucket_init(&c->bucket, (double)s->cfg->rate, (double)s->cfg->burst, now);
         c->all_next = s->all;
         if (s->all != NULL)
@@ -2804,10 +2926,12 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             sl_counter_inc(s->m.handshake_refusals);
             conn_close(c, 1013, "overloaded, retry with backoff", false);
         }
+        conn_timer_arm(s, c);
         break;
     }
     case LWS_CALLBACK_RECEIVE:
         on_receive(s, c, in, len);
+        conn_timer_arm(s, c); /* a send's ack deadline, a position to flush */
         break;
     case LWS_CALLBACK_RECEIVE_PONG:
         c->last_rx_ms = now_ms();
@@ -2816,6 +2940,9 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return on_writeable(s, c);
     case LWS_CALLBACK_CLOSED:
         conn_free(s, c);
+        /* After conn_free, which may arm the timer (a position change). */
+        ev_timer_stop(s->loop, &c->timer);
+        presence_unqueue(s, c);
         break;
     default:
         break;
@@ -2963,11 +3090,19 @@ static void metrics_init(gw_metrics *m)
         sl_hist_get("sluice_gw_delivery_latency_seconds", NULL, "event time to socket write");
 }
 
+/* No lws idle policy: the gateway pings and cuts silent clients itself
+ * (conn_timer_cb). lws 4.1.6 would otherwise re-arm a 5-minute validity
+ * timer on every frame received, an insertion into its sorted timer list
+ * that walks every connection's entry. */
+static const lws_retry_bo_t no_idle_policy = {.secs_since_valid_ping = 0,
+                                              .secs_since_valid_hangup = 0};
+
 sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, char *err,
                            size_t errlen)
 {
     gw_server *s = calloc(1, sizeof(*s));
     struct lws_context_creation_info info;
+    void *foreign_loops[1];
     jsOptions jo;
     char host[256];
     int port;
@@ -2983,6 +3118,15 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
                    now_ms());
     if ((st = sl_auth_create(&s->auth, cfg->jwt_secret, cfg->jwt_public_key, err, errlen)) != SL_OK)
         goto cleanup;
+    /* lws on a libev loop (Debian's libwebsockets-evlib-ev plugin): epoll
+     * costs what the ready sockets cost, where lws's own poll() loop scans
+     * every open one on each wake. */
+    s->loop = ev_loop_new(EVBACKEND_EPOLL);
+    if (s->loop == NULL) {
+        snprintf(err, errlen, "gateway init: cannot create the epoll event loop");
+        st = SL_ERR_INTERNAL;
+        goto cleanup;
+    }
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
         (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
@@ -3027,7 +3171,11 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     info.protocols = s->protocols;
     info.mounts = &s->mounts[0];
     info.user = s;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_LIBEV;
+    info.foreign_loops = foreign_loops;
+    foreign_loops[0] = s->loop;
+    info.pcontext = &s->ctx; /* lws clears it when its destroy is complete */
+    info.retry_and_idle_policy = &no_idle_policy;
     info.timeout_secs = 10;
     if (cfg->tls_cert != NULL) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
@@ -3037,7 +3185,9 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     lws_set_log_level(LLL_ERR, NULL);
     s->ctx = lws_create_context(&info);
     if (s->ctx == NULL) {
-        snprintf(err, errlen, "SLUICE_LISTEN %s: cannot listen (in use, or bad TLS files?)",
+        snprintf(err, errlen,
+                 "SLUICE_LISTEN %s: cannot listen (in use, bad TLS files, or the libev plugin "
+                 "libwebsockets-evlib-ev is not installed?)",
                  cfg->listen);
         st = SL_ERR_IO;
         goto cleanup;
@@ -3052,23 +3202,13 @@ cleanup:
 
 sl_status gw_server_run(gw_server *s, volatile int *stop)
 {
-    int64_t closing_since = 0;
-
     s->stop = stop;
     atomic_store(&s->running, 1);
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, 250 * LWS_US_PER_MS);
     sl_info("gateway listening on %s (%s)", s->cfg->listen, s->cfg->tls_cert ? "wss" : "ws");
-    for (;;) {
-        if (lws_service(s->ctx, 0) < 0)
-            break;
-        if (!atomic_load(&s->running)) {
-            /* Let the 1001 closes reach the clients, briefly. */
-            if (closing_since == 0)
-                closing_since = now_ms();
-            if (s->nconns == 0 || now_ms() - closing_since > 2000 || *stop > 1)
-                break;
-        }
-    }
+    /* Signal handlers only set *stop; on_tick sees it within a tick, drains,
+     * and breaks the loop once the 1001 closes are out. */
+    ev_run(s->loop, 0);
     lws_sul_cancel(&s->tick);
     return SL_OK;
 }
@@ -3090,6 +3230,80 @@ bool gw_server_ready(gw_server *s, char *why, size_t whylen)
     return true;
 }
 
+/* Counts the channel subscriptions whose message handler may still run. */
+typedef struct quiesce {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int left;
+} quiesce;
+
+/* cnats thread: the subscription's handler has returned for good. */
+static void sub_done_cb(void *closure)
+{
+    quiesce *q = closure;
+
+    pthread_mutex_lock(&q->mu);
+    q->left--;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void unsubscribe_chan_cb(const char *key, void *val, void *ud)
+{
+    gw_chan *ch = val;
+    quiesce *q = ud;
+
+    (void)key;
+    /* Fails on a subscription cnats already closed (its handler is done). */
+    if (ch->sub == NULL || natsSubscription_SetOnCompleteCB(ch->sub, sub_done_cb, q) != NATS_OK)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->left++;
+    pthread_mutex_unlock(&q->mu);
+    natsSubscription_Unsubscribe(ch->sub);
+}
+
+/* Stops every cnats callback that carries s (on_live_cb, on_pub_ack_cb) and
+ * waits until none runs. False when they did not stop in time: then s must
+ * not be freed (q, which cnats may still signal, is leaked with it). */
+static bool cnats_quiesce(gw_server *s)
+{
+    quiesce *q = calloc(1, sizeof(*q));
+    struct timespec until;
+    bool done;
+
+    if (q == NULL)
+        return false;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    if (s->chans != NULL)
+        gw_map_each(s->chans, unsubscribe_chan_cb, q);
+    if (s->js_in != NULL) {
+        /* No client sends any more: the acks still due come (or time out,
+         * which cnats also reports through the handler) and end here. */
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = s->cfg->publish_timeout_ms + 5000;
+        if (js_PublishAsyncComplete(s->js_in, &po) != NATS_OK)
+            sl_warn("shutdown: publish acks still pending");
+    }
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&q->mu);
+    while (q->left > 0 && pthread_cond_timedwait(&q->cv, &q->mu, &until) == 0)
+        ;
+    done = q->left <= 0;
+    pthread_mutex_unlock(&q->mu);
+    if (!done) {
+        sl_error("shutdown: live subscriptions did not stop; leaking the server");
+        return false;
+    }
+    pthread_cond_destroy(&q->cv);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+    return true;
+}
+
 static void free_chan_cb(const char *key, void *val, void *ud)
 {
     (void)key;
@@ -3105,15 +3319,30 @@ void gw_server_destroy(gw_server *s)
     if (s->ctx != NULL) {
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */
+        /* On a foreign loop lws may finish its destroy on the loop. */
+        for (int i = 0; s->ctx != NULL && i < 1000; i++)
+            ev_run(s->loop, EVRUN_NOWAIT);
+        if (s->ctx != NULL)
+            sl_warn("libwebsockets did not finish its shutdown");
     }
-    gw_io_destroy(s->io); /* finishes queued KV writes */
-    if (s->bridge != NULL)
-        gw_bridge_run(s->bridge); /* results now find no connection */
+    if (s->loop != NULL)
+        ev_loop_destroy(s->loop);
+    /* In order: nothing may use what is freed. cnats threads post to the
+     * bridge and submit to the io pool (on_live_cb, on_pub_ack_cb): stop
+     * them first. Then the io threads finish their queue (stream and
+     * session reads), posting results to the bridge. Those results are for
+     * connections that are gone, and running them could start more io
+     * (a failed read retries): the bridge frees them unrun. */
+    if (!cnats_quiesce(s))
+        return;
+    gw_io_destroy(s->io);
+    s->io = NULL;
+    gw_bridge_destroy(s->bridge);
+    s->bridge = NULL;
     if (s->chans != NULL)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);
     gw_map_destroy(s->sessions);
-    gw_bridge_destroy(s->bridge);
     kvStore_Destroy(s->kv_sessions);
     kvStore_Destroy(s->kv_presence);
     jsCtx_Destroy(s->js_in);

@@ -1,6 +1,7 @@
-/* The gateway: one libwebsockets service loop that owns every client
- * connection, with cnats callbacks and blocking NATS work handed to and from
- * it through gw_bridge. Implements shared/PROTOCOL.md. */
+/* The gateway: one event loop (libev on epoll, with libwebsockets serving
+ * the sockets on it) that owns every client connection, with cnats
+ * callbacks and blocking NATS work handed to and from it through gw_bridge.
+ * Implements shared/PROTOCOL.md. */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
@@ -61,7 +62,12 @@ sl_status gw_server_run(gw_server *s, volatile int *stop);
 /* True while serving and not draining; thread-safe (for /readyz). */
 bool gw_server_ready(gw_server *s, char *why, size_t whylen);
 
-/* Frees everything; NULL-safe. */
+/* Closes the connections and frees everything, in an order where nothing
+ * is used after it is freed: it first stops cnats calling back into the
+ * server (unsubscribes, then waits for outstanding publish acks, up to
+ * SLUICE_PUBLISH_TIMEOUT_MS + 5 s, and for running handlers), then drains
+ * the io threads, then frees the bridge's queued tasks unrun. Call it
+ * before the bus is destroyed. NULL-safe. */
 void gw_server_destroy(gw_server *s);
 
 #endif

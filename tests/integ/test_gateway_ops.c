@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -125,6 +126,104 @@ START_TEST(test_drain_on_sigterm)
 }
 END_TEST
 
+/* ---- shutdown under load ---- */
+
+/* SIGTERM (_i == 1) or SIGTERM twice, an impatient operator (_i == 2), to
+ * a gateway under load while NATS is paused: client sends have their
+ * publish acks in flight, room events arrive on live subscriptions, and
+ * stream reads (the heads of rooms just joined) sit on the io thread until
+ * they time out. Those reads fail during the shutdown and their results
+ * would retry on the io pool, and the acks resume when NATS does: the
+ * gateway must stop the cnats callbacks, then the io pool, then drop the
+ * bridge's tasks, so nothing touches what was freed. It exits 0 with no
+ * sanitizer report (run it in the SANITIZE=1 build). */
+START_TEST(test_sigterm_under_load_exits_clean)
+{
+    static const char *const gw_env[] = {"SLUICE_DRAIN_GRACE_MS=0", "SLUICE_RATE=100000",
+                                         "SLUICE_BURST=100000", "SLUICE_GW_IO_THREADS=1", NULL};
+    enum { NCLIENTS = 6, NSENDS = 200, NJOINS = 8 };
+    fx f;
+    fx_opts o = {.gateways = 1, .gw_env = gw_env};
+    hx_sl_client *c[NCLIENTS];
+    hx_proc *gw0, *nats;
+    int status = 0;
+    char sb[64];
+
+    fx_start(&f, &o);
+    for (int i = 0; i < NCLIENTS; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "user%d", i);
+        c[i] = fx_client(&f, 0, "acme", user);
+        cJSON_Delete(hx_sl_join(c[i], "load", T));
+    }
+    for (int i = 0; i < NCLIENTS; i++) {
+        char id[32];
+        cJSON *a;
+        snprintf(id, sizeof(id), "c%d-first", i);
+        a = hx_sl_send_wait(c[i], id, "load", "warm up", T);
+        HX_ASSERT_MSG(f.s, a != NULL && fx__is_type(a, "accepted"), "warm up: %s",
+                      a ? cJSON_PrintUnformatted(a) : hx_error());
+        cJSON_Delete(a);
+    }
+    /* A flood into the room everyone is in (each send fanned out to all),
+     * with history reads. */
+    for (int k = 0; k < NSENDS; k++) {
+        for (int i = 0; i < NCLIENTS; i++) {
+            char id[32];
+            snprintf(id, sizeof(id), "c%d-%d", i, k);
+            HX_OK(f.s, hx_sl_send(c[i], id, "load", "under load", NULL));
+            if (k % 50 == 0)
+                HX_OK(f.s,
+                      hx_ws_send_text(hx_sl_ws(c[i]),
+                                      "{\"type\":\"history\",\"ch\":\"r:load\",\"limit\":50}"));
+        }
+    }
+    /* The last sends are answered: the gateway has read everything sent. */
+    for (int i = 0; i < NCLIENTS; i++) {
+        char pattern[96];
+        cJSON *a;
+        snprintf(pattern, sizeof(pattern), "{\"id\":\"c%d-%d\"}", i, NSENDS - 1);
+        a = hx_ws_expect(hx_sl_ws(c[i]), pattern, T);
+        HX_ASSERT_MSG(f.s, a != NULL, "client %d: %s", i, hx_error());
+        cJSON_Delete(a);
+    }
+    /* NATS pauses with more sends on their way and rooms being joined. */
+    nats = hx_nats_proc(hx_stack_nats(f.s), 0);
+    HX_ASSERT(f.s, kill(hx_proc_pid(nats), SIGSTOP) == 0);
+    for (int i = 0; i < NCLIENTS; i++) {
+        for (int k = 0; k < 20; k++) {
+            char id[32];
+            snprintf(id, sizeof(id), "c%d-late-%d", i, k);
+            HX_OK(f.s, hx_sl_send(c[i], id, "load", "while paused", NULL));
+        }
+        for (int r = 0; r < NJOINS; r++)
+            HX_OK(f.s, hx_ws_sendf(hx_sl_ws(c[i]), "{\"type\":\"join\",\"room\":\"new%d\"}", r));
+    }
+    /* The joins are read: the gateway answers a ping after them. */
+    for (int i = 0; i < NCLIENTS; i++)
+        fx_ping(&f, hx_sl_ws(c[i]));
+    HX_OK(f.s, hx_stack_kill(f.s, HX_GATEWAY, 0, SIGTERM));
+    if (_i == 2)
+        HX_OK(f.s, hx_stack_kill(f.s, HX_GATEWAY, 0, SIGTERM));
+    gw0 = hx_stack_proc(f.s, HX_GATEWAY, 0);
+    /* NATS comes back while the gateway shuts down (it waits for its reads
+     * to time out first): the acks and events flow again. */
+    {
+        sl_status st = hx_proc_wait(gw0, 8000, &status);
+        kill(hx_proc_pid(nats), SIGCONT);
+        if (st != SL_OK)
+            st = hx_proc_wait(gw0, 30000, &status);
+        HX_ASSERT_MSG(f.s, st == SL_OK, "the gateway did not exit after SIGTERM under load");
+    }
+    HX_ASSERT_MSG(f.s, WIFEXITED(status) && WEXITSTATUS(status) == 0, "gateway: %s after SIGTERM",
+                  hx_proc_status_str(status, sb, sizeof(sb)));
+    HX_ASSERT(f.s, hx_stack_sanitizer_clean(f.s));
+    for (int i = 0; i < NCLIENTS; i++)
+        hx_sl_destroy(c[i]);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- heartbeats ---- */
 
 START_TEST(test_silent_client_closed_4408_answering_client_kept)
@@ -160,6 +259,66 @@ START_TEST(test_silent_client_closed_4408_answering_client_kept)
     fx_ping(&f, alive);
     hx_ws_destroy(quiet);
     hx_ws_destroy(alive);
+    fx_stop(&f);
+}
+END_TEST
+
+/* The presence entry of a joined, idle client is rewritten about once a
+ * heartbeat (with its pings, spread over the interval), so it outlives the
+ * bucket's TTL while the client is connected. */
+static uint64_t presence_revision(fx *f, const char *key)
+{
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    uint64_t rev = 0;
+
+    if (js_KeyValue(&kv, f->js, SL_KV_PRESENCE) != NATS_OK)
+        return 0;
+    if (kvStore_Get(&e, kv, key) == NATS_OK && e != NULL)
+        rev = kvEntry_Revision(e);
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    return rev;
+}
+
+START_TEST(test_presence_refreshed_with_heartbeats)
+{
+    static const char *const gw_env[] = {"SLUICE_HEARTBEAT_MS=400", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .gw_env = gw_env};
+    hx_sl_client *c;
+    char key[160];
+    uint64_t first = 0, last = 0;
+    int rewrites = 0;
+    int64_t deadline;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "idler");
+    cJSON_Delete(hx_sl_join(c, "lobby", T));
+    snprintf(key, sizeof(key), "acme.lobby.%s", hx_sl_session(c));
+    /* Read (answering pings) while waiting for three more writes. */
+    deadline = hx_now_ms() + T;
+    while (hx_now_ms() < deadline) {
+        char *junk = NULL;
+        hx_ws_result r = hx_ws_recv(hx_sl_ws(c), 50, &junk);
+        free(junk);
+        HX_ASSERT_MSG(f.s, r == HX_WS_TIMEOUT || r == HX_WS_TEXT, "the idle client was closed (%d)",
+                      hx_ws_close_code(hx_sl_ws(c)));
+        {
+            uint64_t rev = presence_revision(&f, key);
+            if (first == 0)
+                first = rev;
+            else if (rev != last)
+                rewrites++;
+            last = rev;
+        }
+        if (rewrites >= 3)
+            break;
+    }
+    HX_ASSERT_MSG(f.s, first != 0, "no presence entry %s", key);
+    HX_ASSERT_MSG(f.s, rewrites >= 3, "presence entry %s rewritten %d times in %d ms", key,
+                  rewrites, T);
+    hx_sl_destroy(c);
     fx_stop(&f);
 }
 END_TEST
@@ -239,7 +398,8 @@ static void tls_open(fx *f, int port, const char *ca, tls_ws *t)
     HX_ASSERT_MSG(f->s, SSL_connect(t->ssl) == 1, "TLS handshake: %s (verify: %s)", tls_err(),
                   X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
     req = hx_strf("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: "
+                  "%s\r\nSec-WebSocket-Version: 13\r\n"
                   "Sec-WebSocket-Protocol: %s\r\n\r\n",
                   HX_SL_PATH, port, key, HX_SL_SUBPROTOCOL);
     HX_ASSERT(f->s, tls_write_all(t, req, strlen(req)));
@@ -424,7 +584,9 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_drain_on_sigterm);
     tcase_add_test(tc, test_silent_client_closed_4408_answering_client_kept);
+    tcase_add_test(tc, test_presence_refreshed_with_heartbeats);
     tcase_add_test(tc, test_wss_with_tls_cert);
+    tcase_add_loop_test(tc, test_sigterm_under_load_exits_clean, 1, 3);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
