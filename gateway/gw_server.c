@@ -3304,6 +3304,13 @@ static bool cnats_quiesce(gw_server *s)
     return true;
 }
 
+static void free_value_cb(const char *key, void *val, void *ud)
+{
+    (void)key;
+    (void)ud;
+    free(val);
+}
+
 static void free_chan_cb(const char *key, void *val, void *ud)
 {
     (void)key;
@@ -3343,6 +3350,10 @@ void gw_server_destroy(gw_server *s)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);
     gw_map_destroy(s->sessions);
+    /* Counters of history reads whose results were dropped unrun above. */
+    if (s->history_tenants != NULL)
+        gw_map_each(s->history_tenants, free_value_cb, NULL);
+    gw_map_destroy(s->history_tenants);
     kvStore_Destroy(s->kv_sessions);
     kvStore_Destroy(s->kv_presence);
     jsCtx_Destroy(s->js_in);

@@ -77,7 +77,7 @@ START_TEST(test_bounds_are_inclusive_and_refuse_whole_frames)
     ck_assert(gw_outq_push(&q, b, 3, 30));
     ck_assert(gw_outq_push(&q, b, 3, 30));
     ck_assert(gw_outq_push(&q, b, 3, 30));
-    ck_assert(!gw_outq_push(&q, b, 4, 30)); /* bytes: 40 > 30 */
+    ck_assert(!gw_outq_push(&q, b, 4, 30));   /* bytes: 40 > 30 */
     ck_assert(!gw_outq_push(&q, b, 3, 1000)); /* frames: 4 > 3 */
     ck_assert_uint_eq(q.frames, 3);
     ck_assert_uint_eq(q.bytes, 30);
