@@ -177,7 +177,7 @@ static char *check_event(const Sluice__Envelope *e)
     CHECK(num_eq(jnum(o, "seq"), (double)seq));
     check_body(o, e);
 
-    hist = gw_frame_history(ch, &text, 1);
+    hist = gw_frame_history(ch, &text, 1, false, 0, NULL);
     CHECK(hist != NULL);
     h = cJSON_Parse(hist);
     free(hist);

@@ -200,7 +200,7 @@ static void check_send_event(const gw_cmd *c, bool utf8)
 
     text = gw_frame_event(&e, ch, 97);
     CHECK(text != NULL);
-    hist = gw_frame_history(ch, &text, 1);
+    hist = gw_frame_history(ch, &text, 1, false, 0, NULL);
     o = reparse(text, "event", utf8);
     CHECK(streq(jstr(o, "ch"), ch) && jnum(o, "seq") == 97);
     CHECK(streq(jstr(o, "kind"), "message"));
@@ -267,17 +267,21 @@ static void check_frames_of(const gw_cmd *c, bool utf8)
         CHECK(num_eq(jnum(o, "from"), (double)(c->seq / 2)));
         CHECK(num_eq(jnum(o, "to"), (double)c->seq));
         cJSON_Delete(o);
-        o = reparse(gw_frame_history(c->ch, NULL, 0), "history", utf8);
+        o = reparse(gw_frame_history(c->ch, NULL, 0, true, c->seq, NULL), "history", utf8);
         CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "events")) == 0);
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "more")));
+        CHECK(num_eq(jnum(o, "next_before"), (double)c->seq));
         cJSON_Delete(o);
         break;
     case GW_CMD_HISTORY: {
         char *pong = gw_frame_pong();
         const cJSON *ev;
         CHECK(pong != NULL);
-        o = reparse(gw_frame_history(c->ch, &pong, 1), "history", utf8);
+        o = reparse(gw_frame_history(c->ch, &pong, 1, false, 0, c->id), "history", utf8);
         free(pong);
         CHECK(streq(jstr(o, "ch"), c->ch));
+        CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "more")));
+        CHECK(c->id == NULL ? jstr(o, "id") == NULL : streq(jstr(o, "id"), c->id));
         ev = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "events"), 0);
         CHECK(streq(jstr(ev, "type"), "pong"));
         cJSON_Delete(o);
