@@ -2669,7 +2669,8 @@ static int on_writeable(gw_server *s, gw_conn *c)
                 sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
             gw_outq_pop(&c->q);
         }
-        if (sent >= WRITE_ROUND || lws_send_pipe_choked(c->wsi))
+        /* lws_send_pipe_choked polls the socket: only asked when more wait. */
+        if (gw_outq_peek(&c->q) == NULL || sent >= WRITE_ROUND || lws_send_pipe_choked(c->wsi))
             break;
     }
     if (gw_outq_peek(&c->q) != NULL || c->close_code != 0)
