@@ -97,3 +97,49 @@ void gw_outq_clear(gw_outq *q)
     while (q->head != NULL)
         gw_outq_pop(q);
 }
+
+size_t gw_ws_text_header(unsigned char *out, size_t len)
+{
+    out[0] = 0x81; /* FIN, text; RSV bits clear: never compressed */
+    if (len < 126) {
+        out[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len <= 0xffff) {
+        out[1] = 126;
+        out[2] = (unsigned char)(len >> 8);
+        out[3] = (unsigned char)len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+static size_t ws_frame_size(size_t len)
+{
+    return (len < 126 ? 2 : len <= 0xffff ? 4 : 10) + len;
+}
+
+size_t gw_outq_encode(const gw_outq *q, unsigned char *dst, size_t cap, size_t *nframes)
+{
+    size_t total = 0, n = 0, off = 0;
+    const gw_qnode *end = q->head;
+
+    /* First count, so that a lone frame is not copied for nothing. */
+    while (end != NULL && total + ws_frame_size(end->buf->len) <= cap) {
+        total += ws_frame_size(end->buf->len);
+        n++;
+        end = end->next;
+    }
+    *nframes = n;
+    if (n < 2)
+        return 0;
+    for (const gw_qnode *x = q->head; x != end; x = x->next) {
+        off += gw_ws_text_header(dst + off, x->buf->len);
+        memcpy(dst + off, x->buf->data + LWS_PRE, x->buf->len);
+        off += x->buf->len;
+    }
+    return off;
+}

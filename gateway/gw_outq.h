@@ -54,4 +54,21 @@ void gw_outq_pop(gw_outq *q);
 /* Empties the queue. */
 void gw_outq_clear(gw_outq *q);
 
+/* The longest RFC 6455 frame header a server writes: FIN and opcode, the
+ * 127 marker and a 64-bit length (no mask). */
+#define GW_WS_HDR_MAX 10
+
+/* Writes the header of an unmasked, final text frame of len payload bytes
+ * into out (GW_WS_HDR_MAX bytes of room) and returns its length: 2 bytes up
+ * to 125, 4 up to 65535, else 10. */
+size_t gw_ws_text_header(unsigned char *out, size_t len);
+
+/* Encodes the oldest frames of q, whole and in order, each as header and
+ * payload (gw_ws_text_header), into dst while they fit in cap bytes; the
+ * queue is unchanged (pop *nframes frames once they are written). Returns
+ * the bytes encoded and sets *nframes. Encodes nothing and returns 0 with
+ * *nframes 0 or 1 when fewer than two frames fit: one frame is better sent
+ * from its own buffer than copied. */
+size_t gw_outq_encode(const gw_outq *q, unsigned char *dst, size_t cap, size_t *nframes);
+
 #endif

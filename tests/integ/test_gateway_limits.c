@@ -283,6 +283,179 @@ START_TEST(test_slow_consumer_cut_4429_others_unaffected)
 }
 END_TEST
 
+/* ---- batched writes ---- */
+
+#define BURST_SWEEP 8  /* frame lengths bound-SWEEP .. bound+SWEEP-1 around each bound */
+#define BURST_SMALL 12 /* short events after each large one */
+/* Large events first, more than the kernel buffers (tcp_wmem's 4 MiB at
+ * most) for a client that does not read: the rest stays in the queue. */
+#define BURST_FILL 80
+#define BURST_MSGS (BURST_FILL + 2 * BURST_SWEEP * (BURST_SMALL + 1))
+
+/* The next data message on ws, parsed, which must be a text frame; sets
+ * *len to its (unfragmented: every gateway frame has FIN) length. */
+static cJSON *recv_frame(fx *f, hx_ws *ws, size_t *len)
+{
+    char *data = NULL;
+    hx_ws_result r = hx_ws_recv_msg(ws, T, &data, len);
+    cJSON *e;
+
+    HX_ASSERT_MSG(f->s, r == HX_WS_TEXT, "result %d (%s), close %d", r, hx_error(),
+                  hx_ws_close_code(ws));
+    e = cJSON_Parse(data);
+    HX_ASSERT_MSG(f->s, e != NULL, "not JSON: %.200s", data);
+    free(data);
+    return e;
+}
+
+/* Reads frames on ws until one of the given type and id; returns its
+ * length. Others (presence events) are skipped. */
+static size_t probe_len(fx *f, hx_ws *ws, const char *type, const char *id)
+{
+    for (;;) {
+        size_t len;
+        cJSON *e = recv_frame(f, ws, &len);
+        const char *got = hx_json_str(e, "id");
+        bool hit = fx__is_type(e, type) && got != NULL && strcmp(got, id) == 0;
+        cJSON_Delete(e);
+        if (hit)
+            return len;
+    }
+}
+
+/* A client that lags (4 KiB receive buffer, not reading) while a burst of
+ * frames of every header size is queued for it, then reads: every frame
+ * arrives whole, in order, with its exact content, and the gateway wrote the
+ * backlog several frames per write (sluice_gw_writes_total grows less than
+ * sluice_gw_frames_out_total). Lengths are steered, from probes, across the
+ * 2/4/10-byte header boundaries: events of 65531..65540 bytes (some larger
+ * than a 64 KiB batch) with short events after each, then the client's own
+ * error answers of 121..130 bytes, each followed by a 15-byte pong. The
+ * harness's reader parses frames strictly (RSV, mask, length). */
+START_TEST(test_burst_to_lagging_reader_whole_in_order_and_batched)
+{
+    static const char *const env[] = {"SLUICE_OUTQ_MAX_FRAMES=100000",
+                                      "SLUICE_OUTQ_MAX_BYTES=67108864", NULL};
+    fx f;
+    hx_sl_client *fast;
+    hx_ws *lag;
+    cJSON *welcome = NULL, *j, *e;
+    size_t ev_over, err_over, *lens = calloc(BURST_MSGS, sizeof(size_t)), nmsg = 0;
+    char ids[2 * BURST_SWEEP][SL_ID_MAX + 1];
+    bool seen[4] = {false, false, false, false}; /* 125, 126, 65535, 65536 */
+    double w0, f0, w1, f1;
+    int nfast = 0;
+    size_t nev = 0, nerr = 0, npong = 0;
+    char *probe = filler(40);
+
+    start_gw(&f, env, NULL);
+    lag = slow_connect(&f, NULL, &welcome);
+    fast = fx_client(&f, 0, "acme", "fast");
+    HX_OK(f.s, hx_ws_send_text(lag, "{\"type\":\"join\",\"room\":\"burst\"}"));
+    j = hx_ws_expect_type(lag, "joined", T);
+    HX_ASSERT(f.s, j != NULL);
+    cJSON_Delete(j);
+    cJSON_Delete(hx_sl_join(fast, "burst", T));
+
+    /* Probes: a frame's length minus its variable part is its envelope. */
+    fx_publish_room_msg(&f, "acme", "burst", "writer", "p-0000", probe);
+    fx_publish_flush(&f);
+    ev_over = probe_len(&f, lag, "event", "p-0000") - strlen(probe);
+    HX_OK(f.s, hx_ws_send_text(lag, "{\"type\":\"send\",\"id\":\"p\"}"));
+    err_over = probe_len(&f, lag, "error", "p") - 1;
+    fprintf(stderr, "burst: envelopes: event %zu, error %zu bytes\n", ev_over, err_over);
+    HX_ASSERT(f.s, err_over + 2 * BURST_SWEEP < 126 && 126 < err_over + SL_ID_MAX - BURST_SWEEP);
+
+    ck_assert_ptr_nonnull(lens);
+    for (size_t k = 0; k < BURST_FILL; k++)
+        lens[nmsg++] = 65000;
+    for (size_t k = 0; k < 2 * BURST_SWEEP; k++) {
+        lens[nmsg++] = 65536 - BURST_SWEEP + k - ev_over;
+        for (size_t t = 0; t < BURST_SMALL; t++)
+            lens[nmsg++] = (k * BURST_SMALL + t) % 20; /* 0..19 characters */
+    }
+    for (size_t i = 0; i < nmsg; i++) {
+        char id[16], *text = filler(lens[i]);
+        snprintf(id, sizeof(id), "f-%04zu", i); /* fixed width: a constant envelope */
+        fx_publish_room_msg(&f, "acme", "burst", "writer", id, text);
+        free(text);
+    }
+    fx_publish_flush(&f);
+    /* Once the reading member has all of them, every one was queued for the
+     * lagging member too (one fan-out): most wait in its queue. */
+    read_flood(&f, fast, &nfast, (int)nmsg, "fast");
+    w0 = fx_metric(&f, 0, "sluice_gw_writes_total");
+    f0 = fx_metric(&f, 0, "sluice_gw_frames_out_total");
+    HX_ASSERT_MSG(f.s, w0 >= 0 && f0 >= 0, "metrics missing: writes %g, frames %g", w0, f0);
+    /* Short answers queue behind the events. */
+    for (size_t k = 0; k < 2 * BURST_SWEEP; k++) {
+        size_t n = 126 - BURST_SWEEP + k - err_over;
+        char *frame;
+        snprintf(ids[k], sizeof(ids[k]), "e%zu-", k);
+        memset(ids[k] + strlen(ids[k]), 'x', n - strlen(ids[k]));
+        ids[k][n] = '\0';
+        frame = hx_strf("{\"type\":\"send\",\"id\":\"%s\"}", ids[k]);
+        HX_OK(f.s, hx_ws_send_text(lag, frame));
+        HX_OK(f.s, hx_ws_send_text(lag, "{\"type\":\"ping\"}"));
+        free(frame);
+    }
+
+    while (nev < nmsg || nerr < 2 * BURST_SWEEP || npong < 2 * BURST_SWEEP) {
+        size_t flen;
+        const char *id, *kind;
+
+        e = recv_frame(&f, lag, &flen);
+        id = hx_json_str(e, "id");
+        kind = hx_json_str(e, "kind");
+        if (fx__is_type(e, "event") && kind != NULL && strcmp(kind, "message") == 0) {
+            char want[16], *text = filler(lens[nev]);
+            const char *got = hx_json_str(e, "text");
+            snprintf(want, sizeof(want), "f-%04zu", nev);
+            HX_ASSERT_MSG(f.s, id != NULL && strcmp(id, want) == 0, "event %s, wanted %s",
+                          id ? id : "(none)", want);
+            HX_ASSERT_MSG(f.s, got != NULL && strcmp(got, text) == 0,
+                          "%s: text of %zu characters differs (frame of %zu bytes)", want,
+                          lens[nev], flen);
+            free(text);
+            nev++;
+            seen[2] |= flen == 65535;
+            seen[3] |= flen == 65536;
+        } else if (fx__is_type(e, "error")) {
+            HX_ASSERT_MSG(f.s, nerr < 2 * BURST_SWEEP && id != NULL && strcmp(id, ids[nerr]) == 0,
+                          "error for %s, wanted %s", id ? id : "(none)",
+                          nerr < 2 * BURST_SWEEP ? ids[nerr] : "none");
+            HX_ASSERT(f.s, flen == 126 - BURST_SWEEP + nerr);
+            nerr++;
+            seen[0] |= flen == 125;
+            seen[1] |= flen == 126;
+        } else if (fx__is_type(e, "pong")) {
+            HX_ASSERT(f.s, flen == strlen("{\"type\":\"pong\"}"));
+            npong++;
+            HX_ASSERT_MSG(f.s, npong <= nerr, "pong %zu before error %zu", npong, nerr);
+        }
+        cJSON_Delete(e);
+    }
+    HX_ASSERT_MSG(f.s, seen[0] && seen[1] && seen[2] && seen[3],
+                  "frame lengths missed a header boundary: 125 %d 126 %d 65535 %d 65536 %d",
+                  seen[0], seen[1], seen[2], seen[3]);
+    w1 = fx_metric(&f, 0, "sluice_gw_writes_total");
+    f1 = fx_metric(&f, 0, "sluice_gw_frames_out_total");
+    fprintf(stderr, "burst: %zu events; after the fast reader: %g frames in %g writes\n", nmsg,
+            f1 - f0, w1 - w0);
+    HX_ASSERT_MSG(f.s, f1 - f0 >= 2 * BURST_SWEEP * (BURST_SMALL + 1),
+                  "only %g of %zu frames were left for the lagging reader", f1 - f0, nmsg);
+    HX_ASSERT_MSG(f.s, w1 - w0 < f1 - f0, "%g frames took %g writes: not batched", f1 - f0,
+                  w1 - w0);
+    free(probe);
+    free(lens);
+    cJSON_Delete(welcome);
+    hx_ws_destroy(lag);
+    hx_sl_destroy(fast);
+    fx_check_serves(&f, 0);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- memory under a flood ---- */
 
 #define RSS_FLOOD     20000
@@ -449,6 +622,7 @@ int main(void)
     tcase_set_timeout(tc, 150);
     tcase_add_test(tc, test_rate_limit_busy_without_touching_nats);
     tcase_add_test(tc, test_slow_consumer_cut_4429_others_unaffected);
+    tcase_add_test(tc, test_burst_to_lagging_reader_whole_in_order_and_batched);
     tcase_add_test(tc, test_rss_bounded_while_stopped_client_room_flooded);
     tcase_add_test(tc, test_handshake_storm_refused_1013);
     suite_add_tcase(su, tc);

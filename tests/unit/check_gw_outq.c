@@ -120,6 +120,120 @@ START_TEST(test_shared_buffer_across_queues)
 }
 END_TEST
 
+/* Parses one server frame at p (n bytes left) strictly: FIN, no RSV, text,
+ * unmasked, minimal length encoding. Returns the frame's size, sets *off and
+ * *len to its payload. */
+static size_t parse_frame(const unsigned char *p, size_t n, size_t *off, size_t *len)
+{
+    size_t h = 2;
+
+    ck_assert_uint_ge(n, 2);
+    ck_assert_uint_eq(p[0], 0x81);
+    ck_assert_uint_eq(p[1] & 0x80, 0); /* unmasked */
+    *len = p[1] & 0x7f;
+    if (*len == 126) {
+        ck_assert_uint_ge(n, 4);
+        *len = ((size_t)p[2] << 8) | p[3];
+        ck_assert_uint_ge(*len, 126);
+        h = 4;
+    } else if (*len == 127) {
+        ck_assert_uint_ge(n, 10);
+        *len = 0;
+        for (int i = 0; i < 8; i++)
+            *len = (*len << 8) | p[2 + i];
+        ck_assert_uint_gt(*len, 0xffff);
+        h = 10;
+    }
+    *off = h;
+    ck_assert_uint_ge(n, h + *len);
+    return h + *len;
+}
+
+START_TEST(test_header_lengths_at_the_boundaries)
+{
+    static const size_t lens[] = {0, 1, 125, 126, 127, 65535, 65536, 65537, 5000000};
+    unsigned char h[GW_WS_HDR_MAX];
+
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        size_t hl = gw_ws_text_header(h, lens[i]), want = lens[i] < 126     ? 2
+                                                          : lens[i] < 65536 ? 4
+                                                                            : 10;
+        unsigned char *frame = calloc(1, hl + lens[i] + 1);
+        size_t off, len;
+
+        ck_assert_uint_eq(hl, want);
+        memcpy(frame, h, hl);
+        ck_assert_uint_eq(parse_frame(frame, hl + lens[i], &off, &len), hl + lens[i]);
+        ck_assert_uint_eq(off, hl);
+        ck_assert_uint_eq(len, lens[i]);
+        free(frame);
+    }
+}
+END_TEST
+
+/* A queue of frames of boundary sizes encodes, batch by batch, into the
+ * same frames in the same order, each batch within its cap, and a lone
+ * frame is left to be written from its own buffer. */
+START_TEST(test_encode_batches_keep_boundaries_and_order)
+{
+    static const size_t lens[] = {1, 0, 125, 126, 2, 65535, 3, 65536, 124, 127, 70000, 5, 6, 300};
+    size_t nl = sizeof(lens) / sizeof(lens[0]), next = 0, cap = 64 * 1024;
+    unsigned char *dst = malloc(cap);
+    gw_outq q = {0};
+    int batches = 0, lone = 0;
+
+    for (size_t i = 0; i < nl; i++) {
+        char *t = malloc(lens[i] + 1);
+        gw_buf *b;
+        for (size_t k = 0; k < lens[i]; k++)
+            t[k] = (char)('a' + (i + k) % 26);
+        b = gw_buf_new(t, lens[i]);
+        ck_assert(gw_outq_push(&q, b, 100, 1u << 30));
+        gw_buf_unref(b);
+        free(t);
+    }
+    while (gw_outq_peek(&q) != NULL) {
+        size_t nf = 99, n = gw_outq_encode(&q, dst, cap, &nf), at = 0;
+
+        if (nf < 2) {
+            /* Not encoded: the next frame is alone (too large to share). */
+            ck_assert_uint_eq(n, 0);
+            ck_assert_uint_eq(gw_outq_peek(&q)->len, lens[next]);
+            gw_outq_pop(&q);
+            next++;
+            lone++;
+            continue;
+        }
+        ck_assert_uint_le(n, cap);
+        batches++;
+        for (size_t f = 0; f < nf; f++) {
+            size_t off, len, sz = parse_frame(dst + at, n - at, &off, &len);
+            gw_buf *b = gw_outq_peek(&q);
+
+            ck_assert_uint_eq(len, lens[next]);
+            ck_assert_mem_eq(dst + at + off, gw_buf_payload(b), len);
+            at += sz;
+            gw_outq_pop(&q);
+            next++;
+        }
+        ck_assert_uint_eq(at, n);
+        /* Greedy: the frame after the batch would not have fitted. */
+        if (gw_outq_peek(&q) != NULL) {
+            unsigned char h[GW_WS_HDR_MAX];
+            ck_assert_uint_gt(
+                n + gw_ws_text_header(h, gw_outq_peek(&q)->len) + gw_outq_peek(&q)->len, cap);
+        }
+    }
+    ck_assert_uint_eq(next, nl);
+    ck_assert_uint_eq(q.frames, 0);
+    ck_assert_uint_eq(q.bytes, 0);
+    /* 65535 (4-byte header), 65536 and 70000 cannot share a 64 KiB write. */
+    ck_assert_int_ge(lone, 3);
+    ck_assert_int_ge(batches, 2);
+    free(dst);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("gw_outq");
@@ -131,6 +245,8 @@ int main(void)
     tcase_add_test(tc, test_fifo_order);
     tcase_add_test(tc, test_bounds_are_inclusive_and_refuse_whole_frames);
     tcase_add_test(tc, test_shared_buffer_across_queues);
+    tcase_add_test(tc, test_header_lengths_at_the_boundaries);
+    tcase_add_test(tc, test_encode_batches_keep_boundaries_and_order);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
