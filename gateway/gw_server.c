@@ -31,6 +31,9 @@
  * connection may be gone by then.
  */
 
+/* Seconds a connection being closed has to take what is queued for it. */
+#define CONN_CLOSE_GRACE_S 10
+
 #define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
 #define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
 #define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
@@ -259,8 +262,14 @@ static void conn_close(gw_conn *c, int code, const char *reason, bool flush_firs
     c->close_code = code;
     c->close_now = !flush_first;
     c->close_reason = reason;
-    if (c->wsi != NULL)
+    if (c->wsi != NULL) {
         lws_callback_on_writable(c->wsi);
+        /* The close frame goes out from the next writeable callback, which
+         * never comes while lws holds part of an earlier write for a
+         * client that stopped reading (and TCP keeps such a connection
+         * forever): give it CONN_CLOSE_GRACE_S, then drop it. */
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, CONN_CLOSE_GRACE_S);
+    }
 }
 
 /* Queues a frame; a client over its bound is cut with 4429 and resumes. */
