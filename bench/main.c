@@ -50,6 +50,7 @@ static void usage(FILE *f)
             "  --aux-pid PID       helper process (broker, orchestrator, worker): CPU, repeatable\n"
             "  --no-join           sluice: sessions do not join the room (idle)\n"
             "  --room NAME         room / channel / subject                  [bench]\n"
+            "  --rooms N           sluice: spread members over rooms NAME-0..NAME-(N-1) [1]\n"
             "  --secret S          JWT HS256 secret [$SLUICE_JWT_SECRET]\n"
             "  --tenant T          tenant (noisy: quiet tenant B)            [bench]\n"
             "  --tenant-a T        noisy tenant A                            [noisy]\n"
@@ -145,6 +146,7 @@ enum {
     O_PID,
     O_AUX_PID,
     O_ROOM,
+    O_ROOMS,
     O_NOJOIN,
     O_SECRET,
     O_TENANT,
@@ -188,6 +190,7 @@ static const struct option LONGOPTS[] = {
     {"pid", required_argument, NULL, O_PID},
     {"aux-pid", required_argument, NULL, O_AUX_PID},
     {"room", required_argument, NULL, O_ROOM},
+    {"rooms", required_argument, NULL, O_ROOMS},
     {"no-join", no_argument, NULL, O_NOJOIN},
     {"secret", required_argument, NULL, O_SECRET},
     {"tenant", required_argument, NULL, O_TENANT},
@@ -328,6 +331,11 @@ int main(int argc, char **argv)
             if (!bad)
                 o.aux_pids[o.naux++] = (pid_t)u;
             break;
+        case O_ROOMS:
+            bad = parse_u32(optarg, 1, 10000, &u) != 0;
+            if (!bad)
+                o.cfg.rooms = u;
+            break;
         case O_ROOM:
             o.cfg.room = optarg;
             bad = strlen(optarg) == 0 || strlen(optarg) > 64 ||
@@ -421,6 +429,10 @@ int main(int argc, char **argv)
     if (o.scenario == NULL || o.cfg.ntargets == 0) {
         fprintf(stderr, "sluice-bench: --scenario and --url are required\n");
         usage(stderr);
+        return 2;
+    }
+    if (o.cfg.rooms > 1 && strlen(o.cfg.room) > 58) {
+        fprintf(stderr, "sluice-bench: --room must be at most 58 characters with --rooms\n");
         return 2;
     }
     if (no_join && o.cfg.proto == SB_P_SLUICE)

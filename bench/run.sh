@@ -12,7 +12,7 @@
 #
 # short: every scenario at a modest size, under 10 minutes (make bench).
 # full:  the sizes of the targets (about 20 minutes).
-# 60k:   4 gateways, 4 client processes, 60k idle connections.
+# 60k:   4 gateways, 4 client processes, 60k connections, each joins one of 100 rooms.
 # dev:   tiny sizes, a smoke test of the machinery (a minute).
 #
 # Every load is bounded: each client run has its own duration and counts and
@@ -70,7 +70,9 @@ dev)
     STORM_N=100 STORM_P=10 STORM_PUBS=1
     ;;
 60k)
-    MULTI_GW=4 MULTI_CLIENTS=4 MULTI_PER_CLIENT=15000 MULTI_HOLD=30
+    # Every connection says hello and joins one of MULTI_ROOMS rooms, then
+    # holds for MULTI_HOLD seconds with heartbeats.
+    MULTI_GW=4 MULTI_CLIENTS=4 MULTI_PER_CLIENT=15000 MULTI_HOLD=60 MULTI_ROOMS=100
     only=sluice
     ;;
 *) echo "run.sh: unknown suite $suite" >&2; exit 2 ;;
@@ -353,9 +355,10 @@ run_60k() {
     local base_rss=0 held_rss=0 p i cpids=() ready k
     for p in "${GW_PIDS[@]}"; do base_rss=$((base_rss + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done
     for ((i = 0; i < MULTI_CLIENTS; i++)); do
-        printf '%s\n' "sluice-bench --scenario idle $(gw_urls | sed 's/[0-9]\{4,5\}/PORT/g')--no-join --conns $MULTI_PER_CLIENT --src-octet $((11 + i)) --duration $MULTI_HOLD --heartbeat 10 --connect-timeout 240 --max-pending 128" >>"$work/commands.txt"
+        printf '%s\n' "sluice-bench --scenario idle $(gw_urls | sed 's/[0-9]\{4,5\}/PORT/g')--room r60k --rooms $MULTI_ROOMS --conns $MULTI_PER_CLIENT --src-octet $((11 + i)) --duration $MULTI_HOLD --heartbeat 10 --connect-timeout 240 --max-pending 128" >>"$work/commands.txt"
         # shellcheck disable=SC2046
-        timeout -k 5 $((MULTI_HOLD + 300)) "$B" --scenario idle $(gw_urls) --no-join \
+        timeout -k 5 $((MULTI_HOLD + 300)) "$B" --scenario idle $(gw_urls) \
+            --room r60k --rooms "$MULTI_ROOMS" \
             --conns "$MULTI_PER_CLIENT" --src-octet $((11 + i)) --duration "$MULTI_HOLD" \
             --heartbeat 10 --connect-timeout 240 --max-pending 128 --label "idle60k-client$i" \
             --ready-file "$work/ready$i" --out "$work/runs/idle60k-client$i.json" \

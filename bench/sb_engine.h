@@ -170,6 +170,9 @@ typedef struct sb_engine_cfg {
     uint32_t nconns;
     int src_octet; /* source addresses 127.<src_octet>.x.y */
     const char *room;
+    /* sluice: members spread over rooms <room>-0 .. <room>-(rooms-1) by
+     * connection index (0 or 1: every member in <room>). */
+    uint32_t rooms;
     const char *secret;
     const char *tenant[2]; /* by group */
     long token_ttl_s;

@@ -108,15 +108,24 @@ static char *dup_n(const uint8_t *v, size_t n)
 
 /* ---------------------------------------------------------------- Sluice */
 
+/* The room of connection c (cfg.rooms spreads members over several). */
+static const char *room_of(const sb_engine *e, const sb_conn *c, char *buf, size_t cap)
+{
+    if (e->cfg.rooms <= 1)
+        return e->cfg.room;
+    snprintf(buf, cap, "%s-%u", e->cfg.room, c->idx % e->cfg.rooms);
+    return buf;
+}
+
 static void sluice_open(sb_engine *e, sb_conn *c)
 {
     char buf[4096];
     int n;
 
     if (c->resuming && c->session && c->resume_token) {
-        char room_pos[128] = "";
+        char room_pos[128] = "", rb[80];
         if (e->cfg.room && *e->cfg.room)
-            snprintf(room_pos, sizeof(room_pos), ",\"r:%s\":%llu", e->cfg.room,
+            snprintf(room_pos, sizeof(room_pos), ",\"r:%s\":%llu", room_of(e, c, rb, sizeof(rb)),
                      (unsigned long long)c->seq_room);
         n = snprintf(buf, sizeof(buf),
                      "{\"type\":\"hello\",\"token\":\"%s\",\"resume\":{\"session\":\"%s\","
@@ -133,8 +142,9 @@ static void sluice_open(sb_engine *e, sb_conn *c)
 
 static void sluice_join(sb_engine *e, sb_conn *c)
 {
-    char buf[256];
-    int n = snprintf(buf, sizeof(buf), "{\"type\":\"join\",\"room\":\"%s\"}", e->cfg.room);
+    char buf[256], rb[80];
+    int n = snprintf(buf, sizeof(buf), "{\"type\":\"join\",\"room\":\"%s\"}",
+                     room_of(e, c, rb, sizeof(rb)));
 
     sb_engine_send(e, c, SB_WS_TEXT, buf, (size_t)n);
 }
@@ -243,13 +253,13 @@ static void sluice_data(sb_engine *e, sb_conn *c, int opcode, uint8_t *d, size_t
 
 static void sluice_publish(sb_engine *e, sb_conn *c, int64_t n, const char *text, size_t len)
 {
-    char buf[SB_FRAME_MAX / 16];
+    char buf[SB_FRAME_MAX / 16], rb[80];
     int k;
 
     if (c->role == SB_ROLE_PUB)
         k = snprintf(buf, sizeof(buf),
                      "{\"type\":\"send\",\"id\":\"m%lld\",\"room\":\"%s\",\"text\":\"%.*s\"}",
-                     (long long)n, e->cfg.room, (int)len, text);
+                     (long long)n, room_of(e, c, rb, sizeof(rb)), (int)len, text);
     else
         k = snprintf(buf, sizeof(buf), "{\"type\":\"send\",\"id\":\"m%lld\",\"text\":\"%.*s\"}",
                      (long long)n, (int)len, text);
