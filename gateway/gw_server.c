@@ -1,6 +1,7 @@
 #include "gw_server.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <ev.h>
 #include <libwebsockets.h>
 #include <pthread.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -2954,6 +2956,16 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             c->last_ping_ms = now - (int64_t)(r % (uint32_t)(s->cfg->heartbeat_ms / 2 + 1));
         }
         ev_init(&c->timer, conn_timer_cb);
+        if (s->cfg->socket_sndbuf > 0) {
+            /* Bounds what a client that stops reading pins in the kernel
+             * (autotuning grows it to megabytes), so it is cut with 4429 by
+             * the queue bound soon, and its backlog, then its close frame,
+             * reach it in time when it reads again. */
+            int sz = (int)s->cfg->socket_sndbuf;
+            lws_sockfd_type fd = lws_get_socket_fd(wsi);
+            if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)) != 0)
+                sl_debug("SO_SNDBUF %d: %s", sz, strerror(errno));
+        }
         gw_bucket_init(&c->bucket, (double)s->cfg->rate, (double)s->cfg->burst, now);
         c->all_next = s->all;
         if (s->all != NULL)
@@ -3055,6 +3067,10 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
         {"SLUICE_MAX_ROOMS", "max-rooms", SL_CFG_INT, "100",
          "rooms one connection may be in (a join past it: error too_many_rooms)", &c->max_rooms, 1,
          GW_ROOMS_LIMIT, false, false},
+        {"SLUICE_SOCKET_SNDBUF", "socket-sndbuf", SL_CFG_INT, "262144",
+         "kernel send buffer per client socket, bytes (0: the kernel's autotuning, up to "
+         "net.ipv4.tcp_wmem's max, about 4 MiB per client that stops reading)",
+         &c->socket_sndbuf, 0, 67108864, false, false},
     };
     sl_common_opts(o, &c->common, "0.0.0.0:9090");
     memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));

@@ -37,9 +37,10 @@ typedef struct gw_config {
     int64_t chan_cache;
     int64_t presence_fanout_max;
     int64_t max_rooms;
+    int64_t socket_sndbuf;
 } gw_config;
 
-#define GW_OPTS_N (SL_COMMON_OPTS_N + 23)
+#define GW_OPTS_N (SL_COMMON_OPTS_N + 24)
 
 /* Fills opts with the gateway's options writing into cfg. */
 void gw_config_opts(sl_cfg_opt *opts, gw_config *cfg);

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(nats-server libnats-dev libwebsockets-dev libwebsockets-evlib-ev libev-dev libcjson-dev libprotobuf-c-dev
       protobuf-c-compiler check libsubunit-dev libcurl4-openssl-dev libssl-dev
-      pkg-config make gcc clang curl libclang-rt-14-dev llvm-14)
+      pkg-config make gcc clang curl libclang-rt-14-dev llvm-14 iproute2)
 pkgs+=("$@")
 
 missing=()

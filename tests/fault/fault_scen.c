@@ -196,9 +196,11 @@ static void plan_slow_consumer(fx_ctx *x)
     fx_plan_base(x);
     x->stack.echo_token_delay_ms = 5;
     x->stack.tier_env[HX_GATEWAY] = gw_env;
-    /* The gateway's socket buffer takes about 2.3 MB for a client that
-     * does not read: about 4 MB of big frames per room member (and few
-     * members, to spare the machine) overflow it and then the queue. */
+    /* The gateway's socket buffer (SLUICE_SOCKET_SNDBUF, 256 KiB; the
+     * kernel's autotuning took about 2.3 MB) and the client's 2 KiB take
+     * little of the room's traffic: about 4 MB of big frames per room
+     * member (and few members, to spare the machine) overflow them and
+     * then the queue. */
     x->load.clients = x->size == FX_SOAK ? 24 : 12;
     x->load.senders = x->load.clients;
     if (x->size == FX_SOAK)

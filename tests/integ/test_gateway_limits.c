@@ -461,6 +461,45 @@ END_TEST
 #define RSS_FLOOD     20000
 #define RSS_MSG_BYTES 1000
 
+/* SLUICE_SOCKET_SNDBUF: every client socket of the gateway has that send
+ * buffer (the kernel reports twice the value set; with autotuning it would
+ * start at tcp_wmem's default and grow). Read with ss(8) from iproute2. */
+START_TEST(test_client_sockets_get_the_configured_send_buffer)
+{
+    static const char *const env[] = {"SLUICE_SOCKET_SNDBUF=200000", NULL};
+    fx f;
+    hx_sl_client *a, *b;
+    char cmd[160], line[512];
+    int seen = 0, wrong = 0;
+    FILE *p;
+
+    start_gw(&f, env, NULL);
+    a = fx_client(&f, 0, "acme", "a");
+    b = fx_client(&f, 0, "acme", "b");
+    snprintf(cmd, sizeof(cmd), "ss -tmnH state established '( sport = :%d )' 2>&1",
+             hx_stack_gw_port(f.s, 0));
+    p = popen(cmd, "r");
+    HX_ASSERT(f.s, p != NULL);
+    while (fgets(line, sizeof(line), p) != NULL) {
+        const char *tb = strstr(line, ",tb");
+        if (tb == NULL)
+            continue;
+        seen++;
+        if (strtol(tb + 3, NULL, 10) != 400000) {
+            wrong++;
+            fprintf(stderr, "socket with %s", line);
+        }
+    }
+    pclose(p);
+    HX_ASSERT_MSG(f.s, seen >= 2, "ss showed %d gateway client sockets (%s)", seen, cmd);
+    HX_ASSERT_MSG(f.s, wrong == 0, "%d of %d client sockets without the configured buffer", wrong,
+                  seen);
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    fx_stop(&f);
+}
+END_TEST
+
 START_TEST(test_rss_bounded_while_stopped_client_room_flooded)
 {
     /* The default bounds (4096 frames, 1 MiB) made explicit. Under ASan a
@@ -623,6 +662,7 @@ int main(void)
     tcase_add_test(tc, test_rate_limit_busy_without_touching_nats);
     tcase_add_test(tc, test_slow_consumer_cut_4429_others_unaffected);
     tcase_add_test(tc, test_burst_to_lagging_reader_whole_in_order_and_batched);
+    tcase_add_test(tc, test_client_sockets_get_the_configured_send_buffer);
     tcase_add_test(tc, test_rss_bounded_while_stopped_client_room_flooded);
     tcase_add_test(tc, test_handshake_storm_refused_1013);
     suite_add_tcase(su, tc);
