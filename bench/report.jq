@@ -115,7 +115,7 @@ def ok: (.error | not);
     ""
    else empty end),
   (if $i60 != null then
-    "### idle60k: \($i60.gateways) gateways, \($i60.client_processes) client processes",
+    "### idle60k: \($i60.gateways) gateways, \($i60.client_processes) client processes, every connection says hello and joins a room (see Commands)",
     "",
     "\($i60.connected) of \($i60.connections) connected in \($i60.connect_s | r1) s (\($i60.connect_rate | r0)/s), \($i60.held_at_end) still held at the end, \($i60.errors) errors; gateway RSS \($i60.server_base.rss_kib) KiB before and \($i60.server_held.rss_kib) KiB held (\($i60.gateway_rss_kib | map(tostring) | join(", ")) KiB per gateway): **\(($i60.rss_per_conn_bytes / 1024) | r2) KiB per connection**.",
     ""
