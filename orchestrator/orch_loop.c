@@ -120,6 +120,10 @@ struct orch_loop {
             *bad, *failed, *hop_stops, *park_full;
         sl_gauge *parked;
         sl_hist *proc;
+        /* Synchronous waits for the server (docs/wire.md, "Cost of a
+         * message"): fetches that returned messages, batched KV reads,
+         * waits for publish acknowledgments, one-at-a-time KV calls. */
+        sl_counter *rt_fetch, *rt_kv_read, *rt_pub_acks, *rt_kv_sync;
     } m;
 };
 
@@ -155,6 +159,13 @@ static void metrics_init(orch_loop *l)
                                     "agent messages not routed because of the hop limit");
     l->m.proc =
         sl_hist_get("sluice_orch_processing_seconds", NULL, "time from fetch to ack of a message");
+#define RT_HELP "synchronous waits for nats-server on the orchestrator's main loop"
+    l->m.rt_fetch = sl_counter_get("sluice_orch_round_trips_total", "kind=\"fetch\"", RT_HELP);
+    l->m.rt_kv_read = sl_counter_get("sluice_orch_round_trips_total", "kind=\"kv_read\"", RT_HELP);
+    l->m.rt_pub_acks =
+        sl_counter_get("sluice_orch_round_trips_total", "kind=\"pub_acks\"", RT_HELP);
+    l->m.rt_kv_sync = sl_counter_get("sluice_orch_round_trips_total", "kind=\"kv_sync\"", RT_HELP);
+#undef RT_HELP
 }
 
 sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agents,
@@ -434,6 +445,8 @@ static void sessions_load(orch_loop *l)
 {
     for (int i = 0; i < l->nsess; i++)
         l->entries[i].key = l->sessions[i].key;
+    if (l->nsess > 0)
+        sl_counter_inc(l->m.rt_kv_read);
     orch_kvget_many(l->kvget, l->entries, (size_t)l->nsess, KV_READ_MS);
     for (int i = 0; i < l->nsess; i++) {
         session *s = &l->sessions[i];
@@ -812,8 +825,11 @@ static void store_sessions(orch_loop *l)
         }
         for (int t = reload ? 1 : 0; t < CAS_TRIES && !stored; t++) {
             sl_status st;
-            if (t > 0 && orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
-                break;
+            if (t > 0) {
+                sl_counter_inc(l->m.rt_kv_sync);
+                if (orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
+                    break;
+            }
             /* Our processed ids on top of what is stored: after a lost race
              * the winner's ids stay and ours are added. */
             s->cur = s->base;
@@ -821,6 +837,7 @@ static void store_sessions(orch_loop *l)
                 if (!orch_causal_seen(&s->cur, ids[k]))
                     orch_causal_advance(&s->cur, ids[k]);
             }
+            sl_counter_inc(l->m.rt_kv_sync);
             st = orch_causal_store(l->kv_sessions, s->key, &s->cur, s->rev);
             if (st == SL_OK)
                 stored = true;
@@ -936,6 +953,15 @@ static int add_parked(orch_loop *l, int n, int64_t t0)
     return total;
 }
 
+/* Waits for the round's outstanding publish acknowledgments (counted as
+ * a round trip when there are any). */
+static void pub_wait(orch_loop *l)
+{
+    if (orch_pub_outstanding(l->pub))
+        sl_counter_inc(l->m.rt_pub_acks);
+    orch_pub_wait(l->pub, PUB_WAIT_MS);
+}
+
 /* Processes l->msgs[0..n) (owned by the loop): parked ones move to the
  * park, the others are acked or NAKed and destroyed. */
 static void process_batch(orch_loop *l, int n)
@@ -959,7 +985,7 @@ static void process_batch(orch_loop *l, int n)
     orch_pub_reset(l->pub);
     for (int k = 0; k < l->norder; k++)
         queue_effects(l, &l->items[l->order[k]]);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
 
     /* A refused job's busy event goes out in a second round: we only learn
      * of the refusal from the first round's acks. */
@@ -967,13 +993,13 @@ static void process_batch(orch_loop *l, int n)
     for (int k = 0; k < l->norder; k++)
         queue_followups(l, &l->items[l->order[k]]);
     bells_flush(l);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
     for (int k = 0; k < l->norder; k++)
         check_followups(l, &l->items[l->order[k]]);
 
     propagate_failures(l);
     stores_queue(l);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
     store_sessions(l);
     propagate_failures(l);
 
@@ -1008,6 +1034,8 @@ static void park_tend(orch_loop *l)
     n = orch_park_sessions(l->park, keys, BATCH_MAX);
     for (size_t i = 0; i < n; i++)
         l->entries[i].key = keys[i];
+    if (n > 0)
+        sl_counter_inc(l->m.rt_kv_read);
     orch_kvget_many(l->kvget, l->entries, n, KV_READ_MS);
     for (size_t i = 0; i < n; i++) {
         orch_causal_state st;
@@ -1047,7 +1075,9 @@ sl_status orch_loop_run(orch_loop *l, volatile int *stop)
                                        : l->cfg.fetch_timeout_ms,
                                    &jerr);
         if (s == NATS_OK && list.Count > 0) {
-            int n = list.Count < l->cfg.batch ? list.Count : l->cfg.batch;
+            int n;
+            sl_counter_inc(l->m.rt_fetch);
+            n = list.Count < l->cfg.batch ? list.Count : l->cfg.batch;
             errors = 0;
             for (int i = 0; i < n; i++) {
                 l->msgs[i] = list.Msgs[i];

@@ -181,6 +181,17 @@ sl_status orch_pub_wait(orch_pub *p, int64_t timeout_ms)
     return st;
 }
 
+bool orch_pub_outstanding(orch_pub *p)
+{
+    bool any = false;
+
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n && !any; i++)
+        any = !p->slots[i].r.done;
+    pthread_mutex_unlock(&p->mu);
+    return any;
+}
+
 orch_pub_result orch_pub_get(const orch_pub *p, int slot_idx)
 {
     orch_pub_result r = {.done = true, .err = NATS_INVALID_ARG};
