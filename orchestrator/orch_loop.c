@@ -50,7 +50,7 @@ typedef struct job_slot {
     size_t agent;
     char job[ORCH_JOB_MAX];
     bool over; /* over the agent's max_concurrent: busy, not queued */
-    int s_state, s_work, s_busy, s_fail;
+    int s_work, s_busy, s_fail;
 } job_slot;
 
 typedef struct item {
@@ -617,9 +617,8 @@ static void queue_effects(orch_loop *l, item *it)
     for (size_t j = 0; j < n; j++) {
         job_slot *js = &it->jobs[j];
         const orch_agent *a = &l->agents->v[idx[j]];
-        char *json = NULL;
         js->agent = idx[j];
-        js->s_state = js->s_work = js->s_busy = js->s_fail = -1;
+        js->s_work = js->s_busy = js->s_fail = -1;
         if (orch_job_id(js->job, sizeof(js->job), e, idx[j]) != SL_OK) {
             item_log(it, SL_LOG_WARN, "cannot make a job id for agent %s; skipped", a->name);
             js->over = false;
@@ -630,16 +629,14 @@ static void queue_effects(orch_loop *l, item *it)
             js->over = true;
             continue;
         }
-        if (orch_job_json(&json, "queued", e->session,
-                          e->message_id[0] ? e->message_id : e->client_id, a->name,
-                          NULL) != SL_OK ||
-            orch_queue_job_state(l->pub, it->tenant, js->job, "q", json, &js->s_state) != SL_OK ||
-            orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
+        /* No "queued" in-flight record: the work message is the queued
+         * state (docs/wire.md, KV); this replica counts the job from now
+         * on, and the worker writes the states that follow. */
+        if (orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
                             &js->s_work) != SL_OK)
             it->failed = true;
         else
             orch_inflight_note(l->inflight, it->tenant, js->job, idx[j], wall);
-        free(json);
     }
 }
 
@@ -701,10 +698,6 @@ static void queue_followups(orch_loop *l, item *it)
             sl_counter_inc(l->m.busy_conc);
         } else {
             orch_pub_result rw = orch_pub_get(l->pub, js->s_work);
-            if (!orch_pub_ok(l->pub, js->s_state)) {
-                it->failed = true;
-                break;
-            }
             if (rw.err == NATS_OK) {
                 if (!rw.duplicate) {
                     sl_counter_inc(l->m.dispatched);
