@@ -15,6 +15,7 @@
 #include "orch_park.h"
 #include "orch_pub.h"
 #include "orch_router.h"
+#include "orch_scache.h"
 #include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
@@ -43,6 +44,10 @@
 /* Parked messages of all tenants on one replica: a quarter of the IN
  * consumer's MaxAckPending, which parked messages hold. */
 #define PARK_TOTAL_MAX (IN_MAX_ACK_PEND / 4)
+/* Session states kept from one batch to the next (orch_scache): how many,
+ * and how long one is trusted (far inside the 2-minute duplicate window). */
+#define SCACHE_MAX    2048
+#define SCACHE_TTL_MS 30000
 
 typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 
@@ -62,9 +67,10 @@ typedef struct item {
     int sess;           /* index into sessions, user messages only */
     int64_t age_ms;
     bool decided, failed;
-    bool parked;    /* waits in the park: the park owns m now */
-    bool from_park; /* a parked copy (NAKed already: answered with raw acks) */
-    bool park_full; /* would have waited, but the park's bounds were reached */
+    bool redelivered; /* delivered before: another replica may have processed it */
+    bool parked;      /* waits in the park: the park owns m now */
+    bool from_park;   /* a parked copy (NAKed already: answered with raw acks) */
+    bool park_full;   /* would have waited, but the park's bounds were reached */
     orch_causal_decision d;
     int order; /* position among processed items, -1 otherwise */
     int s_post;
@@ -85,6 +91,7 @@ typedef struct session {
     orch_causal_state cur;  /* advanced by the batch's decisions */
     uint64_t rev;
     bool failed;
+    bool fresh;  /* read from KV: a message of it may have been processed elsewhere */
     int s_store; /* the first store's publish slot, -1 when none */
 } session;
 
@@ -103,7 +110,8 @@ struct orch_loop {
     orch_pub *pub;
     orch_ctl *ctl;
     orch_inflight *inflight;
-    orch_park *park; /* messages waiting for their predecessor */
+    orch_park *park;     /* messages waiting for their predecessor */
+    orch_scache *scache; /* session states this replica stored or read lately */
     int64_t last_poll_ms;
     _Atomic int ready;
     natsMsg *msgs[BATCH_MAX]; /* the batch's messages, owned by the loop until parked */
@@ -182,8 +190,10 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
     l->sessions = calloc(BATCH_MAX, sizeof(*l->sessions));
     l->entries = calloc(BATCH_MAX, sizeof(*l->entries));
     if (l->sessions == NULL || l->entries == NULL ||
+        orch_scache_create(&l->scache, SCACHE_MAX, SCACHE_TTL_MS) != SL_OK ||
         orch_park_create(&l->park, cfg->park_per_session, cfg->park_per_tenant, PARK_TOTAL_MAX) !=
             SL_OK) {
+        orch_scache_destroy(l->scache);
         free(l->sessions);
         free(l->entries);
         free(l);
@@ -240,6 +250,7 @@ void orch_loop_destroy(orch_loop *l)
         orch_kv_entry_clear(&l->entries[i]);
     free(l->entries);
     free(l->sessions);
+    orch_scache_destroy(l->scache);
     free(l);
 }
 
@@ -399,9 +410,11 @@ static void classify(orch_loop *l, item *it, int64_t now_ns)
         return;
     if (natsMsg_GetMetaData(&meta, it->m) == NATS_OK) {
         it->age_ms = (now_ns - meta->Timestamp) / NS_PER_MS;
+        it->redelivered = meta->NumDelivered > 1;
         jsMsgMetaData_Destroy(meta);
     } else if (e->ts_unix_ns > 0) {
         it->age_ms = (now_ns - e->ts_unix_ns) / NS_PER_MS;
+        it->redelivered = true; /* unknown: read the session's state */
     }
     if (strncmp(sess, "a-", 2) == 0) {
         /* An agent's reply posted back: routed, not posted, not ordered. */
@@ -439,22 +452,41 @@ static int session_of(orch_loop *l, const item *it)
     return l->nsess++;
 }
 
-/* Reads the causal state of every session of the batch, all requests in
- * flight at once (one round trip instead of one per session). */
+/* Gets the causal state of every session of the batch: from the cache
+ * when this replica stored or read it lately and no message of the
+ * session in the batch was delivered before (only those can have been
+ * processed by another replica) nor waited long enough to become a gap
+ * (s->fresh); the others from KV, all
+ * requests in flight at once (one round trip instead of one per
+ * session). */
 static void sessions_load(orch_loop *l)
 {
-    for (int i = 0; i < l->nsess; i++)
-        l->entries[i].key = l->sessions[i].key;
-    if (l->nsess > 0)
-        sl_counter_inc(l->m.rt_kv_read);
-    orch_kvget_many(l->kvget, l->entries, (size_t)l->nsess, KV_READ_MS);
+    int idx[BATCH_MAX], n = 0;
+    int64_t now = sl_mono_ms();
+
     for (int i = 0; i < l->nsess; i++) {
         session *s = &l->sessions[i];
-        if (orch_causal_from_entry(&l->entries[i], &s->base, &s->rev) != SL_OK)
+        if (!s->fresh && orch_scache_get(l->scache, s->key, now, &s->base, &s->rev)) {
+            s->cur = s->base;
+            continue;
+        }
+        idx[n] = i;
+        l->entries[n++].key = s->key;
+    }
+    if (n > 0)
+        sl_counter_inc(l->m.rt_kv_read);
+    orch_kvget_many(l->kvget, l->entries, (size_t)n, KV_READ_MS);
+    for (int k = 0; k < n; k++) {
+        session *s = &l->sessions[idx[k]];
+        if (orch_causal_from_entry(&l->entries[k], &s->base, &s->rev) != SL_OK) {
             s->failed = true;
+            orch_scache_forget(l->scache, s->key);
+        } else {
+            orch_scache_put(l->scache, s->key, &s->base, s->rev, now);
+        }
         s->cur = s->base;
-        orch_kv_entry_clear(&l->entries[i]);
-        l->entries[i].key = NULL;
+        orch_kv_entry_clear(&l->entries[k]);
+        l->entries[k].key = NULL;
     }
 }
 
@@ -569,6 +601,9 @@ static void decide_all(orch_loop *l, int n)
             it->sess = session_of(l, it);
             if (it->sess < 0)
                 it->kind = K_BAD;
+            else if (it->redelivered || it->from_park || it->age_ms >= l->cfg.causal_wait_ms / 2)
+                /* Only the KV state may let it be a duplicate or a gap. */
+                l->sessions[it->sess].fresh = true;
         }
     }
     sessions_load(l);
@@ -802,12 +837,20 @@ static void store_sessions(orch_loop *l)
         int nids;
         bool stored = false, reload = false;
 
-        if (s->failed)
+        if (s->failed) {
+            orch_scache_forget(l->scache, s->key);
             continue;
+        }
         if ((nids = session_ids(l, si, ids)) == 0)
             continue;
         if (s->s_store >= 0) {
             orch_pub_result r = orch_pub_get(l->pub, s->s_store);
+            if (r.done && r.err == NATS_OK && !r.duplicate) {
+                /* The stored state is current at its sequence. */
+                orch_scache_put(l->scache, s->key, &s->cur, r.seq, sl_mono_ms());
+                continue;
+            }
+            orch_scache_forget(l->scache, s->key);
             if (r.done && r.err == NATS_OK)
                 continue;
             if (!(r.done && r.jerr == JERR_WRONG_LAST)) {
@@ -815,6 +858,8 @@ static void store_sessions(orch_loop *l)
                 continue;
             }
             reload = true;
+        } else {
+            orch_scache_forget(l->scache, s->key);
         }
         for (int t = reload ? 1 : 0; t < CAS_TRIES && !stored; t++) {
             sl_status st;
@@ -1033,8 +1078,10 @@ static void park_tend(orch_loop *l)
     for (size_t i = 0; i < n; i++) {
         orch_causal_state st;
         uint64_t rev = 0;
-        if (orch_causal_from_entry(&l->entries[i], &st, &rev) == SL_OK)
+        if (orch_causal_from_entry(&l->entries[i], &st, &rev) == SL_OK) {
             orch_park_recheck(l->park, keys[i], &st);
+            orch_scache_put(l->scache, keys[i], &st, rev, now);
+        }
         orch_kv_entry_clear(&l->entries[i]);
         l->entries[i].key = NULL;
     }
