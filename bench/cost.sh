@@ -3,7 +3,7 @@
 # of a message").
 #
 #   bench/cost.sh [--bin DIR] [--conns N] [--rates R1,R2,..] [--duration S]
-#                 [--perf FILE] [--keep]
+#                 [--perf FILE] [--keep]    (PERF_ARGS: perf record options, default -g)
 #
 # Starts nats-server -js (with monitoring), one orchestrator, one worker and
 # one gateway from DIR (default bin/), drives the pipeline scenario of
@@ -119,7 +119,8 @@ snap() {                                            # FILE
 load warm 50 1 >/dev/null || true
 snap "$work/before.json"
 if [ -n "$perf_out" ]; then
-    perf record -g -o "$perf_out" -p "$ORCH" 2>"$work/perf.err" &
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of words
+    perf record ${PERF_ARGS:--g} -o "$perf_out" -p "$ORCH" 2>"$work/perf.err" &
     PERF=$!
 fi
 # Mid-run: which consumer has a backlog (the tier that is behind).
