@@ -92,6 +92,7 @@ typedef struct session {
     uint64_t rev;
     bool failed;
     bool fresh;  /* read from KV: a message of it may have been processed elsewhere */
+    bool cached; /* its state came from the cache (a lower bound) */
     int s_store; /* the first store's publish slot, -1 when none */
 } session;
 
@@ -468,6 +469,7 @@ static void sessions_load(orch_loop *l)
         session *s = &l->sessions[i];
         if (!s->fresh && orch_scache_get(l->scache, s->key, now, &s->base, &s->rev)) {
             s->cur = s->base;
+            s->cached = true;
             continue;
         }
         idx[n] = i;
@@ -589,6 +591,68 @@ static bool park_waiting(orch_loop *l, int n)
  * they come; user messages in causal order per session, the ones whose
  * predecessor is missing parked (or, past the park's bounds, processed
  * as gaps). */
+/* Marks the undecided user messages of failed sessions failed. */
+static void fail_failed_sessions(orch_loop *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_USER && !it->decided && l->sessions[it->sess].failed) {
+            it->decided = true;
+            it->failed = true;
+        }
+    }
+}
+
+/* A message that would wait on a cached state may only lack what another
+ * replica processed meanwhile: reads the states of those sessions from KV
+ * (one round trip for all; none on one replica, where messages wait only
+ * when they really came out of order) and bases them on the fresh state,
+ * plus this batch's decisions so far (first deliveries, which no other
+ * replica can have processed). Returns true when it read any. */
+static bool reload_waiting(orch_loop *l, int n)
+{
+    int idx[BATCH_MAX], m = 0;
+    int64_t now = sl_mono_ms();
+
+    for (int i = 0; i < n; i++) {
+        const item *it = &l->items[i];
+        session *s;
+        if (it->kind != K_USER || it->decided)
+            continue;
+        s = &l->sessions[it->sess];
+        if (!s->cached || s->fresh || s->failed)
+            continue;
+        s->fresh = true; /* once */
+        idx[m] = it->sess;
+        l->entries[m++].key = s->key;
+    }
+    if (m == 0)
+        return false;
+    sl_counter_inc(l->m.rt_kv_read);
+    orch_kvget_many(l->kvget, l->entries, (size_t)m, KV_READ_MS);
+    for (int k = 0; k < m; k++) {
+        session *s = &l->sessions[idx[k]];
+        s->cached = false;
+        if (orch_causal_from_entry(&l->entries[k], &s->base, &s->rev) != SL_OK) {
+            s->failed = true;
+            orch_scache_forget(l->scache, s->key);
+        } else {
+            orch_scache_put(l->scache, s->key, &s->base, s->rev, now);
+            s->cur = s->base;
+            for (int j = 0; j < l->norder; j++) {
+                const item *it = &l->items[l->order[j]];
+                if (it->kind == K_USER && it->sess == idx[k] &&
+                    !orch_causal_seen(&s->cur, it->env->client_id))
+                    orch_causal_advance(&s->cur, it->env->client_id);
+            }
+        }
+        orch_kv_entry_clear(&l->entries[k]);
+        l->entries[k].key = NULL;
+    }
+    fail_failed_sessions(l, n);
+    return true;
+}
+
 static void decide_all(orch_loop *l, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -607,16 +671,12 @@ static void decide_all(orch_loop *l, int n)
         }
     }
     sessions_load(l);
-    for (int i = 0; i < n; i++) {
-        item *it = &l->items[i];
-        if (it->kind == K_USER && l->sessions[it->sess].failed) {
-            it->decided = true;
-            it->failed = true;
-        }
-    }
-    do {
+    fail_failed_sessions(l, n);
+    decide_passes(l, n);
+    if (reload_waiting(l, n))
         decide_passes(l, n);
-    } while (park_waiting(l, n));
+    while (park_waiting(l, n))
+        decide_passes(l, n);
 }
 
 /* Queues an item's first-round effects: the message event, then per agent

@@ -1364,6 +1364,9 @@ START_TEST(test_session_state_cache)
         ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, chan, (size_t)c, 10000));
     }
     ck_assert_double_eq(metric(&fx, 0, rt), reads0);
+    /* Counted once the session state is stored (the event shows before). */
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_events_total{kind=\"user\"}", 10, 5000),
+                        10);
 
     /* Another replica processed c-11 (we write its state update). */
     ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_SESSIONS), NATS_OK);
@@ -1380,6 +1383,8 @@ START_TEST(test_session_state_cache)
     /* c-12 follows c-11: processed (after a fresh read), not a gap. */
     publish_user(&fx, T1, "sessC", "c-12", "c-11", NULL, "x", NULL, NULL);
     ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, chan, 11, 15000));
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_events_total{kind=\"user\"}", 11, 5000),
+                        11);
     ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 0);
     ck_assert_double_gt(metric(&fx, 0, rt), reads0);
     /* The stored state holds both replicas' ids. */

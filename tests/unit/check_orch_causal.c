@@ -112,10 +112,10 @@ START_TEST(test_json_round_trip)
     /* A full window of the longest ids. */
     memset(&a, 0, sizeof(a));
     for (int i = 0; i < ORCH_CAUSAL_RECENT + 5; i++) {
-        char id[ORCH_CAUSAL_ID_MAX + 1];
+        char id[ORCH_CAUSAL_ID_MAX + 1], head[16];
+        int k = snprintf(head, sizeof(head), "c-%dz", i);
         memset(id, 'a' + i % 26, ORCH_CAUSAL_ID_MAX);
-        snprintf(id, 8, "c-%d", i);
-        id[strlen(id)] = 'z';
+        memcpy(id, head, (size_t)k);
         id[ORCH_CAUSAL_ID_MAX] = '\0';
         orch_causal_advance(&a, id);
     }
