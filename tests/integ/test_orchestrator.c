@@ -573,6 +573,25 @@ START_TEST(test_causal_order)
     ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_causal_gaps_total", 1, 5000), 1);
     /* Each message also became one work request for the one agent. */
     ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 4);
+    /* With no in-flight record: the work message is the queued state. */
+    {
+        kvStore *kv = NULL;
+        kvEntry *e = NULL;
+        char key[SL_SUBJECT_MAX];
+        size_t seen = 0;
+        ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+        pthread_mutex_lock(&o.mu);
+        for (size_t i = 0; i < o.n; i++) {
+            if (o.v[i].env->body_case != SLUICE__ENVELOPE__BODY_MESSAGE)
+                continue;
+            snprintf(key, sizeof(key), "%s.%s-0", T1, o.v[i].env->event_id);
+            ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_NOT_FOUND);
+            seen++;
+        }
+        pthread_mutex_unlock(&o.mu);
+        ck_assert_uint_eq(seen, 4);
+        kvStore_Destroy(kv);
+    }
     out_stop(&o);
     fx_stop(&fx);
 }
