@@ -1,6 +1,7 @@
 #include "orch_causal.h"
 
 #include <cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,7 +85,64 @@ cleanup:
     return st_;
 }
 
+static sl_status format_cjson(const orch_causal_state *st, char **out);
+
+/* True when s can go into a JSON string as it is (printable ASCII
+ * without quote or backslash), as client ids are. */
+static bool json_plain(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
+            return false;
+    }
+    return true;
+}
+
+/* The common case without cJSON: it is on the loop's path once per
+ * session and batch, and cJSON builds and frees a node per id. Returns
+ * false when an id needs escaping (the caller uses cJSON then). */
+static bool format_plain(const orch_causal_state *st, char **out, bool *nomem)
+{
+    size_t cap = (st->n + 1) * (ORCH_CAUSAL_ID_MAX + 3) + 32, len;
+    char *s;
+
+    if (!json_plain(st->last))
+        return false;
+    for (size_t i = 0; i < st->n; i++)
+        if (!json_plain(st->recent[i]))
+            return false;
+    if ((s = malloc(cap)) == NULL) {
+        *nomem = true;
+        return false;
+    }
+    len = (size_t)snprintf(s, cap, "{\"last\":\"%s\",\"recent\":[", st->last);
+    for (size_t i = 0; i < st->n; i++) {
+        size_t k = strlen(st->recent[i]);
+        if (i > 0)
+            s[len++] = ',';
+        s[len++] = '"';
+        memcpy(s + len, st->recent[i], k);
+        len += k;
+        s[len++] = '"';
+    }
+    memcpy(s + len, "]}", 3);
+    *out = s;
+    return true;
+}
+
 sl_status orch_causal_format(const orch_causal_state *st, char **out)
+{
+    bool nomem = false;
+
+    if (format_plain(st, out, &nomem))
+        return SL_OK;
+    if (nomem)
+        return SL_ERR_NOMEM;
+    return format_cjson(st, out);
+}
+
+static sl_status format_cjson(const orch_causal_state *st, char **out)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *arr = NULL;

@@ -15,6 +15,7 @@
 #include "orch_park.h"
 #include "orch_pub.h"
 #include "orch_router.h"
+#include "orch_scache.h"
 #include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
@@ -43,6 +44,10 @@
 /* Parked messages of all tenants on one replica: a quarter of the IN
  * consumer's MaxAckPending, which parked messages hold. */
 #define PARK_TOTAL_MAX (IN_MAX_ACK_PEND / 4)
+/* Session states kept from one batch to the next (orch_scache): how many,
+ * and how long one is trusted (far inside the 2-minute duplicate window). */
+#define SCACHE_MAX    2048
+#define SCACHE_TTL_MS 30000
 
 typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 
@@ -50,7 +55,7 @@ typedef struct job_slot {
     size_t agent;
     char job[ORCH_JOB_MAX];
     bool over; /* over the agent's max_concurrent: busy, not queued */
-    int s_state, s_work, s_busy, s_fail;
+    int s_work, s_busy, s_fail;
 } job_slot;
 
 typedef struct item {
@@ -62,9 +67,10 @@ typedef struct item {
     int sess;           /* index into sessions, user messages only */
     int64_t age_ms;
     bool decided, failed;
-    bool parked;    /* waits in the park: the park owns m now */
-    bool from_park; /* a parked copy (NAKed already: answered with raw acks) */
-    bool park_full; /* would have waited, but the park's bounds were reached */
+    bool redelivered; /* delivered before: another replica may have processed it */
+    bool parked;      /* waits in the park: the park owns m now */
+    bool from_park;   /* a parked copy (NAKed already: answered with raw acks) */
+    bool park_full;   /* would have waited, but the park's bounds were reached */
     orch_causal_decision d;
     int order; /* position among processed items, -1 otherwise */
     int s_post;
@@ -85,6 +91,8 @@ typedef struct session {
     orch_causal_state cur;  /* advanced by the batch's decisions */
     uint64_t rev;
     bool failed;
+    bool fresh;  /* read from KV: a message of it may have been processed elsewhere */
+    bool cached; /* its state came from the cache (a lower bound) */
     int s_store; /* the first store's publish slot, -1 when none */
 } session;
 
@@ -103,7 +111,8 @@ struct orch_loop {
     orch_pub *pub;
     orch_ctl *ctl;
     orch_inflight *inflight;
-    orch_park *park; /* messages waiting for their predecessor */
+    orch_park *park;     /* messages waiting for their predecessor */
+    orch_scache *scache; /* session states this replica stored or read lately */
     int64_t last_poll_ms;
     _Atomic int ready;
     natsMsg *msgs[BATCH_MAX]; /* the batch's messages, owned by the loop until parked */
@@ -120,6 +129,10 @@ struct orch_loop {
             *bad, *failed, *hop_stops, *park_full;
         sl_gauge *parked;
         sl_hist *proc;
+        /* Synchronous waits for the server (docs/wire.md, "Cost of a
+         * message"): fetches that returned messages, batched KV reads,
+         * waits for publish acknowledgments, one-at-a-time KV calls. */
+        sl_counter *rt_fetch, *rt_kv_read, *rt_pub_acks, *rt_kv_sync;
     } m;
 };
 
@@ -155,6 +168,13 @@ static void metrics_init(orch_loop *l)
                                     "agent messages not routed because of the hop limit");
     l->m.proc =
         sl_hist_get("sluice_orch_processing_seconds", NULL, "time from fetch to ack of a message");
+#define RT_HELP "synchronous waits for nats-server on the orchestrator's main loop"
+    l->m.rt_fetch = sl_counter_get("sluice_orch_round_trips_total", "kind=\"fetch\"", RT_HELP);
+    l->m.rt_kv_read = sl_counter_get("sluice_orch_round_trips_total", "kind=\"kv_read\"", RT_HELP);
+    l->m.rt_pub_acks =
+        sl_counter_get("sluice_orch_round_trips_total", "kind=\"pub_acks\"", RT_HELP);
+    l->m.rt_kv_sync = sl_counter_get("sluice_orch_round_trips_total", "kind=\"kv_sync\"", RT_HELP);
+#undef RT_HELP
 }
 
 sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agents,
@@ -171,8 +191,10 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
     l->sessions = calloc(BATCH_MAX, sizeof(*l->sessions));
     l->entries = calloc(BATCH_MAX, sizeof(*l->entries));
     if (l->sessions == NULL || l->entries == NULL ||
+        orch_scache_create(&l->scache, SCACHE_MAX, SCACHE_TTL_MS) != SL_OK ||
         orch_park_create(&l->park, cfg->park_per_session, cfg->park_per_tenant, PARK_TOTAL_MAX) !=
             SL_OK) {
+        orch_scache_destroy(l->scache);
         free(l->sessions);
         free(l->entries);
         free(l);
@@ -229,6 +251,7 @@ void orch_loop_destroy(orch_loop *l)
         orch_kv_entry_clear(&l->entries[i]);
     free(l->entries);
     free(l->sessions);
+    orch_scache_destroy(l->scache);
     free(l);
 }
 
@@ -388,9 +411,11 @@ static void classify(orch_loop *l, item *it, int64_t now_ns)
         return;
     if (natsMsg_GetMetaData(&meta, it->m) == NATS_OK) {
         it->age_ms = (now_ns - meta->Timestamp) / NS_PER_MS;
+        it->redelivered = meta->NumDelivered > 1;
         jsMsgMetaData_Destroy(meta);
     } else if (e->ts_unix_ns > 0) {
         it->age_ms = (now_ns - e->ts_unix_ns) / NS_PER_MS;
+        it->redelivered = true; /* unknown: read the session's state */
     }
     if (strncmp(sess, "a-", 2) == 0) {
         /* An agent's reply posted back: routed, not posted, not ordered. */
@@ -428,20 +453,42 @@ static int session_of(orch_loop *l, const item *it)
     return l->nsess++;
 }
 
-/* Reads the causal state of every session of the batch, all requests in
- * flight at once (one round trip instead of one per session). */
+/* Gets the causal state of every session of the batch: from the cache
+ * when this replica stored or read it lately and no message of the
+ * session in the batch was delivered before (only those can have been
+ * processed by another replica) nor waited long enough to become a gap
+ * (s->fresh); the others from KV, all
+ * requests in flight at once (one round trip instead of one per
+ * session). */
 static void sessions_load(orch_loop *l)
 {
-    for (int i = 0; i < l->nsess; i++)
-        l->entries[i].key = l->sessions[i].key;
-    orch_kvget_many(l->kvget, l->entries, (size_t)l->nsess, KV_READ_MS);
+    int idx[BATCH_MAX], n = 0;
+    int64_t now = sl_mono_ms();
+
     for (int i = 0; i < l->nsess; i++) {
         session *s = &l->sessions[i];
-        if (orch_causal_from_entry(&l->entries[i], &s->base, &s->rev) != SL_OK)
+        if (!s->fresh && orch_scache_get(l->scache, s->key, now, &s->base, &s->rev)) {
+            s->cur = s->base;
+            s->cached = true;
+            continue;
+        }
+        idx[n] = i;
+        l->entries[n++].key = s->key;
+    }
+    if (n > 0)
+        sl_counter_inc(l->m.rt_kv_read);
+    orch_kvget_many(l->kvget, l->entries, (size_t)n, KV_READ_MS);
+    for (int k = 0; k < n; k++) {
+        session *s = &l->sessions[idx[k]];
+        if (orch_causal_from_entry(&l->entries[k], &s->base, &s->rev) != SL_OK) {
             s->failed = true;
+            orch_scache_forget(l->scache, s->key);
+        } else {
+            orch_scache_put(l->scache, s->key, &s->base, s->rev, now);
+        }
         s->cur = s->base;
-        orch_kv_entry_clear(&l->entries[i]);
-        l->entries[i].key = NULL;
+        orch_kv_entry_clear(&l->entries[k]);
+        l->entries[k].key = NULL;
     }
 }
 
@@ -544,6 +591,68 @@ static bool park_waiting(orch_loop *l, int n)
  * they come; user messages in causal order per session, the ones whose
  * predecessor is missing parked (or, past the park's bounds, processed
  * as gaps). */
+/* Marks the undecided user messages of failed sessions failed. */
+static void fail_failed_sessions(orch_loop *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        item *it = &l->items[i];
+        if (it->kind == K_USER && !it->decided && l->sessions[it->sess].failed) {
+            it->decided = true;
+            it->failed = true;
+        }
+    }
+}
+
+/* A message that would wait on a cached state may only lack what another
+ * replica processed meanwhile: reads the states of those sessions from KV
+ * (one round trip for all; none on one replica, where messages wait only
+ * when they really came out of order) and bases them on the fresh state,
+ * plus this batch's decisions so far (first deliveries, which no other
+ * replica can have processed). Returns true when it read any. */
+static bool reload_waiting(orch_loop *l, int n)
+{
+    int idx[BATCH_MAX], m = 0;
+    int64_t now = sl_mono_ms();
+
+    for (int i = 0; i < n; i++) {
+        const item *it = &l->items[i];
+        session *s;
+        if (it->kind != K_USER || it->decided)
+            continue;
+        s = &l->sessions[it->sess];
+        if (!s->cached || s->fresh || s->failed)
+            continue;
+        s->fresh = true; /* once */
+        idx[m] = it->sess;
+        l->entries[m++].key = s->key;
+    }
+    if (m == 0)
+        return false;
+    sl_counter_inc(l->m.rt_kv_read);
+    orch_kvget_many(l->kvget, l->entries, (size_t)m, KV_READ_MS);
+    for (int k = 0; k < m; k++) {
+        session *s = &l->sessions[idx[k]];
+        s->cached = false;
+        if (orch_causal_from_entry(&l->entries[k], &s->base, &s->rev) != SL_OK) {
+            s->failed = true;
+            orch_scache_forget(l->scache, s->key);
+        } else {
+            orch_scache_put(l->scache, s->key, &s->base, s->rev, now);
+            s->cur = s->base;
+            for (int j = 0; j < l->norder; j++) {
+                const item *it = &l->items[l->order[j]];
+                if (it->kind == K_USER && it->sess == idx[k] &&
+                    !orch_causal_seen(&s->cur, it->env->client_id))
+                    orch_causal_advance(&s->cur, it->env->client_id);
+            }
+        }
+        orch_kv_entry_clear(&l->entries[k]);
+        l->entries[k].key = NULL;
+    }
+    fail_failed_sessions(l, n);
+    return true;
+}
+
 static void decide_all(orch_loop *l, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -556,19 +665,18 @@ static void decide_all(orch_loop *l, int n)
             it->sess = session_of(l, it);
             if (it->sess < 0)
                 it->kind = K_BAD;
+            else if (it->redelivered || it->from_park || it->age_ms >= l->cfg.causal_wait_ms / 2)
+                /* Only the KV state may let it be a duplicate or a gap. */
+                l->sessions[it->sess].fresh = true;
         }
     }
     sessions_load(l);
-    for (int i = 0; i < n; i++) {
-        item *it = &l->items[i];
-        if (it->kind == K_USER && l->sessions[it->sess].failed) {
-            it->decided = true;
-            it->failed = true;
-        }
-    }
-    do {
+    fail_failed_sessions(l, n);
+    decide_passes(l, n);
+    if (reload_waiting(l, n))
         decide_passes(l, n);
-    } while (park_waiting(l, n));
+    while (park_waiting(l, n))
+        decide_passes(l, n);
 }
 
 /* Queues an item's first-round effects: the message event, then per agent
@@ -604,9 +712,8 @@ static void queue_effects(orch_loop *l, item *it)
     for (size_t j = 0; j < n; j++) {
         job_slot *js = &it->jobs[j];
         const orch_agent *a = &l->agents->v[idx[j]];
-        char *json = NULL;
         js->agent = idx[j];
-        js->s_state = js->s_work = js->s_busy = js->s_fail = -1;
+        js->s_work = js->s_busy = js->s_fail = -1;
         if (orch_job_id(js->job, sizeof(js->job), e, idx[j]) != SL_OK) {
             item_log(it, SL_LOG_WARN, "cannot make a job id for agent %s; skipped", a->name);
             js->over = false;
@@ -617,16 +724,14 @@ static void queue_effects(orch_loop *l, item *it)
             js->over = true;
             continue;
         }
-        if (orch_job_json(&json, "queued", e->session,
-                          e->message_id[0] ? e->message_id : e->client_id, a->name,
-                          NULL) != SL_OK ||
-            orch_queue_job_state(l->pub, it->tenant, js->job, "q", json, &js->s_state) != SL_OK ||
-            orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
+        /* No "queued" in-flight record: the work message is the queued
+         * state (docs/wire.md, KV); this replica counts the job from now
+         * on, and the worker writes the states that follow. */
+        if (orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
                             &js->s_work) != SL_OK)
             it->failed = true;
         else
             orch_inflight_note(l->inflight, it->tenant, js->job, idx[j], wall);
-        free(json);
     }
 }
 
@@ -688,10 +793,6 @@ static void queue_followups(orch_loop *l, item *it)
             sl_counter_inc(l->m.busy_conc);
         } else {
             orch_pub_result rw = orch_pub_get(l->pub, js->s_work);
-            if (!orch_pub_ok(l->pub, js->s_state)) {
-                it->failed = true;
-                break;
-            }
             if (rw.err == NATS_OK) {
                 if (!rw.duplicate) {
                     sl_counter_inc(l->m.dispatched);
@@ -796,12 +897,20 @@ static void store_sessions(orch_loop *l)
         int nids;
         bool stored = false, reload = false;
 
-        if (s->failed)
+        if (s->failed) {
+            orch_scache_forget(l->scache, s->key);
             continue;
+        }
         if ((nids = session_ids(l, si, ids)) == 0)
             continue;
         if (s->s_store >= 0) {
             orch_pub_result r = orch_pub_get(l->pub, s->s_store);
+            if (r.done && r.err == NATS_OK && !r.duplicate) {
+                /* The stored state is current at its sequence. */
+                orch_scache_put(l->scache, s->key, &s->cur, r.seq, sl_mono_ms());
+                continue;
+            }
+            orch_scache_forget(l->scache, s->key);
             if (r.done && r.err == NATS_OK)
                 continue;
             if (!(r.done && r.jerr == JERR_WRONG_LAST)) {
@@ -809,11 +918,16 @@ static void store_sessions(orch_loop *l)
                 continue;
             }
             reload = true;
+        } else {
+            orch_scache_forget(l->scache, s->key);
         }
         for (int t = reload ? 1 : 0; t < CAS_TRIES && !stored; t++) {
             sl_status st;
-            if (t > 0 && orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
-                break;
+            if (t > 0) {
+                sl_counter_inc(l->m.rt_kv_sync);
+                if (orch_causal_load(l->kv_sessions, s->key, &s->base, &s->rev) != SL_OK)
+                    break;
+            }
             /* Our processed ids on top of what is stored: after a lost race
              * the winner's ids stay and ours are added. */
             s->cur = s->base;
@@ -821,6 +935,7 @@ static void store_sessions(orch_loop *l)
                 if (!orch_causal_seen(&s->cur, ids[k]))
                     orch_causal_advance(&s->cur, ids[k]);
             }
+            sl_counter_inc(l->m.rt_kv_sync);
             st = orch_causal_store(l->kv_sessions, s->key, &s->cur, s->rev);
             if (st == SL_OK)
                 stored = true;
@@ -936,6 +1051,15 @@ static int add_parked(orch_loop *l, int n, int64_t t0)
     return total;
 }
 
+/* Waits for the round's outstanding publish acknowledgments (counted as
+ * a round trip when there are any). */
+static void pub_wait(orch_loop *l)
+{
+    if (orch_pub_outstanding(l->pub))
+        sl_counter_inc(l->m.rt_pub_acks);
+    orch_pub_wait(l->pub, PUB_WAIT_MS);
+}
+
 /* Processes l->msgs[0..n) (owned by the loop): parked ones move to the
  * park, the others are acked or NAKed and destroyed. */
 static void process_batch(orch_loop *l, int n)
@@ -959,7 +1083,7 @@ static void process_batch(orch_loop *l, int n)
     orch_pub_reset(l->pub);
     for (int k = 0; k < l->norder; k++)
         queue_effects(l, &l->items[l->order[k]]);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
 
     /* A refused job's busy event goes out in a second round: we only learn
      * of the refusal from the first round's acks. */
@@ -967,13 +1091,13 @@ static void process_batch(orch_loop *l, int n)
     for (int k = 0; k < l->norder; k++)
         queue_followups(l, &l->items[l->order[k]]);
     bells_flush(l);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
     for (int k = 0; k < l->norder; k++)
         check_followups(l, &l->items[l->order[k]]);
 
     propagate_failures(l);
     stores_queue(l);
-    orch_pub_wait(l->pub, PUB_WAIT_MS);
+    pub_wait(l);
     store_sessions(l);
     propagate_failures(l);
 
@@ -1008,12 +1132,16 @@ static void park_tend(orch_loop *l)
     n = orch_park_sessions(l->park, keys, BATCH_MAX);
     for (size_t i = 0; i < n; i++)
         l->entries[i].key = keys[i];
+    if (n > 0)
+        sl_counter_inc(l->m.rt_kv_read);
     orch_kvget_many(l->kvget, l->entries, n, KV_READ_MS);
     for (size_t i = 0; i < n; i++) {
         orch_causal_state st;
         uint64_t rev = 0;
-        if (orch_causal_from_entry(&l->entries[i], &st, &rev) == SL_OK)
+        if (orch_causal_from_entry(&l->entries[i], &st, &rev) == SL_OK) {
             orch_park_recheck(l->park, keys[i], &st);
+            orch_scache_put(l->scache, keys[i], &st, rev, now);
+        }
         orch_kv_entry_clear(&l->entries[i]);
         l->entries[i].key = NULL;
     }
@@ -1047,7 +1175,9 @@ sl_status orch_loop_run(orch_loop *l, volatile int *stop)
                                        : l->cfg.fetch_timeout_ms,
                                    &jerr);
         if (s == NATS_OK && list.Count > 0) {
-            int n = list.Count < l->cfg.batch ? list.Count : l->cfg.batch;
+            int n;
+            sl_counter_inc(l->m.rt_fetch);
+            n = list.Count < l->cfg.batch ? list.Count : l->cfg.batch;
             errors = 0;
             for (int i = 0; i < n; i++) {
                 l->msgs[i] = list.Msgs[i];

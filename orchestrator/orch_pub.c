@@ -1,12 +1,17 @@
 #include "orch_pub.h"
 
 #include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sl_log.h"
 
 #define MSGID_MAX 96
+#define HASH_SIZE 4096 /* a power of two, at least twice ORCH_PUB_MAX */
+
+_Static_assert(HASH_SIZE >= 2 * ORCH_PUB_MAX, "the slot index must stay half empty");
 
 typedef struct slot {
     char msg_id[MSGID_MAX];
@@ -18,12 +23,42 @@ struct orch_pub {
     pthread_mutex_t mu;
     slot slots[ORCH_PUB_MAX];
     int n;
+    /* Nats-Msg-Id -> 1 + the newest slot with it (0: empty), open
+     * addressing; an acknowledgment finds its slot without a scan. */
+    int16_t index[HASH_SIZE];
 };
+
+static size_t id_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (size_t)(h & (HASH_SIZE - 1));
+}
+
+/* Points id's index entry at slot idx. Caller holds mu. */
+static void index_put(orch_pub *p, const char *id, int idx)
+{
+    size_t h = id_hash(id);
+
+    while (p->index[h] != 0 && strcmp(p->slots[p->index[h] - 1].msg_id, id) != 0)
+        h = (h + 1) & (HASH_SIZE - 1);
+    p->index[h] = (int16_t)(idx + 1);
+}
 
 /* Finds the slot of a message by its Nats-Msg-Id; newest first, so a
  * re-queued id resolves to the latest attempt. Caller holds mu. */
 static slot *find_slot(orch_pub *p, const char *id)
 {
+    for (size_t h = id_hash(id); p->index[h] != 0; h = (h + 1) & (HASH_SIZE - 1)) {
+        slot *s = &p->slots[p->index[h] - 1];
+        if (strcmp(s->msg_id, id) != 0)
+            continue;
+        if (!s->r.done)
+            return s;
+        break; /* the newest is done: an older attempt's, if any */
+    }
     for (int i = p->n - 1; i >= 0; i--) {
         if (!p->slots[i].r.done && strcmp(p->slots[i].msg_id, id) == 0)
             return &p->slots[i];
@@ -104,6 +139,7 @@ void orch_pub_reset(orch_pub *p)
 {
     pthread_mutex_lock(&p->mu);
     p->n = 0;
+    memset(p->index, 0, sizeof(p->index));
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -132,6 +168,7 @@ sl_status orch_pub_add_hdr(orch_pub *p, const char *subject, const char *msg_id,
     sl = &p->slots[idx];
     memset(sl, 0, sizeof(*sl));
     snprintf(sl->msg_id, sizeof(sl->msg_id), "%s", msg_id);
+    index_put(p, sl->msg_id, idx);
     pthread_mutex_unlock(&p->mu);
     *slot_out = idx;
 
@@ -179,6 +216,17 @@ sl_status orch_pub_wait(orch_pub *p, int64_t timeout_ms)
     }
     pthread_mutex_unlock(&p->mu);
     return st;
+}
+
+bool orch_pub_outstanding(orch_pub *p)
+{
+    bool any = false;
+
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n && !any; i++)
+        any = !p->slots[i].r.done;
+    pthread_mutex_unlock(&p->mu);
+    return any;
 }
 
 orch_pub_result orch_pub_get(const orch_pub *p, int slot_idx)

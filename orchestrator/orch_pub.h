@@ -54,6 +54,10 @@ sl_status orch_pub_add_hdr(orch_pub *p, const char *subject, const char *msg_id,
  * still have failed: see orch_pub_get), SL_ERR_TIMEOUT otherwise. */
 sl_status orch_pub_wait(orch_pub *p, int64_t timeout_ms);
 
+/* Returns true when a publish of the round has no outcome yet (so
+ * orch_pub_wait would wait for the server). */
+bool orch_pub_outstanding(orch_pub *p);
+
 /* Returns the outcome of slot (valid after orch_pub_wait). */
 orch_pub_result orch_pub_get(const orch_pub *p, int slot);
 

@@ -573,6 +573,25 @@ START_TEST(test_causal_order)
     ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_causal_gaps_total", 1, 5000), 1);
     /* Each message also became one work request for the one agent. */
     ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 4);
+    /* With no in-flight record: the work message is the queued state. */
+    {
+        kvStore *kv = NULL;
+        kvEntry *e = NULL;
+        char key[SL_SUBJECT_MAX];
+        size_t seen = 0;
+        ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+        pthread_mutex_lock(&o.mu);
+        for (size_t i = 0; i < o.n; i++) {
+            if (o.v[i].env->body_case != SLUICE__ENVELOPE__BODY_MESSAGE)
+                continue;
+            snprintf(key, sizeof(key), "%s.%s-0", T1, o.v[i].env->event_id);
+            ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_NOT_FOUND);
+            seen++;
+        }
+        pthread_mutex_unlock(&o.mu);
+        ck_assert_uint_eq(seen, 4);
+        kvStore_Destroy(kv);
+    }
     out_stop(&o);
     fx_stop(&fx);
 }
@@ -1331,6 +1350,74 @@ START_TEST(test_invalid_agents_file)
 }
 END_TEST
 
+/* The loop keeps the session states it stored, so a session's next
+ * message needs no KV read; a state another replica advanced meanwhile
+ * is still honoured: the message that follows it waits for a fresh read
+ * instead of becoming a gap, and the stale compare-and-set fails and
+ * merges instead of overwriting the other replica's ids. */
+START_TEST(test_session_state_cache)
+{
+    const char *env[] = {"SLUICE_CAUSAL_WAIT_MS=20000", NULL};
+    const char *chan = "sluice.out." T1 ".s.sessC";
+    const char *rt = "sluice_orch_round_trips_total{kind=\"kv_read\"}";
+    char cid[16], prev[16], json[1024];
+    fixture fx;
+    out_log o;
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    uint64_t rev;
+    double reads0;
+    size_t len;
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    publish_user(&fx, T1, "sessC", "c-1", NULL, NULL, "x", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, chan, 1, 10000));
+    reads0 = metric(&fx, 0, rt);
+    ck_assert_double_ge(reads0, 1);
+    /* One batch each: the cached state serves them all. */
+    for (int c = 2; c <= 10; c++) {
+        snprintf(cid, sizeof(cid), "c-%d", c);
+        snprintf(prev, sizeof(prev), "c-%d", c - 1);
+        publish_user(&fx, T1, "sessC", cid, prev, NULL, "x", NULL, NULL);
+        ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, chan, (size_t)c, 10000));
+    }
+    ck_assert_double_eq(metric(&fx, 0, rt), reads0);
+    /* Counted once the session state is stored (the event shows before). */
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_events_total{kind=\"user\"}", 10, 5000),
+                        10);
+
+    /* Another replica processed c-11 (we write its state update). */
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_SESSIONS), NATS_OK);
+    ck_assert_int_eq(kvStore_Get(&e, kv, T1 ".sessC"), NATS_OK);
+    rev = kvEntry_Revision(e);
+    ck_assert_msg(strstr(kvEntry_ValueString(e), "\"c-10\"") != NULL, "%s", kvEntry_ValueString(e));
+    kvEntry_Destroy(e);
+    len = (size_t)snprintf(json, sizeof(json), "{\"last\":\"c-11\",\"recent\":[");
+    for (int c = 1; c <= 11; c++)
+        len += (size_t)snprintf(json + len, sizeof(json) - len, "%s\"c-%d\"", c > 1 ? "," : "", c);
+    snprintf(json + len, sizeof(json) - len, "]}");
+    ck_assert_int_eq(kvStore_UpdateString(NULL, kv, T1 ".sessC", json, rev), NATS_OK);
+
+    /* c-12 follows c-11: processed (after a fresh read), not a gap. */
+    publish_user(&fx, T1, "sessC", "c-12", "c-11", NULL, "x", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_MESSAGE, chan, 11, 15000));
+    ck_assert_double_eq(wait_metric(&fx, 0, "sluice_orch_events_total{kind=\"user\"}", 11, 5000),
+                        11);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_causal_gaps_total"), 0);
+    ck_assert_double_gt(metric(&fx, 0, rt), reads0);
+    /* The stored state holds both replicas' ids. */
+    ck_assert_int_eq(kvStore_Get(&e, kv, T1 ".sessC"), NATS_OK);
+    ck_assert_msg(strstr(kvEntry_ValueString(e), "\"last\":\"c-12\"") != NULL &&
+                      strstr(kvEntry_ValueString(e), "\"c-11\"") != NULL,
+                  "%s", kvEntry_ValueString(e));
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* ORCH_TEST=<name> runs one test only (for development). */
 #define ADD(tc, t)                                                                                 \
     do {                                                                                           \
@@ -1357,6 +1444,7 @@ static Suite *suite(void)
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
     ADD(tc, test_sigkill_under_load);
+    ADD(tc, test_session_state_cache);
     suite_add_tcase(s, tc);
     return s;
 }

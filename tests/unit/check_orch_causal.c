@@ -98,6 +98,38 @@ START_TEST(test_json_round_trip)
     ck_assert_str_eq(b.last, "c-2");
     ck_assert(orch_causal_seen(&b, "c-3"));
 
+    /* An id that needs escaping (not a valid client id, but a state read
+     * from KV may hold anything) round-trips too. */
+    memset(&a, 0, sizeof(a));
+    orch_causal_advance(&a, "c-1");
+    orch_causal_advance(&a, "q\"\\x");
+    ck_assert_int_eq(orch_causal_format(&a, &json), SL_OK);
+    ck_assert_str_eq(json, "{\"last\":\"q\\\"\\\\x\",\"recent\":[\"c-1\",\"q\\\"\\\\x\"]}");
+    ck_assert_int_eq(orch_causal_parse(&b, json, strlen(json)), SL_OK);
+    ck_assert_str_eq(b.last, "q\"\\x");
+    free(json);
+
+    /* A full window of the longest ids. */
+    memset(&a, 0, sizeof(a));
+    for (int i = 0; i < ORCH_CAUSAL_RECENT + 5; i++) {
+        char id[ORCH_CAUSAL_ID_MAX + 1], head[16];
+        int k = snprintf(head, sizeof(head), "c-%dz", i);
+        memset(id, 'a' + i % 26, ORCH_CAUSAL_ID_MAX);
+        memcpy(id, head, (size_t)k);
+        id[ORCH_CAUSAL_ID_MAX] = '\0';
+        orch_causal_advance(&a, id);
+    }
+    ck_assert_uint_eq(a.n, ORCH_CAUSAL_RECENT);
+    ck_assert_int_eq(orch_causal_format(&a, &json), SL_OK);
+    ck_assert_uint_eq(strlen(json), strlen("{\"last\":\"\",\"recent\":[]}") +
+                                        (ORCH_CAUSAL_RECENT + 1) * ORCH_CAUSAL_ID_MAX +
+                                        ORCH_CAUSAL_RECENT * 3 - 1);
+    ck_assert_int_eq(orch_causal_parse(&b, json, strlen(json)), SL_OK);
+    ck_assert_uint_eq(b.n, ORCH_CAUSAL_RECENT);
+    ck_assert_str_eq(b.recent[0], a.recent[0]);
+    ck_assert_str_eq(b.last, a.last);
+    free(json);
+
     ck_assert_int_eq(orch_causal_parse(&b, "[]", 2), SL_ERR_INVAL);
     ck_assert_uint_eq(b.n, 0);
     ck_assert_int_eq(orch_causal_parse(&b, "{\"last\":1}", 10), SL_ERR_INVAL);
