@@ -88,13 +88,13 @@ typedef struct gw_member {
 } gw_member;
 
 struct gw_chan {
-    /* Subjects, in the channel's own allocation (strs): every connection
-     * has a channel of its own ("s"), so no fixed-size buffers here. */
+    /* Names, in the channel's own allocation (strs) at their length: every
+     * connection has a channel of its own ("s"), so no fixed-size buffers. */
     const char *live;
     const char *out;
-    char ch[GW_CH_MAX]; /* "s" or "r:<room>" as clients see it */
-    char tenant[SL_ID_MAX + 1];
-    char name[SL_ID_MAX + 1];
+    const char *ch; /* "s" or "r:<room>" as clients see it */
+    const char *tenant;
+    const char *name;
     bool is_room;
     int state;
     uint64_t head;       /* last sequence seen on this channel */
@@ -1322,9 +1322,10 @@ enum chan_head {
 static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
                             enum chan_head how)
 {
-    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX];
-    size_t llive, lout;
+    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
+    size_t llive, lout, lch, ltenant, lname;
     gw_chan *ch;
+    char *p;
     read_job *j;
 
     if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK ||
@@ -1333,21 +1334,21 @@ static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, cons
     ch = gw_map_get(s->chans, live);
     if (ch != NULL)
         return ch;
+    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
     llive = strlen(live) + 1;
     lout = strlen(out) + 1;
-    ch = calloc(1, sizeof(*ch) + llive + lout);
+    lch = strlen(cname) + 1;
+    ltenant = strlen(tenant) + 1;
+    lname = strlen(name) + 1;
+    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
     if (ch == NULL)
         return NULL;
-    memcpy(ch->strs, live, llive);
-    memcpy(ch->strs + llive, out, lout);
-    ch->live = ch->strs;
-    ch->out = ch->strs + llive;
-    snprintf(ch->tenant, sizeof(ch->tenant), "%s", tenant);
-    snprintf(ch->name, sizeof(ch->name), "%s", name);
-    if (is_room)
-        snprintf(ch->ch, sizeof(ch->ch), "r:%s", name);
-    else
-        snprintf(ch->ch, sizeof(ch->ch), "s");
+    p = ch->strs;
+    ch->live = memcpy(p, live, llive);
+    ch->out = memcpy(p += llive, out, lout);
+    ch->ch = memcpy(p += lout, cname, lch);
+    ch->tenant = memcpy(p += lch, tenant, ltenant);
+    ch->name = memcpy(p += ltenant, name, lname);
     ch->is_room = is_room;
     ch->state = CHAN_INIT;
     if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, on_live_cb, s) != NATS_OK ||
@@ -2311,6 +2312,7 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     bool is_room;
     const char *room;
     char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX];
+    char name[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1], chname[GW_CH_MAX];
     gw_chan tmp;
     read_job *j;
 
@@ -2321,11 +2323,14 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     memset(&tmp, 0, sizeof(tmp));
     tmp.is_room = is_room;
-    snprintf(tmp.name, sizeof(tmp.name), "%s", is_room ? room : c->session);
-    snprintf(tmp.tenant, sizeof(tmp.tenant), "%s", c->tenant);
-    snprintf(tmp.ch, sizeof(tmp.ch), "%s", cmd->ch);
-    sl_subject_chan(out, sizeof(out), "sluice.out", c->tenant, is_room, tmp.name);
-    sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, is_room, tmp.name);
+    snprintf(name, sizeof(name), "%s", is_room ? room : c->session);
+    snprintf(tenant, sizeof(tenant), "%s", c->tenant);
+    snprintf(chname, sizeof(chname), "%s", cmd->ch);
+    sl_subject_chan(out, sizeof(out), "sluice.out", c->tenant, is_room, name);
+    sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, is_room, name);
+    tmp.name = name;
+    tmp.tenant = tenant;
+    tmp.ch = chname;
     tmp.out = out;
     tmp.live = live;
     if (!history_acquire(s, c)) {
