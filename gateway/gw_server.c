@@ -113,6 +113,7 @@ struct gw_chan {
     uint64_t cache_base;
     bool cache_valid;
     int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
+    struct gw_chan *idle_prev, *idle_next; /* in the server's idle list while idle */
     /* Who is in the room (session -> user), loaded once from the presence
      * bucket by the first join and kept current from presence events and
      * local joins, so later joins need no NATS round trip. The index
@@ -234,6 +235,9 @@ struct gw_server {
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
     gw_map *chans;    /* live subject -> gw_chan */
+    /* Empty channels kept for a resume, oldest first (they are appended as
+     * they become idle): expiry looks at the head, not at every channel. */
+    gw_chan *idle_head, *idle_tail;
     /* tenant -> int (malloc'd): history reads in flight; the map exists only
      * while some read is in flight (made on demand, freed when empty). */
     gw_map *history_tenants;
@@ -1449,8 +1453,26 @@ static void history_release(gw_server *s, const char *tenant, gw_conn *c)
 }
 
 /* Unsubscribes and frees a channel nobody uses any more. */
+/* Takes ch off the idle list (no-op when it is not on it). */
+static void chan_idle_unlink(gw_server *s, gw_chan *ch)
+{
+    if (ch->idle_since_ms == 0)
+        return;
+    if (ch->idle_prev != NULL)
+        ch->idle_prev->idle_next = ch->idle_next;
+    else
+        s->idle_head = ch->idle_next;
+    if (ch->idle_next != NULL)
+        ch->idle_next->idle_prev = ch->idle_prev;
+    else
+        s->idle_tail = ch->idle_prev;
+    ch->idle_prev = ch->idle_next = NULL;
+    ch->idle_since_ms = 0;
+}
+
 static void chan_free(gw_server *s, gw_chan *ch)
 {
+    chan_idle_unlink(s, ch);
     gw_map_del(s->chans, ch->live);
     natsSubscription_Unsubscribe(ch->sub);
     chan_destroy(ch);
@@ -1463,39 +1485,32 @@ static void chan_release(gw_server *s, gw_chan *ch)
     if (ch->nmembers > 0)
         return;
     if (ch->cache_valid && !atomic_load(&s->draining)) {
+        chan_idle_unlink(s, ch);
         ch->idle_since_ms = now_ms();
+        ch->idle_prev = s->idle_tail;
+        if (s->idle_tail != NULL)
+            s->idle_tail->idle_next = ch;
+        else
+            s->idle_head = ch;
+        s->idle_tail = ch;
         return;
     }
     chan_free(s, ch);
 }
 
-typedef struct idle_scan {
-    gw_chan **list;
-    size_t n, cap;
-    int64_t now;
-} idle_scan;
-
-static void collect_idle_cb(const char *key, void *val, void *ud)
-{
-    gw_chan *ch = val;
-    idle_scan *sc = ud;
-
-    (void)key;
-    if (ch->nmembers == 0 && ch->idle_since_ms != 0 &&
-        sc->now - ch->idle_since_ms >= CHAN_LINGER_MS && sc->n < sc->cap)
-        sc->list[sc->n++] = ch;
-}
-
 /* Frees channels that stayed empty past the linger time (at most 1024 per
- * call, to keep the loop responsive). */
+ * call, to keep the loop responsive): the idle list is in the order they
+ * became idle, so only expired ones and the first live one are looked at. */
 static void chans_expire(gw_server *s)
 {
-    gw_chan *list[1024];
-    idle_scan sc = {list, 0, 1024, now_ms()};
+    int64_t now = now_ms();
 
-    gw_map_each(s->chans, collect_idle_cb, &sc);
-    for (size_t i = 0; i < sc.n; i++)
-        chan_free(s, list[i]);
+    for (int n = 0; n < 1024 && s->idle_head != NULL; n++) {
+        gw_chan *ch = s->idle_head;
+        if (now - ch->idle_since_ms < CHAN_LINGER_MS)
+            break;
+        chan_free(s, ch);
+    }
 }
 
 static gw_member *member_find(gw_conn *c, const char *chname)
@@ -1507,7 +1522,8 @@ static gw_member *member_find(gw_conn *c, const char *chname)
     return NULL;
 }
 
-static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool replaying)
+static gw_member *member_add(gw_server *s, gw_conn *c, gw_chan *ch, uint64_t delivered,
+                             bool replaying)
 {
     static uint64_t next_gen; /* loop thread only */
     gw_member *m = calloc(1, sizeof(*m));
@@ -1515,7 +1531,7 @@ static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool r
     if (m == NULL)
         return NULL;
     m->gen = ++next_gen;
-    ch->idle_since_ms = 0;
+    chan_idle_unlink(s, ch);
     m->chan = ch;
     m->conn = c;
     m->delivered = delivered;
@@ -2184,7 +2200,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     ch = chan_get_ex(s, c->tenant, true, cmd->room, HEAD_BY_JOIN);
     if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
         /* The room is live on this gateway: join from memory, no NATS. */
-        m = member_add(c, ch, ch->head, false);
+        m = member_add(s, c, ch, ch->head, false);
         if (m == NULL) {
             chan_release(s, ch);
             conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
@@ -2201,7 +2217,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     if (ch != NULL && ch->join_reading) {
         /* The room's head and members are being read for an earlier join:
          * this one is answered with the same result, no read of its own. */
-        m = member_add(c, ch, 0, true);
+        m = member_add(s, c, ch, 0, true);
         if (m == NULL) {
             chan_release(s, ch);
             conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
@@ -2213,7 +2229,7 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         publish_presence(s, c, cmd->room, "join");
         return;
     }
-    if (ch == NULL || (m = member_add(c, ch, 0, true)) == NULL ||
+    if (ch == NULL || (m = member_add(s, c, ch, 0, true)) == NULL ||
         (j = read_job_new(s, READ_JOIN, ch)) == NULL) {
         if (ch != NULL && m != NULL)
             member_remove(s, m);
@@ -2384,7 +2400,7 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
         if (is_room && c->nrooms >= s->cfg->max_rooms)
             continue; /* as a join past the bound would be refused */
         ch = chan_get(s, c->tenant, is_room, is_room ? room : c->session);
-        if (ch == NULL || (m = member_add(c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
+        if (ch == NULL || (m = member_add(s, c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
             continue;
@@ -2399,7 +2415,7 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
     }
     if (!have_s) {
         gw_chan *ch = chan_get(s, c->tenant, false, c->session);
-        gw_member *m = ch ? member_add(c, ch, 0, true) : NULL;
+        gw_member *m = ch ? member_add(s, c, ch, 0, true) : NULL;
         if (m != NULL)
             replay_submit(s, c, m, false);
         else if (ch != NULL)
@@ -2551,7 +2567,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     if (!cmd->resume) {
         /* A new session id is random: nothing can be on its channel yet. */
         gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, HEAD_FRESH);
-        if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
+        if (ch == NULL || member_add(s, c, ch, 0, false) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
             conn_close(c, 1011, "cannot subscribe", true);
