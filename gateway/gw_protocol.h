@@ -91,6 +91,10 @@ char *gw_frame_pong(void);
  * "members_truncated":true (a large room's list is cut). */
 char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool truncated);
 
+/* The same frame with members given as a rendered JSON array (borrowed);
+ * room must be a valid id (not escaped). NULL when out of memory. */
+char *gw_frame_joined_raw(const char *room, uint64_t seq, const char *members_json, bool truncated);
+
 /* history: events are complete event frames as built by gw_frame_event, in
  * stream order. more:true says older events remain: the client asks again
  * with before = next_before (the seq of the oldest event in this page, or

@@ -89,6 +89,7 @@ typedef struct gw_member {
     uint64_t gen; /* tells this membership from a later one of the same session */
     uint64_t delivered;
     bool replaying;
+    bool join_wait;     /* answered by the join read running for its room */
     bool replay_paused; /* waits for the outbound queue to drain */
     bool pend_overflow;
     pend *pend_head, *pend_tail;
@@ -98,11 +99,13 @@ typedef struct gw_member {
 } gw_member;
 
 struct gw_chan {
-    char live[SL_SUBJECT_MAX];
-    char out[SL_SUBJECT_MAX];
-    char ch[GW_CH_MAX]; /* "s" or "r:<room>" as clients see it */
-    char tenant[SL_ID_MAX + 1];
-    char name[SL_ID_MAX + 1];
+    /* Names, in the channel's own allocation (strs) at their length: every
+     * connection has a channel of its own ("s"), so no fixed-size buffers. */
+    const char *live;
+    const char *out;
+    const char *ch; /* "s" or "r:<room>" as clients see it */
+    const char *tenant;
+    const char *name;
     bool is_room;
     int state;
     uint64_t head;       /* last sequence seen on this channel */
@@ -121,11 +124,23 @@ struct gw_chan {
     uint64_t cache_base;
     bool cache_valid;
     int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
+    struct gw_chan *idle_prev, *idle_next; /* in the server's idle list while idle */
     /* Who is in the room (session -> user), loaded once from the presence
      * bucket by the first join and kept current from presence events and
-     * local joins, so later joins need no NATS round trip. */
+     * local joins, so later joins need no NATS round trip. The index
+     * (session -> item of presence) and the count keep a join O(1); the
+     * rendered `members` of `joined` is kept until the listed members
+     * change, so a storm of joins into a large room renders it once. */
     cJSON *presence;
+    gw_map *presence_idx;
+    int npresence;
     bool presence_truncated;
+    char *members_json; /* NULL: render again */
+    bool members_json_truncated;
+    /* A READ_JOIN of this room is running: later joins wait for its result
+     * (join_wait) instead of each reading the head and the member list. */
+    bool join_reading;
+    char strs[]; /* live and out */
 };
 
 typedef struct pending_send {
@@ -210,6 +225,8 @@ typedef struct gw_metrics {
     sl_counter *replays, *replays_cached;
     sl_counter *presence_suppressed;
     sl_counter *joins_local;
+    sl_counter *join_reads;
+    sl_counter *presence_writes, *presence_events;
     sl_hist *delivery_latency;
     sl_hist *accept_latency;
 } gw_metrics;
@@ -230,6 +247,9 @@ struct gw_server {
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
     gw_map *chans;    /* live subject -> gw_chan */
+    /* Empty channels kept for a resume, oldest first (they are appended as
+     * they become idle): expiry looks at the head, not at every channel. */
+    gw_chan *idle_head, *idle_tail;
     /* tenant -> int (malloc'd): history reads in flight; the map exists only
      * while some read is in flight (made on demand, freed when empty). */
     gw_map *history_tenants;
@@ -381,6 +401,7 @@ static void publish_presence(gw_server *s, gw_conn *c, const char *room, const c
     e.body_case = SLUICE__ENVELOPE__BODY_PRESENCE;
     e.presence = &p;
     snprintf(msgid, sizeof(msgid), "p:%s", event_id);
+    sl_counter_inc(s->m.presence_events);
     publish_out_async(s, subj, &e, msgid);
 }
 
@@ -425,6 +446,7 @@ static void presence_put(gw_server *s, gw_conn *c, const char *room, bool presen
         if (val == NULL)
             return;
     }
+    sl_counter_inc(s->m.presence_writes);
     kv_submit(s, true, key, val);
 }
 
@@ -474,8 +496,9 @@ static void acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_abse
     }
     if (c->nacked == c->acked_cap) {
         /* Grows with the channels joined (bounded by SLUICE_MAX_ROOMS + the
-         * session channel): most connections hold a few. */
-        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 4;
+         * session channel): most connections hold the session channel and
+         * one room, so it starts with room for those two. */
+        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 2;
         gw_pos *na;
         if (ncap > GW_POSITIONS_MAX)
             ncap = GW_POSITIONS_MAX;
@@ -627,23 +650,65 @@ static const char *json_str(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Starts an empty snapshot; false when out of memory (no snapshot then). */
+static bool presence_snap_init(gw_chan *ch)
+{
+    ch->presence = cJSON_CreateObject();
+    if (ch->presence == NULL || gw_map_create(&ch->presence_idx) != SL_OK) {
+        cJSON_Delete(ch->presence);
+        ch->presence = NULL;
+        return false;
+    }
+    ch->npresence = 0;
+    return true;
+}
+
+static void presence_snap_changed(gw_chan *ch)
+{
+    free(ch->members_json);
+    ch->members_json = NULL;
+}
+
 static void presence_snap_set(gw_chan *ch, const char *session, const char *user)
 {
+    cJSON *it;
+
     if (ch->presence == NULL)
         return; /* not loaded yet: the first join's read brings everyone */
-    if (cJSON_GetObjectItemCaseSensitive(ch->presence, session) != NULL)
+    if (gw_map_get(ch->presence_idx, session) != NULL)
         return;
-    if (cJSON_GetArraySize(ch->presence) >= PRESENCE_SNAP_MAX) {
+    if (ch->npresence >= PRESENCE_SNAP_MAX) {
+        if (!ch->presence_truncated)
+            presence_snap_changed(ch);
         ch->presence_truncated = true;
         return;
     }
-    cJSON_AddStringToObject(ch->presence, session, user);
+    it = cJSON_CreateString(user);
+    if (it == NULL || !cJSON_AddItemToObject(ch->presence, session, it)) {
+        cJSON_Delete(it);
+        return;
+    }
+    if (gw_map_put(ch->presence_idx, session, it) != SL_OK) {
+        cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
+        return;
+    }
+    ch->npresence++;
+    /* Members are listed in the order they came: one past the listed ones
+     * only changes the list's truncation. */
+    if (ch->npresence <= JOIN_MEMBERS_MAX + 1)
+        presence_snap_changed(ch);
 }
 
 static void presence_snap_del(gw_chan *ch, const char *session)
 {
-    if (ch->presence != NULL)
-        cJSON_DeleteItemFromObjectCaseSensitive(ch->presence, session);
+    cJSON *it;
+
+    if (ch->presence == NULL || (it = gw_map_get(ch->presence_idx, session)) == NULL)
+        return;
+    gw_map_del(ch->presence_idx, session);
+    cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
+    ch->npresence--;
+    presence_snap_changed(ch);
 }
 
 /* The members list of `joined`, from the snapshot (at most
@@ -667,6 +732,22 @@ static cJSON *presence_snap_list(const gw_chan *ch, bool *truncated)
         cJSON_AddItemToArray(arr, mem);
     }
     return arr;
+}
+
+/* The `joined` frame of room ch at seq with the snapshot's members,
+ * rendered once per change of the listed members (caller frees). */
+static char *presence_joined_frame(gw_chan *ch, uint64_t seq)
+{
+    if (ch->members_json == NULL) {
+        bool truncated = false;
+        cJSON *arr = presence_snap_list(ch, &truncated);
+        ch->members_json = arr != NULL ? cJSON_PrintUnformatted(arr) : NULL;
+        ch->members_json_truncated = truncated;
+        cJSON_Delete(arr);
+        if (ch->members_json == NULL)
+            return NULL;
+    }
+    return gw_frame_joined_raw(ch->name, seq, ch->members_json, ch->members_json_truncated);
 }
 
 static uint64_t header_u64(natsMsg *m, const char *name)
@@ -1264,26 +1345,33 @@ enum chan_head {
 static gw_chan *chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
                             enum chan_head how)
 {
-    char live[SL_SUBJECT_MAX];
+    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
+    size_t llive, lout, lch, ltenant, lname;
     gw_chan *ch;
+    char *p;
     read_job *j;
 
-    if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK)
+    if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK ||
+        sl_subject_chan(out, sizeof(out), "sluice.out", tenant, is_room, name) != SL_OK)
         return NULL;
     ch = gw_map_get(s->chans, live);
     if (ch != NULL)
         return ch;
-    ch = calloc(1, sizeof(*ch));
+    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
+    llive = strlen(live) + 1;
+    lout = strlen(out) + 1;
+    lch = strlen(cname) + 1;
+    ltenant = strlen(tenant) + 1;
+    lname = strlen(name) + 1;
+    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
     if (ch == NULL)
         return NULL;
-    snprintf(ch->live, sizeof(ch->live), "%s", live);
-    sl_subject_chan(ch->out, sizeof(ch->out), "sluice.out", tenant, is_room, name);
-    snprintf(ch->tenant, sizeof(ch->tenant), "%s", tenant);
-    snprintf(ch->name, sizeof(ch->name), "%s", name);
-    if (is_room)
-        snprintf(ch->ch, sizeof(ch->ch), "r:%s", name);
-    else
-        snprintf(ch->ch, sizeof(ch->ch), "s");
+    p = ch->strs;
+    ch->live = memcpy(p, live, llive);
+    ch->out = memcpy(p += llive, out, lout);
+    ch->ch = memcpy(p += lout, cname, lch);
+    ch->tenant = memcpy(p += lch, tenant, ltenant);
+    ch->name = memcpy(p += ltenant, name, lname);
     ch->is_room = is_room;
     ch->state = CHAN_INIT;
     if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, on_live_cb, s) != NATS_OK ||
@@ -1326,6 +1414,8 @@ static void chan_destroy(gw_chan *ch)
     }
     cache_clear(ch);
     cJSON_Delete(ch->presence);
+    gw_map_destroy(ch->presence_idx);
+    free(ch->members_json);
     free(ch);
 }
 
@@ -1382,8 +1472,26 @@ static void history_release(gw_server *s, const char *tenant, gw_conn *c)
 }
 
 /* Unsubscribes and frees a channel nobody uses any more. */
+/* Takes ch off the idle list (no-op when it is not on it). */
+static void chan_idle_unlink(gw_server *s, gw_chan *ch)
+{
+    if (ch->idle_since_ms == 0)
+        return;
+    if (ch->idle_prev != NULL)
+        ch->idle_prev->idle_next = ch->idle_next;
+    else
+        s->idle_head = ch->idle_next;
+    if (ch->idle_next != NULL)
+        ch->idle_next->idle_prev = ch->idle_prev;
+    else
+        s->idle_tail = ch->idle_prev;
+    ch->idle_prev = ch->idle_next = NULL;
+    ch->idle_since_ms = 0;
+}
+
 static void chan_free(gw_server *s, gw_chan *ch)
 {
+    chan_idle_unlink(s, ch);
     gw_map_del(s->chans, ch->live);
     natsSubscription_Unsubscribe(ch->sub);
     chan_destroy(ch);
@@ -1396,39 +1504,32 @@ static void chan_release(gw_server *s, gw_chan *ch)
     if (ch->nmembers > 0)
         return;
     if (ch->cache_valid && !atomic_load(&s->draining)) {
+        chan_idle_unlink(s, ch);
         ch->idle_since_ms = now_ms();
+        ch->idle_prev = s->idle_tail;
+        if (s->idle_tail != NULL)
+            s->idle_tail->idle_next = ch;
+        else
+            s->idle_head = ch;
+        s->idle_tail = ch;
         return;
     }
     chan_free(s, ch);
 }
 
-typedef struct idle_scan {
-    gw_chan **list;
-    size_t n, cap;
-    int64_t now;
-} idle_scan;
-
-static void collect_idle_cb(const char *key, void *val, void *ud)
-{
-    gw_chan *ch = val;
-    idle_scan *sc = ud;
-
-    (void)key;
-    if (ch->nmembers == 0 && ch->idle_since_ms != 0 &&
-        sc->now - ch->idle_since_ms >= CHAN_LINGER_MS && sc->n < sc->cap)
-        sc->list[sc->n++] = ch;
-}
-
 /* Frees channels that stayed empty past the linger time (at most 1024 per
- * call, to keep the loop responsive). */
+ * call, to keep the loop responsive): the idle list is in the order they
+ * became idle, so only expired ones and the first live one are looked at. */
 static void chans_expire(gw_server *s)
 {
-    gw_chan *list[1024];
-    idle_scan sc = {list, 0, 1024, now_ms()};
+    int64_t now = now_ms();
 
-    gw_map_each(s->chans, collect_idle_cb, &sc);
-    for (size_t i = 0; i < sc.n; i++)
-        chan_free(s, list[i]);
+    for (int n = 0; n < 1024 && s->idle_head != NULL; n++) {
+        gw_chan *ch = s->idle_head;
+        if (now - ch->idle_since_ms < CHAN_LINGER_MS)
+            break;
+        chan_free(s, ch);
+    }
 }
 
 static gw_member *member_find(gw_conn *c, const char *chname)
@@ -1440,7 +1541,8 @@ static gw_member *member_find(gw_conn *c, const char *chname)
     return NULL;
 }
 
-static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool replaying)
+static gw_member *member_add(gw_server *s, gw_conn *c, gw_chan *ch, uint64_t delivered,
+                             bool replaying)
 {
     static uint64_t next_gen; /* loop thread only */
     gw_member *m = calloc(1, sizeof(*m));
@@ -1448,7 +1550,7 @@ static gw_member *member_add(gw_conn *c, gw_chan *ch, uint64_t delivered, bool r
     if (m == NULL)
         return NULL;
     m->gen = ++next_gen;
-    ch->idle_since_ms = 0;
+    chan_idle_unlink(s, ch);
     m->chan = ch;
     m->conn = c;
     m->delivered = delivered;
@@ -1693,6 +1795,63 @@ static void history_done(gw_server *s, read_job *j, gw_conn *c)
     free(events);
 }
 
+/* Answers member m's join with the result of the room's join read j:
+ * the member starts at the head read, with the room's member list. */
+static void join_answer(gw_server *s, gw_chan *ch, gw_member *m, read_job *j)
+{
+    gw_conn *c = m->conn;
+
+    m->join_wait = false;
+    m->delivered = j->head;
+    if (ch->presence != NULL) {
+        /* The store read may have run before this member's own presence
+         * write landed: the snapshot always holds every local member, so
+         * the next join served from memory lists it, and this joiner
+         * sees itself as on the fast path. */
+        presence_snap_set(ch, c->session, c->sub);
+        conn_send_text(s, c, presence_joined_frame(ch, j->head));
+    } else {
+        conn_send_text(
+            s, c,
+            gw_frame_joined(ch->name, j->head,
+                            j->members != NULL ? cJSON_Duplicate(j->members, true) : NULL,
+                            j->members_truncated));
+    }
+    acked_set(c, ch->ch, (int64_t)j->head, true);
+    if (m->delivered < ch->ready_head || m->pend_overflow) {
+        /* The channel dropped events above the join point, or more came
+         * meanwhile than the member buffers: read them from the stream. */
+        m->pend_overflow = false;
+        replay_submit(s, c, m, false);
+    } else {
+        member_go_live(s, m);
+    }
+}
+
+static bool join_waiters(const gw_chan *ch)
+{
+    for (const gw_member *w = ch->members; w != NULL; w = w->cnext)
+        if (w->join_wait)
+            return true;
+    return false;
+}
+
+/* The room's join read cannot be retried (out of memory): the joins
+ * waiting for it are refused like a join that cannot start. */
+static void join_waiters_fail(gw_server *s, gw_chan *ch)
+{
+    gw_member *w = ch->members, *next;
+
+    for (; w != NULL; w = next) {
+        next = w->cnext;
+        if (w->join_wait) {
+            gw_conn *c = w->conn;
+            conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            member_remove(s, w);
+        }
+    }
+}
+
 static void read_result_run(void *arg)
 {
     read_job *j = arg;
@@ -1711,11 +1870,18 @@ static void read_result_run(void *arg)
     if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
                    j->kind == READ_JOIN)) {
         /* NATS trouble: try again shortly (the io thread paces retries). */
-        if (ch != NULL && (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL ||
-                           (j->kind == READ_JOIN && ch->state == CHAN_INIT))) {
-            /* A join that went away still owes its channel a head. */
-            int kind = j->kind == READ_JOIN && m == NULL ? READ_HEAD : j->kind;
+        if (ch != NULL &&
+            (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL ||
+             (j->kind == READ_JOIN && (ch->state == CHAN_INIT || ch->join_reading)))) {
+            /* A join that went away still owes its channel a head, and the
+             * joins waiting for it their answer. */
+            int kind = j->kind == READ_JOIN && m == NULL && !join_waiters(ch) ? READ_HEAD : j->kind;
             read_job *again = read_job_new(s, kind, ch);
+            if (j->kind == READ_JOIN) {
+                ch->join_reading = again != NULL && kind == READ_JOIN;
+                if (again == NULL)
+                    join_waiters_fail(s, ch);
+            }
             if (again != NULL) {
                 memcpy(again->session, j->session, sizeof(j->session));
                 again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
@@ -1759,15 +1925,15 @@ static void read_result_run(void *arg)
         break;
     }
     case READ_JOIN:
-        if (ch != NULL && ch->state == CHAN_INIT)
-            chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
-        if (ch == NULL || m == NULL)
+        if (ch == NULL)
             break;
-        m->delivered = j->head;
+        ch->join_reading = false;
+        if (ch->state == CHAN_INIT)
+            chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
         if (ch->presence == NULL && j->members != NULL) {
             cJSON *it;
-            ch->presence = cJSON_CreateObject();
-            ch->presence_truncated = j->members_truncated;
+            if (presence_snap_init(ch))
+                ch->presence_truncated = j->members_truncated;
             cJSON_ArrayForEach(it, j->members)
             {
                 const char *u = json_str(it, "user"), *ss = json_str(it, "session");
@@ -1775,29 +1941,13 @@ static void read_result_run(void *arg)
                     presence_snap_set(ch, ss, u);
             }
         }
-        if (ch->presence != NULL) {
-            /* The store read may have run before this member's own presence
-             * write landed: the snapshot always holds every local member, so
-             * the next join served from memory lists it, and this joiner
-             * sees itself as on the fast path. */
-            bool truncated = false;
-            cJSON *members;
-            presence_snap_set(ch, c->session, c->sub);
-            members = presence_snap_list(ch, &truncated);
-            conn_send_text(s, c, gw_frame_joined(ch->name, j->head, members, truncated));
-        } else {
-            conn_send_text(s, c,
-                           gw_frame_joined(ch->name, j->head, j->members, j->members_truncated));
-            j->members = NULL;
-        }
-        acked_set(c, ch->ch, (int64_t)j->head, true);
-        if (m->delivered < ch->ready_head || m->pend_overflow) {
-            /* The channel dropped events above the join point, or more came
-             * meanwhile than the member buffers: read them from the stream. */
-            m->pend_overflow = false;
-            replay_submit(s, c, m, false);
-        } else {
-            member_go_live(s, m);
+        if (m != NULL)
+            join_answer(s, ch, m, j);
+        /* The joins that came while the read ran: one read per room. */
+        for (gw_member *w = ch->members, *next; w != NULL; w = next) {
+            next = w->cnext;
+            if (w->join_wait)
+                join_answer(s, ch, w, j);
         }
         break;
     case READ_REPLAY: {
@@ -2069,25 +2219,36 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     ch = chan_get_ex(s, c->tenant, true, cmd->room, HEAD_BY_JOIN);
     if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
         /* The room is live on this gateway: join from memory, no NATS. */
-        bool truncated;
-        m = member_add(c, ch, ch->head, false);
+        m = member_add(s, c, ch, ch->head, false);
         if (m == NULL) {
             chan_release(s, ch);
             conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
             return;
         }
         presence_snap_set(ch, c->session, c->sub);
-        {
-            cJSON *members = presence_snap_list(ch, &truncated);
-            conn_send_text(s, c, gw_frame_joined(ch->name, ch->head, members, truncated));
-        }
+        conn_send_text(s, c, presence_joined_frame(ch, ch->head));
         acked_set(c, ch->ch, (int64_t)ch->head, true);
         sl_counter_inc(s->m.joins_local);
         presence_put(s, c, cmd->room, true);
         publish_presence(s, c, cmd->room, "join");
         return;
     }
-    if (ch == NULL || (m = member_add(c, ch, 0, true)) == NULL ||
+    if (ch != NULL && ch->join_reading) {
+        /* The room's head and members are being read for an earlier join:
+         * this one is answered with the same result, no read of its own. */
+        m = member_add(s, c, ch, 0, true);
+        if (m == NULL) {
+            chan_release(s, ch);
+            conn_error(s, c, "internal", "cannot join now; retry", cmd->id);
+            return;
+        }
+        m->join_wait = true;
+        sl_counter_inc(s->m.joins_local);
+        presence_put(s, c, cmd->room, true);
+        publish_presence(s, c, cmd->room, "join");
+        return;
+    }
+    if (ch == NULL || (m = member_add(s, c, ch, 0, true)) == NULL ||
         (j = read_job_new(s, READ_JOIN, ch)) == NULL) {
         if (ch != NULL && m != NULL)
             member_remove(s, m);
@@ -2098,6 +2259,8 @@ static void cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     snprintf(j->session, sizeof(j->session), "%s", c->session);
     j->member_gen = m->gen;
+    ch->join_reading = true;
+    sl_counter_inc(s->m.join_reads);
     gw_io_submit(s->io, read_io, j);
     presence_put(s, c, cmd->room, true);
     publish_presence(s, c, cmd->room, "join");
@@ -2183,6 +2346,8 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 {
     bool is_room;
     const char *room;
+    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX];
+    char name[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1], chname[GW_CH_MAX];
     gw_chan tmp;
     read_job *j;
 
@@ -2193,11 +2358,16 @@ static void cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     memset(&tmp, 0, sizeof(tmp));
     tmp.is_room = is_room;
-    snprintf(tmp.name, sizeof(tmp.name), "%s", is_room ? room : c->session);
-    snprintf(tmp.tenant, sizeof(tmp.tenant), "%s", c->tenant);
-    snprintf(tmp.ch, sizeof(tmp.ch), "%s", cmd->ch);
-    sl_subject_chan(tmp.out, sizeof(tmp.out), "sluice.out", c->tenant, is_room, tmp.name);
-    sl_subject_chan(tmp.live, sizeof(tmp.live), "sluice.live", c->tenant, is_room, tmp.name);
+    snprintf(name, sizeof(name), "%s", is_room ? room : c->session);
+    snprintf(tenant, sizeof(tenant), "%s", c->tenant);
+    snprintf(chname, sizeof(chname), "%s", cmd->ch);
+    sl_subject_chan(out, sizeof(out), "sluice.out", c->tenant, is_room, name);
+    sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, is_room, name);
+    tmp.name = name;
+    tmp.tenant = tenant;
+    tmp.ch = chname;
+    tmp.out = out;
+    tmp.live = live;
     if (!history_acquire(s, c)) {
         conn_busy(s, c, cmd->id, "history_busy", HISTORY_RETRY_MS);
         return;
@@ -2249,7 +2419,7 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
         if (is_room && c->nrooms >= s->cfg->max_rooms)
             continue; /* as a join past the bound would be refused */
         ch = chan_get(s, c->tenant, is_room, is_room ? room : c->session);
-        if (ch == NULL || (m = member_add(c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
+        if (ch == NULL || (m = member_add(s, c, ch, (uint64_t)pos[i].seq, true)) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
             continue;
@@ -2264,7 +2434,7 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
     }
     if (!have_s) {
         gw_chan *ch = chan_get(s, c->tenant, false, c->session);
-        gw_member *m = ch ? member_add(c, ch, 0, true) : NULL;
+        gw_member *m = ch ? member_add(s, c, ch, 0, true) : NULL;
         if (m != NULL)
             replay_submit(s, c, m, false);
         else if (ch != NULL)
@@ -2416,7 +2586,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     if (!cmd->resume) {
         /* A new session id is random: nothing can be on its channel yet. */
         gw_chan *ch = chan_get_ex(s, c->tenant, false, c->session, HEAD_FRESH);
-        if (ch == NULL || member_add(c, ch, 0, false) == NULL) {
+        if (ch == NULL || member_add(s, c, ch, 0, false) == NULL) {
             if (ch != NULL)
                 chan_release(s, ch);
             conn_close(c, 1011, "cannot subscribe", true);
@@ -3138,8 +3308,15 @@ static void metrics_init(gw_metrics *m)
     m->bad_frames = sl_counter_get("sluice_gw_errors_total", NULL, "error frames sent");
     m->live_dropped = sl_counter_get("sluice_gw_live_dropped_total", NULL,
                                      "live events dropped under overload (refilled)");
-    m->joins_local = sl_counter_get("sluice_gw_joins_local_total", NULL,
-                                    "joins served from the gateway's room state (no NATS)");
+    m->joins_local = sl_counter_get(
+        "sluice_gw_joins_local_total", NULL,
+        "joins served from the gateway's room state or an earlier join's read (no NATS read)");
+    m->join_reads = sl_counter_get("sluice_gw_join_reads_total", NULL,
+                                   "joins that read the room's head and members from NATS");
+    m->presence_writes = sl_counter_get("sluice_gw_presence_writes_total", NULL,
+                                        "presence bucket writes (joins, leaves, refreshes)");
+    m->presence_events = sl_counter_get("sluice_gw_presence_events_total", NULL,
+                                        "presence events published (join, leave, disconnect)");
     m->presence_suppressed =
         sl_counter_get("sluice_gw_presence_suppressed_total", NULL,
                        "presence events not published: room over SLUICE_PRESENCE_FANOUT_MAX");

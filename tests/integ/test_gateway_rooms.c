@@ -288,6 +288,114 @@ START_TEST(test_join_members_presence_leave)
 }
 END_TEST
 
+/* ---- a join storm ---- */
+
+#define STORM_N 40
+
+/* Session ids member i has learned so far (its own joined list and the
+ * presence join events it received), as a bit per storm member. */
+static void storm_learn(const cJSON *fr, char *const *sess, bool *known)
+{
+    const cJSON *m;
+
+    if (fx__is_type(fr, "joined")) {
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(fr, "members"))
+        {
+            const char *ss = hx_json_str(m, "session");
+            for (int k = 0; k < STORM_N && ss != NULL; k++)
+                if (strcmp(ss, sess[k]) == 0)
+                    known[k] = true;
+        }
+    } else if (fx__is_type(fr, "event") && hx_json_str(fr, "kind") != NULL &&
+               strcmp(hx_json_str(fr, "kind"), "presence") == 0 &&
+               strcmp(hx_json_str(fr, "action") ? hx_json_str(fr, "action") : "", "join") == 0) {
+        const char *ss = hx_json_str(fr, "session");
+        for (int k = 0; k < STORM_N && ss != NULL; k++)
+            if (strcmp(ss, sess[k]) == 0)
+                known[k] = true;
+    }
+}
+
+static bool storm_all(const bool *known)
+{
+    for (int k = 0; k < STORM_N; k++)
+        if (!known[k])
+            return false;
+    return true;
+}
+
+/* STORM_N members join one room at once on one gateway: the room's head
+ * and member list are read from NATS once (the joins that come while that
+ * read runs wait for its result), every member is answered and learns
+ * every other member (its joined list plus presence events), and the
+ * presence writes and events grow with N (one each per join), not N^2.
+ * A leave and a disconnect afterwards still reach everyone. Before the
+ * join waiters, every join that came before the room was ready read the
+ * head and the presence bucket itself (sluice_gw_join_reads_total > 1). */
+START_TEST(test_join_storm_one_read_everyone_listed)
+{
+    fx f;
+    hx_sl_client *c[STORM_N];
+    char *sess[STORM_N];
+    double reads, writes, events;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    for (int i = 0; i < STORM_N; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "u%d", i);
+        c[i] = fx_client(&f, 0, "acme", user);
+        sess[i] = hx_strf("%s", hx_sl_session(c[i]));
+    }
+    /* Every join is sent before any answer is read. */
+    for (int i = 0; i < STORM_N; i++)
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c[i]), "{\"type\":\"join\",\"room\":\"storm\"}"));
+    for (int i = 0; i < STORM_N; i++) {
+        bool known[STORM_N] = {false};
+        cJSON *fr = want(&f, hx_sl_ws(c[i]), "{\"type\":\"joined\",\"room\":\"storm\"}");
+        storm_learn(fr, sess, known);
+        cJSON_Delete(fr);
+        while (!storm_all(known)) {
+            fr = hx_ws_recv_json(hx_sl_ws(c[i]), T);
+            HX_ASSERT_MSG(f.s, fr != NULL, "member %d never learned every other member: %s", i,
+                          hx_error());
+            storm_learn(fr, sess, known);
+            cJSON_Delete(fr);
+        }
+    }
+    reads = fx_metric(&f, 0, "sluice_gw_join_reads_total");
+    writes = fx_metric(&f, 0, "sluice_gw_presence_writes_total");
+    events = fx_metric(&f, 0, "sluice_gw_presence_events_total");
+    HX_ASSERT_MSG(f.s, reads == 1, "%g join reads for one room (want 1)", reads);
+    /* One write per join, and a refresh per member at most meanwhile. */
+    HX_ASSERT_MSG(f.s, writes >= STORM_N && writes <= 2 * STORM_N,
+                  "%g presence writes for %d joins", writes, STORM_N);
+    HX_ASSERT_MSG(f.s, events == STORM_N, "%g presence events for %d joins", events, STORM_N);
+
+    /* Member 0 leaves and member 1 drops: everyone else hears both. */
+    HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c[0]), "{\"type\":\"leave\",\"room\":\"storm\"}"));
+    cJSON_Delete(want(&f, hx_sl_ws(c[0]), "{\"type\":\"left\",\"room\":\"storm\"}"));
+    hx_sl_destroy(c[1]);
+    c[1] = NULL;
+    for (int i = 2; i < STORM_N; i++) {
+        char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:storm\",\"kind\":\"presence\","
+                            "\"action\":\"leave\",\"user\":\"u0\",\"session\":\"%s\"}",
+                            sess[0]);
+        want_free(&f, hx_sl_ws(c[i]), pat);
+        free(pat);
+        pat = hx_strf("{\"type\":\"event\",\"ch\":\"r:storm\",\"kind\":\"presence\","
+                      "\"action\":\"disconnect\",\"user\":\"u1\",\"session\":\"%s\"}",
+                      sess[1]);
+        want_free(&f, hx_sl_ws(c[i]), pat);
+        free(pat);
+    }
+    for (int i = 0; i < STORM_N; i++) {
+        hx_sl_destroy(c[i]);
+        free(sess[i]);
+    }
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- ack and receipts ---- */
 
 /* Back-to-back joins on one gateway, with no wait for the presence store:
@@ -716,6 +824,7 @@ int main(void)
     tcase_add_test(tc, test_send_accepted_and_duplicate);
     tcase_add_test(tc, test_join_members_presence_leave);
     tcase_add_test(tc, test_joined_lists_local_members_at_once);
+    tcase_add_test(tc, test_join_storm_one_read_everyone_listed);
     tcase_add_test(tc, test_ack_sends_receipts_to_the_sender);
     tcase_add_test(tc, test_history);
     tcase_add_test(tc, test_ping_pong);
