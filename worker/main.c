@@ -16,7 +16,7 @@
 #include "wrk_backend.h"
 #include "wrk_loop.h"
 
-#define WRK_OPTS_N (SL_COMMON_OPTS_N + 14)
+#define WRK_OPTS_N (SL_COMMON_OPTS_N + 15)
 #define MAX_MODELS 32
 
 static volatile sig_atomic_t g_stop;
@@ -99,7 +99,9 @@ int main(int argc, char **argv)
 {
     sl_common_cfg common = {0};
     char *models_list = NULL, *backend_kind = NULL, *model_url = NULL, *api_key = NULL;
-    char *worker_id = NULL;
+    char *worker_id = NULL, *weights_spec = NULL;
+    wrk_weight *weights = NULL;
+    size_t nweights = 0;
     int64_t concurrency = 0, timeout_ms = 0, echo_delay_ms = 0, coalesce_ms = 0;
     int64_t coalesce_bytes = 0, context_messages = 0, drain_grace_ms = 0, ack_grace_ms = 0;
     int64_t connect_timeout_ms = 0;
@@ -142,6 +144,17 @@ int main(int argc, char **argv)
                              &concurrency,
                              1,
                              WRK_CONCURRENCY_MAX,
+                             false,
+                             false};
+    opts[k++] = (sl_cfg_opt){"SLUICE_TENANT_WEIGHTS",
+                             "tenant-weights",
+                             SL_CFG_STR,
+                             "",
+                             "tenants' weights in the fair share of job slots, e.g. "
+                             "\"acme=2,globex=1\" (integers 1..1000; tenants not listed weigh 1)",
+                             &weights_spec,
+                             0,
+                             0,
                              false,
                              false};
     opts[k++] = (sl_cfg_opt){"SLUICE_WORKER_ID",
@@ -309,6 +322,14 @@ int main(int argc, char **argv)
         }
     }
     if (st == SL_OK) {
+        char why[256];
+        st = wrk_weights_parse(weights_spec, &weights, &nweights, why, sizeof(why));
+        if (st == SL_ERR_INVAL)
+            snprintf(err, sizeof(err), "SLUICE_TENANT_WEIGHTS: %s", why);
+        else if (st != SL_OK)
+            snprintf(err, sizeof(err), "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
+    }
+    if (st == SL_OK) {
         nmodels = split_models(models_list, models, MAX_MODELS, err, sizeof(err));
         if (nmodels < 0)
             st = SL_ERR_INVAL;
@@ -380,7 +401,9 @@ int main(int argc, char **argv)
                            .coalesce_bytes = coalesce_bytes,
                            .context_messages =
                                strcmp(backend_kind, "openai") == 0 ? context_messages : 0,
-                           .worker_id = default_id};
+                           .worker_id = default_id,
+                           .weights = weights,
+                           .nweights = nweights};
         st = wrk_loop_create(&loop, bus, backend, &lc, err, sizeof(err));
         if (st == SL_OK)
             break;
@@ -420,5 +443,6 @@ cleanup:
     if (curl_ready)
         wrk_backend_global_cleanup();
     sl_config_free(opts, WRK_OPTS_N);
+    free(weights);
     return rc;
 }

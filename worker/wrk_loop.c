@@ -1134,7 +1134,7 @@ static void *slot_main(void *arg)
             job_run(s, rj.msg);
             natsMsg_Destroy(rj.msg);
             pthread_mutex_lock(&l->qmu);
-            wrk_sched_release(l->sched, rj.q);
+            wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
             l->idle++;
             pump(l, wrk_backend_now_ms());
             continue;
@@ -1816,7 +1816,8 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (out == NULL || bus == NULL || backend == NULL || cfg == NULL || cfg->models == NULL ||
         cfg->nmodels == 0 || cfg->concurrency < 1 || cfg->concurrency > WRK_CONCURRENCY_MAX ||
         cfg->timeout_ms <= 0 || cfg->ack_grace_ms < 0 || cfg->coalesce_ms < 0 ||
-        cfg->coalesce_bytes < 1 || cfg->context_messages < 0) {
+        cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
+        (cfg->weights == NULL && cfg->nweights > 0)) {
         set_err(err, errlen, "wrk_loop_create: bad configuration");
         return SL_ERR_INVAL;
     }
@@ -1894,6 +1895,13 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         st = SL_ERR_NOMEM;
         goto cleanup;
     }
+    st = wrk_sched_set_weights(l->sched, cfg->weights, cfg->nweights);
+    if (st != SL_OK) {
+        set_err(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
+        goto cleanup;
+    }
+    l->cfg.weights = NULL; /* the table has its copy */
+    l->cfg.nweights = 0;
     l->idle = l->nslots;
     for (int i = 0; i < l->nslots; i++) {
         wrk_slot *s = &l->slots[i];
@@ -1998,7 +2006,7 @@ static void nak_ready(wrk_loop *l)
         l->nready--;
         ack_send(l, rj.msg, SETTLE_NAK, 0);
         natsMsg_Destroy(rj.msg);
-        wrk_sched_release(l->sched, rj.q);
+        wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
         n++;
     }
     pthread_mutex_unlock(&l->qmu);
