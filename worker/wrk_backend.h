@@ -103,7 +103,12 @@ void wrk_backend_destroy(wrk_backend *b);
 void wrk_backend_call(wrk_backend *b, const wrk_call *call, wrk_token_fn fn, void *ud,
                       wrk_result *res);
 
-/* Internals shared by the backend's source files; not for callers. */
+/* Internals shared by the backend's source files; not for callers.
+ * wrk_backend.c dispatches to wrk_backend_echo.c and wrk_backend_openai.c;
+ * all three use wrk_backend_util.c (wrk__result_*, wrk_backend_now_ms,
+ * wrk_outcome_str). */
+void wrk__echo_call(int64_t delay_ms, const wrk_call *call, wrk_token_fn fn, void *ud,
+                    wrk_result *res);
 typedef struct wrk__openai wrk__openai;
 sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char *err,
                              size_t errlen);

@@ -1,6 +1,7 @@
 /* The worker's job loop: fair pulling from SLUICE_WORK (a durable
  * `wrk_<model>~<tenant>` per model and tenant, shared by every worker
- * replica, asked in turn: wrk_sched.h), a fixed number of job slots (a
+ * replica; the slots shared fairly by tenant, weighted by cfg->weights:
+ * wrk_sched.h), a fixed number of job slots (a
  * thread each, so one slow model call never blocks the others), the job
  * lifecycle (in-flight KV state, cancels, model call with a hard deadline,
  * coalesced tokens and the final reply on OUT, ack / NAK with delay /
@@ -36,6 +37,7 @@
 #include "sl_bus.h"
 #include "sl_status.h"
 #include "wrk_backend.h"
+#include "wrk_sched.h"
 
 #define WRK_MAX_DELIVER     3     /* deliveries of one job, the consumer's MaxDeliver */
 #define WRK_RETRY_BASE_MS   500   /* NAK delay of the first transient retry, doubled after */
@@ -45,13 +47,15 @@
 typedef struct wrk_loop_cfg {
     const char *const *models; /* valid ids; at least one */
     size_t nmodels;
-    int concurrency;          /* job slots, 1..WRK_CONCURRENCY_MAX */
-    int64_t timeout_ms;       /* per-attempt model deadline when the job gives none */
-    int64_t ack_grace_ms;     /* AckWait = timeout_ms + ack_grace_ms */
-    int64_t coalesce_ms;      /* token coalescing window */
-    int64_t coalesce_bytes;   /* token coalescing size bound */
-    int64_t context_messages; /* channel messages given to the model as context; 0: none */
-    const char *worker_id;    /* shown in the in-flight KV state */
+    int concurrency;           /* job slots, 1..WRK_CONCURRENCY_MAX */
+    int64_t timeout_ms;        /* per-attempt model deadline when the job gives none */
+    int64_t ack_grace_ms;      /* AckWait = timeout_ms + ack_grace_ms */
+    int64_t coalesce_ms;       /* token coalescing window */
+    int64_t coalesce_bytes;    /* token coalescing size bound */
+    int64_t context_messages;  /* channel messages given to the model as context; 0: none */
+    const char *worker_id;     /* shown in the in-flight KV state */
+    const wrk_weight *weights; /* tenants' shares of the slots (others weigh 1); may be NULL */
+    size_t nweights;
 } wrk_loop_cfg;
 
 typedef struct wrk_loop wrk_loop;

@@ -1,11 +1,27 @@
 #include "wrk_sched.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NBUCKETS 4096
+
+/* A tenant's slots over its queues. Listed (in the active list) while it
+ * holds or asks for slots, has a queue in the ring, or did within
+ * WRK_FAIR_LINGER_MS; freed once it is neither listed nor has queues. */
+typedef struct wrk_tenant {
+    char name[SL_ID_MAX + 1];
+    int weight;
+    int load;        /* jobs held and asked for, over its queues */
+    int nring;       /* its queues in the ring */
+    size_t nqueues;  /* its queues in the table */
+    int64_t last_ms; /* last time one of its jobs was delivered or settled */
+    bool listed;
+    uint64_t gen;                     /* wrk_sched_next's pass that saw it as a candidate */
+    struct wrk_tenant *hnext, *anext; /* hash chain, active list */
+} wrk_tenant;
 
 struct wrk_sched {
     wrk_queue **v; /* by id; NULL where freed */
@@ -15,7 +31,168 @@ struct wrk_sched {
     size_t ring_len;
     uint64_t next_token;
     int outstanding; /* jobs asked for and not delivered, over open requests */
+
+    wrk_tenant *tbuckets[NBUCKETS];
+    wrk_tenant *active; /* the active list */
+    wrk_weight *weights;
+    size_t nweights;
+    uint64_t gen;
+    /* wrk_sched_next's scratch: one entry per active tenant. */
+    wrk_fair *fair;
+    wrk_queue **candq, **candprev;
+    size_t scap;
 };
+
+/* ---- Fair share ---------------------------------------------------------- */
+
+int wrk_fair_share(int slots, int weight, int64_t weights)
+{
+    int64_t sh;
+
+    if (slots < 1)
+        return 1;
+    if (weight < 1)
+        weight = 1;
+    if (weights < weight)
+        weights = weight;
+    sh = ((int64_t)slots * weight + weights - 1) / weights;
+    return sh < 1 ? 1 : sh > slots ? slots : (int)sh;
+}
+
+int wrk_fair_grant(wrk_fair *t, size_t n, int slots, int free)
+{
+    int64_t weights = 0;
+    int below = 0, total = 0;
+
+    if (t == NULL)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        t[i].grant = 0;
+        weights += t[i].weight < 1 ? 1 : t[i].weight;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (t[i].load < wrk_fair_share(slots, t[i].weight, weights))
+            below++;
+    while (total < free) {
+        size_t best = n;
+        int64_t best_l = 0, best_w = 1;
+
+        for (size_t i = 0; i < n; i++) {
+            int64_t l = (int64_t)t[i].load + t[i].grant, w = t[i].weight < 1 ? 1 : t[i].weight;
+            if (t[i].grant >= t[i].want)
+                continue;
+            /* At its share while another is below its own: that slot is
+             * kept for the other. */
+            if (l >= wrk_fair_share(slots, t[i].weight, weights) && below > 0)
+                continue;
+            if (best == n || l * best_w < best_l * w) {
+                best = i;
+                best_l = l;
+                best_w = w;
+            }
+        }
+        if (best == n)
+            break;
+        if (best_l < wrk_fair_share(slots, t[best].weight, weights) &&
+            best_l + 1 >= wrk_fair_share(slots, t[best].weight, weights))
+            below--;
+        t[best].grant++;
+        total++;
+    }
+    return total;
+}
+
+sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char *err, size_t errlen)
+{
+    wrk_weight *v = NULL;
+    size_t k = 0, cap = 0;
+    const char *p = spec;
+    sl_status st = SL_OK;
+
+    if (out == NULL || n == NULL)
+        return SL_ERR_INVAL;
+    *out = NULL;
+    *n = 0;
+    if (spec == NULL || spec[0] == '\0')
+        return SL_OK;
+    for (;;) {
+        const char *eq = strchr(p, '='), *end = strchr(p, ',');
+        size_t tlen;
+        char *num_end = NULL;
+        long w;
+
+        if (end == NULL)
+            end = p + strlen(p);
+        if (end == p) {
+            snprintf(err, errlen, "empty item (expected tenant=weight,...)");
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        if (eq == NULL || eq > end) {
+            snprintf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
+                     p);
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        tlen = (size_t)(eq - p);
+        if (k == WRK_WEIGHTS_MAX) {
+            snprintf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        if (k == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            wrk_weight *nv = realloc(v, ncap * sizeof(*nv));
+            if (nv == NULL) {
+                st = SL_ERR_NOMEM;
+                goto cleanup;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        if (tlen == 0 || tlen > SL_ID_MAX) {
+            snprintf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
+                     p);
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        memcpy(v[k].tenant, p, tlen);
+        v[k].tenant[tlen] = '\0';
+        if (!sl_id_valid(v[k].tenant)) {
+            snprintf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        for (size_t i = 0; i < k; i++) {
+            if (strcmp(v[i].tenant, v[k].tenant) == 0) {
+                snprintf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
+                st = SL_ERR_INVAL;
+                goto cleanup;
+            }
+        }
+        errno = 0;
+        w = eq + 1 < end && eq[1] >= '0' && eq[1] <= '9' ? strtol(eq + 1, &num_end, 10) : -1;
+        if (w < 1 || w > WRK_WEIGHT_MAX || errno != 0 || num_end != end) {
+            snprintf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
+                     v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
+                     eq + 1);
+            st = SL_ERR_INVAL;
+            goto cleanup;
+        }
+        v[k++].weight = (int)w;
+        if (*end == '\0')
+            break;
+        p = end + 1;
+    }
+    *out = v;
+    *n = k;
+    v = NULL;
+cleanup:
+    free(v);
+    return st;
+}
+
+/* ---- The table ------------------------------------------------------------ */
 
 static size_t hash_key(size_t model, const char *tenant)
 {
@@ -47,8 +224,100 @@ void wrk_sched_destroy(wrk_sched *s)
         return;
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i]);
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        while (s->tbuckets[b] != NULL) {
+            wrk_tenant *t = s->tbuckets[b];
+            s->tbuckets[b] = t->hnext;
+            free(t);
+        }
+    }
+    free(s->weights);
+    free(s->fair);
+    free(s->candq);
+    free(s->candprev);
     free(s->v);
     free(s);
+}
+
+static int weight_of(const wrk_sched *s, const char *tenant)
+{
+    for (size_t i = 0; i < s->nweights; i++)
+        if (strcmp(s->weights[i].tenant, tenant) == 0)
+            return s->weights[i].weight;
+    return 1;
+}
+
+sl_status wrk_sched_set_weights(wrk_sched *s, const wrk_weight *w, size_t n)
+{
+    wrk_weight *copy = NULL;
+
+    if (s == NULL || (w == NULL && n > 0))
+        return SL_ERR_INVAL;
+    for (size_t i = 0; i < n; i++)
+        if (w[i].weight < 1 || w[i].weight > WRK_WEIGHT_MAX)
+            return SL_ERR_INVAL;
+    if (n > 0) {
+        copy = malloc(n * sizeof(*copy));
+        if (copy == NULL)
+            return SL_ERR_NOMEM;
+        memcpy(copy, w, n * sizeof(*copy));
+    }
+    free(s->weights);
+    s->weights = copy;
+    s->nweights = n;
+    for (size_t b = 0; b < NBUCKETS; b++)
+        for (wrk_tenant *t = s->tbuckets[b]; t != NULL; t = t->hnext)
+            t->weight = weight_of(s, t->name);
+    return SL_OK;
+}
+
+/* The tenant entry of name, made when missing. NULL when out of memory. */
+static wrk_tenant *tenant_get(wrk_sched *s, const char *name)
+{
+    size_t b = hash_key(SIZE_MAX, name);
+    wrk_tenant *t;
+
+    for (t = s->tbuckets[b]; t != NULL; t = t->hnext)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->weight = weight_of(s, name);
+    t->hnext = s->tbuckets[b];
+    s->tbuckets[b] = t;
+    return t;
+}
+
+static void tenant_free(wrk_sched *s, wrk_tenant *t)
+{
+    wrk_tenant **pp = &s->tbuckets[hash_key(SIZE_MAX, t->name)];
+
+    while (*pp != NULL && *pp != t)
+        pp = &(*pp)->hnext;
+    if (*pp == t)
+        *pp = t->hnext;
+    free(t);
+}
+
+/* Puts t in the active list (it holds, asks or waits). */
+static void tenant_list(wrk_sched *s, wrk_tenant *t)
+{
+    if (!t->listed) {
+        t->listed = true;
+        t->anext = s->active;
+        s->active = t;
+    }
+}
+
+static void tenant_load(wrk_sched *s, wrk_tenant *t, int delta)
+{
+    t->load += delta;
+    if (t->load < 0)
+        t->load = 0;
+    if (t->load > 0)
+        tenant_list(s, t);
 }
 
 wrk_queue *wrk_sched_queue(wrk_sched *s, size_t model, const char *model_name, const char *tenant,
@@ -80,6 +349,12 @@ wrk_queue *wrk_sched_queue(wrk_sched *s, size_t model, const char *model_name, c
     q = calloc(1, sizeof(*q));
     if (q == NULL)
         return NULL;
+    q->owner = tenant_get(s, tenant);
+    if (q->owner == NULL) {
+        free(q);
+        return NULL;
+    }
+    q->owner->nqueues++;
     q->id = (uint32_t)id;
     q->model = model;
     snprintf(q->tenant, sizeof(q->tenant), "%s", tenant);
@@ -114,6 +389,8 @@ static void ring_push(wrk_sched *s, wrk_queue *q)
     s->tail = q;
     q->in_ring = true;
     s->ring_len++;
+    q->owner->nring++;
+    tenant_list(s, q->owner);
 }
 
 /* Removes q (in the ring, after prev, NULL for the head). */
@@ -128,6 +405,7 @@ static void ring_unlink(wrk_sched *s, wrk_queue *prev, wrk_queue *q)
     q->rnext = NULL;
     q->in_ring = false;
     s->ring_len--;
+    q->owner->nring--;
 }
 
 /* Puts q in line unless it is there already, claimed, or asked. */
@@ -162,18 +440,69 @@ size_t wrk_sched_active(const wrk_sched *s)
     return s != NULL ? s->ring_len : 0;
 }
 
+/* Makes room for n entries in the scratch arrays. */
+static bool scratch_grow(wrk_sched *s, size_t n)
+{
+    size_t cap = s->scap ? s->scap : 16;
+    wrk_fair *f;
+    wrk_queue **a, **b;
+
+    if (n <= s->scap)
+        return true;
+    while (cap < n)
+        cap *= 2;
+    f = realloc(s->fair, cap * sizeof(*f));
+    if (f == NULL)
+        return false;
+    s->fair = f;
+    a = realloc(s->candq, cap * sizeof(*a));
+    if (a == NULL)
+        return false;
+    s->candq = a;
+    b = realloc(s->candprev, cap * sizeof(*b));
+    if (b == NULL)
+        return false;
+    s->candprev = b;
+    s->scap = cap;
+    return true;
+}
+
 wrk_queue *wrk_sched_next(wrk_sched *s, int free, int64_t now_ms, int *batch, int64_t *wake_ms)
 {
-    wrk_queue *prev = NULL, *q;
-    int64_t wake = INT64_MAX;
-    size_t len;
+    int64_t wake = INT64_MAX, linger_wake = INT64_MAX;
+    size_t n = 0, ncand = 0, k;
+    int64_t load = 0;
+    wrk_tenant **pp, *t;
+    wrk_queue *prev, *q;
 
     if (wake_ms != NULL)
         *wake_ms = INT64_MAX;
     if (s == NULL || free < 1)
         return NULL;
-    len = s->ring_len;
-    for (q = s->head; q != NULL; prev = q, q = q->rnext) {
+    /* The active tenants; those idle past their linger leave. */
+    for (pp = &s->active; (t = *pp) != NULL;) {
+        if (t->load == 0 && t->nring == 0) {
+            if (now_ms - t->last_ms >= WRK_FAIR_LINGER_MS) {
+                *pp = t->anext;
+                t->anext = NULL;
+                t->listed = false;
+                if (t->nqueues == 0)
+                    tenant_free(s, t);
+                continue;
+            }
+            if (t->last_ms + WRK_FAIR_LINGER_MS < linger_wake)
+                linger_wake = t->last_ms + WRK_FAIR_LINGER_MS;
+        }
+        load += t->load;
+        n++;
+        pp = &t->anext;
+    }
+    if (!scratch_grow(s, n))
+        return NULL;
+    /* The tenants that may be asked now, in ring order, each with its
+     * first due queue (every tenant with a queue in the ring is listed). */
+    s->gen++;
+    for (prev = NULL, q = s->head; q != NULL && ncand < n; prev = q, q = q->rnext) {
         if (!q->ready)
             continue; /* keeps its place while wrk_sched_unready's caller sets it up */
         if (q->retry_at_ms > now_ms) {
@@ -181,18 +510,39 @@ wrk_queue *wrk_sched_next(wrk_sched *s, int free, int64_t now_ms, int *batch, in
                 wake = q->retry_at_ms;
             continue;
         }
-        ring_unlink(s, prev, q);
-        q->claimed = true;
-        if (batch != NULL) {
-            int share = free / (int)(len > 0 ? len : 1);
-            if (share < 1)
-                share = 1;
-            /* No more than it is believed to hold: a request that is not
-             * filled costs the server a status message to end it. */
-            *batch = q->hint < 1 ? 1 : q->hint < share ? q->hint : share;
-        }
-        return q;
+        t = q->owner;
+        if (t->gen == s->gen)
+            continue;
+        t->gen = s->gen;
+        /* No more than it is believed to hold: a request that is not
+         * filled costs the server a status message to end it. */
+        s->fair[ncand] =
+            (wrk_fair){.load = t->load, .weight = t->weight, .want = q->hint < 1 ? 1 : q->hint};
+        s->candq[ncand] = q;
+        s->candprev[ncand] = prev;
+        ncand++;
     }
+    k = ncand;
+    for (t = s->active; t != NULL && k < n; t = t->anext)
+        if (t->gen != s->gen)
+            s->fair[k++] = (wrk_fair){.load = t->load, .weight = t->weight, .want = 0};
+    if (load > INT_MAX - free)
+        load = INT_MAX - free;
+    wrk_fair_grant(s->fair, k, (int)load + free, free);
+    for (size_t i = 0; i < ncand; i++) {
+        if (s->fair[i].grant > 0) {
+            q = s->candq[i];
+            ring_unlink(s, s->candprev[i], q);
+            q->claimed = true;
+            if (batch != NULL)
+                *batch = s->fair[i].grant;
+            return q;
+        }
+    }
+    /* Tenants were kept from slots held for others: that ends with the
+     * others' linger at the latest. */
+    if (ncand > 0 && linger_wake < wake)
+        wake = linger_wake;
     if (wake_ms != NULL)
         *wake_ms = wake;
     return NULL;
@@ -253,6 +603,7 @@ uint64_t wrk_sched_open(wrk_sched *s, wrk_queue *q, int batch, int64_t now_ms)
     q->req_got = 0;
     q->hint = q->hint > q->req_batch ? q->hint - q->req_batch : 0;
     s->outstanding += q->req_batch;
+    tenant_load(s, q->owner, q->req_batch);
     q->req_bell = q->bell;
     q->req_at_ms = now_ms;
     return q->req_token;
@@ -265,6 +616,7 @@ static void close_request(wrk_sched *s, wrk_queue *q, bool again, int64_t now_ms
     bool rung = q->bell != q->req_bell;
 
     s->outstanding -= q->req_batch - q->req_got;
+    tenant_load(s, q->owner, -(q->req_batch - q->req_got));
     q->req_token = 0;
     q->req_batch = q->req_got = 0;
     if (again || rung) {
@@ -279,8 +631,11 @@ bool wrk_sched_delivered(wrk_sched *s, wrk_queue *q, uint64_t token, int64_t now
         return false;
     q->held++;
     q->seen_ms = now_ms;
-    if (token == 0 || token != q->req_token)
+    q->owner->last_ms = now_ms;
+    if (token == 0 || token != q->req_token) {
+        tenant_load(s, q->owner, 1); /* a late delivery: a slot not asked for */
         return false;
+    }
     s->outstanding--;
     if (++q->req_got < q->req_batch)
         return false;
@@ -321,11 +676,18 @@ int wrk_sched_outstanding(const wrk_sched *s)
     return s != NULL ? s->outstanding : 0;
 }
 
-void wrk_sched_release(wrk_sched *s, wrk_queue *q)
+void wrk_sched_release(wrk_sched *s, wrk_queue *q, int64_t now_ms)
 {
-    (void)s;
-    if (q != NULL && q->held > 0)
-        q->held--;
+    if (s == NULL || q == NULL || q->held == 0)
+        return;
+    q->held--;
+    tenant_load(s, q->owner, -1);
+    q->owner->last_ms = now_ms;
+}
+
+int wrk_sched_tenant_load(const wrk_queue *q)
+{
+    return q != NULL ? q->owner->load : 0;
 }
 
 static bool idle(const wrk_queue *q)
@@ -342,6 +704,8 @@ static void free_queue(wrk_sched *s, wrk_queue *q)
         pp = &(*pp)->hnext;
     if (*pp == q)
         *pp = q->hnext;
+    if (--q->owner->nqueues == 0 && !q->owner->listed)
+        tenant_free(s, q->owner);
     s->v[q->id] = NULL;
     s->live--;
     free(q);

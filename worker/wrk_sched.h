@@ -15,6 +15,15 @@
  * therefore gets one turn per round like any other, instead of every slot
  * until its backlog is gone.
  *
+ * Slots are shared fairly by tenant (wrk_fair_grant): each free slot goes
+ * to the tenant holding the fewest slots for its weight, and while another
+ * tenant is active (it holds or waits for a slot, or did within
+ * WRK_FAIR_LINGER_MS) no tenant gets a slot above its share; so a tenant
+ * with slow jobs cannot keep another tenant's job waiting for a slot. A
+ * tenant alone may use every slot. A tenant's queues (one per model) share
+ * its slots. A job asked for is a slot taken: requests are only made for
+ * free slots.
+ *
  * Not thread-safe: the caller holds one lock around every call. Queue
  * pointers stay valid until wrk_sched_prune() or wrk_sched_destroy() frees
  * them; prune frees only queues that hold nothing and wait for nothing. */
@@ -30,22 +39,69 @@
 
 #define WRK_DURABLE_MAX (2 * SL_ID_MAX + 8)
 
+/* A tenant stays active this long after it last held a slot, so that a
+ * tenant with a steady trickle of jobs finds its share free instead of
+ * waiting for another tenant's slow job to end. */
+#define WRK_FAIR_LINGER_MS 500
+#define WRK_WEIGHT_MAX     1000 /* bound on a tenant's weight */
+#define WRK_WEIGHTS_MAX    4096 /* bound on the tenants given a weight */
+
+/* One tenant's weight (SLUICE_TENANT_WEIGHTS); tenants not listed weigh 1. */
+typedef struct wrk_weight {
+    char tenant[SL_ID_MAX + 1];
+    int weight; /* 1..WRK_WEIGHT_MAX */
+} wrk_weight;
+
+/* Parses "tenantA=2,tenantB=1" (no spaces, no empty items, each tenant a
+ * valid id at most once, each weight an integer 1..WRK_WEIGHT_MAX, at most
+ * WRK_WEIGHTS_MAX items); "" and NULL give no weights. Returns SL_OK with
+ * *out (NULL when *n is 0) owned by the caller (free()), or SL_ERR_INVAL
+ * with a reason in err (naming the item, not the variable), or
+ * SL_ERR_NOMEM. */
+sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char *err,
+                            size_t errlen);
+
+/* ---- The fair share, as a pure function (tested in unit tests) --------- */
+
+typedef struct wrk_fair {
+    int load;   /* slots the tenant holds or has asked for */
+    int weight; /* >= 1 */
+    int want;   /* slots it could be given now (jobs it may be asked for; 0: none) */
+    int grant;  /* out: slots it gets now */
+} wrk_fair;
+
+/* A tenant's share of slots among active tenants whose weights add up to
+ * weights: ceil(slots * weight / weights), at least 1. */
+int wrk_fair_share(int slots, int weight, int64_t weights);
+
+/* Shares free slots among the n active tenants t (every tenant that holds
+ * a slot, has asked for one, waits for one, or did within
+ * WRK_FAIR_LINGER_MS) of a worker with slots in all. One slot at a time
+ * goes to the tenant, among those that want more, holding the fewest slots
+ * for its weight (ties: the lowest index); a tenant at or above its share
+ * gets none while another is below its own (that share is kept for it,
+ * even when it wants none right now), but when every tenant has its share
+ * the rest is shared too (a tenant alone gets every slot). Sets every
+ * grant and returns their sum. */
+int wrk_fair_grant(wrk_fair *t, size_t n, int slots, int free);
+
 typedef struct wrk_queue {
     uint32_t id;                /* table index: stable while the queue lives */
     size_t model;               /* caller's model index */
     char tenant[SL_ID_MAX + 1]; /* "" for a model's legacy model-wide consumer */
     char durable[WRK_DURABLE_MAX];
     char filter[SL_SUBJECT_MAX];
-    bool ready;          /* the consumer is known to exist (wrk_sched_setup_done) */
-    bool setting_up;     /* handed out by wrk_sched_unready, not done yet */
-    bool claimed;        /* taken by wrk_sched_next(), being set up or requested */
-    bool in_ring;        /* waiting for its turn */
-    bool pinned;         /* never pruned (set by the caller) */
-    int64_t retry_at_ms; /* not asked before this time (set by the caller after a failure) */
-    uint64_t bell;       /* bumped whenever jobs may have arrived */
-    int hint;            /* jobs it is believed to hold for us (not asked for yet) */
-    int held;            /* jobs fetched from it and not yet settled here */
-    int64_t seen_ms;     /* last time it was rung or delivered a job */
+    bool ready;               /* the consumer is known to exist (wrk_sched_setup_done) */
+    bool setting_up;          /* handed out by wrk_sched_unready, not done yet */
+    bool claimed;             /* taken by wrk_sched_next(), being set up or requested */
+    bool in_ring;             /* waiting for its turn */
+    bool pinned;              /* never pruned (set by the caller) */
+    int64_t retry_at_ms;      /* not asked before this time (set by the caller after a failure) */
+    uint64_t bell;            /* bumped whenever jobs may have arrived */
+    int hint;                 /* jobs it is believed to hold for us (not asked for yet) */
+    int held;                 /* jobs fetched from it and not yet settled here */
+    int64_t seen_ms;          /* last time it was rung or delivered a job */
+    struct wrk_tenant *owner; /* its tenant's share bookkeeping (wrk_sched.c) */
     /* The open pull request (token 0: none). */
     uint64_t req_token;
     int req_batch, req_got;
@@ -59,6 +115,11 @@ typedef struct wrk_sched wrk_sched;
 /* Creates an empty table holding at most max_queues queues (>= 1).
  * Returns SL_OK with *out owned by the caller, SL_ERR_INVAL, SL_ERR_NOMEM. */
 sl_status wrk_sched_create(wrk_sched **out, size_t max_queues);
+
+/* Sets the tenants' weights (copied; tenants not listed weigh 1), for
+ * tenants known now and to come. Returns SL_OK, SL_ERR_INVAL (a weight out
+ * of range) or SL_ERR_NOMEM (nothing changed). */
+sl_status wrk_sched_set_weights(wrk_sched *s, const wrk_weight *w, size_t n);
 
 /* Frees the table and every queue. NULL-safe. */
 void wrk_sched_destroy(wrk_sched *s);
@@ -89,13 +150,16 @@ void wrk_sched_ring_count(wrk_sched *s, wrk_queue *q, int64_t now_ms, int jobs);
 /* Number of queues in the ring. */
 size_t wrk_sched_active(const wrk_sched *s);
 
-/* Takes the next queue whose turn it is (the ring's head, skipping and
- * keeping queues not ready or whose retry time has not come) and claims
- * it. *batch is
- * its share of free (free > 0): free divided by the queues in the ring
- * counting this one, at least 1, and no more than its hint (at least 1).
- * Returns NULL when no queue may be asked now; then *wake_ms (may be NULL)
- * is the earliest retry time in the ring or INT64_MAX. */
+/* Takes the next queue to ask and claims it: the free slots (free > 0;
+ * the worker's slots are those free plus those held or asked for) are
+ * shared among tenants by wrk_fair_grant, each tenant wanting what its
+ * first queue in the ring is believed to hold (at least 1), skipping and
+ * keeping queues not ready or whose retry time has not come; the queue
+ * returned is the first in the ring whose tenant is granted slots, and
+ * *batch is that grant. Returns NULL when no queue may be asked now (or
+ * out of memory); then *wake_ms (may be NULL) is the earliest time that
+ * may change without an event (a retry time, or the end of a tenant's
+ * linger that keeps slots for it) or INT64_MAX. */
 wrk_queue *wrk_sched_next(wrk_sched *s, int free, int64_t now_ms, int *batch, int64_t *wake_ms);
 
 /* The first queue in line whose consumer is not known to exist (new, or
@@ -143,8 +207,11 @@ size_t wrk_sched_expire(wrk_sched *s, int64_t now_ms, int64_t timeout_ms);
 /* Jobs asked for and not delivered yet, over every open request. */
 int wrk_sched_outstanding(const wrk_sched *s);
 
-/* A job of q was settled (acked, NAKed or terminated) here. */
-void wrk_sched_release(wrk_sched *s, wrk_queue *q);
+/* A job of q was settled (acked, NAKed or terminated) here at now_ms. */
+void wrk_sched_release(wrk_sched *s, wrk_queue *q, int64_t now_ms);
+
+/* The slots q's tenant holds or has asked for, over its queues. */
+int wrk_sched_tenant_load(const wrk_queue *q);
 
 /* Frees the queues that are not pinned, hold nothing, wait for nothing and
  * were not seen for idle_ms. Returns how many were freed. */

@@ -1044,6 +1044,10 @@ START_TEST(test_bad_limit_refused_at_start)
         {"SLUICE_WORK_MAX_BYTES=1000", "SLUICE_WORK_MAX_BYTES"},
         {"SLUICE_KV_MAX_BYTES=-5", "SLUICE_KV_MAX_BYTES"},
         {"SLUICE_CANCEL_TTL_S=60", "SLUICE_CANCEL_TTL_S"}, /* shorter than a job can live */
+        {"SLUICE_TENANT_WEIGHTS='acme=0'", "SLUICE_TENANT_WEIGHTS: weight of 'acme'"},
+        {"SLUICE_TENANT_WEIGHTS='acme=2,,b=1'", "SLUICE_TENANT_WEIGHTS: empty item"},
+        {"SLUICE_TENANT_WEIGHTS='acme=2,acme=1'", "SLUICE_TENANT_WEIGHTS: tenant 'acme' is listed"},
+        {"SLUICE_TENANT_WEIGHTS='acme'", "SLUICE_TENANT_WEIGHTS: 'acme' is not tenant=weight"},
     };
     tctx t;
 

@@ -28,6 +28,12 @@ typedef struct tctx {
     /* Final replies read so far, in stream order. */
     char (*finals)[80];
     int nfinals, cap;
+    /* Every token chunk and final read so far, in stream order. */
+    struct out_event {
+        char reply_id[80];
+        bool final;
+    } * events;
+    int nevents, ecap;
 } tctx;
 
 static void t_begin(tctx *t, const hx_stack_cfg *cfg)
@@ -42,6 +48,9 @@ static void t_begin(tctx *t, const hx_stack_cfg *cfg)
     t->cap = 4096;
     t->finals = calloc((size_t)t->cap, sizeof(*t->finals));
     ck_assert_ptr_nonnull(t->finals);
+    t->ecap = 16384;
+    t->events = calloc((size_t)t->ecap, sizeof(*t->events));
+    ck_assert_ptr_nonnull(t->events);
     HX_OK(NULL, hx_stack_start(&t->stack, cfg));
     ck_assert_int_eq(natsConnection_ConnectTo(&t->nc, hx_stack_nats_url(t->stack)), NATS_OK);
     ck_assert_int_eq(natsConnection_JetStream(&t->js, t->nc, NULL), NATS_OK);
@@ -63,6 +72,7 @@ static void t_end(tctx *t)
     natsConnection_Destroy(t->nc);
     hx_stack_destroy(t->stack);
     free(t->finals);
+    free(t->events);
     nats_CloseAndWait(2000);
     ck_assert_msg(clean, "a worker did not exit cleanly on SIGTERM: %s", hx_error());
 }
@@ -83,9 +93,19 @@ static void pump(tctx *t, int ms)
         if (natsSubscription_NextMsg(&m, t->out,
                                      until - hx_now_ms() > 0 ? until - hx_now_ms() : 1) != NATS_OK)
             continue;
-        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) == SL_OK &&
-            e->body_case == SLUICE__ENVELOPE__BODY_REPLY)
-            snprintf(t->finals[t->nfinals++], sizeof(t->finals[0]), "%s", e->reply->reply_id);
+        if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) == SL_OK) {
+            const char *id = NULL;
+            if (e->body_case == SLUICE__ENVELOPE__BODY_REPLY) {
+                id = e->reply->reply_id;
+                snprintf(t->finals[t->nfinals++], sizeof(t->finals[0]), "%s", id);
+            } else if (e->body_case == SLUICE__ENVELOPE__BODY_TOKEN) {
+                id = e->token->reply_id;
+            }
+            if (id != NULL && t->nevents < t->ecap) {
+                snprintf(t->events[t->nevents].reply_id, sizeof(t->events[0].reply_id), "%s", id);
+                t->events[t->nevents++].final = e->body_case == SLUICE__ENVELOPE__BODY_REPLY;
+            }
+        }
         sl_envelope_free(e);
         natsMsg_Destroy(m);
     }
@@ -223,6 +243,119 @@ START_TEST(test_backlog_does_not_delay_other_tenant)
 }
 END_TEST
 
+#define FAIR_A 40
+#define FAIR_B 6
+
+static int job_index(char (*jobs)[SL_EVENT_ID_LEN + 8], int n, const char *id)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(jobs[i], id) == 0)
+            return i;
+    return -1;
+}
+
+/* 4 slots, shares of 2. Tenant A floods slow jobs of varied lengths and
+ * holds every slot (alone, it may); then tenant B sends 6. B's first job
+ * starts before A's backlog drains, and from then until B's last job ends
+ * A never starts a job that makes it hold more than its share (2): every
+ * slot A frees goes to B until B holds its share. Jobs are seen
+ * starting (their first token chunk, or their final when it comes first)
+ * and ending (their final) in OUT's order, which is the order the worker
+ * published them in; a job's final is published before its slot is freed,
+ * so the count of A's running jobs read there is never above the real
+ * one. (From B's first start, not from B's publish: until its doorbell
+ * is heard the worker cannot know B.) Round-robin turns (the worker
+ * before fair shares) give a freed slot to A while B waits whenever A is
+ * first in line, so A is back at 3 or 4. */
+START_TEST(test_share_of_slots_while_other_tenant_waits)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=25", "SLUICE_WORKER_CONCURRENCY=4", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    static char jobs_a[FAIR_A][SL_EVENT_ID_LEN + 8], jobs_b[FAIR_B][SL_EVENT_ID_LEN + 8];
+    bool started_a[FAIR_A] = {0}, ended_a[FAIR_A] = {0}, started_b[FAIR_B] = {0};
+    char ta[32], tb[32];
+    int running_a = 0, max_a_while_b = 0, ended_b = 0, a_ended_before_b = -1, a_ended = 0;
+    int a_last = -1, b_first = -1, max_a_alone = 0;
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    tenant_name(&t, ta, sizeof(ta), 'a');
+    tenant_name(&t, tb, sizeof(tb), 'b');
+    /* 4 to 12 tokens of 25 ms: 100 to 300 ms a job, so A's slots free one
+     * at a time; A's backlog lasts some 2 s. */
+    for (int i = 0; i < FAIR_A; i++) {
+        static const char words[] = "one two three four five six seven eight nine ten eleven "
+                                    "twelve";
+        char text[sizeof(words)];
+        int n = 4 + (i * 5) % 9, k = 0;
+        for (const char *p = words; *p != '\0' && n > 0; p++) {
+            if (*p == ' ' && --n == 0)
+                break;
+            text[k++] = *p;
+        }
+        text[k] = '\0';
+        publish_work(&t, ta, text, jobs_a[i], sizeof(jobs_a[i]), i % 10 == 0);
+    }
+    /* B comes once A has had every slot for a while. */
+    ck_assert_msg(wait_final(&t, jobs_a[4], 20000) >= 0, "A's fifth job was not answered");
+    for (int i = 0; i < FAIR_B; i++)
+        publish_work(&t, tb, "one two three four five six seven eight nine ten", jobs_b[i],
+                     sizeof(jobs_b[i]), i == 0);
+
+    for (int i = 0; i < FAIR_B; i++)
+        HX_ASSERT_MSG(t.stack, wait_final(&t, jobs_b[i], 30000) >= 0, "B's job %d not answered", i);
+    for (int i = 0; i < FAIR_A; i++)
+        HX_ASSERT_MSG(t.stack, wait_final(&t, jobs_a[i], 30000) >= 0, "A's job %d not answered", i);
+
+    for (int e = 0; e < t.nevents; e++) {
+        const char *id = t.events[e].reply_id;
+        int ia = job_index(jobs_a, FAIR_A, id), ib = job_index(jobs_b, FAIR_B, id);
+        if (ia >= 0) {
+            if (!started_a[ia]) {
+                started_a[ia] = true;
+                running_a++;
+                if (b_first >= 0 && ended_b < FAIR_B && running_a > max_a_while_b)
+                    max_a_while_b = running_a;
+                if (b_first < 0 && running_a > max_a_alone)
+                    max_a_alone = running_a;
+            }
+            if (t.events[e].final && !ended_a[ia]) {
+                ended_a[ia] = true;
+                running_a--;
+                a_ended++;
+                a_last = e;
+            }
+        } else if (ib >= 0) {
+            if (!started_b[ib]) {
+                started_b[ib] = true;
+                if (b_first < 0) {
+                    b_first = e;
+                    a_ended_before_b = a_ended;
+                }
+            }
+            if (t.events[e].final)
+                ended_b++;
+        }
+    }
+    fprintf(stderr,
+            "fair share: A held up to %d slot(s) alone, up to %d while B waited; %d of A's %d "
+            "jobs ended before B's first started\n",
+            max_a_alone, max_a_while_b, a_ended_before_b, FAIR_A);
+    ck_assert_int_eq(a_ended, FAIR_A);
+    ck_assert_int_eq(ended_b, FAIR_B);
+    /* Alone, A used more than its share (work-conserving). */
+    ck_assert_int_gt(max_a_alone, 2);
+    /* B started before A's backlog drained... */
+    ck_assert_int_ge(b_first, 0);
+    ck_assert_int_lt(b_first, a_last);
+    ck_assert_int_lt(a_ended_before_b, FAIR_A - 4);
+    /* ...and A never went above its share while B had jobs left. */
+    ck_assert_int_le(max_a_while_b, 2);
+    t_end(&t);
+}
+END_TEST
+
 /* Jobs published without a doorbell (a redelivery, a job queued while the
  * worker was away, an orchestrator that does not ring) are found by the
  * worker on its own, for a tenant it never saw. */
@@ -299,6 +432,7 @@ static Suite *fair_suite(void)
 
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, test_backlog_does_not_delay_other_tenant);
+    tcase_add_test(tc, test_share_of_slots_while_other_tenant_waits);
     tcase_add_test(tc, test_found_without_doorbell);
     tcase_add_test(tc, test_legacy_consumer_migration);
     suite_add_tcase(s, tc);

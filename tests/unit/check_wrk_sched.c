@@ -85,53 +85,77 @@ START_TEST(test_table_bound)
 }
 END_TEST
 
-/* Tenant A has a long backlog (each request fills its batch), tenant B
- * rings once: B's request comes at the next free slot but one, and from
- * then on the turns alternate while both have jobs. */
+/* Delivers every job of q's open request token (batch of them). */
+static void deliver(wrk_sched *s, wrk_queue *q, uint64_t tok, int batch, int64_t now)
+{
+    for (int i = 0; i < batch; i++)
+        wrk_sched_delivered(s, q, tok, now);
+    ck_assert(q->req_token == 0);
+}
+
+/* 4 slots. Tenant A alone takes every slot; once tenant B waits, each
+ * freed slot goes to B until both hold their share (2), then each keeps
+ * its own: A never gets a slot above its share while B is active, even
+ * when B has nothing waiting, until B's linger ends. */
 START_TEST(test_backlog_does_not_starve_another_tenant)
 {
     wrk_sched *s = sched_new(16);
-    wrk_queue *a = queue(s, "a"), *b = queue(s, "b"), *q;
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b");
     uint64_t tok = 0;
-    int batch = 0, turns_b = 0, turns_a = 0;
-    int64_t now = 1000;
+    int batch = 0;
+    int64_t now = 1000, wake = 0;
 
     wrk_sched_ring(s, a, now, 100); /* a backlog of 100 */
-    /* A alone: it gets every free slot, one turn after another. */
-    for (int i = 0; i < 5; i++) {
-        q = turn(s, 1, now, &batch, &tok);
-        ck_assert_ptr_eq(q, a);
-        ck_assert_int_eq(batch, 1);
-        ck_assert(wrk_sched_delivered(s, a, tok, now)); /* full batch: A may have more */
-        ck_assert(a->in_ring);
-    }
+    ck_assert_ptr_eq(turn(s, 4, now, &batch, &tok), a);
+    ck_assert_int_eq(batch, 4); /* alone: every slot */
+    deliver(s, a, tok, 4, now);
+    ck_assert(a->in_ring); /* more believed there */
+
     wrk_sched_ring(s, b, now, 100);
-    ck_assert_uint_eq(wrk_sched_active(s), 2);
-    q = turn(s, 1, now, &batch, &tok);
-    ck_assert_ptr_eq(q, a); /* A was first in line */
-    ck_assert(wrk_sched_delivered(s, a, tok, now));
-    q = turn(s, 1, now, &batch, &tok);
-    ck_assert_ptr_eq(q, b); /* then B, before A's next job */
-    ck_assert(wrk_sched_delivered(s, b, tok, now));
-    /* Both keep jobs: strict alternation. */
-    for (int i = 0; i < 20; i++) {
-        q = turn(s, 1, now, &batch, &tok);
-        ck_assert_ptr_nonnull(q);
-        if (q == a)
-            turns_a++;
-        else
-            turns_b++;
-        ck_assert(wrk_sched_delivered(s, q, tok, now));
+    ck_assert_ptr_null(wrk_sched_next(s, 0, now, &batch, NULL)); /* no free slot */
+    /* A's job ends: the slot goes to B, whose turn it is not by the ring's
+     * order (A is first in line) but by the slots held. */
+    wrk_sched_release(s, a, now);
+    ck_assert_ptr_eq(turn(s, 1, now, &batch, &tok), b);
+    ck_assert_int_eq(batch, 1);
+    deliver(s, b, tok, 1, now);
+    wrk_sched_release(s, a, now);
+    ck_assert_ptr_eq(turn(s, 1, now, &batch, &tok), b);
+    deliver(s, b, tok, 1, now);
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 2);
+    ck_assert_int_eq(wrk_sched_tenant_load(b), 2);
+    /* Both at their share: each freed slot goes back to the tenant with
+     * fewer. */
+    for (int i = 0; i < 10; i++) {
+        wrk_queue *q = i % 2 ? a : b;
+        wrk_sched_release(s, q, now);
+        ck_assert_ptr_eq(turn(s, 1, now, &batch, &tok), q);
+        deliver(s, q, tok, 1, now);
+        ck_assert_int_eq(wrk_sched_tenant_load(a), 2);
+        ck_assert_int_eq(wrk_sched_tenant_load(b), 2);
     }
-    ck_assert_int_eq(turns_a, 10);
-    ck_assert_int_eq(turns_b, 10);
-    ck_assert_int_eq(a->held, 16);
-    ck_assert_int_eq(b->held, 11);
+    /* B's queue is found empty; B has nothing waiting. */
+    ck_assert(b->in_ring);
+    wrk_sched_release(s, b, now);
+    ck_assert_ptr_eq(turn(s, 1, now, &batch, &tok), b);
+    ck_assert(wrk_sched_ended(s, b, tok, now)); /* found empty after all */
+    ck_assert(!b->in_ring);
+    ck_assert_int_eq(wrk_sched_tenant_load(b), 1);
+    /* A may not go above its share while B is below its own... */
+    ck_assert_ptr_null(wrk_sched_next(s, 1, now, &batch, &wake));
+    now += 10;
+    wrk_sched_release(s, b, now);
+    ck_assert_ptr_null(wrk_sched_next(s, 2, now, &batch, &wake));
+    ck_assert(wake == now + WRK_FAIR_LINGER_MS);
+    ck_assert_ptr_null(wrk_sched_next(s, 2, now + WRK_FAIR_LINGER_MS - 1, &batch, &wake));
+    /* ...until B's linger ends: then A is alone and takes every slot. */
+    ck_assert_ptr_eq(turn(s, 2, now + WRK_FAIR_LINGER_MS, &batch, &tok), a);
+    ck_assert_int_eq(batch, 2);
     wrk_sched_destroy(s);
 }
 END_TEST
 
-/* Free slots are shared among the queues in line. */
+/* Free slots are shared among the tenants in line, the fewest held first. */
 START_TEST(test_shares)
 {
     wrk_sched *s = sched_new(16);
@@ -143,21 +167,23 @@ START_TEST(test_shares)
     ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), a);
     ck_assert_int_eq(batch, 8); /* alone: everything */
     ck_assert_int_eq(wrk_sched_outstanding(s), 8);
-    ck_assert(wrk_sched_ended(s, a, tok, 0)); /* none there after all */
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 8); /* asked for is held */
+    ck_assert(wrk_sched_ended(s, a, tok, 0));      /* none there after all */
     ck_assert_int_eq(wrk_sched_outstanding(s), 0);
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 0);
     ck_assert(!a->in_ring);
 
     wrk_sched_ring(s, a, 0, 20);
     wrk_sched_ring(s, b, 0, 20);
     wrk_sched_ring(s, c, 0, 20);
     ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), a);
-    ck_assert_int_eq(batch, 2); /* 8 / 3 */
+    ck_assert_int_eq(batch, 3); /* 8 slots: 3, 3, 2 */
     free -= batch;
     ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), b);
-    ck_assert_int_eq(batch, 3); /* 6 / 2 */
+    ck_assert_int_eq(batch, 3);
     free -= batch;
     ck_assert_ptr_eq(turn(s, free, 0, &batch, &tok), c);
-    ck_assert_int_eq(batch, 3);
+    ck_assert_int_eq(batch, 2);
     ck_assert_int_eq(wrk_sched_outstanding(s), 8);
     /* No queue left in line, and none without free slots. */
     ck_assert_ptr_null(wrk_sched_next(s, 5, 0, &batch, NULL));
@@ -165,6 +191,182 @@ START_TEST(test_shares)
     ck_assert_uint_eq(wrk_sched_active(s), 0);
     ck_assert_ptr_null(wrk_sched_next(s, 0, 0, &batch, NULL));
     wrk_sched_destroy(s);
+}
+END_TEST
+
+/* Weights (SLUICE_TENANT_WEIGHTS): a tenant of weight 2 gets twice the
+ * slots of one of weight 1 while both wait; a tenant's queues of two models
+ * share its slots. */
+START_TEST(test_weighted_shares)
+{
+    wrk_sched *s = sched_new(16);
+    wrk_weight w[] = {{"a", 2}};
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b"), *a2, *q;
+    uint64_t tok = 0;
+    int batch = 0;
+
+    ck_assert_int_eq(wrk_sched_set_weights(s, w, 1), SL_OK);
+    a2 = wrk_sched_queue(s, 1, "other", "a", true);
+    ck_assert_ptr_nonnull(a2);
+    a2->ready = true;
+    wrk_sched_ring(s, a, 0, 50);
+    wrk_sched_ring(s, b, 0, 50);
+    wrk_sched_ring(s, a2, 0, 50);
+    ck_assert_ptr_eq(turn(s, 9, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 6);
+    deliver(s, a, tok, 6, 0);
+    ck_assert_ptr_eq(turn(s, 3, 0, &batch, &tok), b);
+    ck_assert_int_eq(batch, 3);
+    deliver(s, b, tok, 3, 0);
+    /* A's other model gets nothing: A holds its share. */
+    ck_assert_ptr_null(wrk_sched_next(s, 0, 0, &batch, NULL));
+    /* A slot of B frees: back to B (3 of 9 is its share); one of A: to
+     * A's queue first in line, the other model's. */
+    wrk_sched_release(s, b, 1);
+    ck_assert_ptr_eq(turn(s, 1, 1, &batch, &tok), b);
+    deliver(s, b, tok, 1, 1);
+    wrk_sched_release(s, a, 1);
+    q = turn(s, 1, 1, &batch, &tok);
+    ck_assert_ptr_eq(q, a2);
+    deliver(s, q, tok, 1, 1);
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 6);
+    ck_assert_int_eq(wrk_sched_tenant_load(a2), 6);
+    ck_assert_int_eq(wrk_sched_tenant_load(b), 3);
+    /* Bad weights change nothing. */
+    w[0].weight = 0;
+    ck_assert_int_eq(wrk_sched_set_weights(s, w, 1), SL_ERR_INVAL);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* The policy alone, over counts. */
+START_TEST(test_fair_grant)
+{
+    /* A tenant alone gets every free slot it wants. */
+    wrk_fair one[] = {{.load = 0, .weight = 1, .want = 10}};
+    ck_assert_int_eq(wrk_fair_grant(one, 1, 8, 8), 8);
+    ck_assert_int_eq(one[0].grant, 8);
+    /* ...but not more than it wants. */
+    one[0].want = 3;
+    ck_assert_int_eq(wrk_fair_grant(one, 1, 8, 8), 3);
+
+    /* A holds 7 of 8; B waits: the free slot is B's. */
+    wrk_fair ab[] = {{.load = 7, .weight = 1, .want = 10}, {.load = 0, .weight = 1, .want = 1}};
+    ck_assert_int_eq(wrk_fair_grant(ab, 2, 8, 1), 1);
+    ck_assert_int_eq(ab[0].grant, 0);
+    ck_assert_int_eq(ab[1].grant, 1);
+    /* B active but wanting nothing now, below its share: its share is kept
+     * (A, at its share, gets nothing). */
+    ab[0].load = 4;
+    ab[1] = (wrk_fair){.load = 1, .weight = 1, .want = 0};
+    ck_assert_int_eq(wrk_fair_grant(ab, 2, 8, 3), 0);
+    /* A below its share gets up to it, not beyond. */
+    ab[0].load = 2;
+    ck_assert_int_eq(wrk_fair_grant(ab, 2, 8, 5), 2);
+    ck_assert_int_eq(ab[0].grant, 2);
+    /* B above its share and wanting nothing: A gets the rest. */
+    ab[0] = (wrk_fair){.load = 3, .weight = 1, .want = 10};
+    ab[1] = (wrk_fair){.load = 5, .weight = 1, .want = 0};
+    ck_assert_int_eq(wrk_fair_grant(ab, 2, 10, 2), 2);
+    ck_assert_int_eq(ab[0].grant, 2);
+    /* Both wanting: the slots level the counts, ties to the lower index. */
+    ab[0] = (wrk_fair){.load = 1, .weight = 1, .want = 10};
+    ab[1] = (wrk_fair){.load = 0, .weight = 1, .want = 10};
+    ck_assert_int_eq(wrk_fair_grant(ab, 2, 8, 7), 7);
+    ck_assert_int_eq(ab[0].grant, 3);
+    ck_assert_int_eq(ab[1].grant, 4);
+
+    /* Weights 2:1 over 9 slots: shares 6 and 3. */
+    wrk_fair w[] = {{.load = 0, .weight = 2, .want = 20}, {.load = 0, .weight = 1, .want = 20}};
+    ck_assert_int_eq(wrk_fair_grant(w, 2, 9, 9), 9);
+    ck_assert_int_eq(w[0].grant, 6);
+    ck_assert_int_eq(w[1].grant, 3);
+    /* Fewest for its weight: 3 of weight 2 (1.5) is less than 2 of
+     * weight 1. */
+    w[0] = (wrk_fair){.load = 3, .weight = 2, .want = 20};
+    w[1] = (wrk_fair){.load = 2, .weight = 1, .want = 20};
+    ck_assert_int_eq(wrk_fair_grant(w, 2, 9, 1), 1);
+    ck_assert_int_eq(w[0].grant, 1);
+
+    /* Three tenants over 8 slots: shares ceil(8/3) = 3. A and B hold 3;
+     * C is active with nothing waiting: the 2 free slots are kept for C. */
+    wrk_fair abc[] = {{.load = 3, .weight = 1, .want = 5},
+                      {.load = 3, .weight = 1, .want = 5},
+                      {.load = 0, .weight = 1, .want = 0}};
+    ck_assert_int_eq(wrk_fair_grant(abc, 3, 8, 2), 0);
+    abc[2].want = 5;
+    ck_assert_int_eq(wrk_fair_grant(abc, 3, 8, 2), 2);
+    ck_assert_int_eq(abc[2].grant, 2);
+    /* A tenant above its share (it had the slots alone) keeps them, but
+     * gets no more while another is below. */
+    abc[0] = (wrk_fair){.load = 6, .weight = 1, .want = 5};
+    abc[1] = (wrk_fair){.load = 0, .weight = 1, .want = 5};
+    abc[2] = (wrk_fair){.load = 0, .weight = 1, .want = 5};
+    ck_assert_int_eq(wrk_fair_grant(abc, 3, 8, 2), 2);
+    ck_assert_int_eq(abc[0].grant, 0);
+    ck_assert_int_eq(abc[1].grant, 1);
+    ck_assert_int_eq(abc[2].grant, 1);
+
+    ck_assert_int_eq(wrk_fair_share(8, 1, 2), 4);
+    ck_assert_int_eq(wrk_fair_share(8, 1, 3), 3);
+    ck_assert_int_eq(wrk_fair_share(9, 2, 3), 6);
+    ck_assert_int_eq(wrk_fair_share(4, 1, 100), 1); /* never 0 */
+    ck_assert_int_eq(wrk_fair_share(4, 5, 5), 4);
+    ck_assert_int_eq(wrk_fair_grant(NULL, 0, 8, 8), 0);
+}
+END_TEST
+
+START_TEST(test_weights_parse)
+{
+    static const struct {
+        const char *spec, *err;
+    } bad[] = {
+        {"a", "'a' is not tenant=weight"},
+        {"a=", "weight of 'a' must be an integer from 1 to 1000, not ''"},
+        {"a=0", "weight of 'a' must be an integer from 1 to 1000, not '0'"},
+        {"a=1001", "weight of 'a' must be an integer from 1 to 1000, not '1001'"},
+        {"a=-1", "weight of 'a' must be an integer from 1 to 1000, not '-1'"},
+        {"a=+1", "weight of 'a' must be an integer from 1 to 1000, not '+1'"},
+        {"a=2x", "weight of 'a' must be an integer from 1 to 1000, not '2x'"},
+        {"a=1=2", "weight of 'a' must be an integer from 1 to 1000, not '1=2'"},
+        {"a=99999999999999999999", "weight of 'a' must be an integer from 1 to 1000, not "
+                                   "'99999999999999999999'"},
+        {"a=1,", "empty item (expected tenant=weight,...)"},
+        {",a=1", "empty item (expected tenant=weight,...)"},
+        {"a=1,,b=2", "empty item (expected tenant=weight,...)"},
+        {"=1", "'' is not a valid tenant id"},
+        {"a b=1", "'a b' is not a valid tenant id"},
+        {" a=1", "' a' is not a valid tenant id"},
+        {"a=1,b=2,a=3", "tenant 'a' is listed twice"},
+    };
+    wrk_weight *w = NULL;
+    size_t n = 7;
+    char err[256];
+
+    ck_assert_int_eq(wrk_weights_parse("acme=2,globex=1,x_y-z=1000", &w, &n, err, sizeof(err)),
+                     SL_OK);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_str_eq(w[0].tenant, "acme");
+    ck_assert_int_eq(w[0].weight, 2);
+    ck_assert_str_eq(w[1].tenant, "globex");
+    ck_assert_int_eq(w[1].weight, 1);
+    ck_assert_str_eq(w[2].tenant, "x_y-z");
+    ck_assert_int_eq(w[2].weight, 1000);
+    free(w);
+    ck_assert_int_eq(wrk_weights_parse("", &w, &n, err, sizeof(err)), SL_OK);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_ptr_null(w);
+    ck_assert_int_eq(wrk_weights_parse(NULL, &w, &n, err, sizeof(err)), SL_OK);
+    ck_assert_uint_eq(n, 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        w = (wrk_weight *)&n; /* must come back NULL */
+        ck_assert_msg(wrk_weights_parse(bad[i].spec, &w, &n, err, sizeof(err)) == SL_ERR_INVAL,
+                      "accepted %s", bad[i].spec);
+        ck_assert_ptr_null(w);
+        ck_assert_uint_eq(n, 0);
+        ck_assert_str_eq(err, bad[i].err);
+    }
 }
 END_TEST
 
@@ -206,9 +408,9 @@ START_TEST(test_empty_and_rung_meanwhile)
     ck_assert(!wrk_sched_delivered(s, a, 0, 9));
     ck_assert_int_eq(a->held, 2);
     ck_assert_int_eq(wrk_sched_outstanding(s), 0);
-    wrk_sched_release(s, a);
-    wrk_sched_release(s, a);
-    wrk_sched_release(s, a); /* never below zero */
+    wrk_sched_release(s, a, 9);
+    wrk_sched_release(s, a, 9);
+    wrk_sched_release(s, a, 9); /* never below zero */
     ck_assert_int_eq(a->held, 0);
     wrk_sched_destroy(s);
 }
@@ -256,7 +458,8 @@ START_TEST(test_expire_setup_and_retry)
 END_TEST
 
 /* A new tenant's queue keeps its place in line while its consumer is set
- * up: once ready it comes before the tenant with a backlog. */
+ * up, and its share of the slots is kept for it: once ready it comes
+ * before the tenant with a backlog. */
 START_TEST(test_new_queue_keeps_its_place)
 {
     wrk_sched *s = sched_new(4);
@@ -266,17 +469,17 @@ START_TEST(test_new_queue_keeps_its_place)
 
     wrk_sched_ring(s, a, 0, 100);
     wrk_sched_ring(s, b, 0, 1); /* not ready yet */
-    /* A takes the free slots while B is being set up... */
+    /* A takes its share of the 4 free slots while B is being set up... */
     ck_assert_ptr_eq(wrk_sched_unready(s, 0, NULL), b);
-    for (int i = 0; i < 3; i++) {
-        ck_assert_ptr_eq(turn(s, 1, 0, &batch, &tok), a);
-        ck_assert(wrk_sched_delivered(s, a, tok, 0));
-    }
-    /* ...and B is first once it is ready: it was in line before A came
-     * back. */
+    ck_assert_ptr_eq(turn(s, 4, 0, &batch, &tok), a);
+    ck_assert_int_eq(batch, 2);
+    deliver(s, a, tok, 2, 0);
+    ck_assert_ptr_null(wrk_sched_next(s, 2, 0, &batch, NULL));
+    /* ...and B is first once it is ready. */
     wrk_sched_setup_done(s, b, true, 0);
-    q = turn(s, 1, 0, &batch, &tok);
+    q = turn(s, 2, 0, &batch, &tok);
     ck_assert_ptr_eq(q, b);
+    ck_assert_int_eq(batch, 1); /* what it is believed to hold */
     wrk_sched_destroy(s);
 }
 END_TEST
@@ -415,6 +618,9 @@ static Suite *sched_suite(void)
     tcase_add_test(tc, test_table_bound);
     tcase_add_test(tc, test_backlog_does_not_starve_another_tenant);
     tcase_add_test(tc, test_shares);
+    tcase_add_test(tc, test_weighted_shares);
+    tcase_add_test(tc, test_fair_grant);
+    tcase_add_test(tc, test_weights_parse);
     tcase_add_test(tc, test_empty_and_rung_meanwhile);
     tcase_add_test(tc, test_expire_setup_and_retry);
     tcase_add_test(tc, test_new_queue_keeps_its_place);

@@ -1,0 +1,705 @@
+/* Pulling: the queues (wrk_sched) and their consumers, pull requests and
+ * their replies, doorbells, the stream's counts, the ready list, the slot
+ * threads and the dispatcher thread. */
+#include "wrk_loop_int.h"
+
+/* Pulling. The stream's per-subject counts are read this often, to find
+ * queues with jobs nobody rang for (redeliveries, NAK delays, jobs queued
+ * while this worker was away). */
+#define DISCOVER_MS 200
+/* A pull request nobody answered within this time is given up. */
+#define REQUEST_TIMEOUT_MS 2000
+/* A queue whose consumer could not be set up, or whose request failed, is
+ * asked again after this. */
+#define QUEUE_RETRY_MS 500
+/* A queue not seen for this long is forgotten (its consumer stays; the
+ * server deletes it after WRK_CONSUMER_IDLE_S without activity). */
+#define QUEUE_FORGET_MS (10 * 60 * 1000)
+/* The streams' sizes and limits (sluice_stream_* gauges) are sampled this
+ * often. */
+#define STREAM_SAMPLE_MS 15000
+/* Server-side lifetime of an unused per-tenant consumer. */
+#define WRK_CONSUMER_IDLE_S 3600
+
+/* ---- Slot threads ------------------------------------------------------ */
+
+/* Free job capacity: slots without a job, minus jobs waiting for a slot,
+ * minus jobs asked for and not delivered yet. Caller holds qmu. */
+static int free_capacity(const wrk_loop *l)
+{
+    return l->idle - l->nready - wrk_sched_outstanding(l->sched);
+}
+
+static int64_t pump(wrk_loop *l, int64_t now);
+static void need_setup(wrk_loop *l, const wrk_queue *q);
+
+/* Adds a delivered job to the ready ring (growing it when late deliveries
+ * overfill it). Caller holds qmu. Returns false when out of memory. */
+static bool ready_push(wrk_loop *l, natsMsg *msg, wrk_queue *q)
+{
+    if (l->nready == l->rcap) {
+        int cap = l->rcap * 2;
+        ready_job *nr = calloc((size_t)cap, sizeof(*nr));
+        if (nr == NULL)
+            return false;
+        for (int i = 0; i < l->nready; i++)
+            nr[i] = l->ready[(l->rhead + i) % l->rcap];
+        free(l->ready);
+        l->ready = nr;
+        l->rcap = cap;
+        l->rhead = 0;
+    }
+    l->ready[(l->rhead + l->nready) % l->rcap] = (ready_job){.msg = msg, .q = q};
+    l->nready++;
+    return true;
+}
+
+void *wrk__slot_main(void *arg)
+{
+    wrk_slot *s = arg;
+    wrk_loop *l = s->loop;
+
+    pthread_mutex_lock(&l->qmu);
+    for (;;) {
+        if (l->nready > 0) {
+            ready_job rj = l->ready[l->rhead];
+            l->rhead = (l->rhead + 1) % l->rcap;
+            l->nready--;
+            l->idle--;
+            pthread_mutex_unlock(&l->qmu);
+            /* Even while stopping, a fetched job runs: within the grace it
+             * may finish, and after it slot_attach aborts it at once. */
+            wrk__job_run(s, rj.msg);
+            natsMsg_Destroy(rj.msg);
+            pthread_mutex_lock(&l->qmu);
+            wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
+            l->idle++;
+            pump(l, wrk_backend_now_ms());
+            continue;
+        }
+        if (l->disp_done)
+            break;
+        pthread_cond_wait(&l->job_cv, &l->qmu);
+    }
+    pthread_mutex_unlock(&l->qmu);
+    return NULL;
+}
+
+/* ---- Pulling ----------------------------------------------------------- */
+
+/* The model index of name, or -1. */
+static int model_index(const wrk_loop *l, const char *name, size_t len)
+{
+    for (size_t m = 0; m < l->nmodels; m++)
+        if (strlen(l->models[m]) == len && strncmp(l->models[m], name, len) == 0)
+            return (int)m;
+    return -1;
+}
+
+/* The queue that serves (model, tenant): the model's legacy queue while
+ * the model-wide consumer is in use, else the tenant's own (created when
+ * create is set). Caller holds qmu. */
+static wrk_queue *queue_for(wrk_loop *l, size_t m, const char *tenant, bool create)
+{
+    wrk_queue *q;
+
+    if (l->legacy[m])
+        return l->legacy_q[m];
+    q = wrk_sched_queue(l->sched, m, l->models[m], tenant, create);
+    if (q == NULL && create && sl_id_valid(tenant)) {
+        static int64_t last;
+        if (log_due(&last))
+            sl_warn("work queue table full (%d queues): tenant %s of model %s waits",
+                    WRK_QUEUES_MAX, tenant, l->models[m]);
+    }
+    return q;
+}
+
+/* The queue a delivery belongs to, from its consumer name. Caller holds
+ * qmu. */
+static wrk_queue *queue_of_consumer(wrk_loop *l, const char *consumer)
+{
+    const char *tilde;
+    int m;
+
+    if (consumer == NULL || strncmp(consumer, "wrk_", 4) != 0)
+        return NULL;
+    consumer += 4;
+    tilde = strchr(consumer, '~');
+    if (tilde == NULL) {
+        m = model_index(l, consumer, strlen(consumer));
+        return m >= 0 && l->legacy[m] ? l->legacy_q[m] : NULL;
+    }
+    m = model_index(l, consumer, (size_t)(tilde - consumer));
+    return m >= 0 ? wrk_sched_queue(l->sched, (size_t)m, l->models[m], tilde + 1, true) : NULL;
+}
+
+/* Replies to our pull requests. Jobs keep their own subject and carry a
+ * $JS.ACK reply subject naming the consumer, so they are matched to their
+ * queue (whose one open request they fill) by consumer name. Status
+ * messages arrive on <inbox>.<queue id>.<token> and end a request early:
+ * 404 no messages, 408 request timeout (fewer jobs than asked for) or
+ * requests pending, 409 a consumer problem. A request to a consumer that
+ * does not exist gets no answer at all: wrk_sched_expire ends it. Runs on a
+ * cnats thread. */
+static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    wrk_loop *l = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    int64_t now = wrk_backend_now_ms();
+    wrk_queue *q = NULL;
+
+    (void)nc;
+    (void)sub;
+    if (reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0) {
+        jsMsgMetaData *meta = NULL;
+        bool ok = false;
+        pthread_mutex_lock(&l->qmu);
+        if (natsMsg_GetMetaData(&meta, msg) == NATS_OK)
+            q = queue_of_consumer(l, meta->Consumer);
+        jsMsgMetaData_Destroy(meta);
+        /* Stopping (no slot will take it) or unaccountable: back to the
+         * stream at once, for another worker. */
+        if (l->accepting && q != NULL && ready_push(l, msg, q)) {
+            if (wrk_sched_delivered(l->sched, q, q->req_token, now))
+                pump(l, now);
+            pthread_cond_signal(&l->job_cv);
+            ok = true;
+        }
+        pthread_mutex_unlock(&l->qmu);
+        if (!ok) {
+            wrk__ack_send(l, msg, SETTLE_NAK, 0);
+            natsMsg_Destroy(msg);
+        }
+        return;
+    }
+
+    {
+        const char *subj = natsMsg_GetSubject(msg);
+        size_t plen = strlen(l->inbox);
+        unsigned long long qid = 0, token = 0;
+        const char *status = NULL;
+        int code = 0;
+
+        if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != NULL)
+            code = atoi(status);
+        if (strncmp(subj, l->inbox, plen) != 0 || subj[plen] != '.' ||
+            sscanf(subj + plen + 1, "%llu.%llu", &qid, &token) != 2 || qid >= UINT32_MAX ||
+            code == 100) /* 100: a heartbeat or flow control, not an end */
+            goto done;
+        pthread_mutex_lock(&l->qmu);
+        q = wrk_sched_by_id(l->sched, (uint32_t)qid);
+        if (q != NULL && wrk_sched_ended(l->sched, q, token, now)) {
+            if (code == 409) {
+                /* The consumer cannot serve pulls (deleted meanwhile, or
+                 * changed): set it up again. */
+                const char *desc = NULL;
+                natsMsgHeader_Get(msg, "Description", &desc);
+                sl_debug("pull from %s: %d %s", q->durable, code, desc != NULL ? desc : "");
+                q->ready = false;
+                q->retry_at_ms = now + QUEUE_RETRY_MS;
+                wrk_sched_ring(l->sched, q, now, 1);
+                need_setup(l, q);
+            }
+            pump(l, now);
+        }
+        pthread_mutex_unlock(&l->qmu);
+    }
+done:
+    natsMsg_Destroy(msg);
+}
+
+/* The orchestrator stored jobs for sluice.work.<model>.<tenant> and rang
+ * sluice.ctl.work.<model>.<tenant>: the queue is asked at its turn. Runs
+ * on a cnats thread. */
+static void on_bell(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    wrk_loop *l = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    const char *model = subj + strlen("sluice.ctl.work.");
+    const char *dot = strchr(model, '.');
+    int m;
+
+    (void)nc;
+    (void)sub;
+    if (strncmp(subj, "sluice.ctl.work.", 16) == 0 && dot != NULL &&
+        (m = model_index(l, model, (size_t)(dot - model))) >= 0) {
+        /* The body is the number of jobs stored (empty: at least one). */
+        char body[16];
+        int len = natsMsg_GetDataLength(msg), jobs = 1;
+        if (len > 0 && len < (int)sizeof(body)) {
+            memcpy(body, natsMsg_GetData(msg), (size_t)len);
+            body[len] = '\0';
+            jobs = atoi(body);
+            if (jobs < 1 || jobs > 1000000)
+                jobs = 1;
+        }
+        pthread_mutex_lock(&l->qmu);
+        wrk_queue *q = queue_for(l, (size_t)m, dot + 1, true);
+        if (q != NULL) {
+            int64_t now = wrk_backend_now_ms();
+            wrk_sched_ring(l->sched, q, now, jobs);
+            need_setup(l, q);
+            pump(l, now);
+        }
+        pthread_mutex_unlock(&l->qmu);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* Ensures a durable pull consumer (creating it, or updating AckWait,
+ * MaxDeliver and BackOff when they differ). Returns SL_OK; SL_ERR_INVAL
+ * when it exists with another filter, ack policy or delivery mode;
+ * SL_ERR_BUS. A reason goes to err. */
+static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *filter, bool create,
+                                 char *err, size_t errlen)
+{
+    int64_t aw = l->ack_wait_ms * NS_PER_MS;
+    int64_t backoff[WRK_MAX_DELIVER - 1];
+    jsConsumerConfig cc;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st = SL_OK;
+
+    /* Equal back-off steps: a crashed worker's job comes back after AckWait
+     * each time. Growing steps would also be added to every NAK delay by the
+     * server (a NAK's delay is counted from BackOff[0]), so transient
+     * retries get their growing back-off from the NAK delays instead. */
+    for (int i = 0; i < WRK_MAX_DELIVER - 1; i++)
+        backoff[i] = aw;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = durable;
+    cc.FilterSubject = filter;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = aw;
+    cc.MaxDeliver = WRK_MAX_DELIVER;
+    cc.BackOff = backoff;
+    cc.BackOffLen = WRK_MAX_DELIVER - 1;
+    cc.DeliverPolicy = js_DeliverAll;
+    /* Tenants come and go: an unused tenant consumer is removed by the
+     * server, and made again by the first worker that sees work for it. */
+    if (strchr(durable, '~') != NULL)
+        cc.InactiveThreshold = (int64_t)WRK_CONSUMER_IDLE_S * 1000 * NS_PER_MS;
+
+    ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
+    /* Only per-tenant consumers are ever created: a model-wide one
+     * (wrk_<model>, from before the migration) made again by a stale queue
+     * would overlap every tenant's filter and block their consumers. */
+    if (ns == NATS_NOT_FOUND && create && strchr(durable, '~') != NULL) {
+        ns = js_AddConsumer(&ci, l->js, SL_STREAM_WORK, &cc, NULL, &jerr);
+        if (ns == NATS_OK)
+            sl_debug("created consumer %s on %s", durable, SL_STREAM_WORK);
+        else /* another worker may have created it in between */
+            ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
+    }
+    if (ns != NATS_OK) {
+        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+                (int)jerr);
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    if (ci->Config->FilterSubject == NULL || strcmp(ci->Config->FilterSubject, filter) != 0 ||
+        ci->Config->AckPolicy != js_AckExplicit || ci->Config->DeliverSubject != NULL) {
+        set_err(err, errlen,
+                "consumer %s exists with another filter, ack policy or delivery mode; fix or "
+                "delete it with sluicectl",
+                durable);
+        st = SL_ERR_INVAL;
+        goto cleanup;
+    }
+    if (ci->Config->AckWait != aw || ci->Config->MaxDeliver != WRK_MAX_DELIVER ||
+        ci->Config->BackOffLen != cc.BackOffLen) {
+        jsConsumerInfo *up = NULL;
+        ns = js_UpdateConsumer(&up, l->js, SL_STREAM_WORK, &cc, NULL, &jerr);
+        if (ns == NATS_OK) {
+            sl_warn("consumer %s had AckWait %" PRId64 " ms / MaxDeliver %" PRId64
+                    "; updated to %" PRId64 " ms / %d",
+                    durable, ci->Config->AckWait / NS_PER_MS, ci->Config->MaxDeliver,
+                    l->ack_wait_ms, WRK_MAX_DELIVER);
+            jsConsumerInfo_Destroy(ci);
+            ci = up;
+        } else {
+            sl_warn("consumer %s has other settings and could not be updated (%s); using it",
+                    durable, natsStatus_GetText(ns));
+        }
+    }
+    /* Every consumer is made by this code, so they agree. */
+    l->max_deliver = ci->Config->MaxDeliver;
+cleanup:
+    jsConsumerInfo_Destroy(ci);
+    return st;
+}
+
+/* Looks at a model's model-wide consumer `wrk_<model>` (filter
+ * sluice.work.<model>.>, made by workers before per-tenant consumers).
+ * A work-queue stream refuses per-tenant consumers beside it, so while it
+ * exists every job of the model is pulled from it (first in, first out, as
+ * before). Once it holds nothing (no job pending, none unacknowledged, no
+ * pull waiting: no worker of the older kind uses it) it is deleted and the
+ * model moves to per-tenant consumers. Sets *legacy. Returns SL_OK, or
+ * SL_ERR_BUS / SL_ERR_INVAL (a consumer of that name with another filter)
+ * with a reason in err. own_idle tells that this worker holds nothing from
+ * it. */
+static sl_status legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy, char *err,
+                              size_t errlen)
+{
+    char durable[WRK_DURABLE_MAX], filter[SL_SUBJECT_MAX];
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st = SL_OK;
+
+    snprintf(durable, sizeof(durable), "wrk_%s", l->models[m]);
+    snprintf(filter, sizeof(filter), "sluice.work.%s.>", l->models[m]);
+    ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
+    if (ns == NATS_NOT_FOUND) {
+        *legacy = false;
+        goto cleanup;
+    }
+    if (ns != NATS_OK) {
+        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+                (int)jerr);
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    if (ci->Config->FilterSubject == NULL || strcmp(ci->Config->FilterSubject, filter) != 0 ||
+        ci->Config->AckPolicy != js_AckExplicit || ci->Config->DeliverSubject != NULL) {
+        set_err(err, errlen,
+                "consumer %s exists with another filter, ack policy or delivery mode; fix or "
+                "delete it with sluicectl",
+                durable);
+        st = SL_ERR_INVAL;
+        goto cleanup;
+    }
+    *legacy = true;
+    if (own_idle && ci->NumPending == 0 && ci->NumAckPending == 0 && ci->NumWaiting == 0) {
+        ns = js_DeleteConsumer(l->js, SL_STREAM_WORK, durable, NULL, &jerr);
+        if (ns == NATS_OK || ns == NATS_NOT_FOUND) {
+            sl_info("consumer %s is empty and unused: deleted; model %s now has a consumer per "
+                    "tenant",
+                    durable, l->models[m]);
+            *legacy = false;
+        } else {
+            sl_warn("consumer %s is empty but could not be deleted (%s, jerr %d); still using it",
+                    durable, natsStatus_GetText(ns), (int)jerr);
+        }
+    } else if (own_idle) {
+        static int64_t last;
+        if (log_due(&last))
+            sl_info("consumer %s still holds jobs (%" PRIu64 " pending, %" PRId64
+                    " unacknowledged, %" PRId64 " pulls waiting): serving model %s from it",
+                    durable, ci->NumPending, ci->NumAckPending, ci->NumWaiting, l->models[m]);
+    }
+cleanup:
+    jsConsumerInfo_Destroy(ci);
+    return st;
+}
+
+/* Switches model m in or out of legacy mode. Caller holds qmu. */
+static void set_legacy(wrk_loop *l, size_t m, bool legacy)
+{
+    if (legacy == l->legacy[m])
+        return;
+    if (legacy) {
+        wrk_queue *q = wrk_sched_queue(l->sched, m, l->models[m], "", true);
+        if (q == NULL)
+            return; /* out of memory: retried at the next discovery */
+        q->ready = true;
+        q->pinned = true; /* legacy_q points to it */
+        l->legacy_q[m] = q;
+        l->legacy[m] = true;
+        wrk_sched_ring(l->sched, q, wrk_backend_now_ms(), 1);
+        return;
+    }
+    l->legacy[m] = false;
+    /* A legacy queue still holding jobs is freed later by wrk_sched_prune. */
+    if (l->legacy_q[m] != NULL) {
+        l->legacy_q[m]->pinned = false;
+        wrk_sched_remove(l->sched, l->legacy_q[m]);
+    }
+    l->legacy_q[m] = NULL;
+}
+
+/* Reads the stream's per-subject counts for one model and rings every
+ * queue with more jobs than this worker holds from it. */
+static void discover_model(wrk_loop *l, size_t m, int64_t now)
+{
+    static int64_t last_warn;
+    char filter[SL_SUBJECT_MAX];
+    jsStreamInfo *si = NULL;
+    jsOptions o;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+
+    snprintf(filter, sizeof(filter), "sluice.work.%s.*", l->models[m]);
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = filter;
+    ns = js_GetStreamInfo(&si, l->js, SL_STREAM_WORK, &o, &jerr);
+    if (ns != NATS_OK) {
+        if (log_due(&last_warn))
+            sl_warn("reading %s subjects failed: %s (jerr %d); retrying", SL_STREAM_WORK,
+                    natsStatus_GetText(ns), (int)jerr);
+        return;
+    }
+    pthread_mutex_lock(&l->qmu);
+    for (int i = 0; si->State.Subjects != NULL && i < si->State.Subjects->Count; i++) {
+        const jsStreamStateSubject *ss = &si->State.Subjects->List[i];
+        const char *tenant = strrchr(ss->Subject, '.');
+        wrk_queue *q;
+        if (tenant == NULL || ss->Msgs == 0)
+            continue;
+        q = queue_for(l, m, tenant + 1, true);
+        if (q != NULL && ss->Msgs > (uint64_t)q->held && q->req_token == 0)
+            wrk_sched_ring_count(l->sched, q, now,
+                                 ss->Msgs - (uint64_t)q->held > INT32_MAX
+                                     ? INT32_MAX
+                                     : (int)(ss->Msgs - (uint64_t)q->held));
+    }
+    pthread_mutex_unlock(&l->qmu);
+    jsStreamInfo_Destroy(si);
+}
+
+static void discover(wrk_loop *l, int64_t now)
+{
+    static int64_t last_warn;
+
+    for (size_t m = 0; m < l->nmodels; m++) {
+        bool legacy, own_idle;
+        char err[256];
+
+        pthread_mutex_lock(&l->qmu);
+        legacy = l->legacy[m];
+        own_idle = !legacy || (l->legacy_q[m]->held == 0 && l->legacy_q[m]->req_token == 0 &&
+                               !l->legacy_q[m]->claimed);
+        pthread_mutex_unlock(&l->qmu);
+        if (legacy) {
+            bool still = true;
+            if (legacy_check(l, m, own_idle, &still, err, sizeof(err)) != SL_OK) {
+                if (log_due(&last_warn))
+                    sl_warn("%s", err);
+            } else if (!still) {
+                pthread_mutex_lock(&l->qmu);
+                set_legacy(l, m, false);
+                pthread_mutex_unlock(&l->qmu);
+            }
+        }
+        discover_model(l, m, now);
+    }
+}
+
+/* Sends the pull request of q's open request token: up to batch jobs, at
+ * once (no_wait: an empty queue answers 404 without waiting). */
+static natsStatus send_pull(wrk_loop *l, const char *durable, uint32_t qid, uint64_t token,
+                            int batch)
+{
+    char subj[SL_SUBJECT_MAX], reply[192], body[64];
+
+    snprintf(subj, sizeof(subj), "$JS.API.CONSUMER.MSG.NEXT.%s.%s", SL_STREAM_WORK, durable);
+    snprintf(reply, sizeof(reply), "%s.%" PRIu32 ".%" PRIu64, l->inbox, qid, token);
+    snprintf(body, sizeof(body), "{\"batch\":%d,\"no_wait\":true}", batch);
+    sl_counter_inc(l->m_pulls);
+    return natsConnection_PublishRequestString(l->nc, subj, reply, body);
+}
+
+/* Sends pull requests while there is free capacity and a queue whose turn
+ * it is. Called with qmu held by the dispatcher and by every callback that
+ * frees capacity or rings a queue, so a job needs no dispatcher wake-up.
+ * The publish is made under qmu: it only queues bytes on the connection
+ * and calls none of our callbacks. Queues whose consumer is not set up
+ * yet keep their place in line for the dispatcher (wrk_sched_unready).
+ * Returns the earliest retry time of a queue kept waiting, or INT64_MAX. */
+static int64_t pump(wrk_loop *l, int64_t now)
+{
+    static int64_t last_warn;
+    size_t tries = wrk_sched_active(l->sched) + 1;
+    int64_t wake = INT64_MAX;
+
+    for (size_t i = 0; i < tries && !atomic_load(&l->stopping); i++) {
+        int free = free_capacity(l), batch = 0;
+        uint64_t token;
+        natsStatus ns;
+        wrk_queue *q;
+
+        if (free <= 0)
+            break;
+        q = wrk_sched_next(l->sched, free, now, &batch, &wake);
+        if (q == NULL)
+            break;
+        token = wrk_sched_open(l->sched, q, batch, now);
+        ns = send_pull(l, q->durable, q->id, token, batch);
+        if (ns != NATS_OK && wrk_sched_ended(l->sched, q, token, now)) {
+            q->retry_at_ms = now + QUEUE_RETRY_MS;
+            wrk_sched_ring(l->sched, q, now, batch);
+            if (log_due(&last_warn))
+                sl_warn("pull request to %s failed: %s; retrying", q->durable,
+                        natsStatus_GetText(ns));
+        }
+    }
+    return wake;
+}
+
+/* Wakes the dispatcher when q needs its consumer set up. Caller holds
+ * qmu. */
+static void need_setup(wrk_loop *l, const wrk_queue *q)
+{
+    if (!q->ready && !q->setting_up)
+        pthread_cond_signal(&l->disp_cv);
+}
+
+void *wrk__dispatch_main(void *arg)
+{
+    wrk_loop *l = arg;
+    int64_t next_discover = 0, next_prune = wrk_backend_now_ms() + QUEUE_FORGET_MS / 10;
+    int64_t stop_until = 0;
+    int64_t last_warn = 0;
+    int64_t next_sample = 0;
+
+    pthread_mutex_lock(&l->qmu);
+    for (;;) {
+        int64_t now = wrk_backend_now_ms();
+        int64_t wake = INT64_MAX;
+        wrk_queue *q;
+
+        if (atomic_load(&l->stopping)) {
+            /* No new requests; the open ones are answered at once (no_wait),
+             * and what they bring is run or handed back by the slots. */
+            if (stop_until == 0)
+                stop_until = now + 1000;
+            if (wrk_sched_outstanding(l->sched) == 0 || now >= stop_until)
+                break;
+            struct timespec ts = mono_abs(now + 20);
+            pthread_cond_timedwait(&l->disp_cv, &l->qmu, &ts);
+            continue;
+        }
+        if (now >= next_discover) {
+            size_t n;
+            pthread_mutex_unlock(&l->qmu);
+            if (now >= next_sample) {
+                sl_streams_sample(l->js);
+                next_sample = now + STREAM_SAMPLE_MS;
+            }
+            discover(l, now);
+            pthread_mutex_lock(&l->qmu);
+            n = wrk_sched_expire(l->sched, now, REQUEST_TIMEOUT_MS);
+            if (n > 0)
+                sl_debug("%zu pull request(s) unanswered for %d ms; asking again", n,
+                         REQUEST_TIMEOUT_MS);
+            if (now >= next_prune) {
+                wrk_sched_prune(l->sched, now, QUEUE_FORGET_MS);
+                next_prune = now + QUEUE_FORGET_MS / 10;
+            }
+            sl_gauge_set(l->m_queues, (int64_t)wrk_sched_active(l->sched));
+            next_discover = wrk_backend_now_ms() + DISCOVER_MS;
+            continue;
+        }
+        /* New queues get their consumer at once, whatever the free
+         * capacity; they keep their place in line meanwhile. */
+        q = wrk_sched_unready(l->sched, now, &wake);
+        if (q != NULL) {
+            char durable[WRK_DURABLE_MAX], filter[SL_SUBJECT_MAX], err[256];
+            sl_status st;
+            snprintf(durable, sizeof(durable), "%s", q->durable);
+            snprintf(filter, sizeof(filter), "%s", q->filter);
+            pthread_mutex_unlock(&l->qmu);
+            st = ensure_consumer(l, durable, filter, true, err, sizeof(err));
+            pthread_mutex_lock(&l->qmu);
+            wrk_sched_setup_done(l->sched, q, st == SL_OK, wrk_backend_now_ms() + QUEUE_RETRY_MS);
+            if (st != SL_OK && log_due(&last_warn))
+                sl_warn("work queue %s: %s; retrying", durable, err);
+            pump(l, wrk_backend_now_ms());
+            continue;
+        }
+        {
+            int64_t retry = pump(l, now);
+            struct timespec ts;
+            if (retry < wake)
+                wake = retry;
+            ts = mono_abs(wake < next_discover ? wake : next_discover);
+            pthread_cond_timedwait(&l->disp_cv, &l->qmu, &ts);
+        }
+    }
+    /* From now on a late delivery is handed back by on_pull_reply. */
+    l->accepting = false;
+    l->disp_done = true;
+    pthread_cond_broadcast(&l->job_cv);
+    pthread_mutex_unlock(&l->qmu);
+    pthread_mutex_lock(&l->mu);
+    pthread_cond_broadcast(&l->idle_cv);
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+/* Subscribes to the pull replies and the doorbells, and finds each model's
+ * mode (legacy model-wide consumer or per-tenant consumers). */
+sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen)
+{
+    natsInbox *inbox = NULL;
+    char subj[SL_SUBJECT_MAX];
+    natsStatus ns;
+    sl_status st;
+
+    if (natsInbox_Create(&inbox) != NATS_OK)
+        return SL_ERR_NOMEM;
+    snprintf(l->inbox, sizeof(l->inbox), "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
+    snprintf(subj, sizeof(subj), "%s.*.*", l->inbox);
+    ns = natsConnection_Subscribe(&l->inbox_sub, l->nc, subj, on_pull_reply, l);
+    if (ns == NATS_OK)
+        ns = natsSubscription_SetPendingLimits(l->inbox_sub, -1, -1);
+    if (ns != NATS_OK) {
+        set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+        return SL_ERR_BUS;
+    }
+    for (size_t m = 0; m < l->nmodels; m++) {
+        bool legacy = false;
+        st = legacy_check(l, m, true, &legacy, err, errlen);
+        if (st != SL_OK)
+            return st;
+        pthread_mutex_lock(&l->qmu);
+        set_legacy(l, m, legacy);
+        pthread_mutex_unlock(&l->qmu);
+        if (legacy && !l->legacy[m])
+            return SL_ERR_NOMEM;
+        if (legacy) {
+            /* Settings as for every consumer we make; the filter is checked. */
+            char durable[WRK_DURABLE_MAX], filter[SL_SUBJECT_MAX];
+            snprintf(durable, sizeof(durable), "wrk_%s", l->models[m]);
+            snprintf(filter, sizeof(filter), "sluice.work.%s.>", l->models[m]);
+            st = ensure_consumer(l, durable, filter, false, err, errlen);
+            if (st == SL_ERR_INVAL)
+                return st;
+        }
+        /* The doorbell, rung by the orchestrator once jobs are stored. */
+        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.*", l->models[m]);
+        ns = natsConnection_Subscribe(&l->bell_subs[m], l->nc, subj, on_bell, l);
+        if (ns == NATS_OK)
+            ns = natsSubscription_SetPendingLimits(l->bell_subs[m], -1, -1);
+        if (ns != NATS_OK) {
+            set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+            return SL_ERR_BUS;
+        }
+    }
+    return SL_OK;
+}
+
+/* Runs or hands back what is still waiting: called after every slot
+ * thread has ended, so only a NAK is left. */
+void wrk__nak_ready(wrk_loop *l)
+{
+    int n = 0;
+
+    pthread_mutex_lock(&l->qmu);
+    while (l->nready > 0) {
+        ready_job rj = l->ready[l->rhead];
+        l->rhead = (l->rhead + 1) % l->rcap;
+        l->nready--;
+        wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
+        natsMsg_Destroy(rj.msg);
+        wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
+        n++;
+    }
+    pthread_mutex_unlock(&l->qmu);
+    if (n > 0)
+        sl_info("stopping: handed back %d job(s) that arrived after the last slot ended", n);
+}
