@@ -228,7 +228,9 @@ void gw_io_destroy(gw_io *io)
     free(io);
 }
 
-void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
+/* Appends a task to the ordinary queue or to the bulk one. A bulk task
+ * wakes every thread: only those under bulk_max may take it. */
+static void io_enqueue(gw_io *io, gw_task_fn fn, void *arg, bool bulk)
 {
     io_task *t = calloc(1, sizeof(*t));
 
@@ -237,33 +239,29 @@ void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
     t->fn = fn;
     t->arg = arg;
     pthread_mutex_lock(&io->mu);
-    if (io->tail != NULL)
-        io->tail->next = t;
+    io_task **head = bulk ? &io->bulk_head : &io->head;
+    io_task **tail = bulk ? &io->bulk_tail : &io->tail;
+    if (*tail != NULL)
+        (*tail)->next = t;
     else
-        io->head = t;
-    io->tail = t;
+        *head = t;
+    *tail = t;
     io->pending++;
-    pthread_cond_signal(&io->cv);
+    if (bulk)
+        pthread_cond_broadcast(&io->cv);
+    else
+        pthread_cond_signal(&io->cv);
     pthread_mutex_unlock(&io->mu);
+}
+
+void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
+{
+    io_enqueue(io, fn, arg, false);
 }
 
 void gw_io_submit_bulk(gw_io *io, gw_task_fn fn, void *arg)
 {
-    io_task *t = calloc(1, sizeof(*t));
-
-    while (t == NULL)
-        t = calloc(1, sizeof(*t));
-    t->fn = fn;
-    t->arg = arg;
-    pthread_mutex_lock(&io->mu);
-    if (io->bulk_tail != NULL)
-        io->bulk_tail->next = t;
-    else
-        io->bulk_head = t;
-    io->bulk_tail = t;
-    io->pending++;
-    pthread_cond_broadcast(&io->cv);
-    pthread_mutex_unlock(&io->mu);
+    io_enqueue(io, fn, arg, true);
 }
 
 size_t gw_io_pending(gw_io *io)
