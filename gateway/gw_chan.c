@@ -1,0 +1,774 @@
+/* Channels (one per live subject, shared by its members) and memberships:
+ * fan-out of live events, buffering while a channel fills a gap or a member
+ * replays, the per-channel event cache, the room presence snapshot, channel
+ * lifetime (idle list, expiry) and the per-tenant history read budget. */
+#include "gw_server_int.h"
+
+/* ---------- delivery ---------- */
+
+static void pend_free(pend *p)
+{
+    natsMsg_Destroy(p->msg);
+    gw_buf_unref(p->buf);
+    free(p);
+}
+
+void gw__member_pend_clear(gw_member *m)
+{
+    while (m->pend_head != NULL) {
+        pend *p = m->pend_head;
+        m->pend_head = p->next;
+        pend_free(p);
+    }
+    m->pend_tail = NULL;
+    m->npend = 0;
+}
+
+static void receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
+                          const char *message_id)
+{
+    receipt *r;
+
+    if (c->receipts == NULL) {
+        c->receipts = calloc(RECEIPTS_MAX, sizeof(receipt));
+        if (c->receipts == NULL)
+            return;
+    }
+    if (c->nreceipts == RECEIPTS_MAX) { /* oldest unacked one loses its receipt */
+        memmove(c->receipts, c->receipts + 1, (RECEIPTS_MAX - 1) * sizeof(receipt));
+        c->nreceipts--;
+    }
+    r = &c->receipts[c->nreceipts++];
+    r->seq = seq;
+    snprintf(r->ch, sizeof(r->ch), "%s", ch);
+    snprintf(r->sender_session, sizeof(r->sender_session), "%s", sender_session);
+    snprintf(r->message_id, sizeof(r->message_id), "%s", message_id);
+}
+
+/* Delivers one event (seq, frame) to a member now or buffers it while the
+ * member replays; duplicates (seq already delivered) are dropped. */
+static void member_offer(gw_server *s, gw_member *m, uint64_t seq, gw_buf *b,
+                         const char *sender_session, const char *message_id)
+{
+    gw_conn *c = m->conn;
+
+    if (m->replaying) {
+        pend *p;
+        if (m->npend >= MEMBER_PEND_MAX) {
+            m->pend_overflow = true; /* the replay reads on past these */
+            return;
+        }
+        p = calloc(1, sizeof(*p));
+        if (p == NULL) {
+            m->pend_overflow = true;
+            return;
+        }
+        p->seq = seq;
+        p->buf = b;
+        gw_buf_ref(b);
+        snprintf(p->sender_session, sizeof(p->sender_session), "%s", sender_session);
+        snprintf(p->message_id, sizeof(p->message_id), "%s", message_id);
+        if (m->pend_tail != NULL)
+            m->pend_tail->next = p;
+        else
+            m->pend_head = p;
+        m->pend_tail = p;
+        m->npend++;
+        return;
+    }
+    if (seq <= m->delivered)
+        return;
+    m->delivered = seq;
+    gw__conn_send_buf(s, c, b);
+    if (m->chan->is_room && sender_session[0] != '\0' && strcmp(sender_session, c->session) != 0)
+        receipt_track(c, m->chan->ch, seq, sender_session, message_id);
+}
+
+/* Builds the frame of a stored or live OUT message for channel ch. Fills
+ * the sender session and message id of user messages (for receipts); when
+ * snap is not NULL, a presence event also updates its member snapshot. */
+gw_buf *gw__frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
+                     char *sender_session, char *message_id, gw_chan *snap)
+{
+    Sluice__Envelope *e = NULL;
+    gw_buf *b = NULL;
+
+    sender_session[0] = message_id[0] = '\0';
+    if (sl_envelope_decode(data, len, &e) != SL_OK)
+        return NULL;
+    b = gw_buf_from(gw_frame_event(e, ch, seq));
+    if (b != NULL)
+        b->ts_ns = e->ts_unix_ns;
+    if (e->body_case == SLUICE__ENVELOPE__BODY_MESSAGE && e->message->agent[0] == '\0') {
+        snprintf(sender_session, SL_ID_MAX + 1, "%s", sl_id_valid(e->session) ? e->session : "");
+        snprintf(message_id, SL_ID_MAX + 1, "%s", e->message_id);
+    }
+    if (snap != NULL && e->body_case == SLUICE__ENVELOPE__BODY_PRESENCE &&
+        sl_id_valid(e->presence->session)) {
+        if (strcmp(e->presence->action, "join") == 0)
+            gw__presence_snap_set(snap, e->presence->session, e->presence->user);
+        else
+            gw__presence_snap_del(snap, e->presence->session);
+    }
+    sl_envelope_free(e);
+    return b;
+}
+
+#define PRESENCE_SNAP_MAX 1000
+
+const char *gw__json_str(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Starts an empty snapshot; false when out of memory (no snapshot then). */
+bool gw__presence_snap_init(gw_chan *ch)
+{
+    ch->presence = cJSON_CreateObject();
+    if (ch->presence == NULL || gw_map_create(&ch->presence_idx) != SL_OK) {
+        cJSON_Delete(ch->presence);
+        ch->presence = NULL;
+        return false;
+    }
+    ch->npresence = 0;
+    return true;
+}
+
+static void presence_snap_changed(gw_chan *ch)
+{
+    free(ch->members_json);
+    ch->members_json = NULL;
+}
+
+void gw__presence_snap_set(gw_chan *ch, const char *session, const char *user)
+{
+    cJSON *it;
+
+    if (ch->presence == NULL)
+        return; /* not loaded yet: the first join's read brings everyone */
+    if (gw_map_get(ch->presence_idx, session) != NULL)
+        return;
+    if (ch->npresence >= PRESENCE_SNAP_MAX) {
+        if (!ch->presence_truncated)
+            presence_snap_changed(ch);
+        ch->presence_truncated = true;
+        return;
+    }
+    it = cJSON_CreateString(user);
+    if (it == NULL || !cJSON_AddItemToObject(ch->presence, session, it)) {
+        cJSON_Delete(it);
+        return;
+    }
+    if (gw_map_put(ch->presence_idx, session, it) != SL_OK) {
+        cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
+        return;
+    }
+    ch->npresence++;
+    /* Members are listed in the order they came: one past the listed ones
+     * only changes the list's truncation. */
+    if (ch->npresence <= JOIN_MEMBERS_MAX + 1)
+        presence_snap_changed(ch);
+}
+
+void gw__presence_snap_del(gw_chan *ch, const char *session)
+{
+    cJSON *it;
+
+    if (ch->presence == NULL || (it = gw_map_get(ch->presence_idx, session)) == NULL)
+        return;
+    gw_map_del(ch->presence_idx, session);
+    cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
+    ch->npresence--;
+    presence_snap_changed(ch);
+}
+
+/* The members list of `joined`, from the snapshot (at most
+ * JOIN_MEMBERS_MAX). Sets *truncated when the room has more. */
+static cJSON *presence_snap_list(const gw_chan *ch, bool *truncated)
+{
+    cJSON *arr = cJSON_CreateArray(), *it;
+    int n = 0;
+
+    *truncated = ch->presence_truncated;
+    cJSON_ArrayForEach(it, ch->presence)
+    {
+        cJSON *mem;
+        if (n++ >= JOIN_MEMBERS_MAX) {
+            *truncated = true;
+            break;
+        }
+        mem = cJSON_CreateObject();
+        cJSON_AddStringToObject(mem, "user", it->valuestring);
+        cJSON_AddStringToObject(mem, "session", it->string);
+        cJSON_AddItemToArray(arr, mem);
+    }
+    return arr;
+}
+
+/* The `joined` frame of room ch at seq with the snapshot's members,
+ * rendered once per change of the listed members (caller frees). */
+char *gw__presence_joined_frame(gw_chan *ch, uint64_t seq)
+{
+    if (ch->members_json == NULL) {
+        bool truncated = false;
+        cJSON *arr = presence_snap_list(ch, &truncated);
+        ch->members_json = arr != NULL ? cJSON_PrintUnformatted(arr) : NULL;
+        ch->members_json_truncated = truncated;
+        cJSON_Delete(arr);
+        if (ch->members_json == NULL)
+            return NULL;
+    }
+    return gw_frame_joined_raw(ch->name, seq, ch->members_json, ch->members_json_truncated);
+}
+
+uint64_t gw__header_u64(natsMsg *m, const char *name)
+{
+    const char *v = NULL;
+
+    if (natsMsgHeader_Get(m, name, &v) != NATS_OK || v == NULL)
+        return 0;
+    return strtoull(v, NULL, 10);
+}
+
+static void cache_drop_oldest(gw_chan *ch)
+{
+    cached *c = &ch->ring[ch->ring_start];
+
+    ch->cache_base = c->seq;
+    ch->ring_bytes -= c->buf->len;
+    gw_buf_unref(c->buf);
+    c->buf = NULL;
+    ch->ring_start = (ch->ring_start + 1) % ch->ring_cap;
+    ch->ring_n--;
+}
+
+static void cache_clear(gw_chan *ch)
+{
+    while (ch->ring_n > 0)
+        cache_drop_oldest(ch);
+    free(ch->ring);
+    ch->ring = NULL;
+    ch->ring_cap = 0;
+}
+
+/* Starts caching after `head` (the channel just became ready). */
+void gw__cache_start(gw_server *s, gw_chan *ch)
+{
+    ch->cache_valid = s->cfg->chan_cache > 0;
+    ch->cache_base = ch->head;
+}
+
+/* Appends an in-order event; evicts the oldest beyond the bounds. The
+ * cache never holds more events than the stream keeps per channel, so a
+ * resume sees the same history on every gateway. */
+static void cache_append(gw_server *s, gw_chan *ch, uint64_t seq, gw_buf *b, const char *sender,
+                         const char *msgid)
+{
+    int max = (int)(s->cfg->chan_cache < s->cfg->common.out_history ? s->cfg->chan_cache
+                                                                    : s->cfg->common.out_history);
+    cached *c;
+
+    if (!ch->cache_valid)
+        return;
+    if (max <= 0) {
+        ch->cache_valid = false; /* it no longer holds every event after its base */
+        return;
+    }
+    if (ch->ring == NULL) {
+        /* Grows on demand: most session channels hold a handful. */
+        ch->ring_cap = 16;
+        ch->ring = calloc((size_t)ch->ring_cap, sizeof(cached));
+        if (ch->ring == NULL) {
+            ch->cache_valid = false;
+            return;
+        }
+    } else if (ch->ring_n == ch->ring_cap && ch->ring_cap < max) {
+        int ncap = ch->ring_cap * 2;
+        cached *nr = calloc((size_t)ncap, sizeof(cached));
+        if (nr != NULL) {
+            for (int i = 0; i < ch->ring_n; i++)
+                nr[i] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+            free(ch->ring);
+            ch->ring = nr;
+            ch->ring_cap = ncap;
+            ch->ring_start = 0;
+        }
+    }
+    while (ch->ring_n > 0 && (ch->ring_n == ch->ring_cap || ch->ring_n >= max ||
+                              ch->ring_bytes + b->len > CHAN_CACHE_MAX_BYTES))
+        cache_drop_oldest(ch);
+    c = &ch->ring[(ch->ring_start + ch->ring_n) % ch->ring_cap];
+    c->seq = seq;
+    c->buf = b;
+    gw_buf_ref(b);
+    snprintf(c->sender_session, sizeof(c->sender_session), "%s", sender);
+    snprintf(c->message_id, sizeof(c->message_id), "%s", msgid);
+    ch->ring_n++;
+    ch->ring_bytes += b->len;
+}
+
+/* Delivers an in-order channel event to every member. */
+void gw__chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len)
+{
+    char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
+    gw_buf *b;
+
+    if (seq > ch->head)
+        ch->head = seq;
+    b = gw__frame_of(data, len, ch->ch, seq, sender, msgid, ch);
+    if (b == NULL)
+        return;
+    cache_append(s, ch, seq, b, sender, msgid);
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext)
+        member_offer(s, m, seq, b, sender, msgid);
+    gw_buf_unref(b);
+}
+
+static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t last)
+{
+    pend *p;
+
+    if (ch->npend >= CHAN_PEND_MAX || (p = calloc(1, sizeof(*p))) == NULL) {
+        /* Dropped: the next live event's Nats-Last-Sequence shows the hole
+         * and a fill fetches it from the stream. */
+        natsMsg_Destroy(msg);
+        return;
+    }
+    p->msg = msg;
+    p->seq = seq;
+    p->last = last;
+    if (ch->pend_tail != NULL)
+        ch->pend_tail->next = p;
+    else
+        ch->pend_head = p;
+    ch->pend_tail = p;
+    ch->npend++;
+}
+
+/* A live event for a ready channel: in order, a duplicate, or after a hole. */
+static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
+{
+    uint64_t seq = gw__header_u64(msg, "Nats-Sequence");
+    uint64_t last = gw__header_u64(msg, "Nats-Last-Sequence");
+
+    if (seq == 0) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (ch->state != CHAN_READY) {
+        chan_pend_push(ch, msg, seq, last);
+        return;
+    }
+    if (seq <= ch->head) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (last > ch->head) {
+        chan_pend_push(ch, msg, seq, last);
+        gw__chan_fill_start(s, ch, seq, last);
+        return;
+    }
+    gw__chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    natsMsg_Destroy(msg);
+}
+
+void gw__chan_process_pending(gw_server *s, gw_chan *ch)
+{
+    while (ch->state == CHAN_READY && ch->pend_head != NULL) {
+        pend *p = ch->pend_head;
+        ch->pend_head = p->next;
+        if (ch->pend_head == NULL)
+            ch->pend_tail = NULL;
+        ch->npend--;
+        chan_on_live(s, ch, p->msg);
+        p->msg = NULL;
+        pend_free(p);
+    }
+}
+
+typedef struct live_item {
+    gw_server *s;
+    natsMsg *msg;
+} live_item;
+
+static void live_item_free(void *arg)
+{
+    live_item *it = arg;
+    natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+static void live_run(void *arg)
+{
+    live_item *it = arg;
+    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
+
+    if (ch != NULL)
+        chan_on_live(it->s, ch, it->msg);
+    else
+        natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    gw_server *s = closure;
+    live_item *it = malloc(sizeof(*it));
+
+    (void)nc;
+    (void)sub;
+    if (it == NULL) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    it->s = s;
+    it->msg = msg;
+    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
+        sl_counter_inc(s->m.live_dropped);
+        live_item_free(it);
+    }
+}
+
+/* ---------- channels and members ---------- */
+
+/* Finds or creates (subscribing to its live subject) a channel; how a new
+ * one gets ready is `how`. */
+gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
+                         enum chan_head how)
+{
+    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
+    size_t llive, lout, lch, ltenant, lname;
+    gw_chan *ch;
+    char *p;
+    read_job *j;
+
+    if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK ||
+        sl_subject_chan(out, sizeof(out), "sluice.out", tenant, is_room, name) != SL_OK)
+        return NULL;
+    ch = gw_map_get(s->chans, live);
+    if (ch != NULL)
+        return ch;
+    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
+    llive = strlen(live) + 1;
+    lout = strlen(out) + 1;
+    lch = strlen(cname) + 1;
+    ltenant = strlen(tenant) + 1;
+    lname = strlen(name) + 1;
+    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
+    if (ch == NULL)
+        return NULL;
+    p = ch->strs;
+    ch->live = memcpy(p, live, llive);
+    ch->out = memcpy(p += llive, out, lout);
+    ch->ch = memcpy(p += lout, cname, lch);
+    ch->tenant = memcpy(p += lch, tenant, ltenant);
+    ch->name = memcpy(p += ltenant, name, lname);
+    ch->is_room = is_room;
+    ch->state = CHAN_INIT;
+    if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
+        gw_map_put(s->chans, live, ch) != SL_OK) {
+        natsSubscription_Destroy(ch->sub);
+        free(ch);
+        return NULL;
+    }
+    natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
+    if (how == HEAD_FRESH) {
+        gw__chan_ready(s, ch, 0);
+        return ch;
+    }
+    /* A join's own head read makes its channel ready: with a second read
+     * the two could fall on either side of the join's presence event, and
+     * the new member would start with a replay (which never cuts a client
+     * that stops reading: a stopped member of a flooded room was then not
+     * closed with 4429). */
+    if (how == HEAD_BY_JOIN)
+        return ch;
+    j = gw__read_job_new(s, READ_HEAD, ch);
+    if (j != NULL)
+        gw_io_submit(s->io, gw__read_io, j);
+    return ch;
+}
+
+gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
+{
+    return gw__chan_get_ex(s, tenant, is_room, name, HEAD_READ);
+}
+
+/* Frees what a channel owns and the channel itself (not its map entry). */
+void gw__chan_destroy(gw_chan *ch)
+{
+    natsSubscription_Destroy(ch->sub);
+    while (ch->pend_head != NULL) {
+        pend *p = ch->pend_head;
+        ch->pend_head = p->next;
+        pend_free(p);
+    }
+    cache_clear(ch);
+    cJSON_Delete(ch->presence);
+    gw_map_destroy(ch->presence_idx);
+    free(ch->members_json);
+    free(ch);
+}
+
+/* History reads in flight per tenant and per connection: a request over
+ * either bound is answered busy (history_busy), so one tenant's flood
+ * takes at most HISTORY_TENANT_MAX of the gateway's bulk reads. */
+bool gw__history_acquire(gw_server *s, gw_conn *c)
+{
+    int *n;
+
+    if (c->history_inflight >= HISTORY_CONN_MAX)
+        return false;
+    if (s->history_tenants == NULL && gw_map_create(&s->history_tenants) != SL_OK)
+        return false;
+    n = gw_map_get(s->history_tenants, c->tenant);
+    if (n == NULL) {
+        n = calloc(1, sizeof(*n));
+        if (n == NULL || gw_map_put(s->history_tenants, c->tenant, n) != SL_OK) {
+            free(n);
+            if (gw_map_len(s->history_tenants) == 0) {
+                gw_map_destroy(s->history_tenants);
+                s->history_tenants = NULL;
+            }
+            return false;
+        }
+    }
+    if (*n >= HISTORY_TENANT_MAX)
+        return false;
+    (*n)++;
+    c->history_inflight++;
+    sl_gauge_inc(s->m.history_inflight);
+    return true;
+}
+
+/* Ends a history read of tenant (c: the connection that asked, NULL when
+ * it is gone). */
+void gw__history_release(gw_server *s, const char *tenant, gw_conn *c)
+{
+    int *n = s->history_tenants != NULL ? gw_map_get(s->history_tenants, tenant) : NULL;
+
+    if (c != NULL && c->history_inflight > 0)
+        c->history_inflight--;
+    if (n == NULL)
+        return;
+    sl_gauge_dec(s->m.history_inflight);
+    if (--*n <= 0) {
+        gw_map_del(s->history_tenants, tenant);
+        free(n);
+    }
+    if (gw_map_len(s->history_tenants) == 0) {
+        gw_map_destroy(s->history_tenants);
+        s->history_tenants = NULL;
+    }
+}
+
+/* Unsubscribes and frees a channel nobody uses any more. */
+/* Takes ch off the idle list (no-op when it is not on it). */
+static void chan_idle_unlink(gw_server *s, gw_chan *ch)
+{
+    if (ch->idle_since_ms == 0)
+        return;
+    if (ch->idle_prev != NULL)
+        ch->idle_prev->idle_next = ch->idle_next;
+    else
+        s->idle_head = ch->idle_next;
+    if (ch->idle_next != NULL)
+        ch->idle_next->idle_prev = ch->idle_prev;
+    else
+        s->idle_tail = ch->idle_prev;
+    ch->idle_prev = ch->idle_next = NULL;
+    ch->idle_since_ms = 0;
+}
+
+static void chan_free(gw_server *s, gw_chan *ch)
+{
+    chan_idle_unlink(s, ch);
+    gw_map_del(s->chans, ch->live);
+    natsSubscription_Unsubscribe(ch->sub);
+    gw__chan_destroy(ch);
+}
+
+/* Called when a member leaves: an empty channel with a cache is kept for
+ * CHAN_LINGER_MS (members resuming here find its cache), else freed. */
+void gw__chan_release(gw_server *s, gw_chan *ch)
+{
+    if (ch->nmembers > 0)
+        return;
+    if (ch->cache_valid && !atomic_load(&s->draining)) {
+        chan_idle_unlink(s, ch);
+        ch->idle_since_ms = now_ms();
+        ch->idle_prev = s->idle_tail;
+        if (s->idle_tail != NULL)
+            s->idle_tail->idle_next = ch;
+        else
+            s->idle_head = ch;
+        s->idle_tail = ch;
+        return;
+    }
+    chan_free(s, ch);
+}
+
+/* Frees channels that stayed empty past the linger time (at most 1024 per
+ * call, to keep the loop responsive): the idle list is in the order they
+ * became idle, so only expired ones and the first live one are looked at. */
+void gw__chans_expire(gw_server *s)
+{
+    int64_t now = now_ms();
+
+    for (int n = 0; n < 1024 && s->idle_head != NULL; n++) {
+        gw_chan *ch = s->idle_head;
+        if (now - ch->idle_since_ms < CHAN_LINGER_MS)
+            break;
+        chan_free(s, ch);
+    }
+}
+
+gw_member *gw__member_find(gw_conn *c, const char *chname)
+{
+    for (gw_member *m = c->members; m != NULL; m = m->next) {
+        if (strcmp(m->chan->ch, chname) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+gw_member *gw__member_add(gw_server *s, gw_conn *c, gw_chan *ch, uint64_t delivered, bool replaying)
+{
+    static uint64_t next_gen; /* loop thread only */
+    gw_member *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    m->gen = ++next_gen;
+    chan_idle_unlink(s, ch);
+    m->chan = ch;
+    m->conn = c;
+    m->delivered = delivered;
+    m->replaying = replaying;
+    m->cnext = ch->members;
+    if (ch->members != NULL)
+        ch->members->cprev = m;
+    ch->members = m;
+    ch->nmembers++;
+    m->next = c->members;
+    c->members = m;
+    if (ch->is_room)
+        c->nrooms++;
+    return m;
+}
+
+void gw__member_remove(gw_server *s, gw_member *m)
+{
+    gw_chan *ch = m->chan;
+    gw_conn *c = m->conn;
+    gw_member **pp;
+
+    if (m->cprev != NULL)
+        m->cprev->cnext = m->cnext;
+    else
+        ch->members = m->cnext;
+    if (m->cnext != NULL)
+        m->cnext->cprev = m->cprev;
+    ch->nmembers--;
+    if (ch->is_room)
+        c->nrooms--;
+    for (pp = &c->members; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    }
+    gw__member_pend_clear(m);
+    free(m);
+    gw__chan_release(s, ch);
+}
+
+/* Ends a member's replay: sends what was buffered meanwhile. */
+void gw__member_go_live(gw_server *s, gw_member *m)
+{
+    pend *p = m->pend_head;
+
+    m->pend_head = m->pend_tail = NULL;
+    m->npend = 0;
+    m->replaying = false;
+    while (p != NULL) {
+        pend *next = p->next;
+        member_offer(s, m, p->seq, p->buf, p->sender_session, p->message_id);
+        pend_free(p);
+        p = next;
+    }
+}
+
+/* Replayed events take at most half of the outbound bounds, so that a
+ * resuming client is paced by its own reading instead of being cut (4429)
+ * by the size of a replay batch; the other half is for live traffic. */
+bool gw__replay_has_room(gw_server *s, gw_conn *c, size_t len)
+{
+    return c->q.frames == 0 || (c->q.frames + 1 <= (size_t)s->cfg->outq_max_frames / 2 &&
+                                c->q.bytes + len <= (size_t)s->cfg->outq_max_bytes / 2);
+}
+
+/* True when the events a member buffered during its replay fit in the
+ * replay share of the outbound queue. */
+bool gw__member_pend_fits(gw_server *s, gw_member *m)
+{
+    size_t bytes = 0;
+
+    for (pend *p = m->pend_head; p != NULL; p = p->next)
+        bytes += p->buf->len;
+    return m->npend == 0 ||
+           (m->conn->q.frames + (size_t)m->npend <= (size_t)s->cfg->outq_max_frames / 2 &&
+            m->conn->q.bytes + bytes <= (size_t)s->cfg->outq_max_bytes / 2);
+}
+
+/* Serves a member's replay from its channel's cache when the cache covers
+ * the member's position (no gap is possible then: the cache is contiguous).
+ * Returns false when the stream must be read instead. */
+static bool replay_from_cache(gw_server *s, gw_conn *c, gw_member *m)
+{
+    gw_chan *ch = m->chan;
+
+    if (ch->state != CHAN_READY || !ch->cache_valid || m->delivered < ch->cache_base)
+        return false;
+    for (int i = 0; i < ch->ring_n && c->close_code == 0; i++) {
+        cached *e = &ch->ring[(ch->ring_start + i) % ch->ring_cap];
+        if (e->seq <= m->delivered)
+            continue;
+        if (!gw__replay_has_room(s, c, e->buf->len)) {
+            m->replay_paused = true; /* continues when the client has read */
+            return true;
+        }
+        m->delivered = e->seq;
+        gw__conn_send_buf(s, c, e->buf);
+        if (ch->is_room && e->sender_session[0] != '\0' &&
+            strcmp(e->sender_session, c->session) != 0)
+            receipt_track(c, ch->ch, e->seq, e->sender_session, e->message_id);
+    }
+    if (c->close_code == 0)
+        gw__member_go_live(s, m);
+    return true;
+}
+
+void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
+{
+    read_job *j;
+
+    sl_counter_inc(s->m.replays);
+    if (replay_from_cache(s, c, m)) {
+        sl_counter_inc(s->m.replays_cached);
+        return;
+    }
+    j = gw__read_job_new(s, READ_REPLAY, m->chan);
+
+    if (j == NULL) {
+        gw__conn_close(c, 1011, "out of memory", true);
+        return;
+    }
+    snprintf(j->session, sizeof(j->session), "%s", c->session);
+    j->member_gen = m->gen;
+    j->from = m->delivered + 1;
+    j->check_gap = check_gap;
+    j->after_ready = m->chan->state != CHAN_INIT;
+    gw_io_submit(s->io, gw__read_io, j);
+}

@@ -1,0 +1,653 @@
+/* Blocking stream reads on gw_io threads (head, gap fill, replay, history,
+ * join) and, back on the loop thread, the application of their results. */
+#include "gw_server_int.h"
+
+static void read_result_run(void *arg);
+
+/* ---------- io jobs: reading the stream ---------- */
+
+static void read_job_free(void *arg)
+{
+    read_job *j = arg;
+    for (size_t i = 0; i < j->n; i++)
+        natsMsg_Destroy(j->msgs[i].msg);
+    free(j->msgs);
+    cJSON_Delete(j->members);
+    free(j);
+}
+
+/* Direct get: the next message on subject at or after seq. */
+static natsStatus next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out)
+{
+    jsDirectGetMsgOptions o;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    o.NextBySubject = subject;
+    return js_DirectGetMsg(out, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
+}
+
+static natsStatus last_seq_io(gw_server *s, const char *subject, uint64_t *seq)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    natsStatus st;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.LastBySubject = subject;
+    st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
+    if (st == NATS_NOT_FOUND) {
+        *seq = 0;
+        return NATS_OK;
+    }
+    if (st == NATS_OK)
+        *seq = gw__header_u64(m, "Nats-Sequence");
+    natsMsg_Destroy(m);
+    return st;
+}
+
+static bool push_got(read_job *j, natsMsg *m, uint64_t seq, size_t *cap)
+{
+    if (j->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        got *g = realloc(j->msgs, nc * sizeof(got));
+        if (g == NULL)
+            return false;
+        j->msgs = g;
+        *cap = nc;
+    }
+    j->msgs[j->n].seq = seq;
+    j->msgs[j->n].msg = m;
+    j->n++;
+    return true;
+}
+
+/* Reads forward from j->from: up to REPLAY_BATCH messages, or to j->upto. */
+static natsStatus read_forward_io(read_job *j, size_t max)
+{
+    size_t cap = 0;
+    uint64_t seq = j->from;
+    natsStatus st = NATS_OK;
+
+    while (j->n < max) {
+        natsMsg *m = NULL;
+        uint64_t got_seq;
+        st = next_by_subject(j->s, j->out, seq, &m);
+        if (st == NATS_NOT_FOUND) {
+            st = NATS_OK;
+            j->more = false;
+            return st;
+        }
+        if (st != NATS_OK)
+            return st;
+        got_seq = gw__header_u64(m, "Nats-Sequence");
+        if (got_seq == 0 || (j->upto != 0 && got_seq >= j->upto)) {
+            natsMsg_Destroy(m);
+            j->more = false;
+            return NATS_OK;
+        }
+        if (!push_got(j, m, got_seq, &cap)) {
+            natsMsg_Destroy(m);
+            return NATS_NO_MEMORY;
+        }
+        seq = got_seq + 1;
+    }
+    j->more = true;
+    return st;
+}
+
+/* Sets j->gap when the event at seq (the last one delivered) is no longer
+ * in the stream on j's subject: events after it may be gone too. While it
+ * is stored nothing after it was removed (removal is oldest-first). */
+static natsStatus still_stored_io(read_job *j, uint64_t seq)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    const char *subj = NULL;
+    natsStatus st;
+
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    st = js_DirectGetMsg(&m, sl_bus_js(j->s->bus), SL_STREAM_OUT, NULL, &o);
+    if (st == NATS_NOT_FOUND) {
+        j->gap = true;
+        st = NATS_OK;
+    } else if (st == NATS_OK) {
+        if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
+            strcmp(subj, j->out) != 0)
+            j->gap = true;
+    }
+    natsMsg_Destroy(m);
+    return st;
+}
+
+/* Appends (seq, m) to a growing array; false without memory. */
+static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t seq)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 32;
+        got *g = realloc(*arr, nc * sizeof(got));
+        if (g == NULL)
+            return false;
+        *arr = g;
+        *cap = nc;
+    }
+    (*arr)[*n].seq = seq;
+    (*arr)[*n].msg = m;
+    (*n)++;
+    return true;
+}
+
+/* One history request: the newest `limit` events of the channel below
+ * `before`, in one bounded read. Direct gets only read forward, so windows
+ * below `before` are read newest window first, each once (from its start to
+ * where the previous window began, never again), growing fourfold, until
+ * `limit` events are found, the stream's start is reached or the budget of
+ * 2 x limit + 16 gets is spent. A window the budget cuts is dropped (its
+ * newest part was not read); what was not reached is the next page's
+ * (j->covered). */
+static natsStatus history_read_io(read_job *j)
+{
+    uint64_t before = j->before, w = (uint64_t)j->limit * 2;
+    uint64_t budget = (uint64_t)j->limit * 2 + 16, used = 0;
+    natsStatus st = NATS_OK;
+
+    if (before == 0) {
+        st = last_seq_io(j->s, j->out, &before);
+        before += 1;
+        used++;
+    }
+    j->covered = before;
+    while (st == NATS_OK && j->covered > 1 && (int64_t)j->n < j->limit && used < budget) {
+        uint64_t start = j->covered > w ? j->covered - w : 1;
+        got *win = NULL;
+        size_t wn = 0, wcap = 0;
+        bool complete = false;
+        for (uint64_t seq = start; used < budget;) {
+            natsMsg *m = NULL;
+            uint64_t gs;
+            used++;
+            st = next_by_subject(j->s, j->out, seq, &m);
+            if (st == NATS_NOT_FOUND) {
+                st = NATS_OK;
+                complete = true;
+                break;
+            }
+            if (st != NATS_OK)
+                break;
+            gs = gw__header_u64(m, "Nats-Sequence");
+            if (gs == 0 || gs >= j->covered) {
+                natsMsg_Destroy(m);
+                complete = true;
+                break;
+            }
+            if (!got_append(&win, &wn, &wcap, m, gs)) {
+                natsMsg_Destroy(m);
+                st = NATS_NO_MEMORY;
+                break;
+            }
+            seq = gs + 1;
+        }
+        if (complete && st == NATS_OK && wn > 0) {
+            got *all = realloc(win, (wn + j->n) * sizeof(got));
+            if (all == NULL) {
+                complete = false;
+                st = NATS_NO_MEMORY;
+            } else {
+                win = all;
+                if (j->n > 0)
+                    memcpy(win + wn, j->msgs, j->n * sizeof(got));
+                free(j->msgs);
+                j->msgs = win;
+                j->n += wn;
+                win = NULL;
+                wn = 0;
+            }
+        }
+        for (size_t i = 0; i < wn; i++)
+            natsMsg_Destroy(win[i].msg);
+        free(win);
+        if (!complete)
+            break;
+        j->covered = start;
+        w *= 4;
+    }
+    /* Not every event below covered was read: is there any? (one get) */
+    if (st == NATS_OK && j->covered > 1 && (int64_t)j->n <= j->limit) {
+        natsMsg *m = NULL;
+        st = next_by_subject(j->s, j->out, 1, &m);
+        if (st == NATS_NOT_FOUND ||
+            (st == NATS_OK && gw__header_u64(m, "Nats-Sequence") >= j->covered))
+            j->covered = 1;
+        if (st == NATS_NOT_FOUND)
+            st = NATS_OK;
+        natsMsg_Destroy(m);
+    }
+    return st;
+}
+
+void gw__read_io(void *arg)
+{
+    read_job *j = arg;
+    gw_server *s = j->s;
+    natsStatus st = NATS_OK;
+
+    switch (j->kind) {
+    case READ_HEAD:
+        st = last_seq_io(s, j->out, &j->head);
+        break;
+    case READ_JOIN: {
+        kvWatcher *w = NULL;
+        kvWatchOptions wo;
+        char filter[SL_SUBJECT_MAX];
+        st = last_seq_io(s, j->out, &j->head);
+        j->members = cJSON_CreateArray();
+        snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->room);
+        kvWatchOptions_Init(&wo);
+        wo.IgnoreDeletes = true;
+        if (s->kv_presence != NULL && kvStore_Watch(&w, s->kv_presence, filter, &wo) == NATS_OK) {
+            /* A large room's list is cut: reading every member on every
+             * join would make a room of N members cost N^2 reads. */
+            for (int i = 0;; i++) {
+                kvEntry *e = NULL;
+                if (kvWatcher_Next(&e, w, 2000) != NATS_OK || e == NULL)
+                    break; /* NULL entry: the initial values are done */
+                if (i >= JOIN_MEMBERS_MAX) {
+                    j->members_truncated = true;
+                    kvEntry_Destroy(e);
+                    break;
+                }
+                {
+                    const char *key = kvEntry_Key(e);
+                    const char *sess = strrchr(key, '.');
+                    cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+                    cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
+                    if (sess != NULL && cJSON_IsString(u)) {
+                        cJSON *mem = cJSON_CreateObject();
+                        cJSON_AddStringToObject(mem, "user", u->valuestring);
+                        cJSON_AddStringToObject(mem, "session", sess + 1);
+                        cJSON_AddItemToArray(j->members, mem);
+                    }
+                    cJSON_Delete(v);
+                }
+                kvEntry_Destroy(e);
+            }
+            kvWatcher_Destroy(w);
+        }
+        break;
+    }
+    case READ_FILL:
+        if (j->from > 1)
+            st = still_stored_io(j, j->from - 1);
+        if (st == NATS_OK)
+            st = read_forward_io(j, CHAN_PEND_MAX);
+        break;
+    case READ_REPLAY:
+        if (j->check_gap && j->from > 1)
+            st = still_stored_io(j, j->from - 1);
+        if (st == NATS_OK)
+            st = read_forward_io(j, REPLAY_BATCH);
+        break;
+    case READ_HISTORY:
+        st = history_read_io(j);
+        break;
+    }
+    if (st != NATS_OK)
+        sl_warn("stream read on %s failed: %s", j->out, natsStatus_GetText(st));
+    j->more = j->more && st == NATS_OK;
+    if (st != NATS_OK) {
+        j->head = UINT64_MAX; /* marks failure for the loop, which retries */
+        if (j->kind != READ_HISTORY)
+            usleep(200 * 1000); /* paces the retries; a history request is answered */
+    }
+    gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
+}
+
+read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
+{
+    read_job *j = calloc(1, sizeof(*j));
+
+    if (j == NULL)
+        return NULL;
+    j->s = s;
+    j->kind = kind;
+    snprintf(j->out, sizeof(j->out), "%s", ch->out);
+    snprintf(j->live, sizeof(j->live), "%s", ch->live);
+    snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
+    snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);
+    if (ch->is_room)
+        snprintf(j->room, sizeof(j->room), "%s", ch->name);
+    return j;
+}
+
+void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last)
+{
+    read_job *j = gw__read_job_new(s, READ_FILL, ch);
+
+    if (j == NULL)
+        return;
+    ch->state = CHAN_FILLING;
+    j->from = ch->head + 1;
+    j->upto = upto;
+    j->last = last;
+    sl_counter_inc(s->m.gap_fills);
+    gw_io_submit(s->io, gw__read_io, j);
+}
+
+/* ---------- results of stream reads ---------- */
+
+/* Tells the channel's live members that events in (from, to) are missing:
+ * the stream no longer has them. Members still replaying read the stream
+ * themselves. */
+static void chan_gap(gw_server *s, gw_chan *ch, uint64_t from, uint64_t to)
+{
+    gw_buf *b = gw_buf_from(gw_frame_gap(ch->ch, (int64_t)from, (int64_t)to));
+
+    sl_warn("channel %s: events in (%llu, %llu) are no longer in the stream", ch->out,
+            (unsigned long long)from, (unsigned long long)to);
+    sl_counter_inc(s->m.fill_gaps);
+    if (b == NULL)
+        return;
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext) {
+        if (!m->replaying && m->delivered < to)
+            gw__conn_send_buf(s, m->conn, b);
+    }
+    gw_buf_unref(b);
+}
+
+/* Makes a channel ready at head. The live events it buffered meanwhile at
+ * or below head are dropped (they are in the stream), so a member that went
+ * live below head first replays up to it; a member still replaying checks
+ * at the end of its replay (read_result_run). Without this, events stored
+ * while a channel waited for its head never reach members that resumed or
+ * said hello in that window. */
+void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head)
+{
+    ch->head = head;
+    ch->ready_head = head;
+    ch->state = CHAN_READY;
+    gw__cache_start(s, ch);
+    for (gw_member *m = ch->members; m != NULL; m = m->cnext) {
+        if (!m->replaying && m->delivered < head) {
+            m->replaying = true;
+            gw__replay_submit(s, m->conn, m, false);
+        }
+    }
+    gw__chan_process_pending(s, ch);
+}
+
+/* Answers a history request: the newest events found, at most `limit`,
+ * and at most half of the outbound bound in bytes (the other half is for
+ * live traffic), so a page never cuts its reader with 4429. Older events
+ * are announced with more:true and next_before. */
+static void history_done(gw_server *s, read_job *j, gw_conn *c)
+{
+    size_t lo = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0, cut = j->n;
+    size_t max = (size_t)s->cfg->outq_max_bytes, budget = max / 2;
+    size_t used = 128 + strlen(j->ch) + strlen(j->id);
+    const char *id = j->id[0] != '\0' ? j->id : NULL;
+    char **events = NULL;
+    bool more, full = false;
+
+    gw__history_release(s, j->tenant, c);
+    if (c == NULL || c->close_code != 0)
+        return;
+    if (j->head == UINT64_MAX) {
+        gw__conn_error(s, c, "internal", "history read failed; retry", id);
+        return;
+    }
+    if (c->q.bytes + budget > max)
+        budget = max > c->q.bytes ? max - c->q.bytes : 0;
+    events = calloc(j->n - lo + 1, sizeof(char *));
+    if (events == NULL) {
+        gw__conn_error(s, c, "internal", "out of memory; retry", id);
+        return;
+    }
+    for (size_t i = j->n; i > lo; i--) {
+        Sluice__Envelope *e = NULL;
+        char *ev;
+        size_t len;
+        if (sl_envelope_decode(natsMsg_GetData(j->msgs[i - 1].msg),
+                               (size_t)natsMsg_GetDataLength(j->msgs[i - 1].msg), &e) != SL_OK) {
+            cut = i - 1; /* not an event: skipped, like live delivery does */
+            continue;
+        }
+        ev = gw_frame_event(e, j->ch, j->msgs[i - 1].seq);
+        sl_envelope_free(e);
+        len = ev != NULL ? strlen(ev) + 1 : 0;
+        /* One event larger than the page still goes alone when the queue
+         * can take it; otherwise the client is asked to read first. */
+        if (ev == NULL || (used + len > budget && (k > 0 || c->q.bytes + used + len > max))) {
+            free(ev);
+            full = true;
+            break;
+        }
+        events[k++] = ev;
+        used += len;
+        cut = i - 1;
+    }
+    if (k == 0 && full) {
+        gw__conn_busy(s, c, id, "history_busy", HISTORY_RETRY_MS);
+        free(events);
+        return;
+    }
+    for (size_t a = 0, b = k; a + 1 < b; a++, b--) { /* newest first -> stream order */
+        char *t = events[a];
+        events[a] = events[b - 1];
+        events[b - 1] = t;
+    }
+    /* Events below msgs[cut] (found, or not read yet below covered) are
+     * the next page's. */
+    more = cut > 0 || j->covered > 1;
+    gw__conn_send_text(s, c,
+                       gw_frame_history(j->ch, events, k, more,
+                                        (int64_t)(cut < j->n ? j->msgs[cut].seq : j->covered), id));
+    for (size_t i = 0; i < k; i++)
+        free(events[i]);
+    free(events);
+}
+
+/* Answers member m's join with the result of the room's join read j:
+ * the member starts at the head read, with the room's member list. */
+static void join_answer(gw_server *s, gw_chan *ch, gw_member *m, read_job *j)
+{
+    gw_conn *c = m->conn;
+
+    m->join_wait = false;
+    m->delivered = j->head;
+    if (ch->presence != NULL) {
+        /* The store read may have run before this member's own presence
+         * write landed: the snapshot always holds every local member, so
+         * the next join served from memory lists it, and this joiner
+         * sees itself as on the fast path. */
+        gw__presence_snap_set(ch, c->session, c->sub);
+        gw__conn_send_text(s, c, gw__presence_joined_frame(ch, j->head));
+    } else {
+        gw__conn_send_text(
+            s, c,
+            gw_frame_joined(ch->name, j->head,
+                            j->members != NULL ? cJSON_Duplicate(j->members, true) : NULL,
+                            j->members_truncated));
+    }
+    gw__acked_set(c, ch->ch, (int64_t)j->head, true);
+    if (m->delivered < ch->ready_head || m->pend_overflow) {
+        /* The channel dropped events above the join point, or more came
+         * meanwhile than the member buffers: read them from the stream. */
+        m->pend_overflow = false;
+        gw__replay_submit(s, c, m, false);
+    } else {
+        gw__member_go_live(s, m);
+    }
+}
+
+static bool join_waiters(const gw_chan *ch)
+{
+    for (const gw_member *w = ch->members; w != NULL; w = w->cnext)
+        if (w->join_wait)
+            return true;
+    return false;
+}
+
+/* The room's join read cannot be retried (out of memory): the joins
+ * waiting for it are refused like a join that cannot start. */
+static void join_waiters_fail(gw_server *s, gw_chan *ch)
+{
+    gw_member *w = ch->members, *next;
+
+    for (; w != NULL; w = next) {
+        next = w->cnext;
+        if (w->join_wait) {
+            gw_conn *c = w->conn;
+            gw__conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            gw__member_remove(s, w);
+        }
+    }
+}
+
+static void read_result_run(void *arg)
+{
+    read_job *j = arg;
+    gw_server *s = j->s;
+    gw_chan *ch = gw_map_get(s->chans, j->live);
+    gw_conn *c = j->session[0] ? gw_map_get(s->sessions, j->session) : NULL;
+    gw_member *m = (c != NULL && ch != NULL) ? gw__member_find(c, j->ch) : NULL;
+    bool failed = j->head == UINT64_MAX;
+
+    /* The session may have left and come back (resumed on this gateway, or
+     * left and re-joined) while the read ran: a result for an earlier
+     * membership must not move the current one's position. */
+    if (m != NULL && j->member_gen != 0 && m->gen != j->member_gen)
+        m = NULL;
+
+    if (failed && (j->kind == READ_HEAD || j->kind == READ_FILL || j->kind == READ_REPLAY ||
+                   j->kind == READ_JOIN)) {
+        /* NATS trouble: try again shortly (the io thread paces retries). */
+        if (ch != NULL &&
+            (j->kind == READ_HEAD || j->kind == READ_FILL || m != NULL ||
+             (j->kind == READ_JOIN && (ch->state == CHAN_INIT || ch->join_reading)))) {
+            /* A join that went away still owes its channel a head, and the
+             * joins waiting for it their answer. */
+            int kind = j->kind == READ_JOIN && m == NULL && !join_waiters(ch) ? READ_HEAD : j->kind;
+            read_job *again = gw__read_job_new(s, kind, ch);
+            if (j->kind == READ_JOIN) {
+                ch->join_reading = again != NULL && kind == READ_JOIN;
+                if (again == NULL)
+                    join_waiters_fail(s, ch);
+            }
+            if (again != NULL) {
+                memcpy(again->session, j->session, sizeof(j->session));
+                again->from = j->kind == READ_REPLAY && m != NULL ? m->delivered + 1 : j->from;
+                again->upto = j->upto;
+                again->last = j->last;
+                again->check_gap = j->check_gap;
+                again->member_gen = j->member_gen;
+                gw_io_submit(s->io, gw__read_io, again);
+            }
+        }
+        read_job_free(j);
+        return;
+    }
+    switch (j->kind) {
+    case READ_HEAD:
+        if (ch != NULL && ch->state == CHAN_INIT)
+            gw__chan_ready(s, ch, j->head);
+        break;
+    case READ_FILL: {
+        /* The stream no longer has some of the hole when the last event
+         * delivered is gone (what followed it may be gone too), or when the
+         * live event's predecessor is not there: the live members are told
+         * with `gap`, never skipped silently. */
+        if (ch == NULL)
+            break;
+        if (ch->head > 0 && j->gap && j->n > 0 && j->msgs[0].seq > ch->head + 1)
+            chan_gap(s, ch, ch->head, j->msgs[0].seq);
+        for (size_t i = 0; i < j->n; i++) {
+            if (j->msgs[i].seq > ch->head)
+                gw__chan_deliver(s, ch, j->msgs[i].seq, natsMsg_GetData(j->msgs[i].msg),
+                                 (size_t)natsMsg_GetDataLength(j->msgs[i].msg));
+        }
+        /* What is not in the stream below `upto` any more is gone for good. */
+        if (!j->more && j->upto > 0 && j->upto - 1 > ch->head) {
+            if (j->last > ch->head)
+                chan_gap(s, ch, ch->head, j->upto);
+            ch->head = j->upto - 1;
+        }
+        ch->state = CHAN_READY;
+        gw__chan_process_pending(s, ch);
+        break;
+    }
+    case READ_JOIN:
+        if (ch == NULL)
+            break;
+        ch->join_reading = false;
+        if (ch->state == CHAN_INIT)
+            gw__chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
+        if (ch->presence == NULL && j->members != NULL) {
+            cJSON *it;
+            if (gw__presence_snap_init(ch))
+                ch->presence_truncated = j->members_truncated;
+            cJSON_ArrayForEach(it, j->members)
+            {
+                const char *u = gw__json_str(it, "user"), *ss = gw__json_str(it, "session");
+                if (u != NULL && ss != NULL)
+                    gw__presence_snap_set(ch, ss, u);
+            }
+        }
+        if (m != NULL)
+            join_answer(s, ch, m, j);
+        /* The joins that came while the read ran: one read per room. */
+        for (gw_member *w = ch->members, *next; w != NULL; w = next) {
+            next = w->cnext;
+            if (w->join_wait)
+                join_answer(s, ch, w, j);
+        }
+        break;
+    case READ_REPLAY: {
+        char sender[SL_ID_MAX + 1], msgid[SL_ID_MAX + 1];
+        if (m == NULL)
+            break;
+        if (j->gap) {
+            uint64_t to = j->n > 0 ? j->msgs[0].seq : 0;
+            if (to > 0) {
+                gw__conn_send_text(s, c, gw_frame_gap(ch->ch, (int64_t)m->delivered, (int64_t)to));
+                sl_counter_inc(s->m.resumes_gap);
+            }
+        }
+        for (size_t i = 0; i < j->n && c->close_code == 0; i++) {
+            gw_buf *b;
+            if (j->msgs[i].seq <= m->delivered)
+                continue;
+            b = gw__frame_of(natsMsg_GetData(j->msgs[i].msg),
+                             (size_t)natsMsg_GetDataLength(j->msgs[i].msg), ch->ch, j->msgs[i].seq,
+                             sender, msgid, NULL);
+            if (b != NULL && !gw__replay_has_room(s, c, b->len)) {
+                /* The rest is read again once the client has caught up. */
+                gw_buf_unref(b);
+                m->replay_paused = true;
+                break;
+            }
+            m->delivered = j->msgs[i].seq;
+            if (b != NULL) {
+                gw__conn_send_buf(s, c, b);
+                gw_buf_unref(b);
+            }
+        }
+        if (c->close_code != 0 || m->replay_paused)
+            break;
+        if (j->more || m->pend_overflow || !gw__member_pend_fits(s, m) ||
+            (!j->after_ready && ch->state != CHAN_INIT && m->delivered < ch->ready_head)) {
+            m->pend_overflow = false;
+            if (!j->more)
+                gw__member_pend_clear(m); /* all in the stream: the next round reads them */
+            gw__replay_submit(s, c, m, false);
+        } else {
+            gw__member_go_live(s, m);
+        }
+        break;
+    }
+    case READ_HISTORY:
+        history_done(s, j, c);
+        break;
+    }
+    read_job_free(j);
+}

@@ -1,0 +1,397 @@
+/* Private to the gateway server (gw_server.c, gw_out.c, gw_chan.c, gw_read.c,
+ * gw_cmd.c, gw_conn.c): the shared state, its constants and the functions
+ * these files call across each other (gw__ prefix). Not for other modules. */
+#ifndef GW_SERVER_INT_H
+#define GW_SERVER_INT_H
+
+#include "gw_server.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <ev.h>
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gw_bridge.h"
+#include "gw_map.h"
+#include "gw_outq.h"
+#include "gw_protocol.h"
+#include "sl_auth.h"
+#include "sl_codec.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+/*
+ * Threads: everything in these files runs on the loop thread (the libev loop
+ * that lws serves the sockets on, see gw_server_run) unless
+ * its name ends in _cb (cnats threads) or _io (gw_io threads). Those never
+ * touch a gw_conn or gw_chan: they post closures back through the bridge,
+ * which look their target up again by session id or subject, since the
+ * connection may be gone by then.
+ */
+
+/* Seconds a connection being closed has to take what is queued for it. */
+#define CONN_CLOSE_GRACE_S 10
+
+#define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
+#define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
+#define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
+#define SEND_INFLIGHT      256  /* unacknowledged sends per connection */
+#define RECEIPTS_MAX       64   /* delivered messages awaiting an ack, per connection */
+#define HISTORY_CONN_MAX   2    /* history reads in flight per connection */
+#define HISTORY_TENANT_MAX 8    /* history reads in flight per tenant, per gateway */
+#define HISTORY_RETRY_MS   250  /* retry_after_ms of a history_busy */
+#define JOIN_MEMBERS_MAX   100  /* members listed in `joined` */
+
+/* Output: queued frames leave in writes of up to WRITE_BATCH bytes (several
+ * pre-framed frames in one send), at most WRITE_ROUND bytes per connection
+ * and writeable callback so that one busy client does not hold the loop. */
+#define WRITE_BATCH (64 * 1024)
+#define WRITE_ROUND (256 * 1024)
+
+enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
+enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
+
+typedef struct gw_chan gw_chan;
+typedef struct gw_conn gw_conn;
+
+#define POSITIONS_FLUSH_MS  250 /* acked positions reach KV this long after a change */
+#define CONN_TIMER_SLACK_MS 250 /* connection deadlines are rounded up to this grid */
+
+/* One event in a channel's cache. */
+typedef struct cached {
+    uint64_t seq;
+    gw_buf *buf;
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} cached;
+
+#define CHAN_CACHE_MAX_BYTES (512 * 1024) /* bytes per channel */
+#define CHAN_LINGER_MS       30000        /* an empty channel is kept this long */
+
+/* A live event waiting for its channel or member to be ready. */
+typedef struct pend {
+    struct pend *next;
+    uint64_t seq;
+    uint64_t last; /* Nats-Last-Sequence (channel level only) */
+    natsMsg *msg;  /* channel level: the raw live message */
+    gw_buf *buf;   /* member level: the built frame */
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} pend;
+
+typedef struct gw_member {
+    gw_chan *chan;
+    gw_conn *conn;
+    uint64_t gen; /* tells this membership from a later one of the same session */
+    uint64_t delivered;
+    bool replaying;
+    bool join_wait;     /* answered by the join read running for its room */
+    bool replay_paused; /* waits for the outbound queue to drain */
+    bool pend_overflow;
+    pend *pend_head, *pend_tail;
+    int npend;
+    struct gw_member *cprev, *cnext; /* in the channel */
+    struct gw_member *next;          /* in the connection */
+} gw_member;
+
+struct gw_chan {
+    /* Names, in the channel's own allocation (strs) at their length: every
+     * connection has a channel of its own ("s"), so no fixed-size buffers. */
+    const char *live;
+    const char *out;
+    const char *ch; /* "s" or "r:<room>" as clients see it */
+    const char *tenant;
+    const char *name;
+    bool is_room;
+    int state;
+    uint64_t head;       /* last sequence seen on this channel */
+    uint64_t ready_head; /* head when it became ready: buffered live events up to it were dropped */
+    natsSubscription *sub;
+    gw_member *members;
+    int nmembers;
+    pend *pend_head, *pend_tail;
+    int npend;
+    /* The latest events in order: every event of the channel with a
+     * sequence in (cache_base, head] is in the ring once cache_valid, so a
+     * member resuming from there is served from memory (no NATS). */
+    cached *ring;
+    int ring_cap, ring_start, ring_n;
+    size_t ring_bytes;
+    uint64_t cache_base;
+    bool cache_valid;
+    int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
+    struct gw_chan *idle_prev, *idle_next; /* in the server's idle list while idle */
+    /* Who is in the room (session -> user), loaded once from the presence
+     * bucket by the first join and kept current from presence events and
+     * local joins, so later joins need no NATS round trip. The index
+     * (session -> item of presence) and the count keep a join O(1); the
+     * rendered `members` of `joined` is kept until the listed members
+     * change, so a storm of joins into a large room renders it once. */
+    cJSON *presence;
+    gw_map *presence_idx;
+    int npresence;
+    bool presence_truncated;
+    char *members_json; /* NULL: render again */
+    bool members_json_truncated;
+    /* A READ_JOIN of this room is running: later joins wait for its result
+     * (join_wait) instead of each reading the head and the member list. */
+    bool join_reading;
+    char strs[]; /* live and out */
+};
+
+typedef struct pending_send {
+    struct pending_send *next;
+    char id[SL_ID_MAX + 1];
+    char event[SL_EVENT_ID_LEN + 1];
+    int64_t deadline_ms;
+} pending_send;
+
+typedef struct receipt {
+    uint64_t seq;
+    char ch[GW_CH_MAX];
+    char sender_session[SL_ID_MAX + 1];
+    char message_id[SL_ID_MAX + 1];
+} receipt;
+
+/* Per-connection state, allocated by lws as the protocol's session data. */
+struct gw_conn {
+    struct lws *wsi;
+    int state;
+    char tenant[SL_ID_MAX + 1];
+    char session[SL_ID_MAX + 1];
+    char *sub;   /* the user (malloc'd) */
+    char *rooms; /* the rooms claim as "a\0b*\0\0", or NULL for any room */
+    bool rooms_any;
+    int64_t opened_ms;
+    int64_t last_rx_ms;
+    int64_t last_ping_ms;
+    bool ping_due;
+    int close_code;
+    bool close_now;
+    const char *close_reason; /* a string literal */
+    char *rx;
+    size_t rxlen;
+    bool rx_binary;
+    bool rx_oversize;
+    gw_bucket bucket;
+    gw_outq q;
+    gw_member *members;
+    int nrooms; /* room memberships, at most cfg->max_rooms */
+    pending_send *sends;
+    int nsends;
+    /* The session's default `prev`: the last client id JetStream
+     * acknowledged (a refused or failed send never becomes it). Persisted
+     * with the positions and read back on a resume, on any gateway. */
+    char last_id[SL_ID_MAX + 1];
+    gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
+    int nacked, acked_cap;
+    bool acked_dirty;
+    receipt *receipts; /* ring (malloc'd on first use) */
+    int nreceipts;
+    int history_inflight; /* history reads queued or running */
+    struct gw_conn *all_prev, *all_next;
+    gw_server *srv;
+    /* One timer per connection (libev's heap: a start or a firing costs
+     * O(log connections)) for its next deadline: hello timeout, ping and
+     * presence refresh, silence (4408), a send's ack deadline, a position
+     * flush. Nothing walks every connection on a clock. */
+    ev_timer timer;
+    int64_t timer_due_ms; /* when the armed timer fires; 0: not armed */
+    /* In the server's list of connections whose presence entries are due
+     * (written together on the next tick: one wake of cnats's threads for
+     * many writes). */
+    struct gw_conn *pres_prev, *pres_next;
+    bool pres_queued;
+};
+
+typedef struct gw_metrics {
+    sl_gauge *connections;
+    sl_gauge *history_inflight;
+    sl_counter *connections_total;
+    sl_counter *frames_in, *frames_out, *bytes_in, *bytes_out;
+    sl_counter *writes; /* lws_write calls carrying frames (one or several) */
+    sl_counter *busy_rate, *busy_overloaded, *busy_draining, *busy_history;
+    sl_counter *slow_closes;
+    sl_counter *resumes_ok, *resumes_gap;
+    sl_counter *gap_fills;
+    sl_counter *fill_gaps;
+    sl_counter *handshake_refusals;
+    sl_counter *bad_frames;
+    sl_counter *live_dropped;
+    sl_counter *replays, *replays_cached;
+    sl_counter *presence_suppressed;
+    sl_counter *joins_local;
+    sl_counter *join_reads;
+    sl_counter *presence_writes, *presence_events;
+    sl_hist *delivery_latency;
+    sl_hist *accept_latency;
+} gw_metrics;
+
+struct gw_server {
+    const gw_config *cfg;
+    sl_bus *bus;
+    sl_auth *auth;
+    const char *resume_secret;
+    struct ev_loop *loop;    /* the event loop lws runs on (libev, epoll) */
+    struct lws_context *ctx; /* NULL again once lws_context_destroy finished */
+    struct lws_http_mount mounts[2];
+    struct lws_protocols protocols[2];
+    gw_bridge *bridge;
+    gw_io *io;
+    jsCtx *js_in; /* publishes client messages; acks come to gw__on_pub_ack_cb */
+    kvStore *kv_sessions;
+    kvStore *kv_presence;
+    gw_map *sessions; /* session id -> gw_conn */
+    gw_map *chans;    /* live subject -> gw_chan */
+    /* Empty channels kept for a resume, oldest first (they are appended as
+     * they become idle): expiry looks at the head, not at every channel. */
+    gw_chan *idle_head, *idle_tail;
+    /* tenant -> int (malloc'd): history reads in flight; the map exists only
+     * while some read is in flight (made on demand, freed when empty). */
+    gw_map *history_tenants;
+    gw_conn *all; /* every websocket connection */
+    int nconns;
+    gw_conn *pres_due; /* connections whose presence refresh is due (pres_next) */
+    gw_bucket handshakes;
+    lws_sorted_usec_list_t tick;
+    int64_t last_expire_ms;
+    volatile int *stop;
+    int64_t drain_started_ms;
+    int64_t closing_since_ms; /* the drain ended: 1001 closes on their way */
+    _Atomic int draining;
+    _Atomic int running;
+    gw_metrics m;
+    unsigned char *wbuf; /* LWS_PRE + WRITE_BATCH: gw__on_writeable's batch (loop thread) */
+};
+
+static inline int64_t now_ms(void)
+{
+    return sl_mono_ms();
+}
+
+/* How a new channel learns its head. */
+enum chan_head {
+    HEAD_READ,    /* a READ_HEAD of its own */
+    HEAD_FRESH,   /* none: it cannot have events yet (a new session's) */
+    HEAD_BY_JOIN, /* the READ_JOIN of the join that creates it */
+};
+
+typedef struct got {
+    uint64_t seq;
+    natsMsg *msg;
+} got;
+
+/* A read of a channel's stream subject on an io thread. */
+typedef struct read_job {
+    gw_server *s;
+    int kind; /* READ_HEAD, READ_FILL, READ_REPLAY, READ_HISTORY, READ_JOIN */
+    char out[SL_SUBJECT_MAX];
+    char live[SL_SUBJECT_MAX];
+    char ch[GW_CH_MAX];
+    char session[SL_ID_MAX + 1]; /* the connection asking (replay, history, join) */
+    char room[SL_ID_MAX + 1];
+    char tenant[SL_ID_MAX + 1];
+    uint64_t from; /* first sequence wanted */
+    uint64_t upto; /* fill: stop at this sequence */
+    uint64_t last; /* fill: Nats-Last-Sequence of the live event at upto */
+    uint64_t before;
+    int64_t limit;
+    char id[SL_ID_MAX + 1]; /* history: the request's id, or "" */
+    uint64_t covered;       /* history: every event in [covered, before) was read */
+    bool check_gap;
+    uint64_t member_gen; /* replay, join: the membership asking */
+    bool after_ready;    /* replay: submitted when the channel knew its head */
+    /* results */
+    uint64_t head;
+    bool gap;
+    bool more;
+    got *msgs;
+    size_t n;
+    cJSON *members;
+    bool members_truncated;
+} read_job;
+
+enum { READ_HEAD, READ_FILL, READ_REPLAY, READ_HISTORY, READ_JOIN };
+
+/* gw_out.c */
+void gw__conn_close(gw_conn *c, int code, const char *reason, bool flush_first);
+void gw__conn_send_buf(gw_server *s, gw_conn *c, gw_buf *b);
+void gw__conn_send_text(gw_server *s, gw_conn *c, char *text);
+void gw__conn_error(gw_server *s, gw_conn *c, const char *code, const char *msg, const char *id);
+void gw__conn_busy(gw_server *s, gw_conn *c, const char *id, const char *reason, int64_t retry);
+void gw__fill_header(gw_conn *c, Sluice__Envelope *e, char *event_id);
+void gw__publish_out_async(gw_server *s, const char *subject, const Sluice__Envelope *e,
+                           const char *msg_id);
+void gw__publish_presence(gw_server *s, gw_conn *c, const char *room, const char *action);
+void gw__presence_put(gw_server *s, gw_conn *c, const char *room, bool present);
+void gw__positions_flush(gw_server *s, gw_conn *c);
+void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent);
+void gw__acked_remove(gw_conn *c, const char *ch);
+void gw__conn_timer_arm(gw_server *s, gw_conn *c);
+
+/* gw_chan.c */
+void gw__member_pend_clear(gw_member *m);
+gw_buf *gw__frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
+                     char *sender_session, char *message_id, gw_chan *snap);
+const char *gw__json_str(const cJSON *o, const char *key);
+bool gw__presence_snap_init(gw_chan *ch);
+void gw__presence_snap_set(gw_chan *ch, const char *session, const char *user);
+void gw__presence_snap_del(gw_chan *ch, const char *session);
+char *gw__presence_joined_frame(gw_chan *ch, uint64_t seq);
+uint64_t gw__header_u64(natsMsg *m, const char *name);
+void gw__cache_start(gw_server *s, gw_chan *ch);
+void gw__chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len);
+void gw__chan_process_pending(gw_server *s, gw_chan *ch);
+void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
+                         enum chan_head how);
+gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name);
+void gw__chan_destroy(gw_chan *ch);
+bool gw__history_acquire(gw_server *s, gw_conn *c);
+void gw__history_release(gw_server *s, const char *tenant, gw_conn *c);
+void gw__chan_release(gw_server *s, gw_chan *ch);
+void gw__chans_expire(gw_server *s);
+gw_member *gw__member_find(gw_conn *c, const char *chname);
+gw_member *gw__member_add(gw_server *s, gw_conn *c, gw_chan *ch, uint64_t delivered,
+                          bool replaying);
+void gw__member_remove(gw_server *s, gw_member *m);
+void gw__member_go_live(gw_server *s, gw_member *m);
+bool gw__replay_has_room(gw_server *s, gw_conn *c, size_t len);
+bool gw__member_pend_fits(gw_server *s, gw_member *m);
+void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
+
+/* gw_read.c */
+void gw__read_io(void *arg);
+read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
+void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
+void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
+
+/* gw_cmd.c */
+void gw__on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+bool gw__conn_room_allowed(const gw_conn *c, const char *room);
+void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+void gw__cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+void gw__cmd_ack(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+void gw__cmd_cancel(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd);
+
+/* gw_conn.c */
+void gw__conn_free(gw_server *s, gw_conn *c);
+void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len);
+int gw__on_writeable(gw_server *s, gw_conn *c);
+void gw__presence_unqueue(gw_server *s, gw_conn *c);
+void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void gw__on_tick(lws_sorted_usec_list_t *sul);
+
+#endif /* GW_SERVER_INT_H */
