@@ -1,4 +1,5 @@
 #include "gw_map.h"
+#include "sl_hash.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,12 +20,7 @@ struct gw_map {
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return sl_hash_str(SL_HASH_SEED, s);
 }
 
 sl_status gw_map_create(gw_map **out)

@@ -10,6 +10,7 @@
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_hash.h"
 
 #define NBUCKETS   4096
 #define KEY_MAX    (2 * SL_ID_MAX + 8)
@@ -48,11 +49,7 @@ struct orch_inflight {
 
 static size_t hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-
-    for (; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(sl_hash_str(SL_HASH_SEED, s) % NBUCKETS);
 }
 
 static tally *tally_get(orch_inflight *f, const char *key)

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sl_subject.h"
+#include "sl_hash.h"
 
 #define NBUCKETS 1024
 #define KEY_MAX  (2 * SL_ID_MAX + 8)
@@ -44,11 +45,7 @@ struct orch_park {
 
 static size_t hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-
-    for (; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(sl_hash_str(SL_HASH_SEED, s) % NBUCKETS);
 }
 
 sl_status orch_park_create(orch_park **out, int64_t per_session, int64_t per_tenant, int64_t total)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sl_log.h"
+#include "sl_hash.h"
 
 #define MSGID_MAX 96
 #define HASH_SIZE 4096 /* a power of two, at least twice ORCH_PUB_MAX */
@@ -30,11 +31,7 @@ struct orch_pub {
 
 static size_t id_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-
-    for (; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)(h & (HASH_SIZE - 1));
+    return (size_t)(sl_hash_str(SL_HASH_SEED, s) & (HASH_SIZE - 1));
 }
 
 /* Points id's index entry at slot idx. Caller holds mu. */

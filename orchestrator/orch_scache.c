@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sl_subject.h"
+#include "sl_hash.h"
 
 #define NBUCKETS 4096
 
@@ -26,11 +27,7 @@ struct orch_scache {
 
 static size_t hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-
-    for (; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(sl_hash_str(SL_HASH_SEED, s) % NBUCKETS);
 }
 
 sl_status orch_scache_create(orch_scache **out, size_t max, int64_t ttl_ms)

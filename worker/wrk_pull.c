@@ -247,6 +247,22 @@ static void on_bell(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     natsMsg_Destroy(msg);
 }
 
+/* Whether an existing consumer is one this code made for filter: an
+ * explicit-ack pull consumer on exactly that filter. When not, says why in
+ * err, naming the durable. */
+static bool consumer_fits(const jsConsumerInfo *ci, const char *filter, const char *durable,
+                          char *err, size_t errlen)
+{
+    if (ci->Config->FilterSubject != NULL && strcmp(ci->Config->FilterSubject, filter) == 0 &&
+        ci->Config->AckPolicy == js_AckExplicit && ci->Config->DeliverSubject == NULL)
+        return true;
+    set_err(err, errlen,
+            "consumer %s exists with another filter, ack policy or delivery mode; fix or delete "
+            "it with sluicectl",
+            durable);
+    return false;
+}
+
 /* Ensures a durable pull consumer (creating it, or updating AckWait,
  * MaxDeliver and BackOff when they differ). Returns SL_OK; SL_ERR_INVAL
  * when it exists with another filter, ack policy or delivery mode;
@@ -299,12 +315,7 @@ static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *f
         st = SL_ERR_BUS;
         goto cleanup;
     }
-    if (ci->Config->FilterSubject == NULL || strcmp(ci->Config->FilterSubject, filter) != 0 ||
-        ci->Config->AckPolicy != js_AckExplicit || ci->Config->DeliverSubject != NULL) {
-        set_err(err, errlen,
-                "consumer %s exists with another filter, ack policy or delivery mode; fix or "
-                "delete it with sluicectl",
-                durable);
+    if (!consumer_fits(ci, filter, durable, err, errlen)) {
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -363,12 +374,7 @@ static sl_status legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy
         st = SL_ERR_BUS;
         goto cleanup;
     }
-    if (ci->Config->FilterSubject == NULL || strcmp(ci->Config->FilterSubject, filter) != 0 ||
-        ci->Config->AckPolicy != js_AckExplicit || ci->Config->DeliverSubject != NULL) {
-        set_err(err, errlen,
-                "consumer %s exists with another filter, ack policy or delivery mode; fix or "
-                "delete it with sluicectl",
-                durable);
+    if (!consumer_fits(ci, filter, durable, err, errlen)) {
         st = SL_ERR_INVAL;
         goto cleanup;
     }

@@ -1,4 +1,5 @@
 #include "wrk_sched.h"
+#include "sl_hash.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -196,11 +197,7 @@ cleanup:
 
 static size_t hash_key(size_t model, const char *tenant)
 {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)model;
-
-    for (; *tenant != '\0'; tenant++)
-        h = (h ^ (unsigned char)*tenant) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(sl_hash_str(SL_HASH_SEED ^ (uint64_t)model, tenant) % NBUCKETS);
 }
 
 sl_status wrk_sched_create(wrk_sched **out, size_t max_queues)
