@@ -3,7 +3,6 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <limits.h>
-#include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -15,13 +14,13 @@
 #include <string.h>
 
 #include "sl_config.h"
+#include "sl_json.h"
 #include "sl_log.h"
 #include "sl_subject.h"
 
 #define MAC_LEN          32
 #define SECRET_MAX       4096
 #define RSA_MIN_BITS     2048
-#define JSON_INT_LIMIT   9007199254740992.0 /* 2^53: larger JSON numbers are not exact */
 #define RESUME_PREFIX    "v1."
 #define RESUME_KEY_LABEL "sluice resume token v1"
 
@@ -251,15 +250,7 @@ bool sl_claims_room_allowed(const sl_claims *c, const char *room)
 /* An integral JSON number within +-2^53 (where doubles are exact). */
 static bool json_int(const cJSON *item, int64_t *out)
 {
-    double d;
-
-    if (!cJSON_IsNumber(item))
-        return false;
-    d = item->valuedouble;
-    if (!isfinite(d) || d > JSON_INT_LIMIT || d < -JSON_INT_LIMIT || d != floor(d))
-        return false;
-    *out = (int64_t)d;
-    return true;
+    return sl_json_get_int(item, -SL_JSON_INT_MAX, SL_JSON_INT_MAX, out);
 }
 
 /* Parses len bytes (NUL-terminated at len) as exactly one JSON object.
@@ -583,8 +574,8 @@ sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *
     char *payload = NULL, *tok = NULL;
 
     if (secret == NULL || secret[0] == '\0' || strlen(secret) > SECRET_MAX ||
-        !sl_id_valid(tenant) || !sub_valid(sub) || out == NULL || (double)exp > JSON_INT_LIMIT ||
-        (double)exp < -JSON_INT_LIMIT)
+        !sl_id_valid(tenant) || !sub_valid(sub) || out == NULL || exp > SL_JSON_INT_MAX ||
+        exp < -SL_JSON_INT_MAX)
         goto cleanup;
     if (rooms != NULL) {
         if (nrooms < 0 || nrooms > SL_ROOMS_MAX)
@@ -598,7 +589,7 @@ sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *
     p = cJSON_CreateObject();
     if (p == NULL || cJSON_AddStringToObject(p, "sub", sub) == NULL ||
         cJSON_AddStringToObject(p, "tenant", tenant) == NULL ||
-        cJSON_AddNumberToObject(p, "exp", (double)exp) == NULL)
+        sl_json_add_int(p, "exp", exp) == NULL)
         goto cleanup;
     if (rooms != NULL) {
         arr = cJSON_AddArrayToObject(p, "rooms");

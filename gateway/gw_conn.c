@@ -77,9 +77,9 @@ static void resume_kv_run(void *arg)
     if (c != NULL && pos != NULL && j->attach) {
         cJSON_ArrayForEach(it, o)
         {
-            if (n < cap && it->string != NULL && cJSON_IsNumber(it) && it->valuedouble >= 0) {
+            if (n < cap && it->string != NULL &&
+                sl_json_get_int(it, 0, SL_JSON_INT_MAX, &pos[n].seq)) {
                 snprintf(pos[n].ch, GW_CH_MAX, "%s", it->string);
-                pos[n].seq = (int64_t)it->valuedouble;
                 n++;
             }
         }

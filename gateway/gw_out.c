@@ -195,7 +195,7 @@ void gw__positions_flush(gw_server *s, gw_conn *c)
     cJSON_AddStringToObject(o, "sub", c->sub);
     pos = cJSON_AddObjectToObject(o, "pos");
     for (int i = 0; i < c->nacked; i++)
-        cJSON_AddNumberToObject(pos, c->acked[i].ch, (double)c->acked[i].seq);
+        sl_json_add_int(pos, c->acked[i].ch, c->acked[i].seq);
     if (c->last_id[0] != '\0')
         cJSON_AddStringToObject(o, "prev", c->last_id);
     val = cJSON_PrintUnformatted(o);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_json.h"
+
 static void set_err(gw_err *err, const char *code, const char *msg)
 {
     err->code = code;
@@ -21,16 +23,7 @@ static const char *get_str(const cJSON *root, const char *key)
 /* An integer-valued JSON number in [0, 2^53]: sequence numbers and limits. */
 static bool get_uint(const cJSON *root, const char *key, int64_t *out)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    double d;
-
-    if (!cJSON_IsNumber(v))
-        return false;
-    d = v->valuedouble;
-    if (!(d >= 0 && d <= 9007199254740992.0) || floor(d) != d)
-        return false;
-    *out = (int64_t)d;
-    return true;
+    return sl_json_get_int(cJSON_GetObjectItemCaseSensitive(root, key), 0, SL_JSON_INT_MAX, out);
 }
 
 static bool has_key(const cJSON *root, const char *key)
@@ -62,7 +55,7 @@ static sl_status parse_positions(const cJSON *pos, gw_cmd *c, gw_err *err)
     {
         bool is_room;
         const char *room;
-        double d;
+        int64_t seq;
 
         if (c->npositions >= GW_POSITIONS_MAX) {
             set_err(err, "bad_frame", "too many positions");
@@ -72,13 +65,12 @@ static sl_status parse_positions(const cJSON *pos, gw_cmd *c, gw_err *err)
             set_err(err, "bad_id", "resume.positions has an invalid channel name");
             return SL_ERR_INVAL;
         }
-        d = it->valuedouble;
-        if (!cJSON_IsNumber(it) || !(d >= 0 && d <= 9007199254740992.0) || floor(d) != d) {
+        if (!sl_json_get_int(it, 0, SL_JSON_INT_MAX, &seq)) {
             set_err(err, "bad_frame", "positions must be non-negative integers");
             return SL_ERR_INVAL;
         }
         snprintf(c->positions[c->npositions].ch, GW_CH_MAX, "%s", it->string);
-        c->positions[c->npositions].seq = (int64_t)d;
+        c->positions[c->npositions].seq = seq;
         c->npositions++;
     }
     return SL_OK;
@@ -375,7 +367,7 @@ char *gw_frame_busy(const char *id, const char *reason, int64_t retry_after_ms)
     if (id != NULL)
         cJSON_AddStringToObject(o, "id", id);
     cJSON_AddStringToObject(o, "reason", reason);
-    cJSON_AddNumberToObject(o, "retry_after_ms", (double)retry_after_ms);
+    sl_json_add_int(o, "retry_after_ms", retry_after_ms);
     return print_and_free(o);
 }
 
@@ -388,11 +380,11 @@ char *gw_frame_welcome(const char *session, const char *resume_token, int64_t he
         return NULL;
     cJSON_AddStringToObject(o, "session", session);
     cJSON_AddStringToObject(o, "resume_token", resume_token);
-    cJSON_AddNumberToObject(o, "heartbeat_ms", (double)heartbeat_ms);
+    sl_json_add_int(o, "heartbeat_ms", heartbeat_ms);
     cJSON_AddBoolToObject(o, "resumed", resumed);
     lim = cJSON_AddObjectToObject(o, "limits");
     if (lim != NULL) {
-        cJSON_AddNumberToObject(lim, "max_frame", (double)max_frame);
+        sl_json_add_int(lim, "max_frame", max_frame);
         cJSON_AddNumberToObject(lim, "rate", rate);
         cJSON_AddNumberToObject(lim, "burst", burst);
     }
@@ -405,8 +397,8 @@ char *gw_frame_gap(const char *ch, int64_t from, int64_t to)
     if (o == NULL)
         return NULL;
     cJSON_AddStringToObject(o, "ch", ch);
-    cJSON_AddNumberToObject(o, "from", (double)from);
-    cJSON_AddNumberToObject(o, "to", (double)to);
+    sl_json_add_int(o, "from", from);
+    sl_json_add_int(o, "to", to);
     return print_and_free(o);
 }
 
@@ -415,7 +407,7 @@ char *gw_frame_reconnect(int64_t after_ms)
     cJSON *o = typed("reconnect");
     if (o == NULL)
         return NULL;
-    cJSON_AddNumberToObject(o, "after_ms", (double)after_ms);
+    sl_json_add_int(o, "after_ms", after_ms);
     return print_and_free(o);
 }
 
@@ -447,7 +439,7 @@ char *gw_frame_joined(const char *room, uint64_t seq, cJSON *members, bool trunc
     snprintf(ch, sizeof(ch), "r:%s", room);
     cJSON_AddStringToObject(o, "room", room);
     cJSON_AddStringToObject(o, "ch", ch);
-    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    sl_json_add_int(o, "seq", (int64_t)seq);
     cJSON_AddItemToObject(o, "members", members ? members : cJSON_CreateArray());
     if (truncated)
         cJSON_AddBoolToObject(o, "members_truncated", 1);
@@ -519,7 +511,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
     if (o == NULL)
         return NULL;
     cJSON_AddStringToObject(o, "ch", ch);
-    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    sl_json_add_int(o, "seq", (int64_t)seq);
     switch (e->body_case) {
     case SLUICE__ENVELOPE__BODY_MESSAGE: {
         const Sluice__ClientMessage *m = e->message;
@@ -535,7 +527,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
                 cJSON_AddStringToObject(from, "user", m->user);
         }
         cJSON_AddStringToObject(o, "text", m->text);
-        cJSON_AddNumberToObject(o, "ts", (double)(e->ts_unix_ns / 1000000));
+        sl_json_add_int(o, "ts", e->ts_unix_ns / 1000000);
         break;
     }
     case SLUICE__ENVELOPE__BODY_TOKEN: {
@@ -544,7 +536,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
         cJSON_AddStringToObject(o, "reply", t->reply_id);
         cJSON_AddStringToObject(o, "to", t->to);
         cJSON_AddStringToObject(o, "agent", t->agent);
-        cJSON_AddNumberToObject(o, "attempt", t->attempt);
+        sl_json_add_int(o, "attempt", t->attempt);
         cJSON_AddStringToObject(o, "text", t->text);
         break;
     }
@@ -555,7 +547,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
         cJSON_AddStringToObject(o, "to", r->to);
         cJSON_AddStringToObject(o, "agent", r->agent);
         cJSON_AddStringToObject(o, "text", r->text);
-        cJSON_AddNumberToObject(o, "attempt", r->attempt);
+        sl_json_add_int(o, "attempt", r->attempt);
         cJSON_AddBoolToObject(o, "final", 1);
         if (r->degraded)
             cJSON_AddBoolToObject(o, "degraded", 1);
@@ -587,7 +579,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
         cJSON_AddStringToObject(o, "to", b->to);
         add_str_if(o, "agent", b->agent);
         cJSON_AddStringToObject(o, "reason", b->reason);
-        cJSON_AddNumberToObject(o, "retry_after_ms", b->retry_after_ms);
+        sl_json_add_int(o, "retry_after_ms", b->retry_after_ms);
         break;
     }
     default:

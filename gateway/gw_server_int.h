@@ -25,6 +25,7 @@
 #include "gw_protocol.h"
 #include "sl_auth.h"
 #include "sl_codec.h"
+#include "sl_json.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_streams.h"

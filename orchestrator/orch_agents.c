@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "sl_json.h"
 #include "sl_subject.h"
 
 #define AGENTS_FILE_MAX (1024 * 1024)
@@ -162,13 +163,11 @@ static sl_status parse_agent(const cJSON *obj, size_t index, orch_agent *g, char
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "max_concurrent");
     if (it != NULL) {
-        double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
-        if (d < 0 || d > 1000000 || d != (double)(int64_t)d) {
+        if (!sl_json_get_int(it, 0, 1000000, &g->max_concurrent)) {
             snprintf(err, errlen, "agent %s: \"max_concurrent\" must be an integer in 0..1000000",
                      g->name);
             return SL_ERR_INVAL;
         }
-        g->max_concurrent = (int64_t)d;
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "match");
     if (it == NULL) {

@@ -13,6 +13,7 @@
 #include "orch_dispatch.h"
 #include "sl_bus.h"
 #include "sl_codec.h"
+#include "sl_json.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_streams.h"
@@ -59,11 +60,12 @@ sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, u
     const cJSON *sseq = cJSON_GetObjectItemCaseSensitive(root, "stream_seq");
     const cJSON *dc = cJSON_GetObjectItemCaseSensitive(root, "deliveries");
     sl_status st = SL_ERR_INVAL;
+    int64_t v, d;
 
     if (cJSON_IsString(stream) && strcmp(stream->valuestring, SL_STREAM_WORK) == 0 &&
-        cJSON_IsNumber(sseq) && sseq->valuedouble >= 1) {
-        *seq = (uint64_t)sseq->valuedouble;
-        *deliveries = cJSON_IsNumber(dc) && dc->valuedouble > 0 ? (uint32_t)dc->valuedouble : 0;
+        sl_json_get_int(sseq, 1, SL_JSON_INT_MAX, &v)) {
+        *seq = (uint64_t)v;
+        *deliveries = sl_json_get_int(dc, 1, UINT32_MAX, &d) ? (uint32_t)d : 0;
         st = SL_OK;
     }
     cJSON_Delete(root);
@@ -195,6 +197,7 @@ static sl_status next_on_subject(natsConnection *nc, const char *subject, uint64
     cJSON *root = NULL;
     const cJSON *msg, *sq, *err;
     sl_status st = SL_ERR_BUS;
+    int64_t v;
 
     snprintf(req, sizeof(req), "{\"seq\":%llu,\"next_by_subj\":\"%s\"}", (unsigned long long)seq,
              subject);
@@ -204,8 +207,8 @@ static sl_status next_on_subject(natsConnection *nc, const char *subject, uint64
     msg = cJSON_GetObjectItemCaseSensitive(root, "message");
     sq = cJSON_GetObjectItemCaseSensitive(msg, "seq");
     err = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (cJSON_IsNumber(sq) && sq->valuedouble >= 1) {
-        *found = (uint64_t)sq->valuedouble;
+    if (sl_json_get_int(sq, 1, SL_JSON_INT_MAX, &v)) {
+        *found = (uint64_t)v;
         st = SL_OK;
     } else if (err != NULL && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(err, "code")) &&
                cJSON_GetObjectItemCaseSensitive(err, "code")->valueint == 404) {

@@ -157,7 +157,7 @@ static char *state_json(const wrk_loop *l, const char *state, const char *sessio
     cJSON_AddStringToObject(o, "to", to);
     cJSON_AddStringToObject(o, "agent", agent);
     cJSON_AddStringToObject(o, "worker", l->worker_id);
-    cJSON_AddNumberToObject(o, "attempt", (double)attempt);
+    sl_json_add_int(o, "attempt", attempt);
     txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return txt;

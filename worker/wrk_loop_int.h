@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "sl_codec.h"
+#include "sl_json.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_streams.h"

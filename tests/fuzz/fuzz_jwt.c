@@ -604,6 +604,11 @@ int main(int argc, char **argv)
     seed_signed("claims_nbf_past", SL_OK, hs_hdr,
                 "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":4102444800,"
                 "\"nbf\":1600000000,\"rooms\":[\"*\"]}");
+    /* 16 digits: cJSON prints this as 8204888160000000 (found by CI). */
+    seed_signed("claims_exp_16_digits", SL_OK, hs_hdr,
+                "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":8204888159999999}");
+    seed_signed("claims_exp_2p53", SL_OK, hs_hdr,
+                "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":9007199254740992}");
     seed_signed("claims_exp_float", SL_ERR_INVAL, hs_hdr,
                 "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1e300}");
     seed_signed("claims_exp_string", SL_ERR_INVAL, hs_hdr,
