@@ -90,7 +90,7 @@ START_TEST(test_get_refuses_what_is_not_an_exact_integer)
     ck_assert(!get_text("1e300", 0, INT64_MAX, &v));
     ck_assert(!get_text("-1e300", INT64_MIN, 0, &v));
     ck_assert(!get_text("18014398509481984", 0, INT64_MAX, &v)); /* 2^54 */
-    ck_assert_int_eq(v, 42); /* a refusal leaves *out alone */
+    ck_assert_int_eq(v, 42);                                     /* a refusal leaves *out alone */
     ck_assert(get_text("9007199254740992", 0, INT64_MAX, &v) && v == SL_JSON_INT_MAX);
     ck_assert(!sl_json_get_int(NULL, 0, 10, &v));
 }
