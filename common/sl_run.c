@@ -8,7 +8,7 @@
 
 /* The flag is handed to loops as a volatile int *: that is what
  * sig_atomic_t is here. */
-_Static_assert(_Generic((sig_atomic_t)0, int: 1, default: 0), "sig_atomic_t is not int");
+_Static_assert(_Generic((sig_atomic_t)0, int : 1, default : 0), "sig_atomic_t is not int");
 
 static volatile sig_atomic_t stop_count;
 

@@ -42,7 +42,7 @@ void sl_run_sleep(long ms);
  * sl_run_publish once it exists (and NULL before destroying it); the admin
  * thread reads it with sl_run_ready_fn. */
 typedef struct sl_run_ready {
-    sl_bus *bus;                                          /* set before the admin starts */
+    sl_bus *bus;                                            /* set before the admin starts */
     bool (*svc_ready)(void *svc, char *why, size_t whylen); /* the tier's own check */
     const char *svc_wait; /* the reason while no object is published */
     _Atomic(void *) svc;  /* the tier's object, or NULL */
