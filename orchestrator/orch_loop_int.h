@@ -1,0 +1,148 @@
+/* The main loop's insides, shared by its source files (not for callers:
+ * orch_loop.h is the interface): the loop, a batch's items, sessions and
+ * doorbells, and the constants they share.
+ *   orch_loop.c   create, destroy, metrics, the consumer and the fetch loop
+ * Everything here runs on the loop's thread (orch_loop_run), but for the
+ * ready flag (any thread). */
+#ifndef ORCH_LOOP_INT_H
+#define ORCH_LOOP_INT_H
+
+#include "orch_loop.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "orch_causal.h"
+#include "orch_ctl.h"
+#include "orch_dispatch.h"
+#include "orch_inflight.h"
+#include "orch_kvget.h"
+#include "orch_park.h"
+#include "orch_pub.h"
+#include "orch_router.h"
+#include "orch_scache.h"
+#include "sl_codec.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_streams.h"
+#include "sl_subject.h"
+
+#define NS_PER_MS          1000000LL
+#define BATCH_MAX          256
+#define PUB_WAIT_MS        5000
+#define NAK_FAIL_MS        250
+#define CAS_TRIES          8
+#define KV_READ_MS         2000  /* bound on a batch's session reads */
+#define JERR_WRONG_LAST    10071 /* a compare-and-set lost the race */
+#define IN_ACK_WAIT_MAX_MS 30000
+#define IN_ACK_WAIT_MIN_MS 1000
+#define IN_MAX_ACK_PEND    10000
+#define REBUILD_AFTER      50 /* consecutive fetch errors before the subscription is rebuilt */
+#define JERR_SUBJ_FULL     10077
+#define BELLS_MAX          64   /* distinct (model, tenant) doorbells per flush */
+#define PARK_POLL_MS       100  /* re-reads of parked sessions' states (other replicas' progress) */
+#define PARK_LEASE_MS      1000 /* a waiting message's NAK delay: how long a copy stays parked */
+/* A parked copy is kept this long past its lease: its redelivery, when it
+ * comes to this replica, replaces it (so the bounds hold steady); when it
+ * went to another replica, the copy is dropped then. */
+#define PARK_LEASE_GRACE 1000
+/* Parked messages of all tenants on one replica: a quarter of the IN
+ * consumer's MaxAckPending, which parked messages hold. */
+#define PARK_TOTAL_MAX (IN_MAX_ACK_PEND / 4)
+/* Session states kept from one batch to the next (orch_scache): how many,
+ * and how long one is trusted (far inside the 2-minute duplicate window). */
+#define SCACHE_MAX    2048
+#define SCACHE_TTL_MS 30000
+
+typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
+
+typedef struct job_slot {
+    size_t agent;
+    char job[ORCH_JOB_MAX];
+    bool over; /* over the agent's max_concurrent: busy, not queued */
+    int s_work, s_busy, s_fail;
+} job_slot;
+
+typedef struct item {
+    natsMsg *m;
+    Sluice__Envelope *env;
+    item_kind kind;
+    char tenant[SL_ID_MAX + 1];
+    const char *author; /* the agent that wrote an agent message */
+    int sess;           /* index into sessions, user messages only */
+    int64_t age_ms;
+    bool decided, failed;
+    bool redelivered; /* delivered before: another replica may have processed it */
+    bool parked;      /* waits in the park: the park owns m now */
+    bool from_park;   /* a parked copy (NAKed already: answered with raw acks) */
+    bool park_full;   /* would have waited, but the park's bounds were reached */
+    orch_causal_decision d;
+    int order; /* position among processed items, -1 otherwise */
+    int s_post;
+    job_slot *jobs;
+    size_t njobs;
+} item;
+
+/* A work queue that got jobs in this batch: its doorbell. */
+typedef struct bell {
+    const char *model; /* the agent's, owned by the agents set */
+    char tenant[SL_ID_MAX + 1];
+    int jobs; /* stored in this batch */
+} bell;
+
+typedef struct session {
+    char key[SL_SUBJECT_MAX];
+    orch_causal_state base; /* as loaded from KV */
+    orch_causal_state cur;  /* advanced by the batch's decisions */
+    uint64_t rev;
+    bool failed;
+    bool fresh;  /* read from KV: a message of it may have been processed elsewhere */
+    bool cached; /* its state came from the cache (a lower bound) */
+    int s_store; /* the first store's publish slot, -1 when none */
+} session;
+
+struct orch_loop {
+    sl_bus *bus;
+    const orch_agents *agents;
+    orch_loop_cfg cfg;
+    kvStore *kv_sessions;
+    kvStore *kv_inflight;
+    kvStore *kv_cancel;
+    orch_kvget *kvget;                 /* batched reads of kv_sessions */
+    orch_kv_entry *entries;            /* BATCH_MAX of them */
+    char nonce[SL_SESSION_ID_LEN + 1]; /* makes the stores' Nats-Msg-Ids unique */
+    uint64_t store_seq;
+    natsSubscription *sub;
+    orch_pub *pub;
+    orch_ctl *ctl;
+    orch_inflight *inflight;
+    orch_park *park;     /* messages waiting for their predecessor */
+    orch_scache *scache; /* session states this replica stored or read lately */
+    int64_t last_poll_ms;
+    _Atomic int ready;
+    natsMsg *msgs[BATCH_MAX]; /* the batch's messages, owned by the loop until parked */
+    int nfetched;             /* msgs[0..nfetched) are new, the rest came from the park */
+    item items[BATCH_MAX];
+    session *sessions; /* BATCH_MAX of them: large, so on the heap */
+    int nsess;
+    int order[BATCH_MAX]; /* item indexes in processing order */
+    int norder;
+    bell bells[BELLS_MAX];
+    int nbells;
+    struct {
+        sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full, *busy_conc,
+            *bad, *failed, *hop_stops, *park_full;
+        sl_gauge *parked;
+        sl_hist *proc;
+        /* Synchronous waits for the server (docs/wire.md, "Cost of a
+         * message"): fetches that returned messages, batched KV reads,
+         * waits for publish acknowledgments, one-at-a-time KV calls. */
+        sl_counter *rt_fetch, *rt_kv_read, *rt_pub_acks, *rt_kv_sync;
+    } m;
+};
+
+#endif
