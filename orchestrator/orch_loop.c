@@ -599,42 +599,6 @@ static void queue_effects(orch_loop *l, item *it)
     }
 }
 
-/* Rings the doorbells of the work queues that got jobs: a core message on
- * sluice.ctl.work.<model>.<tenant> whose body is the number of jobs
- * stored, sent once they are stored, so a worker that asks the queue right
- * away finds them (docs/wire.md). Best effort: workers also look for jobs
- * on their own every few hundred ms. */
-static void bells_flush(orch_loop *l)
-{
-    char subj[SL_SUBJECT_MAX], body[16];
-
-    for (int i = 0; i < l->nbells; i++) {
-        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.%s", l->bells[i].model,
-                 l->bells[i].tenant);
-        snprintf(body, sizeof(body), "%d", l->bells[i].jobs);
-        (void)natsConnection_PublishString(sl_bus_nc(l->bus), subj, body);
-    }
-    l->nbells = 0;
-}
-
-static void bell_add(orch_loop *l, const char *model, const char *tenant)
-{
-    for (int i = 0; i < l->nbells; i++) {
-        if (strcmp(l->bells[i].model, model) == 0 && strcmp(l->bells[i].tenant, tenant) == 0) {
-            l->bells[i].jobs++;
-            return;
-        }
-    }
-    if (!sl_id_valid(model) || !sl_id_valid(tenant))
-        return;
-    if (l->nbells == BELLS_MAX)
-        bells_flush(l);
-    l->bells[l->nbells].model = model;
-    memcpy(l->bells[l->nbells].tenant, tenant, strlen(tenant) + 1); /* a valid id: fits */
-    l->bells[l->nbells].jobs = 1;
-    l->nbells++;
-}
-
 /* Reads the first round's outcomes; queues busy events (and the failed
  * in-flight record) for refused or over-limit jobs. */
 static void queue_followups(orch_loop *l, item *it)
@@ -660,7 +624,7 @@ static void queue_followups(orch_loop *l, item *it)
             if (rw.err == NATS_OK) {
                 if (!rw.duplicate) {
                     sl_counter_inc(l->m.dispatched);
-                    bell_add(l, a->model, it->tenant);
+                    orch__bell_add(l, a->model, it->tenant);
                 }
                 continue;
             }
@@ -954,7 +918,7 @@ static void process_batch(orch_loop *l, int n)
     l->nbells = 0;
     for (int k = 0; k < l->norder; k++)
         queue_followups(l, &l->items[l->order[k]]);
-    bells_flush(l);
+    orch__bells_flush(l);
     pub_wait(l);
     for (int k = 0; k < l->norder; k++)
         check_followups(l, &l->items[l->order[k]]);

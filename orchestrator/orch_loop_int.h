@@ -2,6 +2,7 @@
  * orch_loop.h is the interface): the loop, a batch's items, sessions and
  * doorbells, and the constants they share.
  *   orch_loop.c   create, destroy, metrics, the consumer and the fetch loop
+ *   orch_bells.c  doorbells: one core message per work queue that got jobs
  * Everything here runs on the loop's thread (orch_loop_run), but for the
  * ready flag (any thread). */
 #ifndef ORCH_LOOP_INT_H
@@ -144,5 +145,12 @@ struct orch_loop {
         sl_counter *rt_fetch, *rt_kv_read, *rt_pub_acks, *rt_kv_sync;
     } m;
 };
+
+/* orch_bells.c */
+/* Publishes the pending doorbells (best effort) and clears them. */
+void orch__bells_flush(orch_loop *l);
+/* Counts a stored job in the doorbell of (model, tenant); model must
+ * outlive the batch (the agent's). */
+void orch__bell_add(orch_loop *l, const char *model, const char *tenant);
 
 #endif
