@@ -1,8 +1,10 @@
 /* The main loop's insides, shared by its source files (not for callers:
  * orch_loop.h is the interface): the loop, a batch's items, sessions and
  * doorbells, and the constants they share.
- *   orch_loop.c   create, destroy, metrics, the consumer and the fetch loop
- *   orch_bells.c  doorbells: one core message per work queue that got jobs
+ *   orch_loop.c      create, destroy, metrics, the consumer and the fetch loop
+ *   orch_bells.c     doorbells: one core message per work queue that got jobs
+ *   orch_sessions.c  the batch's sessions: causal states read at once,
+ *                    written back with compare-and-set
  * Everything here runs on the loop's thread (orch_loop_run), but for the
  * ready flag (any thread). */
 #ifndef ORCH_LOOP_INT_H
@@ -152,5 +154,20 @@ void orch__bells_flush(orch_loop *l);
 /* Counts a stored job in the doorbell of (model, tenant); model must
  * outlive the batch (the agent's). */
 void orch__bell_add(orch_loop *l, const char *model, const char *tenant);
+
+/* orch_sessions.c */
+/* The index of the item's session among the batch's (added, not loaded,
+ * when new), or -1 when its key cannot be built. */
+int orch__session_of(orch_loop *l, const item *it);
+/* Loads the states of the batch's sessions, from the cache or from KV. */
+void orch__sessions_load(orch_loop *l);
+/* Fails the undecided user messages of failed sessions among items[0..n). */
+void orch__fail_failed_sessions(orch_loop *l, int n);
+/* Queues the first compare-and-set of every advanced session. */
+void orch__stores_queue(orch_loop *l);
+/* Settles the stores (retrying lost races); failed sessions are marked. */
+void orch__store_sessions(orch_loop *l);
+/* Fails every processed item of a session after its first failed one. */
+void orch__propagate_failures(orch_loop *l);
 
 #endif
