@@ -5,6 +5,8 @@
  *   orch_bells.c     doorbells: one core message per work queue that got jobs
  *   orch_sessions.c  the batch's sessions: causal states read at once,
  *                    written back with compare-and-set
+ *   orch_item.c      one message: classification, effects (message event,
+ *                    in-flight records, work, busy events) and ack/NAK/term
  * Everything here runs on the loop's thread (orch_loop_run), but for the
  * ready flag (any thread). */
 #ifndef ORCH_LOOP_INT_H
@@ -169,5 +171,22 @@ void orch__stores_queue(orch_loop *l);
 void orch__store_sessions(orch_loop *l);
 /* Fails every processed item of a session after its first failed one. */
 void orch__propagate_failures(orch_loop *l);
+
+/* orch_item.c */
+/* Decodes and classifies the fetched message it->m (kind, tenant, age). */
+void orch__classify(orch_loop *l, item *it, int64_t now_ns);
+/* Answers the server for m on its reply subject ("+ACK", "-NAK" with
+ * delay_ms when > 0): for parked copies, which cnats counts as answered. */
+void orch__raw_reply(orch_loop *l, natsMsg *m, const char *body, int64_t delay_ms);
+/* Queues an item's first round: the message event, in-flight records and
+ * work requests. */
+void orch__queue_effects(orch_loop *l, item *it);
+/* Reads the first round's outcomes; queues busy events for refused jobs and
+ * counts stored ones in the doorbells. */
+void orch__queue_followups(orch_loop *l, item *it);
+/* Fails the item when a second-round publish failed. */
+void orch__check_followups(orch_loop *l, item *it);
+/* Acks, NAKs or terminates the item's message, with its log and metrics. */
+void orch__finish(orch_loop *l, item *it, int64_t t0_ns);
 
 #endif
