@@ -7,6 +7,8 @@
  *                    written back with compare-and-set
  *   orch_item.c      one message: classification, effects (message event,
  *                    in-flight records, work, busy events) and ack/NAK/term
+ *   orch_wait.c      causal parking: messages that wait for their predecessor
+ *                    go to the park and come back into a batch
  * Everything here runs on the loop's thread (orch_loop_run), but for the
  * ready flag (any thread). */
 #ifndef ORCH_LOOP_INT_H
@@ -188,5 +190,19 @@ void orch__queue_followups(orch_loop *l, item *it);
 void orch__check_followups(orch_loop *l, item *it);
 /* Acks, NAKs or terminates the item's message, with its log and metrics. */
 void orch__finish(orch_loop *l, item *it, int64_t t0_ns);
+
+/* orch_wait.c */
+/* Parks the undecided user messages among items[0..n); true when one past
+ * the park's bounds became a gap (the caller decides again). */
+bool orch__park_waiting(orch_loop *l, int n);
+/* Re-reads from KV the cached sessions of messages that would wait; true
+ * when it read any (the caller decides again). */
+bool orch__reload_waiting(orch_loop *l, int n);
+/* Appends to the batch of n the parked messages that may go on; returns
+ * the new size. */
+int orch__add_parked(orch_loop *l, int n, int64_t t0);
+/* Expires parked copies and re-reads the parked sessions' states (at
+ * most every PARK_POLL_MS). */
+void orch__park_tend(orch_loop *l);
 
 #endif
