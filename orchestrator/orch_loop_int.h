@@ -9,8 +9,13 @@
  *                    in-flight records, work, busy events) and ack/NAK/term
  *   orch_wait.c      causal parking: messages that wait for their predecessor
  *                    go to the park and come back into a batch
- * Everything here runs on the loop's thread (orch_loop_run), but for the
- * ready flag (any thread). */
+ *   orch_batch.c     one batch: decide in causal order, publish the effects in
+ *                    rounds, store the sessions, ack
+ * They depend one way: orch_loop.c uses orch_batch.c and orch_wait.c;
+ * orch_batch.c uses the four others; orch_wait.c uses orch_item.c and
+ * orch_sessions.c; orch_item.c uses orch_bells.c; nothing goes the other
+ * way. Everything here runs on the loop's thread (orch_loop_run), but for
+ * the ready flag (any thread). */
 #ifndef ORCH_LOOP_INT_H
 #define ORCH_LOOP_INT_H
 
@@ -204,5 +209,11 @@ int orch__add_parked(orch_loop *l, int n, int64_t t0);
 /* Expires parked copies and re-reads the parked sessions' states (at
  * most every PARK_POLL_MS). */
 void orch__park_tend(orch_loop *l);
+
+/* orch_batch.c */
+/* Processes l->msgs[0..n) (owned by the loop) with the parked messages
+ * that may go on: parked ones move to the park, the others are acked or
+ * NAKed and destroyed. */
+void orch__process_batch(orch_loop *l, int n);
 
 #endif
