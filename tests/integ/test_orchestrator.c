@@ -1350,6 +1350,55 @@ START_TEST(test_invalid_agents_file)
 }
 END_TEST
 
+/* Runs sluice-orchestrator with one argument (NATS unreachable: it must
+ * not get that far) and returns its exit status; its output goes to log. */
+static int run_orch_with(const char *arg, const char *log)
+{
+    const char *bin = getenv("SLUICE_BIN_DIR");
+    const char *env[] = {"SLUICE_NATS_URL=nats://127.0.0.1:1", NULL};
+    hx_proc *p = NULL;
+    int status = 0;
+    char *prog;
+
+#ifdef __SANITIZE_ADDRESS__
+    prog = hx_strf("%s/sluice-orchestrator", bin != NULL ? bin : "build/san/bin");
+#else
+    prog = hx_strf("%s/sluice-orchestrator", bin != NULL ? bin : "bin");
+#endif
+    const char *argv[] = {prog, arg, NULL};
+    ck_assert_int_eq(hx_proc_spawn(&p, "orchestrator", argv, env, log), SL_OK);
+    ck_assert_int_eq(hx_proc_wait(p, 5000, &status), SL_OK);
+    hx_proc_destroy(p);
+    free(prog);
+    ck_assert(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* A bad option stops the process at start with exit 2 and names the
+ * variable; --help prints the options and exits 0. */
+START_TEST(test_bad_option_and_help)
+{
+    char *dir = NULL, *log1 = NULL, *log2 = NULL, *log3 = NULL;
+
+    ck_assert_int_eq(hx_tmpdir_create("orchopt", &dir), SL_OK);
+    log1 = hx_strf("%s/bad.log", dir);
+    log2 = hx_strf("%s/unknown.log", dir);
+    log3 = hx_strf("%s/help.log", dir);
+    ck_assert_int_eq(run_orch_with("--hop-limit=101", log1), 2);
+    ck_assert(hx_file_contains(log1, "SLUICE_HOP_LIMIT (flag): 101 is outside 0..100"));
+    ck_assert_int_eq(run_orch_with("--no-such-flag=1", log2), 2);
+    ck_assert(hx_file_contains(log2, "unknown flag '--no-such-flag=1'"));
+    ck_assert_int_eq(run_orch_with("--help", log3), 0);
+    ck_assert(hx_file_contains(log3, "SLUICE_CAUSAL_WAIT_MS"));
+    ck_assert(hx_file_contains(log3, "SLUICE_AGENTS_FILE"));
+    hx_rm_rf(dir);
+    free(log3);
+    free(log2);
+    free(log1);
+    free(dir);
+}
+END_TEST
+
 /* The loop keeps the session states it stored, so a session's next
  * message needs no KV read; a state another replica advanced meanwhile
  * is still honoured: the message that follows it waits for a fresh read
@@ -1443,6 +1492,7 @@ static Suite *suite(void)
     ADD(tc, test_mentions_and_hop_limit);
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
+    ADD(tc, test_bad_option_and_help);
     ADD(tc, test_sigkill_under_load);
     ADD(tc, test_session_state_cache);
     suite_add_tcase(s, tc);
