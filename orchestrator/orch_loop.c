@@ -285,7 +285,7 @@ static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms)
         cc.AckWait = in_ack_wait_ms(causal_wait_ms) * NS_PER_MS;
         cc.MaxDeliver = -1;
         cc.MaxAckPending = IN_MAX_ACK_PEND;
-        cc.FilterSubject = "sluice.in.>";
+        cc.FilterSubject = SL_SUBJECT_IN_ALL;
         cc.DeliverPolicy = js_DeliverAll;
         s = js_AddConsumer(&ci, js, SL_STREAM_IN, &cc, NULL, &jerr);
         if (s != NATS_OK) /* another replica may have created it in between */
@@ -328,7 +328,7 @@ static sl_status setup(orch_loop *l)
         jsSubOptions_Init(&so);
         so.Stream = SL_STREAM_IN;
         so.Consumer = ORCH_DURABLE;
-        s = js_PullSubscribe(&l->sub, sl_bus_js(l->bus), "sluice.in.>", ORCH_DURABLE, NULL, &so,
+        s = js_PullSubscribe(&l->sub, sl_bus_js(l->bus), SL_SUBJECT_IN_ALL, ORCH_DURABLE, NULL, &so,
                              &jerr);
         if (s != NATS_OK) {
             sl_warn("pull subscribe %s: %s (jerr %d)", ORCH_DURABLE, natsStatus_GetText(s),
@@ -381,26 +381,14 @@ static void item_log(const item *it, sl_log_level lvl, const char *fmt, ...)
 static void classify(orch_loop *l, item *it, int64_t now_ns)
 {
     const char *subj = natsMsg_GetSubject(it->m);
-    const char *p, *dot;
     char sess[SL_ID_MAX + 1];
     jsMsgMetaData *meta = NULL;
     const Sluice__Envelope *e;
-    size_t tl;
 
     it->kind = K_BAD;
     it->order = -1;
     it->s_post = -1;
-    if (strncmp(subj, "sluice.in.", 10) != 0)
-        return;
-    p = subj + 10;
-    dot = strchr(p, '.');
-    if (dot == NULL || (tl = (size_t)(dot - p)) == 0 || tl > SL_ID_MAX ||
-        strlen(dot + 1) > SL_ID_MAX)
-        return;
-    memcpy(it->tenant, p, tl);
-    it->tenant[tl] = '\0';
-    snprintf(sess, sizeof(sess), "%s", dot + 1);
-    if (!sl_id_valid(it->tenant) || !sl_id_valid(sess))
+    if (sl_subject_in_parse(subj, it->tenant, sess) != SL_OK)
         return;
     if (sl_envelope_decode(natsMsg_GetData(it->m), (size_t)natsMsg_GetDataLength(it->m),
                            &it->env) != SL_OK)
@@ -745,8 +733,8 @@ static void bells_flush(orch_loop *l)
     char subj[SL_SUBJECT_MAX], body[16];
 
     for (int i = 0; i < l->nbells; i++) {
-        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.%s", l->bells[i].model,
-                 l->bells[i].tenant);
+        if (sl_subject_bell(subj, sizeof(subj), l->bells[i].model, l->bells[i].tenant) != SL_OK)
+            continue;
         snprintf(body, sizeof(body), "%d", l->bells[i].jobs);
         (void)natsConnection_PublishString(sl_bus_nc(l->bus), subj, body);
     }
@@ -873,7 +861,7 @@ static void stores_queue(orch_loop *l)
                 orch_causal_advance(&s->cur, ids[k]);
         if (orch_causal_format(&s->cur, &json) != SL_OK)
             continue; /* store_sessions tries again */
-        snprintf(subj, sizeof(subj), "$KV.%s.%s", SL_KV_SESSIONS, s->key);
+        (void)sl_kv_subject(subj, sizeof(subj), SL_KV_SESSIONS, s->key);
         /* Unique: a CAS must never be dropped as a duplicate of another. */
         snprintf(id, sizeof(id), "s:%s:%llu", l->nonce, (unsigned long long)++l->store_seq);
         snprintf(rev, sizeof(rev), "%llu", (unsigned long long)s->rev);

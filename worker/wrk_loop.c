@@ -69,7 +69,6 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     pthread_condattr_t ca;
     natsStatus ns;
     sl_status st = SL_OK;
-    char cancel_subj[SL_SUBJECT_MAX];
 
     if (out == NULL || bus == NULL || backend == NULL || cfg == NULL || cfg->models == NULL ||
         cfg->nmodels == 0 || cfg->concurrency < 1 || cfg->concurrency > WRK_CONCURRENCY_MAX ||
@@ -191,12 +190,11 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (st != SL_OK)
         goto cleanup;
 
-    snprintf(cancel_subj, sizeof(cancel_subj), "sluice.ctl.cancel.*");
-    ns = natsConnection_Subscribe(&l->cancel_sub, l->nc, cancel_subj, wrk__on_cancel, l);
+    ns = natsConnection_Subscribe(&l->cancel_sub, l->nc, SL_SUBJECT_CANCEL_ALL, wrk__on_cancel, l);
     if (ns == NATS_OK) /* a dropped cancel would go unnoticed: no client-side limit */
         ns = natsSubscription_SetPendingLimits(l->cancel_sub, -1, -1);
     if (ns != NATS_OK) {
-        set_err(err, errlen, "subscribe %s: %s", cancel_subj, natsStatus_GetText(ns));
+        set_err(err, errlen, "subscribe %s: %s", SL_SUBJECT_CANCEL_ALL, natsStatus_GetText(ns));
         st = SL_ERR_BUS;
         goto cleanup;
     }

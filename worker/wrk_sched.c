@@ -1,5 +1,6 @@
 #include "wrk_sched.h"
 #include "sl_hash.h"
+#include "sl_streams.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -355,13 +356,10 @@ wrk_queue *wrk_sched_queue(wrk_sched *s, size_t model, const char *model_name, c
     q->id = (uint32_t)id;
     q->model = model;
     snprintf(q->tenant, sizeof(q->tenant), "%s", tenant);
-    if (tenant[0] != '\0') {
-        snprintf(q->durable, sizeof(q->durable), "wrk_%s~%s", model_name, tenant);
-        snprintf(q->filter, sizeof(q->filter), "sluice.work.%s.%s", model_name, tenant);
-    } else {
-        snprintf(q->durable, sizeof(q->durable), "wrk_%s", model_name);
-        snprintf(q->filter, sizeof(q->filter), "sluice.work.%s.>", model_name);
-    }
+    /* Both ids were validated above and both buffers fit them: these
+     * cannot fail. A "" tenant is the model-wide legacy queue. */
+    (void)sl_work_durable(q->durable, sizeof(q->durable), model_name, tenant);
+    (void)sl_subject_work_filter(q->filter, sizeof(q->filter), model_name, tenant);
     q->hnext = s->buckets[b];
     s->buckets[b] = q;
     if (id == s->n)
