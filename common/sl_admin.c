@@ -66,20 +66,6 @@ struct sl_admin {
     uint64_t seq;
 };
 
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (buf == NULL || len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -443,7 +429,7 @@ static sl_status bind_listen(const char *host, int port, int *fd_out, int *port_
     snprintf(portstr, sizeof(portstr), "%d", port);
     rc = getaddrinfo(host[0] == '\0' ? "0.0.0.0" : host, portstr, &hints, &res);
     if (rc != 0) {
-        set_msg(err, errlen, "admin: cannot resolve '%s': %s", host, gai_strerror(rc));
+        sl_errf(err, errlen, "admin: cannot resolve '%s': %s", host, gai_strerror(rc));
         return SL_ERR_IO;
     }
     for (ai = res; ai != NULL; ai = ai->ai_next) {
@@ -462,7 +448,7 @@ static sl_status bind_listen(const char *host, int port, int *fd_out, int *port_
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        set_msg(err, errlen, "admin: cannot listen on %s:%d: %s", host, port, strerror(saved));
+        sl_errf(err, errlen, "admin: cannot listen on %s:%d: %s", host, port, strerror(saved));
         return SL_ERR_IO;
     }
     if (ss.ss_family == AF_INET6)
@@ -503,13 +489,13 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
 
     if (out == NULL || opts == NULL ||
         parse_listen(opts->listen_addr, host, sizeof(host), &port) != SL_OK) {
-        set_msg(err, errlen, "admin: '%s' is not host:port with a port in 0..65535",
+        sl_errf(err, errlen, "admin: '%s' is not host:port with a port in 0..65535",
                 opts != NULL && opts->listen_addr != NULL ? opts->listen_addr : "(null)");
         goto cleanup;
     }
     if (opts->timeout_ms < 0 || opts->max_clients < 0 || opts->max_clients > MAX_CLIENTS_LIMIT ||
         (opts->max_request != 0 && opts->max_request < 64)) {
-        set_msg(err, errlen, "admin: bad timeout, client or request size limit");
+        sl_errf(err, errlen, "admin: bad timeout, client or request size limit");
         goto cleanup;
     }
     st = SL_ERR_NOMEM;
@@ -540,7 +526,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     st = SL_ERR_INTERNAL;
     a->wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (a->wfd < 0) {
-        set_msg(err, errlen, "admin: eventfd: %s", strerror(errno));
+        sl_errf(err, errlen, "admin: eventfd: %s", strerror(errno));
         goto cleanup;
     }
     /* The server thread takes no signals: they belong to the main loop. */
@@ -549,7 +535,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     rc = pthread_create(&a->th, NULL, admin_main, a);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        set_msg(err, errlen, "admin: cannot start thread: %s", strerror(rc));
+        sl_errf(err, errlen, "admin: cannot start thread: %s", strerror(rc));
         goto cleanup;
     }
     pthread_setname_np(a->th, "sl-admin");
@@ -560,7 +546,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     st = SL_OK;
     goto cleanup;
 nomem:
-    set_msg(err, errlen, "admin: out of memory");
+    sl_errf(err, errlen, "admin: out of memory");
 cleanup:
     admin_free(a);
     return st;

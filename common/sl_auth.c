@@ -33,20 +33,6 @@ struct sl_auth {
 static const char b64url_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (buf == NULL || len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- base64url without padding ---------------------------------------- */
 
 static size_t b64url_len(size_t n)
@@ -314,31 +300,31 @@ sl_status sl_auth_create(sl_auth **out, const char *hs256_secret, const char *rs
     size_t slen = 0;
 
     if (out == NULL) {
-        set_msg(err, errlen, "auth: no output pointer");
+        sl_errf(err, errlen, "auth: no output pointer");
         goto cleanup;
     }
     if (hs256_secret == NULL && rs256_pubkey_pem_path == NULL) {
-        set_msg(err, errlen, "auth: neither an HS256 secret nor an RS256 public key is set");
+        sl_errf(err, errlen, "auth: neither an HS256 secret nor an RS256 public key is set");
         goto cleanup;
     }
     if (hs256_secret != NULL) {
         slen = strlen(hs256_secret);
         if (slen == 0 || slen > SECRET_MAX) {
-            set_msg(err, errlen, "auth: the HS256 secret must be 1..%d bytes", SECRET_MAX);
+            sl_errf(err, errlen, "auth: the HS256 secret must be 1..%d bytes", SECRET_MAX);
             goto cleanup;
         }
     }
     a = calloc(1, sizeof(*a));
     if (a == NULL) {
         st = SL_ERR_NOMEM;
-        set_msg(err, errlen, "auth: out of memory");
+        sl_errf(err, errlen, "auth: out of memory");
         goto cleanup;
     }
     if (hs256_secret != NULL) {
         a->secret = malloc(slen);
         if (a->secret == NULL) {
             st = SL_ERR_NOMEM;
-            set_msg(err, errlen, "auth: out of memory");
+            sl_errf(err, errlen, "auth: out of memory");
             goto cleanup;
         }
         memcpy(a->secret, hs256_secret, slen);
@@ -350,21 +336,21 @@ sl_status sl_auth_create(sl_auth **out, const char *hs256_secret, const char *rs
     if (rs256_pubkey_pem_path != NULL) {
         f = fopen(rs256_pubkey_pem_path, "re");
         if (f == NULL) {
-            set_msg(err, errlen, "auth: cannot open RS256 public key %s: %s", rs256_pubkey_pem_path,
+            sl_errf(err, errlen, "auth: cannot open RS256 public key %s: %s", rs256_pubkey_pem_path,
                     strerror(errno));
             goto cleanup;
         }
         pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
         if (pk == NULL) {
-            set_msg(err, errlen, "auth: %s holds no PEM public key", rs256_pubkey_pem_path);
+            sl_errf(err, errlen, "auth: %s holds no PEM public key", rs256_pubkey_pem_path);
             goto cleanup;
         }
         if (!EVP_PKEY_is_a(pk, "RSA")) {
-            set_msg(err, errlen, "auth: %s is not an RSA public key", rs256_pubkey_pem_path);
+            sl_errf(err, errlen, "auth: %s is not an RSA public key", rs256_pubkey_pem_path);
             goto cleanup;
         }
         if (EVP_PKEY_get_bits(pk) < RSA_MIN_BITS) {
-            set_msg(err, errlen, "auth: the RSA key in %s has %d bits; at least %d are needed",
+            sl_errf(err, errlen, "auth: the RSA key in %s has %d bits; at least %d are needed",
                     rs256_pubkey_pem_path, EVP_PKEY_get_bits(pk), RSA_MIN_BITS);
             goto cleanup;
         }
@@ -532,7 +518,7 @@ sl_status sl_auth_verify(const sl_auth *a, const char *token, int64_t now, sl_cl
     st = SL_OK;
 cleanup:
     if (st != SL_OK)
-        set_msg(why, whylen, "%s", reason);
+        sl_errf(why, whylen, "%s", reason);
     cJSON_Delete(hj);
     cJSON_Delete(pj);
     free(hdr);

@@ -147,7 +147,7 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(opts, on_async_error, b);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "SLUICE_NATS_URL: %s", natsStatus_GetText(s));
+        sl_errf(err, errlen, "SLUICE_NATS_URL: %s", natsStatus_GetText(s));
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -158,13 +158,13 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
         set_connected(b, 0);
         sl_warn("nats at %s not reachable yet; retrying in the background", cfg->nats_url);
     } else {
-        snprintf(err, errlen, "nats connect to %s: %s", cfg->nats_url, natsStatus_GetText(s));
+        sl_errf(err, errlen, "nats connect to %s: %s", cfg->nats_url, natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }
     s = natsConnection_JetStream(&b->js, b->nc, NULL);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "jetstream context: %s", natsStatus_GetText(s));
+        sl_errf(err, errlen, "jetstream context: %s", natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }

@@ -42,14 +42,14 @@ static sl_status refused(const char *what, const char *name, int64_t max_bytes, 
                          jsErrCode jerr, char *err, size_t errlen)
 {
     if (jerr == JERR_INSUFFICIENT_RESOURCES || jerr == JERR_STORAGE_RESOURCES) {
-        snprintf(err, errlen,
-                 "%s %s: the server has not enough JetStream storage for MaxBytes %" PRId64
-                 " (%s; the sum of SLUICE_*_MAX_BYTES must fit nats-server's max_file_store): "
-                 "%s (jerr %d)",
-                 what, name, max_bytes, max_bytes_var(name), nats_GetLastError(NULL), (int)jerr);
+        sl_errf(err, errlen,
+                "%s %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                " (%s; the sum of SLUICE_*_MAX_BYTES must fit nats-server's max_file_store): "
+                "%s (jerr %d)",
+                what, name, max_bytes, max_bytes_var(name), nats_GetLastError(NULL), (int)jerr);
         return SL_ERR_INVAL;
     }
-    snprintf(err, errlen, "%s %s: %s (jerr %d)", what, name, natsStatus_GetText(s), (int)jerr);
+    sl_errf(err, errlen, "%s %s: %s (jerr %d)", what, name, natsStatus_GetText(s), (int)jerr);
     return SL_ERR_BUS;
 }
 
@@ -109,8 +109,8 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
         s = js_GetStreamInfo(&si, js, want->Name, NULL, &jerr);
     }
     if (s != NATS_OK) {
-        snprintf(err, errlen, "stream %s: %s (jerr %d)", want->Name, natsStatus_GetText(s),
-                 (int)jerr);
+        sl_errf(err, errlen, "stream %s: %s (jerr %d)", want->Name, natsStatus_GetText(s),
+                (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -121,10 +121,10 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
             subjects_ok = strcmp(have->Subjects[i], want->Subjects[i]) == 0;
         if (!subjects_ok || have->Retention != want->Retention || have->Storage != want->Storage ||
             (want->RePublish != NULL && have->RePublish == NULL)) {
-            snprintf(err, errlen,
-                     "stream %s exists with an incompatible configuration (subjects, retention, "
-                     "storage or republish differ); fix or delete it with sluicectl",
-                     want->Name);
+            sl_errf(err, errlen,
+                    "stream %s exists with an incompatible configuration (subjects, retention, "
+                    "storage or republish differ); fix or delete it with sluicectl",
+                    want->Name);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -169,11 +169,11 @@ static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int rep
             goto cleanup;
         }
         if (strstr(nats_GetLastError(NULL), "insufficient") != NULL) {
-            snprintf(err, errlen,
-                     "bucket %s: the server has not enough JetStream storage for MaxBytes %" PRId64
-                     " (SLUICE_KV_MAX_BYTES; the sum of SLUICE_*_MAX_BYTES must fit "
-                     "nats-server's max_file_store): %s",
-                     bucket, max_bytes, nats_GetLastError(NULL));
+            sl_errf(err, errlen,
+                    "bucket %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                    " (SLUICE_KV_MAX_BYTES; the sum of SLUICE_*_MAX_BYTES must fit "
+                    "nats-server's max_file_store): %s",
+                    bucket, max_bytes, nats_GetLastError(NULL));
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -182,7 +182,7 @@ static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int rep
     if (s == NATS_OK)
         s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "bucket %s: %s", bucket, natsStatus_GetText(s));
+        sl_errf(err, errlen, "bucket %s: %s", bucket, natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }

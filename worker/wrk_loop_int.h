@@ -173,20 +173,6 @@ typedef struct job {
  * publishing to their reply subject, as the JetStream protocol defines. */
 enum { SETTLE_ACK = 0, SETTLE_TERM = 1, SETTLE_NAK = 2 };
 
-static inline void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static inline void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static inline void copy_id(char *dst, const char *src)
 {
     snprintf(dst, SL_ID_MAX + 1, "%s", src != NULL ? src : "");

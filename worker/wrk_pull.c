@@ -251,7 +251,7 @@ static bool consumer_fits(const jsConsumerInfo *ci, const char *filter, const ch
     if (ci->Config->FilterSubject != NULL && strcmp(ci->Config->FilterSubject, filter) == 0 &&
         ci->Config->AckPolicy == js_AckExplicit && ci->Config->DeliverSubject == NULL)
         return true;
-    set_err(err, errlen,
+    sl_errf(err, errlen,
             "consumer %s exists with another filter, ack policy or delivery mode; fix or delete "
             "it with sluicectl",
             durable);
@@ -305,7 +305,7 @@ static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *f
             ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
     }
     if (ns != NATS_OK) {
-        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+        sl_errf(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
                 (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
@@ -358,7 +358,7 @@ static sl_status legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy
 
     if (sl_work_durable(durable, sizeof(durable), l->models[m], NULL) != SL_OK ||
         sl_subject_work_filter(filter, sizeof(filter), l->models[m], NULL) != SL_OK) {
-        set_err(err, errlen, "model %s: no valid consumer name", l->models[m]);
+        sl_errf(err, errlen, "model %s: no valid consumer name", l->models[m]);
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -368,7 +368,7 @@ static sl_status legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy
         goto cleanup;
     }
     if (ns != NATS_OK) {
-        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+        sl_errf(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
                 (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
@@ -655,7 +655,7 @@ sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen)
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(l->inbox_sub, -1, -1);
     if (ns != NATS_OK) {
-        set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+        sl_errf(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
         return SL_ERR_BUS;
     }
     for (size_t m = 0; m < l->nmodels; m++) {
@@ -680,14 +680,14 @@ sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen)
         }
         /* The doorbell, rung by the orchestrator once jobs are stored. */
         if (sl_subject_bell_filter(subj, sizeof(subj), l->models[m]) != SL_OK) {
-            set_err(err, errlen, "model %s: no valid doorbell subject", l->models[m]);
+            sl_errf(err, errlen, "model %s: no valid doorbell subject", l->models[m]);
             return SL_ERR_INVAL;
         }
         ns = natsConnection_Subscribe(&l->bell_subs[m], l->nc, subj, on_bell, l);
         if (ns == NATS_OK)
             ns = natsSubscription_SetPendingLimits(l->bell_subs[m], -1, -1);
         if (ns != NATS_OK) {
-            set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+            sl_errf(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
             return SL_ERR_BUS;
         }
     }

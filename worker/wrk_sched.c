@@ -126,19 +126,19 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
         if (end == NULL)
             end = p + strlen(p);
         if (end == p) {
-            snprintf(err, errlen, "empty item (expected tenant=weight,...)");
+            sl_errf(err, errlen, "empty item (expected tenant=weight,...)");
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         if (eq == NULL || eq > end) {
-            snprintf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
-                     p);
+            sl_errf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         tlen = (size_t)(eq - p);
         if (k == WRK_WEIGHTS_MAX) {
-            snprintf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
+            sl_errf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -153,21 +153,21 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
             cap = ncap;
         }
         if (tlen == 0 || tlen > SL_ID_MAX) {
-            snprintf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
-                     p);
+            sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         memcpy(v[k].tenant, p, tlen);
         v[k].tenant[tlen] = '\0';
         if (!sl_id_valid(v[k].tenant)) {
-            snprintf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
+            sl_errf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         for (size_t i = 0; i < k; i++) {
             if (strcmp(v[i].tenant, v[k].tenant) == 0) {
-                snprintf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
+                sl_errf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
                 st = SL_ERR_INVAL;
                 goto cleanup;
             }
@@ -175,9 +175,9 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
         errno = 0;
         w = eq + 1 < end && eq[1] >= '0' && eq[1] <= '9' ? strtol(eq + 1, &num_end, 10) : -1;
         if (w < 1 || w > WRK_WEIGHT_MAX || errno != 0 || num_end != end) {
-            snprintf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
-                     v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
-                     eq + 1);
+            sl_errf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
+                    v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
+                    eq + 1);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
