@@ -19,6 +19,7 @@
 #include "sl_config.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
+#include "sl_time.h"
 
 #define DEFAULT_TIMEOUT_MS  5000
 #define DEFAULT_MAX_CLIENTS 32
@@ -65,14 +66,6 @@ struct sl_admin {
     int *pmap; /* pfds index -> conns index */
     uint64_t seq;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- connections ------------------------------------------------------ */
 
@@ -328,7 +321,7 @@ static void *admin_main(void *arg)
     int64_t accept_paused_until = 0;
 
     while (!atomic_load(&a->stop)) {
-        int64_t now = now_ms();
+        int64_t now = sl_mono_ms();
         int timeout = POLL_MAX_MS, nfds = 0, r, lidx = -1;
 
         a->pfds[nfds++] = (struct pollfd){.fd = a->wfd, .events = POLLIN};
@@ -356,7 +349,7 @@ static void *admin_main(void *arg)
             }
             continue;
         }
-        now = now_ms();
+        now = sl_mono_ms();
         if (a->pfds[0].revents != 0) {
             uint64_t v;
             ssize_t n = read(a->wfd, &v, sizeof(v));

@@ -5,10 +5,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_streams.h"
+#include "sl_time.h"
 
 struct sl_bus {
     natsConnection *nc;

@@ -5,10 +5,10 @@
 #include <string.h>
 
 #include "sl_bus.h"
-#include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define NS_PER_S 1000000000LL
 

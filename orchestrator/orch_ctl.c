@@ -18,6 +18,7 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define ADV_QUEUE_MAX  4096 /* advisories waiting to be handled; more are left to the sweep */
 #define ADV_TRIES      45   /* about 40 s of retries, then the sweep takes over */
@@ -312,14 +313,6 @@ int orch_ctl_sweep(orch_ctl *c)
 
 /* ---- the ender thread ---- */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits on the condition variable until abs_ms (monotonic clock) at most.
  * Caller holds mu. */
 static void wait_until(orch_ctl *c, int64_t abs_ms)
@@ -336,11 +329,11 @@ static void wait_until(orch_ctl *c, int64_t abs_ms)
 static void *ender_main(void *arg)
 {
     orch_ctl *c = arg;
-    int64_t next_sweep = mono_ms();
+    int64_t next_sweep = sl_mono_ms();
 
     pthread_mutex_lock(&c->mu);
     while (!atomic_load(&c->stopping)) {
-        int64_t now = mono_ms(), wake = next_sweep;
+        int64_t now = sl_mono_ms(), wake = next_sweep;
         size_t i = 0;
         while (i < c->nqueue && !atomic_load(&c->stopping)) {
             adv a = c->queue[i];
@@ -363,18 +356,18 @@ static void *ender_main(void *arg)
                          (unsigned long long)a.seq);
                 continue;
             }
-            a.due_ms = mono_ms() + 200 * (a.tries < 5 ? a.tries : 5);
+            a.due_ms = sl_mono_ms() + 200 * (a.tries < 5 ? a.tries : 5);
             if (c->nqueue < ADV_QUEUE_MAX)
                 c->queue[c->nqueue++] = a;
-            now = mono_ms();
+            now = sl_mono_ms();
         }
         if (atomic_load(&c->stopping))
             break;
-        if (mono_ms() >= next_sweep) {
+        if (sl_mono_ms() >= next_sweep) {
             pthread_mutex_unlock(&c->mu);
             (void)orch_ctl_sweep(c);
             pthread_mutex_lock(&c->mu);
-            next_sweep = mono_ms() + c->sweep_ms;
+            next_sweep = sl_mono_ms() + c->sweep_ms;
             continue;
         }
         wait_until(c, wake);

@@ -7,6 +7,7 @@
 
 #include "sl_codec.h"
 #include "sl_streams.h"
+#include "sl_time.h"
 
 static const char *nz(const char *s)
 {

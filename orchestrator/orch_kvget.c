@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 struct orch_kvget {
     natsConnection *nc;

@@ -19,6 +19,7 @@
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 static int usage(FILE *f)
 {

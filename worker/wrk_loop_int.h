@@ -31,6 +31,7 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 #include "wrk_sched.h"
 #include "wrk_stream.h"
 
