@@ -17,6 +17,7 @@
 #include "sl_json.h"
 #include "sl_log.h"
 #include "sl_subject.h"
+#include "sl_text.h"
 
 #define MAC_LEN          32
 #define SECRET_MAX       4096
@@ -149,49 +150,12 @@ static bool is_id_char(char c)
 /* 1..SL_SUB_MAX bytes of well-formed UTF-8 without C0/C1 controls or DEL. */
 static bool sub_valid(const char *s)
 {
-    size_t n, i = 0;
+    size_t n;
 
     if (s == NULL)
         return false;
     n = strlen(s);
-    if (n == 0 || n > SL_SUB_MAX)
-        return false;
-    while (i < n) {
-        unsigned char b = (unsigned char)s[i];
-        uint32_t cp;
-        size_t len, k;
-
-        if (b < 0x80) {
-            cp = b;
-            len = 1;
-        } else if ((b & 0xe0) == 0xc0) {
-            cp = b & 0x1f;
-            len = 2;
-        } else if ((b & 0xf0) == 0xe0) {
-            cp = b & 0x0f;
-            len = 3;
-        } else if ((b & 0xf8) == 0xf0) {
-            cp = b & 0x07;
-            len = 4;
-        } else {
-            return false;
-        }
-        if (i + len > n)
-            return false;
-        for (k = 1; k < len; k++) {
-            unsigned char cb = (unsigned char)s[i + k];
-            if ((cb & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (cb & 0x3f);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
-            return false;
-        i += len;
-    }
-    return true;
+    return n > 0 && n <= SL_SUB_MAX && sl_utf8_printable(s, n);
 }
 
 bool sl_room_pattern_valid(const char *s)
@@ -246,7 +210,7 @@ static cJSON *parse_object(const unsigned char *buf, size_t len)
 {
     cJSON *j;
 
-    if (memchr(buf, '\0', len) != NULL || strstr((const char *)buf, "\\u0000") != NULL)
+    if (memchr(buf, '\0', len) != NULL || sl_json_has_nul_escape((const char *)buf, len))
         return NULL;
     j = cJSON_ParseWithOpts((const char *)buf, NULL, 1);
     if (j != NULL && !cJSON_IsObject(j)) {
