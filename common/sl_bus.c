@@ -39,6 +39,13 @@ sl_status sl_status_from_nats(natsStatus s)
     }
 }
 
+sl_status sl_status_from_nats_failure(natsStatus s)
+{
+    sl_status st = sl_status_from_nats(s);
+
+    return st == SL_OK || st == SL_ERR_TIMEOUT ? st : SL_ERR_BUS;
+}
+
 static void set_connected(sl_bus *b, int up)
 {
     atomic_store(&b->connected, up);

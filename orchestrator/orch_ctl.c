@@ -118,6 +118,10 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
     sl_status st = SL_OK;
 
     s = js_GetMsg(&m, js, SL_STREAM_WORK, seq, NULL, &jerr);
+    /* Not through sl_status_from_nats: "no message found" may come as
+     * JetStream error 10037 beside a generic status, and every other
+     * failure is SL_ERR_BUS here, as the header promises (the ender retries
+     * on it, whatever the cause). */
     if (s == NATS_NOT_FOUND || jerr == 10037) {
         st = SL_ERR_NOTFOUND;
         goto cleanup;

@@ -414,7 +414,7 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
                 "final reply for job %s not stored: %s (jerr %d)", s->job_id,
                 natsStatus_GetText(ns), (int)jerr);
         sl_counter_inc(m_pub_errors());
-        st = ns == NATS_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+        st = sl_status_from_nats_failure(ns);
         goto cleanup;
     }
     if (duplicate != NULL)
@@ -491,7 +491,7 @@ sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
                 "agent message %s not stored: %s (jerr %d)", m->reply_id, natsStatus_GetText(ns),
                 (int)jerr);
         sl_counter_inc(m_pub_errors());
-        st = ns == NATS_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+        st = sl_status_from_nats_failure(ns);
     }
     jsPubAck_Destroy(pa);
     free(buf);
