@@ -20,6 +20,21 @@ sl_status sl_parse_int(const char *s, int64_t *out)
     return SL_OK;
 }
 
+sl_status sl_parse_u64(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    unsigned long long v;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return SL_ERR_INVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return SL_ERR_INVAL;
+    *out = (uint64_t)v;
+    return SL_OK;
+}
+
 sl_status sl_parse_size(const char *s, int64_t *out)
 {
     static const char units[] = "kmgt";

@@ -82,11 +82,11 @@ static void take_answer(orch_kv_entry *e, natsMsg *m)
         e->st = strcmp(status, "404") == 0 ? SL_ERR_NOTFOUND : SL_ERR_BUS;
         return;
     }
-    if (natsMsgHeader_Get(m, "Nats-Sequence", &seq) != NATS_OK || seq == NULL) {
+    if (natsMsgHeader_Get(m, "Nats-Sequence", &seq) != NATS_OK || seq == NULL ||
+        sl_parse_u64(seq, &e->rev) != SL_OK) {
         e->st = SL_ERR_BUS;
         return;
     }
-    e->rev = strtoull(seq, NULL, 10);
     e->deleted = natsMsgHeader_Get(m, "KV-Operation", &op) == NATS_OK && op != NULL &&
                  (strcmp(op, "DEL") == 0 || strcmp(op, "PURGE") == 0);
     e->value = malloc((size_t)len + 1);

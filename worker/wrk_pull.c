@@ -175,10 +175,12 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         size_t plen = strlen(l->inbox);
         unsigned long long qid = 0, token = 0;
         const char *status = NULL;
+        int64_t v = 0;
         int code = 0;
 
-        if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != NULL)
-            code = atoi(status);
+        if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != NULL &&
+            sl_parse_int(status, &v) == SL_OK && v > 0 && v < 1000)
+            code = (int)v;
         if (strncmp(subj, l->inbox, plen) != 0 || subj[plen] != '.' ||
             sscanf(subj + plen + 1, "%llu.%llu", &qid, &token) != 2 || qid >= UINT32_MAX ||
             code == 100) /* 100: a heartbeat or flow control, not an end */

@@ -630,8 +630,9 @@ sl_status wrk_history_load(jsCtx *js, const char *subject, const char *exclude_t
     last_seq = natsMsg_GetSequence(last);
     if (last_seq == 0) {
         const char *v = NULL;
-        if (natsMsgHeader_Get(last, "Nats-Sequence", &v) == NATS_OK && v != NULL)
-            last_seq = strtoull(v, NULL, 10);
+        if (natsMsgHeader_Get(last, "Nats-Sequence", &v) == NATS_OK && v != NULL &&
+            sl_parse_u64(v, &last_seq) != SL_OK)
+            last_seq = 0;
     }
     if (last_seq == 0)
         goto done;
