@@ -106,6 +106,13 @@ sl_status sl_subject_live(char *buf, size_t n, const char *tenant, bool is_room,
     return sl_subject_chan(buf, n, "sluice.live", tenant, is_room, name);
 }
 
+sl_status sl_subject_live_tenant(char *buf, size_t n, const char *tenant)
+{
+    if (!sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.live.%s.>", tenant));
+}
+
 sl_status sl_subject_work_filter(char *buf, size_t n, const char *model, const char *tenant)
 {
     if (tenant != NULL && tenant[0] != '\0')

@@ -59,6 +59,10 @@ sl_status sl_subject_out(char *buf, size_t n, const char *tenant, bool is_room, 
  * republishes them live. */
 sl_status sl_subject_live(char *buf, size_t n, const char *tenant, bool is_room, const char *name);
 
+/* "sluice.live.<tenant>.>": every live event of a tenant (sluicectl
+ * tail). SL_ERR_INVAL when tenant is invalid or buf is too small. */
+sl_status sl_subject_live_tenant(char *buf, size_t n, const char *tenant);
+
 /* Work filters. sl_subject_work_filter() writes the filter of a work
  * queue's consumer: "sluice.work.<model>.<tenant>", or the model-wide
  * "sluice.work.<model>.>" when tenant is NULL or "" (the legacy consumer).

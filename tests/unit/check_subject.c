@@ -130,6 +130,13 @@ START_TEST(test_named_subjects)
     ck_assert_str_eq(b, "");
     ck_assert_int_eq(sl_subject_out(b, 24, "acme", true, "lobby"), SL_OK);
 
+    ck_assert_int_eq(sl_subject_live_tenant(b, sizeof(b), "acme"), SL_OK);
+    ck_assert_str_eq(b, "sluice.live.acme.>");
+    ck_assert_int_eq(sl_subject_live_tenant(b, sizeof(b), "a.*"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_live_tenant(b, sizeof(b), NULL), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_live_tenant(b, 18, "acme"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_live_tenant(b, 19, "acme"), SL_OK);
+
     ck_assert_int_eq(sl_subject_work_filter(b, sizeof(b), "default", "acme"), SL_OK);
     ck_assert_str_eq(b, "sluice.work.default.acme");
     ck_assert_int_eq(sl_subject_work_filter(b, sizeof(b), "default", NULL), SL_OK);
