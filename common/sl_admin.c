@@ -19,6 +19,7 @@
 #include "sl_config.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
+#include "sl_time.h"
 
 #define DEFAULT_TIMEOUT_MS  5000
 #define DEFAULT_MAX_CLIENTS 32
@@ -65,28 +66,6 @@ struct sl_admin {
     int *pmap; /* pfds index -> conns index */
     uint64_t seq;
 };
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (buf == NULL || len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- connections ------------------------------------------------------ */
 
@@ -342,7 +321,7 @@ static void *admin_main(void *arg)
     int64_t accept_paused_until = 0;
 
     while (!atomic_load(&a->stop)) {
-        int64_t now = now_ms();
+        int64_t now = sl_mono_ms();
         int timeout = POLL_MAX_MS, nfds = 0, r, lidx = -1;
 
         a->pfds[nfds++] = (struct pollfd){.fd = a->wfd, .events = POLLIN};
@@ -370,7 +349,7 @@ static void *admin_main(void *arg)
             }
             continue;
         }
-        now = now_ms();
+        now = sl_mono_ms();
         if (a->pfds[0].revents != 0) {
             uint64_t v;
             ssize_t n = read(a->wfd, &v, sizeof(v));
@@ -443,7 +422,7 @@ static sl_status bind_listen(const char *host, int port, int *fd_out, int *port_
     snprintf(portstr, sizeof(portstr), "%d", port);
     rc = getaddrinfo(host[0] == '\0' ? "0.0.0.0" : host, portstr, &hints, &res);
     if (rc != 0) {
-        set_msg(err, errlen, "admin: cannot resolve '%s': %s", host, gai_strerror(rc));
+        sl_errf(err, errlen, "admin: cannot resolve '%s': %s", host, gai_strerror(rc));
         return SL_ERR_IO;
     }
     for (ai = res; ai != NULL; ai = ai->ai_next) {
@@ -462,7 +441,7 @@ static sl_status bind_listen(const char *host, int port, int *fd_out, int *port_
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        set_msg(err, errlen, "admin: cannot listen on %s:%d: %s", host, port, strerror(saved));
+        sl_errf(err, errlen, "admin: cannot listen on %s:%d: %s", host, port, strerror(saved));
         return SL_ERR_IO;
     }
     if (ss.ss_family == AF_INET6)
@@ -503,13 +482,13 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
 
     if (out == NULL || opts == NULL ||
         parse_listen(opts->listen_addr, host, sizeof(host), &port) != SL_OK) {
-        set_msg(err, errlen, "admin: '%s' is not host:port with a port in 0..65535",
+        sl_errf(err, errlen, "admin: '%s' is not host:port with a port in 0..65535",
                 opts != NULL && opts->listen_addr != NULL ? opts->listen_addr : "(null)");
         goto cleanup;
     }
     if (opts->timeout_ms < 0 || opts->max_clients < 0 || opts->max_clients > MAX_CLIENTS_LIMIT ||
         (opts->max_request != 0 && opts->max_request < 64)) {
-        set_msg(err, errlen, "admin: bad timeout, client or request size limit");
+        sl_errf(err, errlen, "admin: bad timeout, client or request size limit");
         goto cleanup;
     }
     st = SL_ERR_NOMEM;
@@ -540,7 +519,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     st = SL_ERR_INTERNAL;
     a->wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (a->wfd < 0) {
-        set_msg(err, errlen, "admin: eventfd: %s", strerror(errno));
+        sl_errf(err, errlen, "admin: eventfd: %s", strerror(errno));
         goto cleanup;
     }
     /* The server thread takes no signals: they belong to the main loop. */
@@ -549,7 +528,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     rc = pthread_create(&a->th, NULL, admin_main, a);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        set_msg(err, errlen, "admin: cannot start thread: %s", strerror(rc));
+        sl_errf(err, errlen, "admin: cannot start thread: %s", strerror(rc));
         goto cleanup;
     }
     pthread_setname_np(a->th, "sl-admin");
@@ -560,7 +539,7 @@ sl_status sl_admin_start_opts(sl_admin **out, const sl_admin_opts *opts, char *e
     st = SL_OK;
     goto cleanup;
 nomem:
-    set_msg(err, errlen, "admin: out of memory");
+    sl_errf(err, errlen, "admin: out of memory");
 cleanup:
     admin_free(a);
     return st;

@@ -17,6 +17,7 @@
 #include "sl_json.h"
 #include "sl_log.h"
 #include "sl_subject.h"
+#include "sl_text.h"
 
 #define MAC_LEN          32
 #define SECRET_MAX       4096
@@ -32,20 +33,6 @@ struct sl_auth {
 
 static const char b64url_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (buf == NULL || len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- base64url without padding ---------------------------------------- */
 
@@ -163,49 +150,12 @@ static bool is_id_char(char c)
 /* 1..SL_SUB_MAX bytes of well-formed UTF-8 without C0/C1 controls or DEL. */
 static bool sub_valid(const char *s)
 {
-    size_t n, i = 0;
+    size_t n;
 
     if (s == NULL)
         return false;
     n = strlen(s);
-    if (n == 0 || n > SL_SUB_MAX)
-        return false;
-    while (i < n) {
-        unsigned char b = (unsigned char)s[i];
-        uint32_t cp;
-        size_t len, k;
-
-        if (b < 0x80) {
-            cp = b;
-            len = 1;
-        } else if ((b & 0xe0) == 0xc0) {
-            cp = b & 0x1f;
-            len = 2;
-        } else if ((b & 0xf0) == 0xe0) {
-            cp = b & 0x0f;
-            len = 3;
-        } else if ((b & 0xf8) == 0xf0) {
-            cp = b & 0x07;
-            len = 4;
-        } else {
-            return false;
-        }
-        if (i + len > n)
-            return false;
-        for (k = 1; k < len; k++) {
-            unsigned char cb = (unsigned char)s[i + k];
-            if ((cb & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (cb & 0x3f);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
-            return false;
-        i += len;
-    }
-    return true;
+    return n > 0 && n <= SL_SUB_MAX && sl_utf8_printable(s, n);
 }
 
 bool sl_room_pattern_valid(const char *s)
@@ -260,7 +210,7 @@ static cJSON *parse_object(const unsigned char *buf, size_t len)
 {
     cJSON *j;
 
-    if (memchr(buf, '\0', len) != NULL || strstr((const char *)buf, "\\u0000") != NULL)
+    if (memchr(buf, '\0', len) != NULL || sl_json_has_nul_escape((const char *)buf, len))
         return NULL;
     j = cJSON_ParseWithOpts((const char *)buf, NULL, 1);
     if (j != NULL && !cJSON_IsObject(j)) {
@@ -314,31 +264,31 @@ sl_status sl_auth_create(sl_auth **out, const char *hs256_secret, const char *rs
     size_t slen = 0;
 
     if (out == NULL) {
-        set_msg(err, errlen, "auth: no output pointer");
+        sl_errf(err, errlen, "auth: no output pointer");
         goto cleanup;
     }
     if (hs256_secret == NULL && rs256_pubkey_pem_path == NULL) {
-        set_msg(err, errlen, "auth: neither an HS256 secret nor an RS256 public key is set");
+        sl_errf(err, errlen, "auth: neither an HS256 secret nor an RS256 public key is set");
         goto cleanup;
     }
     if (hs256_secret != NULL) {
         slen = strlen(hs256_secret);
         if (slen == 0 || slen > SECRET_MAX) {
-            set_msg(err, errlen, "auth: the HS256 secret must be 1..%d bytes", SECRET_MAX);
+            sl_errf(err, errlen, "auth: the HS256 secret must be 1..%d bytes", SECRET_MAX);
             goto cleanup;
         }
     }
     a = calloc(1, sizeof(*a));
     if (a == NULL) {
         st = SL_ERR_NOMEM;
-        set_msg(err, errlen, "auth: out of memory");
+        sl_errf(err, errlen, "auth: out of memory");
         goto cleanup;
     }
     if (hs256_secret != NULL) {
         a->secret = malloc(slen);
         if (a->secret == NULL) {
             st = SL_ERR_NOMEM;
-            set_msg(err, errlen, "auth: out of memory");
+            sl_errf(err, errlen, "auth: out of memory");
             goto cleanup;
         }
         memcpy(a->secret, hs256_secret, slen);
@@ -350,21 +300,21 @@ sl_status sl_auth_create(sl_auth **out, const char *hs256_secret, const char *rs
     if (rs256_pubkey_pem_path != NULL) {
         f = fopen(rs256_pubkey_pem_path, "re");
         if (f == NULL) {
-            set_msg(err, errlen, "auth: cannot open RS256 public key %s: %s", rs256_pubkey_pem_path,
+            sl_errf(err, errlen, "auth: cannot open RS256 public key %s: %s", rs256_pubkey_pem_path,
                     strerror(errno));
             goto cleanup;
         }
         pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
         if (pk == NULL) {
-            set_msg(err, errlen, "auth: %s holds no PEM public key", rs256_pubkey_pem_path);
+            sl_errf(err, errlen, "auth: %s holds no PEM public key", rs256_pubkey_pem_path);
             goto cleanup;
         }
         if (!EVP_PKEY_is_a(pk, "RSA")) {
-            set_msg(err, errlen, "auth: %s is not an RSA public key", rs256_pubkey_pem_path);
+            sl_errf(err, errlen, "auth: %s is not an RSA public key", rs256_pubkey_pem_path);
             goto cleanup;
         }
         if (EVP_PKEY_get_bits(pk) < RSA_MIN_BITS) {
-            set_msg(err, errlen, "auth: the RSA key in %s has %d bits; at least %d are needed",
+            sl_errf(err, errlen, "auth: the RSA key in %s has %d bits; at least %d are needed",
                     rs256_pubkey_pem_path, EVP_PKEY_get_bits(pk), RSA_MIN_BITS);
             goto cleanup;
         }
@@ -532,7 +482,7 @@ sl_status sl_auth_verify(const sl_auth *a, const char *token, int64_t now, sl_cl
     st = SL_OK;
 cleanup:
     if (st != SL_OK)
-        set_msg(why, whylen, "%s", reason);
+        sl_errf(why, whylen, "%s", reason);
     cJSON_Delete(hj);
     cJSON_Delete(pj);
     free(hdr);

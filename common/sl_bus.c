@@ -5,10 +5,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
 #include "sl_streams.h"
+#include "sl_time.h"
 
 struct sl_bus {
     natsConnection *nc;
@@ -37,6 +37,13 @@ sl_status sl_status_from_nats(natsStatus s)
     default:
         return SL_ERR_BUS;
     }
+}
+
+sl_status sl_status_from_nats_failure(natsStatus s)
+{
+    sl_status st = sl_status_from_nats(s);
+
+    return st == SL_OK || st == SL_ERR_TIMEOUT ? st : SL_ERR_BUS;
 }
 
 static void set_connected(sl_bus *b, int up)
@@ -147,7 +154,7 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(opts, on_async_error, b);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "SLUICE_NATS_URL: %s", natsStatus_GetText(s));
+        sl_errf(err, errlen, "SLUICE_NATS_URL: %s", natsStatus_GetText(s));
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -158,13 +165,13 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
         set_connected(b, 0);
         sl_warn("nats at %s not reachable yet; retrying in the background", cfg->nats_url);
     } else {
-        snprintf(err, errlen, "nats connect to %s: %s", cfg->nats_url, natsStatus_GetText(s));
+        sl_errf(err, errlen, "nats connect to %s: %s", cfg->nats_url, natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }
     s = natsConnection_JetStream(&b->js, b->nc, NULL);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "jetstream context: %s", natsStatus_GetText(s));
+        sl_errf(err, errlen, "jetstream context: %s", natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }

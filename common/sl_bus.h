@@ -16,6 +16,12 @@ typedef struct sl_bus sl_bus;
 /* Maps a cnats status to ours (the one place that does). */
 sl_status sl_status_from_nats(natsStatus s);
 
+/* The same mapping narrowed for functions that promise "SL_ERR_TIMEOUT
+ * when NATS timed out, SL_ERR_BUS when it failed otherwise": a failed
+ * call's status (s != NATS_OK) becomes one of those two; NATS_OK stays
+ * SL_OK. */
+sl_status sl_status_from_nats_failure(natsStatus s);
+
 /* Creates the connection from the common config. Returns SL_OK even when
  * NATS is not reachable yet (it keeps trying; see sl_bus_connected). name
  * is the client name NATS shows. On error writes a reason to err. */

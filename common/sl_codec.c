@@ -2,7 +2,8 @@
 
 #include <stdlib.h>
 #include <sys/random.h>
-#include <time.h>
+
+#include "sl_time.h"
 
 sl_status sl_envelope_encode(const Sluice__Envelope *e, uint8_t **out, size_t *len)
 {
@@ -44,22 +45,6 @@ void sl_random_bytes(void *buf, size_t n)
         p += r;
         n -= (size_t)r;
     }
-}
-
-int64_t sl_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-int64_t sl_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000L;
 }
 
 void sl_event_id_new(char out[SL_EVENT_ID_LEN + 1])

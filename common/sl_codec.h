@@ -32,8 +32,4 @@ void sl_session_id_new(char out[SL_SESSION_ID_LEN + 1]);
 /* Fills buf with n cryptographically random bytes (getrandom). */
 void sl_random_bytes(void *buf, size_t n);
 
-/* Wall-clock nanoseconds and monotonic milliseconds. */
-int64_t sl_now_ns(void);
-int64_t sl_mono_ms(void);
-
 #endif

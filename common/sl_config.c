@@ -20,6 +20,21 @@ sl_status sl_parse_int(const char *s, int64_t *out)
     return SL_OK;
 }
 
+sl_status sl_parse_u64(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    unsigned long long v;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return SL_ERR_INVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return SL_ERR_INVAL;
+    *out = (uint64_t)v;
+    return SL_OK;
+}
+
 sl_status sl_parse_size(const char *s, int64_t *out)
 {
     static const char units[] = "kmgt";
@@ -103,8 +118,8 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
         char host[256];
         int port;
         if (sl_parse_addr(val, host, sizeof(host), &port) != SL_OK) {
-            snprintf(err, errlen, "%s (%s): '%s' is not host:port with a port in 1..65535", o->env,
-                     source, val);
+            sl_errf(err, errlen, "%s (%s): '%s' is not host:port with a port in 1..65535", o->env,
+                    source, val);
             return SL_ERR_INVAL;
         }
     }
@@ -121,12 +136,12 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
     case SL_CFG_INT: {
         int64_t v;
         if (sl_parse_int(val, &v) != SL_OK) {
-            snprintf(err, errlen, "%s (%s): '%s' is not an integer", o->env, source, val);
+            sl_errf(err, errlen, "%s (%s): '%s' is not an integer", o->env, source, val);
             return SL_ERR_INVAL;
         }
         if ((o->min != 0 || o->max != 0) && (v < o->min || v > o->max)) {
-            snprintf(err, errlen, "%s (%s): %lld is outside %lld..%lld", o->env, source,
-                     (long long)v, (long long)o->min, (long long)o->max);
+            sl_errf(err, errlen, "%s (%s): %lld is outside %lld..%lld", o->env, source,
+                    (long long)v, (long long)o->min, (long long)o->max);
             return SL_ERR_INVAL;
         }
         *(int64_t *)o->dst = v;
@@ -135,13 +150,13 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
     case SL_CFG_SIZE: {
         int64_t v;
         if (sl_parse_size(val, &v) != SL_OK) {
-            snprintf(err, errlen, "%s (%s): '%s' is not a byte size (e.g. 1073741824 or 1GiB)",
-                     o->env, source, val);
+            sl_errf(err, errlen, "%s (%s): '%s' is not a byte size (e.g. 1073741824 or 1GiB)",
+                    o->env, source, val);
             return SL_ERR_INVAL;
         }
         if ((o->min != 0 || o->max != 0) && (v < o->min || v > o->max)) {
-            snprintf(err, errlen, "%s (%s): %lld bytes is outside %lld..%lld", o->env, source,
-                     (long long)v, (long long)o->min, (long long)o->max);
+            sl_errf(err, errlen, "%s (%s): %lld bytes is outside %lld..%lld", o->env, source,
+                    (long long)v, (long long)o->min, (long long)o->max);
             return SL_ERR_INVAL;
         }
         *(int64_t *)o->dst = v;
@@ -149,8 +164,8 @@ static sl_status apply(const sl_cfg_opt *o, const char *val, const char *source,
     }
     case SL_CFG_BOOL:
         if (parse_bool(val, o->dst) != SL_OK) {
-            snprintf(err, errlen, "%s (%s): '%s' is not a boolean (1/0, true/false)", o->env,
-                     source, val);
+            sl_errf(err, errlen, "%s (%s): '%s' is not a boolean (1/0, true/false)", o->env, source,
+                    val);
             return SL_ERR_INVAL;
         }
         return SL_OK;
@@ -192,7 +207,7 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
             return SL_OK;
         }
         if (strncmp(arg, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument '%s' (see --help)", arg);
+            sl_errf(err, errlen, "unexpected argument '%s' (see --help)", arg);
             return SL_ERR_INVAL;
         }
         name = arg + 2;
@@ -200,7 +215,7 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
         len = eq ? (size_t)(eq - name) : strlen(name);
         o = find_flag(opts, n, name, len);
         if (o == NULL) {
-            snprintf(err, errlen, "unknown flag '%s' (see --help)", arg);
+            sl_errf(err, errlen, "unknown flag '%s' (see --help)", arg);
             return SL_ERR_INVAL;
         }
         if (eq != NULL) {
@@ -211,7 +226,7 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
         } else if (a + 1 < argc) {
             val = argv[++a];
         } else {
-            snprintf(err, errlen, "flag --%s (%s) needs a value", o->flag, o->env);
+            sl_errf(err, errlen, "flag --%s (%s) needs a value", o->flag, o->env);
             return SL_ERR_INVAL;
         }
         st = apply(o, val, "flag", err, errlen);
@@ -221,7 +236,7 @@ sl_status sl_config_load(const sl_cfg_opt *opts, size_t n, int argc, char **argv
         if (o->required && (o->type == SL_CFG_STR || o->type == SL_CFG_ADDR)) {
             char *v = *(char **)o->dst;
             if (v == NULL || *v == '\0') {
-                snprintf(err, errlen, "%s is required (or --%s): %s", o->env, o->flag, o->help);
+                sl_errf(err, errlen, "%s is required (or --%s): %s", o->env, o->flag, o->help);
                 st = SL_ERR_INVAL;
             }
         }

@@ -80,6 +80,11 @@ void sl_config_free(const sl_cfg_opt *opts, size_t n);
 /* Strict integer parse of the whole string: SL_ERR_INVAL otherwise. */
 sl_status sl_parse_int(const char *s, int64_t *out);
 
+/* Strict parse of the whole string as an unsigned decimal (digits only,
+ * no sign or blanks), such as a stream sequence from a NATS header.
+ * SL_ERR_INVAL when malformed or above UINT64_MAX; *out untouched then. */
+sl_status sl_parse_u64(const char *s, uint64_t *out);
+
 /* Strict parse of a byte size: digits, then optionally K, M, G or T (any
  * case, binary multiples), optionally followed by "iB" or "B". SL_ERR_INVAL
  * when malformed or when it overflows int64_t. */

@@ -1,5 +1,8 @@
 #include "sl_status.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *sl_status_str(sl_status s)
 {
     switch (s) {
@@ -35,4 +38,15 @@ const char *sl_status_str(sl_status s)
         return "internal error";
     }
     return "unknown status";
+}
+
+void sl_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

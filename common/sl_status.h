@@ -2,6 +2,8 @@
 #ifndef SL_STATUS_H
 #define SL_STATUS_H
 
+#include <stddef.h>
+
 typedef enum sl_status {
     SL_OK = 0,
     SL_ERR_INVAL,    /* bad argument or bad input */
@@ -22,5 +24,11 @@ typedef enum sl_status {
 
 /* Returns a static, human-readable name for a status; never NULL. */
 const char *sl_status_str(sl_status s);
+
+/* Formats an error message into err, the (char *err, size_t errlen) pair
+ * that functions taking one fill on failure: truncated to errlen - 1
+ * bytes, always NUL-terminated. Does nothing when err is NULL or errlen
+ * is 0. */
+void sl_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -1,12 +1,14 @@
 #include "sl_streams.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "sl_bus.h"
-#include "sl_codec.h"
 #include "sl_log.h"
 #include "sl_metrics.h"
+#include "sl_subject.h"
+#include "sl_time.h"
 
 #define NS_PER_S 1000000000LL
 
@@ -40,14 +42,14 @@ static sl_status refused(const char *what, const char *name, int64_t max_bytes, 
                          jsErrCode jerr, char *err, size_t errlen)
 {
     if (jerr == JERR_INSUFFICIENT_RESOURCES || jerr == JERR_STORAGE_RESOURCES) {
-        snprintf(err, errlen,
-                 "%s %s: the server has not enough JetStream storage for MaxBytes %" PRId64
-                 " (%s; the sum of SLUICE_*_MAX_BYTES must fit nats-server's max_file_store): "
-                 "%s (jerr %d)",
-                 what, name, max_bytes, max_bytes_var(name), nats_GetLastError(NULL), (int)jerr);
+        sl_errf(err, errlen,
+                "%s %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                " (%s; the sum of SLUICE_*_MAX_BYTES must fit nats-server's max_file_store): "
+                "%s (jerr %d)",
+                what, name, max_bytes, max_bytes_var(name), nats_GetLastError(NULL), (int)jerr);
         return SL_ERR_INVAL;
     }
-    snprintf(err, errlen, "%s %s: %s (jerr %d)", what, name, natsStatus_GetText(s), (int)jerr);
+    sl_errf(err, errlen, "%s %s: %s (jerr %d)", what, name, natsStatus_GetText(s), (int)jerr);
     return SL_ERR_BUS;
 }
 
@@ -107,8 +109,8 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
         s = js_GetStreamInfo(&si, js, want->Name, NULL, &jerr);
     }
     if (s != NATS_OK) {
-        snprintf(err, errlen, "stream %s: %s (jerr %d)", want->Name, natsStatus_GetText(s),
-                 (int)jerr);
+        sl_errf(err, errlen, "stream %s: %s (jerr %d)", want->Name, natsStatus_GetText(s),
+                (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -119,10 +121,10 @@ static sl_status ensure_stream(jsCtx *js, jsStreamConfig *want, char *err, size_
             subjects_ok = strcmp(have->Subjects[i], want->Subjects[i]) == 0;
         if (!subjects_ok || have->Retention != want->Retention || have->Storage != want->Storage ||
             (want->RePublish != NULL && have->RePublish == NULL)) {
-            snprintf(err, errlen,
-                     "stream %s exists with an incompatible configuration (subjects, retention, "
-                     "storage or republish differ); fix or delete it with sluicectl",
-                     want->Name);
+            sl_errf(err, errlen,
+                    "stream %s exists with an incompatible configuration (subjects, retention, "
+                    "storage or republish differ); fix or delete it with sluicectl",
+                    want->Name);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -167,11 +169,11 @@ static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int rep
             goto cleanup;
         }
         if (strstr(nats_GetLastError(NULL), "insufficient") != NULL) {
-            snprintf(err, errlen,
-                     "bucket %s: the server has not enough JetStream storage for MaxBytes %" PRId64
-                     " (SLUICE_KV_MAX_BYTES; the sum of SLUICE_*_MAX_BYTES must fit "
-                     "nats-server's max_file_store): %s",
-                     bucket, max_bytes, nats_GetLastError(NULL));
+            sl_errf(err, errlen,
+                    "bucket %s: the server has not enough JetStream storage for MaxBytes %" PRId64
+                    " (SLUICE_KV_MAX_BYTES; the sum of SLUICE_*_MAX_BYTES must fit "
+                    "nats-server's max_file_store): %s",
+                    bucket, max_bytes, nats_GetLastError(NULL));
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -180,7 +182,7 @@ static sl_status ensure_kv(jsCtx *js, const char *bucket, int64_t ttl_s, int rep
     if (s == NATS_OK)
         s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "bucket %s: %s", bucket, natsStatus_GetText(s));
+        sl_errf(err, errlen, "bucket %s: %s", bucket, natsStatus_GetText(s));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -195,10 +197,10 @@ cleanup:
 
 sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size_t errlen)
 {
-    const char *in_subj[] = {"sluice.in.>"};
-    const char *work_subj[] = {"sluice.work.>"};
-    const char *out_subj[] = {"sluice.out.>"};
-    jsRePublish rp = {.Source = "sluice.out.>", .Destination = "sluice.live.>"};
+    const char *in_subj[] = {SL_SUBJECT_IN_ALL};
+    const char *work_subj[] = {SL_SUBJECT_WORK_ALL};
+    const char *out_subj[] = {SL_SUBJECT_OUT_ALL};
+    jsRePublish rp = {.Source = SL_SUBJECT_OUT_ALL, .Destination = SL_SUBJECT_LIVE_ALL};
     jsStreamConfig in, work, out;
     int replicas = (int)cfg->stream_replicas;
     int64_t kv_bytes = cfg->kv_max_bytes;
@@ -306,4 +308,110 @@ void sl_streams_sample(jsCtx *js)
                          : 0);
         jsStreamInfo_Destroy(si);
     }
+}
+
+/* snprintf result check: SL_ERR_INVAL (and "" in buf) when truncated. */
+static sl_status fmt_checked(char *buf, size_t n, int r)
+{
+    if (r < 0 || (size_t)r >= n) {
+        if (n > 0)
+            buf[0] = '\0';
+        return SL_ERR_INVAL;
+    }
+    return SL_OK;
+}
+
+/* Stream, bucket and consumer names: one token, no wildcard. */
+static bool name_valid(const char *s)
+{
+    return s != NULL && s[0] != '\0' && strpbrk(s, ". *>\t\r\n") == NULL;
+}
+
+static sl_status refuse(char *buf, size_t n)
+{
+    if (n > 0)
+        buf[0] = '\0';
+    return SL_ERR_INVAL;
+}
+
+bool sl_js_is_ack_reply(const char *reply)
+{
+    return reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0;
+}
+
+bool sl_kv_key_valid(const char *key)
+{
+    size_t len;
+
+    if (key == NULL || (len = strlen(key)) == 0 || key[0] == '.' || key[len - 1] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = key[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '/' || c == '_' || c == '=' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+sl_status sl_kv_subject(char *buf, size_t n, const char *bucket, const char *key)
+{
+    if (!name_valid(bucket) || !sl_kv_key_valid(key))
+        return refuse(buf, n);
+    return fmt_checked(buf, n, snprintf(buf, n, "$KV.%s.%s", bucket, key));
+}
+
+sl_status sl_kv_direct_get_subject(char *buf, size_t n, const char *bucket, const char *key)
+{
+    if (!name_valid(bucket) || !sl_kv_key_valid(key))
+        return refuse(buf, n);
+    return fmt_checked(buf, n,
+                       snprintf(buf, n, "$JS.API.DIRECT.GET.KV_%s.$KV.%s.%s", bucket, bucket, key));
+}
+
+sl_status sl_js_msg_next_subject(char *buf, size_t n, const char *stream, const char *consumer)
+{
+    if (!name_valid(stream) || !name_valid(consumer))
+        return refuse(buf, n);
+    return fmt_checked(buf, n,
+                       snprintf(buf, n, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", stream, consumer));
+}
+
+sl_status sl_work_durable(char *buf, size_t n, const char *model, const char *tenant)
+{
+    bool legacy = tenant == NULL || tenant[0] == '\0';
+
+    if (!sl_id_valid(model) || (!legacy && !sl_id_valid(tenant)))
+        return refuse(buf, n);
+    if (legacy)
+        return fmt_checked(buf, n, snprintf(buf, n, "wrk_%s", model));
+    return fmt_checked(buf, n, snprintf(buf, n, "wrk_%s~%s", model, tenant));
+}
+
+/* Copies the id of len bytes at p into out; false when it is not one. */
+static bool copy_id(char *out, const char *p, size_t len)
+{
+    if (len == 0 || len > SL_ID_MAX)
+        return false;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return sl_id_valid(out);
+}
+
+sl_status sl_work_durable_parse(const char *consumer, char *model, char *tenant)
+{
+    const char *tilde;
+
+    if (consumer == NULL || strncmp(consumer, "wrk_", 4) != 0)
+        return SL_ERR_INVAL;
+    consumer += 4;
+    tilde = strchr(consumer, '~');
+    if (tilde == NULL) {
+        tenant[0] = '\0';
+        return copy_id(model, consumer, strlen(consumer)) ? SL_OK : SL_ERR_INVAL;
+    }
+    if (!copy_id(model, consumer, (size_t)(tilde - consumer)) ||
+        !copy_id(tenant, tilde + 1, strlen(tilde + 1)))
+        return SL_ERR_INVAL;
+    return SL_OK;
 }

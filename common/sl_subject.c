@@ -96,6 +96,53 @@ sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *t
                        snprintf(buf, n, "%s.%s.%s.%s", prefix, tenant, is_room ? "r" : "s", name));
 }
 
+sl_status sl_subject_out(char *buf, size_t n, const char *tenant, bool is_room, const char *name)
+{
+    return sl_subject_chan(buf, n, "sluice.out", tenant, is_room, name);
+}
+
+sl_status sl_subject_live(char *buf, size_t n, const char *tenant, bool is_room, const char *name)
+{
+    return sl_subject_chan(buf, n, "sluice.live", tenant, is_room, name);
+}
+
+sl_status sl_subject_live_tenant(char *buf, size_t n, const char *tenant)
+{
+    if (!sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.live.%s.>", tenant));
+}
+
+sl_status sl_subject_work_filter(char *buf, size_t n, const char *model, const char *tenant)
+{
+    if (tenant != NULL && tenant[0] != '\0')
+        return sl_subject_work(buf, n, model, tenant);
+    if (!sl_id_valid(model))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.work.%s.>", model));
+}
+
+sl_status sl_subject_work_tenants(char *buf, size_t n, const char *model)
+{
+    if (!sl_id_valid(model))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.work.%s.*", model));
+}
+
+sl_status sl_subject_bell(char *buf, size_t n, const char *model, const char *tenant)
+{
+    if (!sl_id_valid(model) || !sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.ctl.work.%s.%s", model, tenant));
+}
+
+sl_status sl_subject_bell_filter(char *buf, size_t n, const char *model)
+{
+    if (!sl_id_valid(model))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.ctl.work.%s.*", model));
+}
+
 /* Copies the dot-free token at *p into out (at most SL_ID_MAX chars) and
  * advances *p past it and its trailing dot, if any. */
 static bool take_token(const char **p, char *out)
@@ -162,4 +209,43 @@ sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *ses
     for (int i = 0; i < 20; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
     return fmt_checked(buf, n, snprintf(buf, n, "%s.x-%s", tenant, hex));
+}
+
+/* Parses "<prefix><a>" (b NULL) or "<prefix><a>.<b>": prefix ends with a
+ * dot, each id is valid and nothing follows. */
+static sl_status parse_ids(const char *subject, const char *prefix, char *a, char *b)
+{
+    const char *p;
+    size_t plen = strlen(prefix);
+
+    if (subject == NULL || strncmp(subject, prefix, plen) != 0)
+        return SL_ERR_INVAL;
+    p = subject + plen;
+    if (!take_token(&p, a))
+        return SL_ERR_INVAL;
+    if (b == NULL)
+        return p[-1] != '.' && *p == '\0' ? SL_OK : SL_ERR_INVAL;
+    if (p[-1] != '.' || strchr(p, '.') != NULL || !take_token(&p, b))
+        return SL_ERR_INVAL;
+    return SL_OK;
+}
+
+sl_status sl_subject_in_parse(const char *subject, char *tenant, char *session)
+{
+    return parse_ids(subject, "sluice.in.", tenant, session);
+}
+
+sl_status sl_subject_work_parse(const char *subject, char *model, char *tenant)
+{
+    return parse_ids(subject, "sluice.work.", model, tenant);
+}
+
+sl_status sl_subject_cancel_parse(const char *subject, char *tenant)
+{
+    return parse_ids(subject, "sluice.ctl.cancel.", tenant, NULL);
+}
+
+sl_status sl_subject_bell_parse(const char *subject, char *model, char *tenant)
+{
+    return parse_ids(subject, "sluice.ctl.work.", model, tenant);
 }

@@ -1,6 +1,10 @@
-/* Subject names and id validation. Every subject Sluice builds goes through
- * this module, after the ids in it were validated, so no client text can
- * inject a '.', '*' or '>' into a subject. */
+/* Subject names and id validation. Every Sluice subject (sluice.*), every
+ * filter over them and every KV key is built and parsed in this module,
+ * after the ids in it were validated, so no client text can inject a '.',
+ * '*' or '>' into a subject and no tier spells a subject of its own. The
+ * subjects of the NATS server's own APIs ($JS.*, $KV.*) and the consumer
+ * names of the streams are built in sl_streams.h, beside the streams and
+ * buckets they belong to. The formats are documented in docs/wire.md. */
 #ifndef SL_SUBJECT_H
 #define SL_SUBJECT_H
 
@@ -26,6 +30,14 @@ bool sl_client_id_valid(const char *s);
  * else, including an invalid room id. */
 sl_status sl_channel_parse(const char *ch, bool *is_room, const char **room);
 
+/* Every subject of a stream or control channel: the stream subjects and
+ * the orchestrator's and the cancel listeners' filters. */
+#define SL_SUBJECT_IN_ALL     "sluice.in.>"
+#define SL_SUBJECT_WORK_ALL   "sluice.work.>"
+#define SL_SUBJECT_OUT_ALL    "sluice.out.>"
+#define SL_SUBJECT_LIVE_ALL   "sluice.live.>"
+#define SL_SUBJECT_CANCEL_ALL "sluice.ctl.cancel.*"
+
 /* Subject builders. Each writes a NUL-terminated subject into buf and
  * returns SL_OK, or SL_ERR_INVAL (nothing useful written) when an id is
  * invalid or buf is too small. */
@@ -34,9 +46,51 @@ sl_status sl_subject_work(char *buf, size_t n, const char *model, const char *te
 sl_status sl_subject_cancel(char *buf, size_t n, const char *tenant);
 
 /* OUT and live subjects of a channel: prefix is "sluice.out" or
- * "sluice.live"; when is_room, name is the room, otherwise the session. */
+ * "sluice.live"; when is_room, name is the room, otherwise the session.
+ * The tiers call the two named forms below. */
 sl_status sl_subject_chan(char *buf, size_t n, const char *prefix, const char *tenant, bool is_room,
                           const char *name);
+
+/* "sluice.out.<tenant>.{r.<room>|s.<session>}": where a channel's events
+ * are stored (stream SLUICE_OUT). */
+sl_status sl_subject_out(char *buf, size_t n, const char *tenant, bool is_room, const char *name);
+
+/* "sluice.live.<tenant>.{r.<room>|s.<session>}": where SLUICE_OUT
+ * republishes them live. */
+sl_status sl_subject_live(char *buf, size_t n, const char *tenant, bool is_room, const char *name);
+
+/* "sluice.live.<tenant>.>": every live event of a tenant (sluicectl
+ * tail). SL_ERR_INVAL when tenant is invalid or buf is too small. */
+sl_status sl_subject_live_tenant(char *buf, size_t n, const char *tenant);
+
+/* Work filters. sl_subject_work_filter() writes the filter of a work
+ * queue's consumer: "sluice.work.<model>.<tenant>", or the model-wide
+ * "sluice.work.<model>.>" when tenant is NULL or "" (the legacy consumer).
+ * sl_subject_work_tenants() writes "sluice.work.<model>.*", the set of
+ * every tenant's queue of a model (for listing subjects). SL_ERR_INVAL
+ * when an id is invalid or buf is too small. */
+sl_status sl_subject_work_filter(char *buf, size_t n, const char *model, const char *tenant);
+sl_status sl_subject_work_tenants(char *buf, size_t n, const char *model);
+
+/* The worker doorbell, rung by the orchestrator once jobs are stored:
+ * "sluice.ctl.work.<model>.<tenant>" (docs/wire.md); workers listen on
+ * sl_subject_bell_filter(), "sluice.ctl.work.<model>.*". SL_ERR_INVAL
+ * when an id is invalid or buf is too small. */
+sl_status sl_subject_bell(char *buf, size_t n, const char *model, const char *tenant);
+sl_status sl_subject_bell_filter(char *buf, size_t n, const char *model);
+
+/* Parsers of the subjects above. On success each copies the ids (each at
+ * most SL_ID_MAX + 1 bytes with the NUL) and returns SL_OK; SL_ERR_INVAL
+ * (outputs unspecified) when subject is NULL, has another prefix or
+ * number of tokens, or an id in it is invalid.
+ *   sl_subject_in_parse:     "sluice.in.<tenant>.<session>"
+ *   sl_subject_work_parse:   "sluice.work.<model>.<tenant>"
+ *   sl_subject_cancel_parse: "sluice.ctl.cancel.<tenant>"
+ *   sl_subject_bell_parse:   "sluice.ctl.work.<model>.<tenant>" */
+sl_status sl_subject_in_parse(const char *subject, char *tenant, char *session);
+sl_status sl_subject_work_parse(const char *subject, char *model, char *tenant);
+sl_status sl_subject_cancel_parse(const char *subject, char *tenant);
+sl_status sl_subject_bell_parse(const char *subject, char *model, char *tenant);
 
 /* Parses "<prefix>.<tenant>.s.<session>" or "<prefix>.<tenant>.r.<room>"
  * (prefix "sluice.out" or "sluice.live"). On success copies the tenant and

@@ -443,8 +443,8 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
     char *p;
     read_job *j;
 
-    if (sl_subject_chan(live, sizeof(live), "sluice.live", tenant, is_room, name) != SL_OK ||
-        sl_subject_chan(out, sizeof(out), "sluice.out", tenant, is_room, name) != SL_OK)
+    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK ||
+        sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
         return NULL;
     ch = gw_map_get(s->chans, live);
     if (ch != NULL)

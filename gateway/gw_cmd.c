@@ -302,8 +302,7 @@ void gw__cmd_ack(gw_server *s, gw_conn *c, const gw_cmd *cmd)
             Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
             Sluice__Receipt body = SLUICE__RECEIPT__INIT;
             char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[SL_EVENT_ID_LEN + 4];
-            if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, false,
-                                r->sender_session) == SL_OK) {
+            if (sl_subject_out(subj, sizeof(subj), c->tenant, false, r->sender_session) == SL_OK) {
                 gw__fill_header(c, &e, event_id);
                 e.message_id = r->message_id;
                 body.to = r->message_id;
@@ -363,8 +362,8 @@ void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(name, sizeof(name), "%s", is_room ? room : c->session);
     snprintf(tenant, sizeof(tenant), "%s", c->tenant);
     snprintf(chname, sizeof(chname), "%s", cmd->ch);
-    sl_subject_chan(out, sizeof(out), "sluice.out", c->tenant, is_room, name);
-    sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, is_room, name);
+    sl_subject_out(out, sizeof(out), c->tenant, is_room, name);
+    sl_subject_live(live, sizeof(live), c->tenant, is_room, name);
     tmp.name = name;
     tmp.tenant = tenant;
     tmp.ch = chname;

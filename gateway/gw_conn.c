@@ -378,7 +378,7 @@ void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
             c->rx = NULL;
         } else if (final && c->rx == NULL) {
             /* The common case: a whole message in one piece, no copy. */
-            if (!gw_utf8_valid((const unsigned char *)in, len)) {
+            if (!sl_utf8_valid(in, len)) {
                 gw__conn_error(s, c, "bad_frame", "invalid UTF-8", NULL);
                 gw__conn_close(c, 1007, "invalid utf-8", true);
                 return;
@@ -404,7 +404,7 @@ void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
     } else if (c->rx_oversize) {
         gw__conn_error(s, c, "too_large", "frame over the limit", NULL);
         gw__conn_close(c, 1009, "frame too large", true);
-    } else if (!gw_utf8_valid((const unsigned char *)c->rx, c->rxlen)) {
+    } else if (!sl_utf8_valid(c->rx, c->rxlen)) {
         gw__conn_error(s, c, "bad_frame", "invalid UTF-8", NULL);
         gw__conn_close(c, 1007, "invalid utf-8", true);
     } else {

@@ -116,8 +116,8 @@ void gw__publish_presence(gw_server *s, gw_conn *c, const char *room, const char
     char live[SL_SUBJECT_MAX];
     gw_chan *ch;
 
-    if (sl_subject_chan(subj, sizeof(subj), "sluice.out", c->tenant, true, room) != SL_OK ||
-        sl_subject_chan(live, sizeof(live), "sluice.live", c->tenant, true, room) != SL_OK)
+    if (sl_subject_out(subj, sizeof(subj), c->tenant, true, room) != SL_OK ||
+        sl_subject_live(live, sizeof(live), c->tenant, true, room) != SL_OK)
         return;
     ch = gw_map_get(s->chans, live);
     if (ch != NULL && ch->nmembers > s->cfg->presence_fanout_max) {
@@ -149,7 +149,7 @@ static void kv_submit(gw_server *s, bool presence, const char *key, char *value)
     natsMsg *m = NULL;
     jsPubOptions po;
 
-    snprintf(subj, sizeof(subj), "$KV.%s.%s", presence ? SL_KV_PRESENCE : SL_KV_SESSIONS, key);
+    (void)sl_kv_subject(subj, sizeof(subj), presence ? SL_KV_PRESENCE : SL_KV_SESSIONS, key);
     if (natsMsg_Create(&m, subj, NULL, value, value ? (int)strlen(value) : 0) != NATS_OK ||
         (value == NULL && natsMsgHeader_Set(m, "KV-Operation", "DEL") != NATS_OK))
         goto cleanup;

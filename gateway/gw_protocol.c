@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sl_json.h"
+#include "sl_text.h"
 
 static void set_err(gw_err *err, const char *code, const char *msg)
 {
@@ -210,20 +211,6 @@ static sl_status parse_typed(const char *type, gw_cmd *c, gw_err *err)
     return SL_ERR_INVAL;
 }
 
-/* True when a JSON text holds the escape \u0000: cJSON would cut that
- * string short at the NUL, so "a\u0000.b" would pass as the valid id "a". */
-static bool has_nul_escape(const char *buf, size_t len)
-{
-    for (size_t i = 0; i + 1 < len; i++) {
-        if (buf[i] != '\\')
-            continue;
-        if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0)
-            return true;
-        i++; /* skip the escaped character, so "\\\\u0000" is plain text */
-    }
-    return false;
-}
-
 sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err)
 {
     gw_cmd c;
@@ -243,7 +230,7 @@ sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err)
         set_err(err, "bad_frame", "frame is not valid JSON");
         return SL_ERR_INVAL;
     }
-    if (has_nul_escape(buf, len)) {
+    if (sl_json_has_nul_escape(buf, len)) {
         cJSON_Delete(c.root);
         set_err(err, "bad_frame", "strings must not contain NUL (\\u0000)");
         return SL_ERR_INVAL;
@@ -280,45 +267,6 @@ void gw_cmd_free(gw_cmd *c)
         c->positions = NULL;
         c->npositions = 0;
     }
-}
-
-bool gw_utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-
-    while (i < len) {
-        unsigned char c = s[i];
-        uint32_t cp;
-        size_t n;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (i + n >= len)
-            return false;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += n + 1;
-    }
-    return true;
 }
 
 static char *print_and_free(cJSON *o)

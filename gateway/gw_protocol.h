@@ -70,10 +70,6 @@ sl_status gw_cmd_parse(const char *buf, size_t len, gw_cmd *out, gw_err *err);
 /* Frees what a parsed command owns; safe on a zeroed command. */
 void gw_cmd_free(gw_cmd *c);
 
-/* Returns true when buf[0..len) is valid UTF-8 (no overlongs, no
- * surrogates, nothing above U+10FFFF). */
-bool gw_utf8_valid(const unsigned char *buf, size_t len);
-
 /* Server frames. Each returns a malloc'd NUL-terminated JSON text the
  * caller owns, or NULL when out of memory. */
 char *gw_frame_error(const char *code, const char *message, const char *id);

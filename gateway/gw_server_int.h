@@ -30,6 +30,8 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_text.h"
+#include "sl_time.h"
 
 /*
  * Threads: everything in these files runs on the loop thread (the libev loop

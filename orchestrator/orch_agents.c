@@ -57,7 +57,7 @@ static sl_status opt_string(const cJSON *obj, const char *key, const char *def, 
 
     if (it != NULL) {
         if (!cJSON_IsString(it)) {
-            snprintf(err, errlen, "agent %s: \"%s\" must be a string", who, key);
+            sl_errf(err, errlen, "agent %s: \"%s\" must be a string", who, key);
             return SL_ERR_INVAL;
         }
         v = it->valuestring;
@@ -84,8 +84,8 @@ static sl_status parse_match(const cJSON *m, orch_agent *g, char *err, size_t er
             if (rc != 0) {
                 char why[128];
                 regerror(rc, &g->re, why, sizeof(why));
-                snprintf(err, errlen, "agent %s: bad regex \"%s\": %s", g->name, r->valuestring,
-                         why);
+                sl_errf(err, errlen, "agent %s: bad regex \"%s\": %s", g->name, r->valuestring,
+                        why);
                 return SL_ERR_INVAL;
             }
             g->pattern = strdup(r->valuestring);
@@ -97,8 +97,8 @@ static sl_status parse_match(const cJSON *m, orch_agent *g, char *err, size_t er
             return SL_OK;
         }
     }
-    snprintf(err, errlen, "agent %s: \"match\" must be \"all\", \"mention\" or {\"regex\":\"...\"}",
-             g->name);
+    sl_errf(err, errlen, "agent %s: \"match\" must be \"all\", \"mention\" or {\"regex\":\"...\"}",
+            g->name);
     return SL_ERR_INVAL;
 }
 
@@ -114,7 +114,7 @@ static sl_status parse_agent(const cJSON *obj, size_t index, orch_agent *g, char
 
     snprintf(who, sizeof(who), "#%zu", index);
     if (!cJSON_IsObject(obj)) {
-        snprintf(err, errlen, "agent %s: must be an object", who);
+        sl_errf(err, errlen, "agent %s: must be an object", who);
         return SL_ERR_INVAL;
     }
     cJSON_ArrayForEach(it, obj)
@@ -123,21 +123,21 @@ static sl_status parse_agent(const cJSON *obj, size_t index, orch_agent *g, char
         for (size_t k = 0; k < sizeof(known) / sizeof(known[0]) && !ok; k++)
             ok = it->string != NULL && strcmp(it->string, known[k]) == 0;
         if (!ok) {
-            snprintf(err, errlen, "agent %s: unknown key \"%s\"", who,
-                     it->string != NULL ? it->string : "?");
+            sl_errf(err, errlen, "agent %s: unknown key \"%s\"", who,
+                    it->string != NULL ? it->string : "?");
             return SL_ERR_INVAL;
         }
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "name");
     if (!cJSON_IsString(it) || !sl_id_valid(it->valuestring)) {
-        snprintf(err, errlen, "agent %s: \"name\" must match [A-Za-z0-9_-]{1,64}", who);
+        sl_errf(err, errlen, "agent %s: \"name\" must match [A-Za-z0-9_-]{1,64}", who);
         return SL_ERR_INVAL;
     }
     if ((g->name = strdup(it->valuestring)) == NULL)
         return SL_ERR_NOMEM;
     it = cJSON_GetObjectItemCaseSensitive(obj, "model");
     if (!cJSON_IsString(it) || !sl_id_valid(it->valuestring)) {
-        snprintf(err, errlen, "agent %s: \"model\" must match [A-Za-z0-9_-]{1,64}", g->name);
+        sl_errf(err, errlen, "agent %s: \"model\" must match [A-Za-z0-9_-]{1,64}", g->name);
         return SL_ERR_INVAL;
     }
     if ((g->model = strdup(it->valuestring)) == NULL)
@@ -153,25 +153,25 @@ static sl_status parse_agent(const cJSON *obj, size_t index, orch_agent *g, char
                          errlen)) != SL_OK)
         return st;
     if (g->fallback[0] == '\0') {
-        snprintf(err, errlen, "agent %s: \"fallback\" must not be empty", g->name);
+        sl_errf(err, errlen, "agent %s: \"fallback\" must not be empty", g->name);
         return SL_ERR_INVAL;
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "description");
     if (it != NULL && !cJSON_IsString(it)) {
-        snprintf(err, errlen, "agent %s: \"description\" must be a string", g->name);
+        sl_errf(err, errlen, "agent %s: \"description\" must be a string", g->name);
         return SL_ERR_INVAL;
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "max_concurrent");
     if (it != NULL) {
         if (!sl_json_get_int(it, 0, 1000000, &g->max_concurrent)) {
-            snprintf(err, errlen, "agent %s: \"max_concurrent\" must be an integer in 0..1000000",
-                     g->name);
+            sl_errf(err, errlen, "agent %s: \"max_concurrent\" must be an integer in 0..1000000",
+                    g->name);
             return SL_ERR_INVAL;
         }
     }
     it = cJSON_GetObjectItemCaseSensitive(obj, "match");
     if (it == NULL) {
-        snprintf(err, errlen, "agent %s: \"match\" is required", g->name);
+        sl_errf(err, errlen, "agent %s: \"match\" is required", g->name);
         return SL_ERR_INVAL;
     }
     return parse_match(it, g, err, errlen);
@@ -188,8 +188,8 @@ sl_status orch_agents_parse(orch_agents **out, const char *json, char *err, size
     err[0] = '\0';
     root = cJSON_Parse(json);
     if (root == NULL) {
-        snprintf(err, errlen, "not valid JSON (near offset %td)",
-                 cJSON_GetErrorPtr() != NULL ? cJSON_GetErrorPtr() - json : (ptrdiff_t)0);
+        sl_errf(err, errlen, "not valid JSON (near offset %td)",
+                cJSON_GetErrorPtr() != NULL ? cJSON_GetErrorPtr() - json : (ptrdiff_t)0);
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -197,19 +197,19 @@ sl_status orch_agents_parse(orch_agents **out, const char *json, char *err, size
     if (cJSON_IsObject(root)) {
         arr = cJSON_GetObjectItemCaseSensitive(root, "agents");
         if (cJSON_GetArraySize(root) != 1 || arr == NULL) {
-            snprintf(err, errlen, "expected {\"agents\":[...]} or an array of agents");
+            sl_errf(err, errlen, "expected {\"agents\":[...]} or an array of agents");
             st = SL_ERR_INVAL;
             goto cleanup;
         }
     }
     if (!cJSON_IsArray(arr)) {
-        snprintf(err, errlen, "\"agents\" must be an array");
+        sl_errf(err, errlen, "\"agents\" must be an array");
         st = SL_ERR_INVAL;
         goto cleanup;
     }
     n = cJSON_GetArraySize(arr);
     if (n < 1 || n > ORCH_AGENTS_MAX) {
-        snprintf(err, errlen, "expected 1..%d agents, got %d", ORCH_AGENTS_MAX, n);
+        sl_errf(err, errlen, "expected 1..%d agents, got %d", ORCH_AGENTS_MAX, n);
         st = SL_ERR_INVAL;
         goto cleanup;
     }
@@ -225,7 +225,7 @@ sl_status orch_agents_parse(orch_agents **out, const char *json, char *err, size
             goto cleanup;
         for (int j = 0; j < i; j++) {
             if (strcmp(a->v[j].name, a->v[i].name) == 0) {
-                snprintf(err, errlen, "agent %s: duplicate name", a->v[i].name);
+                sl_errf(err, errlen, "agent %s: duplicate name", a->v[i].name);
                 st = SL_ERR_INVAL;
                 goto cleanup;
             }
@@ -235,7 +235,7 @@ sl_status orch_agents_parse(orch_agents **out, const char *json, char *err, size
     a = NULL;
 cleanup:
     if (st == SL_ERR_NOMEM && err[0] == '\0')
-        snprintf(err, errlen, "out of memory");
+        sl_errf(err, errlen, "out of memory");
     orch_agents_destroy(a);
     cJSON_Delete(root);
     return st;
@@ -252,31 +252,31 @@ sl_status orch_agents_load(orch_agents **out, const char *path, char *err, size_
     if (path == NULL || path[0] == '\0') {
         st = orch_agents_parse(out, default_agents, why, sizeof(why));
         if (st != SL_OK)
-            snprintf(err, errlen, "built-in agents: %s", why);
+            sl_errf(err, errlen, "built-in agents: %s", why);
         return st;
     }
     f = fopen(path, "rb");
     if (f == NULL) {
-        snprintf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path, strerror(errno));
+        sl_errf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path, strerror(errno));
         return SL_ERR_IO;
     }
     buf = malloc(AGENTS_FILE_MAX + 1);
     if (buf == NULL) {
         st = SL_ERR_NOMEM;
-        snprintf(err, errlen, "SLUICE_AGENTS_FILE %s: out of memory", path);
+        sl_errf(err, errlen, "SLUICE_AGENTS_FILE %s: out of memory", path);
         goto cleanup;
     }
     len = fread(buf, 1, AGENTS_FILE_MAX + 1, f);
     if (ferror(f) || len > AGENTS_FILE_MAX) {
-        snprintf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path,
-                 ferror(f) ? "read error" : "larger than 1 MiB");
+        sl_errf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path,
+                ferror(f) ? "read error" : "larger than 1 MiB");
         st = SL_ERR_IO;
         goto cleanup;
     }
     buf[len] = '\0';
     st = orch_agents_parse(out, buf, why, sizeof(why));
     if (st != SL_OK)
-        snprintf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path, why);
+        sl_errf(err, errlen, "SLUICE_AGENTS_FILE %s: %s", path, why);
 cleanup:
     free(buf);
     fclose(f);

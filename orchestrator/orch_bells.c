@@ -12,8 +12,8 @@ void orch__bells_flush(orch_loop *l)
     char subj[SL_SUBJECT_MAX], body[16];
 
     for (int i = 0; i < l->nbells; i++) {
-        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.%s", l->bells[i].model,
-                 l->bells[i].tenant);
+        if (sl_subject_bell(subj, sizeof(subj), l->bells[i].model, l->bells[i].tenant) != SL_OK)
+            continue;
         snprintf(body, sizeof(body), "%d", l->bells[i].jobs);
         (void)natsConnection_PublishString(sl_bus_nc(l->bus), subj, body);
     }

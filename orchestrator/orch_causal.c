@@ -179,7 +179,7 @@ sl_status orch_causal_load(kvStore *kv, const char *key, orch_causal_state *st, 
         return SL_OK;
     }
     if (s != NATS_OK)
-        return sl_status_from_nats(s) == SL_ERR_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+        return sl_status_from_nats_failure(s);
     if (kvEntry_Operation(e) != kvOp_Put) {
         /* A deleted key keeps a revision: write over it with that revision. */
         *rev = kvEntry_Revision(e);
@@ -233,5 +233,5 @@ sl_status orch_causal_store(kvStore *kv, const char *key, const orch_causal_stat
         return SL_ERR_CONFLICT;
     if (s == NATS_ERR && strstr(nats_GetLastError(NULL), "key exists") != NULL)
         return SL_ERR_CONFLICT;
-    return sl_status_from_nats(s) == SL_ERR_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+    return sl_status_from_nats_failure(s);
 }

@@ -18,9 +18,8 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
-#define ADVISORY_SUBJ  "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." SL_STREAM_WORK ".*"
-#define MSG_GET_SUBJ   "$JS.API.STREAM.MSG.GET." SL_STREAM_WORK
 #define ADV_QUEUE_MAX  4096 /* advisories waiting to be handled; more are left to the sweep */
 #define ADV_TRIES      45   /* about 40 s of retries, then the sweep takes over */
 #define API_WAIT_MS    5000
@@ -119,6 +118,10 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
     sl_status st = SL_OK;
 
     s = js_GetMsg(&m, js, SL_STREAM_WORK, seq, NULL, &jerr);
+    /* Not through sl_status_from_nats: "no message found" may come as
+     * JetStream error 10037 beside a generic status, and every other
+     * failure is SL_ERR_BUS here, as the header promises (the ender retries
+     * on it, whatever the cause). */
     if (s == NATS_NOT_FOUND || jerr == 10037) {
         st = SL_ERR_NOTFOUND;
         goto cleanup;
@@ -201,7 +204,7 @@ static sl_status next_on_subject(natsConnection *nc, const char *subject, uint64
 
     snprintf(req, sizeof(req), "{\"seq\":%llu,\"next_by_subj\":\"%s\"}", (unsigned long long)seq,
              subject);
-    if (natsConnection_RequestString(&r, nc, MSG_GET_SUBJ, req, API_WAIT_MS) != NATS_OK)
+    if (natsConnection_RequestString(&r, nc, SL_JS_MSG_GET_WORK, req, API_WAIT_MS) != NATS_OK)
         goto cleanup;
     root = cJSON_ParseWithLength(natsMsg_GetData(r), (size_t)natsMsg_GetDataLength(r));
     msg = cJSON_GetObjectItemCaseSensitive(root, "message");
@@ -245,22 +248,17 @@ static bool filter_covers(const char *filter, const char *subject)
 static int sweep_subject(orch_ctl *c, const char *subject)
 {
     char model[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1], durable[2 * SL_ID_MAX + 8];
-    const char *p = subject + strlen("sluice.work."), *dot = strchr(p, '.');
     jsConsumerInfo *ci = NULL;
     uint64_t limit, seq = 1, found = 0;
     uint32_t dc;
     int ended = 0;
 
-    if (strncmp(subject, "sluice.work.", 12) != 0 || dot == NULL || dot == p ||
-        (size_t)(dot - p) > SL_ID_MAX || !sl_id_valid(dot + 1))
+    if (sl_subject_work_parse(subject, model, tenant) != SL_OK ||
+        sl_work_durable(durable, sizeof(durable), model, tenant) != SL_OK)
         return 0;
-    memcpy(model, p, (size_t)(dot - p));
-    model[dot - p] = '\0';
-    snprintf(tenant, sizeof(tenant), "%s", dot + 1);
-    snprintf(durable, sizeof(durable), "wrk_%s~%s", model, tenant);
     if (js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK) {
-        snprintf(durable, sizeof(durable), "wrk_%s", model);
-        if (js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK)
+        if (sl_work_durable(durable, sizeof(durable), model, NULL) != SL_OK ||
+            js_GetConsumerInfo(&ci, c->js, SL_STREAM_WORK, durable, NULL, NULL) != NATS_OK)
             return 0; /* nobody consumes it yet: nothing was delivered */
     }
     if (ci->Config == NULL || !filter_covers(ci->Config->FilterSubject, subject)) {
@@ -299,7 +297,7 @@ int orch_ctl_sweep(orch_ctl *c)
     if (c == NULL)
         return 0;
     jsOptions_Init(&o);
-    o.Stream.Info.SubjectsFilter = "sluice.work.>";
+    o.Stream.Info.SubjectsFilter = SL_SUBJECT_WORK_ALL;
     if (js_GetStreamInfo(&si, c->js, SL_STREAM_WORK, &o, NULL) != NATS_OK)
         return 0;
     for (int i = 0;
@@ -319,14 +317,6 @@ int orch_ctl_sweep(orch_ctl *c)
 
 /* ---- the ender thread ---- */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits on the condition variable until abs_ms (monotonic clock) at most.
  * Caller holds mu. */
 static void wait_until(orch_ctl *c, int64_t abs_ms)
@@ -343,11 +333,11 @@ static void wait_until(orch_ctl *c, int64_t abs_ms)
 static void *ender_main(void *arg)
 {
     orch_ctl *c = arg;
-    int64_t next_sweep = mono_ms();
+    int64_t next_sweep = sl_mono_ms();
 
     pthread_mutex_lock(&c->mu);
     while (!atomic_load(&c->stopping)) {
-        int64_t now = mono_ms(), wake = next_sweep;
+        int64_t now = sl_mono_ms(), wake = next_sweep;
         size_t i = 0;
         while (i < c->nqueue && !atomic_load(&c->stopping)) {
             adv a = c->queue[i];
@@ -370,18 +360,18 @@ static void *ender_main(void *arg)
                          (unsigned long long)a.seq);
                 continue;
             }
-            a.due_ms = mono_ms() + 200 * (a.tries < 5 ? a.tries : 5);
+            a.due_ms = sl_mono_ms() + 200 * (a.tries < 5 ? a.tries : 5);
             if (c->nqueue < ADV_QUEUE_MAX)
                 c->queue[c->nqueue++] = a;
-            now = mono_ms();
+            now = sl_mono_ms();
         }
         if (atomic_load(&c->stopping))
             break;
-        if (mono_ms() >= next_sweep) {
+        if (sl_mono_ms() >= next_sweep) {
             pthread_mutex_unlock(&c->mu);
             (void)orch_ctl_sweep(c);
             pthread_mutex_lock(&c->mu);
-            next_sweep = mono_ms() + c->sweep_ms;
+            next_sweep = sl_mono_ms() + c->sweep_ms;
             continue;
         }
         wait_until(c, wake);
@@ -420,13 +410,13 @@ static void on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     orch_ctl *c = closure;
     Sluice__Envelope *e = NULL;
     const char *subject = natsMsg_GetSubject(msg);
-    const char *tenant = subject + strlen("sluice.ctl.cancel.");
+    char tenant[SL_ID_MAX + 1];
     char key[SL_SUBJECT_MAX];
     char *json = NULL;
 
     (void)nc;
     (void)sub;
-    if (strncmp(subject, "sluice.ctl.cancel.", 18) != 0 || !sl_id_valid(tenant) ||
+    if (sl_subject_cancel_parse(subject, tenant) != SL_OK ||
         sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) != SL_OK ||
         e->cancel == NULL ||
         sl_cancel_key(key, sizeof(key), tenant, e->session, e->cancel->message_id) != SL_OK)
@@ -468,9 +458,10 @@ sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore
         return SL_ERR_NOMEM;
     }
     c->started = true;
-    s = natsConnection_Subscribe(&c->cancel_sub, nc, "sluice.ctl.cancel.*", on_cancel, c);
+    s = natsConnection_Subscribe(&c->cancel_sub, nc, SL_SUBJECT_CANCEL_ALL, on_cancel, c);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&c->adv_sub, nc, ADVISORY_SUBJ, on_advisory, c);
+        s = natsConnection_Subscribe(&c->adv_sub, nc, SL_JS_ADVISORY_WORK_MAX_DELIVERIES,
+                                     on_advisory, c);
     if (s != NATS_OK) {
         orch_ctl_destroy(c);
         return SL_ERR_BUS;

@@ -7,6 +7,7 @@
 
 #include "sl_codec.h"
 #include "sl_streams.h"
+#include "sl_time.h"
 
 static const char *nz(const char *s)
 {
@@ -39,8 +40,8 @@ sl_status orch_reply_subject(char *buf, size_t n, const char *tenant, const char
                              const char *session)
 {
     if (room != NULL && room[0] != '\0')
-        return sl_subject_chan(buf, n, "sluice.out", tenant, true, room);
-    return sl_subject_chan(buf, n, "sluice.out", tenant, false, session);
+        return sl_subject_out(buf, n, tenant, true, room);
+    return sl_subject_out(buf, n, tenant, false, session);
 }
 
 /* Copies the causal header every derived event carries. */
@@ -180,7 +181,7 @@ sl_status orch_queue_job_state(orch_pub *p, const char *tenant, const char *job,
 
     if (sl_kv_key2(key, sizeof(key), tenant, job) != SL_OK)
         return SL_ERR_INVAL;
-    snprintf(subj, sizeof(subj), "$KV.%s.%s", SL_KV_INFLIGHT, key);
+    (void)sl_kv_subject(subj, sizeof(subj), SL_KV_INFLIGHT, key);
     snprintf(id, sizeof(id), "%s:%s", tag, job);
     return orch_pub_add(p, subj, id, json, strlen(json), slot);
 }
@@ -212,8 +213,7 @@ sl_status orch_queue_busy(orch_pub *p, const Sluice__Envelope *in, const char *t
     size_t len = 0;
     sl_status st;
 
-    if ((st = sl_subject_chan(subj, sizeof(subj), "sluice.out", tenant, false, in->session)) !=
-        SL_OK)
+    if ((st = sl_subject_out(subj, sizeof(subj), tenant, false, in->session)) != SL_OK)
         return st;
     if ((st = orch_busy_encode(in, tenant, agent, reason, retry_after_ms, &buf, &len)) != SL_OK)
         return st;

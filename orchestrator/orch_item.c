@@ -28,26 +28,14 @@ static void item_log(const item *it, sl_log_level lvl, const char *fmt, ...)
 void orch__classify(orch_loop *l, item *it, int64_t now_ns)
 {
     const char *subj = natsMsg_GetSubject(it->m);
-    const char *p, *dot;
     char sess[SL_ID_MAX + 1];
     jsMsgMetaData *meta = NULL;
     const Sluice__Envelope *e;
-    size_t tl;
 
     it->kind = K_BAD;
     it->order = -1;
     it->s_post = -1;
-    if (strncmp(subj, "sluice.in.", 10) != 0)
-        return;
-    p = subj + 10;
-    dot = strchr(p, '.');
-    if (dot == NULL || (tl = (size_t)(dot - p)) == 0 || tl > SL_ID_MAX ||
-        strlen(dot + 1) > SL_ID_MAX)
-        return;
-    memcpy(it->tenant, p, tl);
-    it->tenant[tl] = '\0';
-    snprintf(sess, sizeof(sess), "%s", dot + 1);
-    if (!sl_id_valid(it->tenant) || !sl_id_valid(sess))
+    if (sl_subject_in_parse(subj, it->tenant, sess) != SL_OK)
         return;
     if (sl_envelope_decode(natsMsg_GetData(it->m), (size_t)natsMsg_GetDataLength(it->m),
                            &it->env) != SL_OK)

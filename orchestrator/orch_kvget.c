@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sl_codec.h"
 #include "sl_log.h"
+#include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 struct orch_kvget {
     natsConnection *nc;
@@ -81,11 +82,11 @@ static void take_answer(orch_kv_entry *e, natsMsg *m)
         e->st = strcmp(status, "404") == 0 ? SL_ERR_NOTFOUND : SL_ERR_BUS;
         return;
     }
-    if (natsMsgHeader_Get(m, "Nats-Sequence", &seq) != NATS_OK || seq == NULL) {
+    if (natsMsgHeader_Get(m, "Nats-Sequence", &seq) != NATS_OK || seq == NULL ||
+        sl_parse_u64(seq, &e->rev) != SL_OK) {
         e->st = SL_ERR_BUS;
         return;
     }
-    e->rev = strtoull(seq, NULL, 10);
     e->deleted = natsMsgHeader_Get(m, "KV-Operation", &op) == NATS_OK && op != NULL &&
                  (strcmp(op, "DEL") == 0 || strcmp(op, "PURGE") == 0);
     e->value = malloc((size_t)len + 1);
@@ -110,10 +111,9 @@ void orch_kvget_many(orch_kvget *g, orch_kv_entry *e, size_t n, int64_t timeout_
     g->round++;
     for (size_t i = 0; i < n; i++) {
         orch_kv_entry_clear(&e[i]);
-        snprintf(subj, sizeof(subj), "$JS.API.DIRECT.GET.KV_%s.$KV.%s.%s", g->bucket, g->bucket,
-                 e[i].key != NULL ? e[i].key : "");
+        (void)sl_kv_direct_get_subject(subj, sizeof(subj), g->bucket, e[i].key);
         snprintf(reply, sizeof(reply), "%s.%llu.%zu", g->inbox, (unsigned long long)g->round, i);
-        if (e[i].key == NULL ||
+        if (e[i].key == NULL || subj[0] == '\0' ||
             natsConnection_PublishRequest(g->nc, subj, reply, NULL, 0) != NATS_OK)
             e[i].st = SL_ERR_BUS;
         else

@@ -149,7 +149,7 @@ static sl_status ensure_consumer(jsCtx *js, int64_t causal_wait_ms)
         cc.AckWait = in_ack_wait_ms(causal_wait_ms) * NS_PER_MS;
         cc.MaxDeliver = -1;
         cc.MaxAckPending = IN_MAX_ACK_PEND;
-        cc.FilterSubject = "sluice.in.>";
+        cc.FilterSubject = SL_SUBJECT_IN_ALL;
         cc.DeliverPolicy = js_DeliverAll;
         s = js_AddConsumer(&ci, js, SL_STREAM_IN, &cc, NULL, &jerr);
         if (s != NATS_OK) /* another replica may have created it in between */
@@ -192,7 +192,7 @@ static sl_status setup(orch_loop *l)
         jsSubOptions_Init(&so);
         so.Stream = SL_STREAM_IN;
         so.Consumer = ORCH_DURABLE;
-        s = js_PullSubscribe(&l->sub, sl_bus_js(l->bus), "sluice.in.>", ORCH_DURABLE, NULL, &so,
+        s = js_PullSubscribe(&l->sub, sl_bus_js(l->bus), SL_SUBJECT_IN_ALL, ORCH_DURABLE, NULL, &so,
                              &jerr);
         if (s != NATS_OK) {
             sl_warn("pull subscribe %s: %s (jerr %d)", ORCH_DURABLE, natsStatus_GetText(s),

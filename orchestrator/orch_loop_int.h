@@ -42,6 +42,7 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define NS_PER_MS          1000000LL
 #define BATCH_MAX          256

@@ -111,7 +111,7 @@ void orch__stores_queue(orch_loop *l)
                 orch_causal_advance(&s->cur, ids[k]);
         if (orch_causal_format(&s->cur, &json) != SL_OK)
             continue; /* store_sessions tries again */
-        snprintf(subj, sizeof(subj), "$KV.%s.%s", SL_KV_SESSIONS, s->key);
+        (void)sl_kv_subject(subj, sizeof(subj), SL_KV_SESSIONS, s->key);
         /* Unique: a CAS must never be dropped as a duplicate of another. */
         snprintf(id, sizeof(id), "s:%s:%llu", l->nonce, (unsigned long long)++l->store_seq);
         snprintf(rev, sizeof(rev), "%llu", (unsigned long long)s->rev);

@@ -19,6 +19,7 @@
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 static int usage(FILE *f)
 {
@@ -174,6 +175,7 @@ static void print_event(natsMsg *m)
 {
     Sluice__Envelope *e = NULL;
     const char *seq = NULL;
+    uint64_t seqno = 0;
     cJSON *o;
     char *line;
 
@@ -182,7 +184,9 @@ static void print_event(natsMsg *m)
     natsMsgHeader_Get(m, "Nats-Sequence", &seq);
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "subject", natsMsg_GetSubject(m));
-    cJSON_AddNumberToObject(o, "seq", seq ? strtod(seq, NULL) : 0);
+    if (seq == NULL || sl_parse_u64(seq, &seqno) != SL_OK)
+        seqno = 0;
+    cJSON_AddNumberToObject(o, "seq", (double)seqno);
     cJSON_AddStringToObject(o, "event", e->event_id);
     cJSON_AddStringToObject(o, "session", e->session);
     cJSON_AddStringToObject(o, "message", e->message_id);
@@ -257,12 +261,11 @@ static int cmd_tail(int argc, char **argv)
             return 2;
         }
     }
-    if (!sl_id_valid(tenant)) {
+    /* A valid tenant keeps any wildcard or separator out of the subject. */
+    if (sl_subject_live_tenant(subj, sizeof(subj), tenant) != SL_OK) {
         fprintf(stderr, "sluicectl tail: --tenant ([A-Za-z0-9_-]{1,64}) is required\n");
         return 2;
     }
-    /* tenant is validated: no wildcard or separator can reach the subject. */
-    snprintf(subj, sizeof(subj), "sluice.live.%s.>", tenant);
     if ((rv = open_bus(&cc, opts, &bus)) != 0)
         goto cleanup;
     if (natsConnection_SubscribeSync(&sub, sl_bus_nc(bus), subj) != NATS_OK) {

@@ -18,12 +18,6 @@ struct wrk_backend {
     wrk__openai *openai;
 };
 
-static void set_err(char *err, size_t errlen, const char *msg)
-{
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
-}
-
 sl_status wrk_backend_create(wrk_backend **out, const wrk_backend_cfg *cfg, char *err,
                              size_t errlen)
 {
@@ -31,17 +25,17 @@ sl_status wrk_backend_create(wrk_backend **out, const wrk_backend_cfg *cfg, char
     wrk_backend *b = NULL;
 
     if (!out || !cfg) {
-        set_err(err, errlen, "wrk_backend_create: NULL argument");
+        sl_errf(err, errlen, "wrk_backend_create: NULL argument");
         return SL_ERR_INVAL;
     }
     b = calloc(1, sizeof(*b));
     if (!b) {
-        set_err(err, errlen, "out of memory");
+        sl_errf(err, errlen, "out of memory");
         return SL_ERR_NOMEM;
     }
     if (!cfg->kind || strcmp(cfg->kind, "echo") == 0) {
         if (cfg->echo_delay_ms < 0) {
-            set_err(err, errlen, "echo token delay must be >= 0 ms");
+            sl_errf(err, errlen, "echo token delay must be >= 0 ms");
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -54,8 +48,8 @@ sl_status wrk_backend_create(wrk_backend **out, const wrk_backend_cfg *cfg, char
             goto cleanup;
     } else {
         if (err && errlen)
-            snprintf(err, errlen, "unknown model backend \"%.64s\" (want echo or openai)",
-                     cfg->kind);
+            sl_errf(err, errlen, "unknown model backend \"%.64s\" (want echo or openai)",
+                    cfg->kind);
         st = SL_ERR_INVAL;
         goto cleanup;
     }

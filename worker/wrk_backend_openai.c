@@ -116,12 +116,6 @@ static int ends_with(const char *s, size_t len, const char *suffix)
     return len >= n && memcmp(s + len - n, suffix, n) == 0;
 }
 
-static void set_err(char *err, size_t errlen, const char *msg)
-{
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
-}
-
 sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char *err,
                              size_t errlen)
 {
@@ -130,25 +124,25 @@ sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char
     const char *url = cfg->url;
 
     if (atomic_load(&g_curl_init) <= 0) {
-        set_err(err, errlen, "openai backend: wrk_backend_global_init() was not called");
+        sl_errf(err, errlen, "openai backend: wrk_backend_global_init() was not called");
         return SL_ERR_INVAL;
     }
     if (!url || !*url) {
-        set_err(err, errlen, "openai backend: a model URL is required");
+        sl_errf(err, errlen, "openai backend: a model URL is required");
         return SL_ERR_INVAL;
     }
     if (!starts_with_ci(url, "http://") && !starts_with_ci(url, "https://")) {
-        set_err(err, errlen, "openai backend: the model URL must start with http:// or https://");
+        sl_errf(err, errlen, "openai backend: the model URL must start with http:// or https://");
         return SL_ERR_INVAL;
     }
     for (const char *p = url; *p; p++) {
         if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
-            set_err(err, errlen, "openai backend: the model URL contains a space or control byte");
+            sl_errf(err, errlen, "openai backend: the model URL contains a space or control byte");
             return SL_ERR_INVAL;
         }
     }
     if (cfg->connect_timeout_ms < 0) {
-        set_err(err, errlen, "openai backend: connect timeout must be >= 0 ms");
+        sl_errf(err, errlen, "openai backend: connect timeout must be >= 0 ms");
         return SL_ERR_INVAL;
     }
 
@@ -157,7 +151,7 @@ sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char
         goto nomem;
     if (pthread_mutex_init(&o->lock, NULL) != 0) {
         free(o);
-        set_err(err, errlen, "openai backend: pthread_mutex_init failed");
+        sl_errf(err, errlen, "openai backend: pthread_mutex_init failed");
         return SL_ERR_INTERNAL;
     }
     o->connect_timeout_ms =
@@ -180,7 +174,7 @@ sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char
     if (cfg->api_key && *cfg->api_key) {
         for (const char *p = cfg->api_key; *p; p++) {
             if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-                set_err(err, errlen, "openai backend: the API key contains a control byte");
+                sl_errf(err, errlen, "openai backend: the API key contains a control byte");
                 st = SL_ERR_INVAL;
                 goto cleanup;
             }
@@ -195,7 +189,7 @@ sl_status wrk__openai_create(wrk__openai **out, const wrk_backend_cfg *cfg, char
     o = NULL;
     goto cleanup;
 nomem:
-    set_err(err, errlen, "out of memory");
+    sl_errf(err, errlen, "out of memory");
     st = SL_ERR_NOMEM;
 cleanup:
     wrk__openai_destroy(o);

@@ -80,16 +80,14 @@ void wrk__on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 {
     wrk_loop *l = closure;
     Sluice__Envelope *e = NULL;
-    const char *subj = natsMsg_GetSubject(msg);
-    const char *tenant = strrchr(subj, '.');
+    char tenant[SL_ID_MAX + 1];
     const char *to = NULL;
     int64_t now = wrk_backend_now_ms();
 
     (void)nc;
     (void)sub;
-    if (tenant == NULL || !sl_id_valid(tenant + 1))
+    if (sl_subject_cancel_parse(natsMsg_GetSubject(msg), tenant) != SL_OK)
         goto cleanup;
-    tenant++;
     if (sl_envelope_decode(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e) != SL_OK)
         goto cleanup;
     if (e->body_case == SLUICE__ENVELOPE__BODY_CANCEL && e->cancel != NULL &&

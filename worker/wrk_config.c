@@ -21,23 +21,23 @@ static int split_models(char *list, char **models, int max, char *err, size_t er
         if (*tok == '\0')
             continue;
         if (!sl_id_valid(tok)) {
-            snprintf(err, errlen, "SLUICE_WORKER_MODELS: '%.64s' is not a valid model id", tok);
+            sl_errf(err, errlen, "SLUICE_WORKER_MODELS: '%.64s' is not a valid model id", tok);
             return -1;
         }
         for (int i = 0; i < n; i++) {
             if (strcmp(models[i], tok) == 0) {
-                snprintf(err, errlen, "SLUICE_WORKER_MODELS: '%s' is listed twice", tok);
+                sl_errf(err, errlen, "SLUICE_WORKER_MODELS: '%s' is listed twice", tok);
                 return -1;
             }
         }
         if (n == max) {
-            snprintf(err, errlen, "SLUICE_WORKER_MODELS: more than %d models", max);
+            sl_errf(err, errlen, "SLUICE_WORKER_MODELS: more than %d models", max);
             return -1;
         }
         models[n++] = tok;
     }
     if (n == 0)
-        snprintf(err, errlen, "SLUICE_WORKER_MODELS: no model given");
+        sl_errf(err, errlen, "SLUICE_WORKER_MODELS: no model given");
     return n > 0 ? n : -1;
 }
 
@@ -218,17 +218,17 @@ sl_status wrk_config_load(wrk_config *c, int argc, char **argv, bool *help, char
     if (*help)
         return SL_OK;
     if (st == SL_OK && sl_log_level_parse(c->common.log_level, &c->log_level) != SL_OK) {
-        snprintf(err, errlen, "SLUICE_LOG_LEVEL: must be debug, info, warn or error");
+        sl_errf(err, errlen, "SLUICE_LOG_LEVEL: must be debug, info, warn or error");
         st = SL_ERR_INVAL;
     }
     if (st == SL_OK && strcmp(c->backend_kind, "echo") != 0 &&
         strcmp(c->backend_kind, "openai") != 0) {
-        snprintf(err, errlen, "SLUICE_MODEL_BACKEND: '%s' is not echo or openai", c->backend_kind);
+        sl_errf(err, errlen, "SLUICE_MODEL_BACKEND: '%s' is not echo or openai", c->backend_kind);
         st = SL_ERR_INVAL;
     }
     if (st == SL_OK && strcmp(c->backend_kind, "openai") == 0 &&
         (c->model_url == NULL || c->model_url[0] == '\0')) {
-        snprintf(err, errlen, "SLUICE_MODEL_URL is required with SLUICE_MODEL_BACKEND=openai");
+        sl_errf(err, errlen, "SLUICE_MODEL_URL is required with SLUICE_MODEL_BACKEND=openai");
         st = SL_ERR_INVAL;
     }
     if (st == SL_OK) {
@@ -238,12 +238,12 @@ sl_status wrk_config_load(wrk_config *c, int argc, char **argv, bool *help, char
         int64_t life_s =
             (WRK_MAX_DELIVER * (c->timeout_ms + c->ack_grace_ms + WRK_RETRY_MAX_MS) + 999) / 1000;
         if (c->common.cancel_ttl_s < life_s) {
-            snprintf(err, errlen,
-                     "SLUICE_CANCEL_TTL_S: %lld s is shorter than a job can live here (%lld s = "
-                     "%d deliveries x (SLUICE_MODEL_TIMEOUT_MS + SLUICE_WORKER_ACK_GRACE_MS + "
-                     "%d ms of retry delay)): a cancel could expire before its job runs",
-                     (long long)c->common.cancel_ttl_s, (long long)life_s, WRK_MAX_DELIVER,
-                     WRK_RETRY_MAX_MS);
+            sl_errf(err, errlen,
+                    "SLUICE_CANCEL_TTL_S: %lld s is shorter than a job can live here (%lld s = "
+                    "%d deliveries x (SLUICE_MODEL_TIMEOUT_MS + SLUICE_WORKER_ACK_GRACE_MS + "
+                    "%d ms of retry delay)): a cancel could expire before its job runs",
+                    (long long)c->common.cancel_ttl_s, (long long)life_s, WRK_MAX_DELIVER,
+                    WRK_RETRY_MAX_MS);
             st = SL_ERR_INVAL;
         }
     }
@@ -251,9 +251,9 @@ sl_status wrk_config_load(wrk_config *c, int argc, char **argv, bool *help, char
         char why[256];
         st = wrk_weights_parse(c->weights_spec, &c->weights, &c->nweights, why, sizeof(why));
         if (st == SL_ERR_INVAL)
-            snprintf(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", why);
+            sl_errf(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", why);
         else if (st != SL_OK)
-            snprintf(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
+            sl_errf(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
     }
     if (st == SL_OK) {
         c->nmodels = split_models(c->models_list, c->models, WRK_CONFIG_MODELS_MAX, err, errlen);

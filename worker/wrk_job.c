@@ -111,7 +111,7 @@ natsStatus wrk__ack_send(wrk_loop *l, natsMsg *msg, int how, int64_t delay_ms)
     const char *reply = natsMsg_GetReply(msg);
     char body[64];
 
-    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
+    if (!sl_js_is_ack_reply(reply))
         return NATS_ILLEGAL_STATE;
     if (how == SETTLE_ACK)
         snprintf(body, sizeof(body), "+ACK");
@@ -321,7 +321,7 @@ static void slot_attach(wrk_slot *s, job *j)
     copy_id(s->session, j->session);
     copy_id(s->to, j->to);
     copy_id(s->agent, j->agent);
-    snprintf(s->kv_subject, sizeof(s->kv_subject), "$KV.%s.%s", SL_KV_INFLIGHT, j->kv_key);
+    (void)sl_kv_subject(s->kv_subject, sizeof(s->kv_subject), SL_KV_INFLIGHT, j->kv_key);
     s->attempt = j->attempt;
     s->msg = j->msg;
     s->progress_ms = s->start_ms = wrk_backend_now_ms();
@@ -450,8 +450,7 @@ static bool job_parse(job *j)
     j->fallback = w->fallback[0] != '\0' ? w->fallback : DEFAULT_FALLBACK;
     is_room = w->room[0] != '\0';
     chan = is_room ? w->room : e->session;
-    if (sl_subject_chan(j->subject, sizeof(j->subject), "sluice.out", j->tenant, is_room, chan) !=
-            SL_OK ||
+    if (sl_subject_out(j->subject, sizeof(j->subject), j->tenant, is_room, chan) != SL_OK ||
         sl_kv_key2(j->kv_key, sizeof(j->kv_key), j->tenant, j->job_id) != SL_OK) {
         sl_error("work message %s has an invalid room or session; terminating it", w->job_id);
         return false;

@@ -69,19 +69,18 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     pthread_condattr_t ca;
     natsStatus ns;
     sl_status st = SL_OK;
-    char cancel_subj[SL_SUBJECT_MAX];
 
     if (out == NULL || bus == NULL || backend == NULL || cfg == NULL || cfg->models == NULL ||
         cfg->nmodels == 0 || cfg->concurrency < 1 || cfg->concurrency > WRK_CONCURRENCY_MAX ||
         cfg->timeout_ms <= 0 || cfg->ack_grace_ms < 0 || cfg->coalesce_ms < 0 ||
         cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
         (cfg->weights == NULL && cfg->nweights > 0)) {
-        set_err(err, errlen, "wrk_loop_create: bad configuration");
+        sl_errf(err, errlen, "wrk_loop_create: bad configuration");
         return SL_ERR_INVAL;
     }
     for (size_t m = 0; m < cfg->nmodels; m++) {
         if (!sl_id_valid(cfg->models[m])) {
-            set_err(err, errlen, "SLUICE_WORKER_MODELS: \"%.64s\" is not a valid model id",
+            sl_errf(err, errlen, "SLUICE_WORKER_MODELS: \"%.64s\" is not a valid model id",
                     cfg->models[m] != NULL ? cfg->models[m] : "");
             return SL_ERR_INVAL;
         }
@@ -131,7 +130,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
 
     ns = natsConnection_JetStream(&l->js, l->nc, NULL);
     if (ns != NATS_OK) {
-        set_err(err, errlen, "jetstream context: %s", natsStatus_GetText(ns));
+        sl_errf(err, errlen, "jetstream context: %s", natsStatus_GetText(ns));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -139,7 +138,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (st == SL_OK)
         st = sl_bus_kv(bus, SL_KV_CANCEL, &l->kv_cancel);
     if (st != SL_OK) {
-        set_err(err, errlen, "buckets %s, %s: %s", SL_KV_INFLIGHT, SL_KV_CANCEL, sl_status_str(st));
+        sl_errf(err, errlen, "buckets %s, %s: %s", SL_KV_INFLIGHT, SL_KV_CANCEL, sl_status_str(st));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -155,7 +154,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     }
     st = wrk_sched_set_weights(l->sched, cfg->weights, cfg->nweights);
     if (st != SL_OK) {
-        set_err(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
+        sl_errf(err, errlen, "SLUICE_TENANT_WEIGHTS: %s", sl_status_str(st));
         goto cleanup;
     }
     l->cfg.weights = NULL; /* the table has its copy */
@@ -181,7 +180,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         jo.PublishAsync.ErrHandlerClosure = s;
         ns = natsConnection_JetStream(&s->js, l->nc, &jo);
         if (ns != NATS_OK) {
-            set_err(err, errlen, "jetstream context: %s", natsStatus_GetText(ns));
+            sl_errf(err, errlen, "jetstream context: %s", natsStatus_GetText(ns));
             st = SL_ERR_BUS;
             goto cleanup;
         }
@@ -191,12 +190,11 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (st != SL_OK)
         goto cleanup;
 
-    snprintf(cancel_subj, sizeof(cancel_subj), "sluice.ctl.cancel.*");
-    ns = natsConnection_Subscribe(&l->cancel_sub, l->nc, cancel_subj, wrk__on_cancel, l);
+    ns = natsConnection_Subscribe(&l->cancel_sub, l->nc, SL_SUBJECT_CANCEL_ALL, wrk__on_cancel, l);
     if (ns == NATS_OK) /* a dropped cancel would go unnoticed: no client-side limit */
         ns = natsSubscription_SetPendingLimits(l->cancel_sub, -1, -1);
     if (ns != NATS_OK) {
-        set_err(err, errlen, "subscribe %s: %s", cancel_subj, natsStatus_GetText(ns));
+        sl_errf(err, errlen, "subscribe %s: %s", SL_SUBJECT_CANCEL_ALL, natsStatus_GetText(ns));
         st = SL_ERR_BUS;
         goto cleanup;
     }
@@ -217,21 +215,21 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
 
     st = start_thread(&l->ticker, wrk__ticker_main, l);
     if (st != SL_OK) {
-        set_err(err, errlen, "cannot start the timer thread");
+        sl_errf(err, errlen, "cannot start the timer thread");
         goto cleanup;
     }
     l->ticker_started = true;
     for (int i = 0; i < l->nslots; i++) {
         st = start_thread(&l->slots[i].th, wrk__slot_main, &l->slots[i]);
         if (st != SL_OK) {
-            set_err(err, errlen, "cannot start job thread %d", i);
+            sl_errf(err, errlen, "cannot start job thread %d", i);
             goto cleanup;
         }
         l->slots[i].started = true;
     }
     st = start_thread(&l->disp, wrk__dispatch_main, l);
     if (st != SL_OK) {
-        set_err(err, errlen, "cannot start the dispatcher thread");
+        sl_errf(err, errlen, "cannot start the dispatcher thread");
         goto cleanup;
     }
     l->disp_started = true;

@@ -31,6 +31,7 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 #include "wrk_sched.h"
 #include "wrk_stream.h"
 
@@ -172,20 +173,6 @@ typedef struct job {
  * subscription (not a cnats JetStream one), so they are acknowledged by
  * publishing to their reply subject, as the JetStream protocol defines. */
 enum { SETTLE_ACK = 0, SETTLE_TERM = 1, SETTLE_NAK = 2 };
-
-static inline void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static inline void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static inline void copy_id(char *dst, const char *src)
 {

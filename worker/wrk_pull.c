@@ -119,19 +119,15 @@ static wrk_queue *queue_for(wrk_loop *l, size_t m, const char *tenant, bool crea
  * qmu. */
 static wrk_queue *queue_of_consumer(wrk_loop *l, const char *consumer)
 {
-    const char *tilde;
+    char model[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1];
     int m;
 
-    if (consumer == NULL || strncmp(consumer, "wrk_", 4) != 0)
+    if (sl_work_durable_parse(consumer, model, tenant) != SL_OK ||
+        (m = model_index(l, model, strlen(model))) < 0)
         return NULL;
-    consumer += 4;
-    tilde = strchr(consumer, '~');
-    if (tilde == NULL) {
-        m = model_index(l, consumer, strlen(consumer));
-        return m >= 0 && l->legacy[m] ? l->legacy_q[m] : NULL;
-    }
-    m = model_index(l, consumer, (size_t)(tilde - consumer));
-    return m >= 0 ? wrk_sched_queue(l->sched, (size_t)m, l->models[m], tilde + 1, true) : NULL;
+    if (tenant[0] == '\0')
+        return l->legacy[m] ? l->legacy_q[m] : NULL;
+    return wrk_sched_queue(l->sched, (size_t)m, l->models[m], tenant, true);
 }
 
 /* Replies to our pull requests. Jobs keep their own subject and carry a
@@ -151,7 +147,7 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 
     (void)nc;
     (void)sub;
-    if (reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0) {
+    if (sl_js_is_ack_reply(reply)) {
         jsMsgMetaData *meta = NULL;
         bool ok = false;
         pthread_mutex_lock(&l->qmu);
@@ -179,10 +175,12 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         size_t plen = strlen(l->inbox);
         unsigned long long qid = 0, token = 0;
         const char *status = NULL;
+        int64_t v = 0;
         int code = 0;
 
-        if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != NULL)
-            code = atoi(status);
+        if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != NULL &&
+            sl_parse_int(status, &v) == SL_OK && v > 0 && v < 1000)
+            code = (int)v;
         if (strncmp(subj, l->inbox, plen) != 0 || subj[plen] != '.' ||
             sscanf(subj + plen + 1, "%llu.%llu", &qid, &token) != 2 || qid >= UINT32_MAX ||
             code == 100) /* 100: a heartbeat or flow control, not an end */
@@ -215,27 +213,26 @@ done:
 static void on_bell(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     wrk_loop *l = closure;
-    const char *subj = natsMsg_GetSubject(msg);
-    const char *model = subj + strlen("sluice.ctl.work.");
-    const char *dot = strchr(model, '.');
+    char model[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1];
     int m;
 
     (void)nc;
     (void)sub;
-    if (strncmp(subj, "sluice.ctl.work.", 16) == 0 && dot != NULL &&
-        (m = model_index(l, model, (size_t)(dot - model))) >= 0) {
-        /* The body is the number of jobs stored (empty: at least one). */
+    if (sl_subject_bell_parse(natsMsg_GetSubject(msg), model, tenant) == SL_OK &&
+        (m = model_index(l, model, strlen(model))) >= 0) {
+        /* The body is the number of jobs stored (empty or malformed: at
+         * least one). */
         char body[16];
         int len = natsMsg_GetDataLength(msg), jobs = 1;
+        int64_t v;
         if (len > 0 && len < (int)sizeof(body)) {
             memcpy(body, natsMsg_GetData(msg), (size_t)len);
             body[len] = '\0';
-            jobs = atoi(body);
-            if (jobs < 1 || jobs > 1000000)
-                jobs = 1;
+            if (sl_parse_int(body, &v) == SL_OK && v >= 1 && v <= 1000000)
+                jobs = (int)v;
         }
         pthread_mutex_lock(&l->qmu);
-        wrk_queue *q = queue_for(l, (size_t)m, dot + 1, true);
+        wrk_queue *q = queue_for(l, (size_t)m, tenant, true);
         if (q != NULL) {
             int64_t now = wrk_backend_now_ms();
             wrk_sched_ring(l->sched, q, now, jobs);
@@ -256,7 +253,7 @@ static bool consumer_fits(const jsConsumerInfo *ci, const char *filter, const ch
     if (ci->Config->FilterSubject != NULL && strcmp(ci->Config->FilterSubject, filter) == 0 &&
         ci->Config->AckPolicy == js_AckExplicit && ci->Config->DeliverSubject == NULL)
         return true;
-    set_err(err, errlen,
+    sl_errf(err, errlen,
             "consumer %s exists with another filter, ack policy or delivery mode; fix or delete "
             "it with sluicectl",
             durable);
@@ -310,7 +307,7 @@ static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *f
             ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
     }
     if (ns != NATS_OK) {
-        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+        sl_errf(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
                 (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
@@ -361,15 +358,19 @@ static sl_status legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy
     natsStatus ns;
     sl_status st = SL_OK;
 
-    snprintf(durable, sizeof(durable), "wrk_%s", l->models[m]);
-    snprintf(filter, sizeof(filter), "sluice.work.%s.>", l->models[m]);
+    if (sl_work_durable(durable, sizeof(durable), l->models[m], NULL) != SL_OK ||
+        sl_subject_work_filter(filter, sizeof(filter), l->models[m], NULL) != SL_OK) {
+        sl_errf(err, errlen, "model %s: no valid consumer name", l->models[m]);
+        st = SL_ERR_INVAL;
+        goto cleanup;
+    }
     ns = js_GetConsumerInfo(&ci, l->js, SL_STREAM_WORK, durable, NULL, &jerr);
     if (ns == NATS_NOT_FOUND) {
         *legacy = false;
         goto cleanup;
     }
     if (ns != NATS_OK) {
-        set_err(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
+        sl_errf(err, errlen, "consumer %s: %s (jerr %d)", durable, natsStatus_GetText(ns),
                 (int)jerr);
         st = SL_ERR_BUS;
         goto cleanup;
@@ -438,7 +439,8 @@ static void discover_model(wrk_loop *l, size_t m, int64_t now)
     jsErrCode jerr = 0;
     natsStatus ns;
 
-    snprintf(filter, sizeof(filter), "sluice.work.%s.*", l->models[m]);
+    if (sl_subject_work_tenants(filter, sizeof(filter), l->models[m]) != SL_OK)
+        return;
     jsOptions_Init(&o);
     o.Stream.Info.SubjectsFilter = filter;
     ns = js_GetStreamInfo(&si, l->js, SL_STREAM_WORK, &o, &jerr);
@@ -501,7 +503,8 @@ static natsStatus send_pull(wrk_loop *l, const char *durable, uint32_t qid, uint
 {
     char subj[SL_SUBJECT_MAX], reply[192], body[64];
 
-    snprintf(subj, sizeof(subj), "$JS.API.CONSUMER.MSG.NEXT.%s.%s", SL_STREAM_WORK, durable);
+    if (sl_js_msg_next_subject(subj, sizeof(subj), SL_STREAM_WORK, durable) != SL_OK)
+        return NATS_INVALID_ARG;
     snprintf(reply, sizeof(reply), "%s.%" PRIu32 ".%" PRIu64, l->inbox, qid, token);
     snprintf(body, sizeof(body), "{\"batch\":%d,\"no_wait\":true}", batch);
     sl_counter_inc(l->m_pulls);
@@ -654,7 +657,7 @@ sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen)
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(l->inbox_sub, -1, -1);
     if (ns != NATS_OK) {
-        set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+        sl_errf(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
         return SL_ERR_BUS;
     }
     for (size_t m = 0; m < l->nmodels; m++) {
@@ -670,19 +673,23 @@ sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen)
         if (legacy) {
             /* Settings as for every consumer we make; the filter is checked. */
             char durable[WRK_DURABLE_MAX], filter[SL_SUBJECT_MAX];
-            snprintf(durable, sizeof(durable), "wrk_%s", l->models[m]);
-            snprintf(filter, sizeof(filter), "sluice.work.%s.>", l->models[m]);
+            if (sl_work_durable(durable, sizeof(durable), l->models[m], NULL) != SL_OK ||
+                sl_subject_work_filter(filter, sizeof(filter), l->models[m], NULL) != SL_OK)
+                return SL_ERR_INVAL;
             st = ensure_consumer(l, durable, filter, false, err, errlen);
             if (st == SL_ERR_INVAL)
                 return st;
         }
         /* The doorbell, rung by the orchestrator once jobs are stored. */
-        snprintf(subj, sizeof(subj), "sluice.ctl.work.%s.*", l->models[m]);
+        if (sl_subject_bell_filter(subj, sizeof(subj), l->models[m]) != SL_OK) {
+            sl_errf(err, errlen, "model %s: no valid doorbell subject", l->models[m]);
+            return SL_ERR_INVAL;
+        }
         ns = natsConnection_Subscribe(&l->bell_subs[m], l->nc, subj, on_bell, l);
         if (ns == NATS_OK)
             ns = natsSubscription_SetPendingLimits(l->bell_subs[m], -1, -1);
         if (ns != NATS_OK) {
-            set_err(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
+            sl_errf(err, errlen, "subscribe %s: %s", subj, natsStatus_GetText(ns));
             return SL_ERR_BUS;
         }
     }

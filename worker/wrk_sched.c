@@ -1,5 +1,6 @@
 #include "wrk_sched.h"
 #include "sl_hash.h"
+#include "sl_streams.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -125,19 +126,19 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
         if (end == NULL)
             end = p + strlen(p);
         if (end == p) {
-            snprintf(err, errlen, "empty item (expected tenant=weight,...)");
+            sl_errf(err, errlen, "empty item (expected tenant=weight,...)");
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         if (eq == NULL || eq > end) {
-            snprintf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
-                     p);
+            sl_errf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         tlen = (size_t)(eq - p);
         if (k == WRK_WEIGHTS_MAX) {
-            snprintf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
+            sl_errf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -152,21 +153,21 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
             cap = ncap;
         }
         if (tlen == 0 || tlen > SL_ID_MAX) {
-            snprintf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
-                     p);
+            sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         memcpy(v[k].tenant, p, tlen);
         v[k].tenant[tlen] = '\0';
         if (!sl_id_valid(v[k].tenant)) {
-            snprintf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
+            sl_errf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
         for (size_t i = 0; i < k; i++) {
             if (strcmp(v[i].tenant, v[k].tenant) == 0) {
-                snprintf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
+                sl_errf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
                 st = SL_ERR_INVAL;
                 goto cleanup;
             }
@@ -174,9 +175,9 @@ sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char 
         errno = 0;
         w = eq + 1 < end && eq[1] >= '0' && eq[1] <= '9' ? strtol(eq + 1, &num_end, 10) : -1;
         if (w < 1 || w > WRK_WEIGHT_MAX || errno != 0 || num_end != end) {
-            snprintf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
-                     v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
-                     eq + 1);
+            sl_errf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
+                    v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
+                    eq + 1);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -355,13 +356,10 @@ wrk_queue *wrk_sched_queue(wrk_sched *s, size_t model, const char *model_name, c
     q->id = (uint32_t)id;
     q->model = model;
     snprintf(q->tenant, sizeof(q->tenant), "%s", tenant);
-    if (tenant[0] != '\0') {
-        snprintf(q->durable, sizeof(q->durable), "wrk_%s~%s", model_name, tenant);
-        snprintf(q->filter, sizeof(q->filter), "sluice.work.%s.%s", model_name, tenant);
-    } else {
-        snprintf(q->durable, sizeof(q->durable), "wrk_%s", model_name);
-        snprintf(q->filter, sizeof(q->filter), "sluice.work.%s.>", model_name);
-    }
+    /* Both ids were validated above and both buffers fit them: these
+     * cannot fail. A "" tenant is the model-wide legacy queue. */
+    (void)sl_work_durable(q->durable, sizeof(q->durable), model_name, tenant);
+    (void)sl_subject_work_filter(q->filter, sizeof(q->filter), model_name, tenant);
     q->hnext = s->buckets[b];
     s->buckets[b] = q;
     if (id == s->n)

@@ -12,6 +12,7 @@
 #include "sl_metrics.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 /* ---- Coalescing -------------------------------------------------------- */
 
@@ -413,7 +414,7 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
                 "final reply for job %s not stored: %s (jerr %d)", s->job_id,
                 natsStatus_GetText(ns), (int)jerr);
         sl_counter_inc(m_pub_errors());
-        st = ns == NATS_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+        st = sl_status_from_nats_failure(ns);
         goto cleanup;
     }
     if (duplicate != NULL)
@@ -490,7 +491,7 @@ sl_status wrk_agent_message_publish(jsCtx *js, const wrk_agent_msg *m)
                 "agent message %s not stored: %s (jerr %d)", m->reply_id, natsStatus_GetText(ns),
                 (int)jerr);
         sl_counter_inc(m_pub_errors());
-        st = ns == NATS_TIMEOUT ? SL_ERR_TIMEOUT : SL_ERR_BUS;
+        st = sl_status_from_nats_failure(ns);
     }
     jsPubAck_Destroy(pa);
     free(buf);
@@ -629,8 +630,9 @@ sl_status wrk_history_load(jsCtx *js, const char *subject, const char *exclude_t
     last_seq = natsMsg_GetSequence(last);
     if (last_seq == 0) {
         const char *v = NULL;
-        if (natsMsgHeader_Get(last, "Nats-Sequence", &v) == NATS_OK && v != NULL)
-            last_seq = strtoull(v, NULL, 10);
+        if (natsMsgHeader_Get(last, "Nats-Sequence", &v) == NATS_OK && v != NULL &&
+            sl_parse_u64(v, &last_seq) != SL_OK)
+            last_seq = 0;
     }
     if (last_seq == 0)
         goto done;

@@ -31,12 +31,14 @@ FZ_PROTO_H := $(FZ)/gen/sluice.pb-c.h
 
 # The modules each target links (sources, compiled for fuzzing below).
 FZ_AUTH_SRC        := common/sl_auth.c common/sl_subject.c common/sl_config.c common/sl_log.c \
-                      common/sl_status.c common/sl_json.c
-FZ_SRC_frame       := gateway/gw_protocol.c common/sl_json.c common/sl_subject.c $(FZ_PROTO_C)
+                      common/sl_status.c common/sl_json.c common/sl_text.c
+FZ_SRC_frame       := gateway/gw_protocol.c common/sl_json.c common/sl_subject.c common/sl_text.c \
+                      $(FZ_PROTO_C)
 FZ_SRC_jwt         := $(FZ_AUTH_SRC)
 FZ_SRC_resume      := $(FZ_AUTH_SRC)
 FZ_SRC_subject     := common/sl_subject.c
-FZ_SRC_envelope    := common/sl_codec.c gateway/gw_protocol.c common/sl_json.c common/sl_subject.c $(FZ_PROTO_C)
+FZ_SRC_envelope    := common/sl_codec.c common/sl_time.c gateway/gw_protocol.c common/sl_json.c \
+                      common/sl_subject.c common/sl_text.c $(FZ_PROTO_C)
 FZ_MAXLEN_frame    := 8192
 FZ_MAXLEN_jwt      := 9000
 FZ_MAXLEN_resume   := 1200

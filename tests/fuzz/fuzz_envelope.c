@@ -32,6 +32,7 @@
 #include "gw_protocol.h"
 #include "sl_codec.h"
 #include "sl_subject.h"
+#include "sl_text.h"
 
 /* The boolean member key: absent counts as false, as the builder omits it. */
 static bool jflag(const cJSON *o, const char *key)
@@ -169,7 +170,7 @@ static char *check_event(const Sluice__Envelope *e)
         return NULL;
     if (all_utf8(e)) {
         CHECK(ref_utf8_str(text));
-        CHECK(gw_utf8_valid((const unsigned char *)text, strlen(text)));
+        CHECK(sl_utf8_valid(text, strlen(text)));
     }
     o = cJSON_Parse(text);
     CHECK(cJSON_IsObject(o));

@@ -6,7 +6,7 @@
  * inside the (uninstrumented) cJSON library.
  *
  * Properties checked on every input:
- *   - gw_utf8_valid() agrees with an independent validator written from the
+ *   - sl_utf8_valid() agrees with an independent validator written from the
  *     Unicode table of well-formed byte sequences.
  *   - gw_cmd_parse() either refuses the frame with one of the protocol's
  *     error codes, a non-empty NUL-terminated message and an err.id that is
@@ -32,6 +32,7 @@
 #include "fuzz_ref.h"
 #include "gw_protocol.h"
 #include "sl_subject.h"
+#include "sl_text.h"
 
 #define EVENT_ID "01HX0000000000000000000000"
 
@@ -58,7 +59,7 @@ static cJSON *reparse(char *text, const char *type, bool utf8)
     n = strlen(text);
     if (utf8) {
         CHECK(ref_utf8((const unsigned char *)text, n));
-        CHECK(gw_utf8_valid((const unsigned char *)text, n));
+        CHECK(sl_utf8_valid(text, n));
     }
     o = cJSON_ParseWithLength(text, n);
     free(text);
@@ -323,7 +324,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size > FZ_GUARDED_MAX)
         return 0;
-    utf8 = gw_utf8_valid(data, size);
+    utf8 = sl_utf8_valid(data, size);
     CHECK(utf8 == ref_utf8(data, size));
     buf = fz_guard_copy(data, size);
 

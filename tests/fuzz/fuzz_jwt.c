@@ -120,6 +120,25 @@ static bool ref_int(const cJSON *v, int64_t *out)
     return true;
 }
 
+/* True when an escape sequence in buf is \u0000. Escapes are read left to
+ * right, two characters each, so the text \\u0000 (an escaped backslash,
+ * then the letters u0000) holds none. */
+static bool ref_nul_escape(const unsigned char *buf, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        if (buf[i] != '\\') {
+            i++;
+            continue;
+        }
+        if (n - i >= 6 && memcmp(buf + i, "\\u0000", 6) == 0)
+            return true;
+        i += 2;
+    }
+    return false;
+}
+
 /* Parses n bytes as exactly one JSON object (no NUL inside, nothing after).
  * An escaped NUL ("\u0000") is refused like a raw one: cJSON would cut the
  * string there, so "tb\u0000x" would read as "tb". */
@@ -128,7 +147,7 @@ static cJSON *ref_object(const unsigned char *buf, size_t n)
     char *s;
     cJSON *j = NULL;
 
-    if (memchr(buf, '\0', n) != NULL || memmem(buf, n, "\\u0000", 6) != NULL)
+    if (memchr(buf, '\0', n) != NULL || ref_nul_escape(buf, n))
         return NULL;
     s = malloc(n + 1);
     CHECK(s != NULL);

@@ -23,6 +23,7 @@
 #include "sl_codec.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FX_SANITIZED 1

@@ -21,6 +21,7 @@
 #include "sl_codec.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define T1 "t1"
 #define T2 "t2"

@@ -19,6 +19,7 @@
 #include "hx.h"
 #include "sl_codec.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define MAX_EVENTS 8192
 #define MODEL      "default"

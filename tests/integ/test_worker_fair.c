@@ -15,6 +15,7 @@
 #include "hx.h"
 #include "sl_codec.h"
 #include "sl_subject.h"
+#include "sl_time.h"
 
 #define MODEL "default"
 #define AGENT "helper"

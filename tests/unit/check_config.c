@@ -122,6 +122,23 @@ START_TEST(test_help_and_parsers)
     ck_assert_int_eq(sl_parse_int("", &v), SL_ERR_INVAL);
     ck_assert_int_eq(sl_parse_int("4 2", &v), SL_ERR_INVAL);
     ck_assert_int_eq(sl_parse_int("99999999999999999999", &v), SL_ERR_INVAL);
+    {
+        uint64_t u = 7;
+        ck_assert_int_eq(sl_parse_u64("18446744073709551615", &u), SL_OK);
+        ck_assert(u == UINT64_MAX);
+        ck_assert_int_eq(sl_parse_u64("0", &u), SL_OK);
+        ck_assert(u == 0);
+        ck_assert_int_eq(sl_parse_u64("12", &u), SL_OK);
+        ck_assert(u == 12);
+        ck_assert_int_eq(sl_parse_u64("18446744073709551616", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64("-1", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64("+1", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64(" 1", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64("12abc", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64("", &u), SL_ERR_INVAL);
+        ck_assert_int_eq(sl_parse_u64(NULL, &u), SL_ERR_INVAL);
+        ck_assert(u == 12);
+    }
     ck_assert_int_eq(sl_parse_addr("127.0.0.1:8080", host, sizeof(host), &port), SL_OK);
     ck_assert_str_eq(host, "127.0.0.1");
     ck_assert_int_eq(port, 8080);

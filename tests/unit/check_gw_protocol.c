@@ -173,20 +173,6 @@ START_TEST(test_parse_optional_ids)
 }
 END_TEST
 
-START_TEST(test_utf8)
-{
-    ck_assert(gw_utf8_valid((const unsigned char *)"plain", 5));
-    ck_assert(gw_utf8_valid((const unsigned char *)"caf\xc3\xa9", 5));
-    ck_assert(gw_utf8_valid((const unsigned char *)"\xf0\x9f\x98\x80", 4));
-    ck_assert(!gw_utf8_valid((const unsigned char *)"\xc3", 1));             /* truncated */
-    ck_assert(!gw_utf8_valid((const unsigned char *)"\xc0\xaf", 2));         /* overlong */
-    ck_assert(!gw_utf8_valid((const unsigned char *)"\xed\xa0\x80", 3));     /* surrogate */
-    ck_assert(!gw_utf8_valid((const unsigned char *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    ck_assert(!gw_utf8_valid((const unsigned char *)"\xff", 1));
-    ck_assert(!gw_utf8_valid((const unsigned char *)"ab\x80", 3));
-}
-END_TEST
-
 /* history pages say whether older events remain and where to go on. */
 START_TEST(test_history_frame)
 {
@@ -327,7 +313,6 @@ int main(void)
     tcase_add_test(tc, test_parse_hello_resume);
     tcase_add_test(tc, test_parse_many_positions);
     tcase_add_test(tc, test_parse_optional_ids);
-    tcase_add_test(tc, test_utf8);
     tcase_add_test(tc, test_event_frames);
     tcase_add_test(tc, test_history_frame);
     tcase_add_test(tc, test_bucket);

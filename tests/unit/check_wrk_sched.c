@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "sl_codec.h"
+#include "sl_time.h"
 #include "wrk_loop.h"
 #include "wrk_sched.h"
 
