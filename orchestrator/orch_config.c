@@ -99,7 +99,7 @@ sl_status orch_config_load(orch_config *c, int argc, char **argv, bool *help, ch
     if (*help)
         return SL_OK;
     if (st == SL_OK && sl_log_level_parse(c->common.log_level, &c->log_level) != SL_OK) {
-        snprintf(err, errlen, "SLUICE_LOG_LEVEL: must be debug, info, warn or error");
+        sl_errf(err, errlen, "SLUICE_LOG_LEVEL: must be debug, info, warn or error");
         st = SL_ERR_INVAL;
     }
     if (st == SL_OK)
