@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "gw_bridge.h"
+#include "gw_bucket.h"
 #include "gw_map.h"
 #include "gw_outq.h"
 #include "gw_protocol.h"
