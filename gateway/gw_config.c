@@ -1,4 +1,3 @@
-/* The gateway's options table and its validation. */
 #include "gw_config.h"
 
 #include <stdio.h>
@@ -6,9 +5,11 @@
 
 #include "gw_protocol.h"
 
-void gw_config_opts(sl_cfg_opt *o, gw_config *c)
+/* The options table: every variable, its flag, default, help and bounds. */
+static void build_opts(gw_config *c)
 {
-    const sl_cfg_opt gw[GW_OPTS_N - SL_COMMON_OPTS_N] = {
+    sl_cfg_opt *o = c->opts;
+    const sl_cfg_opt gw[GW_CONFIG_OPTS_N - SL_COMMON_OPTS_N] = {
         {"SLUICE_LISTEN", "listen", SL_CFG_ADDR, "0.0.0.0:8080", "WebSocket and HTTP address",
          &c->listen, 0, 0, true, false},
         {"SLUICE_JWT_SECRET", "jwt-secret", SL_CFG_STR, NULL, "HS256 secret for client JWTs",
@@ -76,7 +77,8 @@ void gw_config_opts(sl_cfg_opt *o, gw_config *c)
     memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));
 }
 
-sl_status gw_config_validate(const gw_config *c, char *err, size_t errlen)
+/* Checks the options together. */
+static sl_status validate(const gw_config *c, char *err, size_t errlen)
 {
     if (c->jwt_secret == NULL && c->jwt_public_key == NULL) {
         snprintf(err, errlen, "SLUICE_JWT_SECRET (or SLUICE_JWT_PUBLIC_KEY) is required");
@@ -99,4 +101,36 @@ sl_status gw_config_validate(const gw_config *c, char *err, size_t errlen)
         return SL_ERR_INVAL;
     }
     return SL_OK;
+}
+
+sl_status gw_config_load(gw_config *c, int argc, char **argv, bool *help, char *err, size_t errlen)
+{
+    sl_status st;
+
+    memset(c, 0, sizeof(*c));
+    c->log_level = SL_LOG_INFO;
+    build_opts(c);
+    st = sl_config_load(c->opts, GW_CONFIG_OPTS_N, argc, argv, help, err, errlen);
+    if (st != SL_OK || *help)
+        return st;
+    if (sl_log_level_parse(c->common.log_level, &c->log_level) != SL_OK) {
+        snprintf(err, errlen, "SLUICE_LOG_LEVEL: '%s' is not debug|info|warn|error",
+                 c->common.log_level);
+        return SL_ERR_INVAL;
+    }
+    return validate(c, err, errlen);
+}
+
+void gw_config_usage(const gw_config *c, FILE *out)
+{
+    sl_config_usage(out, "sluice-gateway",
+                    "Sluice WebSocket gateway: clients, auth, delivery, resume.", c->opts,
+                    GW_CONFIG_OPTS_N);
+}
+
+void gw_config_free(gw_config *c)
+{
+    if (c == NULL)
+        return;
+    sl_config_free(c->opts, GW_CONFIG_OPTS_N);
 }

@@ -1,18 +1,27 @@
 /* The gateway's configuration: the options table (environment variables
  * and --flags, sl_config.h) and one validation pass whose messages name
- * the variable. */
+ * the variable. Used by main.c alone; testable without it.
+ *
+ * Not thread-safe: one thread loads and frees a config; the server reads
+ * it (never writes) while it runs. A loaded config must stay where it is
+ * (its options table points into it). */
 #ifndef GW_CONFIG_H
 #define GW_CONFIG_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "sl_config.h"
+#include "sl_log.h"
 #include "sl_status.h"
+
+#define GW_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 24)
 
 typedef struct gw_config {
     sl_common_cfg common;
+    sl_log_level log_level;
     char *listen;
     char *jwt_secret;
     char *jwt_public_key;
@@ -37,15 +46,21 @@ typedef struct gw_config {
     int64_t presence_fanout_max;
     int64_t max_rooms;
     int64_t socket_sndbuf;
+    sl_cfg_opt opts[GW_CONFIG_OPTS_N];
 } gw_config;
 
-#define GW_OPTS_N (SL_COMMON_OPTS_N + 24)
+/* Loads the configuration from the environment and argv into *c (which
+ * the caller then frees with gw_config_free, whatever the result),
+ * parses SLUICE_LOG_LEVEL and validates the options together. Returns
+ * SL_OK; SL_ERR_INVAL with a message naming the variable in err;
+ * SL_ERR_NOMEM. *help is set when --help was given (then nothing is
+ * validated: print gw_config_usage and exit). */
+sl_status gw_config_load(gw_config *c, int argc, char **argv, bool *help, char *err, size_t errlen);
 
-/* Fills opts with the gateway's options writing into cfg. */
-void gw_config_opts(sl_cfg_opt *opts, gw_config *cfg);
+/* Prints the usage text (every option, its variable and default) to out. */
+void gw_config_usage(const gw_config *c, FILE *out);
 
-/* Checks the options together; SL_ERR_INVAL with a message naming the
- * variable. */
-sl_status gw_config_validate(const gw_config *cfg, char *err, size_t errlen);
+/* Frees what gw_config_load allocated. NULL-safe. */
+void gw_config_free(gw_config *c);
 
 #endif
