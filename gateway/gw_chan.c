@@ -6,7 +6,7 @@
 
 /* ---------- delivery ---------- */
 
-static void pend_free(pend *p)
+void gw__pend_free(pend *p)
 {
     natsMsg_Destroy(p->msg);
     gw_buf_unref(p->buf);
@@ -18,14 +18,14 @@ void gw__member_pend_clear(gw_member *m)
     while (m->pend_head != NULL) {
         pend *p = m->pend_head;
         m->pend_head = p->next;
-        pend_free(p);
+        gw__pend_free(p);
     }
     m->pend_tail = NULL;
     m->npend = 0;
 }
 
-static void receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
-                          const char *message_id)
+void gw__receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
+                       const char *message_id)
 {
     receipt *r;
 
@@ -81,7 +81,7 @@ static void member_offer(gw_server *s, gw_member *m, uint64_t seq, gw_buf *b,
     m->delivered = seq;
     gw__conn_send_buf(s, c, b);
     if (m->chan->is_room && sender_session[0] != '\0' && strcmp(sender_session, c->session) != 0)
-        receipt_track(c, m->chan->ch, seq, sender_session, message_id);
+        gw__receipt_track(c, m->chan->ch, seq, sender_session, message_id);
 }
 
 /* Builds the frame of a stored or live OUT message for channel ch. Fills
@@ -383,7 +383,7 @@ void gw__chan_process_pending(gw_server *s, gw_chan *ch)
         ch->npend--;
         chan_on_live(s, ch, p->msg);
         p->msg = NULL;
-        pend_free(p);
+        gw__pend_free(p);
     }
 }
 
@@ -502,7 +502,7 @@ void gw__chan_destroy(gw_chan *ch)
     while (ch->pend_head != NULL) {
         pend *p = ch->pend_head;
         ch->pend_head = p->next;
-        pend_free(p);
+        gw__pend_free(p);
     }
     cache_clear(ch);
     cJSON_Delete(ch->presence);
@@ -695,7 +695,7 @@ void gw__member_go_live(gw_server *s, gw_member *m)
     while (p != NULL) {
         pend *next = p->next;
         member_offer(s, m, p->seq, p->buf, p->sender_session, p->message_id);
-        pend_free(p);
+        gw__pend_free(p);
         p = next;
     }
 }
@@ -743,7 +743,7 @@ static bool replay_from_cache(gw_server *s, gw_conn *c, gw_member *m)
         gw__conn_send_buf(s, c, e->buf);
         if (ch->is_room && e->sender_session[0] != '\0' &&
             strcmp(e->sender_session, c->session) != 0)
-            receipt_track(c, ch->ch, e->seq, e->sender_session, e->message_id);
+            gw__receipt_track(c, ch->ch, e->seq, e->sender_session, e->message_id);
     }
     if (c->close_code == 0)
         gw__member_go_live(s, m);

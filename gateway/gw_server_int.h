@@ -342,7 +342,10 @@ void gw__acked_remove(gw_conn *c, const char *ch);
 void gw__conn_timer_arm(gw_server *s, gw_conn *c);
 
 /* gw_chan.c */
+void gw__pend_free(pend *p);
 void gw__member_pend_clear(gw_member *m);
+void gw__receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
+                       const char *message_id);
 gw_buf *gw__frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
                      char *sender_session, char *message_id, gw_chan *snap);
 const char *gw__json_str(const cJSON *o, const char *key);
