@@ -21,7 +21,7 @@ static bool server_ready(void *svc, char *why, size_t whylen)
 int main(int argc, char **argv)
 {
     static gw_config cfg; /* its options point into it */
-    sl_run_ready ready = {.svc_ready = server_ready, .svc_wait = "provisioning"};
+    sl_run_ready ready = {.svc_ready = server_ready, .svc_wait = "server not created yet"};
     sl_bus *bus = NULL;
     sl_admin *admin = NULL;
     gw_server *srv = NULL;
