@@ -104,20 +104,4 @@ char *gw_frame_history(const char *ch, char *const *events, size_t n, bool more,
  * (or out of memory). */
 char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq);
 
-/* Token bucket: rate tokens per second, at most burst. */
-typedef struct gw_bucket {
-    double tokens;
-    double rate;
-    double burst;
-    int64_t last_ms;
-} gw_bucket;
-
-void gw_bucket_init(gw_bucket *b, double rate, double burst, int64_t now_ms);
-
-/* Takes one token; returns true when there was one. */
-bool gw_bucket_take(gw_bucket *b, int64_t now_ms);
-
-/* Milliseconds until one token is available (0 when one is). */
-int64_t gw_bucket_retry_ms(const gw_bucket *b, int64_t now_ms);
-
 #endif

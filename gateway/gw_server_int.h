@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "gw_bridge.h"
+#include "gw_bucket.h"
 #include "gw_map.h"
 #include "gw_outq.h"
 #include "gw_protocol.h"
@@ -343,7 +344,10 @@ void gw__acked_remove(gw_conn *c, const char *ch);
 void gw__conn_timer_arm(gw_server *s, gw_conn *c);
 
 /* gw_chan.c */
+void gw__pend_free(pend *p);
 void gw__member_pend_clear(gw_member *m);
+void gw__receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
+                       const char *message_id);
 gw_buf *gw__frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
                      char *sender_session, char *message_id, gw_chan *snap);
 const char *gw__json_str(const cJSON *o, const char *key);
@@ -354,11 +358,6 @@ char *gw__presence_joined_frame(gw_chan *ch, uint64_t seq);
 uint64_t gw__header_u64(natsMsg *m, const char *name);
 void gw__cache_start(gw_server *s, gw_chan *ch);
 void gw__chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len);
-void gw__chan_process_pending(gw_server *s, gw_chan *ch);
-void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
-gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
-                         enum chan_head how);
-gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name);
 void gw__chan_destroy(gw_chan *ch);
 bool gw__history_acquire(gw_server *s, gw_conn *c);
 void gw__history_release(gw_server *s, const char *tenant, gw_conn *c);
@@ -371,13 +370,18 @@ void gw__member_remove(gw_server *s, gw_member *m);
 void gw__member_go_live(gw_server *s, gw_member *m);
 bool gw__replay_has_room(gw_server *s, gw_conn *c, size_t len);
 bool gw__member_pend_fits(gw_server *s, gw_member *m);
-void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_read.c */
 void gw__read_io(void *arg);
 read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
+void gw__chan_process_pending(gw_server *s, gw_chan *ch);
+void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
+                         enum chan_head how);
+gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name);
+void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_cmd.c */
 void gw__on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);

@@ -574,6 +574,67 @@ START_TEST(test_wss_with_tls_cert)
 }
 END_TEST
 
+/* ---- exit codes ---- */
+
+/* Runs the gateway binary with vars (shell assignments, may be "") and
+ * args; returns its exit status (-1: killed) and its output in out (caller
+ * frees). No NATS is needed: the config is read before the bus. */
+static int run_gateway_with(const char *vars, const char *args, char **out)
+{
+    /* timeout: a gateway that accepted the config would wait for NATS. */
+    char *cmd = hx_strf("SLUICE_NATS_URL=nats://127.0.0.1:1 SLUICE_ADMIN_LISTEN=127.0.0.1:1 %s "
+                        "timeout -s KILL 15 '%s/sluice-gateway' %s 2>&1",
+                        vars, hx_stack_default_bin_dir(), args);
+    FILE *p = popen(cmd, "r");
+    size_t len = 0, cap = 16384;
+    char *buf = calloc(1, cap);
+    int status;
+
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(buf);
+    while (len + 1 < cap) {
+        size_t r = fread(buf + len, 1, cap - len - 1, p);
+        if (r == 0)
+            break;
+        len += r;
+    }
+    status = pclose(p);
+    free(cmd);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* A bad option value exits 2 (SL_EXIT_CONFIG) with a message naming it;
+ * --help exits 0 with the usage. */
+START_TEST(test_exit_codes_bad_config_and_help)
+{
+    static const char *const bad[][3] = {
+        {"SLUICE_JWT_SECRET=0123456789abcdef SLUICE_RATE=0", "", "SLUICE_RATE"},
+        {"SLUICE_JWT_SECRET=0123456789abcdef", "--max-rooms=100000", "SLUICE_MAX_ROOMS"},
+        {"SLUICE_JWT_SECRET=0123456789abcdef SLUICE_LOG_LEVEL=loud", "", "SLUICE_LOG_LEVEL"},
+        {"SLUICE_JWT_SECRET=short", "", "SLUICE_JWT_SECRET must be at least 16"},
+        {"env -u SLUICE_JWT_SECRET -u SLUICE_JWT_PUBLIC_KEY", "", "SLUICE_JWT_SECRET"},
+        {"SLUICE_JWT_SECRET=0123456789abcdef", "--no-such-flag", "unknown flag"},
+    };
+    char *out = NULL;
+    int rc;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rc = run_gateway_with(bad[i][0], bad[i][1], &out);
+        ck_assert_msg(rc == 2, "%s %s: exit status %d, output: %s", bad[i][0], bad[i][1], rc, out);
+        ck_assert_msg(strstr(out, bad[i][2]) != NULL, "%s %s: the error does not say %s: %s",
+                      bad[i][0], bad[i][1], bad[i][2], out);
+        free(out);
+    }
+    rc = run_gateway_with("", "--help", &out);
+    ck_assert_msg(rc == 0, "--help: exit status %d, output: %s", rc, out);
+    ck_assert_msg(strstr(out, "Usage: sluice-gateway") != NULL &&
+                      strstr(out, "SLUICE_HEARTBEAT_MS") != NULL,
+                  "--help: %s", out);
+    free(out);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway ops");
@@ -587,6 +648,7 @@ int main(void)
     tcase_add_test(tc, test_presence_refreshed_with_heartbeats);
     tcase_add_test(tc, test_wss_with_tls_cert);
     tcase_add_loop_test(tc, test_sigterm_under_load_exits_clean, 1, 3);
+    tcase_add_test(tc, test_exit_codes_bad_config_and_help);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -1035,6 +1035,48 @@ static int run_worker_with(tctx *t, const char *var, char **out)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* --help exits 0 with the usage, a bad option value 2 (SL_EXIT_CONFIG):
+ * both before any NATS connection. */
+START_TEST(test_exit_codes_help_and_bad_option)
+{
+    static const struct {
+        const char *args;
+        int rc;
+        const char *want;
+    } runs[] = {
+        {"--help", 0, "Usage: sluice-worker"},
+        {"--worker-concurrency=0", 2, "SLUICE_WORKER_CONCURRENCY"},
+        {"--log-level=loud", 2, "SLUICE_LOG_LEVEL"},
+        {"--no-such-flag", 2, "unknown flag"},
+    };
+
+    for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+        char *cmd = hx_strf("SLUICE_NATS_URL=nats://127.0.0.1:1 SLUICE_ADMIN_LISTEN=127.0.0.1:1 "
+                            "timeout -s KILL 15 '%s/sluice-worker' %s 2>&1",
+                            hx_stack_default_bin_dir(), runs[i].args);
+        FILE *p = popen(cmd, "r");
+        char out[16384];
+        size_t len = 0;
+        int status, rc;
+
+        ck_assert_ptr_nonnull(p);
+        while (len + 1 < sizeof(out)) {
+            size_t r = fread(out + len, 1, sizeof(out) - len - 1, p);
+            if (r == 0)
+                break;
+            len += r;
+        }
+        out[len] = '\0';
+        status = pclose(p);
+        rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        ck_assert_msg(rc == runs[i].rc, "%s: exit status %d, output: %s", runs[i].args, rc, out);
+        ck_assert_msg(strstr(out, runs[i].want) != NULL, "%s: the output does not say %s: %s",
+                      runs[i].args, runs[i].want, out);
+        free(cmd);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_limit_refused_at_start)
 {
     const char *env[] = {"SLUICE_WORK_MAX_BYTES=32MiB", NULL};
@@ -1355,6 +1397,7 @@ static Suite *worker_suite(void)
     tcase_set_timeout(storage, 90);
     tcase_add_test(storage, test_streams_bounded_and_updated);
     tcase_add_test(storage, test_bad_limit_refused_at_start);
+    tcase_add_test(storage, test_exit_codes_help_and_bad_option);
     tcase_add_test(storage, test_cancel_marker_expires);
     suite_add_tcase(s, storage);
 

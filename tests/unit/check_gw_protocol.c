@@ -261,26 +261,6 @@ START_TEST(test_event_frames)
 }
 END_TEST
 
-START_TEST(test_bucket)
-{
-    gw_bucket b;
-
-    gw_bucket_init(&b, 10, 3, 1000);
-    ck_assert(gw_bucket_take(&b, 1000));
-    ck_assert(gw_bucket_take(&b, 1000));
-    ck_assert(gw_bucket_take(&b, 1000));
-    ck_assert(!gw_bucket_take(&b, 1000));
-    ck_assert_int_eq(gw_bucket_retry_ms(&b, 1000), 100);
-    ck_assert(!gw_bucket_take(&b, 1050));
-    ck_assert(gw_bucket_take(&b, 1100));
-    /* never above the burst however long the pause */
-    ck_assert(gw_bucket_take(&b, 100000));
-    ck_assert(gw_bucket_take(&b, 100000));
-    ck_assert(gw_bucket_take(&b, 100000));
-    ck_assert(!gw_bucket_take(&b, 100000));
-}
-END_TEST
-
 START_TEST(test_outq_bounds)
 {
     gw_outq q = {0};
@@ -315,7 +295,6 @@ int main(void)
     tcase_add_test(tc, test_parse_optional_ids);
     tcase_add_test(tc, test_event_frames);
     tcase_add_test(tc, test_history_frame);
-    tcase_add_test(tc, test_bucket);
     tcase_add_test(tc, test_outq_bounds);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
