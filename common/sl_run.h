@@ -39,8 +39,10 @@ void sl_run_sleep(long ms);
 
 /* Readiness as the admin thread sees it. The main fills bus, svc_ready and
  * svc_wait before sl_admin_start and publishes the tier's object with
- * sl_run_publish once it exists (and NULL before destroying it); the admin
- * thread reads it with sl_run_ready_fn. */
+ * sl_run_publish once it exists; the admin thread reads it with
+ * sl_run_ready_fn. At teardown stop the admin server (sl_admin_stop joins
+ * its thread) before destroying the object: publishing NULL alone does not
+ * wait for a /readyz that already read the pointer. */
 typedef struct sl_run_ready {
     sl_bus *bus;                                            /* set before the admin starts */
     bool (*svc_ready)(void *svc, char *why, size_t whylen); /* the tier's own check */
@@ -48,7 +50,7 @@ typedef struct sl_run_ready {
     _Atomic(void *) svc;  /* the tier's object, or NULL */
 } sl_run_ready;
 
-/* Publishes svc (NULL: withdraws it; call before destroying it). */
+/* Publishes svc (NULL: withdraws it). */
 void sl_run_publish(sl_run_ready *r, void *svc);
 
 /* An sl_ready_fn over an sl_run_ready (ud): not ready while stopping
