@@ -249,3 +249,17 @@ sl_status sl_subject_bell_parse(const char *subject, char *model, char *tenant)
 {
     return parse_ids(subject, "sluice.ctl.work.", model, tenant);
 }
+
+sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_s)
+{
+    if (!sl_id_valid(tenant) || unix_s < 0)
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%lld", tenant, (long long)unix_s));
+}
+
+sl_status sl_kv_key_usage(char *buf, size_t n, const char *tenant, int64_t slot, const char *agent)
+{
+    if (!sl_id_valid(tenant) || !sl_id_valid(agent) || slot < 0)
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%lld.%s", tenant, (long long)slot, agent));
+}

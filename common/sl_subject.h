@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sl_status.h"
 
@@ -106,5 +107,16 @@ sl_status sl_kv_key3(char *buf, size_t n, const char *a, const char *b, const ch
  * SL_ERR_INVAL when tenant or session is invalid or buf too small. */
 sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *session,
                         const char *client_id);
+
+/* The sluice_quota key of a tenant's tokens in one second:
+ * "<tenant>.<unix second>". SL_ERR_INVAL for an invalid tenant, a negative
+ * second or a buf too small. */
+sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_s);
+
+/* The sluice_usage key of an agent's tokens for a tenant in one slot of
+ * SL_USAGE_SLOT_S seconds: "<tenant>.<slot>.<agent>", slot = unix second /
+ * SL_USAGE_SLOT_S. SL_ERR_INVAL as above. */
+#define SL_USAGE_SLOT_S 300
+sl_status sl_kv_key_usage(char *buf, size_t n, const char *tenant, int64_t slot, const char *agent);
 
 #endif

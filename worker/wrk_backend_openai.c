@@ -10,6 +10,8 @@
 #include "wrk_backend.h"
 #include "wrk_sse.h"
 
+#include "sl_json.h"
+
 #include <cJSON.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -29,6 +31,7 @@
 #define OA_JSON_BODY_MAX      (1024 * 1024) /* a non-streamed JSON answer */
 #define OA_POOL_MAX           32            /* idle multi handles kept */
 #define OA_RETRY_AFTER_MAX_MS (3600LL * 1000)
+#define OA_USAGE_MAX          INT64_C(1000000000000) /* larger token counts are not believed */
 
 static atomic_int g_curl_init;
 
@@ -290,6 +293,22 @@ static void report_error_object(oa_call *c, const cJSON *err, const char *where)
                     cJSON_IsString(type) ? ")" : "");
 }
 
+/* Keeps the model's own count of tokens, {"usage":{"prompt_tokens":N,
+ * "completion_tokens":M}}, when an object carries one with both numbers. */
+static void read_usage(oa_call *c, const cJSON *j)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+    int64_t in = 0, out = 0;
+
+    if (!sl_json_get_int(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens"), 0, OA_USAGE_MAX,
+                         &in) ||
+        !sl_json_get_int(cJSON_GetObjectItemCaseSensitive(u, "completion_tokens"), 0, OA_USAGE_MAX,
+                         &out))
+        return;
+    c->res->input_tokens = in;
+    c->res->output_tokens = out;
+}
+
 static int on_event(void *ud, const char *event, const char *data, size_t len)
 {
     oa_call *c = ud;
@@ -316,6 +335,7 @@ static int on_event(void *ud, const char *event, const char *data, size_t len)
         rc = 1;
         goto cleanup;
     }
+    read_usage(c, j);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
     const cJSON *ch0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     if (!ch0)
@@ -407,8 +427,10 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     return is_cancelled(c->call) || wrk_backend_now_ms() >= c->call->deadline_ms;
 }
 
-/* Builds {"model":..., "messages":[...], "stream":true}; NULL when out of
- * memory. The caller frees the result with cJSON_free(). */
+/* Builds {"model":..., "messages":[...], "stream":true,
+ * "stream_options":{"include_usage":true}} (the last asks the server for a
+ * final chunk with the call's usage); NULL when out of memory. The caller
+ * frees the result with cJSON_free(). */
 static char *build_request(const wrk_call *call)
 {
     char *out = NULL;
@@ -434,6 +456,9 @@ static char *build_request(const wrk_call *call)
             goto cleanup;
     }
     if (!cJSON_AddTrueToObject(root, "stream"))
+        goto cleanup;
+    cJSON *so = cJSON_AddObjectToObject(root, "stream_options");
+    if (!so || !cJSON_AddTrueToObject(so, "include_usage"))
         goto cleanup;
     out = cJSON_PrintUnformatted(root);
 cleanup:
@@ -517,6 +542,7 @@ static void finish_json(oa_call *c)
         report_error_object(c, err, "model server error");
         goto cleanup;
     }
+    read_usage(c, j);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
     const cJSON *ch0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(ch0, "message");
