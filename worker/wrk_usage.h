@@ -25,9 +25,9 @@
 #include "sl_status.h"
 #include "wrk_backend.h"
 
-#define WRK_USAGE_FLUSH_MS 200 /* how often piled-up usage goes to KV */
-#define WRK_USAGE_MAX      4096 /* (tenant, agent) pairs waiting for a flush at once */
-#define WRK_USAGE_CAS_TRIES 16  /* compare-and-set attempts per key and flush */
+#define WRK_USAGE_FLUSH_MS  200  /* how often piled-up usage goes to KV */
+#define WRK_USAGE_MAX       4096 /* (tenant, agent) pairs waiting for a flush at once */
+#define WRK_USAGE_CAS_TRIES 16   /* compare-and-set attempts per key and flush */
 
 /* The estimate: a text of c Unicode code points (UTF-8 bytes that do not
  * continue a sequence) counts ceil(c / 4) tokens. NULL counts 0. */

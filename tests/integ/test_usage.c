@@ -168,7 +168,7 @@ START_TEST(test_echo_usage_metrics_and_sluicectl)
     hx_stack *s = NULL;
     hx_sl_client *c = NULL;
     const char *texts[] = {"one two three four five six seven eight nine", /* 44 -> 11 */
-                           "h\xc3\xa9llo"};                               /* 5 code points -> 2 */
+                           "h\xc3\xa9llo"};                                /* 5 code points -> 2 */
     const int64_t outs[] = {11, 2};
     int64_t sum_in = 0, sum_out = 0;
     char *tok;
@@ -193,10 +193,11 @@ START_TEST(test_echo_usage_metrics_and_sluicectl)
 
     /* The counters add up the replies' usage (counted once each reply is
      * stored, so wait for them). */
-    metric_want m = {s, "sluice_tokens_total{tenant=\"acme\",agent=\"assistant\",direction=\"input\"}",
-                     sum_in};
-    HX_ASSERT_MSG(s, hx_wait_until(metric_is, &m, 5000), "input tokens on /metrics: %lld, want %lld",
-                  metric(s, HX_WORKER, m.series), (long long)sum_in);
+    metric_want m = {
+        s, "sluice_tokens_total{tenant=\"acme\",agent=\"assistant\",direction=\"input\"}", sum_in};
+    HX_ASSERT_MSG(s, hx_wait_until(metric_is, &m, 5000),
+                  "input tokens on /metrics: %lld, want %lld", metric(s, HX_WORKER, m.series),
+                  (long long)sum_in);
     m.series = "sluice_tokens_total{tenant=\"acme\",agent=\"assistant\",direction=\"output\"}";
     m.want = sum_out;
     HX_ASSERT_MSG(s, hx_wait_until(metric_is, &m, 5000),
@@ -254,8 +255,8 @@ START_TEST(test_openai_usage_reported_or_estimated)
     fake_openai_set_usage(fake, 41, 9);
     r = ask(s, c, "c-1", "what is the weather");
     u = usage_of(s, r);
-    HX_ASSERT_MSG(s, !u.estimated && u.in == 41 && u.out == 9, "usage %lld/%lld%s",
-                  (long long)u.in, (long long)u.out, u.estimated ? " estimated" : "");
+    HX_ASSERT_MSG(s, !u.estimated && u.in == 41 && u.out == 9, "usage %lld/%lld%s", (long long)u.in,
+                  (long long)u.out, u.estimated ? " estimated" : "");
     HX_ASSERT(s, strcmp(hx_json_str(r, "text"), "Hello from the fake model.") == 0);
     cJSON_Delete(r);
 
@@ -263,13 +264,12 @@ START_TEST(test_openai_usage_reported_or_estimated)
     fake_openai_set_usage(fake, -1, -1);
     r = ask(s, c, "c-2", "and tomorrow");
     u = usage_of(s, r);
-    HX_ASSERT_MSG(s, u.estimated && u.out == 7 && u.in > 0, "usage %lld/%lld%s",
-                  (long long)u.in, (long long)u.out, u.estimated ? " estimated" : "");
+    HX_ASSERT_MSG(s, u.estimated && u.out == 7 && u.in > 0, "usage %lld/%lld%s", (long long)u.in,
+                  (long long)u.out, u.estimated ? " estimated" : "");
     cJSON_Delete(r);
 
-    metric_want m = {s,
-                     "sluice_tokens_total{tenant=\"acme\",agent=\"assistant\",direction=\"output\"}",
-                     9 + 7};
+    metric_want m = {
+        s, "sluice_tokens_total{tenant=\"acme\",agent=\"assistant\",direction=\"output\"}", 9 + 7};
     HX_ASSERT_MSG(s, hx_wait_until(metric_is, &m, 5000), "output tokens on /metrics: %lld",
                   metric(s, HX_WORKER, m.series));
 

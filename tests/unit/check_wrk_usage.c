@@ -18,8 +18,8 @@ START_TEST(test_text_tokens)
     ck_assert_uint_eq(wrk_usage_text_tokens("Hello from the fake model.", 26), 7);
     /* Code points, not bytes: four 2-byte and four 3-byte characters. */
     ck_assert_uint_eq(wrk_usage_text_tokens("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", 8), 1);
-    ck_assert_uint_eq(wrk_usage_text_tokens("\xe6\x97\xa5\xe6\x97\xa5\xe6\x97\xa5\xe6\x97\xa5x", 13),
-                      2);
+    ck_assert_uint_eq(
+        wrk_usage_text_tokens("\xe6\x97\xa5\xe6\x97\xa5\xe6\x97\xa5\xe6\x97\xa5x", 13), 2);
     /* len bounds the text. */
     ck_assert_uint_eq(wrk_usage_text_tokens("abcdefgh", 4), 1);
 }
