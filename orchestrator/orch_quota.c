@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sl_hash.h"
 #include "sl_json.h"
@@ -19,6 +20,7 @@
 
 #define NBUCKETS         1024
 #define QUOTA_BUDGET_MAX 1000000000000000LL
+#define WATCH_RETRY_MS   1000 /* between attempts to open the watch */
 
 /* ---- Rules --------------------------------------------------------------- */
 
@@ -183,8 +185,10 @@ struct orch_quota {
     pthread_mutex_t mu; /* guards tenants */
     tenant_view *tenants[NBUCKETS];
     _Atomic int synced;
-    kvStore *kv;
-    kvWatcher *w;
+    sl_bus *bus;         /* borrowed */
+    kvStore *kv;         /* the watch thread's */
+    pthread_mutex_t wmu; /* guards w against destroy's stop */
+    kvWatcher *w;        /* set and dropped by the watch thread */
     pthread_t thread;
     bool started;
     _Atomic int stop;
@@ -214,6 +218,7 @@ sl_status orch_quota_create(orch_quota **out, int64_t per_window, const orch_quo
     q->per_window = per_window;
     q->window_s = window_s;
     pthread_mutex_init(&q->mu, NULL);
+    pthread_mutex_init(&q->wmu, NULL);
     q->m_over = sl_counter_get("sluice_orch_busy_total", "reason=\"quota\"",
                                "jobs refused with a busy event");
     q->m_unknown = sl_counter_get("sluice_orch_quota_unknown_total", NULL,
@@ -350,6 +355,43 @@ orch_quota_verdict orch_quota_check(orch_quota *q, const char *tenant, int64_t n
     return ORCH_QUOTA_OVER;
 }
 
+/* Opens the bucket and its watch; false when NATS does not let it (yet). */
+static bool watch_open(orch_quota *q)
+{
+    kvWatchOptions o;
+    kvWatcher *w = NULL;
+
+    if (q->kv == NULL && sl_bus_kv(q->bus, SL_KV_QUOTA, &q->kv) != SL_OK)
+        return false;
+    kvWatchOptions_Init(&o);
+    if (kvStore_WatchAll(&w, q->kv, &o) != NATS_OK)
+        return false;
+    pthread_mutex_lock(&q->wmu);
+    if (atomic_load(&q->stop)) {
+        pthread_mutex_unlock(&q->wmu);
+        kvWatcher_Destroy(w);
+        return false;
+    }
+    q->w = w;
+    pthread_mutex_unlock(&q->wmu);
+    return true;
+}
+
+/* Drops a watch that failed: the view is no longer known to be current. */
+static void watch_close(orch_quota *q)
+{
+    kvWatcher *w;
+
+    orch_quota_set_synced(q, false);
+    pthread_mutex_lock(&q->wmu);
+    w = q->w;
+    q->w = NULL;
+    pthread_mutex_unlock(&q->wmu);
+    kvWatcher_Destroy(w);
+}
+
+/* The watch thread: (re)opens the watch until it works, then applies what
+ * it delivers. While there is no working watch, checks pass (unknown). */
 static void *watch_main(void *arg)
 {
     orch_quota *q = arg;
@@ -358,6 +400,11 @@ static void *watch_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     while (!atomic_load(&q->stop)) {
+        if (q->w == NULL && !watch_open(q)) {
+            for (int i = 0; i < WATCH_RETRY_MS / 100 && !atomic_load(&q->stop); i++)
+                usleep(100 * 1000);
+            continue;
+        }
         kvEntry *e = NULL;
         natsStatus s = kvWatcher_Next(&e, q->w, 500);
         if (s == NATS_OK && e == NULL) {
@@ -369,8 +416,11 @@ static void *watch_main(void *arg)
                                  (size_t)kvEntry_ValueLen(e));
             kvEntry_Destroy(e);
         } else if (s != NATS_TIMEOUT) {
-            if (s == NATS_ILLEGAL_STATE || s == NATS_CONNECTION_CLOSED)
+            if (atomic_load(&q->stop) || s == NATS_CONNECTION_CLOSED)
                 break;
+            sl_warn("quota: the watch of %s failed (%s); opening it again", SL_KV_QUOTA,
+                    natsStatus_GetText(s));
+            watch_close(q);
         }
     }
     return NULL;
@@ -378,21 +428,11 @@ static void *watch_main(void *arg)
 
 sl_status orch_quota_start(orch_quota *q, sl_bus *bus)
 {
-    kvWatchOptions o;
-    sl_status st;
-
     if (!orch_quota_enabled(q) || q->started)
         return SL_OK;
-    if (q->kv == NULL && (st = sl_bus_kv(bus, SL_KV_QUOTA, &q->kv)) != SL_OK)
-        return st;
-    kvWatchOptions_Init(&o);
-    if (kvStore_WatchAll(&q->w, q->kv, &o) != NATS_OK)
-        return SL_ERR_BUS;
-    if (pthread_create(&q->thread, NULL, watch_main, q) != 0) {
-        kvWatcher_Destroy(q->w);
-        q->w = NULL;
+    q->bus = bus;
+    if (pthread_create(&q->thread, NULL, watch_main, q) != 0)
         return SL_ERR_NOMEM;
-    }
     q->started = true;
     return SL_OK;
 }
@@ -403,7 +443,10 @@ void orch_quota_destroy(orch_quota *q)
         return;
     if (q->started) {
         atomic_store(&q->stop, 1);
-        kvWatcher_Stop(q->w);
+        pthread_mutex_lock(&q->wmu);
+        if (q->w != NULL)
+            kvWatcher_Stop(q->w);
+        pthread_mutex_unlock(&q->wmu);
         pthread_join(q->thread, NULL);
     }
     kvWatcher_Destroy(q->w);
@@ -416,6 +459,7 @@ void orch_quota_destroy(orch_quota *q)
         }
     }
     pthread_mutex_destroy(&q->mu);
+    pthread_mutex_destroy(&q->wmu);
     free(q->rules);
     free(q);
 }

@@ -83,10 +83,11 @@ bool orch_quota_enabled(const orch_quota *q);
 /* The budget of tenant per window (0: none). */
 int64_t orch_quota_budget(const orch_quota *q, const char *tenant);
 
-/* Starts watching the sluice_quota bucket on bus (borrowed: it must
- * outlive the view). Does nothing when q is NULL, not enabled or already
- * started. SL_OK; SL_ERR_BUS when the watch cannot be set up (call again
- * later). */
+/* Starts the thread that watches the sluice_quota bucket on bus
+ * (borrowed: it must outlive the view), opening the watch again every
+ * second while NATS does not let it (checks pass meanwhile). Does nothing
+ * when q is NULL, not enabled or already started. SL_OK; SL_ERR_NOMEM when
+ * the thread cannot start. */
 sl_status orch_quota_start(orch_quota *q, sl_bus *bus);
 
 /* Applies one value of the bucket: key "<tenant>.<second>", value
