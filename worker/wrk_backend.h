@@ -5,7 +5,9 @@
  * word by word; reports no usage) and "openai" (any OpenAI-compatible
  * /v1/chat/completions endpoint with stream:true and
  * stream_options.include_usage, over libcurl; the usage the server reports,
- * in a chunk of the stream or in a JSON answer, goes to the result).
+ * in a chunk of the stream or in a JSON answer, goes to the result. A
+ * server that answers 400 naming stream_options is an older one: that call
+ * ends WRK_TRANSIENT and the backend never sends the option again).
  *
  * Threads: a backend is created and destroyed by one thread; between the
  * two, any number of threads may run wrk_backend_call() on it at once.

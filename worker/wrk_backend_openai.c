@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@ struct wrk__openai {
     char *endpoint; /* full URL of chat/completions */
     char *auth;     /* "Authorization: Bearer ..." or NULL */
     long connect_timeout_ms;
+    /* Set once the server refused "stream_options" (an older server): the
+     * requests after that do not send it, and usage is estimated. */
+    atomic_int no_stream_options;
     pthread_mutex_t lock; /* guards pool and npool */
     CURLM *pool[OA_POOL_MAX];
     size_t npool;
@@ -53,6 +57,7 @@ typedef enum body_kind {
 
 /* The state of one call; lives on the calling thread's stack. */
 typedef struct oa_call {
+    wrk__openai *o;
     const wrk_call *call;
     wrk_token_fn fn;
     void *ud;
@@ -427,11 +432,11 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     return is_cancelled(c->call) || wrk_backend_now_ms() >= c->call->deadline_ms;
 }
 
-/* Builds {"model":..., "messages":[...], "stream":true,
- * "stream_options":{"include_usage":true}} (the last asks the server for a
- * final chunk with the call's usage); NULL when out of memory. The caller
- * frees the result with cJSON_free(). */
-static char *build_request(const wrk_call *call)
+/* Builds {"model":..., "messages":[...], "stream":true} and, when
+ * stream_options, "stream_options":{"include_usage":true} (asks the server
+ * for a last chunk with the call's usage); NULL when out of memory. The
+ * caller frees the result with cJSON_free(). */
+static char *build_request(const wrk_call *call, bool stream_options)
 {
     char *out = NULL;
     cJSON *root = cJSON_CreateObject();
@@ -457,9 +462,11 @@ static char *build_request(const wrk_call *call)
     }
     if (!cJSON_AddTrueToObject(root, "stream"))
         goto cleanup;
-    cJSON *so = cJSON_AddObjectToObject(root, "stream_options");
-    if (!so || !cJSON_AddTrueToObject(so, "include_usage"))
-        goto cleanup;
+    if (stream_options) {
+        cJSON *so = cJSON_AddObjectToObject(root, "stream_options");
+        if (!so || !cJSON_AddTrueToObject(so, "include_usage"))
+            goto cleanup;
+    }
     out = cJSON_PrintUnformatted(root);
 cleanup:
     cJSON_Delete(root);
@@ -526,6 +533,13 @@ static void finish_http_error(oa_call *c)
         clip(text, sizeof(text), c->body, c->body_len);
     cJSON_Delete(j);
     wrk_outcome o = (s == 408 || s == 429 || s >= 500) ? WRK_TRANSIENT : WRK_FATAL;
+    if (s == 400 && c->body_len > 0 && !atomic_load(&c->o->no_stream_options) &&
+        memmem(c->body, c->body_len, "stream_options", 14) != NULL) {
+        /* A server that does not know stream_options: never send it
+         * again, and let the job's next attempt go without it. */
+        atomic_store(&c->o->no_stream_options, 1);
+        o = WRK_TRANSIENT;
+    }
     wrk__result_set(c->res, o, "model server answered HTTP %ld%s%s", s, text[0] ? ": " : "", text);
 }
 
@@ -646,7 +660,7 @@ static void finish_transfer(oa_call *c, CURLcode rc, const char *errbuf)
 void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, void *ud,
                       wrk_result *res)
 {
-    oa_call c = {.call = call, .fn = fn, .ud = ud, .res = res};
+    oa_call c = {.o = o, .call = call, .fn = fn, .ud = ud, .res = res};
     char *req = NULL;
     struct curl_slist *hdrs = NULL;
     CURLM *m = NULL;
@@ -654,7 +668,7 @@ void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, voi
     char errbuf[CURL_ERROR_SIZE] = "";
     CURLcode crc = CURLE_OK;
 
-    req = build_request(call);
+    req = build_request(call, !atomic_load(&o->no_stream_options));
     m = pool_get(o);
     c.e = curl_easy_init();
     if (!req || !m || !c.e || wrk_sse_create(&c.sse, 0, on_event, &c) != SL_OK) {

@@ -57,6 +57,7 @@ typedef struct plan {
     int token_delay_ms, slow_ms, reset_after;
     int usage_in, usage_out; /* < 0: none */
     int wants_usage;         /* the request asked for stream_options.include_usage */
+    int has_stream_options;  /* the request carried stream_options at all */
 } plan;
 
 static int64_t now_ms(void)
@@ -311,6 +312,13 @@ static int respond(conn *c, const plan *pl)
         cJSON_Delete(root);
         return rc;
     }
+    case FAKE_OPENAI_NO_STREAM_OPTIONS:
+        if (pl->has_stream_options)
+            return send_simple(c, 400, "Bad Request", NULL, "application/json",
+                               "{\"error\":{\"message\":\"Unrecognized request argument "
+                               "supplied: stream_options\",\"type\":\"invalid_request_error\","
+                               "\"code\":null}}");
+        break;
     case FAKE_OPENAI_HANG_AFTER_HEADERS:
         if (send_stream_head(c) == 0)
             wait_ms(c, -1);
@@ -477,6 +485,7 @@ static int read_request(conn *c, plan *pl, int *keep_alive, int *path_ok)
         cJSON *req = body ? cJSON_Parse(body) : NULL;
         const cJSON *so = cJSON_GetObjectItemCaseSensitive(req, "stream_options");
         pl->wants_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+        pl->has_stream_options = so != NULL;
         cJSON_Delete(req);
     }
     pthread_cond_broadcast(&f->cv);

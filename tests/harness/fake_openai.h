@@ -27,6 +27,8 @@ typedef enum fake_openai_mode {
     FAKE_OPENAI_RESET_MID_STREAM,   /* reset_after tokens, then a TCP reset (SO_LINGER 0) */
     FAKE_OPENAI_ERROR_EVENT,        /* the first token, then data: {"error":{...}} */
     FAKE_OPENAI_JSON,               /* ignores stream:true: one application/json answer */
+    FAKE_OPENAI_NO_STREAM_OPTIONS,  /* an older server: 400 naming "stream_options" when the
+                                       request has it, else as NORMAL */
 } fake_openai_mode;
 
 typedef struct fake_openai fake_openai;

@@ -595,6 +595,39 @@ START_TEST(test_openai_usage_reported_or_not)
 }
 END_TEST
 
+/* An older server refuses stream_options: that call is transient, and the
+ * backend's later requests go without it (usage then unknown). */
+START_TEST(test_openai_server_without_stream_options)
+{
+    fake_openai_set_mode(g_fake, FAKE_OPENAI_NO_STREAM_OPTIONS);
+    fake_openai_set_usage(g_fake, 11, 7);
+    wrk_backend *b = make_openai(NULL);
+    sink s;
+    wrk_result res;
+
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_TRANSIENT, "%s: %s", wrk_outcome_str(res.outcome), res.error);
+    ck_assert_int_eq(res.http_status, 400);
+    ck_assert_int_eq(s.ntok, 0);
+    sink_fini(&s);
+
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_DONE, "%s: %s", wrk_outcome_str(res.outcome), res.error);
+    ck_assert_str_eq(s.text, "Hello from the fake model.");
+    ck_assert_int_eq(res.input_tokens, -1);
+    char *body = fake_openai_last_body(g_fake);
+    cJSON *j = cJSON_Parse(body);
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "stream_options"));
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "stream")));
+    cJSON_Delete(j);
+    free(body);
+    sink_fini(&s);
+    wrk_backend_destroy(b);
+}
+END_TEST
+
 START_TEST(test_openai_connect_refused)
 {
     /* Stop the fake so its port refuses connections. */
@@ -778,6 +811,7 @@ static Suite *backend_suite(void)
     tcase_add_test(oa, test_openai_reset_mid_stream);
     tcase_add_test(oa, test_openai_json_answer);
     tcase_add_test(oa, test_openai_usage_reported_or_not);
+    tcase_add_test(oa, test_openai_server_without_stream_options);
     tcase_add_test(oa, test_openai_connect_refused);
     tcase_add_test(oa, test_openai_cancel_mid_stream);
     tcase_add_test(oa, test_openai_cancel_while_hanging);
