@@ -119,4 +119,15 @@ sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_
 #define SL_USAGE_SLOT_S 300
 sl_status sl_kv_key_usage(char *buf, size_t n, const char *tenant, int64_t slot, const char *agent);
 
+/* Parse the keys above: "<tenant>.<unix second>" and
+ * "<tenant>.<slot>.<agent>" (numbers of 1 to 18 decimal digits). The ids
+ * go to tenant and agent (at least SL_ID_MAX + 1 bytes each). SL_ERR_INVAL
+ * for anything else. */
+sl_status sl_kv_key_quota_parse(const char *key, char *tenant, int64_t *unix_s);
+sl_status sl_kv_key_usage_parse(const char *key, char *tenant, int64_t *slot, char *agent);
+
+/* The KV filter "<tenant>.>": every key of one tenant in a bucket whose
+ * keys start with the tenant. SL_ERR_INVAL for an invalid tenant. */
+sl_status sl_kv_key_tenant_filter(char *buf, size_t n, const char *tenant);
+
 #endif

@@ -54,7 +54,7 @@ sl_status orch_quota_parse(const char *spec, orch_quota_rule **out, size_t *n, c
         }
         if (eq == NULL || eq > end) {
             sl_errf(err, errlen, "'%.*s' is not tenant=tokens", (int)(end - p > 64 ? 64 : end - p),
-                     p);
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -76,7 +76,7 @@ sl_status orch_quota_parse(const char *spec, orch_quota_rule **out, size_t *n, c
         tlen = (size_t)(eq - p);
         if (tlen == 0 || tlen > SL_ID_MAX) {
             sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
-                     p);
+                    p);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -97,7 +97,7 @@ sl_status orch_quota_parse(const char *spec, orch_quota_rule **out, size_t *n, c
         size_t nlen = (size_t)(end - eq - 1);
         if (nlen == 0 || nlen >= sizeof(num) || eq[1] < '0' || eq[1] > '9') {
             sl_errf(err, errlen, "'%.*s': the budget must be an integer 0..%lld",
-                     (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
+                    (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -108,7 +108,7 @@ sl_status orch_quota_parse(const char *spec, orch_quota_rule **out, size_t *n, c
         if (errno != 0 || num_end == NULL || *num_end != '\0' || tokens < 0 ||
             tokens > QUOTA_BUDGET_MAX) {
             sl_errf(err, errlen, "'%.*s': the budget must be an integer 0..%lld",
-                     (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
+                    (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
             st = SL_ERR_INVAL;
             goto cleanup;
         }
@@ -278,22 +278,11 @@ static tenant_view *view_get(orch_quota *q, const char *tenant, bool create)
 void orch_quota_apply(orch_quota *q, const char *key, const char *val, size_t len)
 {
     char tenant[SL_ID_MAX + 1];
-    const char *dot;
-    char *end = NULL;
-    long long sec;
+    int64_t sec = 0;
     cJSON *o = NULL;
     uint64_t tokens = 0;
 
-    if (q == NULL || key == NULL || val == NULL)
-        return;
-    dot = strchr(key, '.');
-    if (dot == NULL || dot == key || (size_t)(dot - key) > SL_ID_MAX)
-        return;
-    memcpy(tenant, key, (size_t)(dot - key));
-    tenant[dot - key] = '\0';
-    errno = 0;
-    sec = strtoll(dot + 1, &end, 10);
-    if (errno != 0 || end == dot + 1 || *end != '\0' || sec < 0 || !sl_id_valid(tenant))
+    if (q == NULL || val == NULL || sl_kv_key_quota_parse(key, tenant, &sec) != SL_OK)
         return;
     /* Only tenants with a budget are kept. */
     if (orch_quota_budget(q, tenant) <= 0)

@@ -388,7 +388,7 @@ static int cmd_usage(int argc, char **argv)
         rv = 1;
         goto cleanup;
     }
-    snprintf(filter, sizeof(filter), "%s.>", tenant);
+    (void)sl_kv_key_tenant_filter(filter, sizeof(filter), tenant); /* a valid id: fits */
     kvWatchOptions_Init(&wo);
     wo.IgnoreDeletes = true;
     if (kvStore_Watch(&w, kv, filter, &wo) != NATS_OK) {
@@ -408,17 +408,16 @@ static int cmd_usage(int argc, char **argv)
         }
         if (e == NULL)
             break; /* every current value was delivered */
-        const char *key = kvEntry_Key(e) + strlen(tenant) + 1;
-        char *end = NULL;
-        long long slot = strtoll(key, &end, 10);
-        if (end != key && *end == '.' && sl_id_valid(end + 1) && slot > now_slot - USAGE_SLOTS &&
-            slot <= now_slot + 1) {
+        char ktenant[SL_ID_MAX + 1], agent[SL_ID_MAX + 1];
+        int64_t slot = 0;
+        if (sl_kv_key_usage_parse(kvEntry_Key(e), ktenant, &slot, agent) == SL_OK &&
+            strcmp(ktenant, tenant) == 0 && slot > now_slot - USAGE_SLOTS && slot <= now_slot + 1) {
             cJSON *o = cJSON_ParseWithLength(kvEntry_ValueString(e), (size_t)kvEntry_ValueLen(e));
             size_t i = 0;
-            while (i < nrows && strcmp(rows[i].agent, end + 1) != 0)
+            while (i < nrows && strcmp(rows[i].agent, agent) != 0)
                 i++;
             if (i == nrows && nrows < USAGE_AGENTS_MAX)
-                snprintf(rows[nrows++].agent, sizeof(rows[0].agent), "%s", end + 1);
+                snprintf(rows[nrows++].agent, sizeof(rows[0].agent), "%s", agent);
             if (i < nrows) {
                 rows[i].in += json_u64(o, "in");
                 rows[i].out += json_u64(o, "out");
