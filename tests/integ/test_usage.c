@@ -369,9 +369,10 @@ START_TEST(test_quota_refuses_then_recovers)
                   "sluice_quota holds %lld tokens of acme, want %lld", (long long)k.have,
                   (long long)k.want);
 
-    /* Over budget: busy quota with the time until the window frees. */
-    int64_t t_busy = hx_now_ms();
+    /* Over budget: busy quota with the time until the window frees,
+     * counted from when the orchestrator decided (before it arrived). */
     r = ask(s, a, "c-2", "are you there");
+    int64_t t_busy = hx_now_ms();
     HX_ASSERT_MSG(s, strcmp(hx_json_str(r, "kind"), "busy") == 0, "not refused: %s",
                   cJSON_PrintUnformatted(r));
     HX_ASSERT(s, strcmp(hx_json_str(r, "reason"), "quota") == 0);
