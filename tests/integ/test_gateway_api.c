@@ -2,7 +2,9 @@
  * operations.md "Server API"): every endpoint against a real stack, every
  * error status (and that an error changes nothing), idempotent publish,
  * agents answering or not, disconnects across two gateways (close 4403),
- * presence and history as a client sees them. */
+ * presence and history as a client sees them, and sluicectl's matching
+ * subcommands. */
+#include <sys/wait.h>
 #include <time.h>
 
 #include "sl_auth.h"
@@ -428,6 +430,87 @@ START_TEST(test_presence_and_history)
 }
 END_TEST
 
+/* ---- sluicectl ---- */
+
+/* Runs sluicectl with args (and SLUICE_JWT_SECRET from the stack); returns
+ * its exit status and stdout (malloc'd) in *out. */
+static int ctl(fx *f, char **out, const char *args)
+{
+    char *cmd = hx_strf("SLUICE_JWT_SECRET='%s' %s/sluicectl %s 2>&1", hx_stack_secret(f->s),
+                        hx_stack_bin_dir(f->s), args);
+    FILE *p = popen(cmd, "r");
+    size_t cap = 65536, n = 0;
+    char *buf = calloc(1, cap);
+    int st;
+
+    HX_ASSERT(f->s, p != NULL && buf != NULL);
+    while (n + 1 < cap) {
+        size_t r = fread(buf + n, 1, cap - 1 - n, p);
+        if (r == 0)
+            break;
+        n += r;
+    }
+    st = pclose(p);
+    free(cmd);
+    *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(test_sluicectl)
+{
+    fx f;
+    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1};
+    hx_sl_client *c;
+    char *out = NULL, *args, url[64];
+    cJSON *j;
+
+    fx_start(&f, &o);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", hx_stack_gw_port(f.s, 0));
+    c = fx_client(&f, 0, "acme", "alice");
+    cJSON_Delete(hx_sl_join(c, "news", T));
+
+    args = hx_strf("publish --url %s --tenant acme --room news --from ops --id ctl-1 "
+                   "--no-agents 'hello from ctl'",
+                   url);
+    HX_ASSERT_MSG(f.s, ctl(&f, &out, args) == 0, "sluicectl publish failed: %s", out);
+    j = cJSON_Parse(out);
+    HX_ASSERT_MSG(f.s, j != NULL && hx_json_str(j, "event") != NULL, "publish printed %s", out);
+    cJSON_Delete(j);
+    free(out);
+    free(args);
+    j = expect_event(&f, c, "ctl-1");
+    HX_ASSERT(f.s, strcmp(hx_json_str(j, "text"), "hello from ctl") == 0);
+    cJSON_Delete(j);
+
+    args = hx_strf("presence --url %s --tenant acme --room news", url);
+    HX_ASSERT(f.s, ctl(&f, &out, args) == 0);
+    HX_ASSERT_MSG(f.s, strstr(out, hx_sl_session(c)) != NULL, "presence printed %s", out);
+    free(out);
+    free(args);
+
+    args = hx_strf("history --url %s --tenant acme --ch r:news --limit 10", url);
+    HX_ASSERT(f.s, ctl(&f, &out, args) == 0);
+    HX_ASSERT_MSG(f.s, strstr(out, "hello from ctl") != NULL, "history printed %s", out);
+    free(out);
+    free(args);
+
+    /* An error status is an error exit, with the API's message. */
+    args = hx_strf("presence --url %s --tenant acme --room a.b", url);
+    HX_ASSERT(f.s, ctl(&f, &out, args) != 0);
+    HX_ASSERT_MSG(f.s, strstr(out, "400") != NULL, "a 400 printed %s", out);
+    free(out);
+    free(args);
+
+    args = hx_strf("disconnect --url %s --tenant acme --user alice", url);
+    HX_ASSERT(f.s, ctl(&f, &out, args) == 0);
+    free(out);
+    free(args);
+    HX_ASSERT(f.s, fx_wait_close(hx_sl_ws(c), T) == 4403);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway_api");
@@ -440,6 +523,7 @@ int main(void)
     tcase_add_test(tc, test_publish_idempotent_and_agents);
     tcase_add_test(tc, test_disconnect_everywhere);
     tcase_add_test(tc, test_presence_and_history);
+    tcase_add_test(tc, test_sluicectl);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
