@@ -775,7 +775,8 @@ static int on_http(gw_server *s, api_pss *p, struct lws *wsi)
         snprintf(p->err_msg, sizeof(p->err_msg), "no such endpoint (see docs/operations.md)");
     } else if (code == 405) {
         p->err_code = "method_not_allowed";
-        snprintf(p->err_msg, sizeof(p->err_msg), "%s is not allowed on %s", method_name(m), path);
+        snprintf(p->err_msg, sizeof(p->err_msg), "%s is not allowed on %.64s", method_name(m),
+                 path);
     } else {
         code = check_auth(s, wsi, p);
     }
