@@ -206,10 +206,11 @@ typedef struct api_pss {
     char *body;
     size_t body_len;
     bool body_over;
-    api_job *job; /* waiting for an io thread, or NULL */
-    int status;   /* the response waiting for a writeable callback (resp != NULL) */
-    char *resp;   /* malloc'd JSON */
-    bool close;   /* close after the response (its body was not read) */
+    api_job *job;  /* waiting for an io thread, or NULL */
+    int status;    /* the response waiting for a writeable callback (resp != NULL) */
+    char *resp;    /* malloc'd JSON */
+    bool close;    /* close after the response (its body was not read) */
+    bool answered; /* this request has its answer: later body callbacks are dropped */
 } api_pss;
 
 /* Work handed to an io thread. The io thread touches only s's bus, io and
@@ -228,6 +229,7 @@ struct api_job {
 static void respond(api_pss *p, int status, char *body)
 {
     free(p->resp);
+    p->answered = true;
     p->status = status;
     p->resp = body != NULL ? body : gw_api_error_body("internal", "out of memory");
     if (p->resp == NULL)
@@ -780,16 +782,19 @@ static int on_http(gw_server *s, api_pss *p, struct lws *wsi)
     } else {
         code = check_auth(s, wsi, p);
     }
-    if (code == 200 && (clen < 0 || clen > API_DISCARD_MAX)) {
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        clen = -2; /* a chunked body: its end is not known up front */
+    if (clen < 0 || clen > API_DISCARD_MAX) {
         /* Refused unread: the connection closes after the answer. */
         p->close = true;
-        respond_error(p, clen < 0 ? 400 : 413, clen < 0 ? "bad_request" : "too_large",
-                      clen < 0 ? "bad Content-Length" : "the body is over 64 KiB");
-        return 0;
-    }
-    if (code != 200 && (clen < 0 || clen > API_DISCARD_MAX)) {
-        p->close = true;
-        respond_error(p, code, p->err_code, p->err_msg);
+        if (code != 200)
+            respond_error(p, code, p->err_code, p->err_msg);
+        else if (clen == -2)
+            respond_error(p, 411, "length_required", "a body needs a Content-Length");
+        else if (clen < 0)
+            respond_error(p, 400, "bad_request", "bad Content-Length");
+        else
+            respond_error(p, 413, "too_large", "the body is over 64 KiB");
         return 0;
     }
     p->err_status = code == 200 ? 0 : code;
@@ -822,7 +827,7 @@ static void on_body(api_pss *p, const void *in, size_t len)
 {
     char *nb;
 
-    if (p->body_over || p->err_status != 0)
+    if (p->body_over || p->err_status != 0 || p->answered)
         return; /* read and dropped */
     if (p->body_len + len > GW_API_BODY_MAX) {
         p->body_over = true;
@@ -848,6 +853,8 @@ static int on_body_done(gw_server *s, api_pss *p)
     char msg[160];
     int code;
 
+    if (p->answered)
+        return 0;
     if (p->err_status != 0) {
         respond_error(p, p->err_status, p->err_code, p->err_msg);
         return 0;

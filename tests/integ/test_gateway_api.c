@@ -4,8 +4,10 @@
  * agents answering or not, disconnects across two gateways (close 4403),
  * presence and history as a client sees them, and sluicectl's matching
  * subcommands. */
+#include <curl/curl.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sl_auth.h"
 #include "test_gateway_fx.h"
@@ -430,6 +432,136 @@ START_TEST(test_presence_and_history)
 }
 END_TEST
 
+/* ---- keep-alive ---- */
+
+typedef struct body_buf {
+    char data[65536];
+    size_t n;
+} body_buf;
+
+static size_t keep_body(char *d, size_t size, size_t nmemb, void *ud)
+{
+    body_buf *b = ud;
+    size_t len = size * nmemb, room = sizeof(b->data) - 1 - b->n;
+
+    memcpy(b->data + b->n, d, len < room ? len : room);
+    b->n += len < room ? len : room;
+    b->data[b->n] = '\0';
+    return len;
+}
+
+/* One request on the shared handle; returns the status and sets *reused. */
+static long keep_req(fx *f, CURL *c, struct curl_slist *h, const char *url, const char *body,
+                     body_buf *b, bool *reused)
+{
+    long status = 0, conns = -1;
+    CURLcode cc;
+
+    b->n = 0;
+    b->data[0] = '\0';
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 15L);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    } else {
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    }
+    cc = curl_easy_perform(c);
+    HX_ASSERT_MSG(f->s, cc == CURLE_OK, "%s: %s", url, curl_easy_strerror(cc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &conns);
+    *reused = conns == 0;
+    return status;
+}
+
+/* Requests share one connection: API answers (errors included, a body
+ * over the bound too) keep it usable, also between static files. */
+START_TEST(test_keepalive)
+{
+    fx f;
+    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1};
+    char *srv, *auth, base[64], *url;
+    struct curl_slist *h = NULL, *none = NULL;
+    body_buf *b = calloc(1, sizeof(*b));
+    char *big;
+    bool reused = false;
+    CURL *c;
+
+    fx_start(&f, &o);
+    ck_assert_ptr_nonnull(b);
+    srv = server_token(&f, "acme");
+    auth = hx_strf("Authorization: Bearer %s", srv);
+    h = curl_slist_append(h, auth);
+    h = curl_slist_append(h, "Content-Type: application/json");
+    none = curl_slist_append(none, "X-None: 1");
+    snprintf(base, sizeof(base), "http://127.0.0.1:%d", hx_stack_gw_port(f.s, 0));
+    c = curl_easy_init();
+    ck_assert_ptr_nonnull(c);
+
+    url = hx_strf("%s/v1/api/presence?room=news", base);
+    HX_ASSERT(f.s, keep_req(&f, c, h, url, NULL, b, &reused) == 200);
+    HX_ASSERT(f.s, keep_req(&f, c, h, url, NULL, b, &reused) == 200 && reused);
+    free(url);
+    url = hx_strf("%s/v1/api/publish", base);
+    HX_ASSERT(f.s, keep_req(&f, c, h, url,
+                            "{\"room\":\"news\",\"text\":\"t\",\"from\":\"bot\",\"id\":\"k-1\","
+                            "\"agents\":false}",
+                            b, &reused) == 200 &&
+                       reused);
+    HX_ASSERT_MSG(f.s, strstr(b->data, "\"duplicate\":false") != NULL, "publish answered %s",
+                  b->data);
+    HX_ASSERT(f.s, keep_req(&f, c, h, url, "{\"room\":\"a.b\"}", b, &reused) == 400 && reused);
+    big = calloc(1, 100 * 1024);
+    ck_assert_ptr_nonnull(big);
+    memset(big, ' ', 100 * 1024 - 1);
+    HX_ASSERT(f.s, keep_req(&f, c, h, url, big, b, &reused) == 413 && reused);
+    free(big);
+    HX_ASSERT(f.s, keep_req(&f, c, none, url, "{}", b, &reused) == 401 && reused);
+    free(url);
+    /* A static file, then the API again, then a static file. */
+    url = hx_strf("%s/", base);
+    HX_ASSERT(f.s, keep_req(&f, c, none, url, NULL, b, &reused) == 200);
+    free(url);
+    /* The orchestrator posts k-1 to the room a moment after it was stored. */
+    url = hx_strf("%s/v1/api/history?ch=r:news", base);
+    for (int64_t until = hx_now_ms() + T;;) {
+        HX_ASSERT(f.s, keep_req(&f, c, h, url, NULL, b, &reused) == 200);
+        if (strstr(b->data, "\"k-1\"") != NULL || hx_now_ms() > until)
+            break;
+        usleep(50 * 1000);
+    }
+    HX_ASSERT_MSG(f.s, strstr(b->data, "\"k-1\"") != NULL, "history answered %s", b->data);
+    free(url);
+    url = hx_strf("%s/", base);
+    HX_ASSERT(f.s, keep_req(&f, c, none, url, NULL, b, &reused) == 200);
+    free(url);
+    /* A chunked body has no length up front: 411, nothing stored. */
+    {
+        struct curl_slist *chunked = curl_slist_append(NULL, auth);
+        chunked = curl_slist_append(chunked, "Transfer-Encoding: chunked");
+        url = hx_strf("%s/v1/api/publish", base);
+        HX_ASSERT(f.s,
+                  keep_req(&f, c, chunked, url,
+                           "{\"room\":\"news\",\"text\":\"t\",\"from\":\"bot\",\"id\":\"k-2\"}", b,
+                           &reused) == 411);
+        HX_ASSERT_MSG(f.s, strstr(b->data, "length_required") != NULL, "411 answered %s", b->data);
+        curl_slist_free_all(chunked);
+        free(url);
+    }
+    curl_easy_cleanup(c);
+    curl_slist_free_all(h);
+    curl_slist_free_all(none);
+    free(auth);
+    free(srv);
+    free(b);
+    fx_check_serves(&f, 0);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- sluicectl ---- */
 
 /* Runs sluicectl with args (and SLUICE_JWT_SECRET from the stack); returns
@@ -524,6 +656,7 @@ int main(void)
     tcase_add_test(tc, test_disconnect_everywhere);
     tcase_add_test(tc, test_presence_and_history);
     tcase_add_test(tc, test_sluicectl);
+    tcase_add_test(tc, test_keepalive);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
