@@ -261,6 +261,22 @@ static void pss_release(api_pss *p)
     p->body = p->resp = NULL;
 }
 
+static const char *op_name(gw_api_op op)
+{
+    switch (op) {
+    case GW_API_PUBLISH:
+        return "publish";
+    case GW_API_DISCONNECT:
+        return "disconnect";
+    case GW_API_PRESENCE:
+        return "presence";
+    case GW_API_HISTORY:
+        return "history";
+    default:
+        return "none";
+    }
+}
+
 static int write_response(api_pss *p)
 {
     unsigned char hdr[LWS_PRE + 512], *h = hdr + LWS_PRE, *end = hdr + sizeof(hdr);
@@ -270,6 +286,12 @@ static int write_response(api_pss *p)
 
     if (p->resp == NULL)
         return p->close ? -1 : 0;
+    {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "op=\"%s\",status=\"%d\"", op_name(p->op), p->status);
+        sl_counter_inc(sl_counter_get("sluice_gw_api_requests_total", labels,
+                                      "server API answers by endpoint and HTTP status"));
+    }
     n = strlen(p->resp);
     if (lws_add_http_common_headers(p->wsi, (unsigned int)p->status, "application/json",
                                     (lws_filepos_t)n, &h, end) ||

@@ -177,6 +177,12 @@ START_TEST(test_errors_change_nothing)
                  "bad_request");
     expect_error(&f, 0, "GET", "/v1/api/history?ch=r:news&before=x", srv, NULL, 400, "bad_request");
 
+    /* Counted by endpoint and status. */
+    HX_ASSERT(f.s,
+              fx_metric(&f, 0, "sluice_gw_api_requests_total{op=\"publish\",status=\"401\"}") == 4);
+    HX_ASSERT(f.s,
+              fx_metric(&f, 0, "sluice_gw_api_requests_total{op=\"none\",status=\"404\"}") == 2);
+
     /* Nothing of the above was stored; the gateway still serves. */
     HX_ASSERT_MSG(f.s, fx_stream_msgs(&f, SL_STREAM_IN, NULL) == in_before,
                   "a refused request stored something on SLUICE_IN");
