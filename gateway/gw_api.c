@@ -244,6 +244,8 @@ static void respond_error(api_pss *p, int status, const char *code, const char *
 
 static void pss_reset(api_pss *p, struct lws *wsi)
 {
+    if (p->job != NULL) /* a request that overtook an unanswered one: drop that answer */
+        p->job->pss = NULL;
     free(p->body);
     free(p->resp);
     memset(p, 0, sizeof(*p));
