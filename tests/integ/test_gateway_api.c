@@ -438,6 +438,55 @@ START_TEST(test_presence_and_history)
 }
 END_TEST
 
+typedef struct ready_wait {
+    int port;
+    int want;
+} ready_wait;
+
+static bool readyz_is(void *ud)
+{
+    ready_wait *w = ud;
+    return hx_http_get(NULL, w->port, "/readyz", 1000, NULL) == w->want;
+}
+
+/* A draining gateway refuses publishes (another gateway takes them) and
+ * still answers reads. */
+START_TEST(test_draining_refuses_publish)
+{
+    static const char *const gw_env[] = {"SLUICE_DRAIN_GRACE_MS=5000", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .orchestrators = 1, .workers = 1, .gw_env = gw_env};
+    hx_ws *ws;
+    ready_wait rw;
+    char *srv;
+    uint64_t in_before;
+
+    fx_start(&f, &o);
+    srv = server_token(&f, "acme");
+    ws = fx_raw_hello(&f, 0, "acme", "alice"); /* keeps the drain going */
+    in_before = fx_stream_msgs(&f, SL_STREAM_IN, NULL);
+    HX_OK(f.s, hx_stack_kill(f.s, HX_GATEWAY, 0, SIGTERM));
+    rw.port = hx_stack_admin_port(f.s, HX_GATEWAY, 0);
+    rw.want = 503;
+    HX_ASSERT_MSG(f.s, hx_wait_until(readyz_is, &rw, 5000), "/readyz never said 503");
+    /* /readyz fails from the signal on; the drain itself starts on the
+     * gateway's next tick, and its first act is telling clients to move. */
+    {
+        cJSON *r = hx_ws_expect_type(ws, "reconnect", T);
+        HX_ASSERT_MSG(f.s, r != NULL, "no reconnect frame: %s", hx_error());
+        cJSON_Delete(r);
+    }
+    expect_error(&f, 0, "POST", "/v1/api/publish", srv,
+                 "{\"room\":\"news\",\"text\":\"t\",\"from\":\"bot\",\"id\":\"d-1\"}", 503,
+                 "draining");
+    HX_ASSERT(f.s, api(&f, 0, "GET", "/v1/api/presence?room=news", srv, NULL, NULL) == 200);
+    HX_ASSERT(f.s, fx_stream_msgs(&f, SL_STREAM_IN, NULL) == in_before);
+    hx_ws_destroy(ws);
+    free(srv);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- keep-alive ---- */
 
 typedef struct body_buf {
@@ -663,6 +712,7 @@ int main(void)
     tcase_add_test(tc, test_presence_and_history);
     tcase_add_test(tc, test_sluicectl);
     tcase_add_test(tc, test_keepalive);
+    tcase_add_test(tc, test_draining_refuses_publish);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
