@@ -3,6 +3,7 @@
  *   status                                              streams, consumers, queue depths
  *   tail --tenant T [--count N] [--seconds S]           follow a tenant's events
  *   drain-check                                         is anything still in flight?
+ *   publish, disconnect, presence, history              the server API (ctl_api.c)
  * Configuration comes from the same SLUICE_* variables as the services. */
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctl_api.h"
 #include "sl_auth.h"
 #include "sl_bus.h"
 #include "sl_codec.h"
@@ -25,8 +27,9 @@ static int usage(FILE *f)
 {
     fprintf(f, "Usage: sluicectl COMMAND [options]\n\n"
                "Commands:\n"
-               "  token --tenant T --sub U [--ttl SECONDS] [--room R ...]\n"
-               "        print a HS256 JWT signed with SLUICE_JWT_SECRET (default ttl 3600)\n"
+               "  token --tenant T --sub U [--ttl SECONDS] [--room R ...] [--role server]\n"
+               "        print a HS256 JWT signed with SLUICE_JWT_SECRET (default ttl 3600);\n"
+               "        --role server makes a token for the server API\n"
                "  status\n"
                "        streams, consumers and per-subject queue depths (SLUICE_NATS_URL)\n"
                "  tail --tenant T [--count N] [--seconds S]\n"
@@ -34,15 +37,16 @@ static int usage(FILE *f)
                "  drain-check\n"
                "        exit 0 when no work is in flight (no unacknowledged or queued\n"
                "        messages on any consumer), 1 otherwise: run before stopping the\n"
-               "        last orchestrator or worker of an upgrade\n\n"
-               "Environment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
-               "SLUICE_NATS_PASSWORD\n");
+               "        last orchestrator or worker of an upgrade\n");
+    ctl_api_usage(f);
+    fprintf(f, "\nEnvironment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
+               "SLUICE_NATS_PASSWORD, SLUICE_API_URL, SLUICE_API_TOKEN\n");
     return f == stdout ? 0 : 2;
 }
 
 static int cmd_token(int argc, char **argv)
 {
-    const char *tenant = NULL, *sub = NULL, *secret = getenv("SLUICE_JWT_SECRET");
+    const char *tenant = NULL, *sub = NULL, *role = NULL, *secret = getenv("SLUICE_JWT_SECRET");
     const char *rooms[SL_ROOMS_MAX];
     int nrooms = -1;
     int64_t ttl = 3600;
@@ -64,6 +68,12 @@ static int cmd_token(int argc, char **argv)
                 fprintf(stderr, "sluicectl token: --ttl must be 1..31536000 seconds\n");
                 return 2;
             }
+        } else if (strcmp(a, "--role") == 0) {
+            if (!sl_id_valid(v)) {
+                fprintf(stderr, "sluicectl token: --role must be [A-Za-z0-9_-]{1,64}\n");
+                return 2;
+            }
+            role = v;
         } else if (strcmp(a, "--room") == 0) {
             if (nrooms < 0)
                 nrooms = 0;
@@ -86,8 +96,8 @@ static int cmd_token(int argc, char **argv)
         fprintf(stderr, "sluicectl token: --tenant ([A-Za-z0-9_-]{1,64}) and --sub are required\n");
         return 2;
     }
-    if (sl_jwt_mint_hs256(secret, tenant, sub, (int64_t)time(NULL) + ttl,
-                          nrooms >= 0 ? rooms : NULL, nrooms, &tok) != SL_OK) {
+    if (sl_jwt_mint_hs256_role(secret, tenant, sub, (int64_t)time(NULL) + ttl,
+                               nrooms >= 0 ? rooms : NULL, nrooms, role, &tok) != SL_OK) {
         fprintf(stderr, "sluicectl token: cannot mint a token with these claims\n");
         return 1;
     }
@@ -340,6 +350,8 @@ int main(int argc, char **argv)
         return cmd_tail(argc, argv);
     if (strcmp(argv[1], "drain-check") == 0)
         return cmd_drain_check();
+    if (ctl_api_is_command(argv[1]))
+        return ctl_api_main(argc, argv);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0)
         return usage(stdout);
