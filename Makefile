@@ -80,7 +80,7 @@ $(B)/%.a:
 $(BIN)/sluice-gateway: $(B)/obj/gateway/main.o $(LIBGW) $(LIBSLUICE)
 $(BIN)/sluice-orchestrator: $(B)/obj/orchestrator/main.o $(LIBORCH) $(LIBSLUICE)
 $(BIN)/sluice-worker: $(B)/obj/worker/main.o $(LIBWRK) $(LIBSLUICE)
-$(BIN)/sluicectl: $(B)/obj/tools/sluicectl.o $(LIBSLUICE)
+$(BIN)/sluicectl: $(B)/obj/tools/sluicectl.o $(B)/obj/tools/ctl_api.o $(LIBSLUICE)
 $(PROGS):
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

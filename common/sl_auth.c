@@ -158,6 +158,11 @@ static bool sub_valid(const char *s)
     return n > 0 && n <= SL_SUB_MAX && sl_utf8_printable(s, n);
 }
 
+bool sl_user_valid(const char *s)
+{
+    return sub_valid(s);
+}
+
 bool sl_room_pattern_valid(const char *s)
 {
     size_t n;
@@ -352,6 +357,7 @@ static const char *parse_claims(const cJSON *p, sl_claims *c)
     const cJSON *tenant = cJSON_GetObjectItemCaseSensitive(p, "tenant");
     const cJSON *exp = cJSON_GetObjectItemCaseSensitive(p, "exp");
     const cJSON *rooms = cJSON_GetObjectItemCaseSensitive(p, "rooms");
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(p, "role");
     const cJSON *r;
     int n = 0;
 
@@ -363,6 +369,9 @@ static const char *parse_claims(const cJSON *p, sl_claims *c)
         return "exp missing or not an integer";
     memcpy(c->sub, sub->valuestring, strlen(sub->valuestring) + 1);
     memcpy(c->tenant, tenant->valuestring, strlen(tenant->valuestring) + 1);
+    if (role != NULL && !cJSON_IsString(role))
+        return "role is not a string";
+    c->server = role != NULL && strcmp(role->valuestring, "server") == 0;
     c->nrooms = -1;
     if (rooms == NULL)
         return NULL;
@@ -518,6 +527,13 @@ static char *append_mac(char *signed_part, const void *key, size_t keylen)
 sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *sub, int64_t exp,
                             const char *const *rooms, int nrooms, char **out)
 {
+    return sl_jwt_mint_hs256_role(secret, tenant, sub, exp, rooms, nrooms, NULL, out);
+}
+
+sl_status sl_jwt_mint_hs256_role(const char *secret, const char *tenant, const char *sub,
+                                 int64_t exp, const char *const *rooms, int nrooms,
+                                 const char *role, char **out)
+{
     static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     sl_status st = SL_ERR_INVAL;
     cJSON *p = NULL, *arr = NULL;
@@ -525,7 +541,7 @@ sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *
 
     if (secret == NULL || secret[0] == '\0' || strlen(secret) > SECRET_MAX ||
         !sl_id_valid(tenant) || !sub_valid(sub) || out == NULL || exp > SL_JSON_INT_MAX ||
-        exp < -SL_JSON_INT_MAX)
+        exp < -SL_JSON_INT_MAX || (role != NULL && !sl_id_valid(role)))
         goto cleanup;
     if (rooms != NULL) {
         if (nrooms < 0 || nrooms > SL_ROOMS_MAX)
@@ -539,7 +555,8 @@ sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *
     p = cJSON_CreateObject();
     if (p == NULL || cJSON_AddStringToObject(p, "sub", sub) == NULL ||
         cJSON_AddStringToObject(p, "tenant", tenant) == NULL ||
-        sl_json_add_int(p, "exp", exp) == NULL)
+        sl_json_add_int(p, "exp", exp) == NULL ||
+        (role != NULL && cJSON_AddStringToObject(p, "role", role) == NULL))
         goto cleanup;
     if (rooms != NULL) {
         arr = cJSON_AddArrayToObject(p, "rooms");

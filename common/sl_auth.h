@@ -19,13 +19,16 @@
 #define SL_TOKEN_MAX        8192 /* longer JWTs are refused before any parsing */
 #define SL_RESUME_TOKEN_MAX 1024 /* longer resume tokens are refused */
 
-/* The claims of a verified token. Every string is NUL-terminated. */
+/* The claims of a verified token. Every string is NUL-terminated. The
+ * optional "role" claim must be a string; only "server" means anything
+ * (a token without it, or with another role, is a client token). */
 typedef struct sl_claims {
     char sub[SL_SUB_MAX + 1];     /* the user: 1..128 bytes of UTF-8, no control characters */
     char tenant[65];              /* passes sl_id_valid() */
     int64_t exp;                  /* unix seconds */
     int nrooms;                   /* -1: no rooms claim (any room allowed); else 0..SL_ROOMS_MAX */
     char rooms[SL_ROOMS_MAX][66]; /* room ids, or prefixes ending in '*' ("team-*", "*") */
+    bool server;                  /* role claim "server": the application's own backend */
 } sl_claims;
 
 typedef struct sl_auth sl_auth;
@@ -58,7 +61,8 @@ void sl_auth_destroy(sl_auth *a);
  *     1..128 bytes of UTF-8 without control characters, tenant missing or
  *     failing sl_id_valid(), exp missing or not an integer, nbf present and
  *     not a number, rooms present and not an array of at most SL_ROOMS_MAX
- *     valid room patterns (an id, or an id prefix of 0..64 chars then '*');
+ *     valid room patterns (an id, or an id prefix of 0..64 chars then '*'),
+ *     role present and not a string;
  *   - SL_ERR_AUTH: nbf in the future; SL_ERR_EXPIRED: exp <= now.
  * SL_ERR_NOMEM when an allocation fails. On any failure *out is untouched
  * and a short reason (safe to log, never contains token text) is written to
@@ -70,6 +74,10 @@ sl_status sl_auth_verify(const sl_auth *a, const char *token, int64_t now, sl_cl
  * these claims: no rooms claim, or an exact entry, or an entry "p*" with p a
  * prefix of room. False for a NULL or invalid room. */
 bool sl_claims_room_allowed(const sl_claims *c, const char *room);
+
+/* Returns true when s is a valid user (a sub claim): 1..SL_SUB_MAX bytes of
+ * UTF-8 without control characters. */
+bool sl_user_valid(const char *s);
 
 /* Returns true when s is a valid entry of the rooms claim: a room id, or
  * 0..64 id characters followed by '*'. */
@@ -83,6 +91,13 @@ bool sl_room_pattern_valid(const char *s);
  * secret, invalid tenant, sub or room, exp beyond +-2^53); SL_ERR_NOMEM. */
 sl_status sl_jwt_mint_hs256(const char *secret, const char *tenant, const char *sub, int64_t exp,
                             const char *const *rooms, int nrooms, char **out);
+
+/* Like sl_jwt_mint_hs256, plus a role claim when role is not NULL (it must
+ * then pass sl_id_valid). role "server" makes a server token: accepted by
+ * the gateway's server API (docs/operations.md), sl_claims.server set. */
+sl_status sl_jwt_mint_hs256_role(const char *secret, const char *tenant, const char *sub,
+                                 int64_t exp, const char *const *rooms, int nrooms,
+                                 const char *role, char **out);
 
 /* Makes a resume token: an opaque string (URL-safe characters and '.')
  * carrying tenant, session (both valid ids), sub and exp, authenticated

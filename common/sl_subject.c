@@ -250,6 +250,18 @@ sl_status sl_subject_bell_parse(const char *subject, char *model, char *tenant)
     return parse_ids(subject, "sluice.ctl.work.", model, tenant);
 }
 
+sl_status sl_subject_disconnect(char *buf, size_t n, const char *tenant)
+{
+    if (!sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "sluice.ctl.disconnect.%s", tenant));
+}
+
+sl_status sl_subject_disconnect_parse(const char *subject, char *tenant)
+{
+    return parse_ids(subject, "sluice.ctl.disconnect.", tenant, NULL);
+}
+
 sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_s)
 {
     if (!sl_id_valid(tenant) || unix_s < 0)

@@ -108,6 +108,16 @@ sl_status sl_kv_key3(char *buf, size_t n, const char *a, const char *b, const ch
 sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *session,
                         const char *client_id);
 
+/* The server API's disconnect of a user, "sluice.ctl.disconnect.<tenant>"
+ * (core NATS; the body is the user); every gateway listens on
+ * SL_SUBJECT_DISCONNECT_ALL. sl_subject_disconnect() returns SL_ERR_INVAL
+ * for an invalid tenant or a small buf; sl_subject_disconnect_parse()
+ * copies the tenant (SL_ID_MAX + 1 bytes) or returns SL_ERR_INVAL like the
+ * parsers above. */
+#define SL_SUBJECT_DISCONNECT_ALL "sluice.ctl.disconnect.*"
+sl_status sl_subject_disconnect(char *buf, size_t n, const char *tenant);
+sl_status sl_subject_disconnect_parse(const char *subject, char *tenant);
+
 /* The sluice_quota key of a tenant's tokens in one second:
  * "<tenant>.<unix second>". SL_ERR_INVAL for an invalid tenant, a negative
  * second or a buf too small. */

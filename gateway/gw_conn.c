@@ -195,6 +195,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         goto cleanup;
     }
     c->state = CONN_READY;
+    gw_api_user_add(s, c);
     gw__conn_send_text(s, c,
                        gw_frame_welcome(c->session, rt, s->cfg->heartbeat_ms, cmd->resume,
                                         s->cfg->max_frame, (double)s->cfg->rate,
@@ -269,6 +270,7 @@ static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action)
 
 void gw__conn_free(gw_server *s, gw_conn *c)
 {
+    gw_api_user_del(s, c);
     conn_detach(s, c, "disconnect");
     gw_outq_clear(&c->q);
     free(c->rx);

@@ -486,6 +486,8 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
                 cJSON_AddStringToObject(from, "agent", m->agent);
             else
                 cJSON_AddStringToObject(from, "user", m->user);
+            if (m->server)
+                cJSON_AddBoolToObject(from, "server", 1);
         }
         cJSON_AddStringToObject(o, "text", m->text);
         sl_json_add_int(o, "ts", e->ts_unix_ns / 1000000);

@@ -149,7 +149,7 @@ static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t s
  * 2 x limit + 16 gets is spent. A window the budget cuts is dropped (its
  * newest part was not read); what was not reached is the next page's
  * (j->covered). */
-static natsStatus history_read_io(read_job *j)
+natsStatus gw__history_read_io(read_job *j)
 {
     uint64_t before = j->before, w = (uint64_t)j->limit * 2;
     uint64_t budget = (uint64_t)j->limit * 2 + 16, used = 0;
@@ -292,7 +292,7 @@ void gw__read_io(void *arg)
             st = read_forward_io(j, REPLAY_BATCH);
         break;
     case READ_HISTORY:
-        st = history_read_io(j);
+        st = gw__history_read_io(j);
         break;
     }
     if (st != NATS_OK)

@@ -287,6 +287,9 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     s->mounts[1].origin = cfg->web_root;
     s->mounts[1].def = "index.html";
     s->mounts[1].origin_protocol = LWSMPRO_FILE;
+    s->mounts[1].mount_next = &s->mounts[2];
+    if ((st = gw_api_create(s, err, errlen)) != SL_OK) /* protocols[1], mounts[2] */
+        goto cleanup;
 
     memset(&info, 0, sizeof(info));
     info.port = port;
@@ -457,6 +460,7 @@ void gw_server_destroy(gw_server *s)
     }
     if (s->loop != NULL)
         ev_loop_destroy(s->loop);
+    gw_api_destroy(s);
     /* In order: nothing may use what is freed. cnats threads post to the
      * bridge and submit to the io pool (gw__on_live_cb, gw__on_pub_ack_cb): stop
      * them first. Then the io threads finish their queue (stream and

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gw_api.h"
 #include "gw_bridge.h"
 #include "gw_bucket.h"
 #include "gw_map.h"
@@ -216,6 +217,9 @@ struct gw_conn {
      * many writes). */
     struct gw_conn *pres_prev, *pres_next;
     bool pres_queued;
+    /* In the server API's index of the tenant's user (gw_api.c). */
+    struct gw_conn *user_prev, *user_next;
+    bool user_indexed;
 };
 
 typedef struct gw_metrics {
@@ -248,8 +252,9 @@ struct gw_server {
     const char *resume_secret;
     struct ev_loop *loop;    /* the event loop lws runs on (libev, epoll) */
     struct lws_context *ctx; /* NULL again once lws_context_destroy finished */
-    struct lws_http_mount mounts[2];
-    struct lws_protocols protocols[2];
+    struct lws_http_mount mounts[3];
+    struct lws_protocols protocols[3];
+    struct gw_api *api; /* the server API on /v1/api (gw_api.c) */
     gw_bridge *bridge;
     gw_io *io;
     jsCtx *js_in; /* publishes client messages; acks come to gw__on_pub_ack_cb */
@@ -373,6 +378,7 @@ bool gw__member_pend_fits(gw_server *s, gw_member *m);
 
 /* gw_read.c */
 void gw__read_io(void *arg);
+natsStatus gw__history_read_io(read_job *j);
 read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);

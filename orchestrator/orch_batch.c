@@ -108,11 +108,11 @@ void orch__process_batch(orch_loop *l, int n)
     for (int k = 0; k < l->norder; k++)
         orch__check_followups(l, &l->items[l->order[k]]);
 
-    orch__propagate_failures(l);
+    orch__propagate_failures(l, n);
     orch__stores_queue(l);
     pub_wait(l);
     orch__store_sessions(l);
-    orch__propagate_failures(l);
+    orch__propagate_failures(l, n);
 
     for (int i = 0; i < n; i++) {
         orch__finish(l, &l->items[i], t0);

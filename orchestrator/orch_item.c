@@ -102,8 +102,11 @@ void orch__queue_effects(orch_loop *l, item *it)
         it->failed = true;
         return;
     }
-    n = orch_route(l->agents, e->message->text, it->kind == K_AGENT ? it->author : NULL, e->hops,
-                   (uint32_t)l->cfg.hop_limit, idx, ORCH_AGENTS_MAX);
+    /* A server API publish with "agents":false is posted, never answered. */
+    n = it->kind == K_USER && e->message->no_agents
+            ? 0
+            : orch_route(l->agents, e->message->text, it->kind == K_AGENT ? it->author : NULL,
+                         e->hops, (uint32_t)l->cfg.hop_limit, idx, ORCH_AGENTS_MAX);
     if (n == 0 && it->kind == K_AGENT && e->hops >= l->cfg.hop_limit) {
         sl_counter_inc(l->m.hop_stops);
         item_log(it, SL_LOG_INFO, "hop limit reached; agent message from %s not routed",

@@ -179,8 +179,9 @@ void orch__fail_failed_sessions(orch_loop *l, int n);
 void orch__stores_queue(orch_loop *l);
 /* Settles the stores (retrying lost races); failed sessions are marked. */
 void orch__store_sessions(orch_loop *l);
-/* Fails every processed item of a session after its first failed one. */
-void orch__propagate_failures(orch_loop *l);
+/* Fails every processed item of a session after its first failed one, and
+ * the duplicates of items[0..n) in a session where anything failed. */
+void orch__propagate_failures(orch_loop *l, int n);
 
 /* orch_item.c */
 /* Decodes and classifies the fetched message it->m (kind, tenant, age). */

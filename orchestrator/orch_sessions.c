@@ -185,18 +185,30 @@ void orch__store_sessions(orch_loop *l)
     }
 }
 
-/* Fails every processed item of a session after its first failed one. */
-void orch__propagate_failures(orch_loop *l)
+/* Fails every processed item of a session after its first failed one,
+ * and every item of items[0..n) found a duplicate in a session where
+ * anything failed: it may be a duplicate only of a copy processed in
+ * this batch (a parked copy and its redelivery are the same stream
+ * message), and acking it would ack that message although its effects
+ * were not stored. A true duplicate NAKed here is found a duplicate again
+ * against the stored state when it comes back. */
+void orch__propagate_failures(orch_loop *l, int n)
 {
     for (int si = 0; si < l->nsess; si++) {
-        bool fail = l->sessions[si].failed;
+        bool fail = l->sessions[si].failed, any = fail;
         for (int k = 0; k < l->norder; k++) {
             item *it = &l->items[l->order[k]];
             if (it->kind != K_USER || it->sess != si)
                 continue;
             if (it->failed)
-                fail = true;
+                fail = any = true;
             if (fail)
+                it->failed = true;
+        }
+        for (int i = 0; any && i < n; i++) {
+            item *it = &l->items[i];
+            if (it->kind == K_USER && it->sess == si && it->decided &&
+                it->d == ORCH_CAUSAL_DUPLICATE)
                 it->failed = true;
         }
     }

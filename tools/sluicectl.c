@@ -4,6 +4,7 @@
  *   tail --tenant T [--count N] [--seconds S]           follow a tenant's events
  *   drain-check                                         is anything still in flight?
  *   usage --tenant T                                    tokens of the last 24 h, per agent
+ *   publish, disconnect, presence, history              the server API (ctl_api.c)
  * Configuration comes from the same SLUICE_* variables as the services. */
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctl_api.h"
 #include "sl_auth.h"
 #include "sl_bus.h"
 #include "sl_codec.h"
@@ -27,8 +29,9 @@ static int usage(FILE *f)
 {
     fprintf(f, "Usage: sluicectl COMMAND [options]\n\n"
                "Commands:\n"
-               "  token --tenant T --sub U [--ttl SECONDS] [--room R ...]\n"
-               "        print a HS256 JWT signed with SLUICE_JWT_SECRET (default ttl 3600)\n"
+               "  token --tenant T --sub U [--ttl SECONDS] [--room R ...] [--role server]\n"
+               "        print a HS256 JWT signed with SLUICE_JWT_SECRET (default ttl 3600);\n"
+               "        --role server makes a token for the server API\n"
                "  status\n"
                "        streams, consumers and per-subject queue depths (SLUICE_NATS_URL)\n"
                "  tail --tenant T [--count N] [--seconds S]\n"
@@ -39,15 +42,16 @@ static int usage(FILE *f)
                "        last orchestrator or worker of an upgrade\n"
                "  usage --tenant T\n"
                "        the tenant's model tokens (input, output) and replies over the last\n"
-               "        24 hours, in total and per agent (from the sluice_usage bucket)\n\n"
-               "Environment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
-               "SLUICE_NATS_PASSWORD\n");
+               "        24 hours, in total and per agent (from the sluice_usage bucket)\n");
+    ctl_api_usage(f);
+    fprintf(f, "\nEnvironment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
+               "SLUICE_NATS_PASSWORD, SLUICE_API_URL, SLUICE_API_TOKEN\n");
     return f == stdout ? 0 : 2;
 }
 
 static int cmd_token(int argc, char **argv)
 {
-    const char *tenant = NULL, *sub = NULL, *secret = getenv("SLUICE_JWT_SECRET");
+    const char *tenant = NULL, *sub = NULL, *role = NULL, *secret = getenv("SLUICE_JWT_SECRET");
     const char *rooms[SL_ROOMS_MAX];
     int nrooms = -1;
     int64_t ttl = 3600;
@@ -69,6 +73,12 @@ static int cmd_token(int argc, char **argv)
                 fprintf(stderr, "sluicectl token: --ttl must be 1..31536000 seconds\n");
                 return 2;
             }
+        } else if (strcmp(a, "--role") == 0) {
+            if (!sl_id_valid(v)) {
+                fprintf(stderr, "sluicectl token: --role must be [A-Za-z0-9_-]{1,64}\n");
+                return 2;
+            }
+            role = v;
         } else if (strcmp(a, "--room") == 0) {
             if (nrooms < 0)
                 nrooms = 0;
@@ -91,8 +101,8 @@ static int cmd_token(int argc, char **argv)
         fprintf(stderr, "sluicectl token: --tenant ([A-Za-z0-9_-]{1,64}) and --sub are required\n");
         return 2;
     }
-    if (sl_jwt_mint_hs256(secret, tenant, sub, (int64_t)time(NULL) + ttl,
-                          nrooms >= 0 ? rooms : NULL, nrooms, &tok) != SL_OK) {
+    if (sl_jwt_mint_hs256_role(secret, tenant, sub, (int64_t)time(NULL) + ttl,
+                               nrooms >= 0 ? rooms : NULL, nrooms, role, &tok) != SL_OK) {
         fprintf(stderr, "sluicectl token: cannot mint a token with these claims\n");
         return 1;
     }
@@ -461,6 +471,8 @@ int main(int argc, char **argv)
         return cmd_drain_check();
     if (strcmp(argv[1], "usage") == 0)
         return cmd_usage(argc, argv);
+    if (ctl_api_is_command(argv[1]))
+        return ctl_api_main(argc, argv);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0)
         return usage(stdout);

@@ -209,16 +209,18 @@ function bump(conv) {
 
 function messageItem(m, { pending = false, history = false } = {}) {
     const li = el('li', 'msg');
-    const mine = m.from?.user !== undefined && m.from.user === app.me.user;
+    // A message the application's backend posted (server API) is never "mine".
+    const mine = m.from?.user !== undefined && m.from.user === app.me.user && !m.from.server;
     if (mine) li.classList.add('mine');
     if (m.from?.agent !== undefined) li.classList.add('agent');
+    if (m.from?.server) li.classList.add('server');
     if (history) li.classList.add('history');
     li.dataset.key = msgKey(m);
     li.dataset.msgId = m.id;
     li.dataset.from = fromName(m.from);
     if (Number.isFinite(m.seq)) li.dataset.seq = String(m.seq);
     const meta = el('div', 'meta');
-    meta.append(el('span', 'who', mine ? `${fromName(m.from)} (you)` : fromName(m.from)));
+    meta.append(el('span', 'who', mine ? `${fromName(m.from)} (you)` : m.from?.server ? `${fromName(m.from)} (server)` : fromName(m.from)));
     const t = fmtTime(m.ts);
     const time = el('time', 'ts', t.text);
     time.dateTime = t.iso;
@@ -497,7 +499,7 @@ function start({ tenant, user, room, token }) {
     });
     client.on('error', (e) => {
         // Connection trouble shows in the connection state, not as errors.
-        if (['disconnected', 'timeout', 'closed', 'token', 'connect'].includes(e.code)) return;
+        if (['disconnected', 'disconnected_by_server', 'timeout', 'closed', 'token', 'connect'].includes(e.code)) return;
         if (e.frame?.id) markFailed(e.frame.id, e.message);
         if (e.code !== 'forbidden') notice(`Error: ${e.message}`, { kind: 'error' });
     });

@@ -410,6 +410,7 @@ int main(int argc, char **argv)
     pc_user gw = {.name = "gateway"}, orch = {.name = "orchestrator"}, wrk = {.name = "worker"},
             ctl = {.name = "sluicectl"};
     pc_user *all[] = {&gw, &orch, &wrk, &ctl};
+    natsSubscription *gw_disc = NULL;
     natsSubscription *live = NULL, *cancel = NULL, *advisory = NULL, *in = NULL, *echo = NULL,
                      *slow = NULL, *ctl_live = NULL, *deny = NULL, *orch_cancel = NULL,
                      *bell = NULL, *fair = NULL;
@@ -448,6 +449,8 @@ int main(int argc, char **argv)
     /* Listeners first, so that later publishes reach them. */
     pc_allowed(&gw, "subscribe sluice.live.t1.>",
                natsConnection_SubscribeSync(&live, gw.nc, "sluice.live.t1.>"));
+    pc_allowed(&gw, "subscribe sluice.ctl.disconnect.*",
+               natsConnection_SubscribeSync(&gw_disc, gw.nc, "sluice.ctl.disconnect.*"));
     pc_allowed(&wrk, "subscribe sluice.ctl.cancel.*",
                natsConnection_SubscribeSync(&cancel, wrk.nc, "sluice.ctl.cancel.*"));
     pc_allowed(&orch, "subscribe sluice.ctl.cancel.*",
@@ -487,6 +490,8 @@ int main(int argc, char **argv)
                pc_ordered_first(&gw, "sluice.out.t1.r.lobby"));
     pc_allowed(&gw, "publish sluice.ctl.cancel.t1",
                natsConnection_PublishString(gw.nc, "sluice.ctl.cancel.t1", "c-1"));
+    pc_allowed(&gw, "publish sluice.ctl.disconnect.t1 (server API)",
+               natsConnection_PublishString(gw.nc, "sluice.ctl.disconnect.t1", "alice"));
     b = pc_before(&gw);
     (void)pc_jspub(&gw, "sluice.work.echo.t1", NULL, PC_DENY_MS);
     pc_denied(&gw, "publish to SLUICE_WORK is refused", b);
@@ -684,6 +689,7 @@ cleanup:
     jsStreamInfo_Destroy(si);
     natsSubscription_Destroy(deny);
     natsSubscription_Destroy(live);
+    natsSubscription_Destroy(gw_disc);
     natsSubscription_Destroy(cancel);
     natsSubscription_Destroy(advisory);
     natsSubscription_Destroy(in);

@@ -99,7 +99,8 @@ static void check_body(const cJSON *o, const Sluice__Envelope *e)
         CHECK(streq(jstr(o, "id"), e->message_id) && streq(jstr(o, "event"), e->event_id));
         CHECK(streq(jstr(o, "text"), m->text));
         CHECK(num_eq(jnum(o, "ts"), (double)(e->ts_unix_ns / 1000000)));
-        CHECK(cJSON_IsObject(from) && cJSON_GetArraySize(from) == 1);
+        CHECK(cJSON_IsObject(from) && cJSON_GetArraySize(from) == 1 + (m->server ? 1 : 0));
+        CHECK(jflag(from, "server") == m->server);
         if (m->agent[0] != '\0')
             CHECK(streq(jstr(from, "agent"), m->agent));
         else
@@ -325,6 +326,12 @@ int main(int argc, char **argv)
     e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
     e.message = &m;
     seed_env("message_room", &e);
+    m.server = true;
+    m.no_agents = true;
+    m.user = "release-bot";
+    seed_env("message_server", &e);
+    m.server = false;
+    m.no_agents = false;
     m.room = "";
     m.user = "";
     m.agent = "summarizer";

@@ -16,7 +16,9 @@
  *         secret (HS256), so the claims parser past the signature check is
  *         reached; the result must equal that of an independent model of
  *         the documented checks and their order (INVAL, AUTH, INVAL, AUTH,
- *         EXPIRED). Accepted claims must mint back (sl_jwt_mint_hs256) to a
+ *         EXPIRED; a role that is not a string is INVAL, only the role
+ *         "server" sets claims.server). Accepted claims must mint back
+ *         (sl_jwt_mint_hs256_role) to a
  *         token that verifies to the same claims, must be expired exactly
  *         at exp, and must not pass as a resume token.
  *   2     rooms: the rest is up to 32 room patterns and a room, separated
@@ -229,7 +231,7 @@ static void check_claims(const sl_claims *c, int64_t now)
 static bool claims_equal(const sl_claims *a, const sl_claims *b)
 {
     if (strcmp(a->sub, b->sub) != 0 || strcmp(a->tenant, b->tenant) != 0 || a->exp != b->exp ||
-        a->nrooms != b->nrooms)
+        a->nrooms != b->nrooms || a->server != b->server)
         return false;
     for (int i = 0; i < a->nrooms; i++) {
         if (strcmp(a->rooms[i], b->rooms[i]) != 0)
@@ -242,9 +244,12 @@ static bool claims_equal(const sl_claims *a, const sl_claims *b)
 static void check_claims_match(const sl_claims *c, const cJSON *p)
 {
     const cJSON *rooms = cJSON_GetObjectItemCaseSensitive(p, "rooms");
+    const char *role = jstr(p, "role");
     int64_t exp = 0;
 
     CHECK(strcmp(c->sub, jstr(p, "sub")) == 0 && strcmp(c->tenant, jstr(p, "tenant")) == 0);
+    /* Only the role "server" means anything; a token without it is a client's. */
+    CHECK(c->server == (role != NULL && strcmp(role, "server") == 0));
     CHECK(ref_int(cJSON_GetObjectItemCaseSensitive(p, "exp"), &exp) && exp == c->exp);
     if (rooms == NULL) {
         CHECK(c->nrooms == -1);
@@ -385,6 +390,8 @@ static sl_status model(const uint8_t *hdr, size_t hl, const uint8_t *pay, size_t
         jstr(p, "tenant") == NULL || !ref_id(jstr(p, "tenant"), false) ||
         !ref_int(cJSON_GetObjectItemCaseSensitive(p, "exp"), &exp))
         goto done;
+    if ((v = cJSON_GetObjectItemCaseSensitive(p, "role")) != NULL && !cJSON_IsString(v))
+        goto done;
     if ((v = cJSON_GetObjectItemCaseSensitive(p, "rooms")) != NULL) {
         const cJSON *r;
         if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > SL_ROOMS_MAX)
@@ -441,8 +448,9 @@ static void mode_signed(const uint8_t *data, size_t size)
         cJSON_Delete(p);
         for (int i = 0; i < cl.nrooms; i++)
             rooms[i] = cl.rooms[i];
-        CHECK(sl_jwt_mint_hs256(SECRET, cl.tenant, cl.sub, cl.exp, cl.nrooms < 0 ? NULL : rooms,
-                                cl.nrooms < 0 ? 0 : cl.nrooms, &again) == SL_OK);
+        CHECK(sl_jwt_mint_hs256_role(SECRET, cl.tenant, cl.sub, cl.exp,
+                                     cl.nrooms < 0 ? NULL : rooms, cl.nrooms < 0 ? 0 : cl.nrooms,
+                                     cl.server ? "server" : NULL, &again) == SL_OK);
         CHECK(verify(v_both, again, NOW, &cl2) == SL_OK && claims_equal(&cl, &cl2));
         CHECK(strcmp(oracle_alg(again), "HS256") == 0);
         check_tamper(tok, data, size);
@@ -601,6 +609,9 @@ int main(int argc, char **argv)
     CHECK(sl_jwt_mint_hs256(SECRET, "acme", "Zo\xC3\xAB \xF0\x9F\x99\x82", EXP_LATER, NULL, 0,
                             &tok) == SL_OK);
     seed_tok("hs256_unicode_no_rooms", SL_OK, tok);
+    CHECK(sl_jwt_mint_hs256_role(SECRET, "acme", "release-bot", EXP_LATER, NULL, 0, "server",
+                                 &tok) == SL_OK);
+    seed_tok("hs256_role_server", SL_OK, tok);
     seed_tok("rs256", SL_OK, rs("{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"test\"}", pay));
     seed_tok("hs256_expired", SL_ERR_EXPIRED,
              hs(hs_hdr, "{\"sub\":\"user-1\",\"tenant\":\"acme\",\"exp\":1600000000}"));
@@ -645,6 +656,12 @@ int main(int argc, char **argv)
         "\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\",\"q\","
         "\"r\",\"s\",\"t\",\"u\",\"v\",\"w\",\"x\",\"y\",\"z\",\"A\",\"B\",\"C\",\"D\",\"E\","
         "\"F\",\"G\"]}");
+    seed_signed("claims_role_server", SL_OK, hs_hdr,
+                "{\"sub\":\"bot\",\"tenant\":\"acme\",\"exp\":4102444800,\"role\":\"server\"}");
+    seed_signed("claims_role_other", SL_OK, hs_hdr,
+                "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":4102444800,\"role\":\"Server\"}");
+    seed_signed("claims_role_not_string", SL_ERR_INVAL, hs_hdr,
+                "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":4102444800,\"role\":true}");
     seed_signed("claims_escaped_nul", SL_ERR_INVAL, hs_hdr,
                 "{\"sub\":\"u\",\"tenant\":\"tb\\u0000x\",\"exp\":4102444800}");
     seed_signed("header_alg_none", SL_ERR_AUTH, "{\"alg\":\"none\"}", pay);

@@ -249,6 +249,13 @@ static int hx__dechunk(const hx__bytes *raw, hx__bytes *out, bool *complete)
 int hx_http_request(const char *host, int port, const char *method, const char *path,
                     const char *body, int timeout_ms, hx_http_resp *resp)
 {
+    return hx_http_request_hdr(host, port, method, path, NULL, body, timeout_ms, resp);
+}
+
+int hx_http_request_hdr(const char *host, int port, const char *method, const char *path,
+                        const char *headers, const char *body, int timeout_ms, hx_http_resp *resp)
+{
+    const char *xh = headers != NULL ? headers : "";
     memset(resp, 0, sizeof *resp);
     resp->status = -1;
     int64_t deadline = hx_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
@@ -262,11 +269,11 @@ int hx_http_request(const char *host, int port, const char *method, const char *
         goto cleanup;
     if (body != NULL)
         req = hx_strf("%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n"
-                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                      method, path, h, port, strlen(body), body);
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n%s",
+                      method, path, h, port, strlen(body), xh, body);
     else
-        req = hx_strf("%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n", method, path, h,
-                      port);
+        req = hx_strf("%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n%s\r\n", method, path,
+                      h, port, xh);
     if (hx__io_write_all(fd, req, strlen(req), deadline) != 0)
         goto cleanup;
     if (hx__http_read_head(fd, deadline, &head, &extra, &extra_len) != 0)

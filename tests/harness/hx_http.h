@@ -31,6 +31,11 @@ int hx_http_get(const char *host, int port, const char *path, int timeout_ms, ch
 int hx_http_request(const char *host, int port, const char *method, const char *path,
                     const char *body, int timeout_ms, hx_http_resp *resp);
 
+/* Like hx_http_request, plus extra request headers (each "Name: value\r\n",
+ * NULL: none) sent after the standard ones. */
+int hx_http_request_hdr(const char *host, int port, const char *method, const char *path,
+                        const char *headers, const char *body, int timeout_ms, hx_http_resp *resp);
+
 /* Frees what resp points at and zeroes it (the struct itself is the
  * caller's). NULL-safe. */
 void hx_http_resp_free(hx_http_resp *resp);

@@ -535,6 +535,60 @@ START_TEST(test_rooms)
 }
 END_TEST
 
+/* The role claim: absent or another string makes a client token, "server"
+ * a server token (the gateway's server API); anything but a string is
+ * refused. Minting with a role round-trips. */
+START_TEST(test_role)
+{
+    static const char *const bad[] = {
+        "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":true}",
+        "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":null}",
+        "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":[\"server\"]}",
+        "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":1}",
+    };
+    sl_auth *a = auth_new(SECRET, NULL);
+    sl_claims c;
+    char *tok;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(verify_payload(bad[i]) == SL_ERR_INVAL, "accepted: %s", bad[i]);
+
+    tok = hs_token(HDR_HS,
+                   "{\"sub\":\"bot\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":\"server\"}",
+                   SECRET);
+    ck_assert_int_eq(verify(a, tok, &c), SL_OK);
+    ck_assert(c.server);
+    free(tok);
+    tok = hs_token(HDR_HS,
+                   "{\"sub\":\"u\",\"tenant\":\"acme\",\"exp\":1700000600,\"role\":\"SERVER\"}",
+                   SECRET);
+    ck_assert_int_eq(verify(a, tok, &c), SL_OK);
+    ck_assert(!c.server);
+    free(tok);
+    tok = hs_token(HDR_HS, PAYLOAD, SECRET);
+    ck_assert_int_eq(verify(a, tok, &c), SL_OK);
+    ck_assert(!c.server);
+    free(tok);
+
+    tok = NULL;
+    ck_assert_int_eq(
+        sl_jwt_mint_hs256_role(SECRET, "acme", "bot", NOW + 60, NULL, 0, "server", &tok), SL_OK);
+    ck_assert_int_eq(verify(a, tok, &c), SL_OK);
+    ck_assert(c.server);
+    ck_assert_str_eq(c.sub, "bot");
+    free(tok);
+    tok = NULL;
+    ck_assert_int_eq(sl_jwt_mint_hs256_role(SECRET, "acme", "bot", NOW + 60, NULL, 0, "a.b", &tok),
+                     SL_ERR_INVAL);
+    ck_assert_ptr_null(tok);
+    ck_assert_int_eq(sl_jwt_mint_hs256(SECRET, "acme", "u", NOW + 60, NULL, 0, &tok), SL_OK);
+    ck_assert_int_eq(verify(a, tok, &c), SL_OK);
+    ck_assert(!c.server);
+    free(tok);
+    sl_auth_destroy(a);
+}
+END_TEST
+
 START_TEST(test_mint_invalid)
 {
     static const char *const bad_room[] = {"ok", "a.b"};
@@ -792,6 +846,7 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, test_alg_none_and_others);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_claims);
+    tcase_add_test(tc, test_role);
     tcase_add_test(tc, test_rooms);
     tcase_add_test(tc, test_mint_invalid);
     tcase_add_test(tc, test_rs256);

@@ -63,6 +63,16 @@ START_TEST(test_subjects)
     ck_assert_str_eq(b, "sluice.work.default.acme");
     ck_assert_int_eq(sl_subject_cancel(b, sizeof(b), "acme"), SL_OK);
     ck_assert_str_eq(b, "sluice.ctl.cancel.acme");
+    ck_assert_int_eq(sl_subject_disconnect(b, sizeof(b), "acme"), SL_OK);
+    ck_assert_str_eq(b, "sluice.ctl.disconnect.acme");
+    ck_assert_int_eq(sl_subject_disconnect(b, sizeof(b), "ac>me"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_disconnect(b, 10, "acme"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_disconnect_parse("sluice.ctl.disconnect.acme", tenant), SL_OK);
+    ck_assert_str_eq(tenant, "acme");
+    ck_assert_int_eq(sl_subject_disconnect_parse("sluice.ctl.disconnect.acme.x", tenant),
+                     SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_disconnect_parse("sluice.ctl.disconnect.", tenant), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_subject_disconnect_parse("sluice.ctl.cancel.acme", tenant), SL_ERR_INVAL);
     ck_assert_int_eq(sl_subject_chan(b, sizeof(b), "sluice.out", "acme", true, "lobby"), SL_OK);
     ck_assert_str_eq(b, "sluice.out.acme.r.lobby");
     ck_assert_int_eq(sl_subject_chan(b, sizeof(b), "sluice.live", "acme", false, "S1"), SL_OK);

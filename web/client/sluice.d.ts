@@ -32,7 +32,8 @@ export declare function channelRoom(ch: string): string | null;
 /** `s` (the session's private channel) or `r:<room>`. */
 export type Channel = 's' | `r:${string}`;
 
-export type From = { user: string } | { agent: string };
+/** `server: true`: posted by the application's backend through the server API (as `user`). */
+export type From = { user: string; server?: true } | { agent: string };
 
 interface EventBase {
     type: 'event';
@@ -265,7 +266,7 @@ export declare class ReplyAssembler {
 
 export declare class SluiceError extends Error {
     constructor(code: string, message?: string, frame?: unknown);
-    /** A protocol error code, or: closed, disconnected, timeout, not_connected, unauthorized, bad_option, token, connect. */
+    /** A protocol error code, or: closed, disconnected, disconnected_by_server (close 4403), timeout, not_connected, unauthorized, bad_option, token, connect. */
     code: string;
     frame?: ErrorFrame;
 }

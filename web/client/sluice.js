@@ -684,6 +684,12 @@ export class SluiceClient extends Emitter {
         for (const buf of this.#backfill.values()) buf.length = 0;
         this.#backfill.clear();
 
+        if (code === 4403) {
+            // Disconnected by the application (server API): never come
+            // back on our own; the app decides what happens next.
+            this.#closeForGood(code, reason, new SluiceError('disconnected_by_server', `disconnected by the application (${code} ${reason})`));
+            return;
+        }
         if (code === 4401) {
             if (this.#resumeSent) {
                 // The resume token was refused (expired, other gateway
@@ -693,21 +699,27 @@ export class SluiceClient extends Emitter {
             } else if (!this.#tokenIsStatic) {
                 this.#tokenRefused = true;
             } else {
-                const err = new SluiceError('unauthorized', `token refused (${code} ${reason})`);
-                this.emit('error', err);
-                this.emit('disconnected', { code, reason, willReconnect: false });
-                this.#clearTimers();
-                this.#setState(State.CLOSED, { code, reason });
-                for (const p of this.#pending.values()) p.reject(err);
-                this.#pending.clear();
-                this.#failRequests(err, true);
-                for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+                this.#closeForGood(code, reason, new SluiceError('unauthorized', `token refused (${code} ${reason})`));
                 return;
             }
         }
         this.emit('disconnected', { code, reason, willReconnect: true });
         if (wasOpen) this.#stats.reconnects += 1;
         this.#scheduleReconnect({ code, reason });
+    }
+
+    // The gateway ended the session for good (a refused fixed token, 4401;
+    // the application's disconnect, 4403): no reconnect; everything waiting
+    // rejects with err.
+    #closeForGood(code, reason, err) {
+        this.emit('error', err);
+        this.emit('disconnected', { code, reason, willReconnect: false });
+        this.#clearTimers();
+        this.#setState(State.CLOSED, { code, reason });
+        for (const p of this.#pending.values()) p.reject(err);
+        this.#pending.clear();
+        this.#failRequests(err, true);
+        for (const w of this.#connectWaiters.splice(0)) w.reject(err);
     }
 
     #scheduleReconnect({ code, reason }) {

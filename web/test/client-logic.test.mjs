@@ -318,6 +318,40 @@ describe('client against a fake gateway', () => {
         });
     });
 
+    test('a close with 4403 (disconnected by the application) closes the client for good, even with a token function', { timeout: 20000 }, async () => {
+        await withGateway(async (gw) => {
+            let asked = 0;
+            const client = makeClient(gw.url, {
+                token: async () => {
+                    asked += 1;
+                    return 'tok-1';
+                },
+            });
+            const errors = [];
+            const disconnects = [];
+            client.on('error', (e) => errors.push(e.code));
+            client.on('disconnected', (d) => disconnects.push(d));
+            client.connect();
+            const c0 = await gw.conn(0);
+            await c0.next((f) => f.type === 'hello');
+            c0.welcome();
+            await until(() => client.state === 'open');
+            const h = client.send('never accepted', { room: 'lobby' });
+            await c0.next((f) => f.type === 'send');
+            c0.close(4403, 'disconnected by the application');
+            await assert.rejects(h.accepted, (e) => e.code === 'disconnected_by_server');
+            assert.equal(client.state, 'closed');
+            assert.deepEqual(errors, ['disconnected_by_server']);
+            assert.equal(disconnects.length, 1);
+            assert.equal(disconnects[0].code, 4403);
+            assert.equal(disconnects[0].willReconnect, false);
+            // Closed, not reconnecting: no reconnect timer, no second connection, no token asked.
+            assert.equal(gw.conns.length, 1);
+            assert.equal(asked, 1, 'no token asked for a reconnect');
+            assert.throws(() => client.send('x'), /closed/);
+        });
+    });
+
     test('a token function is asked again before each connection', { timeout: 20000 }, async () => {
         await withGateway(async (gw) => {
             let n = 0;
