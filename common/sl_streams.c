@@ -262,7 +262,11 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
         (st = ensure_kv(js, SL_KV_PRESENCE, SL_PRESENCE_TTL_S, replicas, kv_bytes, false, err,
                         errlen)) != SL_OK ||
         (st = ensure_kv(js, SL_KV_CANCEL, cfg->cancel_ttl_s, replicas, kv_bytes, true, err,
-                        errlen)) != SL_OK)
+                        errlen)) != SL_OK ||
+        (st = ensure_kv(js, SL_KV_QUOTA, SL_QUOTA_TTL_S, replicas, kv_bytes, false, err, errlen)) !=
+            SL_OK ||
+        (st = ensure_kv(js, SL_KV_USAGE, SL_USAGE_TTL_S, replicas, kv_bytes, false, err, errlen)) !=
+            SL_OK)
         return st;
     return SL_OK;
 }
@@ -272,8 +276,9 @@ sl_status sl_streams_ensure(jsCtx *js, const sl_common_cfg *cfg, char *err, size
 void sl_streams_sample(jsCtx *js)
 {
     static const char *const names[] = {
-        SL_STREAM_IN,         SL_STREAM_WORK,       SL_STREAM_OUT,     "KV_" SL_KV_SESSIONS,
-        "KV_" SL_KV_INFLIGHT, "KV_" SL_KV_PRESENCE, "KV_" SL_KV_CANCEL};
+        SL_STREAM_IN,         SL_STREAM_WORK,       SL_STREAM_OUT,
+        "KV_" SL_KV_SESSIONS, "KV_" SL_KV_INFLIGHT, "KV_" SL_KV_PRESENCE,
+        "KV_" SL_KV_CANCEL,   "KV_" SL_KV_QUOTA,    "KV_" SL_KV_USAGE};
     int64_t now_ns = sl_now_ns();
     jsOptions o;
 

@@ -25,6 +25,13 @@
 #define SL_KV_CANCEL      "sluice_cancel" /* cancel markers, TTL SLUICE_CANCEL_TTL_S */
 #define SL_PRESENCE_TTL_S 75              /* 3 x the default 25 s heartbeat */
 #define SL_INFLIGHT_TTL_S 3600
+/* Token usage (docs/operations.md): per tenant and second for the quota's
+ * sliding window (TTL: twice the longest window), and per tenant, 5-minute
+ * slot and agent for a day of reports (TTL 26 h: the last 24 h stay whole). */
+#define SL_KV_QUOTA    "sluice_quota"
+#define SL_KV_USAGE    "sluice_usage"
+#define SL_QUOTA_TTL_S 120
+#define SL_USAGE_TTL_S (26 * 3600)
 
 /* Subjects of the NATS server's JetStream and KV APIs, and the consumer
  * names of SLUICE_WORK: the wire names that belong to the streams and

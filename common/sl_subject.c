@@ -261,3 +261,63 @@ sl_status sl_subject_disconnect_parse(const char *subject, char *tenant)
 {
     return parse_ids(subject, "sluice.ctl.disconnect.", tenant, NULL);
 }
+
+sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_s)
+{
+    if (!sl_id_valid(tenant) || unix_s < 0)
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%lld", tenant, (long long)unix_s));
+}
+
+sl_status sl_kv_key_usage(char *buf, size_t n, const char *tenant, int64_t slot, const char *agent)
+{
+    if (!sl_id_valid(tenant) || !sl_id_valid(agent) || slot < 0)
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%lld.%s", tenant, (long long)slot, agent));
+}
+
+/* Reads the decimal number (1 to 18 digits, no sign) at *p up to a '.' or
+ * the end, and moves *p past the '.'. */
+static bool take_number(const char **p, int64_t *out)
+{
+    int64_t v = 0;
+    size_t k = 0;
+
+    for (; (*p)[k] >= '0' && (*p)[k] <= '9'; k++) {
+        if (k == 18)
+            return false;
+        v = v * 10 + ((*p)[k] - '0');
+    }
+    if (k == 0 || ((*p)[k] != '.' && (*p)[k] != '\0'))
+        return false;
+    *p += k + ((*p)[k] == '.' ? 1 : 0);
+    *out = v;
+    return true;
+}
+
+sl_status sl_kv_key_quota_parse(const char *key, char *tenant, int64_t *unix_s)
+{
+    const char *p = key;
+
+    if (key == NULL || !take_token(&p, tenant) || p[-1] != '.' || !take_number(&p, unix_s) ||
+        p[-1] == '.' || *p != '\0')
+        return SL_ERR_INVAL;
+    return SL_OK;
+}
+
+sl_status sl_kv_key_usage_parse(const char *key, char *tenant, int64_t *slot, char *agent)
+{
+    const char *p = key;
+
+    if (key == NULL || !take_token(&p, tenant) || p[-1] != '.' || !take_number(&p, slot) ||
+        p[-1] != '.' || strchr(p, '.') != NULL || !take_token(&p, agent))
+        return SL_ERR_INVAL;
+    return SL_OK;
+}
+
+sl_status sl_kv_key_tenant_filter(char *buf, size_t n, const char *tenant)
+{
+    if (!sl_id_valid(tenant))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.>", tenant));
+}

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sl_status.h"
 
@@ -116,5 +117,27 @@ sl_status sl_cancel_key(char *buf, size_t n, const char *tenant, const char *ses
 #define SL_SUBJECT_DISCONNECT_ALL "sluice.ctl.disconnect.*"
 sl_status sl_subject_disconnect(char *buf, size_t n, const char *tenant);
 sl_status sl_subject_disconnect_parse(const char *subject, char *tenant);
+
+/* The sluice_quota key of a tenant's tokens in one second:
+ * "<tenant>.<unix second>". SL_ERR_INVAL for an invalid tenant, a negative
+ * second or a buf too small. */
+sl_status sl_kv_key_quota(char *buf, size_t n, const char *tenant, int64_t unix_s);
+
+/* The sluice_usage key of an agent's tokens for a tenant in one slot of
+ * SL_USAGE_SLOT_S seconds: "<tenant>.<slot>.<agent>", slot = unix second /
+ * SL_USAGE_SLOT_S. SL_ERR_INVAL as above. */
+#define SL_USAGE_SLOT_S 300
+sl_status sl_kv_key_usage(char *buf, size_t n, const char *tenant, int64_t slot, const char *agent);
+
+/* Parse the keys above: "<tenant>.<unix second>" and
+ * "<tenant>.<slot>.<agent>" (numbers of 1 to 18 decimal digits). The ids
+ * go to tenant and agent (at least SL_ID_MAX + 1 bytes each). SL_ERR_INVAL
+ * for anything else. */
+sl_status sl_kv_key_quota_parse(const char *key, char *tenant, int64_t *unix_s);
+sl_status sl_kv_key_usage_parse(const char *key, char *tenant, int64_t *slot, char *agent);
+
+/* The KV filter "<tenant>.>": every key of one tenant in a bucket whose
+ * keys start with the tenant. SL_ERR_INVAL for an invalid tenant. */
+sl_status sl_kv_key_tenant_filter(char *buf, size_t n, const char *tenant);
 
 #endif

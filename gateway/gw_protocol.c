@@ -446,6 +446,20 @@ static void add_str_if(cJSON *o, const char *key, const char *v)
         cJSON_AddStringToObject(o, key, v);
 }
 
+/* Every final reply says what it cost; a writer that sent no usage (an
+ * older worker) counted nothing, which is reported as an estimate of 0. */
+static void add_usage(cJSON *o, const Sluice__Usage *u)
+{
+    cJSON *j = cJSON_AddObjectToObject(o, "usage");
+
+    if (j == NULL)
+        return;
+    sl_json_add_int(j, "input_tokens", u != NULL ? u->input_tokens : 0);
+    sl_json_add_int(j, "output_tokens", u != NULL ? u->output_tokens : 0);
+    if (u == NULL || u->estimated)
+        cJSON_AddBoolToObject(j, "estimated", 1);
+}
+
 char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
 {
     cJSON *o;
@@ -504,6 +518,7 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
             cJSON_AddBoolToObject(o, "partial", 1);
         if (r->cancelled)
             cJSON_AddBoolToObject(o, "cancelled", 1);
+        add_usage(o, r->usage);
         break;
     }
     case SLUICE__ENVELOPE__BODY_PRESENCE: {

@@ -1,5 +1,7 @@
 #include "orch_config.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The options table: every variable, its flag, default, help and bounds. */
@@ -85,6 +87,39 @@ static void build_opts(orch_config *c)
                           3600000,
                           false,
                           false};
+    o[k++] = (sl_cfg_opt){"SLUICE_TENANT_TOKENS_PER_MIN",
+                          "tenant-tokens-per-min",
+                          SL_CFG_INT,
+                          "0",
+                          "every tenant's budget of input plus output model tokens per sliding "
+                          "minute (0: no quota); a message over it gets busy with reason quota",
+                          &c->tokens_per_min,
+                          0,
+                          1000000000000000LL,
+                          false,
+                          false};
+    o[k++] = (sl_cfg_opt){"SLUICE_TENANT_QUOTAS",
+                          "tenant-quotas",
+                          SL_CFG_STR,
+                          NULL,
+                          "per-tenant token budgets per minute over SLUICE_TENANT_TOKENS_PER_MIN, "
+                          "e.g. tenantA=100,tenantB=50000 (0: no quota for that tenant)",
+                          &c->quotas_spec,
+                          0,
+                          0,
+                          false,
+                          false};
+    o[k++] = (sl_cfg_opt){"SLUICE_TENANT_QUOTA_WINDOW_S",
+                          "tenant-quota-window-s",
+                          SL_CFG_INT,
+                          "60",
+                          "the quota's sliding window in seconds (for tests: the budgets then "
+                          "apply per this window)",
+                          &c->quota_window_s,
+                          1,
+                          ORCH_QUOTA_WINDOW_MAX_S,
+                          false,
+                          false};
 }
 
 sl_status orch_config_load(orch_config *c, int argc, char **argv, bool *help, char *err,
@@ -101,6 +136,12 @@ sl_status orch_config_load(orch_config *c, int argc, char **argv, bool *help, ch
     if (st == SL_OK && sl_log_level_parse(c->common.log_level, &c->log_level) != SL_OK) {
         sl_errf(err, errlen, "SLUICE_LOG_LEVEL: must be debug, info, warn or error");
         st = SL_ERR_INVAL;
+    }
+    if (st == SL_OK) {
+        char why[256] = "";
+        st = orch_quota_parse(c->quotas_spec, &c->quota_rules, &c->nquota_rules, why, sizeof(why));
+        if (st != SL_OK)
+            sl_errf(err, errlen, "SLUICE_TENANT_QUOTAS: %s", why[0] ? why : sl_status_str(st));
     }
     if (st == SL_OK)
         st = orch_agents_load(&c->agents, c->agents_file, err, errlen);
@@ -126,7 +167,11 @@ orch_loop_cfg orch_config_loop(const orch_config *c)
                            .fetch_timeout_ms = 500,
                            .park_per_session = c->park_per_session,
                            .park_per_tenant = c->park_per_tenant,
-                           .sweep_ms = c->sweep_ms};
+                           .sweep_ms = c->sweep_ms,
+                           .tokens_per_window = c->tokens_per_min,
+                           .quota_rules = c->quota_rules,
+                           .nquota_rules = c->nquota_rules,
+                           .quota_window_s = c->quota_window_s};
 }
 
 void orch_config_free(orch_config *c)
@@ -135,5 +180,8 @@ void orch_config_free(orch_config *c)
         return;
     orch_agents_destroy(c->agents);
     c->agents = NULL;
+    free(c->quota_rules);
+    c->quota_rules = NULL;
+    c->nquota_rules = 0;
     sl_config_free(c->opts, ORCH_CONFIG_OPTS_N);
 }

@@ -14,11 +14,12 @@
 
 #include "orch_agents.h"
 #include "orch_loop.h"
+#include "orch_quota.h"
 #include "sl_config.h"
 #include "sl_log.h"
 #include "sl_status.h"
 
-#define ORCH_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 7)
+#define ORCH_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 10)
 
 typedef struct orch_config {
     sl_common_cfg common;
@@ -27,6 +28,11 @@ typedef struct orch_config {
     orch_agents *agents; /* loaded from it (or the built-in set); owned */
     int64_t hop_limit, causal_wait_ms, model_timeout_ms;
     int64_t park_per_session, park_per_tenant, sweep_ms;
+    int64_t tokens_per_min;       /* SLUICE_TENANT_TOKENS_PER_MIN */
+    char *quotas_spec;            /* SLUICE_TENANT_QUOTAS as given, may be NULL */
+    orch_quota_rule *quota_rules; /* parsed from it; owned */
+    size_t nquota_rules;
+    int64_t quota_window_s; /* SLUICE_TENANT_QUOTA_WINDOW_S */
     sl_cfg_opt opts[ORCH_CONFIG_OPTS_N];
 } orch_config;
 

@@ -137,6 +137,10 @@ sl_status orch_fallback_encode(const Sluice__Envelope *work, uint32_t attempt, u
                                                              : (char *)ORCH_DEFAULT_FALLBACK;
     r.attempt = attempt;
     r.degraded = true;
+    /* No model call of ours produced it: nothing counted. */
+    Sluice__Usage u = SLUICE__USAGE__INIT;
+    u.estimated = true;
+    r.usage = &u;
     e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
     e.reply = &r;
     return sl_envelope_encode(&e, out, len);

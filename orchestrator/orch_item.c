@@ -94,6 +94,7 @@ void orch__queue_effects(orch_loop *l, item *it)
     size_t idx[ORCH_AGENTS_MAX];
     size_t n;
     int64_t wall = sl_now_ns() / NS_PER_MS;
+    int64_t quota_retry = 0;
 
     if (it->kind == K_USER &&
         orch_queue_post(l->pub, e, it->tenant, natsMsg_GetData(it->m),
@@ -119,6 +120,9 @@ void orch__queue_effects(orch_loop *l, item *it)
         return;
     }
     it->njobs = n;
+    /* One check per message: its agents' calls share the tenant's budget. */
+    if (orch_quota_check(l->quota, it->tenant, wall, &quota_retry) != ORCH_QUOTA_OVER)
+        quota_retry = 0;
     for (size_t j = 0; j < n; j++) {
         job_slot *js = &it->jobs[j];
         const orch_agent *a = &l->agents->v[idx[j]];
@@ -127,6 +131,10 @@ void orch__queue_effects(orch_loop *l, item *it)
         if (orch_job_id(js->job, sizeof(js->job), e, idx[j]) != SL_OK) {
             item_log(it, SL_LOG_WARN, "cannot make a job id for agent %s; skipped", a->name);
             js->over = false;
+            continue;
+        }
+        if (quota_retry > 0) {
+            js->quota_retry = quota_retry;
             continue;
         }
         if (a->max_concurrent > 0 &&
@@ -160,7 +168,10 @@ void orch__queue_followups(orch_loop *l, item *it)
         uint32_t retry = 0;
         if (js->job[0] == '\0')
             continue;
-        if (js->over) {
+        if (js->quota_retry > 0) {
+            reason = "quota";
+            retry = js->quota_retry > UINT32_MAX ? UINT32_MAX : (uint32_t)js->quota_retry;
+        } else if (js->over) {
             reason = "overloaded";
             retry = (uint32_t)orch_inflight_retry_after_ms(
                 l->inflight, it->tenant, a->model, a->max_concurrent, sl_now_ns() / NS_PER_MS);

@@ -64,10 +64,20 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
         free(l);
         return SL_ERR_NOMEM;
     }
+    if (orch_quota_create(&l->quota, cfg->tokens_per_window, cfg->quota_rules, cfg->nquota_rules,
+                          cfg->quota_window_s > 0 ? cfg->quota_window_s : 60) != SL_OK) {
+        orch_park_destroy(l->park, NULL);
+        orch_scache_destroy(l->scache);
+        free(l->sessions);
+        free(l->entries);
+        free(l);
+        return SL_ERR_INVAL;
+    }
     sl_session_id_new(l->nonce);
     l->bus = bus;
     l->agents = agents;
     l->cfg = *cfg;
+    l->cfg.quota_rules = NULL; /* copied into l->quota */
     metrics_init(l);
     *out = l;
     return SL_OK;
@@ -111,6 +121,7 @@ void orch_loop_destroy(orch_loop *l)
     orch_park_destroy(l->park, l->sub != NULL ? sl_bus_nc(l->bus) : NULL);
     sl_gauge_set(l->m.parked, 0);
     teardown(l);
+    orch_quota_destroy(l->quota); /* its watch is on the bus's connection */
     for (int i = 0; i < BATCH_MAX; i++)
         orch_kv_entry_clear(&l->entries[i]);
     free(l->entries);
@@ -210,6 +221,8 @@ static sl_status setup(orch_loop *l)
             return st;
         }
     }
+    if ((st = orch_quota_start(l->quota, l->bus)) != SL_OK)
+        return st;
     if (l->ctl == NULL &&
         (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus), l->kv_inflight,
                               l->kv_cancel, l->cfg.sweep_ms)) != SL_OK)

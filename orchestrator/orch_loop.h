@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "orch_agents.h"
+#include "orch_quota.h"
 #include "sl_bus.h"
 #include "sl_status.h"
 #include "sluice.pb-c.h"
@@ -30,6 +31,13 @@ typedef struct orch_loop_cfg {
     int64_t park_per_session; /* messages of one session waiting at once (more: gaps) */
     int64_t park_per_tenant;  /* messages of one tenant waiting at once, per replica */
     int64_t sweep_ms;         /* period of the sweep for exhausted work messages (<= 0: 5000) */
+    /* Token quotas (orch_quota.h): every tenant's budget per window (0:
+     * none), per-tenant budgets (copied; may be NULL) and the window
+     * (1..ORCH_QUOTA_WINDOW_MAX_S s; 0: 60). */
+    int64_t tokens_per_window;
+    const orch_quota_rule *quota_rules;
+    size_t nquota_rules;
+    int64_t quota_window_s;
 } orch_loop_cfg;
 
 typedef struct orch_loop orch_loop;

@@ -76,7 +76,8 @@ typedef enum item_kind { K_BAD, K_USER, K_AGENT } item_kind;
 typedef struct job_slot {
     size_t agent;
     char job[ORCH_JOB_MAX];
-    bool over; /* over the agent's max_concurrent: busy, not queued */
+    bool over;           /* over the agent's max_concurrent: busy, not queued */
+    int64_t quota_retry; /* > 0: the tenant is over its token quota: busy, not queued */
     int s_work, s_busy, s_fail;
 } job_slot;
 
@@ -133,6 +134,7 @@ struct orch_loop {
     orch_pub *pub;
     orch_ctl *ctl;
     orch_inflight *inflight;
+    orch_quota *quota;   /* token quotas: a view of sluice_quota kept by its own thread */
     orch_park *park;     /* messages waiting for their predecessor */
     orch_scache *scache; /* session states this replica stored or read lately */
     int64_t last_poll_ms;

@@ -3,6 +3,7 @@
  *   status                                              streams, consumers, queue depths
  *   tail --tenant T [--count N] [--seconds S]           follow a tenant's events
  *   drain-check                                         is anything still in flight?
+ *   usage --tenant T                                    tokens of the last 24 h, per agent
  *   publish, disconnect, presence, history              the server API (ctl_api.c)
  * Configuration comes from the same SLUICE_* variables as the services. */
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include "sl_config.h"
 #include <cJSON.h>
 
+#include "sl_json.h"
 #include "sl_log.h"
 #include "sl_streams.h"
 #include "sl_subject.h"
@@ -37,7 +39,10 @@ static int usage(FILE *f)
                "  drain-check\n"
                "        exit 0 when no work is in flight (no unacknowledged or queued\n"
                "        messages on any consumer), 1 otherwise: run before stopping the\n"
-               "        last orchestrator or worker of an upgrade\n");
+               "        last orchestrator or worker of an upgrade\n"
+               "  usage --tenant T\n"
+               "        the tenant's model tokens (input, output) and replies over the last\n"
+               "        24 hours, in total and per agent (from the sluice_usage bucket)\n");
     ctl_api_usage(f);
     fprintf(f, "\nEnvironment: SLUICE_JWT_SECRET, SLUICE_NATS_URL, SLUICE_NATS_USER, "
                "SLUICE_NATS_PASSWORD, SLUICE_API_URL, SLUICE_API_TOKEN\n");
@@ -166,6 +171,8 @@ static int cmd_status(void)
         print_stream(sl_bus_js(bus), "KV_" SL_KV_INFLIGHT);
         print_stream(sl_bus_js(bus), "KV_" SL_KV_PRESENCE);
         print_stream(sl_bus_js(bus), "KV_" SL_KV_CANCEL);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_QUOTA);
+        print_stream(sl_bus_js(bus), "KV_" SL_KV_USAGE);
     }
     sl_bus_destroy(bus, 0);
     sl_config_free(opts, SL_COMMON_OPTS_N);
@@ -338,6 +345,118 @@ static int cmd_drain_check(void)
     return rv;
 }
 
+/* One agent's sums for `usage`. */
+typedef struct usage_row {
+    char agent[SL_ID_MAX + 1];
+    uint64_t in, out, replies;
+} usage_row;
+
+#define USAGE_AGENTS_MAX 1024
+#define USAGE_SLOTS      (86400 / SL_USAGE_SLOT_S) /* 24 h of slots, the current one included */
+
+static uint64_t json_u64(const cJSON *o, const char *name)
+{
+    int64_t v = 0;
+    (void)sl_json_get_int(cJSON_GetObjectItemCaseSensitive(o, name), 0, SL_JSON_INT_MAX, &v);
+    return (uint64_t)v;
+}
+
+/* Reads the tenant's keys "<t>.<slot>.<agent>" of sluice_usage with a
+ * watch (its initial values, then the end marker) and sums the last 24 h. */
+static int cmd_usage(int argc, char **argv)
+{
+    const char *tenant = NULL;
+    sl_common_cfg cc;
+    sl_cfg_opt opts[SL_COMMON_OPTS_N];
+    sl_bus *bus = NULL;
+    kvStore *kv = NULL;
+    kvWatcher *w = NULL;
+    kvWatchOptions wo;
+    usage_row *rows = NULL, total = {.agent = "total"};
+    size_t nrows = 0;
+    char filter[SL_ID_MAX + 8];
+    int rv;
+
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--tenant") == 0 && i + 1 < argc) {
+            tenant = argv[++i];
+        } else {
+            fprintf(stderr, "sluicectl usage: bad option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!sl_id_valid(tenant)) {
+        fprintf(stderr, "sluicectl usage: --tenant ([A-Za-z0-9_-]{1,64}) is required\n");
+        return 2;
+    }
+    rv = open_bus(&cc, opts, &bus);
+    if (rv != 0)
+        goto cleanup;
+    rows = calloc(USAGE_AGENTS_MAX, sizeof(*rows));
+    if (rows == NULL || sl_bus_kv(bus, SL_KV_USAGE, &kv) != SL_OK) {
+        fprintf(stderr, "sluicectl usage: cannot open the bucket %s\n", SL_KV_USAGE);
+        rv = 1;
+        goto cleanup;
+    }
+    (void)sl_kv_key_tenant_filter(filter, sizeof(filter), tenant); /* a valid id: fits */
+    kvWatchOptions_Init(&wo);
+    wo.IgnoreDeletes = true;
+    if (kvStore_Watch(&w, kv, filter, &wo) != NATS_OK) {
+        fprintf(stderr, "sluicectl usage: cannot read the bucket %s\n", SL_KV_USAGE);
+        rv = 1;
+        goto cleanup;
+    }
+    int64_t now_slot = (int64_t)time(NULL) / SL_USAGE_SLOT_S;
+    for (;;) {
+        kvEntry *e = NULL;
+        natsStatus s = kvWatcher_Next(&e, w, 5000);
+        if (s != NATS_OK) {
+            fprintf(stderr, "sluicectl usage: reading %s: %s\n", SL_KV_USAGE,
+                    natsStatus_GetText(s));
+            rv = 1;
+            goto cleanup;
+        }
+        if (e == NULL)
+            break; /* every current value was delivered */
+        char ktenant[SL_ID_MAX + 1], agent[SL_ID_MAX + 1];
+        int64_t slot = 0;
+        if (sl_kv_key_usage_parse(kvEntry_Key(e), ktenant, &slot, agent) == SL_OK &&
+            strcmp(ktenant, tenant) == 0 && slot > now_slot - USAGE_SLOTS && slot <= now_slot + 1) {
+            cJSON *o = cJSON_ParseWithLength(kvEntry_ValueString(e), (size_t)kvEntry_ValueLen(e));
+            size_t i = 0;
+            while (i < nrows && strcmp(rows[i].agent, agent) != 0)
+                i++;
+            if (i == nrows && nrows < USAGE_AGENTS_MAX)
+                snprintf(rows[nrows++].agent, sizeof(rows[0].agent), "%s", agent);
+            if (i < nrows) {
+                rows[i].in += json_u64(o, "in");
+                rows[i].out += json_u64(o, "out");
+                rows[i].replies += json_u64(o, "replies");
+            }
+            total.in += json_u64(o, "in");
+            total.out += json_u64(o, "out");
+            total.replies += json_u64(o, "replies");
+            cJSON_Delete(o);
+        }
+        kvEntry_Destroy(e);
+    }
+    printf("tenant %s, last 24 h (%d slots of %d s):\n", tenant, USAGE_SLOTS, SL_USAGE_SLOT_S);
+    printf("%-24s input_tokens=%llu output_tokens=%llu replies=%llu\n", "total",
+           (unsigned long long)total.in, (unsigned long long)total.out,
+           (unsigned long long)total.replies);
+    for (size_t i = 0; i < nrows; i++)
+        printf("agent %-18s input_tokens=%llu output_tokens=%llu replies=%llu\n", rows[i].agent,
+               (unsigned long long)rows[i].in, (unsigned long long)rows[i].out,
+               (unsigned long long)rows[i].replies);
+cleanup:
+    kvWatcher_Destroy(w);
+    kvStore_Destroy(kv);
+    free(rows);
+    sl_bus_destroy(bus, 0);
+    sl_config_free(opts, SL_COMMON_OPTS_N);
+    return rv;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -350,6 +469,8 @@ int main(int argc, char **argv)
         return cmd_tail(argc, argv);
     if (strcmp(argv[1], "drain-check") == 0)
         return cmd_drain_check();
+    if (strcmp(argv[1], "usage") == 0)
+        return cmd_usage(argc, argv);
     if (ctl_api_is_command(argv[1]))
         return ctl_api_main(argc, argv);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

@@ -2,8 +2,12 @@
  * ends with an outcome, by its deadline.
  *
  * Kinds: "echo" (built in, deterministic: answers the last user message
- * word by word) and "openai" (any OpenAI-compatible /v1/chat/completions
- * endpoint with stream:true, over libcurl).
+ * word by word; reports no usage) and "openai" (any OpenAI-compatible
+ * /v1/chat/completions endpoint with stream:true and
+ * stream_options.include_usage, over libcurl; the usage the server reports,
+ * in a chunk of the stream or in a JSON answer, goes to the result. A
+ * server that answers 400 naming stream_options is an older one: that call
+ * ends WRK_TRANSIENT and the backend never sends the option again).
  *
  * Threads: a backend is created and destroyed by one thread; between the
  * two, any number of threads may run wrk_backend_call() on it at once.
@@ -52,6 +56,8 @@ typedef struct wrk_result {
     int http_status;        /* last HTTP status seen, 0 when none (echo, connect error) */
     int64_t retry_after_ms; /* from Retry-After (seconds) or retry-after-ms; -1 when not given */
     size_t ntokens;         /* token callbacks made */
+    int64_t input_tokens;   /* the model's own usage report (prompt tokens), -1 when none */
+    int64_t output_tokens;  /* the model's own usage report (completion tokens), -1 when none */
     char error[256];        /* "" on WRK_DONE, else a one-line reason */
 } wrk_result;
 

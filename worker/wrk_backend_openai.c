@@ -10,12 +10,15 @@
 #include "wrk_backend.h"
 #include "wrk_sse.h"
 
+#include "sl_json.h"
+
 #include <cJSON.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,7 @@
 #define OA_JSON_BODY_MAX      (1024 * 1024) /* a non-streamed JSON answer */
 #define OA_POOL_MAX           32            /* idle multi handles kept */
 #define OA_RETRY_AFTER_MAX_MS (3600LL * 1000)
+#define OA_USAGE_MAX          INT64_C(1000000000000) /* larger token counts are not believed */
 
 static atomic_int g_curl_init;
 
@@ -36,6 +40,9 @@ struct wrk__openai {
     char *endpoint; /* full URL of chat/completions */
     char *auth;     /* "Authorization: Bearer ..." or NULL */
     long connect_timeout_ms;
+    /* Set once the server refused "stream_options" (an older server): the
+     * requests after that do not send it, and usage is estimated. */
+    atomic_int no_stream_options;
     pthread_mutex_t lock; /* guards pool and npool */
     CURLM *pool[OA_POOL_MAX];
     size_t npool;
@@ -50,6 +57,7 @@ typedef enum body_kind {
 
 /* The state of one call; lives on the calling thread's stack. */
 typedef struct oa_call {
+    wrk__openai *o;
     const wrk_call *call;
     wrk_token_fn fn;
     void *ud;
@@ -290,6 +298,22 @@ static void report_error_object(oa_call *c, const cJSON *err, const char *where)
                     cJSON_IsString(type) ? ")" : "");
 }
 
+/* Keeps the model's own count of tokens, {"usage":{"prompt_tokens":N,
+ * "completion_tokens":M}}, when an object carries one with both numbers. */
+static void read_usage(oa_call *c, const cJSON *j)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+    int64_t in = 0, out = 0;
+
+    if (!sl_json_get_int(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens"), 0, OA_USAGE_MAX,
+                         &in) ||
+        !sl_json_get_int(cJSON_GetObjectItemCaseSensitive(u, "completion_tokens"), 0, OA_USAGE_MAX,
+                         &out))
+        return;
+    c->res->input_tokens = in;
+    c->res->output_tokens = out;
+}
+
 static int on_event(void *ud, const char *event, const char *data, size_t len)
 {
     oa_call *c = ud;
@@ -316,6 +340,7 @@ static int on_event(void *ud, const char *event, const char *data, size_t len)
         rc = 1;
         goto cleanup;
     }
+    read_usage(c, j);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
     const cJSON *ch0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     if (!ch0)
@@ -407,9 +432,11 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     return is_cancelled(c->call) || wrk_backend_now_ms() >= c->call->deadline_ms;
 }
 
-/* Builds {"model":..., "messages":[...], "stream":true}; NULL when out of
- * memory. The caller frees the result with cJSON_free(). */
-static char *build_request(const wrk_call *call)
+/* Builds {"model":..., "messages":[...], "stream":true} and, when
+ * stream_options, "stream_options":{"include_usage":true} (asks the server
+ * for a last chunk with the call's usage); NULL when out of memory. The
+ * caller frees the result with cJSON_free(). */
+static char *build_request(const wrk_call *call, bool stream_options)
 {
     char *out = NULL;
     cJSON *root = cJSON_CreateObject();
@@ -435,6 +462,11 @@ static char *build_request(const wrk_call *call)
     }
     if (!cJSON_AddTrueToObject(root, "stream"))
         goto cleanup;
+    if (stream_options) {
+        cJSON *so = cJSON_AddObjectToObject(root, "stream_options");
+        if (!so || !cJSON_AddTrueToObject(so, "include_usage"))
+            goto cleanup;
+    }
     out = cJSON_PrintUnformatted(root);
 cleanup:
     cJSON_Delete(root);
@@ -501,6 +533,13 @@ static void finish_http_error(oa_call *c)
         clip(text, sizeof(text), c->body, c->body_len);
     cJSON_Delete(j);
     wrk_outcome o = (s == 408 || s == 429 || s >= 500) ? WRK_TRANSIENT : WRK_FATAL;
+    if (s == 400 && c->body_len > 0 && !atomic_load(&c->o->no_stream_options) &&
+        memmem(c->body, c->body_len, "stream_options", 14) != NULL) {
+        /* A server that does not know stream_options: never send it
+         * again, and let the job's next attempt go without it. */
+        atomic_store(&c->o->no_stream_options, 1);
+        o = WRK_TRANSIENT;
+    }
     wrk__result_set(c->res, o, "model server answered HTTP %ld%s%s", s, text[0] ? ": " : "", text);
 }
 
@@ -517,6 +556,7 @@ static void finish_json(oa_call *c)
         report_error_object(c, err, "model server error");
         goto cleanup;
     }
+    read_usage(c, j);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
     const cJSON *ch0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(ch0, "message");
@@ -620,7 +660,7 @@ static void finish_transfer(oa_call *c, CURLcode rc, const char *errbuf)
 void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, void *ud,
                       wrk_result *res)
 {
-    oa_call c = {.call = call, .fn = fn, .ud = ud, .res = res};
+    oa_call c = {.o = o, .call = call, .fn = fn, .ud = ud, .res = res};
     char *req = NULL;
     struct curl_slist *hdrs = NULL;
     CURLM *m = NULL;
@@ -628,7 +668,7 @@ void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, voi
     char errbuf[CURL_ERROR_SIZE] = "";
     CURLcode crc = CURLE_OK;
 
-    req = build_request(call);
+    req = build_request(call, !atomic_load(&o->no_stream_options));
     m = pool_get(o);
     c.e = curl_easy_init();
     if (!req || !m || !c.e || wrk_sse_create(&c.sse, 0, on_event, &c) != SL_OK) {

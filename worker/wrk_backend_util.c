@@ -36,6 +36,8 @@ void wrk__result_init(wrk_result *res)
     memset(res, 0, sizeof(*res));
     res->outcome = WRK_FATAL;
     res->retry_after_ms = -1;
+    res->input_tokens = -1;
+    res->output_tokens = -1;
 }
 
 void wrk__result_set(wrk_result *res, wrk_outcome o, const char *fmt, ...)

@@ -550,8 +550,9 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
 /* Stores the end of the job (job_store_end), and only then acks (or
  * terminates) the work message. When the end could not be stored in time
  * the job is handed back (NAK): the next attempt ends it, and its final
- * reply is a duplicate JetStream drops when this one was stored. */
-static void job_finish(wrk_loop *l, job *j, const wrk_decision *d)
+ * reply is a duplicate JetStream drops when this one was stored. Returns
+ * true when the end was stored. */
+static bool job_finish(wrk_loop *l, job *j, const wrk_decision *d)
 {
     wrk_slot *s = j->slot;
     sl_log_ctx c = job_ctx(j);
@@ -565,7 +566,7 @@ static void job_finish(wrk_loop *l, job *j, const wrk_decision *d)
                 j->job_id);
         sl_counter_inc(l->m_jobs[M_FAILED]);
         slot_settle(s, j->msg, SETTLE_NAK, FINAL_RETRY_MS);
-        return;
+        return false;
     }
     slot_settle(s, j->msg, d->term ? SETTLE_TERM : SETTLE_ACK, 0);
     for (int i = 0; i < 4; i++)
@@ -575,6 +576,7 @@ static void job_finish(wrk_loop *l, job *j, const wrk_decision *d)
             "job %s attempt %" PRIu64 " ended: %s (%zu bytes, %" PRIu32 " chunks)", j->job_id,
             j->attempt, d->metric != NULL ? d->metric : "?", strlen(text),
             wrk_stream_chunks(j->stream));
+    return true;
 }
 
 /* Builds the model's messages: system prompt, channel history, the message
@@ -709,6 +711,11 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
     wrk_stream_text(j.stream, &len);
     d = wrk_job_decide(res.outcome, (wrk_cancel_reason)atomic_load(&s->cancel), j.truncated, len,
                        j.attempt, l->max_deliver, res.retry_after_ms);
+    /* The usage of the call that ends the job goes with its final reply
+     * and is counted once that reply is stored (docs/protocol.md). */
+    wrk_call_usage used =
+        wrk_usage_of_call(&res, msgs, nmsgs, wrk_stream_text(j.stream, NULL), len);
+    wrk_stream_set_usage(j.stream, used.input_tokens, used.output_tokens, used.estimated);
     if (res.outcome != WRK_DONE)
         sl_logf(SL_LOG_INFO, &c, "job %s attempt %" PRIu64 ": model call %s (http %d): %s",
                 j.job_id, j.attempt, wrk_outcome_str(res.outcome), res.http_status, res.error);
@@ -723,7 +730,8 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
         slot_settle(s, msg, SETTLE_NAK, d.delay_ms);
         goto cleanup;
     }
-    job_finish(l, &j, &d);
+    if (job_finish(l, &j, &d))
+        wrk_usage_add(l->usage, j.tenant, j.agent, used.input_tokens, used.output_tokens);
     {
         int64_t first = wrk_stream_first_chunk_ms(j.stream);
         if (first > 0)

@@ -142,6 +142,19 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         st = SL_ERR_BUS;
         goto cleanup;
     }
+    st = sl_bus_kv(bus, SL_KV_QUOTA, &l->kv_quota);
+    if (st == SL_OK)
+        st = sl_bus_kv(bus, SL_KV_USAGE, &l->kv_usage);
+    if (st != SL_OK) {
+        sl_errf(err, errlen, "buckets %s, %s: %s", SL_KV_QUOTA, SL_KV_USAGE, sl_status_str(st));
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    st = wrk_usage_create(&l->usage, l->kv_quota, l->kv_usage);
+    if (st != SL_OK) {
+        sl_errf(err, errlen, "token usage accounting: %s", sl_status_str(st));
+        goto cleanup;
+    }
 
     l->nslots = cfg->concurrency;
     l->slots = calloc((size_t)l->nslots, sizeof(*l->slots));
@@ -400,6 +413,9 @@ void wrk_loop_destroy(wrk_loop *l)
     free(l->slots);
     free(l->ready);
     wrk_sched_destroy(l->sched);
+    wrk_usage_destroy(l->usage); /* after the slots stopped: its last flush */
+    kvStore_Destroy(l->kv_quota);
+    kvStore_Destroy(l->kv_usage);
     kvStore_Destroy(l->kv);
     kvStore_Destroy(l->kv_cancel);
     jsCtx_Destroy(l->js);

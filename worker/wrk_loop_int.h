@@ -13,6 +13,7 @@
 #define WRK_LOOP_INT_H
 
 #include "wrk_loop.h"
+#include "wrk_usage.h"
 
 #include <cJSON.h>
 #include <inttypes.h>
@@ -90,6 +91,9 @@ struct wrk_loop {
     jsCtx *js;          /* API calls: consumers, stream info */
     kvStore *kv;        /* sluice_inflight */
     kvStore *kv_cancel; /* sluice_cancel */
+    kvStore *kv_quota;  /* sluice_quota */
+    kvStore *kv_usage;  /* sluice_usage */
+    wrk_usage *usage;   /* token accounting (wrk_usage.h): its own flusher thread */
     wrk_backend *backend;
 
     char **models;

@@ -108,6 +108,8 @@ struct wrk_stream {
     size_t text_len, text_cap;
     uint32_t index; /* next chunk index */
     int64_t first_chunk_ms;
+    uint32_t usage_in, usage_out; /* the final reply's usage (wrk_stream_set_usage) */
+    bool usage_estimated;
 };
 
 static sl_counter *m_chunks(void)
@@ -264,6 +266,7 @@ sl_status wrk_stream_create(wrk_stream **out, jsCtx *js, const wrk_stream_params
     s->reply_id = dup_or_empty(p->reply_id);
     s->to = dup_or_empty(p->to);
     s->agent = dup_or_empty(p->agent);
+    s->usage_estimated = true; /* no call counted yet: 0 and 0, estimated */
     s->text = calloc(1, 1);
     if (!s->subject || !s->tenant || !s->session || !s->trace_id || !s->job_id || !s->reply_id ||
         !s->to || !s->agent || !s->text) {
@@ -368,6 +371,14 @@ int64_t wrk_stream_first_chunk_ms(wrk_stream *s)
     return t;
 }
 
+void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_tokens,
+                          bool estimated)
+{
+    s->usage_in = input_tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)input_tokens;
+    s->usage_out = output_tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)output_tokens;
+    s->usage_estimated = estimated;
+}
+
 sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
                            bool cancelled, bool *duplicate)
 {
@@ -398,6 +409,11 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
     r.degraded = degraded;
     r.partial = partial;
     r.cancelled = cancelled;
+    Sluice__Usage u = SLUICE__USAGE__INIT;
+    u.input_tokens = s->usage_in;
+    u.output_tokens = s->usage_out;
+    u.estimated = s->usage_estimated;
+    r.usage = &u;
     e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
     e.reply = &r;
     st = envelope_msg(&e, s->subject, &msg);

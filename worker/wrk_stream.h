@@ -152,6 +152,12 @@ const char *wrk_stream_text(wrk_stream *s, size_t *len);
 uint32_t wrk_stream_chunks(wrk_stream *s);
 int64_t wrk_stream_first_chunk_ms(wrk_stream *s);
 
+/* Sets the usage the final reply carries (job thread only; numbers above
+ * UINT32_MAX are clamped). Until called: 0 input, 0 output, estimated (no
+ * model call was counted, e.g. a job cancelled before it started). */
+void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_tokens,
+                          bool estimated);
+
 /* Flushes pending tokens, then publishes the final reply with text and the
  * flags and waits for JetStream's acknowledgment. *duplicate (may be NULL)
  * is set when JetStream had already stored a final for this job (the same

@@ -160,10 +160,10 @@ static natsStatus pc_provision(pc_user *u)
     const char *in_s[] = {"sluice.in.>"}, *work_s[] = {"sluice.work.>"},
                *out_s[] = {"sluice.out.>"};
     const char *buckets[] = {"sluice_sessions", "sluice_inflight", "sluice_presence",
-                             "sluice_cancel"};
+                             "sluice_cancel",   "sluice_quota",    "sluice_usage"};
     const char *streams[] = {"SLUICE_IN",          "SLUICE_WORK",        "SLUICE_OUT",
                              "KV_sluice_sessions", "KV_sluice_inflight", "KV_sluice_presence",
-                             "KV_sluice_cancel"};
+                             "KV_sluice_cancel",   "KV_sluice_quota",    "KV_sluice_usage"};
     jsRePublish rp = {.Source = "sluice.out.>", .Destination = "sluice.live.>"};
     jsStreamConfig cfg[3];
     natsStatus s = NATS_OK;
@@ -191,7 +191,7 @@ static natsStatus pc_provision(pc_user *u)
             s = js_AddStream(&si, u->js, &cfg[i], NULL, NULL);
         jsStreamInfo_Destroy(si);
     }
-    for (int i = 0; s == NATS_OK && i < 4; i++) {
+    for (int i = 0; s == NATS_OK && i < 6; i++) {
         kvStore *kv = NULL;
         kvConfig kc;
         s = js_KeyValue(&kv, u->js, buckets[i]);
@@ -204,7 +204,7 @@ static natsStatus pc_provision(pc_user *u)
         }
         kvStore_Destroy(kv);
     }
-    for (int i = 0; s == NATS_OK && i < 7; i++) {
+    for (int i = 0; s == NATS_OK && i < 9; i++) {
         jsStreamInfo *si = NULL, *upd = NULL;
         s = js_GetStreamInfo(&si, u->js, streams[i], NULL, NULL);
         if (s == NATS_OK) {
@@ -565,6 +565,16 @@ int main(int argc, char **argv)
                pc_context(&wrk, "sluice.out.t1.r.lobby"));
     pc_allowed(&wrk, "KV put sluice_inflight", pc_kv_put(&wrk, "sluice_inflight", "t1.job-1"));
     pc_allowed(&wrk, "KV get sluice_inflight", pc_kv_get(&wrk, "sluice_inflight", "t1.job-1"));
+    pc_allowed(&wrk, "KV put sluice_quota (token counter)",
+               pc_kv_put(&wrk, "sluice_quota", "t1.1764655200"));
+    pc_allowed(&wrk, "KV get sluice_quota (token counter)",
+               pc_kv_get(&wrk, "sluice_quota", "t1.1764655200"));
+    pc_allowed(&wrk, "KV put sluice_usage (token counter)",
+               pc_kv_put(&wrk, "sluice_usage", "t1.5882184.assistant"));
+    pc_allowed(&wrk, "KV get sluice_usage (token counter)",
+               pc_kv_get(&wrk, "sluice_usage", "t1.5882184.assistant"));
+    pc_allowed(&orch, "KV watch sluice_quota (quotas)", pc_kv_keys(&orch, "sluice_quota"));
+    pc_allowed(&ctl, "KV watch sluice_usage (usage)", pc_kv_keys(&ctl, "sluice_usage"));
     pc_allowed(&wrk, "KV get sluice_cancel (cancel marker)",
                pc_kv_get(&wrk, "sluice_cancel", "t1.x-00"));
     s = natsSubscription_NextMsg(&m, cancel, PC_WAIT_MS);

@@ -44,6 +44,7 @@ struct fake_openai {
     fake_openai_mode mode;
     char *reply;
     int token_delay_ms, slow_ms, reset_after;
+    int usage_in, usage_out; /* < 0: no usage reported */
     int requests, connections;
     char *last_head, *last_body;
     conn conns[FAKE_OPENAI_MAX_CONNS];
@@ -54,6 +55,9 @@ typedef struct plan {
     fake_openai_mode mode;
     char *reply;
     int token_delay_ms, slow_ms, reset_after;
+    int usage_in, usage_out; /* < 0: none */
+    int wants_usage;         /* the request asked for stream_options.include_usage */
+    int has_stream_options;  /* the request carried stream_options at all */
 } plan;
 
 static int64_t now_ms(void)
@@ -292,6 +296,12 @@ static int respond(conn *c, const plan *pl)
             cJSON_AddStringToObject(m, "role", "assistant");
             cJSON_AddStringToObject(m, "content", pl->reply);
             cJSON_AddStringToObject(ch, "finish_reason", "stop");
+            if (pl->usage_in >= 0 && pl->usage_out >= 0) {
+                cJSON *u = cJSON_AddObjectToObject(root, "usage");
+                cJSON_AddNumberToObject(u, "prompt_tokens", pl->usage_in);
+                cJSON_AddNumberToObject(u, "completion_tokens", pl->usage_out);
+                cJSON_AddNumberToObject(u, "total_tokens", pl->usage_in + pl->usage_out);
+            }
             char *body = cJSON_PrintUnformatted(root);
             if (body)
                 rc = send_simple(c, 200, "OK", NULL, "application/json", body);
@@ -302,6 +312,13 @@ static int respond(conn *c, const plan *pl)
         cJSON_Delete(root);
         return rc;
     }
+    case FAKE_OPENAI_NO_STREAM_OPTIONS:
+        if (pl->has_stream_options)
+            return send_simple(c, 400, "Bad Request", NULL, "application/json",
+                               "{\"error\":{\"message\":\"Unrecognized request argument "
+                               "supplied: stream_options\",\"type\":\"invalid_request_error\","
+                               "\"code\":null}}");
+        break;
     case FAKE_OPENAI_HANG_AFTER_HEADERS:
         if (send_stream_head(c) == 0)
             wait_ms(c, -1);
@@ -349,6 +366,16 @@ static int respond(conn *c, const plan *pl)
     }
     if (send_role_or_finish(c, "stop") != 0)
         return -1;
+    if (pl->wants_usage && pl->usage_in >= 0 && pl->usage_out >= 0) {
+        char u[256];
+        snprintf(u, sizeof(u),
+                 "{\"id\":\"chatcmpl-fake\",\"object\":\"chat.completion.chunk\",\"created\":0,"
+                 "\"model\":\"fake\",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,"
+                 "\"completion_tokens\":%d,\"total_tokens\":%d}}",
+                 pl->usage_in, pl->usage_out, pl->usage_in + pl->usage_out);
+        if (send_event(c, u) != 0)
+            return -1;
+    }
     return send_stream_end(c, 1);
 }
 
@@ -451,6 +478,16 @@ static int read_request(conn *c, plan *pl, int *keep_alive, int *path_ok)
     pl->token_delay_ms = f->token_delay_ms;
     pl->slow_ms = f->slow_ms;
     pl->reset_after = f->reset_after;
+    pl->usage_in = f->usage_in;
+    pl->usage_out = f->usage_out;
+    pl->wants_usage = 0;
+    {
+        cJSON *req = body ? cJSON_Parse(body) : NULL;
+        const cJSON *so = cJSON_GetObjectItemCaseSensitive(req, "stream_options");
+        pl->wants_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+        pl->has_stream_options = so != NULL;
+        cJSON_Delete(req);
+    }
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
     return pl->reply ? 0 : -1;
@@ -554,6 +591,7 @@ int fake_openai_start(fake_openai **out, int *port)
     f->lfd = -1;
     f->wake[0] = f->wake[1] = -1;
     f->mode = FAKE_OPENAI_NORMAL;
+    f->usage_in = f->usage_out = -1;
     f->slow_ms = 1000;
     f->reset_after = 2;
     f->reply = strdup("Hello from the fake model.");
@@ -610,6 +648,14 @@ void fake_openai_stop(fake_openai *f)
     free(f->last_head);
     free(f->last_body);
     free(f);
+}
+
+void fake_openai_set_usage(fake_openai *f, int prompt_tokens, int completion_tokens)
+{
+    pthread_mutex_lock(&f->mu);
+    f->usage_in = prompt_tokens;
+    f->usage_out = completion_tokens;
+    pthread_mutex_unlock(&f->mu);
 }
 
 void fake_openai_set_mode(fake_openai *f, fake_openai_mode mode)

@@ -27,6 +27,8 @@ typedef enum fake_openai_mode {
     FAKE_OPENAI_RESET_MID_STREAM,   /* reset_after tokens, then a TCP reset (SO_LINGER 0) */
     FAKE_OPENAI_ERROR_EVENT,        /* the first token, then data: {"error":{...}} */
     FAKE_OPENAI_JSON,               /* ignores stream:true: one application/json answer */
+    FAKE_OPENAI_NO_STREAM_OPTIONS,  /* an older server: 400 naming "stream_options" when the
+                                       request has it, else as NORMAL */
 } fake_openai_mode;
 
 typedef struct fake_openai fake_openai;
@@ -58,6 +60,14 @@ void fake_openai_set_slow_ms(fake_openai *f, int ms);
 
 /* RESET_MID_STREAM: how many tokens go out before the reset. */
 void fake_openai_set_reset_after(fake_openai *f, int ntokens);
+
+/* Usage reporting: with prompt_tokens >= 0 and completion_tokens >= 0 the
+ * server reports them as a real one does: in the streamed modes a last
+ * chunk {"choices":[],"usage":{"prompt_tokens":P,"completion_tokens":C,
+ * "total_tokens":P+C}} before [DONE], only when the request asked for it
+ * with "stream_options":{"include_usage":true}; in JSON mode a "usage"
+ * object in the answer. Negative (the default): no usage is reported. */
+void fake_openai_set_usage(fake_openai *f, int prompt_tokens, int completion_tokens);
 
 /* Number of complete requests received so far (any path, any mode). */
 int fake_openai_requests(fake_openai *f);

@@ -240,8 +240,29 @@ START_TEST(test_event_frames)
     ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "final")));
     ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "partial")));
     ck_assert_ptr_null(cJSON_GetObjectItem(j, "degraded"));
+    /* A writer without usage: reported as an estimate of nothing. */
+    cJSON *u = cJSON_GetObjectItem(j, "usage");
+    ck_assert_int_eq(cJSON_GetObjectItem(u, "input_tokens")->valueint, 0);
+    ck_assert_int_eq(cJSON_GetObjectItem(u, "output_tokens")->valueint, 0);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(u, "estimated")));
     cJSON_Delete(j);
     free(s);
+
+    /* The model's own count: exact integers, no "estimated". */
+    Sluice__Usage us = SLUICE__USAGE__INIT;
+    us.input_tokens = 4000000000u;
+    us.output_tokens = 17;
+    r.usage = &us;
+    s = gw_frame_event(&e, "s", 7);
+    ck_assert_ptr_nonnull(
+        strstr(s, "\"usage\":{\"input_tokens\":4000000000,\"output_tokens\":17}"));
+    us.estimated = 1;
+    free(s);
+    s = gw_frame_event(&e, "s", 7);
+    ck_assert_ptr_nonnull(strstr(
+        s, "\"usage\":{\"input_tokens\":4000000000,\"output_tokens\":17,\"estimated\":true}"));
+    free(s);
+    r.usage = NULL;
 
     m.text = "x";
     m.agent = "summarizer";

@@ -22,6 +22,9 @@ static const char *const vars[] = {
     "SLUICE_SWEEP_MS",
     "SLUICE_LOG_LEVEL",
     "SLUICE_TENANT_QUEUE_MAX",
+    "SLUICE_TENANT_TOKENS_PER_MIN",
+    "SLUICE_TENANT_QUOTAS",
+    "SLUICE_TENANT_QUOTA_WINDOW_S",
 };
 
 static void clear_env(void)
@@ -90,6 +93,9 @@ START_TEST(test_defaults_reach_the_loop)
     ck_assert_int_gt(lc.tenant_queue_max, 0);
     ck_assert_int_eq(lc.batch, 64);
     ck_assert_int_eq(lc.fetch_timeout_ms, 500);
+    ck_assert_int_eq(lc.tokens_per_window, 0); /* no quota */
+    ck_assert_uint_eq(lc.nquota_rules, 0);
+    ck_assert_int_eq(lc.quota_window_s, 60);
     orch_config_free(&cfg);
     ck_assert_ptr_null(cfg.agents);
     orch_config_free(NULL);
@@ -178,6 +184,16 @@ START_TEST(test_bounds_refused_and_named)
         {"SLUICE_SWEEP_MS", "3600001",
          "SLUICE_SWEEP_MS (environment): 3600001 is outside 100..3600000"},
         {"SLUICE_LOG_LEVEL", "loud", "SLUICE_LOG_LEVEL: must be debug, info, warn or error"},
+        {"SLUICE_TENANT_TOKENS_PER_MIN", "-1",
+         "SLUICE_TENANT_TOKENS_PER_MIN (environment): -1 is outside"},
+        {"SLUICE_TENANT_QUOTA_WINDOW_S", "0",
+         "SLUICE_TENANT_QUOTA_WINDOW_S (environment): 0 is outside 1..60"},
+        {"SLUICE_TENANT_QUOTA_WINDOW_S", "61",
+         "SLUICE_TENANT_QUOTA_WINDOW_S (environment): 61 is outside 1..60"},
+        {"SLUICE_TENANT_QUOTAS", "acme=x", "SLUICE_TENANT_QUOTAS: 'acme=x'"},
+        {"SLUICE_TENANT_QUOTAS", "acme=1,,b=2", "SLUICE_TENANT_QUOTAS: empty item"},
+        {"SLUICE_TENANT_QUOTAS", "acme=1,acme=2",
+         "SLUICE_TENANT_QUOTAS: tenant 'acme' is listed twice"},
     };
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -199,9 +215,19 @@ START_TEST(test_bounds_refused_and_named)
     setenv("SLUICE_CAUSAL_PARK_PER_SESSION", "100000", 1);
     setenv("SLUICE_CAUSAL_PARK_PER_TENANT", "0", 1);
     setenv("SLUICE_SWEEP_MS", "100", 1);
+    setenv("SLUICE_TENANT_TOKENS_PER_MIN", "5000", 1);
+    setenv("SLUICE_TENANT_QUOTAS", "acme=100,globex=0", 1);
+    setenv("SLUICE_TENANT_QUOTA_WINDOW_S", "1", 1);
     {
         char err[512] = "";
         ck_assert_msg(load(err, sizeof(err)) == SL_OK, "%s", err);
+        orch_loop_cfg lc = orch_config_loop(&cfg);
+        ck_assert_int_eq(lc.tokens_per_window, 5000);
+        ck_assert_uint_eq(lc.nquota_rules, 2);
+        ck_assert_str_eq(lc.quota_rules[0].tenant, "acme");
+        ck_assert_int_eq(lc.quota_rules[0].tokens, 100);
+        ck_assert_int_eq(lc.quota_rules[1].tokens, 0);
+        ck_assert_int_eq(lc.quota_window_s, 1);
     }
     orch_config_free(&cfg);
     clear_env();

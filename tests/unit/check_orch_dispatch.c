@@ -104,6 +104,10 @@ START_TEST(test_work_and_fallback)
     ck_assert_str_eq(r->reply->text, "later");
     ck_assert(r->reply->degraded);
     ck_assert_uint_eq(r->reply->attempt, 3);
+    ck_assert_ptr_nonnull(r->reply->usage);
+    ck_assert_uint_eq(r->reply->usage->input_tokens, 0);
+    ck_assert_uint_eq(r->reply->usage->output_tokens, 0);
+    ck_assert(r->reply->usage->estimated);
     ck_assert_str_eq(r->message_id, "c-17");
     sl_envelope_free(r);
     free(buf2);

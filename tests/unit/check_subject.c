@@ -301,6 +301,45 @@ START_TEST(test_stream_names)
 }
 END_TEST
 
+START_TEST(test_usage_keys)
+{
+    char buf[SL_SUBJECT_MAX], tenant[SL_ID_MAX + 1], agent[SL_ID_MAX + 1];
+    int64_t v = -1;
+
+    ck_assert_int_eq(sl_kv_key_quota(buf, sizeof(buf), "acme", 1764655200), SL_OK);
+    ck_assert_str_eq(buf, "acme.1764655200");
+    ck_assert_int_eq(sl_kv_key_quota_parse(buf, tenant, &v), SL_OK);
+    ck_assert_str_eq(tenant, "acme");
+    ck_assert_int_eq(v, 1764655200);
+    ck_assert_int_eq(sl_kv_key_usage(buf, sizeof(buf), "acme", 5882184, "assistant"), SL_OK);
+    ck_assert_str_eq(buf, "acme.5882184.assistant");
+    ck_assert_int_eq(sl_kv_key_usage_parse(buf, tenant, &v, agent), SL_OK);
+    ck_assert_str_eq(tenant, "acme");
+    ck_assert_str_eq(agent, "assistant");
+    ck_assert_int_eq(v, 5882184);
+    ck_assert_int_eq(sl_kv_key_tenant_filter(buf, sizeof(buf), "acme"), SL_OK);
+    ck_assert_str_eq(buf, "acme.>");
+
+    ck_assert_int_eq(sl_kv_key_quota(buf, sizeof(buf), "a.b", 1), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_quota(buf, sizeof(buf), "acme", -1), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_usage(buf, sizeof(buf), "acme", 1, "a>"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_quota(buf, 6, "acme", 1764655200), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_tenant_filter(buf, sizeof(buf), "*"), SL_ERR_INVAL);
+    const char *bad_quota[] = {"acme",    "acme.",    ".5",      "acme.x",
+                               "acme.5.", "acme.5.x", "acme.-5", "acme.1234567890123456789",
+                               "a b.5",   ""};
+    for (size_t i = 0; i < sizeof(bad_quota) / sizeof(bad_quota[0]); i++)
+        ck_assert_msg(sl_kv_key_quota_parse(bad_quota[i], tenant, &v) == SL_ERR_INVAL, "%s",
+                      bad_quota[i]);
+    const char *bad_usage[] = {"acme.5",     "acme.5.",    "acme..x", "acme.x.a",
+                               "acme.5.a.b", "acme.5.a b", ".5.a"};
+    for (size_t i = 0; i < sizeof(bad_usage) / sizeof(bad_usage[0]); i++)
+        ck_assert_msg(sl_kv_key_usage_parse(bad_usage[i], tenant, &v, agent) == SL_ERR_INVAL, "%s",
+                      bad_usage[i]);
+    ck_assert_int_eq(sl_kv_key_quota_parse(NULL, tenant, &v), SL_ERR_INVAL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sl_subject");
@@ -315,6 +354,7 @@ int main(void)
     tcase_add_test(tc, test_named_subjects);
     tcase_add_test(tc, test_subject_parsers);
     tcase_add_test(tc, test_stream_names);
+    tcase_add_test(tc, test_usage_keys);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -540,6 +540,94 @@ START_TEST(test_openai_json_answer)
 }
 END_TEST
 
+/* The backend asks for usage in the stream and keeps the model's numbers;
+ * a server that reports none leaves them unknown (-1), as does echo. */
+START_TEST(test_openai_usage_reported_or_not)
+{
+    wrk_backend *b = make_openai(NULL);
+    sink s;
+    wrk_result res;
+
+    /* Not reported (the default of the fake). */
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_DONE, "%s", res.error);
+    ck_assert_int_eq(res.input_tokens, -1);
+    ck_assert_int_eq(res.output_tokens, -1);
+    char *body = fake_openai_last_body(g_fake);
+    cJSON *j = cJSON_Parse(body);
+    cJSON *so = cJSON_GetObjectItem(j, "stream_options");
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(so, "include_usage")));
+    cJSON_Delete(j);
+    free(body);
+    sink_fini(&s);
+
+    /* Reported in a last chunk with no choices, before [DONE]. */
+    fake_openai_set_usage(g_fake, 11, 7);
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_DONE, "%s", res.error);
+    ck_assert_str_eq(s.text, "Hello from the fake model.");
+    ck_assert_int_eq(res.input_tokens, 11);
+    ck_assert_int_eq(res.output_tokens, 7);
+    sink_fini(&s);
+
+    /* Reported in a plain JSON answer. */
+    fake_openai_set_mode(g_fake, FAKE_OPENAI_JSON);
+    fake_openai_set_usage(g_fake, 3, 5);
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_DONE, "%s", res.error);
+    ck_assert_int_eq(res.input_tokens, 3);
+    ck_assert_int_eq(res.output_tokens, 5);
+    sink_fini(&s);
+    wrk_backend_destroy(b);
+
+    /* Echo never reports usage. */
+    b = make_echo(0);
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_int_eq(res.outcome, WRK_DONE);
+    ck_assert_int_eq(res.input_tokens, -1);
+    ck_assert_int_eq(res.output_tokens, -1);
+    sink_fini(&s);
+    wrk_backend_destroy(b);
+}
+END_TEST
+
+/* An older server refuses stream_options: that call is transient, and the
+ * backend's later requests go without it (usage then unknown). */
+START_TEST(test_openai_server_without_stream_options)
+{
+    fake_openai_set_mode(g_fake, FAKE_OPENAI_NO_STREAM_OPTIONS);
+    fake_openai_set_usage(g_fake, 11, 7);
+    wrk_backend *b = make_openai(NULL);
+    sink s;
+    wrk_result res;
+
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_TRANSIENT, "%s: %s", wrk_outcome_str(res.outcome), res.error);
+    ck_assert_int_eq(res.http_status, 400);
+    ck_assert_int_eq(s.ntok, 0);
+    sink_fini(&s);
+
+    sink_init(&s);
+    run(b, default_msgs, NDEFAULT, 10000, NULL, &s, &res);
+    ck_assert_msg(res.outcome == WRK_DONE, "%s: %s", wrk_outcome_str(res.outcome), res.error);
+    ck_assert_str_eq(s.text, "Hello from the fake model.");
+    ck_assert_int_eq(res.input_tokens, -1);
+    char *body = fake_openai_last_body(g_fake);
+    cJSON *j = cJSON_Parse(body);
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "stream_options"));
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "stream")));
+    cJSON_Delete(j);
+    free(body);
+    sink_fini(&s);
+    wrk_backend_destroy(b);
+}
+END_TEST
+
 START_TEST(test_openai_connect_refused)
 {
     /* Stop the fake so its port refuses connections. */
@@ -722,6 +810,8 @@ static Suite *backend_suite(void)
     tcase_add_test(oa, test_openai_malformed_and_error_event);
     tcase_add_test(oa, test_openai_reset_mid_stream);
     tcase_add_test(oa, test_openai_json_answer);
+    tcase_add_test(oa, test_openai_usage_reported_or_not);
+    tcase_add_test(oa, test_openai_server_without_stream_options);
     tcase_add_test(oa, test_openai_connect_refused);
     tcase_add_test(oa, test_openai_cancel_mid_stream);
     tcase_add_test(oa, test_openai_cancel_while_hanging);

@@ -72,6 +72,15 @@ export interface ReplyEvent extends EventBase {
     degraded?: boolean;
     partial?: boolean;
     cancelled?: boolean;
+    /** Tokens this answer used (every final reply of a current server carries it). */
+    usage?: Usage;
+}
+
+/** Tokens of one model call. `estimated`: counted by the worker, not reported by the model. */
+export interface Usage {
+    input_tokens: number;
+    output_tokens: number;
+    estimated?: boolean;
 }
 
 export interface PresenceEvent extends EventBase {
@@ -185,6 +194,8 @@ export interface ReplyState {
     cancelled?: boolean;
     degraded?: boolean;
     partial?: boolean;
+    /** On the final update, when the reply event carried it. */
+    usage?: Usage;
 }
 
 export interface StateChange {

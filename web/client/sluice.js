@@ -215,6 +215,7 @@ export class ReplyAssembler {
             degraded: ev.degraded === true,
             partial: ev.partial === true,
         };
+        if (ev.usage && typeof ev.usage === 'object') r.usage = { ...ev.usage };
         this.#done.set(ev.reply, r);
         if (this.#done.size > this.#keep) this.#done.delete(this.#done.keys().next().value);
         return { ...r, restarted: false };
@@ -275,7 +276,7 @@ export class SluiceError extends Error {
  *   disconnected {code, reason, willReconnect}
  *   event        every new channel event, after duplicate filtering
  *   message      `message` events
- *   reply        reply updates {reply, to, agent, ch, attempt, text, final, restarted, cancelled?, degraded?, partial?}
+ *   reply        reply updates {reply, to, agent, ch, attempt, text, final, restarted, cancelled?, degraded?, partial?, usage?}
  *   presence     {room, action, user, session, members}
  *   members      {room, members} whenever a room's member list changes
  *   receipt      `receipt` events

@@ -92,6 +92,10 @@ describe('pure pieces', () => {
         assert.equal(a.token({ ...base, attempt: 3, text: 'late' }), null);
         assert.equal(a.active().length, 0);
         assert.equal(a.get('r1').text, 'Hi there!');
+        assert.equal(fin.usage, undefined);
+        const used = a.final({ ...base, reply: 'r2', text: 'ok', final: true,
+                               usage: { input_tokens: 7, output_tokens: 1, estimated: true } });
+        assert.deepEqual(used.usage, { input_tokens: 7, output_tokens: 1, estimated: true });
     });
 
     test('generated ids are valid protocol ids and unique', { timeout: 20000 }, () => {
