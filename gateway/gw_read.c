@@ -1,128 +1,13 @@
-/* Blocking stream reads on gw_io threads (head, gap fill, replay, history,
- * join), back on the loop thread the application of their results, and
- * what starts them: live events in sequence (a hole starts a fill), new
- * channels (their head read) and member replays. Uses gw_chan.c for the
- * channels and members themselves. */
+/* Stream reads on gw_io threads (head, gap fill, replay, history, join:
+ * gw__read_io, on the direct gets of gw_stream.c), back on the loop thread
+ * the application of their results, and what starts them: live events in
+ * sequence (a hole starts a fill), new channels (their head read) and
+ * member replays. Uses gw_chan.c for the channels and members themselves. */
 #include "gw_server_int.h"
 
 static void read_result_run(void *arg);
 
 /* ---------- io jobs: reading the stream ---------- */
-
-static void read_job_free(void *arg)
-{
-    read_job *j = arg;
-    for (size_t i = 0; i < j->n; i++)
-        natsMsg_Destroy(j->msgs[i].msg);
-    free(j->msgs);
-    cJSON_Delete(j->members);
-    free(j);
-}
-
-/* Direct get: the next message on subject at or after seq. */
-static natsStatus next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out)
-{
-    jsDirectGetMsgOptions o;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.Sequence = seq;
-    o.NextBySubject = subject;
-    return js_DirectGetMsg(out, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-}
-
-static natsStatus last_seq_io(gw_server *s, const char *subject, uint64_t *seq)
-{
-    jsDirectGetMsgOptions o;
-    natsMsg *m = NULL;
-    natsStatus st;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.LastBySubject = subject;
-    st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-    if (st == NATS_NOT_FOUND) {
-        *seq = 0;
-        return NATS_OK;
-    }
-    if (st == NATS_OK)
-        *seq = gw__header_u64(m, "Nats-Sequence");
-    natsMsg_Destroy(m);
-    return st;
-}
-
-static bool push_got(read_job *j, natsMsg *m, uint64_t seq, size_t *cap)
-{
-    if (j->n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 64;
-        got *g = realloc(j->msgs, nc * sizeof(got));
-        if (g == NULL)
-            return false;
-        j->msgs = g;
-        *cap = nc;
-    }
-    j->msgs[j->n].seq = seq;
-    j->msgs[j->n].msg = m;
-    j->n++;
-    return true;
-}
-
-/* Reads forward from j->from: up to REPLAY_BATCH messages, or to j->upto. */
-static natsStatus read_forward_io(read_job *j, size_t max)
-{
-    size_t cap = 0;
-    uint64_t seq = j->from;
-    natsStatus st = NATS_OK;
-
-    while (j->n < max) {
-        natsMsg *m = NULL;
-        uint64_t got_seq;
-        st = next_by_subject(j->s, j->out, seq, &m);
-        if (st == NATS_NOT_FOUND) {
-            st = NATS_OK;
-            j->more = false;
-            return st;
-        }
-        if (st != NATS_OK)
-            return st;
-        got_seq = gw__header_u64(m, "Nats-Sequence");
-        if (got_seq == 0 || (j->upto != 0 && got_seq >= j->upto)) {
-            natsMsg_Destroy(m);
-            j->more = false;
-            return NATS_OK;
-        }
-        if (!push_got(j, m, got_seq, &cap)) {
-            natsMsg_Destroy(m);
-            return NATS_NO_MEMORY;
-        }
-        seq = got_seq + 1;
-    }
-    j->more = true;
-    return st;
-}
-
-/* Sets j->gap when the event at seq (the last one delivered) is no longer
- * in the stream on j's subject: events after it may be gone too. While it
- * is stored nothing after it was removed (removal is oldest-first). */
-static natsStatus still_stored_io(read_job *j, uint64_t seq)
-{
-    jsDirectGetMsgOptions o;
-    natsMsg *m = NULL;
-    const char *subj = NULL;
-    natsStatus st;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.Sequence = seq;
-    st = js_DirectGetMsg(&m, sl_bus_js(j->s->bus), SL_STREAM_OUT, NULL, &o);
-    if (st == NATS_NOT_FOUND) {
-        j->gap = true;
-        st = NATS_OK;
-    } else if (st == NATS_OK) {
-        if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
-            strcmp(subj, j->out) != 0)
-            j->gap = true;
-    }
-    natsMsg_Destroy(m);
-    return st;
-}
 
 /* Appends (seq, m) to a growing array; false without memory. */
 static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t seq)
@@ -156,7 +41,7 @@ natsStatus gw__history_read_io(read_job *j)
     natsStatus st = NATS_OK;
 
     if (before == 0) {
-        st = last_seq_io(j->s, j->out, &before);
+        st = gw__last_seq_io(j->s, j->out, &before);
         before += 1;
         used++;
     }
@@ -170,7 +55,7 @@ natsStatus gw__history_read_io(read_job *j)
             natsMsg *m = NULL;
             uint64_t gs;
             used++;
-            st = next_by_subject(j->s, j->out, seq, &m);
+            st = gw__next_by_subject(j->s, j->out, seq, &m);
             if (st == NATS_NOT_FOUND) {
                 st = NATS_OK;
                 complete = true;
@@ -218,7 +103,7 @@ natsStatus gw__history_read_io(read_job *j)
     /* Not every event below covered was read: is there any? (one get) */
     if (st == NATS_OK && j->covered > 1 && (int64_t)j->n <= j->limit) {
         natsMsg *m = NULL;
-        st = next_by_subject(j->s, j->out, 1, &m);
+        st = gw__next_by_subject(j->s, j->out, 1, &m);
         if (st == NATS_NOT_FOUND ||
             (st == NATS_OK && gw__header_u64(m, "Nats-Sequence") >= j->covered))
             j->covered = 1;
@@ -237,13 +122,13 @@ void gw__read_io(void *arg)
 
     switch (j->kind) {
     case READ_HEAD:
-        st = last_seq_io(s, j->out, &j->head);
+        st = gw__last_seq_io(s, j->out, &j->head);
         break;
     case READ_JOIN: {
         kvWatcher *w = NULL;
         kvWatchOptions wo;
         char filter[SL_SUBJECT_MAX];
-        st = last_seq_io(s, j->out, &j->head);
+        st = gw__last_seq_io(s, j->out, &j->head);
         j->members = cJSON_CreateArray();
         snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->room);
         kvWatchOptions_Init(&wo);
@@ -281,15 +166,15 @@ void gw__read_io(void *arg)
     }
     case READ_FILL:
         if (j->from > 1)
-            st = still_stored_io(j, j->from - 1);
+            st = gw__still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
-            st = read_forward_io(j, CHAN_PEND_MAX);
+            st = gw__read_forward_io(j, CHAN_PEND_MAX);
         break;
     case READ_REPLAY:
         if (j->check_gap && j->from > 1)
-            st = still_stored_io(j, j->from - 1);
+            st = gw__still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
-            st = read_forward_io(j, REPLAY_BATCH);
+            st = gw__read_forward_io(j, REPLAY_BATCH);
         break;
     case READ_HISTORY:
         st = gw__history_read_io(j);
@@ -303,24 +188,7 @@ void gw__read_io(void *arg)
         if (j->kind != READ_HISTORY)
             usleep(200 * 1000); /* paces the retries; a history request is answered */
     }
-    gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
-}
-
-read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
-{
-    read_job *j = calloc(1, sizeof(*j));
-
-    if (j == NULL)
-        return NULL;
-    j->s = s;
-    j->kind = kind;
-    snprintf(j->out, sizeof(j->out), "%s", ch->out);
-    snprintf(j->live, sizeof(j->live), "%s", ch->live);
-    snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
-    snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);
-    if (ch->is_room)
-        snprintf(j->room, sizeof(j->room), "%s", ch->name);
-    return j;
+    gw_bridge_post(s->bridge, read_result_run, gw__read_job_free, j);
 }
 
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last)
@@ -547,7 +415,7 @@ static void read_result_run(void *arg)
                 gw_io_submit(s->io, gw__read_io, again);
             }
         }
-        read_job_free(j);
+        gw__read_job_free(j);
         return;
     }
     switch (j->kind) {
@@ -652,7 +520,7 @@ static void read_result_run(void *arg)
         history_done(s, j, c);
         break;
     }
-    read_job_free(j);
+    gw__read_job_free(j);
 }
 
 /* ---------- live events, new channels and replays: what starts reads ---------- */

@@ -1,6 +1,7 @@
 /* Private to the gateway server (gw_server.c, gw_out.c, gw_chan.c, gw_read.c,
- * gw_cmd.c, gw_conn.c): the shared state, its constants and the functions
- * these files call across each other (gw__ prefix). Not for other modules. */
+ * gw_stream.c, gw_cmd.c, gw_conn.c, gw_api*.c): the shared state, its
+ * constants and the functions these files call across each other (gw__
+ * prefix). Not for other modules. */
 #ifndef GW_SERVER_INT_H
 #define GW_SERVER_INT_H
 
@@ -376,10 +377,17 @@ void gw__member_go_live(gw_server *s, gw_member *m);
 bool gw__replay_has_room(gw_server *s, gw_conn *c, size_t len);
 bool gw__member_pend_fits(gw_server *s, gw_member *m);
 
+/* gw_stream.c */
+void gw__read_job_free(void *arg);
+natsStatus gw__next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out);
+natsStatus gw__last_seq_io(gw_server *s, const char *subject, uint64_t *seq);
+natsStatus gw__read_forward_io(read_job *j, size_t max);
+natsStatus gw__still_stored_io(read_job *j, uint64_t seq);
+read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
+
 /* gw_read.c */
 void gw__read_io(void *arg);
 natsStatus gw__history_read_io(read_job *j);
-read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
 void gw__chan_process_pending(gw_server *s, gw_chan *ch);
