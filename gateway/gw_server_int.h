@@ -1,5 +1,5 @@
 /* Private to the gateway server (gw_server.c, gw_out.c, gw_chan.c, gw_read.c,
- * gw_stream.c, gw_cmd.c, gw_conn.c, gw_api*.c): the shared state, its
+ * gw_stream.c, gw_history.c, gw_cmd.c, gw_conn.c, gw_api*.c): the shared state, its
  * constants and the functions these files call across each other (gw__
  * prefix). Not for other modules. */
 #ifndef GW_SERVER_INT_H
@@ -385,9 +385,12 @@ natsStatus gw__read_forward_io(read_job *j, size_t max);
 natsStatus gw__still_stored_io(read_job *j, uint64_t seq);
 read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 
+/* gw_history.c */
+natsStatus gw__history_read_io(read_job *j);
+void gw__history_done(gw_server *s, read_job *j, gw_conn *c);
+
 /* gw_read.c */
 void gw__read_io(void *arg);
-natsStatus gw__history_read_io(read_job *j);
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
 void gw__chan_process_pending(gw_server *s, gw_chan *ch);
