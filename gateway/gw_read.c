@@ -1,9 +1,9 @@
 /* Stream reads on gw_io threads (head, gap fill, replay, history, join:
  * gw__read_io, on the direct gets of gw_stream.c), back on the loop thread
  * the application of their results (a history page is answered by
- * gw_history.c), and what starts them: live events in sequence (a hole
- * starts a fill), new channels (their head read) and member replays. Uses
- * gw_chan.c for the channels and members themselves. */
+ * gw_history.c), and what starts reads: live events in sequence (a hole
+ * starts a fill; they arrive through gw_live.c), a channel getting ready
+ * and member replays. Uses gw_chan.c for the channels and members. */
 #include "gw_server_int.h"
 
 static void read_result_run(void *arg);
@@ -348,7 +348,7 @@ static void read_result_run(void *arg)
     gw__read_job_free(j);
 }
 
-/* ---------- live events, new channels and replays: what starts reads ---------- */
+/* ---------- live events in order and replays: what starts reads ---------- */
 
 static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t last)
 {
@@ -372,7 +372,7 @@ static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t las
 }
 
 /* A live event for a ready channel: in order, a duplicate, or after a hole. */
-static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
+void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
 {
     uint64_t seq = gw__header_u64(msg, "Nats-Sequence");
     uint64_t last = gw__header_u64(msg, "Nats-Last-Sequence");
@@ -406,116 +406,10 @@ void gw__chan_process_pending(gw_server *s, gw_chan *ch)
         if (ch->pend_head == NULL)
             ch->pend_tail = NULL;
         ch->npend--;
-        chan_on_live(s, ch, p->msg);
+        gw__chan_on_live(s, ch, p->msg);
         p->msg = NULL;
         gw__pend_free(p);
     }
-}
-
-typedef struct live_item {
-    gw_server *s;
-    natsMsg *msg;
-} live_item;
-
-static void live_item_free(void *arg)
-{
-    live_item *it = arg;
-    natsMsg_Destroy(it->msg);
-    free(it);
-}
-
-static void live_run(void *arg)
-{
-    live_item *it = arg;
-    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
-
-    if (ch != NULL)
-        chan_on_live(it->s, ch, it->msg);
-    else
-        natsMsg_Destroy(it->msg);
-    free(it);
-}
-
-void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
-{
-    gw_server *s = closure;
-    live_item *it = malloc(sizeof(*it));
-
-    (void)nc;
-    (void)sub;
-    if (it == NULL) {
-        natsMsg_Destroy(msg);
-        return;
-    }
-    it->s = s;
-    it->msg = msg;
-    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
-        sl_counter_inc(s->m.live_dropped);
-        live_item_free(it);
-    }
-}
-
-/* Finds or creates (subscribing to its live subject) a channel; how a new
- * one gets ready is `how`. */
-gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
-                         enum chan_head how)
-{
-    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
-    size_t llive, lout, lch, ltenant, lname;
-    gw_chan *ch;
-    char *p;
-    read_job *j;
-
-    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK ||
-        sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
-        return NULL;
-    ch = gw_map_get(s->chans, live);
-    if (ch != NULL)
-        return ch;
-    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
-    llive = strlen(live) + 1;
-    lout = strlen(out) + 1;
-    lch = strlen(cname) + 1;
-    ltenant = strlen(tenant) + 1;
-    lname = strlen(name) + 1;
-    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
-    if (ch == NULL)
-        return NULL;
-    p = ch->strs;
-    ch->live = memcpy(p, live, llive);
-    ch->out = memcpy(p += llive, out, lout);
-    ch->ch = memcpy(p += lout, cname, lch);
-    ch->tenant = memcpy(p += lch, tenant, ltenant);
-    ch->name = memcpy(p += ltenant, name, lname);
-    ch->is_room = is_room;
-    ch->state = CHAN_INIT;
-    if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
-        gw_map_put(s->chans, live, ch) != SL_OK) {
-        natsSubscription_Destroy(ch->sub);
-        free(ch);
-        return NULL;
-    }
-    natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
-    if (how == HEAD_FRESH) {
-        gw__chan_ready(s, ch, 0);
-        return ch;
-    }
-    /* A join's own head read makes its channel ready: with a second read
-     * the two could fall on either side of the join's presence event, and
-     * the new member would start with a replay (which never cuts a client
-     * that stops reading: a stopped member of a flooded room was then not
-     * closed with 4429). */
-    if (how == HEAD_BY_JOIN)
-        return ch;
-    j = gw__read_job_new(s, READ_HEAD, ch);
-    if (j != NULL)
-        gw_io_submit(s->io, gw__read_io, j);
-    return ch;
-}
-
-gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
-{
-    return gw__chan_get_ex(s, tenant, is_room, name, HEAD_READ);
 }
 
 /* Serves a member's replay from its channel's cache when the cache covers
