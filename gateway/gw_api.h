@@ -13,8 +13,8 @@
  * complete; the loop never waits.
  *
  * Threads: everything here runs on the loop thread except the parsing
- * functions (pure, any thread) and what gw_api.c itself hands to io
- * threads. */
+ * functions (pure, any thread, gw_api_parse.c) and the jobs gw_api_ops.c
+ * runs on io threads. */
 #ifndef GW_API_H
 #define GW_API_H
 

@@ -3,8 +3,9 @@
  * replays, the per-channel event cache, the room presence snapshot, channel
  * lifetime (idle list, expiry) and the per-tenant history read budget.
  * What starts stream reads (live events after a hole, a new channel's
- * head, replays) is in gw_read.c, which calls into this file and never the
- * other way round. */
+ * head, replays) is in gw_read.c, the reads themselves in gw_stream.c and
+ * gw_history.c, and new channels are made in gw_live.c; they call into this
+ * file and never the other way round. */
 #include "gw_server_int.h"
 
 /* ---------- delivery ---------- */

@@ -1,233 +1,14 @@
-/* Blocking stream reads on gw_io threads (head, gap fill, replay, history,
- * join), back on the loop thread the application of their results, and
- * what starts them: live events in sequence (a hole starts a fill), new
- * channels (their head read) and member replays. Uses gw_chan.c for the
- * channels and members themselves. */
+/* Stream reads on gw_io threads (head, gap fill, replay, history, join:
+ * gw__read_io, on the direct gets of gw_stream.c), back on the loop thread
+ * the application of their results (a history page is answered by
+ * gw_history.c), and what starts reads: live events in sequence (a hole
+ * starts a fill; they arrive through gw_live.c), a channel getting ready
+ * and member replays. Uses gw_chan.c for the channels and members. */
 #include "gw_server_int.h"
 
 static void read_result_run(void *arg);
 
 /* ---------- io jobs: reading the stream ---------- */
-
-static void read_job_free(void *arg)
-{
-    read_job *j = arg;
-    for (size_t i = 0; i < j->n; i++)
-        natsMsg_Destroy(j->msgs[i].msg);
-    free(j->msgs);
-    cJSON_Delete(j->members);
-    free(j);
-}
-
-/* Direct get: the next message on subject at or after seq. */
-static natsStatus next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out)
-{
-    jsDirectGetMsgOptions o;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.Sequence = seq;
-    o.NextBySubject = subject;
-    return js_DirectGetMsg(out, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-}
-
-static natsStatus last_seq_io(gw_server *s, const char *subject, uint64_t *seq)
-{
-    jsDirectGetMsgOptions o;
-    natsMsg *m = NULL;
-    natsStatus st;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.LastBySubject = subject;
-    st = js_DirectGetMsg(&m, sl_bus_js(s->bus), SL_STREAM_OUT, NULL, &o);
-    if (st == NATS_NOT_FOUND) {
-        *seq = 0;
-        return NATS_OK;
-    }
-    if (st == NATS_OK)
-        *seq = gw__header_u64(m, "Nats-Sequence");
-    natsMsg_Destroy(m);
-    return st;
-}
-
-static bool push_got(read_job *j, natsMsg *m, uint64_t seq, size_t *cap)
-{
-    if (j->n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 64;
-        got *g = realloc(j->msgs, nc * sizeof(got));
-        if (g == NULL)
-            return false;
-        j->msgs = g;
-        *cap = nc;
-    }
-    j->msgs[j->n].seq = seq;
-    j->msgs[j->n].msg = m;
-    j->n++;
-    return true;
-}
-
-/* Reads forward from j->from: up to REPLAY_BATCH messages, or to j->upto. */
-static natsStatus read_forward_io(read_job *j, size_t max)
-{
-    size_t cap = 0;
-    uint64_t seq = j->from;
-    natsStatus st = NATS_OK;
-
-    while (j->n < max) {
-        natsMsg *m = NULL;
-        uint64_t got_seq;
-        st = next_by_subject(j->s, j->out, seq, &m);
-        if (st == NATS_NOT_FOUND) {
-            st = NATS_OK;
-            j->more = false;
-            return st;
-        }
-        if (st != NATS_OK)
-            return st;
-        got_seq = gw__header_u64(m, "Nats-Sequence");
-        if (got_seq == 0 || (j->upto != 0 && got_seq >= j->upto)) {
-            natsMsg_Destroy(m);
-            j->more = false;
-            return NATS_OK;
-        }
-        if (!push_got(j, m, got_seq, &cap)) {
-            natsMsg_Destroy(m);
-            return NATS_NO_MEMORY;
-        }
-        seq = got_seq + 1;
-    }
-    j->more = true;
-    return st;
-}
-
-/* Sets j->gap when the event at seq (the last one delivered) is no longer
- * in the stream on j's subject: events after it may be gone too. While it
- * is stored nothing after it was removed (removal is oldest-first). */
-static natsStatus still_stored_io(read_job *j, uint64_t seq)
-{
-    jsDirectGetMsgOptions o;
-    natsMsg *m = NULL;
-    const char *subj = NULL;
-    natsStatus st;
-
-    jsDirectGetMsgOptions_Init(&o);
-    o.Sequence = seq;
-    st = js_DirectGetMsg(&m, sl_bus_js(j->s->bus), SL_STREAM_OUT, NULL, &o);
-    if (st == NATS_NOT_FOUND) {
-        j->gap = true;
-        st = NATS_OK;
-    } else if (st == NATS_OK) {
-        if (natsMsgHeader_Get(m, "Nats-Subject", &subj) != NATS_OK || subj == NULL ||
-            strcmp(subj, j->out) != 0)
-            j->gap = true;
-    }
-    natsMsg_Destroy(m);
-    return st;
-}
-
-/* Appends (seq, m) to a growing array; false without memory. */
-static bool got_append(got **arr, size_t *n, size_t *cap, natsMsg *m, uint64_t seq)
-{
-    if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 32;
-        got *g = realloc(*arr, nc * sizeof(got));
-        if (g == NULL)
-            return false;
-        *arr = g;
-        *cap = nc;
-    }
-    (*arr)[*n].seq = seq;
-    (*arr)[*n].msg = m;
-    (*n)++;
-    return true;
-}
-
-/* One history request: the newest `limit` events of the channel below
- * `before`, in one bounded read. Direct gets only read forward, so windows
- * below `before` are read newest window first, each once (from its start to
- * where the previous window began, never again), growing fourfold, until
- * `limit` events are found, the stream's start is reached or the budget of
- * 2 x limit + 16 gets is spent. A window the budget cuts is dropped (its
- * newest part was not read); what was not reached is the next page's
- * (j->covered). */
-natsStatus gw__history_read_io(read_job *j)
-{
-    uint64_t before = j->before, w = (uint64_t)j->limit * 2;
-    uint64_t budget = (uint64_t)j->limit * 2 + 16, used = 0;
-    natsStatus st = NATS_OK;
-
-    if (before == 0) {
-        st = last_seq_io(j->s, j->out, &before);
-        before += 1;
-        used++;
-    }
-    j->covered = before;
-    while (st == NATS_OK && j->covered > 1 && (int64_t)j->n < j->limit && used < budget) {
-        uint64_t start = j->covered > w ? j->covered - w : 1;
-        got *win = NULL;
-        size_t wn = 0, wcap = 0;
-        bool complete = false;
-        for (uint64_t seq = start; used < budget;) {
-            natsMsg *m = NULL;
-            uint64_t gs;
-            used++;
-            st = next_by_subject(j->s, j->out, seq, &m);
-            if (st == NATS_NOT_FOUND) {
-                st = NATS_OK;
-                complete = true;
-                break;
-            }
-            if (st != NATS_OK)
-                break;
-            gs = gw__header_u64(m, "Nats-Sequence");
-            if (gs == 0 || gs >= j->covered) {
-                natsMsg_Destroy(m);
-                complete = true;
-                break;
-            }
-            if (!got_append(&win, &wn, &wcap, m, gs)) {
-                natsMsg_Destroy(m);
-                st = NATS_NO_MEMORY;
-                break;
-            }
-            seq = gs + 1;
-        }
-        if (complete && st == NATS_OK && wn > 0) {
-            got *all = realloc(win, (wn + j->n) * sizeof(got));
-            if (all == NULL) {
-                complete = false;
-                st = NATS_NO_MEMORY;
-            } else {
-                win = all;
-                if (j->n > 0)
-                    memcpy(win + wn, j->msgs, j->n * sizeof(got));
-                free(j->msgs);
-                j->msgs = win;
-                j->n += wn;
-                win = NULL;
-                wn = 0;
-            }
-        }
-        for (size_t i = 0; i < wn; i++)
-            natsMsg_Destroy(win[i].msg);
-        free(win);
-        if (!complete)
-            break;
-        j->covered = start;
-        w *= 4;
-    }
-    /* Not every event below covered was read: is there any? (one get) */
-    if (st == NATS_OK && j->covered > 1 && (int64_t)j->n <= j->limit) {
-        natsMsg *m = NULL;
-        st = next_by_subject(j->s, j->out, 1, &m);
-        if (st == NATS_NOT_FOUND ||
-            (st == NATS_OK && gw__header_u64(m, "Nats-Sequence") >= j->covered))
-            j->covered = 1;
-        if (st == NATS_NOT_FOUND)
-            st = NATS_OK;
-        natsMsg_Destroy(m);
-    }
-    return st;
-}
 
 void gw__read_io(void *arg)
 {
@@ -237,13 +18,13 @@ void gw__read_io(void *arg)
 
     switch (j->kind) {
     case READ_HEAD:
-        st = last_seq_io(s, j->out, &j->head);
+        st = gw__last_seq_io(s, j->out, &j->head);
         break;
     case READ_JOIN: {
         kvWatcher *w = NULL;
         kvWatchOptions wo;
         char filter[SL_SUBJECT_MAX];
-        st = last_seq_io(s, j->out, &j->head);
+        st = gw__last_seq_io(s, j->out, &j->head);
         j->members = cJSON_CreateArray();
         snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->room);
         kvWatchOptions_Init(&wo);
@@ -281,15 +62,15 @@ void gw__read_io(void *arg)
     }
     case READ_FILL:
         if (j->from > 1)
-            st = still_stored_io(j, j->from - 1);
+            st = gw__still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
-            st = read_forward_io(j, CHAN_PEND_MAX);
+            st = gw__read_forward_io(j, CHAN_PEND_MAX);
         break;
     case READ_REPLAY:
         if (j->check_gap && j->from > 1)
-            st = still_stored_io(j, j->from - 1);
+            st = gw__still_stored_io(j, j->from - 1);
         if (st == NATS_OK)
-            st = read_forward_io(j, REPLAY_BATCH);
+            st = gw__read_forward_io(j, REPLAY_BATCH);
         break;
     case READ_HISTORY:
         st = gw__history_read_io(j);
@@ -303,24 +84,7 @@ void gw__read_io(void *arg)
         if (j->kind != READ_HISTORY)
             usleep(200 * 1000); /* paces the retries; a history request is answered */
     }
-    gw_bridge_post(s->bridge, read_result_run, read_job_free, j);
-}
-
-read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
-{
-    read_job *j = calloc(1, sizeof(*j));
-
-    if (j == NULL)
-        return NULL;
-    j->s = s;
-    j->kind = kind;
-    snprintf(j->out, sizeof(j->out), "%s", ch->out);
-    snprintf(j->live, sizeof(j->live), "%s", ch->live);
-    snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
-    snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);
-    if (ch->is_room)
-        snprintf(j->room, sizeof(j->room), "%s", ch->name);
-    return j;
+    gw_bridge_post(s->bridge, read_result_run, gw__read_job_free, j);
 }
 
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last)
@@ -377,77 +141,6 @@ void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head)
         }
     }
     gw__chan_process_pending(s, ch);
-}
-
-/* Answers a history request: the newest events found, at most `limit`,
- * and at most half of the outbound bound in bytes (the other half is for
- * live traffic), so a page never cuts its reader with 4429. Older events
- * are announced with more:true and next_before. */
-static void history_done(gw_server *s, read_job *j, gw_conn *c)
-{
-    size_t lo = j->n > (size_t)j->limit ? j->n - (size_t)j->limit : 0, k = 0, cut = j->n;
-    size_t max = (size_t)s->cfg->outq_max_bytes, budget = max / 2;
-    size_t used = 128 + strlen(j->ch) + strlen(j->id);
-    const char *id = j->id[0] != '\0' ? j->id : NULL;
-    char **events = NULL;
-    bool more, full = false;
-
-    gw__history_release(s, j->tenant, c);
-    if (c == NULL || c->close_code != 0)
-        return;
-    if (j->head == UINT64_MAX) {
-        gw__conn_error(s, c, "internal", "history read failed; retry", id);
-        return;
-    }
-    if (c->q.bytes + budget > max)
-        budget = max > c->q.bytes ? max - c->q.bytes : 0;
-    events = calloc(j->n - lo + 1, sizeof(char *));
-    if (events == NULL) {
-        gw__conn_error(s, c, "internal", "out of memory; retry", id);
-        return;
-    }
-    for (size_t i = j->n; i > lo; i--) {
-        Sluice__Envelope *e = NULL;
-        char *ev;
-        size_t len;
-        if (sl_envelope_decode(natsMsg_GetData(j->msgs[i - 1].msg),
-                               (size_t)natsMsg_GetDataLength(j->msgs[i - 1].msg), &e) != SL_OK) {
-            cut = i - 1; /* not an event: skipped, like live delivery does */
-            continue;
-        }
-        ev = gw_frame_event(e, j->ch, j->msgs[i - 1].seq);
-        sl_envelope_free(e);
-        len = ev != NULL ? strlen(ev) + 1 : 0;
-        /* One event larger than the page still goes alone when the queue
-         * can take it; otherwise the client is asked to read first. */
-        if (ev == NULL || (used + len > budget && (k > 0 || c->q.bytes + used + len > max))) {
-            free(ev);
-            full = true;
-            break;
-        }
-        events[k++] = ev;
-        used += len;
-        cut = i - 1;
-    }
-    if (k == 0 && full) {
-        gw__conn_busy(s, c, id, "history_busy", HISTORY_RETRY_MS);
-        free(events);
-        return;
-    }
-    for (size_t a = 0, b = k; a + 1 < b; a++, b--) { /* newest first -> stream order */
-        char *t = events[a];
-        events[a] = events[b - 1];
-        events[b - 1] = t;
-    }
-    /* Events below msgs[cut] (found, or not read yet below covered) are
-     * the next page's. */
-    more = cut > 0 || j->covered > 1;
-    gw__conn_send_text(s, c,
-                       gw_frame_history(j->ch, events, k, more,
-                                        (int64_t)(cut < j->n ? j->msgs[cut].seq : j->covered), id));
-    for (size_t i = 0; i < k; i++)
-        free(events[i]);
-    free(events);
 }
 
 /* Answers member m's join with the result of the room's join read j:
@@ -547,7 +240,7 @@ static void read_result_run(void *arg)
                 gw_io_submit(s->io, gw__read_io, again);
             }
         }
-        read_job_free(j);
+        gw__read_job_free(j);
         return;
     }
     switch (j->kind) {
@@ -649,13 +342,13 @@ static void read_result_run(void *arg)
         break;
     }
     case READ_HISTORY:
-        history_done(s, j, c);
+        gw__history_done(s, j, c);
         break;
     }
-    read_job_free(j);
+    gw__read_job_free(j);
 }
 
-/* ---------- live events, new channels and replays: what starts reads ---------- */
+/* ---------- live events in order and replays: what starts reads ---------- */
 
 static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t last)
 {
@@ -679,7 +372,7 @@ static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t las
 }
 
 /* A live event for a ready channel: in order, a duplicate, or after a hole. */
-static void chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
+void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
 {
     uint64_t seq = gw__header_u64(msg, "Nats-Sequence");
     uint64_t last = gw__header_u64(msg, "Nats-Last-Sequence");
@@ -713,116 +406,10 @@ void gw__chan_process_pending(gw_server *s, gw_chan *ch)
         if (ch->pend_head == NULL)
             ch->pend_tail = NULL;
         ch->npend--;
-        chan_on_live(s, ch, p->msg);
+        gw__chan_on_live(s, ch, p->msg);
         p->msg = NULL;
         gw__pend_free(p);
     }
-}
-
-typedef struct live_item {
-    gw_server *s;
-    natsMsg *msg;
-} live_item;
-
-static void live_item_free(void *arg)
-{
-    live_item *it = arg;
-    natsMsg_Destroy(it->msg);
-    free(it);
-}
-
-static void live_run(void *arg)
-{
-    live_item *it = arg;
-    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
-
-    if (ch != NULL)
-        chan_on_live(it->s, ch, it->msg);
-    else
-        natsMsg_Destroy(it->msg);
-    free(it);
-}
-
-void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
-{
-    gw_server *s = closure;
-    live_item *it = malloc(sizeof(*it));
-
-    (void)nc;
-    (void)sub;
-    if (it == NULL) {
-        natsMsg_Destroy(msg);
-        return;
-    }
-    it->s = s;
-    it->msg = msg;
-    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
-        sl_counter_inc(s->m.live_dropped);
-        live_item_free(it);
-    }
-}
-
-/* Finds or creates (subscribing to its live subject) a channel; how a new
- * one gets ready is `how`. */
-gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
-                         enum chan_head how)
-{
-    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
-    size_t llive, lout, lch, ltenant, lname;
-    gw_chan *ch;
-    char *p;
-    read_job *j;
-
-    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK ||
-        sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
-        return NULL;
-    ch = gw_map_get(s->chans, live);
-    if (ch != NULL)
-        return ch;
-    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
-    llive = strlen(live) + 1;
-    lout = strlen(out) + 1;
-    lch = strlen(cname) + 1;
-    ltenant = strlen(tenant) + 1;
-    lname = strlen(name) + 1;
-    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
-    if (ch == NULL)
-        return NULL;
-    p = ch->strs;
-    ch->live = memcpy(p, live, llive);
-    ch->out = memcpy(p += llive, out, lout);
-    ch->ch = memcpy(p += lout, cname, lch);
-    ch->tenant = memcpy(p += lch, tenant, ltenant);
-    ch->name = memcpy(p += ltenant, name, lname);
-    ch->is_room = is_room;
-    ch->state = CHAN_INIT;
-    if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
-        gw_map_put(s->chans, live, ch) != SL_OK) {
-        natsSubscription_Destroy(ch->sub);
-        free(ch);
-        return NULL;
-    }
-    natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
-    if (how == HEAD_FRESH) {
-        gw__chan_ready(s, ch, 0);
-        return ch;
-    }
-    /* A join's own head read makes its channel ready: with a second read
-     * the two could fall on either side of the join's presence event, and
-     * the new member would start with a replay (which never cuts a client
-     * that stops reading: a stopped member of a flooded room was then not
-     * closed with 4429). */
-    if (how == HEAD_BY_JOIN)
-        return ch;
-    j = gw__read_job_new(s, READ_HEAD, ch);
-    if (j != NULL)
-        gw_io_submit(s->io, gw__read_io, j);
-    return ch;
-}
-
-gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
-{
-    return gw__chan_get_ex(s, tenant, is_room, name, HEAD_READ);
 }
 
 /* Serves a member's replay from its channel's cache when the cache covers

@@ -1,8 +1,8 @@
 /* The gateway server: the libwebsockets callback (with the dev-mode token
  * endpoint), metrics, and create/run/ready/destroy (the options table and
  * their validation are gw_config.c). The rest of the server lives in gw_out.c,
- * gw_chan.c, gw_read.c, gw_cmd.c and gw_conn.c (shared state in
- * gw_server_int.h). */
+ * gw_chan.c, gw_read.c, gw_stream.c, gw_history.c, gw_live.c, gw_cmd.c and
+ * gw_conn.c (shared state in gw_server_int.h). */
 #include "gw_server_int.h"
 
 /* ---------- the libwebsockets callback ---------- */

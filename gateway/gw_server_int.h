@@ -1,6 +1,7 @@
 /* Private to the gateway server (gw_server.c, gw_out.c, gw_chan.c, gw_read.c,
- * gw_cmd.c, gw_conn.c): the shared state, its constants and the functions
- * these files call across each other (gw__ prefix). Not for other modules. */
+ * gw_stream.c, gw_history.c, gw_live.c, gw_cmd.c, gw_conn.c, gw_api*.c):
+ * the shared state, its constants and the functions these files call
+ * across each other (gw__ prefix). Not for other modules. */
 #ifndef GW_SERVER_INT_H
 #define GW_SERVER_INT_H
 
@@ -376,18 +377,31 @@ void gw__member_go_live(gw_server *s, gw_member *m);
 bool gw__replay_has_room(gw_server *s, gw_conn *c, size_t len);
 bool gw__member_pend_fits(gw_server *s, gw_member *m);
 
+/* gw_stream.c */
+void gw__read_job_free(void *arg);
+natsStatus gw__next_by_subject(gw_server *s, const char *subject, uint64_t seq, natsMsg **out);
+natsStatus gw__last_seq_io(gw_server *s, const char *subject, uint64_t *seq);
+natsStatus gw__read_forward_io(read_job *j, size_t max);
+natsStatus gw__still_stored_io(read_job *j, uint64_t seq);
+read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
+
+/* gw_history.c */
+natsStatus gw__history_read_io(read_job *j);
+void gw__history_done(gw_server *s, read_job *j, gw_conn *c);
+
 /* gw_read.c */
 void gw__read_io(void *arg);
-natsStatus gw__history_read_io(read_job *j);
-read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last);
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
+void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg);
 void gw__chan_process_pending(gw_server *s, gw_chan *ch);
+void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
+
+/* gw_live.c */
 void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
                          enum chan_head how);
 gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name);
-void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_cmd.c */
 void gw__on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);

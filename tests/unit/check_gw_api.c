@@ -1,5 +1,5 @@
 /* Unit tests for the server API's routing and request parsing
- * (gateway/gw_api.c): what is accepted, what is a 400/404/405, and that a
+ * (gateway/gw_api_parse.c): what is accepted, what is a 400/404/405, and that a
  * refused request leaves nothing to free. */
 #include <check.h>
 #include <stdlib.h>

@@ -1,0 +1,111 @@
+/* Live events from cnats to the loop thread (gw__on_live_cb, handed over
+ * through the bridge, droppable), and new channels: subscribing to their
+ * live subject and starting the read that gives them a head. Putting live
+ * events in order, holes and fills are gw_read.c's (gw__chan_on_live). */
+#include "gw_server_int.h"
+
+typedef struct live_item {
+    gw_server *s;
+    natsMsg *msg;
+} live_item;
+
+static void live_item_free(void *arg)
+{
+    live_item *it = arg;
+    natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+static void live_run(void *arg)
+{
+    live_item *it = arg;
+    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
+
+    if (ch != NULL)
+        gw__chan_on_live(it->s, ch, it->msg);
+    else
+        natsMsg_Destroy(it->msg);
+    free(it);
+}
+
+void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    gw_server *s = closure;
+    live_item *it = malloc(sizeof(*it));
+
+    (void)nc;
+    (void)sub;
+    if (it == NULL) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    it->s = s;
+    it->msg = msg;
+    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
+        sl_counter_inc(s->m.live_dropped);
+        live_item_free(it);
+    }
+}
+
+/* Finds or creates (subscribing to its live subject) a channel; how a new
+ * one gets ready is `how`. */
+gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
+                         enum chan_head how)
+{
+    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
+    size_t llive, lout, lch, ltenant, lname;
+    gw_chan *ch;
+    char *p;
+    read_job *j;
+
+    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK ||
+        sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
+        return NULL;
+    ch = gw_map_get(s->chans, live);
+    if (ch != NULL)
+        return ch;
+    snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
+    llive = strlen(live) + 1;
+    lout = strlen(out) + 1;
+    lch = strlen(cname) + 1;
+    ltenant = strlen(tenant) + 1;
+    lname = strlen(name) + 1;
+    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
+    if (ch == NULL)
+        return NULL;
+    p = ch->strs;
+    ch->live = memcpy(p, live, llive);
+    ch->out = memcpy(p += llive, out, lout);
+    ch->ch = memcpy(p += lout, cname, lch);
+    ch->tenant = memcpy(p += lch, tenant, ltenant);
+    ch->name = memcpy(p += ltenant, name, lname);
+    ch->is_room = is_room;
+    ch->state = CHAN_INIT;
+    if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
+        gw_map_put(s->chans, live, ch) != SL_OK) {
+        natsSubscription_Destroy(ch->sub);
+        free(ch);
+        return NULL;
+    }
+    natsSubscription_SetPendingLimits(ch->sub, 100000, 256 * 1024 * 1024);
+    if (how == HEAD_FRESH) {
+        gw__chan_ready(s, ch, 0);
+        return ch;
+    }
+    /* A join's own head read makes its channel ready: with a second read
+     * the two could fall on either side of the join's presence event, and
+     * the new member would start with a replay (which never cuts a client
+     * that stops reading: a stopped member of a flooded room was then not
+     * closed with 4429). */
+    if (how == HEAD_BY_JOIN)
+        return ch;
+    j = gw__read_job_new(s, READ_HEAD, ch);
+    if (j != NULL)
+        gw_io_submit(s->io, gw__read_io, j);
+    return ch;
+}
+
+gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name)
+{
+    return gw__chan_get_ex(s, tenant, is_room, name, HEAD_READ);
+}
