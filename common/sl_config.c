@@ -316,3 +316,93 @@ void sl_common_opts(sl_cfg_opt *out, sl_common_cfg *c, const char *admin_default
     };
     memcpy(out, opts, sizeof(opts));
 }
+
+sl_status sl_tenant_values_parse(const char *spec, const char *what, int64_t min, int64_t max,
+                                 size_t max_items, sl_tenant_value **out, size_t *n, char *err,
+                                 size_t errlen)
+{
+    sl_tenant_value *v = NULL;
+    size_t k = 0, cap = 0;
+    const char *p = spec;
+    sl_status st = SL_ERR_INVAL;
+
+    if (out == NULL || n == NULL || what == NULL)
+        return SL_ERR_INVAL;
+    *out = NULL;
+    *n = 0;
+    if (spec == NULL || spec[0] == '\0')
+        return SL_OK;
+    for (;;) {
+        const char *eq = strchr(p, '='), *end = strchr(p, ',');
+        size_t tlen, vlen;
+        char num[24];
+        int64_t val = 0;
+
+        if (end == NULL)
+            end = p + strlen(p);
+        if (end == p) {
+            sl_errf(err, errlen, "empty item (expected tenant=%s,...)", what);
+            goto cleanup;
+        }
+        if (eq == NULL || eq > end) {
+            sl_errf(err, errlen, "'%.*s' is not tenant=%s", (int)(end - p > 64 ? 64 : end - p), p,
+                    what);
+            goto cleanup;
+        }
+        if (k == max_items) {
+            sl_errf(err, errlen, "more than %zu tenants", max_items);
+            goto cleanup;
+        }
+        if (k == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            sl_tenant_value *nv = realloc(v, ncap * sizeof(*nv));
+            if (nv == NULL) {
+                st = SL_ERR_NOMEM;
+                goto cleanup;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        tlen = (size_t)(eq - p);
+        if (tlen == 0 || tlen > SL_ID_MAX) {
+            sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
+                    p);
+            goto cleanup;
+        }
+        memcpy(v[k].tenant, p, tlen);
+        v[k].tenant[tlen] = '\0';
+        if (!sl_id_valid(v[k].tenant)) {
+            sl_errf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
+            goto cleanup;
+        }
+        for (size_t i = 0; i < k; i++) {
+            if (strcmp(v[i].tenant, v[k].tenant) == 0) {
+                sl_errf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
+                goto cleanup;
+            }
+        }
+        vlen = (size_t)(end - eq - 1);
+        if (vlen > 0 && vlen < sizeof(num) && eq[1] >= '0' && eq[1] <= '9') {
+            memcpy(num, eq + 1, vlen);
+            num[vlen] = '\0';
+        } else {
+            num[0] = '\0';
+        }
+        if (num[0] == '\0' || sl_parse_int(num, &val) != SL_OK || val < min || val > max) {
+            sl_errf(err, errlen, "%s of '%s' must be an integer from %lld to %lld, not '%.*s'",
+                    what, v[k].tenant, (long long)min, (long long)max, (int)(vlen > 32 ? 32 : vlen),
+                    eq + 1);
+            goto cleanup;
+        }
+        v[k++].value = val;
+        if (*end == '\0')
+            break;
+        p = end + 1;
+    }
+    *out = v;
+    *n = k;
+    return SL_OK;
+cleanup:
+    free(v);
+    return st;
+}

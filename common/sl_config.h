@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "sl_status.h"
+#include "sl_subject.h"
 
 typedef enum sl_cfg_type {
     SL_CFG_STR,  /* dst is char **: a malloc'd copy, or NULL when unset */
@@ -93,5 +94,23 @@ sl_status sl_parse_size(const char *s, int64_t *out);
 /* Splits "host:port" (host may be empty, meaning all interfaces); host is
  * written to hostbuf (NUL-terminated). SL_ERR_INVAL when malformed. */
 sl_status sl_parse_addr(const char *s, char *hostbuf, size_t hostlen, int *port);
+
+/* One item of a per-tenant list such as SLUICE_TENANT_WEIGHTS or
+ * SLUICE_TENANT_QUOTAS. */
+typedef struct sl_tenant_value {
+    char tenant[SL_ID_MAX + 1];
+    int64_t value;
+} sl_tenant_value;
+
+/* Parses "tenantA=N,tenantB=M": no spaces, no empty items, each tenant a
+ * valid id at most once, each value decimal digits in [min, max], at most
+ * max_items items; "" and NULL give none. what names the value in the
+ * messages ("weight", "tokens"). Returns SL_OK with a malloc'd array in
+ * *out (NULL when empty; the caller frees it) and its length in *n;
+ * SL_ERR_INVAL with a message in err naming the item, SL_ERR_NOMEM; on
+ * failure *out is NULL and *n 0. */
+sl_status sl_tenant_values_parse(const char *spec, const char *what, int64_t min, int64_t max,
+                                 size_t max_items, sl_tenant_value **out, size_t *n, char *err,
+                                 size_t errlen);
 
 #endif

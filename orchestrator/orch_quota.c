@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sl_config.h"
 #include "sl_hash.h"
 #include "sl_json.h"
 #include "sl_log.h"
@@ -27,103 +28,32 @@
 sl_status orch_quota_parse(const char *spec, orch_quota_rule **out, size_t *n, char *err,
                            size_t errlen)
 {
+    sl_tenant_value *tv = NULL;
     orch_quota_rule *v = NULL;
-    size_t k = 0, cap = 0;
-    const char *p = spec;
-    sl_status st = SL_OK;
+    size_t k = 0;
+    sl_status st;
 
     if (out == NULL || n == NULL)
         return SL_ERR_INVAL;
     *out = NULL;
     *n = 0;
-    if (spec == NULL || spec[0] == '\0')
-        return SL_OK;
-    for (;;) {
-        const char *eq = strchr(p, '='), *end = strchr(p, ',');
-        size_t tlen;
-        char num[24];
-        char *num_end = NULL;
-        long long tokens;
-
-        if (end == NULL)
-            end = p + strlen(p);
-        if (end == p) {
-            sl_errf(err, errlen, "empty item (expected tenant=tokens,...)");
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        if (eq == NULL || eq > end) {
-            sl_errf(err, errlen, "'%.*s' is not tenant=tokens", (int)(end - p > 64 ? 64 : end - p),
-                    p);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        if (k == ORCH_QUOTA_RULES_MAX) {
-            sl_errf(err, errlen, "more than %d tenants", ORCH_QUOTA_RULES_MAX);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        if (k == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            orch_quota_rule *nv = realloc(v, ncap * sizeof(*nv));
-            if (nv == NULL) {
-                st = SL_ERR_NOMEM;
-                goto cleanup;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        tlen = (size_t)(eq - p);
-        if (tlen == 0 || tlen > SL_ID_MAX) {
-            sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
-                    p);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        memcpy(v[k].tenant, p, tlen);
-        v[k].tenant[tlen] = '\0';
-        if (!sl_id_valid(v[k].tenant)) {
-            sl_errf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        for (size_t i = 0; i < k; i++) {
-            if (strcmp(v[i].tenant, v[k].tenant) == 0) {
-                sl_errf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
-                st = SL_ERR_INVAL;
-                goto cleanup;
-            }
-        }
-        size_t nlen = (size_t)(end - eq - 1);
-        if (nlen == 0 || nlen >= sizeof(num) || eq[1] < '0' || eq[1] > '9') {
-            sl_errf(err, errlen, "'%.*s': the budget must be an integer 0..%lld",
-                    (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        memcpy(num, eq + 1, nlen);
-        num[nlen] = '\0';
-        errno = 0;
-        tokens = strtoll(num, &num_end, 10);
-        if (errno != 0 || num_end == NULL || *num_end != '\0' || tokens < 0 ||
-            tokens > QUOTA_BUDGET_MAX) {
-            sl_errf(err, errlen, "'%.*s': the budget must be an integer 0..%lld",
-                    (int)(end - p > 64 ? 64 : end - p), p, QUOTA_BUDGET_MAX);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        v[k].tokens = tokens;
-        k++;
-        if (*end == '\0')
-            break;
-        p = end + 1;
+    st = sl_tenant_values_parse(spec, "tokens", 0, QUOTA_BUDGET_MAX, ORCH_QUOTA_RULES_MAX, &tv, &k,
+                                err, errlen);
+    if (st != SL_OK || k == 0)
+        return st;
+    v = calloc(k, sizeof(*v));
+    if (v == NULL) {
+        free(tv);
+        return SL_ERR_NOMEM;
     }
+    for (size_t i = 0; i < k; i++) {
+        memcpy(v[i].tenant, tv[i].tenant, sizeof(v[i].tenant));
+        v[i].tokens = tv[i].value;
+    }
+    free(tv);
     *out = v;
     *n = k;
-    v = NULL;
-cleanup:
-    free(v);
-    return st;
+    return SL_OK;
 }
 
 /* ---- The window arithmetic ------------------------------------------------ */

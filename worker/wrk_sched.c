@@ -1,4 +1,5 @@
 #include "wrk_sched.h"
+#include "sl_config.h"
 #include "sl_hash.h"
 #include "sl_streams.h"
 
@@ -106,92 +107,32 @@ int wrk_fair_grant(wrk_fair *t, size_t n, int slots, int free)
 
 sl_status wrk_weights_parse(const char *spec, wrk_weight **out, size_t *n, char *err, size_t errlen)
 {
+    sl_tenant_value *tv = NULL;
     wrk_weight *v = NULL;
-    size_t k = 0, cap = 0;
-    const char *p = spec;
-    sl_status st = SL_OK;
+    size_t k = 0;
+    sl_status st;
 
     if (out == NULL || n == NULL)
         return SL_ERR_INVAL;
     *out = NULL;
     *n = 0;
-    if (spec == NULL || spec[0] == '\0')
-        return SL_OK;
-    for (;;) {
-        const char *eq = strchr(p, '='), *end = strchr(p, ',');
-        size_t tlen;
-        char *num_end = NULL;
-        long w;
-
-        if (end == NULL)
-            end = p + strlen(p);
-        if (end == p) {
-            sl_errf(err, errlen, "empty item (expected tenant=weight,...)");
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        if (eq == NULL || eq > end) {
-            sl_errf(err, errlen, "'%.*s' is not tenant=weight", (int)(end - p > 64 ? 64 : end - p),
-                    p);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        tlen = (size_t)(eq - p);
-        if (k == WRK_WEIGHTS_MAX) {
-            sl_errf(err, errlen, "more than %d tenants", WRK_WEIGHTS_MAX);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        if (k == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            wrk_weight *nv = realloc(v, ncap * sizeof(*nv));
-            if (nv == NULL) {
-                st = SL_ERR_NOMEM;
-                goto cleanup;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        if (tlen == 0 || tlen > SL_ID_MAX) {
-            sl_errf(err, errlen, "'%.*s' is not a valid tenant id", (int)(tlen > 64 ? 64 : tlen),
-                    p);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        memcpy(v[k].tenant, p, tlen);
-        v[k].tenant[tlen] = '\0';
-        if (!sl_id_valid(v[k].tenant)) {
-            sl_errf(err, errlen, "'%s' is not a valid tenant id", v[k].tenant);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        for (size_t i = 0; i < k; i++) {
-            if (strcmp(v[i].tenant, v[k].tenant) == 0) {
-                sl_errf(err, errlen, "tenant '%s' is listed twice", v[k].tenant);
-                st = SL_ERR_INVAL;
-                goto cleanup;
-            }
-        }
-        errno = 0;
-        w = eq + 1 < end && eq[1] >= '0' && eq[1] <= '9' ? strtol(eq + 1, &num_end, 10) : -1;
-        if (w < 1 || w > WRK_WEIGHT_MAX || errno != 0 || num_end != end) {
-            sl_errf(err, errlen, "weight of '%s' must be an integer from 1 to %d, not '%.*s'",
-                    v[k].tenant, WRK_WEIGHT_MAX, (int)(end - eq - 1 > 32 ? 32 : end - eq - 1),
-                    eq + 1);
-            st = SL_ERR_INVAL;
-            goto cleanup;
-        }
-        v[k++].weight = (int)w;
-        if (*end == '\0')
-            break;
-        p = end + 1;
+    st = sl_tenant_values_parse(spec, "weight", 1, WRK_WEIGHT_MAX, WRK_WEIGHTS_MAX, &tv, &k, err,
+                                errlen);
+    if (st != SL_OK || k == 0)
+        return st;
+    v = calloc(k, sizeof(*v));
+    if (v == NULL) {
+        free(tv);
+        return SL_ERR_NOMEM;
     }
+    for (size_t i = 0; i < k; i++) {
+        memcpy(v[i].tenant, tv[i].tenant, sizeof(v[i].tenant));
+        v[i].weight = (int)tv[i].value;
+    }
+    free(tv);
     *out = v;
     *n = k;
-    v = NULL;
-cleanup:
-    free(v);
-    return st;
+    return SL_OK;
 }
 
 /* ---- The table ------------------------------------------------------------ */

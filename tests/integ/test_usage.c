@@ -412,7 +412,8 @@ END_TEST
 START_TEST(test_bad_quotas_refused_at_start)
 {
     const char *bad[][2] = {
-        {"SLUICE_TENANT_QUOTAS='acme=x'", "SLUICE_TENANT_QUOTAS: 'acme=x'"},
+        {"SLUICE_TENANT_QUOTAS='acme=x'",
+         "SLUICE_TENANT_QUOTAS: tokens of 'acme' must be an integer"},
         {"SLUICE_TENANT_QUOTAS='acme=5,,b=1'", "SLUICE_TENANT_QUOTAS: empty item"},
         {"SLUICE_TENANT_QUOTAS='acme=5,acme=6'", "SLUICE_TENANT_QUOTAS: tenant 'acme' is listed"},
         {"SLUICE_TENANT_QUOTAS='acme'", "SLUICE_TENANT_QUOTAS: 'acme' is not tenant=tokens"},

@@ -232,6 +232,41 @@ START_TEST(test_common_storage_limits)
 }
 END_TEST
 
+/* The one parser of per-tenant lists (weights, quotas): bounds at both
+ * ends, the item bound, and a refusal leaves nothing allocated. */
+START_TEST(test_tenant_values)
+{
+    sl_tenant_value *v = NULL;
+    size_t n = 9;
+    char err[256];
+
+    ck_assert_int_eq(sl_tenant_values_parse("a=5,b-c=10", "n", 5, 10, 2, &v, &n, err, sizeof(err)),
+                     SL_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(v[0].tenant, "a");
+    ck_assert_int_eq(v[0].value, 5);
+    ck_assert_str_eq(v[1].tenant, "b-c");
+    ck_assert_int_eq(v[1].value, 10);
+    free(v);
+    ck_assert_int_eq(sl_tenant_values_parse("a=4", "n", 5, 10, 2, &v, &n, err, sizeof(err)),
+                     SL_ERR_INVAL);
+    ck_assert_str_eq(err, "n of 'a' must be an integer from 5 to 10, not '4'");
+    ck_assert_ptr_null(v);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(sl_tenant_values_parse("a=11", "n", 5, 10, 2, &v, &n, err, sizeof(err)),
+                     SL_ERR_INVAL);
+    ck_assert_int_eq(sl_tenant_values_parse("a=5,b=5,c=5", "n", 5, 10, 2, &v, &n, err, sizeof(err)),
+                     SL_ERR_INVAL);
+    ck_assert_str_eq(err, "more than 2 tenants");
+    ck_assert_ptr_null(v);
+    ck_assert_int_eq(sl_tenant_values_parse("", "n", 5, 10, 2, &v, &n, err, sizeof(err)), SL_OK);
+    ck_assert_ptr_null(v);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(sl_tenant_values_parse("a=5", NULL, 5, 10, 2, &v, &n, err, sizeof(err)),
+                     SL_ERR_INVAL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sl_config");
@@ -244,6 +279,7 @@ int main(void)
     tcase_add_test(tc, test_help_and_parsers);
     tcase_add_test(tc, test_sizes);
     tcase_add_test(tc, test_common_storage_limits);
+    tcase_add_test(tc, test_tenant_values);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
