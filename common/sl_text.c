@@ -1,7 +1,9 @@
 #include "sl_text.h"
 
+#include <ctype.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 /* Decodes buf[0..len) as UTF-8; when printable, code points below U+0020,
  * U+007F and U+0080..U+009F are refused too. */
@@ -68,6 +70,26 @@ bool sl_json_has_nul_escape(const char *buf, size_t len)
         if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0)
             return true;
         i++; /* skip the escaped character, so "\\\\u0000" is plain text */
+    }
+    return false;
+}
+
+static bool id_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '_' || c == '-';
+}
+
+bool sl_text_mentions(const char *text, const char *name)
+{
+    size_t nl;
+
+    if (text == NULL || name == NULL || (nl = strlen(name)) == 0)
+        return false;
+    for (const char *p = strchr(text, '@'); p != NULL; p = strchr(p + 1, '@')) {
+        if (p > text && id_char(p[-1]))
+            continue;
+        if (strncasecmp(p + 1, name, nl) == 0 && !id_char(p[1 + nl]))
+            return true;
     }
     return false;
 }

@@ -22,4 +22,10 @@ bool sl_utf8_printable(const void *buf, size_t len);
  * "\\u0000" (a backslash, then the letters u0000) is plain text. */
 bool sl_json_has_nul_escape(const char *buf, size_t len);
 
+/* True when text mentions @name: '@' not preceded by an id character
+ * ([A-Za-z0-9_-]), then name (ASCII case-insensitive), then no id
+ * character. The one rule for the orchestrator's "mention" agents and the
+ * worker's agent-message check. */
+bool sl_text_mentions(const char *text, const char *name);
+
 #endif

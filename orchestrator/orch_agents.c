@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "sl_json.h"
+#include "sl_text.h"
 #include "sl_subject.h"
 
 #define AGENTS_FILE_MAX (1024 * 1024)
@@ -297,24 +298,9 @@ const orch_agent *orch_agents_find(const orch_agents *a, const char *name, size_
     return NULL;
 }
 
-static bool id_char(char c)
-{
-    return isalnum((unsigned char)c) || c == '_' || c == '-';
-}
-
 bool orch_text_mentions(const char *text, const char *name)
 {
-    size_t nl;
-
-    if (text == NULL || name == NULL || (nl = strlen(name)) == 0)
-        return false;
-    for (const char *p = strchr(text, '@'); p != NULL; p = strchr(p + 1, '@')) {
-        if (p > text && id_char(p[-1]))
-            continue;
-        if (strncasecmp(p + 1, name, nl) == 0 && !id_char(p[1 + nl]))
-            return true;
-    }
-    return false;
+    return sl_text_mentions(text, name);
 }
 
 bool orch_agent_matches(const orch_agent *a, const char *text)

@@ -65,7 +65,8 @@ static const char *answered_id(const Sluice__Envelope *in)
 }
 
 sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const orch_agent *a,
-                           const char *job, int64_t deadline_ms, uint8_t **out, size_t *len)
+                           const char *job, int64_t deadline_ms, const orch_followers *fw,
+                           uint8_t **out, size_t *len)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__WorkRequest w = SLUICE__WORK_REQUEST__INIT;
@@ -87,6 +88,11 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
     w.room = m->room;
     w.to = (char *)answered_id(in);
     w.deadline_ms = deadline_ms;
+    if (fw != NULL && fw->mentions_only) {
+        w.agent_mentions_only = true;
+        w.n_agent_mentions = fw->n;
+        w.agent_mentions = (char **)fw->names;
+    }
     e.body_case = SLUICE__ENVELOPE__BODY_WORK;
     e.work = &w;
     return sl_envelope_encode(&e, out, len);
@@ -191,7 +197,8 @@ sl_status orch_queue_job_state(orch_pub *p, const char *tenant, const char *job,
 }
 
 sl_status orch_queue_work(orch_pub *p, const Sluice__Envelope *in, const char *tenant,
-                          const orch_agent *a, const char *job, int64_t deadline_ms, int *slot)
+                          const orch_agent *a, const char *job, int64_t deadline_ms,
+                          const orch_followers *fw, int *slot)
 {
     char subj[SL_SUBJECT_MAX], id[ORCH_MSGID_MAX];
     uint8_t *buf = NULL;
@@ -200,7 +207,7 @@ sl_status orch_queue_work(orch_pub *p, const Sluice__Envelope *in, const char *t
 
     if ((st = sl_subject_work(subj, sizeof(subj), a->model, tenant)) != SL_OK)
         return st;
-    if ((st = orch_work_encode(in, tenant, a, job, deadline_ms, &buf, &len)) != SL_OK)
+    if ((st = orch_work_encode(in, tenant, a, job, deadline_ms, fw, &buf, &len)) != SL_OK)
         return st;
     snprintf(id, sizeof(id), "w:%s", job);
     st = orch_pub_add(p, subj, id, buf, len, slot);

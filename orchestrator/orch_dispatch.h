@@ -11,6 +11,7 @@
 
 #include "orch_agents.h"
 #include "orch_pub.h"
+#include "orch_router.h"
 #include "sl_status.h"
 #include "sl_subject.h"
 #include "sluice.pb-c.h"
@@ -32,9 +33,13 @@ sl_status orch_reply_subject(char *buf, size_t n, const char *tenant, const char
                              const char *session);
 
 /* Encodes the WorkRequest envelope for agent a answering message in (a
- * message body is required); the caller frees *out. */
+ * message body is required); the caller frees *out. fw (NULL: unknown)
+ * tells who could answer the agent's answer (orch_followers_of): with
+ * fw->mentions_only the request says so, and the worker posts the agent
+ * message only when its text mentions one of fw->names. */
 sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const orch_agent *a,
-                           const char *job, int64_t deadline_ms, uint8_t **out, size_t *len);
+                           const char *job, int64_t deadline_ms, const orch_followers *fw,
+                           uint8_t **out, size_t *len);
 
 /* Encodes a `busy` event for message in and agent a. */
 sl_status orch_busy_encode(const Sluice__Envelope *in, const char *tenant, const char *agent,
@@ -60,9 +65,11 @@ sl_status orch_queue_post(orch_pub *p, const Sluice__Envelope *in, const char *t
 sl_status orch_queue_job_state(orch_pub *p, const char *tenant, const char *job, const char *tag,
                                const char *json, int *slot);
 
-/* Queues the work request (id w:<job>) on sluice.work.<model>.<tenant>. */
+/* Queues the work request (id w:<job>) on sluice.work.<model>.<tenant>;
+ * fw as for orch_work_encode. */
 sl_status orch_queue_work(orch_pub *p, const Sluice__Envelope *in, const char *tenant,
-                          const orch_agent *a, const char *job, int64_t deadline_ms, int *slot);
+                          const orch_agent *a, const char *job, int64_t deadline_ms,
+                          const orch_followers *fw, int *slot);
 
 /* Queues a busy event (id b:<job>) on the sender's session channel. */
 sl_status orch_queue_busy(orch_pub *p, const Sluice__Envelope *in, const char *tenant,

@@ -144,8 +144,12 @@ void orch__queue_effects(orch_loop *l, item *it)
         }
         /* No "queued" in-flight record: the work message is the queued
          * state (docs/wire.md, KV); this replica counts the job from now
-         * on, and the worker writes the states that follow. */
-        if (orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms,
+         * on, and the worker writes the states that follow. The request
+         * says who could answer the agent's answer (hops + 1), so the
+         * worker posts no agent message nobody could route. */
+        orch_followers fw;
+        orch_followers_of(l->agents, a->name, e->hops + 1, (uint32_t)l->cfg.hop_limit, &fw);
+        if (orch_queue_work(l->pub, e, it->tenant, a, js->job, l->cfg.model_timeout_ms, &fw,
                             &js->s_work) != SL_OK)
             it->failed = true;
         else

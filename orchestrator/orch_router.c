@@ -22,3 +22,24 @@ size_t orch_route(const orch_agents *a, const char *text, const char *author_age
     }
     return n;
 }
+
+void orch_followers_of(const orch_agents *a, const char *author, uint32_t hops, uint32_t hop_limit,
+                       orch_followers *out)
+{
+    out->mentions_only = true;
+    out->n = 0;
+    if (a == NULL || hops >= hop_limit)
+        return;
+    for (size_t i = 0; i < a->n; i++) {
+        const orch_agent *x = &a->v[i];
+        if (strcmp(author, x->name) == 0 || x->match == ORCH_MATCH_ALL)
+            continue;
+        if (x->match != ORCH_MATCH_MENTION) {
+            out->mentions_only = false;
+            out->n = 0;
+            return;
+        }
+        if (out->n < ORCH_AGENTS_MAX)
+            out->names[out->n++] = x->name;
+    }
+}

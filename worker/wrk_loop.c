@@ -39,6 +39,10 @@ static void init_metrics(wrk_loop *l)
         sl_counter_get("sluice_wrk_store_retries_total", NULL,
                        "rounds in which a job's final reply, agent message or end state was "
                        "stored again before the ack");
+    l->m_agent_skipped =
+        sl_counter_get("sluice_wrk_agent_messages_skipped_total", NULL,
+                       "answers posted back to no agent: the work request said none could "
+                       "route them");
     l->m_pulls = sl_counter_get("sluice_wrk_pull_requests_total", NULL,
                                 "pull requests sent to the work queues (tenant turns)");
     l->m_ttft = sl_hist_get("sluice_wrk_ttft_seconds", NULL,

@@ -99,6 +99,100 @@ START_TEST(test_echo_reply_streams_on_session_channel)
 }
 END_TEST
 
+/* The value of a series on a tier's /metrics, -1 when it cannot be read. */
+static double metric(hx_stack *s, hx_tier tier, const char *series)
+{
+    char *body = NULL;
+    double v = -1;
+    size_t n = strlen(series);
+
+    if (hx_http_get(NULL, hx_stack_admin_port(s, tier, 0), "/metrics", 2000, &body) != 200) {
+        free(body);
+        return -1;
+    }
+    for (const char *p = body; p != NULL && *p != '\0';) {
+        const char *eol = strchr(p, '\n');
+        if (strncmp(p, series, n) == 0 && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+        p = eol != NULL ? eol + 1 : NULL;
+    }
+    free(body);
+    return v;
+}
+
+/* Waits until the series reaches want or timeout_ms passes; returns the
+ * last value read. */
+static double wait_metric(hx_stack *s, hx_tier tier, const char *series, double want,
+                          int timeout_ms)
+{
+    int64_t end = hx_now_ms() + timeout_ms;
+    double v = metric(s, tier, series);
+
+    while (v < want && hx_now_ms() < end) {
+        hx_sleep_ms(20);
+        v = metric(s, tier, series);
+    }
+    return v;
+}
+
+#define AGENT_EVENTS "sluice_orch_events_total{kind=\"agent\"}"
+#define JOBS_OK      "sluice_wrk_jobs_total{outcome=\"ok\"}"
+#define SKIPPED      "sluice_wrk_agent_messages_skipped_total"
+
+/* With the default agents (assistant: all, summarizer: mention) an answer
+ * can be routed only when it mentions @summarizer: the work request says
+ * so and the worker posts no agent message for the others (issue 14). One
+ * plain message: the assistant's answer is not posted back. One that
+ * mentions @summarizer: the assistant's echo mentions it too, so it is
+ * posted and the summarizer answers it (the chain as before); the
+ * summarizer's own answers could be routed by nobody. */
+START_TEST(test_agent_message_only_when_routable)
+{
+    hx_stack *s = start_stack(0);
+    char *tok = hx_token(s, "acme", "alice", 300);
+    hx_sl_client *c = NULL;
+    cJSON *f;
+
+    HX_ASSERT(s, tok != NULL);
+    HX_OK(s, hx_sl_connect(&c, hx_stack_gw_port(s, 0), tok, 10000));
+    f = hx_sl_send_wait(c, "c-1", NULL, "hello there", 10000);
+    HX_ASSERT(s, f != NULL);
+    cJSON_Delete(f);
+    f = hx_sl_wait_reply(c, "c-1", 20000);
+    HX_ASSERT_MSG(s, f != NULL, "no final reply to c-1");
+    cJSON_Delete(f);
+    HX_ASSERT(s, wait_metric(s, HX_WORKER, JOBS_OK, 1, 10000) == 1);
+    HX_ASSERT_MSG(s, metric(s, HX_WORKER, SKIPPED) == 1, "skipped %g",
+                  metric(s, HX_WORKER, SKIPPED));
+
+    /* Assistant and summarizer answer c-2; the summarizer answers the
+     * assistant's answer too: four jobs in all. */
+    f = hx_sl_send_wait(c, "c-2", NULL, "hi @summarizer", 10000);
+    HX_ASSERT(s, f != NULL);
+    cJSON_Delete(f);
+    HX_ASSERT_MSG(s, wait_metric(s, HX_WORKER, JOBS_OK, 4, 20000) == 4, "jobs ok %g",
+                  metric(s, HX_WORKER, JOBS_OK));
+    HX_ASSERT_MSG(s, metric(s, HX_WORKER, SKIPPED) == 3, "skipped %g",
+                  metric(s, HX_WORKER, SKIPPED));
+    /* Every agent message was stored before its job's ack, so the
+     * orchestrator reads exactly one (a second would come within this
+     * wait). */
+    HX_ASSERT_MSG(s, wait_metric(s, HX_ORCHESTRATOR, AGENT_EVENTS, 2, 2000) == 1,
+                  "agent messages processed: %g", metric(s, HX_ORCHESTRATOR, AGENT_EVENTS));
+
+    hx_sl_destroy(c);
+    free(tok);
+    {
+        bool clean = false;
+        HX_OK(s, hx_stack_stop_all_gracefully(s, &clean));
+        HX_ASSERT_MSG(s, clean, "a process did not exit cleanly (exit code or sanitizer report)");
+    }
+    hx_stack_destroy(s);
+}
+END_TEST
+
 START_TEST(test_bad_token_is_refused)
 {
     hx_stack *s = start_stack(0);
@@ -124,6 +218,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_echo_reply_streams_on_session_channel);
     tcase_add_test(tc, test_bad_token_is_refused);
+    tcase_add_test(tc, test_agent_message_only_when_routable);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -75,8 +75,8 @@ START_TEST(test_work_and_fallback)
                                        "\"match\":\"mention\",\"fallback\":\"later\"}]",
                                        err, sizeof(err)),
                      SL_OK);
-    ck_assert_int_eq(orch_work_encode(user_msg("lobby"), "t1", &ag->v[0], "J-0", 7000, &buf, &len),
-                     SL_OK);
+    ck_assert_int_eq(
+        orch_work_encode(user_msg("lobby"), "t1", &ag->v[0], "J-0", 7000, NULL, &buf, &len), SL_OK);
     ck_assert_int_eq(sl_envelope_decode(buf, len, &w), SL_OK);
     ck_assert_int_eq(w->body_case, SLUICE__ENVELOPE__BODY_WORK);
     ck_assert_str_eq(w->tenant, "t1");
@@ -119,6 +119,75 @@ START_TEST(test_work_and_fallback)
     free(buf2);
     sl_envelope_free(w);
     free(buf);
+    orch_agents_destroy(ag);
+}
+END_TEST
+
+/* Who could answer an agent's answer: nobody past the hop limit, never
+ * the author nor an "all" agent, "mention" agents by name, and any text
+ * once a "regex" agent could answer; the work request carries it. */
+START_TEST(test_followers_in_work)
+{
+    orch_agents *ag = NULL;
+    orch_followers fw;
+    char err[256];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    Sluice__Envelope *w = NULL;
+
+    ck_assert_int_eq(
+        orch_agents_parse(&ag,
+                          "[{\"name\":\"assistant\",\"model\":\"m\",\"match\":\"all\"},"
+                          "{\"name\":\"summarizer\",\"model\":\"m\","
+                          "\"match\":\"mention\"}]",
+                          err, sizeof(err)),
+        SL_OK);
+    orch_followers_of(ag, "assistant", 1, 4, &fw);
+    ck_assert(fw.mentions_only);
+    ck_assert_uint_eq(fw.n, 1);
+    ck_assert_str_eq(fw.names[0], "summarizer");
+    orch_followers_of(ag, "summarizer", 1, 4, &fw);
+    ck_assert(fw.mentions_only);
+    ck_assert_uint_eq(fw.n, 0);
+    orch_followers_of(ag, "assistant", 4, 4, &fw);
+    ck_assert(fw.mentions_only);
+    ck_assert_uint_eq(fw.n, 0);
+
+    orch_followers_of(ag, "assistant", 1, 4, &fw);
+    ck_assert_int_eq(orch_work_encode(user_msg(""), "t1", &ag->v[0], "J-0", 0, &fw, &buf, &len),
+                     SL_OK);
+    ck_assert_int_eq(sl_envelope_decode(buf, len, &w), SL_OK);
+    ck_assert(w->work->agent_mentions_only);
+    ck_assert_uint_eq(w->work->n_agent_mentions, 1);
+    ck_assert_str_eq(w->work->agent_mentions[0], "summarizer");
+    sl_envelope_free(w);
+    free(buf);
+    /* Unknown (NULL): the field stays unset, the worker posts as always. */
+    ck_assert_int_eq(orch_work_encode(user_msg(""), "t1", &ag->v[0], "J-0", 0, NULL, &buf, &len),
+                     SL_OK);
+    ck_assert_int_eq(sl_envelope_decode(buf, len, &w), SL_OK);
+    ck_assert(!w->work->agent_mentions_only);
+    ck_assert_uint_eq(w->work->n_agent_mentions, 0);
+    sl_envelope_free(w);
+    free(buf);
+    orch_agents_destroy(ag);
+
+    ck_assert_int_eq(orch_agents_parse(&ag,
+                                       "[{\"name\":\"a\",\"model\":\"m\",\"match\":\"all\"},"
+                                       "{\"name\":\"b\",\"model\":\"m\",\"match\":\"mention\"},"
+                                       "{\"name\":\"c\",\"model\":\"m\","
+                                       "\"match\":{\"regex\":\"x\"}}]",
+                                       err, sizeof(err)),
+                     SL_OK);
+    orch_followers_of(ag, "a", 1, 4, &fw);
+    ck_assert(!fw.mentions_only);
+    orch_followers_of(ag, "c", 1, 4, &fw);
+    ck_assert(fw.mentions_only);
+    ck_assert_uint_eq(fw.n, 1);
+    ck_assert_str_eq(fw.names[0], "b");
+    orch_followers_of(ag, "a", 9, 4, &fw);
+    ck_assert(fw.mentions_only);
+    ck_assert_uint_eq(fw.n, 0);
     orch_agents_destroy(ag);
 }
 END_TEST
@@ -241,6 +310,7 @@ static Suite *suite(void)
 
     tcase_add_test(tc, test_job_ids_and_subjects);
     tcase_add_test(tc, test_work_and_fallback);
+    tcase_add_test(tc, test_followers_in_work);
     tcase_add_test(tc, test_busy_and_job_json);
     tcase_add_test(tc, test_inflight_counts_and_retry);
     tcase_add_test(tc, test_advisory_parse);

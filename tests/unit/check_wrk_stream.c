@@ -339,6 +339,23 @@ static Suite *stream_suite(void)
     return s;
 }
 
+/* The agent message goes out unless the work request says only mention
+ * agents could route it and the answer names none of them. */
+START_TEST(test_agent_message_routable)
+{
+    char *names[] = {"summarizer", "critic"};
+
+    ck_assert(wrk_agent_message_routable(false, NULL, 0, "anything"));
+    ck_assert(wrk_agent_message_routable(false, NULL, 0, NULL));
+    ck_assert(!wrk_agent_message_routable(true, NULL, 0, "hi @summarizer"));
+    ck_assert(!wrk_agent_message_routable(true, names, 2, "hello there"));
+    ck_assert(!wrk_agent_message_routable(true, names, 2, NULL));
+    ck_assert(!wrk_agent_message_routable(true, names, 2, "mail x@critic"));
+    ck_assert(wrk_agent_message_routable(true, names, 2, "ask @Critic."));
+    ck_assert(wrk_agent_message_routable(true, names, 2, "@summarizer: sum up"));
+}
+END_TEST
+
 static Suite *decide_suite(void)
 {
     Suite *s = suite_create("wrk_job_decide");
@@ -347,6 +364,7 @@ static Suite *decide_suite(void)
     tcase_add_test(tc, test_decide_done_and_deadline);
     tcase_add_test(tc, test_decide_cancel);
     tcase_add_test(tc, test_decide_transient_and_fatal);
+    tcase_add_test(tc, test_agent_message_routable);
     suite_add_tcase(s, tc);
     return s;
 }
