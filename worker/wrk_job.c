@@ -474,18 +474,16 @@ static void store_backoff(wrk_loop *l, int64_t ms)
     }
 }
 
-/* Stores the end of a job: the final reply, the agent message (for ok and
- * partial ends, when the work request says an agent could route it) and
- * the in-flight end state, all three asynchronous on the slot's context in
- * that order, with one wait for their acknowledgments. When any of them
- * failed, all are published again (the final reply and the agent message
- * under their Nats-Msg-Ids, so JetStream keeps one copy; the end state is
- * the same value again) with a back-off, for up to STORE_RETRY_MS or until
- * the grace of a stop is over; the work message stays unacknowledged all
- * that time and the timer keeps its lease. A retry round waits for the
- * final reply before it writes the end state again, as before: the end
- * state says "ended" only after the final reply of that round is stored.
- * Returns true once everything is stored. */
+/* Stores the end of a job: the final reply, published and awaited; then
+ * the agent message (for ok and partial ends, when the work request says an
+ * agent could route it: wrk_agent_message_routable) and the in-flight end
+ * state,
+ * asynchronous, one wait for both. What fails is published again (each
+ * under its Nats-Msg-Id, so JetStream keeps one copy; the end state is the
+ * same value again) with a back-off, for up to STORE_RETRY_MS or until the
+ * grace of a stop is over; the work message stays unacknowledged all that
+ * time and the timer keeps its lease. Returns true once everything is
+ * stored. */
 static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char *text,
                           const char *so_far)
 {
@@ -493,6 +491,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
     sl_log_ctx c = job_ctx(j);
     int64_t give_up = wrk_backend_now_ms() + STORE_RETRY_MS;
     int64_t backoff = STORE_BACKOFF_MIN_MS;
+    bool final_ok = false;
     bool want_agent =
         (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
         wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
@@ -508,21 +507,21 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
             store_backoff(l, backoff);
             backoff = backoff * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : backoff * 2;
         }
+        if (!final_ok) {
+            bool duplicate = false;
+            sl_status st = wrk_stream_final(j->stream, text, d->end == WRK_END_DEGRADED,
+                                            d->end == WRK_END_PARTIAL, d->end == WRK_END_CANCELLED,
+                                            &duplicate);
+            if (st != SL_OK) {
+                sl_logf(SL_LOG_WARN, &c, "job %s: final reply not stored (%s); trying again",
+                        j->job_id, sl_status_str(st));
+                continue;
+            }
+            final_ok = true;
+            if (duplicate && round == 0)
+                sl_logf(SL_LOG_INFO, &c, "job %s: a final reply was already stored", j->job_id);
+        }
         int errors_before = atomic_load(&s->pub_errors);
-        sl_status st =
-            wrk_stream_final_async(j->stream, text, d->end == WRK_END_DEGRADED,
-                                   d->end == WRK_END_PARTIAL, d->end == WRK_END_CANCELLED);
-        if (st != SL_OK) {
-            sl_logf(SL_LOG_WARN, &c, "job %s: final reply not sent (%s); trying again", j->job_id,
-                    sl_status_str(st));
-            continue;
-        }
-        /* After a failed round the final reply is awaited on its own
-         * first, so the end state cannot be stored without it. */
-        if (round > 0 && !slot_publishes_done(s, j, errors_before)) {
-            sl_logf(SL_LOG_WARN, &c, "job %s: final reply not stored; trying again", j->job_id);
-            continue;
-        }
         bool sent = true;
         if (want_agent) {
             wrk_agent_msg am = {
@@ -535,7 +534,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
                 .room = j->work->room,
                 .text = so_far,
             };
-            st = wrk_agent_message_publish_async(s->js, &am);
+            sl_status st = wrk_agent_message_publish_async(s->js, &am);
             if (st == SL_ERR_INVAL) {
                 /* No valid subject for this agent: nothing that could ever
                  * be stored, so nothing to wait for. */
@@ -551,8 +550,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
         if (slot_publishes_done(s, j, errors_before) && sent)
             return true;
         sl_logf(SL_LOG_WARN, &c, "job %s: %s not stored; trying again before the ack", j->job_id,
-                want_agent ? "the final reply, the agent message or the end state"
-                           : "the final reply or the end state");
+                want_agent ? "the agent message or the end state" : "the end state");
     }
 }
 
@@ -573,12 +571,6 @@ static bool job_finish(wrk_loop *l, job *j, const wrk_decision *d)
         sl_logf(SL_LOG_ERROR, &c,
                 "job %s: its end could not be stored; handing it back for another attempt",
                 j->job_id);
-        /* The end state may have been stored in a round whose final reply
-         * was not: say "queued" again, so the next attempt runs the job
-         * instead of acking it as ended (best effort). */
-        int errors_before = atomic_load(&s->pub_errors);
-        if (kv_put_async(l, j, "queued"))
-            (void)slot_publishes_done(s, j, errors_before);
         sl_counter_inc(l->m_jobs[M_FAILED]);
         slot_settle(s, j->msg, SETTLE_NAK, FINAL_RETRY_MS);
         return false;

@@ -443,61 +443,6 @@ cleanup:
     return st;
 }
 
-sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
-                                 bool cancelled)
-{
-    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
-    Sluice__Reply r = SLUICE__REPLY__INIT;
-    char event_id[SL_EVENT_ID_LEN + 1];
-    char msg_id[256];
-    char *body = NULL;
-    natsMsg *msg = NULL;
-    jsPubOptions po;
-    natsStatus ns;
-    sl_status st;
-
-    wrk_stream_flush(s);
-    body = strdup(text != NULL ? text : "");
-    if (body == NULL)
-        return SL_ERR_NOMEM;
-    envelope_header(&e, event_id, s);
-    r.reply_id = s->reply_id;
-    r.to = s->to;
-    r.agent = s->agent;
-    r.text = body;
-    r.attempt = s->attempt;
-    r.degraded = degraded;
-    r.partial = partial;
-    r.cancelled = cancelled;
-    Sluice__Usage u = SLUICE__USAGE__INIT;
-    u.input_tokens = s->usage_in;
-    u.output_tokens = s->usage_out;
-    u.estimated = s->usage_estimated;
-    r.usage = &u;
-    e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
-    e.reply = &r;
-    st = envelope_msg(&e, s->subject, &msg);
-    if (st != SL_OK)
-        goto cleanup;
-    snprintf(msg_id, sizeof(msg_id), "r:%s", s->job_id);
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    /* Published on the same connection after every token of this attempt,
-     * so the stream stores it after them. On success the library owns msg
-     * (and sets it to NULL). */
-    ns = js_PublishMsgAsync(s->js, &msg, &po);
-    if (ns != NATS_OK) {
-        sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
-                "final reply for job %s not sent: %s", s->job_id, natsStatus_GetText(ns));
-        sl_counter_inc(m_pub_errors());
-        st = SL_ERR_BUS;
-    }
-cleanup:
-    natsMsg_Destroy(msg);
-    free(body);
-    return st;
-}
-
 /* ---- Agent message on IN ----------------------------------------------- */
 
 bool wrk_agent_message_routable(bool mentions_only, char *const *names, size_t n, const char *text)

@@ -168,14 +168,6 @@ void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_
 sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
                            bool cancelled, bool *duplicate);
 
-/* Like wrk_stream_final, published asynchronously on the stream's js:
- * the slot's PublishAsync error handler hears of a failure and the
- * caller's js_PublishAsyncComplete waits for the acknowledgment, together
- * with the job's other last publishes. Returns SL_OK once handed to the
- * connection; SL_ERR_BUS (not sent); SL_ERR_NOMEM. */
-sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
-                                 bool cancelled);
-
 /* ---- Agent message on IN ----------------------------------------------- */
 
 /* Whether the agent message of an answer with this text could be routed,
