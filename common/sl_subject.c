@@ -321,3 +321,10 @@ sl_status sl_kv_key_tenant_filter(char *buf, size_t n, const char *tenant)
         return SL_ERR_INVAL;
     return fmt_checked(buf, n, snprintf(buf, n, "%s.>", tenant));
 }
+
+sl_status sl_kv_key_room_members_filter(char *buf, size_t n, const char *tenant, const char *room)
+{
+    if (!sl_id_valid(tenant) || !sl_id_valid(room))
+        return SL_ERR_INVAL;
+    return fmt_checked(buf, n, snprintf(buf, n, "%s.%s.*", tenant, room));
+}

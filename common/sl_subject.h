@@ -140,4 +140,8 @@ sl_status sl_kv_key_usage_parse(const char *key, char *tenant, int64_t *slot, ch
  * keys start with the tenant. SL_ERR_INVAL for an invalid tenant. */
 sl_status sl_kv_key_tenant_filter(char *buf, size_t n, const char *tenant);
 
+/* The sluice_presence filter "<tenant>.<room>.*": every member (one key per
+ * session) of one room. SL_ERR_INVAL for an invalid tenant or room. */
+sl_status sl_kv_key_room_members_filter(char *buf, size_t n, const char *tenant, const char *room);
+
 #endif

@@ -138,47 +138,10 @@ void gw__api_presence_io(void *arg)
 {
     api_job *j = arg;
     gw_server *s = j->s;
-    kvWatcher *w = NULL;
-    kvWatchOptions wo;
-    char filter[SL_SUBJECT_MAX];
     cJSON *o = cJSON_CreateObject(), *members = cJSON_AddArrayToObject(o, "members");
-    bool truncated = false, ok = false;
+    bool truncated = false, ok = gw__room_members_io(s, j->tenant, j->req.room, GW_API_PRESENCE_MAX,
+                                                     members, &truncated);
 
-    snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->req.room);
-    kvWatchOptions_Init(&wo);
-    wo.IgnoreDeletes = true;
-    if (members != NULL && s->kv_presence != NULL &&
-        kvStore_Watch(&w, s->kv_presence, filter, &wo) == NATS_OK) {
-        for (int i = 0;; i++) {
-            kvEntry *e = NULL;
-            if (kvWatcher_Next(&e, w, 2000) != NATS_OK)
-                break;
-            if (e == NULL) { /* the initial values are done */
-                ok = true;
-                break;
-            }
-            if (i >= GW_API_PRESENCE_MAX) {
-                truncated = true;
-                ok = true;
-                kvEntry_Destroy(e);
-                break;
-            }
-            {
-                const char *sess = strrchr(kvEntry_Key(e), '.');
-                cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
-                cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
-                if (sess != NULL && cJSON_IsString(u)) {
-                    cJSON *mem = cJSON_CreateObject();
-                    cJSON_AddStringToObject(mem, "user", u->valuestring);
-                    cJSON_AddStringToObject(mem, "session", sess + 1);
-                    cJSON_AddItemToArray(members, mem);
-                }
-                cJSON_Delete(v);
-            }
-            kvEntry_Destroy(e);
-        }
-        kvWatcher_Destroy(w);
-    }
     if (ok) {
         if (truncated)
             cJSON_AddBoolToObject(o, "truncated", 1);

@@ -20,46 +20,14 @@ void gw__read_io(void *arg)
     case READ_HEAD:
         st = gw__last_seq_io(s, j->out, &j->head);
         break;
-    case READ_JOIN: {
-        kvWatcher *w = NULL;
-        kvWatchOptions wo;
-        char filter[SL_SUBJECT_MAX];
+    case READ_JOIN:
         st = gw__last_seq_io(s, j->out, &j->head);
         j->members = cJSON_CreateArray();
-        snprintf(filter, sizeof(filter), "%s.%s.*", j->tenant, j->room);
-        kvWatchOptions_Init(&wo);
-        wo.IgnoreDeletes = true;
-        if (s->kv_presence != NULL && kvStore_Watch(&w, s->kv_presence, filter, &wo) == NATS_OK) {
-            /* A large room's list is cut: reading every member on every
-             * join would make a room of N members cost N^2 reads. */
-            for (int i = 0;; i++) {
-                kvEntry *e = NULL;
-                if (kvWatcher_Next(&e, w, 2000) != NATS_OK || e == NULL)
-                    break; /* NULL entry: the initial values are done */
-                if (i >= JOIN_MEMBERS_MAX) {
-                    j->members_truncated = true;
-                    kvEntry_Destroy(e);
-                    break;
-                }
-                {
-                    const char *key = kvEntry_Key(e);
-                    const char *sess = strrchr(key, '.');
-                    cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
-                    cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
-                    if (sess != NULL && cJSON_IsString(u)) {
-                        cJSON *mem = cJSON_CreateObject();
-                        cJSON_AddStringToObject(mem, "user", u->valuestring);
-                        cJSON_AddStringToObject(mem, "session", sess + 1);
-                        cJSON_AddItemToArray(j->members, mem);
-                    }
-                    cJSON_Delete(v);
-                }
-                kvEntry_Destroy(e);
-            }
-            kvWatcher_Destroy(w);
-        }
+        /* A large room's list is cut: reading every member on every join
+         * would make a room of N members cost N^2 reads. */
+        (void)gw__room_members_io(s, j->tenant, j->room, JOIN_MEMBERS_MAX, j->members,
+                                  &j->members_truncated);
         break;
-    }
     case READ_FILL:
         if (j->from > 1)
             st = gw__still_stored_io(j, j->from - 1);

@@ -383,6 +383,8 @@ natsStatus gw__next_by_subject(gw_server *s, const char *subject, uint64_t seq, 
 natsStatus gw__last_seq_io(gw_server *s, const char *subject, uint64_t *seq);
 natsStatus gw__read_forward_io(read_job *j, size_t max);
 natsStatus gw__still_stored_io(read_job *j, uint64_t seq);
+bool gw__room_members_io(gw_server *s, const char *tenant, const char *room, int max,
+                         cJSON *members, bool *truncated);
 read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch);
 
 /* gw_history.c */

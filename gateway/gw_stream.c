@@ -136,3 +136,55 @@ read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
         snprintf(j->room, sizeof(j->room), "%s", ch->name);
     return j;
 }
+
+/* Appends {"user","session"} for up to max members of the room from
+ * sluice_presence to the array members (*truncated when there were more).
+ * Blocking: io threads only. Returns true when the read completed (all
+ * initial values seen, or cut at max). */
+bool gw__room_members_io(gw_server *s, const char *tenant, const char *room, int max,
+                         cJSON *members, bool *truncated)
+{
+    kvWatcher *w = NULL;
+    kvWatchOptions wo;
+    char filter[SL_SUBJECT_MAX];
+    bool ok = false;
+
+    *truncated = false;
+    if (members == NULL || s->kv_presence == NULL ||
+        sl_kv_key_room_members_filter(filter, sizeof(filter), tenant, room) != SL_OK)
+        return false;
+    kvWatchOptions_Init(&wo);
+    wo.IgnoreDeletes = true;
+    if (kvStore_Watch(&w, s->kv_presence, filter, &wo) != NATS_OK)
+        return false;
+    for (int i = 0;; i++) {
+        kvEntry *e = NULL;
+        if (kvWatcher_Next(&e, w, 2000) != NATS_OK)
+            break;
+        if (e == NULL) { /* the initial values are done */
+            ok = true;
+            break;
+        }
+        if (i >= max) {
+            *truncated = true;
+            ok = true;
+            kvEntry_Destroy(e);
+            break;
+        }
+        {
+            const char *sess = strrchr(kvEntry_Key(e), '.');
+            cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+            cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
+            if (sess != NULL && cJSON_IsString(u)) {
+                cJSON *mem = cJSON_CreateObject();
+                cJSON_AddStringToObject(mem, "user", u->valuestring);
+                cJSON_AddStringToObject(mem, "session", sess + 1);
+                cJSON_AddItemToArray(members, mem);
+            }
+            cJSON_Delete(v);
+        }
+        kvEntry_Destroy(e);
+    }
+    kvWatcher_Destroy(w);
+    return ok;
+}

@@ -325,6 +325,11 @@ START_TEST(test_usage_keys)
     ck_assert_int_eq(sl_kv_key_usage(buf, sizeof(buf), "acme", 1, "a>"), SL_ERR_INVAL);
     ck_assert_int_eq(sl_kv_key_quota(buf, 6, "acme", 1764655200), SL_ERR_INVAL);
     ck_assert_int_eq(sl_kv_key_tenant_filter(buf, sizeof(buf), "*"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_room_members_filter(buf, sizeof(buf), "acme", "lobby"), SL_OK);
+    ck_assert_str_eq(buf, "acme.lobby.*");
+    ck_assert_int_eq(sl_kv_key_room_members_filter(buf, sizeof(buf), "acme", "lob>"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_room_members_filter(buf, sizeof(buf), "a.b", "lobby"), SL_ERR_INVAL);
+    ck_assert_int_eq(sl_kv_key_room_members_filter(buf, 8, "acme", "lobby"), SL_ERR_INVAL);
     const char *bad_quota[] = {"acme",    "acme.",    ".5",      "acme.x",
                                "acme.5.", "acme.5.x", "acme.-5", "acme.1234567890123456789",
                                "a b.5",   ""};
