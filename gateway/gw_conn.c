@@ -308,6 +308,14 @@ static void handle_frame(gw_server *s, gw_conn *c, const char *buf, size_t len)
                            true);
             return;
         }
+        /* A refused frame takes a token like any other: without one the
+         * answer is busy, so a client cannot make the gateway write more
+         * error frames than its rate allows. */
+        if (c->state == CONN_READY && !gw_bucket_take(&c->bucket, now)) {
+            gw__conn_busy(s, c, err.id[0] ? err.id : NULL, "rate_limited",
+                          gw_bucket_retry_ms(&c->bucket, now));
+            return;
+        }
         gw__conn_error(s, c, err.code, err.message, err.id[0] ? err.id : NULL);
         return;
     }

@@ -113,6 +113,41 @@ START_TEST(test_rate_limit_busy_without_touching_nats)
 }
 END_TEST
 
+/* Frames the parser refuses take tokens too: past the burst a flood of
+ * malformed frames gets busy rate_limited, not one error frame each. */
+START_TEST(test_refused_frames_take_tokens)
+{
+    static const char *const env[] = {"SLUICE_RATE=1", "SLUICE_BURST=3", NULL};
+    fx f;
+    hx_sl_client *c;
+    int errors = 0, busy = 0;
+    int64_t t0, elapsed;
+
+    start_gw(&f, env, NULL);
+    c = fx_client(&f, 0, "acme", "alice");
+    t0 = hx_now_ms();
+    for (int i = 0; i < 12; i++)
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c), "{\"type\":\"send\",\"text\":7}"));
+    while (errors + busy < 12) {
+        cJSON *a = hx_ws_recv_json(hx_sl_ws(c), T);
+        HX_ASSERT_MSG(f.s, a != NULL, "%d errors and %d busy, then nothing: %s", errors, busy,
+                      hx_error());
+        if (fx__is_type(a, "error"))
+            errors++;
+        else if (fx__is_type(a, "busy") && strcmp(hx_json_str(a, "reason"), "rate_limited") == 0)
+            busy++;
+        cJSON_Delete(a);
+    }
+    elapsed = hx_now_ms() - t0;
+    HX_ASSERT_MSG(f.s, errors >= 3 && errors <= 3 + 1 + elapsed / 1000 && busy >= 1,
+                  "%d errors, %d busy in %lld ms", errors, busy, (long long)elapsed);
+    HX_ASSERT(f.s, fx_metric(&f, 0, "sluice_gw_busy_total{reason=\"rate_limited\"}") == busy);
+    fx_ping(&f, hx_sl_ws(c)); /* still open */
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- slow consumer ---- */
 
 /* Reads c until it has seen message f-<*want-1> of the flood (counting,
@@ -660,6 +695,7 @@ int main(void)
 
     tcase_set_timeout(tc, 150);
     tcase_add_test(tc, test_rate_limit_busy_without_touching_nats);
+    tcase_add_test(tc, test_refused_frames_take_tokens);
     tcase_add_test(tc, test_slow_consumer_cut_4429_others_unaffected);
     tcase_add_test(tc, test_burst_to_lagging_reader_whole_in_order_and_batched);
     tcase_add_test(tc, test_client_sockets_get_the_configured_send_buffer);
