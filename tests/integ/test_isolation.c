@@ -826,8 +826,13 @@ END_TEST
 
 static void start_stack(void)
 {
+    /* mallory's attacks are many refused frames on one connection, and
+     * refused frames take rate-limit tokens: a bucket that does not run
+     * dry here (test_gateway_limits checks the limit). */
+    static const char *const gw_env[] = {"SLUICE_RATE=1000", "SLUICE_BURST=1000", NULL};
     hx_stack_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
+    cfg.tier_env[HX_GATEWAY] = gw_env;
     cfg.gateways = 1;
     cfg.orchestrators = 1;
     cfg.workers = 1;
