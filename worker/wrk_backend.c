@@ -82,7 +82,7 @@ void wrk_backend_call(wrk_backend *b, const wrk_call *call, wrk_token_fn fn, voi
         wrk__result_set(res, WRK_CANCELLED, "cancelled before the call started");
         return;
     }
-    if (wrk_backend_now_ms() >= call->deadline_ms) {
+    if (sl_mono_ms() >= call->deadline_ms) {
         wrk__result_set(res, WRK_DEADLINE, "deadline passed before the call started");
         return;
     }

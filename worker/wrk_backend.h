@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "sl_status.h"
+#include "sl_time.h" /* sl_mono_ms: the clock of deadline_ms */
 
 /* One chat message. role is "system", "user" or "assistant" (NULL is sent
  * as "user"); content is UTF-8 text (NULL is sent as ""). */
@@ -33,7 +34,7 @@ typedef struct wrk_call {
     const char *model;   /* backend model name; NULL or "" omits it from the request */
     const wrk_msg *msgs; /* system prompt + context + the message to answer */
     size_t nmsgs;
-    int64_t deadline_ms;       /* absolute, wrk_backend_now_ms() clock: the call ends by then */
+    int64_t deadline_ms;       /* absolute, sl_mono_ms() clock: the call ends by then */
     const _Atomic int *cancel; /* may be NULL; nonzero: abort as soon as possible */
 } wrk_call;
 
@@ -78,9 +79,6 @@ typedef struct wrk_backend_cfg {
  * "fatal"); never NULL. */
 const char *wrk_outcome_str(wrk_outcome o);
 
-/* Current time on the clock deadlines use (CLOCK_MONOTONIC), in ms. */
-int64_t wrk_backend_now_ms(void);
-
 /* Initialises libcurl for the process. Call once from main before any
  * thread starts and before creating an "openai" backend; returns SL_OK, or
  * SL_ERR_INTERNAL when libcurl cannot be initialised. */
@@ -111,7 +109,7 @@ void wrk_backend_call(wrk_backend *b, const wrk_call *call, wrk_token_fn fn, voi
 
 /* Internals shared by the backend's source files; not for callers.
  * wrk_backend.c dispatches to wrk_backend_echo.c and wrk_backend_openai.c;
- * all three use wrk_backend_util.c (wrk__result_*, wrk_backend_now_ms,
+ * all three use wrk_backend_util.c (wrk__result_*,
  * wrk_outcome_str). */
 void wrk__echo_call(int64_t delay_ms, const wrk_call *call, wrk_token_fn fn, void *ud,
                     wrk_result *res);

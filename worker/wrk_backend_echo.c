@@ -24,7 +24,7 @@ static wrk_outcome echo_sleep(const wrk_call *call, int64_t until_ms)
     for (;;) {
         if (cancelled(call))
             return WRK_CANCELLED;
-        int64_t now = wrk_backend_now_ms();
+        int64_t now = sl_mono_ms();
         if (now >= call->deadline_ms)
             return WRK_DEADLINE;
         if (now >= until_ms)
@@ -60,7 +60,7 @@ void wrk__echo_call(int64_t delay_ms, const wrk_call *call, wrk_token_fn fn, voi
     /* A token is a word and the whitespace after it; the first token also
      * carries any leading whitespace, so the tokens add up to the text. */
     const char *p = text;
-    int64_t next = wrk_backend_now_ms();
+    int64_t next = sl_mono_ms();
     while (*p) {
         const char *start = p;
         while (*p && is_space(*p))
@@ -75,7 +75,7 @@ void wrk__echo_call(int64_t delay_ms, const wrk_call *call, wrk_token_fn fn, voi
             o = echo_sleep(call, next);
         } else if (cancelled(call)) {
             o = WRK_CANCELLED;
-        } else if (wrk_backend_now_ms() >= call->deadline_ms) {
+        } else if (sl_mono_ms() >= call->deadline_ms) {
             o = WRK_DEADLINE;
         }
         if (o == WRK_CANCELLED) {

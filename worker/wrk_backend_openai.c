@@ -323,7 +323,7 @@ static int on_event(void *ud, const char *event, const char *data, size_t len)
     c->nevents++;
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         c->done = 1;
-        c->done_at = wrk_backend_now_ms();
+        c->done_at = sl_mono_ms();
         return 0;
     }
     cJSON *j = cJSON_ParseWithLength(data, len);
@@ -429,7 +429,7 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     (void)dlnow;
     (void)ultotal;
     (void)ulnow;
-    return is_cancelled(c->call) || wrk_backend_now_ms() >= c->call->deadline_ms;
+    return is_cancelled(c->call) || sl_mono_ms() >= c->call->deadline_ms;
 }
 
 /* Builds {"model":..., "messages":[...], "stream":true} and, when
@@ -603,7 +603,7 @@ static void finish_transfer(oa_call *c, CURLcode rc, const char *errbuf)
                             c->res->ntokens);
         return;
     }
-    if (rc == CURLE_OPERATION_TIMEDOUT && wrk_backend_now_ms() >= call->deadline_ms) {
+    if (rc == CURLE_OPERATION_TIMEDOUT && sl_mono_ms() >= call->deadline_ms) {
         wrk__result_set(c->res, WRK_DEADLINE, "deadline reached (%zu tokens streamed)",
                         c->res->ntokens);
         return;
@@ -688,7 +688,7 @@ void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, voi
         hdrs = nh;
     }
 
-    int64_t remaining = call->deadline_ms - wrk_backend_now_ms();
+    int64_t remaining = call->deadline_ms - sl_mono_ms();
     if (remaining <= 0) {
         wrk__result_set(res, WRK_DEADLINE, "deadline passed before the call started");
         goto cleanup;
@@ -749,7 +749,7 @@ void wrk__openai_call(wrk__openai *o, const wrk_call *call, wrk_token_fn fn, voi
             cut = WRK_CANCELLED;
             break;
         }
-        int64_t now = wrk_backend_now_ms();
+        int64_t now = sl_mono_ms();
         if (now >= call->deadline_ms) {
             cut = WRK_DEADLINE;
             break;

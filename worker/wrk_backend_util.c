@@ -24,13 +24,6 @@ const char *wrk_outcome_str(wrk_outcome o)
     return "unknown";
 }
 
-int64_t wrk_backend_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void wrk__result_init(wrk_result *res)
 {
     memset(res, 0, sizeof(*res));

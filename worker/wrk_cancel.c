@@ -41,7 +41,7 @@ bool wrk__cancel_requested(wrk_loop *l, wrk_slot *s, const job *j)
     char key[SL_SUBJECT_MAX];
     kvEntry *e = NULL;
     bool hit = false, needed = true;
-    int64_t now = wrk_backend_now_ms();
+    int64_t now = sl_mono_ms();
     int64_t wall = sl_now_ns() / NS_PER_MS;
     uint64_t reconnects = 0;
     bool connected =
@@ -82,7 +82,7 @@ void wrk__on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     Sluice__Envelope *e = NULL;
     char tenant[SL_ID_MAX + 1];
     const char *to = NULL;
-    int64_t now = wrk_backend_now_ms();
+    int64_t now = sl_mono_ms();
 
     (void)nc;
     (void)sub;

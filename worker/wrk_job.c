@@ -239,7 +239,7 @@ void *wrk__ticker_main(void *arg)
         atomic_store(&l->ticker_wake_at, 0);
         pthread_mutex_unlock(&l->mu);
 
-        int64_t now = wrk_backend_now_ms();
+        int64_t now = sl_mono_ms();
         int64_t next = now + TICK_MAX_MS;
         for (int i = 0; i < l->nslots; i++) {
             wrk_slot *s = &l->slots[i];
@@ -294,7 +294,7 @@ static int on_token(void *ud, const char *text, size_t len)
     job *j = ud;
     wrk_loop *l = j->slot->loop;
     bool armed = false;
-    int64_t now = wrk_backend_now_ms();
+    int64_t now = sl_mono_ms();
     sl_status st;
 
     sl_counter_inc(l->m_tokens);
@@ -324,7 +324,7 @@ static void slot_attach(wrk_slot *s, job *j)
     (void)sl_kv_subject(s->kv_subject, sizeof(s->kv_subject), SL_KV_INFLIGHT, j->kv_key);
     s->attempt = j->attempt;
     s->msg = j->msg;
-    s->progress_ms = s->start_ms = wrk_backend_now_ms();
+    s->progress_ms = s->start_ms = sl_mono_ms();
     s->want_running = false;
     atomic_store(&s->cancel, atomic_load(&l->abort_all) ? WRK_CANCEL_SHUTDOWN : WRK_CANCEL_NONE);
     pthread_mutex_unlock(&s->mu);
@@ -462,10 +462,10 @@ static bool job_parse(job *j)
  * over. */
 static void store_backoff(wrk_loop *l, int64_t ms)
 {
-    int64_t until = wrk_backend_now_ms() + ms;
+    int64_t until = sl_mono_ms() + ms;
 
     while (!atomic_load(&l->abort_all)) {
-        int64_t left = until - wrk_backend_now_ms();
+        int64_t left = until - sl_mono_ms();
         if (left <= 0)
             break;
         if (left > 100)
@@ -489,7 +489,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
 {
     wrk_slot *s = j->slot;
     sl_log_ctx c = job_ctx(j);
-    int64_t give_up = wrk_backend_now_ms() + STORE_RETRY_MS;
+    int64_t give_up = sl_mono_ms() + STORE_RETRY_MS;
     int64_t backoff = STORE_BACKOFF_MIN_MS;
     bool final_ok = false;
     bool want_agent =
@@ -501,7 +501,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
         sl_counter_inc(l->m_agent_skipped);
     for (int round = 0;; round++) {
         if (round > 0) {
-            if (wrk_backend_now_ms() + backoff > give_up || atomic_load(&l->abort_all))
+            if (sl_mono_ms() + backoff > give_up || atomic_load(&l->abort_all))
                 return false;
             sl_counter_inc(l->m_store_retries);
             store_backoff(l, backoff);
@@ -595,7 +595,7 @@ static sl_status job_messages(wrk_loop *l, job *j, int64_t deadline, wrk_history
     size_t k = 0, nh = 0;
 
     if (l->cfg.context_messages > 0) {
-        int64_t budget = (deadline - wrk_backend_now_ms()) / 4;
+        int64_t budget = (deadline - sl_mono_ms()) / 4;
         if (budget > CONTEXT_BUDGET_MS)
             budget = CONTEXT_BUDGET_MS;
         if (budget > 0) {
@@ -626,7 +626,7 @@ static sl_status job_messages(wrk_loop *l, job *j, int64_t deadline, wrk_history
 void wrk__job_run(wrk_slot *s, natsMsg *msg)
 {
     wrk_loop *l = s->loop;
-    job j = {.slot = s, .msg = msg, .start_ms = wrk_backend_now_ms()};
+    job j = {.slot = s, .msg = msg, .start_ms = sl_mono_ms()};
     jsMsgMetaData *meta = NULL;
     wrk_history *hist = NULL;
     wrk_msg *msgs = NULL;
@@ -743,7 +743,7 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
         int64_t first = wrk_stream_first_chunk_ms(j.stream);
         if (first > 0)
             sl_hist_observe_ns(l->m_ttft, (first - j.start_ms) * NS_PER_MS);
-        sl_hist_observe_ns(l->m_job, (wrk_backend_now_ms() - j.start_ms) * NS_PER_MS);
+        sl_hist_observe_ns(l->m_job, (sl_mono_ms() - j.start_ms) * NS_PER_MS);
     }
 
 cleanup:

@@ -298,7 +298,7 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
         return;
     l->stopped = true;
     atomic_store(&l->stopping, 1);
-    until = wrk_backend_now_ms() + (grace_ms > 0 ? grace_ms : 0);
+    until = sl_mono_ms() + (grace_ms > 0 ? grace_ms : 0);
     pthread_mutex_lock(&l->qmu);
     pthread_cond_broadcast(&l->disp_cv);
     pthread_mutex_unlock(&l->qmu);
@@ -311,7 +311,7 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
         sl_info("stopping: waiting up to %" PRId64 " ms for %d running job(s)", grace_ms, l->busy);
     pthread_mutex_unlock(&l->mu);
     for (;;) {
-        int64_t now = wrk_backend_now_ms();
+        int64_t now = sl_mono_ms();
         bool empty = loop_empty(l);
         pthread_mutex_lock(&l->mu);
         left = l->busy;
@@ -327,8 +327,8 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
      * a second), so a NAKed job goes to another worker, not to a request
      * of ours. */
     if (left > 0 || !loop_empty(l)) {
-        int64_t disp_until = wrk_backend_now_ms() + 1500;
-        while (!loop_empty(l) && wrk_backend_now_ms() < disp_until) {
+        int64_t disp_until = sl_mono_ms() + 1500;
+        while (!loop_empty(l) && sl_mono_ms() < disp_until) {
             pthread_mutex_lock(&l->qmu);
             if (l->disp_done) {
                 pthread_mutex_unlock(&l->qmu);

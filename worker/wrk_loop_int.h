@@ -195,7 +195,7 @@ static inline struct timespec mono_abs(int64_t ms)
  * every 5 s per call site. */
 static inline bool log_due(int64_t *last)
 {
-    int64_t now = wrk_backend_now_ms();
+    int64_t now = sl_mono_ms();
 
     if (now - *last < 5000)
         return false;

@@ -72,9 +72,9 @@ void *wrk__slot_main(void *arg)
             wrk__job_run(s, rj.msg);
             natsMsg_Destroy(rj.msg);
             pthread_mutex_lock(&l->qmu);
-            wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
+            wrk_sched_release(l->sched, rj.q, sl_mono_ms());
             l->idle++;
-            pump(l, wrk_backend_now_ms());
+            pump(l, sl_mono_ms());
             continue;
         }
         if (l->disp_done)
@@ -142,7 +142,7 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 {
     wrk_loop *l = closure;
     const char *reply = natsMsg_GetReply(msg);
-    int64_t now = wrk_backend_now_ms();
+    int64_t now = sl_mono_ms();
     wrk_queue *q = NULL;
 
     (void)nc;
@@ -234,7 +234,7 @@ static void on_bell(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
         pthread_mutex_lock(&l->qmu);
         wrk_queue *q = queue_for(l, (size_t)m, tenant, true);
         if (q != NULL) {
-            int64_t now = wrk_backend_now_ms();
+            int64_t now = sl_mono_ms();
             wrk_sched_ring(l->sched, q, now, jobs);
             need_setup(l, q);
             pump(l, now);
@@ -416,7 +416,7 @@ static void set_legacy(wrk_loop *l, size_t m, bool legacy)
         q->pinned = true; /* legacy_q points to it */
         l->legacy_q[m] = q;
         l->legacy[m] = true;
-        wrk_sched_ring(l->sched, q, wrk_backend_now_ms(), 1);
+        wrk_sched_ring(l->sched, q, sl_mono_ms(), 1);
         return;
     }
     l->legacy[m] = false;
@@ -559,14 +559,14 @@ static void need_setup(wrk_loop *l, const wrk_queue *q)
 void *wrk__dispatch_main(void *arg)
 {
     wrk_loop *l = arg;
-    int64_t next_discover = 0, next_prune = wrk_backend_now_ms() + QUEUE_FORGET_MS / 10;
+    int64_t next_discover = 0, next_prune = sl_mono_ms() + QUEUE_FORGET_MS / 10;
     int64_t stop_until = 0;
     int64_t last_warn = 0;
     int64_t next_sample = 0;
 
     pthread_mutex_lock(&l->qmu);
     for (;;) {
-        int64_t now = wrk_backend_now_ms();
+        int64_t now = sl_mono_ms();
         int64_t wake = INT64_MAX;
         wrk_queue *q;
 
@@ -599,7 +599,7 @@ void *wrk__dispatch_main(void *arg)
                 next_prune = now + QUEUE_FORGET_MS / 10;
             }
             sl_gauge_set(l->m_queues, (int64_t)wrk_sched_active(l->sched));
-            next_discover = wrk_backend_now_ms() + DISCOVER_MS;
+            next_discover = sl_mono_ms() + DISCOVER_MS;
             continue;
         }
         /* New queues get their consumer at once, whatever the free
@@ -613,10 +613,10 @@ void *wrk__dispatch_main(void *arg)
             pthread_mutex_unlock(&l->qmu);
             st = ensure_consumer(l, durable, filter, true, err, sizeof(err));
             pthread_mutex_lock(&l->qmu);
-            wrk_sched_setup_done(l->sched, q, st == SL_OK, wrk_backend_now_ms() + QUEUE_RETRY_MS);
+            wrk_sched_setup_done(l->sched, q, st == SL_OK, sl_mono_ms() + QUEUE_RETRY_MS);
             if (st != SL_OK && log_due(&last_warn))
                 sl_warn("work queue %s: %s; retrying", durable, err);
-            pump(l, wrk_backend_now_ms());
+            pump(l, sl_mono_ms());
             continue;
         }
         {
@@ -709,7 +709,7 @@ void wrk__nak_ready(wrk_loop *l)
         l->nready--;
         wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
         natsMsg_Destroy(rj.msg);
-        wrk_sched_release(l->sched, rj.q, wrk_backend_now_ms());
+        wrk_sched_release(l->sched, rj.q, sl_mono_ms());
         n++;
     }
     pthread_mutex_unlock(&l->qmu);

@@ -121,7 +121,7 @@ sl_status wrk_stream_create(wrk_stream **out, jsCtx *js, const wrk_stream_params
 /* Frees the stream (pending text is dropped, not published). NULL-safe. */
 void wrk_stream_destroy(wrk_stream *s);
 
-/* Adds a model token that arrived at now_ms (wrk_backend_now_ms clock),
+/* Adds a model token that arrived at now_ms (sl_mono_ms clock),
  * publishing the chunks it completes. *armed (may be NULL) is set when the
  * stream now holds pending text it did not hold before, so the caller can
  * wake the timer that calls wrk_stream_tick(). Returns SL_OK; SL_ERR_FULL
