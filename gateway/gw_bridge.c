@@ -136,11 +136,14 @@ typedef struct io_task {
     void *arg;
 } io_task;
 
+/* The three queues, taken in this order: ordinary work, then replays
+ * (any thread), then bulk work (on bulk_max threads at most). */
+enum { IO_FIRST, IO_LATER, IO_BULK, IO_NQ };
+
 struct gw_io {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    io_task *head, *tail;
-    io_task *bulk_head, *bulk_tail; /* run after head's, on bulk_max threads at most */
+    io_task *head[IO_NQ], *tail[IO_NQ];
     int bulk_running, bulk_max;
     size_t pending;
     bool stop;
@@ -157,23 +160,22 @@ static void *io_main(void *p)
         bool bulk = false;
         pthread_mutex_lock(&io->mu);
         for (;;) {
-            if (io->head != NULL) {
-                t = io->head;
-                io->head = t->next;
-                if (io->head == NULL)
-                    io->tail = NULL;
+            int q = io->head[IO_FIRST] != NULL                                     ? IO_FIRST
+                    : io->head[IO_LATER] != NULL                                   ? IO_LATER
+                    : io->head[IO_BULK] != NULL && io->bulk_running < io->bulk_max ? IO_BULK
+                                                                                   : IO_NQ;
+            if (q != IO_NQ) {
+                t = io->head[q];
+                io->head[q] = t->next;
+                if (io->head[q] == NULL)
+                    io->tail[q] = NULL;
+                if (q == IO_BULK) {
+                    io->bulk_running++;
+                    bulk = true;
+                }
                 break;
             }
-            if (io->bulk_head != NULL && io->bulk_running < io->bulk_max) {
-                t = io->bulk_head;
-                io->bulk_head = t->next;
-                if (io->bulk_head == NULL)
-                    io->bulk_tail = NULL;
-                io->bulk_running++;
-                bulk = true;
-                break;
-            }
-            if (io->stop && io->bulk_head == NULL) {
+            if (io->stop && io->head[IO_BULK] == NULL) {
                 pthread_mutex_unlock(&io->mu);
                 return NULL;
             }
@@ -228,9 +230,9 @@ void gw_io_destroy(gw_io *io)
     free(io);
 }
 
-/* Appends a task to the ordinary queue or to the bulk one. A bulk task
- * wakes every thread: only those under bulk_max may take it. */
-static void io_enqueue(gw_io *io, gw_task_fn fn, void *arg, bool bulk)
+/* Appends a task to queue q. A bulk task wakes every thread: only those
+ * under bulk_max may take it. */
+static void io_enqueue(gw_io *io, gw_task_fn fn, void *arg, int q)
 {
     io_task *t = calloc(1, sizeof(*t));
 
@@ -239,15 +241,13 @@ static void io_enqueue(gw_io *io, gw_task_fn fn, void *arg, bool bulk)
     t->fn = fn;
     t->arg = arg;
     pthread_mutex_lock(&io->mu);
-    io_task **head = bulk ? &io->bulk_head : &io->head;
-    io_task **tail = bulk ? &io->bulk_tail : &io->tail;
-    if (*tail != NULL)
-        (*tail)->next = t;
+    if (io->tail[q] != NULL)
+        io->tail[q]->next = t;
     else
-        *head = t;
-    *tail = t;
+        io->head[q] = t;
+    io->tail[q] = t;
     io->pending++;
-    if (bulk)
+    if (q == IO_BULK)
         pthread_cond_broadcast(&io->cv);
     else
         pthread_cond_signal(&io->cv);
@@ -256,12 +256,17 @@ static void io_enqueue(gw_io *io, gw_task_fn fn, void *arg, bool bulk)
 
 void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg)
 {
-    io_enqueue(io, fn, arg, false);
+    io_enqueue(io, fn, arg, IO_FIRST);
+}
+
+void gw_io_submit_later(gw_io *io, gw_task_fn fn, void *arg)
+{
+    io_enqueue(io, fn, arg, IO_LATER);
 }
 
 void gw_io_submit_bulk(gw_io *io, gw_task_fn fn, void *arg)
 {
-    io_enqueue(io, fn, arg, true);
+    io_enqueue(io, fn, arg, IO_BULK);
 }
 
 size_t gw_io_pending(gw_io *io)

@@ -51,8 +51,14 @@ void gw_io_destroy(gw_io *io);
 /* Queues fn(arg) on an io thread. */
 void gw_io_submit(gw_io *io, gw_task_fn fn, void *arg);
 
+/* Queues fn(arg) to run when no work queued with gw_io_submit waits, on
+ * any thread; first in, first out among such tasks. For member replays: a
+ * resume storm's replays must not hold up the resumes, joins and fills
+ * queued after them. */
+void gw_io_submit_later(gw_io *io, gw_task_fn fn, void *arg);
+
 /* Queues fn(arg) as bulk work (history reads): it runs only when no work
- * queued with gw_io_submit waits, and on at most nthreads - 1 threads at a
+ * queued with gw_io_submit or gw_io_submit_later waits, and on at most nthreads - 1 threads at a
  * time (1 when there is one), so a flood of bulk work never delays the
  * others by more than one task. First in, first out among bulk tasks. */
 void gw_io_submit_bulk(gw_io *io, gw_task_fn fn, void *arg);

@@ -205,7 +205,10 @@ static void read_result_run(void *arg)
                 again->last = j->last;
                 again->check_gap = j->check_gap;
                 again->member_gen = j->member_gen;
-                gw_io_submit(s->io, gw__read_io, again);
+                if (kind == READ_REPLAY)
+                    gw_io_submit_later(s->io, gw__read_io, again);
+                else
+                    gw_io_submit(s->io, gw__read_io, again);
             }
         }
         gw__read_job_free(j);
@@ -428,5 +431,9 @@ void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
     j->from = m->delivered + 1;
     j->check_gap = check_gap;
     j->after_ready = m->chan->state != CHAN_INIT;
-    gw_io_submit(s->io, gw__read_io, j);
+    /* After the resumes, joins and fills already queued: in a resume storm
+     * every member's replay would otherwise hold up the next resume's
+     * positions read (its input waits for it) and the fills live members
+     * need. */
+    gw_io_submit_later(s->io, gw__read_io, j);
 }

@@ -393,6 +393,55 @@ START_TEST(test_io_pending_and_ordinary_before_bulk)
 }
 END_TEST
 
+START_TEST(test_io_ordinary_then_later_then_bulk)
+{
+    gw_io *io = NULL;
+
+    log_reset();
+    ck_assert_int_eq(gw_io_create(&io, 1), SL_OK);
+    gw_io_submit(io, task_run, item_new(0, true));
+    ck_assert(wait_for(1, true));
+    /* Queued while the only thread is held: bulk, later and ordinary work
+     * interleaved, as a resume storm queues replays between resumes. */
+    for (int i = 1; i <= 3; i++) {
+        gw_io_submit_bulk(io, task_run, item_new(200 + i, false));
+        gw_io_submit_later(io, task_run, item_new(100 + i, false));
+        gw_io_submit(io, task_run, item_new(i, false));
+    }
+    ck_assert_uint_eq(gw_io_pending(io), 10);
+    gate_open();
+    ck_assert_msg(wait_for(10, false), "ran %d of 10", L.n);
+    /* Ordinary work first, then the later work, then bulk; each in order. */
+    {
+        const int want[] = {0, 1, 2, 3, 101, 102, 103, 201, 202, 203};
+        for (int i = 0; i < 10; i++)
+            ck_assert_int_eq(L.ran[i], want[i]);
+    }
+    gw_io_destroy(io);
+    log_done();
+}
+END_TEST
+
+START_TEST(test_io_later_uses_every_thread)
+{
+    gw_io *io = NULL;
+
+    log_reset();
+    ck_assert_int_eq(gw_io_create(&io, 3), SL_OK);
+    /* Unlike bulk work, later work may take every thread. */
+    for (int i = 0; i < 3; i++)
+        gw_io_submit_later(io, task_run, item_new(100 + i, true));
+    ck_assert_msg(wait_for(3, true), "later work did not run on all 3 threads");
+    pthread_mutex_lock(&L.mu);
+    ck_assert_int_eq(L.max_running, 3);
+    pthread_mutex_unlock(&L.mu);
+    gate_open();
+    ck_assert_msg(wait_for(3, false), "ran %d of 3", L.n);
+    gw_io_destroy(io);
+    log_done();
+}
+END_TEST
+
 START_TEST(test_io_bulk_leaves_a_thread)
 {
     gw_io *io = NULL;
@@ -425,12 +474,15 @@ START_TEST(test_io_destroy_drains)
     log_reset();
     ck_assert_int_eq(gw_io_create(&io, 2), SL_OK);
     for (int i = 0; i < 300; i++) {
-        if (i % 2 == 0)
+        if (i % 3 == 0)
             gw_io_submit(io, task_run, item_new(i, false));
+        else if (i % 3 == 1)
+            gw_io_submit_later(io, task_run, item_new(i, false));
         else
             gw_io_submit_bulk(io, task_run, item_new(i, false));
     }
-    /* Destroy waits for the queued work (bulk too) before the threads end. */
+    /* Destroy waits for the queued work (later and bulk too) before the
+     * threads end. */
     gw_io_destroy(io);
     ck_assert_int_eq(L.n, 300);
     log_done();
@@ -454,6 +506,8 @@ int main(void)
     tcase_add_test(tb, test_bridge_wakes_the_loop);
     tcase_add_test(ti, test_io_runs_on_its_threads_in_order);
     tcase_add_test(ti, test_io_pending_and_ordinary_before_bulk);
+    tcase_add_test(ti, test_io_ordinary_then_later_then_bulk);
+    tcase_add_test(ti, test_io_later_uses_every_thread);
     tcase_add_test(ti, test_io_bulk_leaves_a_thread);
     tcase_add_test(ti, test_io_destroy_drains);
     suite_add_tcase(s, tb);
