@@ -8,12 +8,13 @@
 # generated part of BENCHMARKS.md (bench/report.sh).
 #
 #   bench/run.sh [--suite short|full|60k|dev] [--bin DIR] [--only sluice,nats,nchan,socketio]
-#                [--no-report] [--keep]
+#                [--scenarios idle,fanout,pipeline,storm,noisy] [--no-report] [--keep]
 #
 # short: every scenario at a modest size, under 10 minutes (make bench).
 # full:  the sizes of the targets (about 20 minutes).
 # 60k:   4 gateways, 4 client processes, 60k connections, each joins one of 100 rooms.
 # dev:   tiny sizes, a smoke test of the machinery (a minute).
+# --scenarios runs only the scenarios listed (default: all of the suite).
 #
 # Every load is bounded: each client run has its own duration and counts and
 # is also wrapped in timeout(1); every server started here is stopped on exit.
@@ -23,6 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 suite=short
 bin="$root/bin"
 only="sluice,nats,nchan,socketio"
+scenarios="idle,fanout,pipeline,storm,noisy"
 report=1
 keep=0
 
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --suite) suite=$2; shift 2 ;;
     --bin) bin=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
     --no-report) report=0; shift ;;
     --keep) keep=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -51,23 +54,23 @@ case "$suite" in
 short)
     IDLE_N=5000 IDLE_HOLD=4 IDLE_HB=2
     FAN_CONFIGS="1000:20:4 1000:100:10" FAN_DUR=5 FAN_WARM=1
-    PIPE_N=400 PIPE_RATES=250,500,1000,2500,5000 PIPE_DUR=4
+    PIPE_N=400 PIPE_RATES=250,500,1000,2000,4000 PIPE_DUR=4
     NOISY_B_N=20 NOISY_B_RATE=20 NOISY_A_N=100 NOISY_A_RATE=500 NOISY_DUR=5 NOISY_DELAY_MS=20
-    STORM_N=2000 STORM_P=20 STORM_PUBS=2
+    STORM_N=2000 STORM_P=20 STORM_PUBS=2 STORM_GW=2
     ;;
 full)
     IDLE_N=18000 IDLE_HOLD=10 IDLE_HB=5
     FAN_CONFIGS="1000:20:4 1000:100:10 10000:10:4 100:1000:70" FAN_DUR=10 FAN_WARM=2
-    PIPE_N=600 PIPE_RATES=500,1000,2500,4000,5000,6000,8000 PIPE_DUR=8
+    PIPE_N=600 PIPE_RATES=500,1000,2000,2500,4000,5000,6000,8000 PIPE_DUR=8
     NOISY_B_N=20 NOISY_B_RATE=20 NOISY_A_N=100 NOISY_A_RATE=500 NOISY_DUR=10 NOISY_DELAY_MS=20
-    STORM_N=10000 STORM_P=20 STORM_PUBS=2
+    STORM_N=15000 STORM_P=20 STORM_PUBS=2 STORM_GW=4
     ;;
 dev)
     IDLE_N=300 IDLE_HOLD=1 IDLE_HB=0.5
     FAN_CONFIGS="100:40:4" FAN_DUR=2 FAN_WARM=0.5
     PIPE_N=40 PIPE_RATES=50,100 PIPE_DUR=2
     NOISY_B_N=5 NOISY_B_RATE=10 NOISY_A_N=10 NOISY_A_RATE=100 NOISY_DUR=2 NOISY_DELAY_MS=20
-    STORM_N=100 STORM_P=10 STORM_PUBS=1
+    STORM_N=100 STORM_P=10 STORM_PUBS=1 STORM_GW=2
     ;;
 60k)
     # Every connection says hello and joins one of MULTI_ROOMS rooms, then
@@ -186,6 +189,7 @@ run_case() {
 }
 
 want() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+scen() { case ",$scenarios," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # --------------------------------------------------------------- peers
 peer_cases() {
@@ -194,9 +198,10 @@ peer_cases() {
     shift 4
     local pids=("$@")
     # shellcheck disable=SC2046 # pid_args yields words on purpose
-    run_case "idle-$system" "$system" 120 --scenario idle --proto "$proto" --url "$sub" \
+    scen idle && run_case "idle-$system" "$system" 120 --scenario idle --proto "$proto" --url "$sub" \
         --conns "$IDLE_N" --duration "$IDLE_HOLD" --heartbeat "$IDLE_HB" --room idle \
         $(pid_args --pid "${pids[@]}")
+    scen fanout || return 0
     local cfg n p k
     for cfg in $FAN_CONFIGS; do
         IFS=: read -r n p k <<<"$cfg"
@@ -309,12 +314,14 @@ run_sluice() {
     export SLUICE_JWT_SECRET="$SECRET"
     # Capacity runs: the handshake limiter is opened up so idle and fanout
     # measure what the gateway can do, not the limiter's setting.
-    start_sluice 1 SLUICE_HANDSHAKE_RATE=100000 SLUICE_HANDSHAKE_BURST=100000 || return 1
+    if scen idle || scen fanout || scen pipeline; then
+        start_sluice 1 SLUICE_HANDSHAKE_RATE=100000 SLUICE_HANDSHAKE_BURST=100000 || return 1
+    fi
     # shellcheck disable=SC2046
-    run_case idle-sluice sluice 120 --scenario idle $(gw_urls) --no-join --conns "$IDLE_N" \
+    scen idle && run_case idle-sluice sluice 120 --scenario idle $(gw_urls) --no-join --conns "$IDLE_N" \
         --duration "$IDLE_HOLD" --heartbeat "$IDLE_HB" --pid "${GW_PIDS[0]}" $(aux_args)
     local cfg n p k
-    for cfg in $FAN_CONFIGS; do
+    scen fanout && for cfg in $FAN_CONFIGS; do
         IFS=: read -r n p k <<<"$cfg"
         # shellcheck disable=SC2046
         run_case "fanout-sluice-${n}x$p" sluice 180 --scenario fanout $(gw_urls) --conns "$n" \
@@ -322,19 +329,29 @@ run_sluice() {
             --warmup "$FAN_WARM" --drain 3 --room "$ROOM" --pid "${GW_PIDS[0]}" $(aux_args)
     done
     # shellcheck disable=SC2046
-    run_case pipeline-sluice sluice 240 --scenario pipeline $(gw_urls) --conns "$PIPE_N" \
+    scen pipeline && run_case pipeline-sluice sluice 240 --scenario pipeline $(gw_urls) --conns "$PIPE_N" \
         --rates "$PIPE_RATES" --duration "$PIPE_DUR" --warmup 1 --drain 3 --size 64 \
         --text-prefix "ask " --slo-ms 500 --pid "${GW_PIDS[0]}" $(aux_args)
     stop_all
+    scen storm && run_sluice_storm
+    scen noisy && run_sluice_noisy
+    return 0
+}
 
+run_sluice_storm() {
     # Storm with the product's own handshake limiter (defaults).
-    start_sluice 1 || return 1
+    # The members are spread over STORM_GW gateways (round robin), as behind
+    # a load balancer; a member may resume on any of them.
+    start_sluice "$STORM_GW" || return 1
     # shellcheck disable=SC2046
-    run_case storm-sluice sluice 180 --scenario storm $(gw_urls) --conns "$STORM_N" \
+    run_case storm-sluice sluice 240 --scenario storm $(gw_urls) --conns "$STORM_N" \
         --pubs "$STORM_PUBS" --rate "$STORM_P" --duration 2 --warmup 2 --drain 10 \
-        --storm-timeout 90 --max-pending 512 --room storm --pid "${GW_PIDS[0]}"
+        --storm-timeout 90 --max-pending 512 --room storm $(pid_args --pid "${GW_PIDS[@]}") \
+        $(aux_args)
     stop_all
+}
 
+run_sluice_noisy() {
     # Noisy neighbour: a slow model (echo delay per token) so that the
     # workers' capacity is small and tenant A offers many times what they do.
     start_sluice 1 SLUICE_ECHO_TOKEN_DELAY_MS="$NOISY_DELAY_MS" || return 1
