@@ -341,6 +341,7 @@ void gw__chan_destroy(gw_chan *ch)
         gw__pend_free(p);
     }
     cache_clear(ch);
+    free(ch->hole);
     cJSON_Delete(ch->presence);
     gw_map_destroy(ch->presence_idx);
     free(ch->members_json);
@@ -420,6 +421,7 @@ static void chan_idle_unlink(gw_server *s, gw_chan *ch)
 static void chan_free(gw_server *s, gw_chan *ch)
 {
     chan_idle_unlink(s, ch);
+    gw__chan_hole_stop(s, ch);
     gw_map_del(s->chans, ch->live);
     natsSubscription_Unsubscribe(ch->sub);
     gw__chan_destroy(ch);

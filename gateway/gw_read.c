@@ -61,6 +61,7 @@ void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last
 
     if (j == NULL)
         return;
+    gw__chan_hole_stop(s, ch);
     ch->state = CHAN_FILLING;
     j->from = ch->head + 1;
     j->upto = upto;
@@ -321,9 +322,11 @@ static void read_result_run(void *arg)
 
 /* ---------- live events in order and replays: what starts reads ---------- */
 
+/* Keeps a live event for later, in sequence order (they may arrive out of
+ * order); a second copy of a sequence is dropped. */
 static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t last)
 {
-    pend *p;
+    pend *p, **at;
 
     if (ch->npend >= CHAN_PEND_MAX || (p = calloc(1, sizeof(*p))) == NULL) {
         /* Dropped: the next live event's Nats-Last-Sequence shows the hole
@@ -334,15 +337,73 @@ static void chan_pend_push(gw_chan *ch, natsMsg *msg, uint64_t seq, uint64_t las
     p->msg = msg;
     p->seq = seq;
     p->last = last;
-    if (ch->pend_tail != NULL)
-        ch->pend_tail->next = p;
-    else
-        ch->pend_head = p;
-    ch->pend_tail = p;
+    if (ch->pend_tail == NULL || ch->pend_tail->seq < seq) {
+        if (ch->pend_tail != NULL)
+            ch->pend_tail->next = p;
+        else
+            ch->pend_head = p;
+        ch->pend_tail = p;
+    } else {
+        for (at = &ch->pend_head; (*at)->seq < seq; at = &(*at)->next)
+            ; /* stops at the tail at the latest: its seq is >= seq */
+        if ((*at)->seq == seq) {
+            gw__pend_free(p);
+            return;
+        }
+        p->next = *at;
+        *at = p;
+    }
     ch->npend++;
 }
 
-/* A live event for a ready channel: in order, a duplicate, or after a hole. */
+struct chan_hole {
+    ev_timer timer;
+    gw_server *s;
+    gw_chan *ch;
+};
+
+/* The reorder window ended: if the hole is still there, read it. */
+static void chan_hole_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct chan_hole *h = (struct chan_hole *)w;
+    gw_chan *ch = h->ch;
+
+    (void)loop;
+    (void)revents;
+    if (ch->state != CHAN_READY || ch->pend_head == NULL)
+        return;
+    if (ch->pend_head->seq > ch->head && ch->pend_head->last > ch->head)
+        gw__chan_fill_start(h->s, ch, ch->pend_head->seq, ch->pend_head->last);
+    else
+        gw__chan_process_pending(h->s, ch);
+}
+
+static void chan_hole_wait(gw_server *s, gw_chan *ch)
+{
+    if (ch->hole == NULL) {
+        ch->hole = calloc(1, sizeof(*ch->hole));
+        if (ch->hole == NULL) {
+            gw__chan_fill_start(s, ch, ch->pend_head->seq, ch->pend_head->last);
+            return;
+        }
+        ch->hole->s = s;
+        ch->hole->ch = ch;
+        ev_init(&ch->hole->timer, chan_hole_cb);
+    }
+    if (!ev_is_active(&ch->hole->timer)) {
+        ev_timer_set(&ch->hole->timer, CHAN_REORDER_MS / 1000.0, 0.0);
+        ev_timer_start(s->loop, &ch->hole->timer);
+    }
+}
+
+void gw__chan_hole_stop(gw_server *s, gw_chan *ch)
+{
+    if (ch->hole != NULL && ev_is_active(&ch->hole->timer))
+        ev_timer_stop(s->loop, &ch->hole->timer);
+}
+
+/* A live event for a ready channel: in order, a duplicate, or after a hole
+ * (kept in order until the hole fills itself or is read). */
 void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
 {
     uint64_t seq = gw__header_u64(msg, "Nats-Sequence");
@@ -360,27 +421,37 @@ void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
         natsMsg_Destroy(msg);
         return;
     }
-    if (last > ch->head) {
+    if (last > ch->head || ch->pend_head != NULL) {
+        /* After a hole, or while events wait behind one: in sequence order. */
         chan_pend_push(ch, msg, seq, last);
-        gw__chan_fill_start(s, ch, seq, last);
+        gw__chan_process_pending(s, ch);
         return;
     }
     gw__chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
     natsMsg_Destroy(msg);
 }
 
+/* Delivers the kept events that follow head without a hole; stops at a
+ * hole (and waits for it) or when the channel is not ready. */
 void gw__chan_process_pending(gw_server *s, gw_chan *ch)
 {
     while (ch->state == CHAN_READY && ch->pend_head != NULL) {
         pend *p = ch->pend_head;
+        if (p->seq > ch->head && p->last > ch->head) {
+            chan_hole_wait(s, ch);
+            return;
+        }
         ch->pend_head = p->next;
         if (ch->pend_head == NULL)
             ch->pend_tail = NULL;
         ch->npend--;
-        gw__chan_on_live(s, ch, p->msg);
-        p->msg = NULL;
+        if (p->seq > ch->head)
+            gw__chan_deliver(s, ch, p->seq, natsMsg_GetData(p->msg),
+                             (size_t)natsMsg_GetDataLength(p->msg));
         gw__pend_free(p);
     }
+    if (ch->pend_head == NULL)
+        gw__chan_hole_stop(s, ch);
 }
 
 /* Serves a member's replay from its channel's cache when the cache covers

@@ -50,6 +50,7 @@
 
 #define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
 #define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
+#define CHAN_REORDER_MS    20   /* a hole in live events may fill itself this long */
 #define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
 #define SEND_INFLIGHT      256  /* unacknowledged sends per connection */
 #define RECEIPTS_MAX       64   /* delivered messages awaiting an ack, per connection */
@@ -127,6 +128,11 @@ struct gw_chan {
     int nmembers;
     pend *pend_head, *pend_tail;
     int npend;
+    /* A live event came after a hole (its Nats-Last-Sequence is above
+     * head): JetStream's republished events can arrive out of order, so the
+     * hole is given CHAN_REORDER_MS to fill itself before it is read from
+     * the stream. Allocated on the channel's first hole. */
+    struct chan_hole *hole;
     /* The latest events in order: every event of the channel with a
      * sequence in (cache_base, head] is in the ring once cache_valid, so a
      * member resuming from there is served from memory (no NATS). */
@@ -397,6 +403,7 @@ void gw__chan_fill_start(gw_server *s, gw_chan *ch, uint64_t upto, uint64_t last
 void gw__chan_ready(gw_server *s, gw_chan *ch, uint64_t head);
 void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg);
 void gw__chan_process_pending(gw_server *s, gw_chan *ch);
+void gw__chan_hole_stop(gw_server *s, gw_chan *ch);
 void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_live.c */
