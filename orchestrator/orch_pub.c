@@ -10,6 +10,7 @@
 #include "sl_time.h"
 
 #define MSGID_MAX 96
+#define HELD_MAX  256
 
 typedef struct slot {
     orch_pub_result r;
@@ -24,6 +25,12 @@ struct orch_pub {
     slot slots[ORCH_PUB_MAX];
     int n;
     int left; /* slots of the round without an outcome */
+    /* Messages sent and acknowledgments read since the last wait ended,
+     * destroyed together then: cnats frees every message on its garbage
+     * collector thread and wakes it for each one destroyed while it
+     * sleeps, so one at a time costs a wake-up each. */
+    natsMsg *held[HELD_MAX];
+    int nheld;
 };
 
 sl_status orch_pub_create(orch_pub **out, natsConnection *nc)
@@ -61,10 +68,27 @@ sl_status orch_pub_create(orch_pub **out, natsConnection *nc)
     return SL_OK;
 }
 
+/* Destroys the held messages at once. */
+static void release_held(orch_pub *p)
+{
+    for (int i = 0; i < p->nheld; i++)
+        natsMsg_Destroy(p->held[i]);
+    p->nheld = 0;
+}
+
+/* Takes ownership of m: destroyed with the next release. */
+static void hold(orch_pub *p, natsMsg *m)
+{
+    if (p->nheld == HELD_MAX)
+        release_held(p);
+    p->held[p->nheld++] = m;
+}
+
 void orch_pub_destroy(orch_pub *p)
 {
     if (p == NULL)
         return;
+    release_held(p);
     if (p->sub != NULL) {
         natsSubscription_Unsubscribe(p->sub);
         natsSubscription_Destroy(p->sub);
@@ -123,7 +147,8 @@ sl_status orch_pub_add_hdr(orch_pub *p, const char *subject, const char *msg_id,
         s = natsMsgHeader_Set(m, extra_hdr, extra_val);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(p->nc, m);
-    natsMsg_Destroy(m);
+    if (m != NULL)
+        hold(p, m);
     if (s != NATS_OK) {
         slot_done(p, idx, s, 0);
         return SL_ERR_BUS;
@@ -172,6 +197,13 @@ cleanup:
     cJSON_Delete(root);
 }
 
+/* Marks every slot of the round without an outcome done with err. */
+static void fail_open(orch_pub *p, natsStatus err)
+{
+    for (int i = 0; i < p->n && p->left > 0; i++)
+        slot_done(p, i, err, 0);
+}
+
 /* The slot of this round that reply subject s answers, or -1 (another
  * round's, or not ours). */
 static int slot_of(const orch_pub *p, const char *s)
@@ -190,30 +222,47 @@ sl_status orch_pub_wait(orch_pub *p, int64_t timeout_ms)
 {
     int64_t until = sl_mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
     sl_status st = SL_OK;
+    int noresp = 0;
 
     /* Bounded by the outcomes expected and by the time. */
     while (p->left > 0) {
         natsMsg *m = NULL;
         int64_t wait = until - sl_mono_ms();
+        natsStatus ns;
         int idx;
 
-        if (wait <= 0 || natsSubscription_NextMsg(&m, p->sub, wait) != NATS_OK)
+        if (noresp >= p->left) {
+            /* cnats consumed a 503 (no stream took a publish) without
+             * saying whose: once every slot still open can be one of
+             * these, they all are. Counting one of another round (only
+             * after that round timed out) fails a slot early: it is
+             * redone, never lost. */
+            fail_open(p, NATS_NO_RESPONDERS);
+            break;
+        }
+        if (wait <= 0)
+            break;
+        ns = natsSubscription_NextMsg(&m, p->sub, wait);
+        if (ns == NATS_NO_RESPONDERS) {
+            noresp++;
+            continue;
+        }
+        if (ns != NATS_OK)
             break;
         idx = slot_of(p, natsMsg_GetSubject(m));
         if (idx >= 0)
             take_ack(p, idx, m);
-        natsMsg_Destroy(m);
+        hold(p, m);
     }
     /* What is still unacknowledged has an unknown outcome: the caller
      * treats it as failed and redoes the step later (the Nats-Msg-Id drops
      * it if it was stored after all); its late acknowledgment is dropped
      * (done slots and other rounds are not touched). */
-    for (int i = 0; i < p->n && p->left > 0; i++) {
-        if (!p->slots[i].r.done) {
-            slot_done(p, i, NATS_TIMEOUT, 0);
-            st = SL_ERR_TIMEOUT;
-        }
+    if (p->left > 0) {
+        fail_open(p, NATS_TIMEOUT);
+        st = SL_ERR_TIMEOUT;
     }
+    release_held(p);
     return st;
 }
 
