@@ -252,9 +252,23 @@ int64_t orch_inflight_retry_after_ms(orch_inflight *f, const char *tenant, const
     return retry;
 }
 
+/* Entries applied and not destroyed yet: destroyed together, because
+ * cnats frees every message on its garbage collector thread and wakes it
+ * for each one destroyed while it sleeps. */
+#define DONE_MAX 32
+
+static void destroy_all(kvEntry **done, int *n)
+{
+    for (int i = 0; i < *n; i++)
+        kvEntry_Destroy(done[i]);
+    *n = 0;
+}
+
 static void *watch_main(void *arg)
 {
     orch_inflight *f = arg;
+    kvEntry *done[DONE_MAX];
+    int ndone = 0;
 
     while (!atomic_load(&f->stop)) {
         kvEntry *e = NULL;
@@ -264,13 +278,18 @@ static void *watch_main(void *arg)
             orch_inflight_apply(f, kvEntry_Key(e), op == kvOp_Put ? kvEntry_ValueString(e) : NULL,
                                 op == kvOp_Put ? (size_t)kvEntry_ValueLen(e) : 0,
                                 kvEntry_Created(e) / 1000000);
-            kvEntry_Destroy(e);
+            if (ndone == DONE_MAX)
+                destroy_all(done, &ndone);
+            done[ndone++] = e;
         } else if (s != NATS_OK && s != NATS_TIMEOUT) {
             /* Stopped or closed: nothing more will come. */
             if (s == NATS_ILLEGAL_STATE || s == NATS_CONNECTION_CLOSED)
                 break;
+        } else if (s == NATS_TIMEOUT) {
+            destroy_all(done, &ndone);
         }
     }
+    destroy_all(done, &ndone);
     return NULL;
 }
 
