@@ -91,6 +91,8 @@ void orch__process_batch(orch_loop *l, int n)
     n = orch__add_parked(l, n, t0);
     if (n == 0)
         return;
+    /* Jobs that ended since the last batch free their agents' slots. */
+    orch_inflight_poll(l->inflight);
     decide_all(l, n);
 
     orch_pub_reset(l->pub);

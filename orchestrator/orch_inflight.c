@@ -2,7 +2,6 @@
 
 #include <cJSON.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,10 +40,9 @@ struct orch_inflight {
     tally *tallies[NBUCKETS];
     size_t njobs;
     int64_t last_sweep_ms;
-    kvWatcher *w;
-    pthread_t thread;
-    bool started;
-    _Atomic int stop;
+    natsSubscription *sub;      /* the bucket's updates, read by orch_inflight_poll */
+    char prefix[SL_ID_MAX + 8]; /* "$KV.<bucket>." */
+    size_t prefix_len;
 };
 
 static size_t hash(const char *s)
@@ -252,41 +250,88 @@ int64_t orch_inflight_retry_after_ms(orch_inflight *f, const char *tenant, const
     return retry;
 }
 
-static void *watch_main(void *arg)
-{
-    orch_inflight *f = arg;
+/* Updates read per poll at most, so one poll never holds the loop long
+ * (the rest waits for the next). */
+#define POLL_MAX 4096
+/* Messages applied and not destroyed yet: destroyed together, because
+ * cnats frees every message on its garbage collector thread and wakes it
+ * for each one destroyed while it sleeps. */
+#define DONE_MAX 64
 
-    while (!atomic_load(&f->stop)) {
-        kvEntry *e = NULL;
-        natsStatus s = kvWatcher_Next(&e, f->w, 500);
-        if (s == NATS_OK && e != NULL) {
-            kvOperation op = kvEntry_Operation(e);
-            orch_inflight_apply(f, kvEntry_Key(e), op == kvOp_Put ? kvEntry_ValueString(e) : NULL,
-                                op == kvOp_Put ? (size_t)kvEntry_ValueLen(e) : 0,
-                                kvEntry_Created(e) / 1000000);
-            kvEntry_Destroy(e);
-        } else if (s != NATS_OK && s != NATS_TIMEOUT) {
-            /* Stopped or closed: nothing more will come. */
-            if (s == NATS_ILLEGAL_STATE || s == NATS_CONNECTION_CLOSED)
-                break;
-        }
-    }
-    return NULL;
+static void destroy_all(natsMsg **done, int *n)
+{
+    for (int i = 0; i < *n; i++)
+        natsMsg_Destroy(done[i]);
+    *n = 0;
 }
 
-sl_status orch_inflight_start(orch_inflight *f, kvStore *kv)
+/* Applies one update of the bucket: the key from the subject, a delete
+ * or purge (KV-Operation) as NULL, the time from its metadata. */
+static void apply_msg(orch_inflight *f, natsMsg *m)
 {
-    kvWatchOptions o;
+    const char *subj = natsMsg_GetSubject(m), *op = NULL;
+    jsMsgMetaData *meta = NULL;
+    int64_t at_ms = 0;
+    bool del;
 
-    kvWatchOptions_Init(&o);
-    if (kvStore_WatchAll(&f->w, kv, &o) != NATS_OK)
-        return SL_ERR_BUS;
-    if (pthread_create(&f->thread, NULL, watch_main, f) != 0) {
-        kvWatcher_Destroy(f->w);
-        f->w = NULL;
-        return SL_ERR_NOMEM;
+    if (subj == NULL || strncmp(subj, f->prefix, f->prefix_len) != 0 || subj[f->prefix_len] == '\0')
+        return;
+    del = natsMsgHeader_Get(m, "KV-Operation", &op) == NATS_OK && op != NULL &&
+          (strcmp(op, "DEL") == 0 || strcmp(op, "PURGE") == 0);
+    if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+        at_ms = meta->Timestamp / 1000000;
+        jsMsgMetaData_Destroy(meta);
     }
-    f->started = true;
+    orch_inflight_apply(f, subj + f->prefix_len, del ? NULL : natsMsg_GetData(m),
+                        del ? 0 : (size_t)natsMsg_GetDataLength(m), at_ms);
+}
+
+void orch_inflight_poll(orch_inflight *f)
+{
+    natsMsg *done[DONE_MAX];
+    int ndone = 0;
+
+    if (f == NULL || f->sub == NULL)
+        return;
+    for (int i = 0; i < POLL_MAX; i++) {
+        natsMsg *m = NULL;
+        /* A zero timeout never waits: NATS_TIMEOUT when nothing is queued. */
+        if (natsSubscription_NextMsg(&m, f->sub, 0) != NATS_OK)
+            break;
+        apply_msg(f, m);
+        if (ndone == DONE_MAX)
+            destroy_all(done, &ndone);
+        done[ndone++] = m;
+    }
+    destroy_all(done, &ndone);
+}
+
+sl_status orch_inflight_start(orch_inflight *f, jsCtx *js, const char *bucket)
+{
+    jsSubOptions so;
+    char subj[SL_SUBJECT_MAX];
+    jsErrCode jerr = 0;
+
+    if (f == NULL || js == NULL || bucket == NULL || !sl_id_valid(bucket))
+        return SL_ERR_INVAL;
+    snprintf(f->prefix, sizeof(f->prefix), "$KV.%s.", bucket);
+    f->prefix_len = strlen(f->prefix);
+    snprintf(subj, sizeof(subj), "%s>", f->prefix);
+    /* What kvStore_WatchAll subscribes to (an ordered consumer from each
+     * key's latest entry), read by the loop itself instead of a watcher
+     * thread woken for every update. */
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverLastPerSubject;
+    if (js_SubscribeSync(&f->sub, js, subj, NULL, &so, &jerr) != NATS_OK) {
+        f->sub = NULL;
+        return SL_ERR_BUS;
+    }
+    if (natsSubscription_SetPendingLimits(f->sub, -1, -1) != NATS_OK) {
+        natsSubscription_Destroy(f->sub);
+        f->sub = NULL;
+        return SL_ERR_BUS;
+    }
     return SL_OK;
 }
 
@@ -306,12 +351,10 @@ void orch_inflight_destroy(orch_inflight *f)
 {
     if (f == NULL)
         return;
-    if (f->started) {
-        atomic_store(&f->stop, 1);
-        kvWatcher_Stop(f->w);
-        pthread_join(f->thread, NULL);
+    if (f->sub != NULL) {
+        natsSubscription_Unsubscribe(f->sub);
+        natsSubscription_Destroy(f->sub);
     }
-    kvWatcher_Destroy(f->w);
     for (size_t b = 0; b < NBUCKETS; b++) {
         while (f->jobs[b] != NULL) {
             job *j = f->jobs[b];

@@ -1,4 +1,4 @@
-/* In-flight jobs as this replica sees them: a watcher on KV sluice_inflight
+/* In-flight jobs as this replica sees them: a watch of KV sluice_inflight
  * ("<tenant>.<job>" -> {"state":...,"agent":...}) keeps, per tenant and
  * agent, the number of jobs queued or running (for the agents'
  * max_concurrent) and, per tenant and model, the times at which jobs ended
@@ -6,7 +6,10 @@
  * nature (other replicas' writes arrive a little later), which is enough
  * for a concurrency bound and a retry hint.
  *
- * Thread-safe: the watcher thread writes, the loop reads, one mutex. */
+ * The loop reads the bucket's updates itself (orch_inflight_poll, before
+ * each batch's decisions and whenever a fetch comes back empty), so no
+ * thread is woken per update. Used by one thread at a time (a mutex still
+ * guards the tables). */
 #ifndef ORCH_INFLIGHT_H
 #define ORCH_INFLIGHT_H
 
@@ -24,16 +27,22 @@ typedef struct orch_inflight orch_inflight;
  * the tracker). SL_ERR_NOMEM on failure. */
 sl_status orch_inflight_create(orch_inflight **out, const orch_agents *agents);
 
-/* Starts the watcher thread on kv (borrowed: it must outlive the tracker).
- * SL_ERR_BUS when the watch could not be created (call again later). */
-sl_status orch_inflight_start(orch_inflight *f, kvStore *kv);
+/* Starts watching KV bucket (an ordered consumer on js from each key's
+ * latest entry; js is borrowed and must outlive the tracker). SL_ERR_INVAL
+ * for a bad bucket name; SL_ERR_BUS when the watch could not be created
+ * (call again later). */
+sl_status orch_inflight_start(orch_inflight *f, jsCtx *js, const char *bucket);
 
-/* Stops the watcher and frees everything; NULL-safe. */
+/* Applies the updates that came since the last poll (at most 4096; the
+ * rest waits for the next poll). Never waits for the server. */
+void orch_inflight_poll(orch_inflight *f);
+
+/* Stops the watch and frees everything; NULL-safe. */
 void orch_inflight_destroy(orch_inflight *f);
 
 /* Applies one KV update: key is "<tenant>.<job>", json its value (NULL for
  * a delete), at_ms its time (Unix ms). Cancel markers are ignored. Exposed
- * for tests; the watcher calls it. */
+ * for tests; orch_inflight_poll calls it. */
 void orch_inflight_apply(orch_inflight *f, const char *key, const char *json, size_t len,
                          int64_t at_ms);
 

@@ -215,7 +215,7 @@ static sl_status setup(orch_loop *l)
     if (l->inflight == NULL) {
         if ((st = orch_inflight_create(&l->inflight, l->agents)) != SL_OK)
             return st;
-        if ((st = orch_inflight_start(l->inflight, l->kv_inflight)) != SL_OK) {
+        if ((st = orch_inflight_start(l->inflight, sl_bus_js(l->bus), SL_KV_INFLIGHT)) != SL_OK) {
             orch_inflight_destroy(l->inflight);
             l->inflight = NULL;
             return st;
@@ -272,6 +272,7 @@ sl_status orch_loop_run(orch_loop *l, volatile int *stop)
             continue;
         }
         natsMsgList_Destroy(&list);
+        orch_inflight_poll(l->inflight); /* keeps the watch's queue short while idle */
         if (orch_park_count(l->park) > 0 && (s == NATS_OK || s == NATS_TIMEOUT)) {
             /* Nothing new: still let parked messages whose wait ended or
              * whose session advanced elsewhere go on. */

@@ -5,8 +5,9 @@
  * state with CAS, and only then acks. A message whose predecessor is
  * missing is parked (orch_park) until it can go on or its wait ends. NATS
  * may be down at any time: the
- * loop keeps trying and recovers. Runs on the calling thread; the
- * listeners (orch_ctl) and the in-flight watcher run on their own. */
+ * loop keeps trying and recovers. Runs on the calling thread, which also
+ * reads the publishes' acknowledgments and the in-flight watch; the
+ * listeners (orch_ctl) run on their own. */
 #ifndef ORCH_LOOP_H
 #define ORCH_LOOP_H
 

@@ -1,8 +1,10 @@
 /* Batched asynchronous JetStream publishing: the loop queues every publish
  * of a batch, waits once for all acknowledgments, then reads each
- * publish's outcome. Owns its own jsCtx (on the bus's connection) whose ack
- * handler records outcomes. Used by one thread at a time (the loop); the
- * ack handler runs on a cnats thread and takes the mutex. */
+ * publish's outcome. Each publish carries its own reply subject,
+ * <inbox>.<round>.<slot>, on one synchronous subscription (on the bus's
+ * connection) that the waiting thread drains itself: no cnats delivery
+ * thread and no hand-off per acknowledgment. Used by one thread at a time
+ * (the loop); nothing in it runs on cnats' threads. */
 #ifndef ORCH_PUB_H
 #define ORCH_PUB_H
 
@@ -28,10 +30,11 @@ typedef struct orch_pub_result {
 /* Creates a publisher on nc. SL_ERR_BUS / SL_ERR_NOMEM on failure. */
 sl_status orch_pub_create(orch_pub **out, natsConnection *nc);
 
-/* Destroys p after waiting at most 1 s for outstanding acks; NULL-safe. */
+/* Destroys p (acknowledgments still to come are dropped); NULL-safe. */
 void orch_pub_destroy(orch_pub *p);
 
-/* Starts a new round: forgets every slot. */
+/* Starts a new round: forgets every slot; acknowledgments of earlier
+ * rounds that come later are dropped. */
 void orch_pub_reset(orch_pub *p);
 
 /* Queues one publish of data to subject with header Nats-Msg-Id msg_id

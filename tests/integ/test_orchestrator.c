@@ -1095,6 +1095,75 @@ START_TEST(test_tenant_queue_full_busy)
 }
 END_TEST
 
+static const char *const ONE_SLOT_AGENT =
+    "{\"agents\":[{\"name\":\"assistant\",\"model\":\"default\",\"match\":\"all\","
+    "\"fallback\":\"sorry, later\",\"max_concurrent\":1}]}";
+
+typedef struct outcome_cond {
+    out_log *o;
+    size_t busy, replies; /* counts before the message: either grows */
+} outcome_cond;
+
+static bool outcome_seen(void *ud)
+{
+    outcome_cond *c = ud;
+    return out_count(c->o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T1 ".s.sessA") > c->busy ||
+           out_count(c->o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby") > c->replies;
+}
+
+/* An agent with max_concurrent 1: while the tenant's job runs, its next
+ * message gets busy "overloaded"; once the worker wrote the job's end to
+ * KV sluice_inflight (which the orchestrator watches) the slot is free
+ * again and a later message is answered. Fails when the orchestrator
+ * never reads its watch (the slot stays taken). */
+START_TEST(test_max_concurrent_slot_freed)
+{
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    char cid[16], prev[16];
+    bool answered = false;
+
+    fx_start(&fx, 1, ONE_SLOT_AGENT, NULL);
+    out_start(&fx, &o);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hi", NULL, NULL);
+    publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "hi", NULL, NULL);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T1 ".s.sessA", 1, 10000));
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *e = o.v[i].env;
+        if (e->body_case != SLUICE__ENVELOPE__BODY_BUSY)
+            continue;
+        ck_assert_str_eq(e->busy->reason, "overloaded");
+        ck_assert_str_eq(e->busy->to, "c-2");
+    }
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_uint_eq(work_depth(&fx, "sluice.work.default." T1), 1);
+
+    /* The worker answers c-1 and writes its end. */
+    fw_start(&fx, &w, "default", NULL, 5000, 3, FW_REPLY);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby", 1, 10000));
+    /* The end reaches the orchestrator a little after the reply: a message
+     * may still find the slot taken, a later one must not. */
+    for (int c = 3; c <= 8 && !answered; c++) {
+        outcome_cond oc = {
+            &o, out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T1 ".s.sessA"),
+            out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby")};
+        snprintf(cid, sizeof(cid), "c-%d", c);
+        snprintf(prev, sizeof(prev), "c-%d", c - 1);
+        publish_user(&fx, T1, "sessA", cid, prev, "lobby", "hi", NULL, NULL);
+        ck_assert_msg(hx_wait_until(outcome_seen, &oc, 10000), "no busy and no reply for %s", cid);
+        answered =
+            out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, "sluice.out." T1 ".r.lobby") > oc.replies;
+    }
+    ck_assert_msg(answered, "the slot stayed taken after the job ended (%zu busy)",
+                  out_count(&o, SLUICE__ENVELOPE__BODY_BUSY, "sluice.out." T1 ".s.sessA"));
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* A job that no worker finishes (the only one NAKs every delivery until
  * MaxDeliver) ends with the agent's fallback as the final reply, and the
  * work message is removed so the tenant's slot is free again. */
@@ -1488,6 +1557,7 @@ static Suite *suite(void)
     ADD(tc, test_causal_park_bounds);
     ADD(tc, test_two_replicas_share_and_order);
     ADD(tc, test_tenant_queue_full_busy);
+    ADD(tc, test_max_concurrent_slot_freed);
     ADD(tc, test_fallback_after_max_deliveries);
     ADD(tc, test_fallback_when_advisory_missed);
     ADD(tc, test_mentions_and_hop_limit);
