@@ -6,11 +6,19 @@
 
 START_TEST(test_wall_clock)
 {
-    int64_t before = (int64_t)time(NULL), ns = sl_now_ns(), after = (int64_t)time(NULL);
+    struct timespec a, b;
+    int64_t ns;
 
-    /* Nanoseconds of the same wall clock that time() reads in seconds. */
-    ck_assert_int_ge(ns / 1000000000LL, before);
-    ck_assert_int_le(ns / 1000000000LL, after);
+    /* Against the same clock read around it: time() would not do, it reads
+     * the coarse clock (updated once per tick), which can still show the
+     * previous second just after sl_now_ns() has passed into the next. */
+    clock_gettime(CLOCK_REALTIME, &a);
+    ns = sl_now_ns();
+    clock_gettime(CLOCK_REALTIME, &b);
+    ck_assert_int_ge(ns, (int64_t)a.tv_sec * 1000000000LL + a.tv_nsec);
+    ck_assert_int_le(ns, (int64_t)b.tv_sec * 1000000000LL + b.tv_nsec);
+    /* And it is a current date (after 2024-01-01), in nanoseconds. */
+    ck_assert_int_gt(ns / 1000000000LL, 1704067200LL);
 }
 END_TEST
 
