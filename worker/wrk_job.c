@@ -300,7 +300,7 @@ static int on_token(void *ud, const char *text, size_t len)
     sl_counter_inc(l->m_tokens);
     st = wrk_stream_token(j->stream, text, len, now, &armed);
     if (armed)
-        ticker_need(l, now + l->cfg.coalesce_ms);
+        ticker_need(l, wrk_stream_due(j->stream));
     if (st == SL_ERR_FULL) {
         j->truncated = true;
         return 1; /* stop the model: the reply is as long as it may get */
@@ -677,6 +677,7 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
         .agent = j.agent,
         .attempt = (uint32_t)j.attempt,
         .window_ms = l->cfg.coalesce_ms,
+        .first_window_ms = l->cfg.coalesce_first_ms,
         .max_bytes = (size_t)l->cfg.coalesce_bytes,
         /* Token events are best effort (the final reply carries the whole
          * text): no acknowledgment traffic for them. */
@@ -712,7 +713,7 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
     };
     wrk_backend_call(l->backend, &call, on_token, &j, &res);
     slot_finishing(s);
-    wrk_stream_flush(j.stream);
+    wrk_stream_end(j.stream);
 
     size_t len = 0;
     wrk_stream_text(j.stream, &len);

@@ -77,7 +77,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (out == NULL || bus == NULL || backend == NULL || cfg == NULL || cfg->models == NULL ||
         cfg->nmodels == 0 || cfg->concurrency < 1 || cfg->concurrency > WRK_CONCURRENCY_MAX ||
         cfg->timeout_ms <= 0 || cfg->ack_grace_ms < 0 || cfg->coalesce_ms < 0 ||
-        cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
+        cfg->coalesce_first_ms < 0 || cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
         (cfg->weights == NULL && cfg->nweights > 0)) {
         sl_errf(err, errlen, "wrk_loop_create: bad configuration");
         return SL_ERR_INVAL;

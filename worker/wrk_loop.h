@@ -51,6 +51,7 @@ typedef struct wrk_loop_cfg {
     int64_t timeout_ms;        /* per-attempt model deadline when the job gives none */
     int64_t ack_grace_ms;      /* AckWait = timeout_ms + ack_grace_ms */
     int64_t coalesce_ms;       /* token coalescing window */
+    int64_t coalesce_first_ms; /* the first chunk's window; 0: the first token at once */
     int64_t coalesce_bytes;    /* token coalescing size bound */
     int64_t context_messages;  /* channel messages given to the model as context; 0: none */
     const char *worker_id;     /* shown in the in-flight KV state */

@@ -29,6 +29,29 @@ sl_status wrk_coalesce_init(wrk_coalesce *c, int64_t window_ms, size_t max_bytes
     return SL_OK;
 }
 
+void wrk_coalesce_set_first_window(wrk_coalesce *c, int64_t ms)
+{
+    c->first_window_ms = ms > 0 ? ms : 0;
+}
+
+bool wrk_coalesce_emitted(const wrk_coalesce *c)
+{
+    return c->emitted_any;
+}
+
+/* Whether the pending text is the first chunk waiting for its first
+ * window. */
+static bool in_first_window(const wrk_coalesce *c)
+{
+    return c->first_at_once && !c->emitted_any && c->first_window_ms > 0;
+}
+
+/* When the pending text is due (pending text only). */
+static int64_t pending_due(const wrk_coalesce *c)
+{
+    return c->first_ms + (in_first_window(c) ? c->first_window_ms : c->window_ms);
+}
+
 void wrk_coalesce_fini(wrk_coalesce *c)
 {
     if (c == NULL)
@@ -53,7 +76,7 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
 {
     if (len == 0)
         return SL_OK;
-    if (c->len > 0 && now_ms >= c->first_ms + c->window_ms)
+    if (c->len > 0 && now_ms >= pending_due(c))
         coalesce_emit(c, fn, ud);
     if (c->len + len > c->cap) {
         size_t cap = c->cap ? c->cap : 128;
@@ -69,6 +92,8 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
         c->first_ms = now_ms;
     memcpy(c->buf + c->len, text, len);
     c->len += len;
+    if (in_first_window(c))
+        return SL_OK; /* held, whatever its size, until its window is over */
     if ((c->first_at_once && !c->emitted_any) || c->len >= c->max_bytes || c->window_ms == 0)
         coalesce_emit(c, fn, ud);
     return SL_OK;
@@ -76,7 +101,7 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
 
 void wrk_coalesce_poll(wrk_coalesce *c, int64_t now_ms, wrk_chunk_fn fn, void *ud)
 {
-    if (c->len > 0 && now_ms >= c->first_ms + c->window_ms)
+    if (c->len > 0 && now_ms >= pending_due(c))
         coalesce_emit(c, fn, ud);
 }
 
@@ -87,7 +112,7 @@ void wrk_coalesce_flush(wrk_coalesce *c, wrk_chunk_fn fn, void *ud)
 
 int64_t wrk_coalesce_due(const wrk_coalesce *c)
 {
-    return c->len > 0 ? c->first_ms + c->window_ms : INT64_MAX;
+    return c->len > 0 ? pending_due(c) : INT64_MAX;
 }
 
 size_t wrk_coalesce_pending(const wrk_coalesce *c)
@@ -278,6 +303,7 @@ sl_status wrk_stream_create(wrk_stream **out, jsCtx *js, const wrk_stream_params
     st = wrk_coalesce_init(&s->co, p->window_ms, p->max_bytes > 0 ? p->max_bytes : 1, true);
     if (st != SL_OK)
         goto cleanup;
+    wrk_coalesce_set_first_window(&s->co, p->first_window_ms);
     *out = s;
     s = NULL;
 cleanup:
@@ -342,6 +368,16 @@ void wrk_stream_flush(wrk_stream *s)
 {
     pthread_mutex_lock(&s->mu);
     wrk_coalesce_flush(&s->co, publish_chunk, s);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void wrk_stream_end(wrk_stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (wrk_coalesce_emitted(&s->co))
+        wrk_coalesce_flush(&s->co, publish_chunk, s);
+    else
+        s->co.len = 0; /* dropped: the final reply carries it */
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -511,7 +511,9 @@ END_TEST
 
 START_TEST(test_echo_coalesces_fast_tokens)
 {
-    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000", NULL};
+    /* No first window: the size bound is what is tested. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000",
+                         "SLUICE_COALESCE_FIRST_MS=0", NULL};
     hx_stack_cfg cfg = {.workers = 1};
     tctx t;
     job_spec j;
@@ -536,6 +538,42 @@ START_TEST(test_echo_coalesces_fast_tokens)
     /* 200 tokens of 5 bytes arriving back to back: with a 64-byte bound
      * about 16 chunks; one event per token would be 200. */
     ck_assert_msg(ntok >= 2 && ntok <= words / 4, "%d token events for %d tokens", ntok, words);
+    t_end(&t, true);
+}
+END_TEST
+
+/* An answer the model gives at once (within the first window, whatever
+ * its size) comes as its final reply alone: no token events. A first
+ * window longer than any scheduling delay of the test machine makes the
+ * outcome certain. */
+START_TEST(test_echo_at_once_is_final_alone)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000",
+                         "SLUICE_COALESCE_FIRST_MS=3000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    char text[1024] = "";
+    int fi, ntok = -1;
+    char *joined;
+
+    for (int i = 0; i < 100; i++) {
+        char w[16];
+        snprintf(w, sizeof(w), "w%03d ", i);
+        strcat(text, w);
+    }
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, text, "lobby");
+    publish_work(&t, &j);
+    fi = wait_final(&t, j.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    ck_assert_str_eq(t.evs[fi].text, text);
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_msg(ntok == 0, "%d token events for an answer given at once", ntok);
+    free(joined);
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    HX_ASSERT(t.stack, wait_state(&t, &j, "done"));
     t_end(&t, true);
 }
 END_TEST
@@ -1379,6 +1417,7 @@ static Suite *worker_suite(void)
     tcase_set_timeout(echo, 60);
     tcase_add_test(echo, test_echo_streams_and_ends_once);
     tcase_add_test(echo, test_echo_coalesces_fast_tokens);
+    tcase_add_test(echo, test_echo_at_once_is_final_alone);
     tcase_add_test(echo, test_slow_job_does_not_block_others);
     suite_add_tcase(s, echo);
 
