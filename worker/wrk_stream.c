@@ -416,25 +416,22 @@ void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_
     s->usage_estimated = estimated;
 }
 
-sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
-                           bool cancelled, bool *duplicate)
+void wrk_stream_set_js(wrk_stream *s, jsCtx *js)
+{
+    s->js = js;
+}
+
+/* The final reply as a message, with its Nats-Msg-Id in msg_id. */
+static sl_status final_msg(wrk_stream *s, const char *text, bool degraded, bool partial,
+                           bool cancelled, natsMsg **out, char *msg_id, size_t msg_id_len)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__Reply r = SLUICE__REPLY__INIT;
+    Sluice__Usage u = SLUICE__USAGE__INIT;
     char event_id[SL_EVENT_ID_LEN + 1];
-    char msg_id[256];
-    char *body = NULL;
-    natsMsg *msg = NULL;
-    jsPubAck *pa = NULL;
-    jsPubOptions po;
-    jsErrCode jerr = 0;
-    natsStatus ns;
+    char *body = strdup(text != NULL ? text : "");
     sl_status st;
 
-    if (duplicate != NULL)
-        *duplicate = false;
-    wrk_stream_flush(s);
-    body = strdup(text != NULL ? text : "");
     if (body == NULL)
         return SL_ERR_NOMEM;
     envelope_header(&e, event_id, s);
@@ -446,17 +443,62 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
     r.degraded = degraded;
     r.partial = partial;
     r.cancelled = cancelled;
-    Sluice__Usage u = SLUICE__USAGE__INIT;
     u.input_tokens = s->usage_in;
     u.output_tokens = s->usage_out;
     u.estimated = s->usage_estimated;
     r.usage = &u;
     e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
     e.reply = &r;
-    st = envelope_msg(&e, s->subject, &msg);
+    st = envelope_msg(&e, s->subject, out);
+    snprintf(msg_id, msg_id_len, "r:%s", s->job_id);
+    free(body);
+    return st;
+}
+
+sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
+                                 bool cancelled)
+{
+    char msg_id[256];
+    natsMsg *msg = NULL;
+    jsPubOptions po;
+    natsStatus ns;
+    sl_status st;
+
+    wrk_stream_flush(s);
+    st = final_msg(s, text, degraded, partial, cancelled, &msg, msg_id, sizeof(msg_id));
+    if (st != SL_OK)
+        return st;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    /* On the connection of the tokens, after them: stored after them. */
+    ns = js_PublishMsgAsync(s->js, &msg, &po);
+    if (ns != NATS_OK) {
+        sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
+                "final reply for job %s not sent: %s", s->job_id, natsStatus_GetText(ns));
+        sl_counter_inc(m_pub_errors());
+        st = SL_ERR_BUS;
+    }
+    natsMsg_Destroy(msg); /* NULL once the library took it */
+    return st;
+}
+
+sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
+                           bool cancelled, bool *duplicate)
+{
+    char msg_id[256];
+    natsMsg *msg = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st;
+
+    if (duplicate != NULL)
+        *duplicate = false;
+    wrk_stream_flush(s);
+    st = final_msg(s, text, degraded, partial, cancelled, &msg, msg_id, sizeof(msg_id));
     if (st != SL_OK)
         goto cleanup;
-    snprintf(msg_id, sizeof(msg_id), "r:%s", s->job_id);
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;
     /* Published on the same connection after every token of this attempt,
@@ -475,7 +517,6 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
 cleanup:
     jsPubAck_Destroy(pa);
     natsMsg_Destroy(msg);
-    free(body);
     return st;
 }
 

@@ -191,6 +191,20 @@ void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_
 sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
                            bool cancelled, bool *duplicate);
 
+/* The same final reply, published asynchronously on the stream's js
+ * context (wrk_stream_set_js): its PublishAsync error handler hears of a
+ * failure, js_PublishAsyncComplete waits for the acknowledgment (a
+ * duplicate counts as stored). Pending tokens are flushed first. Returns
+ * SL_OK once handed to the connection; SL_ERR_BUS (not sent),
+ * SL_ERR_NOMEM. */
+sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
+                                 bool cancelled);
+
+/* Moves the stream's JetStream publishes (the final reply) to js, on the
+ * same connection; for the thread that takes the job over once its
+ * tokens are all published. */
+void wrk_stream_set_js(wrk_stream *s, jsCtx *js);
+
 /* ---- Agent message on IN ----------------------------------------------- */
 
 /* Whether the agent message of an answer with this text could be routed,
