@@ -186,6 +186,19 @@ static bool kv_put_async(wrk_loop *l, job *j, const char *state)
     return ns == NATS_OK;
 }
 
+/* While the finisher stores one job's end again and again, the jobs
+ * waiting behind it (the rest of its batch, and its list) keep their
+ * leases: nothing else sends their InProgress. Finisher thread only. */
+static void fin_keep_leases(wrk_loop *l)
+{
+    for (struct done_job *dj = l->fin_rest; dj != NULL; dj = dj->next)
+        in_progress_send(l, dj->j.msg);
+    pthread_mutex_lock(&l->fmu);
+    for (struct done_job *dj = l->fhead; dj != NULL; dj = dj->next)
+        in_progress_send(l, dj->j.msg);
+    pthread_mutex_unlock(&l->fmu);
+}
+
 /* Returns true when the in-flight KV says the job already ended. */
 static bool kv_job_finished(wrk_loop *l, const job *j, char *state, size_t statelen)
 {
@@ -511,6 +524,8 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
             pthread_mutex_lock(&s->mu);
             in_progress_send(l, j->msg);
             pthread_mutex_unlock(&s->mu);
+            if (s == l->fin)
+                fin_keep_leases(l);
             store_backoff(l, backoff);
             backoff = backoff * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : backoff * 2;
         }
@@ -739,6 +754,7 @@ static void finish_batch(wrk_loop *l, done_job *list)
     }
     while (list != NULL) {
         done_job *next = list->next;
+        l->fin_rest = next;
         finished(l, list, ok);
         done_job_free(list);
         pthread_mutex_lock(&l->mu);
@@ -747,6 +763,7 @@ static void finish_batch(wrk_loop *l, done_job *list)
         pthread_mutex_unlock(&l->mu);
         list = next;
     }
+    l->fin_rest = NULL;
 }
 
 void *wrk__finisher_main(void *arg)

@@ -149,6 +149,7 @@ struct wrk_loop {
     pthread_cond_t fin_cv;   /* a job to finish, or the stop */
     pthread_cond_t fin_room; /* room in the list */
     struct done_job *fhead, *ftail;
+    struct done_job *fin_rest; /* the finisher's: its batch's jobs not ended yet (no lock) */
     int fcount, fmax;
     bool fin_stop;
     pthread_t fin_th;

@@ -1410,6 +1410,49 @@ START_TEST(test_openai_retry_modes)
 }
 END_TEST
 
+/* A slot is free for the next job once the model call is over: while one
+ * job's end state cannot be stored, the next job runs (on the one slot)
+ * and streams; both end once the bucket takes writes again, each acked
+ * after its end state, with one final reply. */
+START_TEST(test_slot_free_while_end_stored)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20",   "SLUICE_MODEL_TIMEOUT_MS=3000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", "SLUICE_WORKER_CONCURRENCY=1",
+                         "SLUICE_COALESCE_FIRST_MS=0",      NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec a, b;
+    int fi;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    inflight_pause(&t, true);
+    job_init(&a, "first job here", "lobby");
+    publish_work(&t, &a);
+    fi = wait_final(&t, a.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply for the first job within 10 s");
+    job_init(&b, "second job streams meanwhile", "lobby");
+    publish_work(&t, &b);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, b.job, 1, 10000),
+                  "the second job did not run while the first one's end was being stored");
+    HX_ASSERT_MSG(t.stack, !work_stream_empty(&t),
+                  "a job was acked although its end state was not stored");
+
+    inflight_pause(&t, false);
+    HX_ASSERT(t.stack, wait_state(&t, &a, "done"));
+    HX_ASSERT(t.stack, wait_state(&t, &b, "done"));
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 10000));
+    HX_ASSERT_MSG(t.stack, wait_final(&t, b.job, 10000) >= 0, "no final reply for the second job");
+    pump(&t, 500, 0);
+    ck_assert_int_eq(count_finals(&t, a.job), 1);
+    ck_assert_int_eq(count_finals(&t, b.job), 1);
+    fi = find_final(&t, b.job);
+    ck_assert_str_eq(t.evs[fi].text, "second job streams meanwhile");
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"ok\"}"), 2);
+    t_end(&t, true);
+}
+END_TEST
+
 static Suite *worker_suite(void)
 {
     Suite *s = suite_create("worker");
@@ -1436,6 +1479,7 @@ static Suite *worker_suite(void)
     tcase_add_test(faults, test_sigterm_finishes_running_job);
     tcase_add_test(faults, test_sigterm_hands_back_after_grace);
     tcase_add_test(faults, test_end_state_stored_before_ack);
+    tcase_add_test(faults, test_slot_free_while_end_stored);
     suite_add_tcase(s, faults);
 
     tcase_set_timeout(storage, 90);
