@@ -165,10 +165,11 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
 
     l->nslots = cfg->concurrency;
     l->slots = calloc((size_t)l->nslots + 1, sizeof(*l->slots)); /* + the finisher's */
-    /* Jobs waiting for the finisher: enough for every slot to hand one
-     * over while a batch is stored; bounded so that a stuck finisher stops
-     * the slots (and the pulls) soon. */
-    l->fmax = 2 * l->nslots < 16 ? 16 : 2 * l->nslots > 256 ? 256 : 2 * l->nslots;
+    /* Jobs waiting for the finisher: the next batch, while one is stored.
+     * Large enough that a batch's two round trips are shared by many jobs
+     * when nats-server is slow to answer (a full list stops the slots, and
+     * so the pulls); bounded so that a stuck finisher stops them soon. */
+    l->fmax = 8 * l->nslots < 64 ? 64 : 8 * l->nslots > 256 ? 256 : 8 * l->nslots;
     l->rcap = 2 * l->nslots;
     l->ready = calloc((size_t)l->rcap, sizeof(*l->ready));
     if (l->slots == NULL || l->ready == NULL ||
