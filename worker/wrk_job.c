@@ -733,8 +733,15 @@ static void finish_batch(wrk_loop *l, done_job *list)
                 .text = so_far,
             };
             sl_status st = wrk_agent_message_publish_async(f->js, &am);
-            if (st != SL_OK && st != SL_ERR_INVAL) /* INVAL: job_finish says why */
+            if (st == SL_ERR_INVAL) {
+                /* No valid subject for this agent: nothing that could
+                 * ever be stored (as in job_store_end). */
+                sl_log_ctx c = job_ctx(j);
+                sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id,
+                        sl_status_str(st));
+            } else if (st != SL_OK) {
                 ok = false;
+            }
         }
         if (ok && !kv_put_async(l, j, d->kv_state))
             ok = false;
