@@ -162,6 +162,18 @@ static void build_opts(wrk_config *c)
                           10000,
                           false,
                           false};
+    o[k++] = (sl_cfg_opt){"SLUICE_COALESCE_FIRST_MS",
+                          "coalesce-first-ms",
+                          SL_CFG_INT,
+                          "10",
+                          "the first token chunk is published this long after the first token "
+                          "(whatever its size), so an answer the model gives at once comes as "
+                          "its final reply alone; 0: the first token at once",
+                          &c->coalesce_first_ms,
+                          0,
+                          10000,
+                          false,
+                          false};
     o[k++] = (sl_cfg_opt){"SLUICE_COALESCE_BYTES",
                           "coalesce-bytes",
                           SL_CFG_INT,
@@ -291,6 +303,7 @@ wrk_loop_cfg wrk_config_loop(const wrk_config *c)
         .timeout_ms = c->timeout_ms,
         .ack_grace_ms = c->ack_grace_ms,
         .coalesce_ms = c->coalesce_ms,
+        .coalesce_first_ms = c->coalesce_first_ms,
         .coalesce_bytes = c->coalesce_bytes,
         .context_messages = strcmp(c->backend_kind, "openai") == 0 ? c->context_messages : 0,
         .worker_id = c->worker_id,

@@ -18,7 +18,7 @@
 #include "wrk_loop.h"
 #include "wrk_sched.h"
 
-#define WRK_CONFIG_OPTS_N     (SL_COMMON_OPTS_N + 15)
+#define WRK_CONFIG_OPTS_N     (SL_COMMON_OPTS_N + 16)
 #define WRK_CONFIG_MODELS_MAX 32
 
 typedef struct wrk_config {
@@ -35,7 +35,8 @@ typedef struct wrk_config {
     wrk_weight *weights; /* parsed from it; owned */
     size_t nweights;
     int64_t concurrency, timeout_ms, connect_timeout_ms, echo_delay_ms;
-    int64_t coalesce_ms, coalesce_bytes, context_messages, drain_grace_ms, ack_grace_ms;
+    int64_t coalesce_ms, coalesce_first_ms, coalesce_bytes, context_messages, drain_grace_ms,
+        ack_grace_ms;
     sl_cfg_opt opts[WRK_CONFIG_OPTS_N];
 } wrk_config;
 

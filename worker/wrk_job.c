@@ -176,7 +176,7 @@ static bool kv_put_async(wrk_loop *l, job *j, const char *state)
 
     if (txt == NULL)
         return false;
-    ns = js_PublishAsync(s->js, s->kv_subject, txt, (int)strlen(txt), NULL);
+    ns = js_PublishAsync(s->js, j->kv_subject, txt, (int)strlen(txt), NULL);
     if (ns != NATS_OK) {
         sl_log_ctx c = job_ctx(j);
         sl_logf(SL_LOG_WARN, &c, "in-flight state %s for %s not written: %s", state, j->kv_key,
@@ -184,6 +184,19 @@ static bool kv_put_async(wrk_loop *l, job *j, const char *state)
     }
     free(txt);
     return ns == NATS_OK;
+}
+
+/* While the finisher stores one job's end again and again, the jobs
+ * waiting behind it (the rest of its batch, and its list) keep their
+ * leases: nothing else sends their InProgress. Finisher thread only. */
+static void fin_keep_leases(wrk_loop *l)
+{
+    for (struct done_job *dj = l->fin_rest; dj != NULL; dj = dj->next)
+        in_progress_send(l, dj->j.msg);
+    pthread_mutex_lock(&l->fmu);
+    for (struct done_job *dj = l->fhead; dj != NULL; dj = dj->next)
+        in_progress_send(l, dj->j.msg);
+    pthread_mutex_unlock(&l->fmu);
 }
 
 /* Returns true when the in-flight KV says the job already ended. */
@@ -300,7 +313,7 @@ static int on_token(void *ud, const char *text, size_t len)
     sl_counter_inc(l->m_tokens);
     st = wrk_stream_token(j->stream, text, len, now, &armed);
     if (armed)
-        ticker_need(l, now + l->cfg.coalesce_ms);
+        ticker_need(l, wrk_stream_due(j->stream));
     if (st == SL_ERR_FULL) {
         j->truncated = true;
         return 1; /* stop the model: the reply is as long as it may get */
@@ -451,7 +464,8 @@ static bool job_parse(job *j)
     is_room = w->room[0] != '\0';
     chan = is_room ? w->room : e->session;
     if (sl_subject_out(j->subject, sizeof(j->subject), j->tenant, is_room, chan) != SL_OK ||
-        sl_kv_key2(j->kv_key, sizeof(j->kv_key), j->tenant, j->job_id) != SL_OK) {
+        sl_kv_key2(j->kv_key, sizeof(j->kv_key), j->tenant, j->job_id) != SL_OK ||
+        sl_kv_subject(j->kv_subject, sizeof(j->kv_subject), SL_KV_INFLIGHT, j->kv_key) != SL_OK) {
         sl_error("work message %s has an invalid room or session; terminating it", w->job_id);
         return false;
     }
@@ -497,13 +511,21 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
         wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
                                    j->work->n_agent_mentions, so_far);
 
-    if (!want_agent && (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL))
+    if (!want_agent && (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) && !j->agent_counted)
         sl_counter_inc(l->m_agent_skipped);
+    j->agent_counted = true;
     for (int round = 0;; round++) {
         if (round > 0) {
             if (sl_mono_ms() + backoff > give_up || atomic_load(&l->abort_all))
                 return false;
             sl_counter_inc(l->m_store_retries);
+            /* The finisher's jobs have no timer keeping their lease (a
+             * slot's job gets one from the timer too: harmless). */
+            pthread_mutex_lock(&s->mu);
+            in_progress_send(l, j->msg);
+            pthread_mutex_unlock(&s->mu);
+            if (s == l->fin)
+                fin_keep_leases(l);
             store_backoff(l, backoff);
             backoff = backoff * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : backoff * 2;
         }
@@ -623,10 +645,206 @@ static sl_status job_messages(wrk_loop *l, job *j, int64_t deadline, wrk_history
     return SL_OK;
 }
 
-void wrk__job_run(wrk_slot *s, natsMsg *msg)
+/* ---- Finishing --------------------------------------------------------- */
+
+/* The end of a finished job, once stored: ack, metrics, usage, times.
+ * stored: the end was stored by the finisher's batch (else job_finish
+ * settled the job itself). */
+static void finished(wrk_loop *l, done_job *dj, bool stored)
+{
+    job *j = &dj->j;
+    bool ok = true;
+
+    if (stored) {
+        size_t len = 0;
+        const char *so_far = wrk_stream_text(j->stream, &len);
+        slot_settle(l->fin, j->msg, dj->d.term ? SETTLE_TERM : SETTLE_ACK, 0);
+        for (int i = 0; i < 4; i++)
+            if (dj->d.metric != NULL && strcmp(dj->d.metric, wrk__metric_names[i]) == 0)
+                sl_counter_inc(l->m_jobs[i]);
+        if (!j->agent_counted && (dj->d.end == WRK_END_OK || dj->d.end == WRK_END_PARTIAL) &&
+            !wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
+                                        j->work->n_agent_mentions, so_far))
+            sl_counter_inc(l->m_agent_skipped);
+    } else {
+        ok = job_finish(l, j, &dj->d);
+    }
+    if (ok)
+        wrk_usage_add(l->usage, j->tenant, j->agent, dj->used.input_tokens, dj->used.output_tokens);
+    {
+        int64_t first = wrk_stream_first_chunk_ms(j->stream);
+        if (first > 0)
+            sl_hist_observe_ns(l->m_ttft, (first - j->start_ms) * NS_PER_MS);
+        sl_hist_observe_ns(l->m_job, (sl_mono_ms() - j->start_ms) * NS_PER_MS);
+    }
+}
+
+static void done_job_free(done_job *dj)
+{
+    wrk_stream_destroy(dj->j.stream);
+    sl_envelope_free(dj->j.env);
+    natsMsg_Destroy(dj->j.msg);
+    free(dj);
+}
+
+/* Stores the ends of a batch of jobs with two waits in all: every final
+ * reply, asynchronous, one wait; then every agent message and end state,
+ * asynchronous, one wait; then the acks. So each job's end state is stored
+ * only after its final reply, and its ack sent only after both, as when a
+ * job ends on its slot (job_finish). When a wait fails or a publish was
+ * refused, every job of the batch goes through job_finish, one by one
+ * (the finals and agent messages again under their Nats-Msg-Ids, so
+ * JetStream keeps one copy; the end state is the same value again). */
+static void finish_batch(wrk_loop *l, done_job *list)
+{
+    wrk_slot *f = l->fin;
+    int errors_before = atomic_load(&f->pub_errors);
+    bool ok = true;
+    jsPubOptions po;
+
+    jsPubOptions_Init(&po);
+    po.MaxWait = PUB_WAIT_MS;
+    for (done_job *dj = list; dj != NULL && ok; dj = dj->next) {
+        const wrk_decision *d = &dj->d;
+        const char *text =
+            d->end == WRK_END_DEGRADED ? dj->j.fallback : wrk_stream_text(dj->j.stream, NULL);
+        if (wrk_stream_final_async(dj->j.stream, text, d->end == WRK_END_DEGRADED,
+                                   d->end == WRK_END_PARTIAL, d->end == WRK_END_CANCELLED) != SL_OK)
+            ok = false;
+    }
+    if (ok && (js_PublishAsyncComplete(f->js, &po) != NATS_OK ||
+               atomic_load(&f->pub_errors) != errors_before))
+        ok = false;
+    for (done_job *dj = list; dj != NULL && ok; dj = dj->next) {
+        job *j = &dj->j;
+        const wrk_decision *d = &dj->d;
+        const char *so_far = wrk_stream_text(j->stream, NULL);
+        if ((d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
+            wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
+                                       j->work->n_agent_mentions, so_far)) {
+            wrk_agent_msg am = {
+                .tenant = j->tenant,
+                .session = j->session,
+                .trace_id = j->env->trace_id,
+                .hops = j->env->hops + 1,
+                .reply_id = j->reply_id,
+                .agent = j->agent,
+                .room = j->work->room,
+                .text = so_far,
+            };
+            sl_status st = wrk_agent_message_publish_async(f->js, &am);
+            if (st == SL_ERR_INVAL) {
+                /* No valid subject for this agent: nothing that could
+                 * ever be stored (as in job_store_end). */
+                sl_log_ctx c = job_ctx(j);
+                sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id,
+                        sl_status_str(st));
+            } else if (st != SL_OK) {
+                ok = false;
+            }
+        }
+        if (ok && !kv_put_async(l, j, d->kv_state))
+            ok = false;
+    }
+    if (ok && (js_PublishAsyncComplete(f->js, &po) != NATS_OK ||
+               atomic_load(&f->pub_errors) != errors_before))
+        ok = false;
+    if (!ok) {
+        /* Forget what is still pending (a late acknowledgment is then
+         * ignored): job_finish publishes it again and waits itself. */
+        natsMsgList pending = {0};
+        if (js_PublishAsyncGetPendingList(&pending, f->js) == NATS_OK)
+            natsMsgList_Destroy(&pending);
+        sl_warn("finishing a batch of jobs: a publish failed or was not acknowledged within %d "
+                "ms; storing their ends one by one",
+                PUB_WAIT_MS);
+    }
+    while (list != NULL) {
+        done_job *next = list->next;
+        l->fin_rest = next;
+        finished(l, list, ok);
+        done_job_free(list);
+        pthread_mutex_lock(&l->mu);
+        l->busy--;
+        pthread_cond_broadcast(&l->idle_cv);
+        pthread_mutex_unlock(&l->mu);
+        list = next;
+    }
+    l->fin_rest = NULL;
+}
+
+void *wrk__finisher_main(void *arg)
+{
+    wrk_loop *l = arg;
+
+    pthread_mutex_lock(&l->fmu);
+    for (;;) {
+        done_job *list;
+        if (l->fhead == NULL) {
+            if (l->fin_stop)
+                break;
+            pthread_cond_wait(&l->fin_cv, &l->fmu);
+            continue;
+        }
+        list = l->fhead;
+        l->fhead = l->ftail = NULL;
+        l->fcount = 0;
+        pthread_cond_broadcast(&l->fin_room);
+        pthread_mutex_unlock(&l->fmu);
+        finish_batch(l, list);
+        pthread_mutex_lock(&l->fmu);
+    }
+    pthread_mutex_unlock(&l->fmu);
+    return NULL;
+}
+
+/* Hands a job whose model call is over to the finisher (waiting while its
+ * list is full), so the slot takes its next job while the end is stored.
+ * The job stays counted as busy until the finisher settles it. Returns
+ * false when out of memory (the caller finishes the job itself). */
+static bool job_hand_over(wrk_loop *l, job *j, const wrk_decision *d, const wrk_call_usage *used)
+{
+    wrk_slot *s = j->slot;
+    done_job *dj = calloc(1, sizeof(*dj));
+
+    if (dj == NULL)
+        return false;
+    /* From now on the timer must not touch the message: the finisher
+     * settles and frees it. */
+    pthread_mutex_lock(&s->mu);
+    s->msg = NULL;
+    pthread_mutex_unlock(&s->mu);
+    dj->j = *j;
+    dj->j.slot = l->fin;
+    dj->d = *d;
+    dj->used = *used;
+    wrk_stream_set_js(dj->j.stream, l->fin->js);
+    pthread_mutex_lock(&l->mu);
+    l->busy++;
+    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_lock(&l->fmu);
+    while (l->fcount >= l->fmax)
+        pthread_cond_wait(&l->fin_room, &l->fmu);
+    if (l->ftail != NULL)
+        l->ftail->next = dj;
+    else
+        l->fhead = dj;
+    l->ftail = dj;
+    l->fcount++;
+    pthread_cond_signal(&l->fin_cv);
+    pthread_mutex_unlock(&l->fmu);
+    /* The job's parts are the finisher's now. */
+    j->msg = NULL;
+    j->env = NULL;
+    j->stream = NULL;
+    return true;
+}
+
+bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 {
     wrk_loop *l = s->loop;
     job j = {.slot = s, .msg = msg, .start_ms = sl_mono_ms()};
+    bool handed = false;
     jsMsgMetaData *meta = NULL;
     wrk_history *hist = NULL;
     wrk_msg *msgs = NULL;
@@ -677,6 +895,7 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
         .agent = j.agent,
         .attempt = (uint32_t)j.attempt,
         .window_ms = l->cfg.coalesce_ms,
+        .first_window_ms = l->cfg.coalesce_first_ms,
         .max_bytes = (size_t)l->cfg.coalesce_bytes,
         /* Token events are best effort (the final reply carries the whole
          * text): no acknowledgment traffic for them. */
@@ -712,7 +931,7 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
     };
     wrk_backend_call(l->backend, &call, on_token, &j, &res);
     slot_finishing(s);
-    wrk_stream_flush(j.stream);
+    wrk_stream_end(j.stream);
 
     size_t len = 0;
     wrk_stream_text(j.stream, &len);
@@ -737,6 +956,10 @@ void wrk__job_run(wrk_slot *s, natsMsg *msg)
         slot_settle(s, msg, SETTLE_NAK, d.delay_ms);
         goto cleanup;
     }
+    if (job_hand_over(l, &j, &d, &used)) {
+        handed = true;
+        goto cleanup;
+    }
     if (job_finish(l, &j, &d))
         wrk_usage_add(l->usage, j.tenant, j.agent, used.input_tokens, used.output_tokens);
     {
@@ -754,4 +977,5 @@ cleanup:
     wrk_history_destroy(hist);
     sl_envelope_free(j.env);
     jsMsgMetaData_Destroy(meta);
+    return handed;
 }

@@ -77,7 +77,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     if (out == NULL || bus == NULL || backend == NULL || cfg == NULL || cfg->models == NULL ||
         cfg->nmodels == 0 || cfg->concurrency < 1 || cfg->concurrency > WRK_CONCURRENCY_MAX ||
         cfg->timeout_ms <= 0 || cfg->ack_grace_ms < 0 || cfg->coalesce_ms < 0 ||
-        cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
+        cfg->coalesce_first_ms < 0 || cfg->coalesce_bytes < 1 || cfg->context_messages < 0 ||
         (cfg->weights == NULL && cfg->nweights > 0)) {
         sl_errf(err, errlen, "wrk_loop_create: bad configuration");
         return SL_ERR_INVAL;
@@ -94,12 +94,15 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         return SL_ERR_NOMEM;
     pthread_mutex_init(&l->mu, NULL);
     pthread_mutex_init(&l->qmu, NULL);
+    pthread_mutex_init(&l->fmu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&l->tick_cv, &ca);
     pthread_cond_init(&l->idle_cv, &ca);
     pthread_cond_init(&l->job_cv, &ca);
     pthread_cond_init(&l->disp_cv, &ca);
+    pthread_cond_init(&l->fin_cv, &ca);
+    pthread_cond_init(&l->fin_room, &ca);
     pthread_condattr_destroy(&ca);
     l->bus = bus;
     l->nc = sl_bus_nc(bus);
@@ -161,7 +164,12 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     }
 
     l->nslots = cfg->concurrency;
-    l->slots = calloc((size_t)l->nslots, sizeof(*l->slots));
+    l->slots = calloc((size_t)l->nslots + 1, sizeof(*l->slots)); /* + the finisher's */
+    /* Jobs waiting for the finisher: the next batch, while one is stored.
+     * Large enough that a batch's two round trips are shared by many jobs
+     * when nats-server is slow to answer (a full list stops the slots, and
+     * so the pulls); bounded so that a stuck finisher stops them soon. */
+    l->fmax = 8 * l->nslots < 64 ? 64 : 8 * l->nslots > 256 ? 256 : 8 * l->nslots;
     l->rcap = 2 * l->nslots;
     l->ready = calloc((size_t)l->rcap, sizeof(*l->ready));
     if (l->slots == NULL || l->ready == NULL ||
@@ -177,7 +185,8 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     l->cfg.weights = NULL; /* the table has its copy */
     l->cfg.nweights = 0;
     l->idle = l->nslots;
-    for (int i = 0; i < l->nslots; i++) {
+    l->fin = &l->slots[l->nslots];
+    for (int i = 0; i <= l->nslots; i++) {
         wrk_slot *s = &l->slots[i];
         jsOptions jo;
         s->loop = l;
@@ -192,7 +201,9 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         /* A context per slot: its asynchronous publishes are this slot's
          * alone, so one js_PublishAsyncComplete waits for one job's. */
         jsOptions_Init(&jo);
-        jo.PublishAsync.MaxPending = 1024;
+        /* The finisher's batches: a final reply, an agent message and an
+         * end state per job. */
+        jo.PublishAsync.MaxPending = i < l->nslots ? 1024 : 4 * 256;
         jo.PublishAsync.ErrHandler = on_pub_error;
         jo.PublishAsync.ErrHandlerClosure = s;
         ns = natsConnection_JetStream(&s->js, l->nc, &jo);
@@ -236,6 +247,12 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
         goto cleanup;
     }
     l->ticker_started = true;
+    st = start_thread(&l->fin_th, wrk__finisher_main, l);
+    if (st != SL_OK) {
+        sl_errf(err, errlen, "cannot start the finisher thread");
+        goto cleanup;
+    }
+    l->fin_started = true;
     for (int i = 0; i < l->nslots; i++) {
         st = start_thread(&l->slots[i].th, wrk__slot_main, &l->slots[i]);
         if (st != SL_OK) {
@@ -370,6 +387,16 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
             l->slots[i].started = false;
         }
     }
+    /* No job is handed over from now on: the finisher ends once it has
+     * settled what it holds. */
+    if (l->fin_started) {
+        pthread_mutex_lock(&l->fmu);
+        l->fin_stop = true;
+        pthread_cond_signal(&l->fin_cv);
+        pthread_mutex_unlock(&l->fmu);
+        pthread_join(l->fin_th, NULL);
+        l->fin_started = false;
+    }
     for (size_t m = 0; l->bell_subs != NULL && m < l->nmodels; m++)
         sub_close(l->bell_subs[m], 2000);
     /* Late deliveries are NAKed by the callback (accepting is false). */
@@ -386,7 +413,7 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
     }
     /* Wait for a running cancel callback: it reads the slots. */
     sub_close(l->cancel_sub, 2000);
-    for (int i = 0; l->slots != NULL && i < l->nslots; i++) {
+    for (int i = 0; l->slots != NULL && i <= l->nslots; i++) {
         if (l->slots[i].js != NULL) {
             jsPubOptions po;
             jsPubOptions_Init(&po);
@@ -408,7 +435,7 @@ void wrk_loop_destroy(wrk_loop *l)
         natsSubscription_Destroy(l->bell_subs[m]);
     natsSubscription_Destroy(l->inbox_sub);
     natsSubscription_Destroy(l->cancel_sub);
-    for (int i = 0; l->slots != NULL && i < l->nslots; i++) {
+    for (int i = 0; l->slots != NULL && i <= l->nslots; i++) {
         wrk_slot *s = &l->slots[i];
         jsCtx_Destroy(s->js);
         natsStatistics_Destroy(s->stats);
@@ -434,6 +461,9 @@ void wrk_loop_destroy(wrk_loop *l)
     pthread_cond_destroy(&l->idle_cv);
     pthread_cond_destroy(&l->job_cv);
     pthread_cond_destroy(&l->disp_cv);
+    pthread_cond_destroy(&l->fin_cv);
+    pthread_cond_destroy(&l->fin_room);
+    pthread_mutex_destroy(&l->fmu);
     pthread_mutex_destroy(&l->qmu);
     pthread_mutex_destroy(&l->mu);
     free(l);

@@ -8,13 +8,17 @@
  * Term) and graceful shutdown (docs/wire.md).
  *
  * Per job, on the hot path: the job arrives in a batch pulled for its
- * queue; tokens are published without waiting; the final reply is
- * published and awaited; then the agent message and the end state go out
- * together and one wait covers both; then the ack, and only then: what was
- * not stored is stored again (bounded, the lease kept alive by InProgress)
- * or the job is handed back with a NAK. The `running` state is
- * written only for jobs that last (by the timer thread), and the cancel
- * marker is read only when a cancel could have been missed.
+ * queue; tokens are published without waiting (an answer ready within the
+ * first coalescing window publishes none: the final reply carries it);
+ * once the model call is over the job leaves its slot for the finisher,
+ * which stores the ends of every job waiting in one batch: the final
+ * replies, published together and awaited with one wait; then the agent
+ * messages and end states, together, one wait; then the acks. When a
+ * batch's publish fails, each of its jobs is ended alone: what was not
+ * stored is stored again (bounded, the lease kept alive by InProgress) or
+ * the job is handed back with a NAK. The `running` state is written only
+ * for jobs that last (by the timer thread), and the cancel marker is read
+ * only when a cancel could have been missed.
  *
  * Threads: wrk_loop_create, wrk_loop_stop and wrk_loop_destroy are called
  * by one owner thread (main). Inside, a dispatcher thread finds queues
@@ -22,7 +26,8 @@
  * consumers; pull requests are sent by whichever thread frees capacity or
  * rings a queue (a slot thread, or a cnats thread on a doorbell
  * `sluice.ctl.work.<model>.<tenant>` or a pull reply); pulled jobs wait in
- * a ready list for a slot thread, which owns the job it runs; a timer
+ * a ready list for a slot thread, which owns the job it runs until the
+ * model call is over and then hands it to the finisher thread; a timer
  * thread publishes due token chunks, sends InProgress acks for long jobs
  * and writes `running`; the cancel subscription runs on a cnats thread.
  * wrk_loop_ready() may be called from any thread. Every thread the loop
@@ -51,6 +56,7 @@ typedef struct wrk_loop_cfg {
     int64_t timeout_ms;        /* per-attempt model deadline when the job gives none */
     int64_t ack_grace_ms;      /* AckWait = timeout_ms + ack_grace_ms */
     int64_t coalesce_ms;       /* token coalescing window */
+    int64_t coalesce_first_ms; /* the first chunk's window; 0: the first token at once */
     int64_t coalesce_bytes;    /* token coalescing size bound */
     int64_t context_messages;  /* channel messages given to the model as context; 0: none */
     const char *worker_id;     /* shown in the in-flight KV state */

@@ -103,8 +103,9 @@ struct wrk_loop {
     int64_t ack_wait_ms;
     int64_t max_deliver;
 
-    wrk_slot *slots;
+    wrk_slot *slots; /* nslots job slots, then the finisher's (fin) */
     int nslots;
+    wrk_slot *fin; /* the finisher's publishing context: &slots[nslots], no thread of its own */
     natsSubscription *cancel_sub;
 
     pthread_mutex_t mu; /* guards kick, busy, the recent-cancel ring and the fields after it */
@@ -141,6 +142,19 @@ struct wrk_loop {
     pthread_t disp;
     bool disp_started;
 
+    /* Finishing: a job whose model call is over leaves its slot and waits
+     * here for the finisher thread, which stores the ends of every job
+     * waiting in one batch (wrk_job.c). */
+    pthread_mutex_t fmu;     /* guards the fields below up to fin_started */
+    pthread_cond_t fin_cv;   /* a job to finish, or the stop */
+    pthread_cond_t fin_room; /* room in the list */
+    struct done_job *fhead, *ftail;
+    struct done_job *fin_rest; /* the finisher's: its batch's jobs not ended yet (no lock) */
+    int fcount, fmax;
+    bool fin_stop;
+    pthread_t fin_th;
+    bool fin_started;
+
     _Atomic int stopping;
     _Atomic int abort_all; /* the grace is over: every job is aborted as it starts */
     _Atomic int ticker_stop;
@@ -167,12 +181,23 @@ typedef struct job {
     const char *tenant, *session, *job_id, *reply_id, *to, *agent, *fallback;
     char subject[SL_SUBJECT_MAX];
     char kv_key[SL_SUBJECT_MAX];
+    char kv_subject[SL_SUBJECT_MAX + 32]; /* kv_key as a subject of the in-flight bucket */
     uint64_t attempt;
     int64_t start_ms;
     wrk_stream *stream;
     bool truncated;
     bool stream_failed;
+    bool agent_counted; /* m_agent_skipped was counted for this job */
 } job;
+
+/* A job whose model call is over, waiting for the finisher: it owns the
+ * work message, the envelope and the stream. */
+typedef struct done_job {
+    job j;
+    wrk_decision d;
+    wrk_call_usage used;
+    struct done_job *next;
+} done_job;
 
 /* The work messages come from our own pull requests on a plain
  * subscription (not a cnats JetStream one), so they are acknowledged by
@@ -207,8 +232,13 @@ static inline bool log_due(int64_t *last)
 
 /* wrk_job.c */
 natsStatus wrk__ack_send(wrk_loop *l, natsMsg *msg, int how, int64_t delay_ms);
-/* Runs the job in msg on slot s (the slot's thread); msg stays the caller's. */
-void wrk__job_run(wrk_slot *s, natsMsg *msg);
+/* Runs the job in msg on slot s (the slot's thread). Returns true when
+ * the job went on to the finisher, which then owns msg; else msg stays the
+ * caller's. */
+bool wrk__job_run(wrk_slot *s, natsMsg *msg);
+/* The finisher thread (arg: the loop); it ends once fin_stop is set and
+ * its list is empty. */
+void *wrk__finisher_main(void *arg);
 /* The timer thread (arg: the loop). */
 void *wrk__ticker_main(void *arg);
 

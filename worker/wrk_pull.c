@@ -69,8 +69,8 @@ void *wrk__slot_main(void *arg)
             pthread_mutex_unlock(&l->qmu);
             /* Even while stopping, a fetched job runs: within the grace it
              * may finish, and after it slot_attach aborts it at once. */
-            wrk__job_run(s, rj.msg);
-            natsMsg_Destroy(rj.msg);
+            if (!wrk__job_run(s, rj.msg))
+                natsMsg_Destroy(rj.msg);
             pthread_mutex_lock(&l->qmu);
             wrk_sched_release(l->sched, rj.q, sl_mono_ms());
             l->idle++;

@@ -29,6 +29,29 @@ sl_status wrk_coalesce_init(wrk_coalesce *c, int64_t window_ms, size_t max_bytes
     return SL_OK;
 }
 
+void wrk_coalesce_set_first_window(wrk_coalesce *c, int64_t ms)
+{
+    c->first_window_ms = ms > 0 ? ms : 0;
+}
+
+bool wrk_coalesce_emitted(const wrk_coalesce *c)
+{
+    return c->emitted_any;
+}
+
+/* Whether the pending text is the first chunk waiting for its first
+ * window. */
+static bool in_first_window(const wrk_coalesce *c)
+{
+    return c->first_at_once && !c->emitted_any && c->first_window_ms > 0;
+}
+
+/* When the pending text is due (pending text only). */
+static int64_t pending_due(const wrk_coalesce *c)
+{
+    return c->first_ms + (in_first_window(c) ? c->first_window_ms : c->window_ms);
+}
+
 void wrk_coalesce_fini(wrk_coalesce *c)
 {
     if (c == NULL)
@@ -53,7 +76,7 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
 {
     if (len == 0)
         return SL_OK;
-    if (c->len > 0 && now_ms >= c->first_ms + c->window_ms)
+    if (c->len > 0 && now_ms >= pending_due(c))
         coalesce_emit(c, fn, ud);
     if (c->len + len > c->cap) {
         size_t cap = c->cap ? c->cap : 128;
@@ -69,6 +92,8 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
         c->first_ms = now_ms;
     memcpy(c->buf + c->len, text, len);
     c->len += len;
+    if (in_first_window(c))
+        return SL_OK; /* held, whatever its size, until its window is over */
     if ((c->first_at_once && !c->emitted_any) || c->len >= c->max_bytes || c->window_ms == 0)
         coalesce_emit(c, fn, ud);
     return SL_OK;
@@ -76,7 +101,7 @@ sl_status wrk_coalesce_add(wrk_coalesce *c, const char *text, size_t len, int64_
 
 void wrk_coalesce_poll(wrk_coalesce *c, int64_t now_ms, wrk_chunk_fn fn, void *ud)
 {
-    if (c->len > 0 && now_ms >= c->first_ms + c->window_ms)
+    if (c->len > 0 && now_ms >= pending_due(c))
         coalesce_emit(c, fn, ud);
 }
 
@@ -87,7 +112,7 @@ void wrk_coalesce_flush(wrk_coalesce *c, wrk_chunk_fn fn, void *ud)
 
 int64_t wrk_coalesce_due(const wrk_coalesce *c)
 {
-    return c->len > 0 ? c->first_ms + c->window_ms : INT64_MAX;
+    return c->len > 0 ? pending_due(c) : INT64_MAX;
 }
 
 size_t wrk_coalesce_pending(const wrk_coalesce *c)
@@ -278,6 +303,7 @@ sl_status wrk_stream_create(wrk_stream **out, jsCtx *js, const wrk_stream_params
     st = wrk_coalesce_init(&s->co, p->window_ms, p->max_bytes > 0 ? p->max_bytes : 1, true);
     if (st != SL_OK)
         goto cleanup;
+    wrk_coalesce_set_first_window(&s->co, p->first_window_ms);
     *out = s;
     s = NULL;
 cleanup:
@@ -345,6 +371,16 @@ void wrk_stream_flush(wrk_stream *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+void wrk_stream_end(wrk_stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (wrk_coalesce_emitted(&s->co))
+        wrk_coalesce_flush(&s->co, publish_chunk, s);
+    else
+        s->co.len = 0; /* dropped: the final reply carries it */
+    pthread_mutex_unlock(&s->mu);
+}
+
 const char *wrk_stream_text(wrk_stream *s, size_t *len)
 {
     if (len != NULL)
@@ -380,25 +416,22 @@ void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_
     s->usage_estimated = estimated;
 }
 
-sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
-                           bool cancelled, bool *duplicate)
+void wrk_stream_set_js(wrk_stream *s, jsCtx *js)
+{
+    s->js = js;
+}
+
+/* The final reply as a message, with its Nats-Msg-Id in msg_id. */
+static sl_status final_msg(wrk_stream *s, const char *text, bool degraded, bool partial,
+                           bool cancelled, natsMsg **out, char *msg_id, size_t msg_id_len)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__Reply r = SLUICE__REPLY__INIT;
+    Sluice__Usage u = SLUICE__USAGE__INIT;
     char event_id[SL_EVENT_ID_LEN + 1];
-    char msg_id[256];
-    char *body = NULL;
-    natsMsg *msg = NULL;
-    jsPubAck *pa = NULL;
-    jsPubOptions po;
-    jsErrCode jerr = 0;
-    natsStatus ns;
+    char *body = strdup(text != NULL ? text : "");
     sl_status st;
 
-    if (duplicate != NULL)
-        *duplicate = false;
-    wrk_stream_flush(s);
-    body = strdup(text != NULL ? text : "");
     if (body == NULL)
         return SL_ERR_NOMEM;
     envelope_header(&e, event_id, s);
@@ -410,17 +443,62 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
     r.degraded = degraded;
     r.partial = partial;
     r.cancelled = cancelled;
-    Sluice__Usage u = SLUICE__USAGE__INIT;
     u.input_tokens = s->usage_in;
     u.output_tokens = s->usage_out;
     u.estimated = s->usage_estimated;
     r.usage = &u;
     e.body_case = SLUICE__ENVELOPE__BODY_REPLY;
     e.reply = &r;
-    st = envelope_msg(&e, s->subject, &msg);
+    st = envelope_msg(&e, s->subject, out);
+    snprintf(msg_id, msg_id_len, "r:%s", s->job_id);
+    free(body);
+    return st;
+}
+
+sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
+                                 bool cancelled)
+{
+    char msg_id[256];
+    natsMsg *msg = NULL;
+    jsPubOptions po;
+    natsStatus ns;
+    sl_status st;
+
+    wrk_stream_flush(s);
+    st = final_msg(s, text, degraded, partial, cancelled, &msg, msg_id, sizeof(msg_id));
+    if (st != SL_OK)
+        return st;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    /* On the connection of the tokens, after them: stored after them. */
+    ns = js_PublishMsgAsync(s->js, &msg, &po);
+    if (ns != NATS_OK) {
+        sl_logf(SL_LOG_WARN, &(sl_log_ctx){.tenant = s->tenant, .session = s->session},
+                "final reply for job %s not sent: %s", s->job_id, natsStatus_GetText(ns));
+        sl_counter_inc(m_pub_errors());
+        st = SL_ERR_BUS;
+    }
+    natsMsg_Destroy(msg); /* NULL once the library took it */
+    return st;
+}
+
+sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
+                           bool cancelled, bool *duplicate)
+{
+    char msg_id[256];
+    natsMsg *msg = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st;
+
+    if (duplicate != NULL)
+        *duplicate = false;
+    wrk_stream_flush(s);
+    st = final_msg(s, text, degraded, partial, cancelled, &msg, msg_id, sizeof(msg_id));
     if (st != SL_OK)
         goto cleanup;
-    snprintf(msg_id, sizeof(msg_id), "r:%s", s->job_id);
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;
     /* Published on the same connection after every token of this attempt,
@@ -439,7 +517,6 @@ sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool 
 cleanup:
     jsPubAck_Destroy(pa);
     natsMsg_Destroy(msg);
-    free(body);
     return st;
 }
 

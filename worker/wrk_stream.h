@@ -38,9 +38,15 @@ typedef void (*wrk_chunk_fn)(void *ud, const char *text, size_t len);
  *      emitted first (the new token starts the next chunk);
  *   2. the token is appended (first = t when nothing was pending);
  *   3. the pending text is emitted at once when it is the first token of
- *      the stream and first_at_once is set (the user sees the answer start
- *      without waiting a window), when it holds max_bytes or more, or when
- *      window is 0.
+ *      the stream and first_at_once is set with no first window (the user
+ *      sees the answer start without waiting a window), when it holds
+ *      max_bytes or more (except the first chunk while it waits for its
+ *      first window), or when window is 0.
+ * With first_at_once and a first window (wrk_coalesce_set_first_window),
+ * the first chunk is due first_window after its first token instead, and
+ * holds whatever arrived by then, whatever its size: an answer the model
+ * gives at once is then still pending when the model call ends, and
+ * wrk_stream_end() leaves it to the final reply.
  * wrk_coalesce_poll() emits pending text whose window has passed, and
  * wrk_coalesce_flush() whatever is pending. One coalescer belongs to one
  * thread at a time (wrk_stream adds the lock). */
@@ -49,6 +55,7 @@ typedef struct wrk_coalesce {
     size_t len, cap;
     int64_t first_ms; /* arrival of the first pending token */
     int64_t window_ms;
+    int64_t first_window_ms; /* with first_at_once: the first chunk's window (0: at once) */
     size_t max_bytes;
     bool first_at_once;
     bool emitted_any;
@@ -58,6 +65,14 @@ typedef struct wrk_coalesce {
  * max_bytes (>= 1). Returns SL_OK, or SL_ERR_INVAL for bad arguments. */
 sl_status wrk_coalesce_init(wrk_coalesce *c, int64_t window_ms, size_t max_bytes,
                             bool first_at_once);
+
+/* With first_at_once: the first chunk is due ms (>= 0) after its first
+ * token, whatever its size, instead of at once (0, the default). Call
+ * before the first token. */
+void wrk_coalesce_set_first_window(wrk_coalesce *c, int64_t ms);
+
+/* Whether any chunk was emitted. */
+bool wrk_coalesce_emitted(const wrk_coalesce *c);
 
 /* Frees the buffer; c may be initialised again afterwards. NULL-safe. */
 void wrk_coalesce_fini(wrk_coalesce *c);
@@ -92,15 +107,16 @@ typedef struct wrk_stream_params {
     uint32_t hops;
     const char *job_id;
     const char *reply_id;
-    const char *to;     /* the client message id answered */
-    const char *agent;  /* the agent answering */
-    uint32_t attempt;   /* the JetStream delivery count of the work message */
-    int64_t window_ms;  /* coalescing window (SLUICE_COALESCE_MS) */
-    size_t max_bytes;   /* coalescing size bound (SLUICE_COALESCE_BYTES) */
-    size_t max_text;    /* bound on the whole reply text; 0: WRK_STREAM_MAX_TEXT */
-    natsConnection *nc; /* NULL: tokens are JetStream async publishes on js (acknowledged,
-                           failures counted); else plain publishes on nc (the connection
-                           of js): no acknowledgment traffic, failures unseen */
+    const char *to;          /* the client message id answered */
+    const char *agent;       /* the agent answering */
+    uint32_t attempt;        /* the JetStream delivery count of the work message */
+    int64_t window_ms;       /* coalescing window (SLUICE_COALESCE_MS) */
+    int64_t first_window_ms; /* the first chunk's (SLUICE_COALESCE_FIRST_MS); 0: at once */
+    size_t max_bytes;        /* coalescing size bound (SLUICE_COALESCE_BYTES) */
+    size_t max_text;         /* bound on the whole reply text; 0: WRK_STREAM_MAX_TEXT */
+    natsConnection *nc;      /* NULL: tokens are JetStream async publishes on js (acknowledged,
+                                failures counted); else plain publishes on nc (the connection
+                                of js): no acknowledgment traffic, failures unseen */
 } wrk_stream_params;
 
 #define WRK_STREAM_MAX_TEXT (256u * 1024u)
@@ -142,6 +158,13 @@ int64_t wrk_stream_due(wrk_stream *s);
 /* Publishes whatever is pending. */
 void wrk_stream_flush(wrk_stream *s);
 
+/* The model call is over and the final reply follows: the pending text is
+ * published when the attempt has published token events already (so the
+ * events sent add up to the whole text), else dropped, since the final
+ * reply carries it: an answer ready within the first window comes as its
+ * final reply alone, without token events (docs/protocol.md). */
+void wrk_stream_end(wrk_stream *s);
+
 /* The whole text received so far (NUL-terminated, owned by the stream,
  * valid until the next wrk_stream_token call), its length in *len (may be
  * NULL). */
@@ -167,6 +190,20 @@ void wrk_stream_set_usage(wrk_stream *s, uint64_t input_tokens, uint64_t output_
  * message); SL_ERR_NOMEM. */
 sl_status wrk_stream_final(wrk_stream *s, const char *text, bool degraded, bool partial,
                            bool cancelled, bool *duplicate);
+
+/* The same final reply, published asynchronously on the stream's js
+ * context (wrk_stream_set_js): its PublishAsync error handler hears of a
+ * failure, js_PublishAsyncComplete waits for the acknowledgment (a
+ * duplicate counts as stored). Pending tokens are flushed first. Returns
+ * SL_OK once handed to the connection; SL_ERR_BUS (not sent),
+ * SL_ERR_NOMEM. */
+sl_status wrk_stream_final_async(wrk_stream *s, const char *text, bool degraded, bool partial,
+                                 bool cancelled);
+
+/* Moves the stream's JetStream publishes (the final reply) to js, on the
+ * same connection; for the thread that takes the job over once its
+ * tokens are all published. */
+void wrk_stream_set_js(wrk_stream *s, jsCtx *js);
 
 /* ---- Agent message on IN ----------------------------------------------- */
 

@@ -19,6 +19,10 @@ static hx_stack *start_stack(int echo_delay_ms)
     cfg.orchestrators = 1;
     cfg.workers = 1;
     cfg.echo_token_delay_ms = echo_delay_ms;
+    /* Every reply must stream (tokens counted), however late a slow machine
+     * runs the first tokens. */
+    static const char *const wenv[] = {"SLUICE_COALESCE_FIRST_MS=0", NULL};
+    cfg.tier_env[HX_WORKER] = wenv;
     HX_OK(NULL, hx_stack_start(&s, &cfg));
     return s;
 }

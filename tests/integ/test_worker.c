@@ -426,8 +426,10 @@ static const char *const LONG_TEXT =
 
 START_TEST(test_echo_streams_and_ends_once)
 {
+    /* No first window: a slow machine may run the first tokens late and
+     * together, and every job here must stream. */
     const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20", "SLUICE_MODEL_TIMEOUT_MS=5000",
-                         "SLUICE_WORKER_ACK_GRACE_MS=1000", NULL};
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", "SLUICE_COALESCE_FIRST_MS=0", NULL};
     hx_stack_cfg cfg = {.workers = 1};
     tctx t;
     job_spec room_job, sess_job;
@@ -502,7 +504,8 @@ START_TEST(test_echo_streams_and_ends_once)
                               "sluice_wrk_job_seconds_count 2\n",
                               "sluice_wrk_inflight 0\n"};
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
-            ck_assert_msg(strstr(body, want[i]) != NULL, "no %s in /metrics:\n%s", want[i], body);
+            ck_assert_msg(strstr(body, want[i]) != NULL, "no %s in /metrics:\n%.3000s", want[i],
+                          strstr(body, "sluice_wrk_") != NULL ? strstr(body, "sluice_wrk_") : body);
         free(body);
     }
     t_end(&t, true);
@@ -511,7 +514,9 @@ END_TEST
 
 START_TEST(test_echo_coalesces_fast_tokens)
 {
-    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000", NULL};
+    /* No first window: the size bound is what is tested. */
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000",
+                         "SLUICE_COALESCE_FIRST_MS=0", NULL};
     hx_stack_cfg cfg = {.workers = 1};
     tctx t;
     job_spec j;
@@ -536,6 +541,42 @@ START_TEST(test_echo_coalesces_fast_tokens)
     /* 200 tokens of 5 bytes arriving back to back: with a 64-byte bound
      * about 16 chunks; one event per token would be 200. */
     ck_assert_msg(ntok >= 2 && ntok <= words / 4, "%d token events for %d tokens", ntok, words);
+    t_end(&t, true);
+}
+END_TEST
+
+/* An answer the model gives at once (within the first window, whatever
+ * its size) comes as its final reply alone: no token events. A first
+ * window longer than any scheduling delay of the test machine makes the
+ * outcome certain. */
+START_TEST(test_echo_at_once_is_final_alone)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=0", "SLUICE_MODEL_TIMEOUT_MS=5000",
+                         "SLUICE_COALESCE_FIRST_MS=3000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec j;
+    char text[1024] = "";
+    int fi, ntok = -1;
+    char *joined;
+
+    for (int i = 0; i < 100; i++) {
+        char w[16];
+        snprintf(w, sizeof(w), "w%03d ", i);
+        strcat(text, w);
+    }
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    job_init(&j, text, "lobby");
+    publish_work(&t, &j);
+    fi = wait_final(&t, j.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply within 10 s");
+    ck_assert_str_eq(t.evs[fi].text, text);
+    joined = tokens_of(&t, j.job, 1, t.evs[fi].seq, &ntok);
+    ck_assert_msg(ntok == 0, "%d token events for an answer given at once", ntok);
+    free(joined);
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 5000));
+    HX_ASSERT(t.stack, wait_state(&t, &j, "done"));
     t_end(&t, true);
 }
 END_TEST
@@ -1187,6 +1228,8 @@ static void oa_begin(oa_ctx *o)
     o->env[k++] = "SLUICE_MODEL_TIMEOUT_MS=1500";
     o->env[k++] = "SLUICE_WORKER_ACK_GRACE_MS=1000";
     o->env[k++] = "SLUICE_CONTEXT_MESSAGES=10";
+    /* The fake server streams at once: every token event is checked. */
+    o->env[k++] = "SLUICE_COALESCE_FIRST_MS=0";
     o->env[k] = NULL;
     cfg.tier_env[HX_WORKER] = o->env;
     t_begin(&o->t, &cfg);
@@ -1367,6 +1410,49 @@ START_TEST(test_openai_retry_modes)
 }
 END_TEST
 
+/* A slot is free for the next job once the model call is over: while one
+ * job's end state cannot be stored, the next job runs (on the one slot)
+ * and streams; both end once the bucket takes writes again, each acked
+ * after its end state, with one final reply. */
+START_TEST(test_slot_free_while_end_stored)
+{
+    const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=20",   "SLUICE_MODEL_TIMEOUT_MS=3000",
+                         "SLUICE_WORKER_ACK_GRACE_MS=1000", "SLUICE_WORKER_CONCURRENCY=1",
+                         "SLUICE_COALESCE_FIRST_MS=0",      NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    tctx t;
+    job_spec a, b;
+    int fi;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    inflight_pause(&t, true);
+    job_init(&a, "first job here", "lobby");
+    publish_work(&t, &a);
+    fi = wait_final(&t, a.job, 10000);
+    HX_ASSERT_MSG(t.stack, fi >= 0, "no final reply for the first job within 10 s");
+    job_init(&b, "second job streams meanwhile", "lobby");
+    publish_work(&t, &b);
+    HX_ASSERT_MSG(t.stack, wait_token(&t, b.job, 1, 10000),
+                  "the second job did not run while the first one's end was being stored");
+    HX_ASSERT_MSG(t.stack, !work_stream_empty(&t),
+                  "a job was acked although its end state was not stored");
+
+    inflight_pause(&t, false);
+    HX_ASSERT(t.stack, wait_state(&t, &a, "done"));
+    HX_ASSERT(t.stack, wait_state(&t, &b, "done"));
+    HX_ASSERT(t.stack, hx_wait_until(work_stream_empty, &t, 10000));
+    HX_ASSERT_MSG(t.stack, wait_final(&t, b.job, 10000) >= 0, "no final reply for the second job");
+    pump(&t, 500, 0);
+    ck_assert_int_eq(count_finals(&t, a.job), 1);
+    ck_assert_int_eq(count_finals(&t, b.job), 1);
+    fi = find_final(&t, b.job);
+    ck_assert_str_eq(t.evs[fi].text, "second job streams meanwhile");
+    ck_assert_int_eq(worker_metric(&t, "sluice_wrk_jobs_total{outcome=\"ok\"}"), 2);
+    t_end(&t, true);
+}
+END_TEST
+
 static Suite *worker_suite(void)
 {
     Suite *s = suite_create("worker");
@@ -1379,6 +1465,7 @@ static Suite *worker_suite(void)
     tcase_set_timeout(echo, 60);
     tcase_add_test(echo, test_echo_streams_and_ends_once);
     tcase_add_test(echo, test_echo_coalesces_fast_tokens);
+    tcase_add_test(echo, test_echo_at_once_is_final_alone);
     tcase_add_test(echo, test_slow_job_does_not_block_others);
     suite_add_tcase(s, echo);
 
@@ -1392,6 +1479,7 @@ static Suite *worker_suite(void)
     tcase_add_test(faults, test_sigterm_finishes_running_job);
     tcase_add_test(faults, test_sigterm_hands_back_after_grace);
     tcase_add_test(faults, test_end_state_stored_before_ack);
+    tcase_add_test(faults, test_slot_free_while_end_stored);
     suite_add_tcase(s, faults);
 
     tcase_set_timeout(storage, 90);

@@ -94,6 +94,60 @@ START_TEST(test_without_first_at_once)
 }
 END_TEST
 
+/* With a first window, the first chunk waits for it whatever its size (an
+ * answer given at once stays pending, for the final reply); later chunks
+ * follow the window and the size bound as before. */
+START_TEST(test_first_window_holds_first_chunk)
+{
+    wrk_coalesce c;
+    rec r = {0};
+
+    ck_assert_int_eq(wrk_coalesce_init(&c, 30, 10, true), SL_OK);
+    wrk_coalesce_set_first_window(&c, 5);
+    add(&c, &r, 1000, "Hello ");
+    ck_assert_int_eq(r.n, 0); /* held for the first window */
+    ck_assert(wrk_coalesce_due(&c) == 1005);
+    add(&c, &r, 1001, "brave new ");
+    add(&c, &r, 1002, "world ");
+    ck_assert_int_eq(r.n, 0); /* 22 bytes, above the bound: still held */
+    ck_assert(!wrk_coalesce_emitted(&c));
+    poll_at(&c, &r, 1004);
+    ck_assert_int_eq(r.n, 0);
+    poll_at(&c, &r, 1005);
+    ck_assert_int_eq(r.n, 1);
+    ck_assert_str_eq(r.chunks[0], "Hello brave new world ");
+    ck_assert(wrk_coalesce_emitted(&c));
+    /* From now on: the 30 ms window and the 10-byte bound. */
+    add(&c, &r, 1006, "a ");
+    ck_assert(wrk_coalesce_due(&c) == 1036);
+    add(&c, &r, 1007, "12345678");
+    ck_assert_int_eq(r.n, 2);
+    ck_assert_str_eq(r.chunks[1], "a 12345678");
+    rec_free(&r);
+    wrk_coalesce_fini(&c);
+
+    /* A token after the first window is over emits the first chunk before
+     * it (no poll in between). */
+    ck_assert_int_eq(wrk_coalesce_init(&c, 30, 64, true), SL_OK);
+    wrk_coalesce_set_first_window(&c, 5);
+    add(&c, &r, 0, "one ");
+    add(&c, &r, 7, "two ");
+    ck_assert_int_eq(r.n, 1);
+    ck_assert_str_eq(r.chunks[0], "one ");
+    ck_assert(wrk_coalesce_due(&c) == 37);
+    rec_free(&r);
+    wrk_coalesce_fini(&c);
+
+    /* Without first_at_once the first window does not apply. */
+    ck_assert_int_eq(wrk_coalesce_init(&c, 30, 64, false), SL_OK);
+    wrk_coalesce_set_first_window(&c, 5);
+    add(&c, &r, 0, "x ");
+    ck_assert(wrk_coalesce_due(&c) == 30);
+    rec_free(&r);
+    wrk_coalesce_fini(&c);
+}
+END_TEST
+
 START_TEST(test_bytes_bound)
 {
     wrk_coalesce c;
@@ -330,6 +384,7 @@ static Suite *stream_suite(void)
 
     tcase_add_test(tc, test_first_token_at_once_then_window);
     tcase_add_test(tc, test_without_first_at_once);
+    tcase_add_test(tc, test_first_window_holds_first_chunk);
     tcase_add_test(tc, test_bytes_bound);
     tcase_add_test(tc, test_late_arrival_starts_new_chunk);
     tcase_add_test(tc, test_window_zero_and_flush);
