@@ -202,7 +202,8 @@ struct gw_conn {
     gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
     int nacked, acked_cap;
     bool acked_dirty;
-    receipt *receipts; /* ring (malloc'd on first use) */
+    receipt *receipts;  /* ring of RECEIPTS_MAX (malloc'd on first use) */
+    int receipts_start; /* the oldest */
     int nreceipts;
     int history_inflight; /* history reads queued or running */
     struct gw_conn *all_prev, *all_next;
