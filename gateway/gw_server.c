@@ -247,6 +247,8 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
         goto cleanup;
     }
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
+        (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
+            SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
         (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
         snprintf(err, errlen, "gateway init: %s", sl_status_str(st));
@@ -473,6 +475,8 @@ void gw_server_destroy(gw_server *s)
     s->io = NULL;
     gw_bridge_destroy(s->bridge);
     s->bridge = NULL;
+    gw_batch_destroy(s->live); /* after the bridge, which held its drain task */
+    s->live = NULL;
     if (s->chans != NULL)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);

@@ -258,6 +258,7 @@ struct gw_server {
     struct lws_protocols protocols[3];
     struct gw_api *api; /* the server API on /v1/api (gw_api.c) */
     gw_bridge *bridge;
+    gw_batch *live; /* live events from cnats (gw__on_live_cb), drained on the loop */
     gw_io *io;
     jsCtx *js_in; /* publishes client messages; acks come to gw__on_pub_ack_cb */
     kvStore *kv_sessions;
@@ -401,6 +402,8 @@ void gw__chan_process_pending(gw_server *s, gw_chan *ch);
 void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_live.c */
+void gw__live_run(void *ctx, void *item); /* gw_batch's run and free_item for s->live */
+void gw__live_free(void *item);
 void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
                          enum chan_head how);
