@@ -428,7 +428,7 @@ void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
 int gw__on_writeable(gw_server *s, gw_conn *c)
 {
     unsigned char ctl[LWS_PRE + 8];
-    size_t sent = 0;
+    size_t sent = 0, frames = 0, bytes = 0;
     gw_buf *b;
 
     if (c->close_code != 0 && (c->close_now || gw_outq_peek(&c->q) == NULL)) {
@@ -469,10 +469,10 @@ int gw__on_writeable(gw_server *s, gw_conn *c)
             return -1;
         sl_counter_inc(s->m.writes);
         sent += len;
+        frames += nf;
         for (size_t i = 0; i < nf; i++) {
             b = gw_outq_peek(&c->q);
-            sl_counter_inc(s->m.frames_out);
-            sl_counter_add(s->m.bytes_out, b->len);
+            bytes += b->len;
             if (b->ts_ns > 0)
                 sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
             gw_outq_pop(&c->q);
@@ -481,6 +481,8 @@ int gw__on_writeable(gw_server *s, gw_conn *c)
         if (gw_outq_peek(&c->q) == NULL || sent >= WRITE_ROUND || lws_send_pipe_choked(c->wsi))
             break;
     }
+    sl_counter_add(s->m.frames_out, frames);
+    sl_counter_add(s->m.bytes_out, bytes);
     if (gw_outq_peek(&c->q) != NULL || c->close_code != 0)
         lws_callback_on_writable(c->wsi);
     for (gw_member *m = c->members; m != NULL && c->close_code == 0; m = m->next) {
