@@ -34,7 +34,8 @@ void gw_buf_unref(gw_buf *b);
 /* A ring of frame pointers: no allocation per frame. The ring is made on
  * the first push and grows by doubling; emptied, a small one is freed (most
  * connections get a frame now and then and hold no memory between) and a
- * grown one is kept for the next burst. A zeroed gw_outq is empty. */
+ * grown one is kept for the next burst, so its owner frees it with
+ * gw_outq_clear. A zeroed gw_outq is empty. */
 typedef struct gw_outq {
     gw_buf **ring;
     size_t cap;   /* slots in ring */
