@@ -26,10 +26,10 @@ void gw__conn_close(gw_conn *c, int code, const char *reason, bool flush_first)
 }
 
 /* Queues a frame; a client over its bound is cut with 4429 and resumes.
- * A writeable callback is asked for only when the queue was empty: while
- * frames wait one is pending already, and gw__on_writeable asks again
- * whenever it leaves frames behind (a fan-out event would otherwise cost
- * an lws_callback_on_writable per member per event). */
+ * Only the frame into an empty queue puts the connection on the flush
+ * list (gw__flush_cb writes it before the loop waits): while frames wait,
+ * the connection is on the list or a writeable callback is pending, and
+ * gw__on_writeable asks again whenever it leaves frames behind. */
 void gw__conn_send_buf(gw_server *s, gw_conn *c, gw_buf *b)
 {
     bool was_empty;
@@ -44,7 +44,7 @@ void gw__conn_send_buf(gw_server *s, gw_conn *c, gw_buf *b)
         return;
     }
     if (was_empty)
-        lws_callback_on_writable(c->wsi);
+        gw__flush_queue(s, c);
 }
 
 /* Sends a malloc'd frame text (freed here; NULL is ignored). */

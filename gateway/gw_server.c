@@ -246,6 +246,8 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
         st = SL_ERR_INTERNAL;
         goto cleanup;
     }
+    ev_prepare_init(&s->flush_w, gw__flush_cb);
+    ev_prepare_start(s->loop, &s->flush_w);
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
             SL_OK ||
@@ -451,6 +453,8 @@ void gw_server_destroy(gw_server *s)
     if (s == NULL)
         return;
     atomic_store(&s->running, 0);
+    if (s->loop != NULL)
+        ev_prepare_stop(s->loop, &s->flush_w); /* no writes while lws tears down */
     if (s->ctx != NULL) {
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */

@@ -219,6 +219,8 @@ struct gw_conn {
      * many writes). */
     struct gw_conn *pres_prev, *pres_next;
     bool pres_queued;
+    struct gw_conn *flush_prev, *flush_next; /* on s->flush_head (gw__flush_cb) */
+    bool flush_queued;
     /* In the server API's index of the tenant's user (gw_api.c). */
     struct gw_conn *user_prev, *user_next;
     bool user_indexed;
@@ -273,7 +275,9 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
-    gw_conn *pres_due; /* connections whose presence refresh is due (pres_next) */
+    gw_conn *pres_due;   /* connections whose presence refresh is due (pres_next) */
+    gw_conn *flush_head; /* connections with frames to write before the loop waits */
+    ev_prepare flush_w;  /* runs gw__flush_cb */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_expire_ms;
@@ -423,6 +427,9 @@ void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd);
 void gw__conn_free(gw_server *s, gw_conn *c);
 void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len);
 int gw__on_writeable(gw_server *s, gw_conn *c);
+void gw__flush_queue(gw_server *s, gw_conn *c);
+void gw__flush_unqueue(gw_server *s, gw_conn *c);
+void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 void gw__presence_unqueue(gw_server *s, gw_conn *c);
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void gw__on_tick(lws_sorted_usec_list_t *sul);
