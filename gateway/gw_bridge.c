@@ -130,6 +130,117 @@ size_t gw_bridge_run(gw_bridge *b)
     return n;
 }
 
+struct gw_batch {
+    pthread_mutex_t mu;
+    void **items; /* waiting, in push order */
+    size_t n, cap;
+    void **spare; /* the array the last drain emptied, reused next */
+    size_t spare_cap;
+    bool posted; /* a drain task is queued on the bridge */
+    size_t max;
+    gw_bridge *bridge;
+    gw_item_fn run;
+    gw_task_fn free_item;
+    void *ctx;
+};
+
+sl_status gw_batch_create(gw_batch **out, gw_bridge *b, size_t max, gw_item_fn run,
+                          gw_task_fn free_item, void *ctx)
+{
+    gw_batch *q;
+
+    if (b == NULL || run == NULL || max == 0)
+        return SL_ERR_INVAL;
+    q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return SL_ERR_NOMEM;
+    pthread_mutex_init(&q->mu, NULL);
+    q->max = max;
+    q->bridge = b;
+    q->run = run;
+    q->free_item = free_item;
+    q->ctx = ctx;
+    *out = q;
+    return SL_OK;
+}
+
+void gw_batch_destroy(gw_batch *q)
+{
+    if (q == NULL)
+        return;
+    for (size_t i = 0; i < q->n; i++)
+        if (q->free_item != NULL)
+            q->free_item(q->items[i]);
+    free(q->items);
+    free(q->spare);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}
+
+/* The bridge task: takes every waiting item at once, so the lock is held
+ * once per batch, and gives the array back for reuse. */
+static void batch_drain(void *arg)
+{
+    gw_batch *q = arg;
+    void **items;
+    size_t n, cap;
+
+    pthread_mutex_lock(&q->mu);
+    items = q->items;
+    n = q->n;
+    cap = q->cap;
+    q->items = q->spare;
+    q->cap = q->spare_cap;
+    q->spare = NULL;
+    q->spare_cap = 0;
+    q->n = 0;
+    q->posted = false;
+    pthread_mutex_unlock(&q->mu);
+    for (size_t i = 0; i < n; i++)
+        q->run(q->ctx, items[i]);
+    pthread_mutex_lock(&q->mu);
+    if (q->spare == NULL) {
+        q->spare = items;
+        q->spare_cap = cap;
+        items = NULL;
+    }
+    pthread_mutex_unlock(&q->mu);
+    free(items);
+}
+
+bool gw_batch_push(gw_batch *q, void *item)
+{
+    bool post;
+
+    pthread_mutex_lock(&q->mu);
+    if (q->n >= q->max) {
+        pthread_mutex_unlock(&q->mu);
+        return false;
+    }
+    if (q->n == q->cap) {
+        size_t ncap = q->cap > 0 ? q->cap * 2 : 64;
+        void **ni;
+        if (ncap > q->max)
+            ncap = q->max;
+        ni = realloc(q->items, ncap * sizeof(*ni));
+        if (ni == NULL) {
+            pthread_mutex_unlock(&q->mu);
+            return false;
+        }
+        q->items = ni;
+        q->cap = ncap;
+    }
+    q->items[q->n++] = item;
+    post = !q->posted;
+    q->posted = true;
+    pthread_mutex_unlock(&q->mu);
+    /* Outside the lock: the drain may run (and take this item) before the
+     * post returns, which is fine, it only finds the batch posted=false. */
+    if (post)
+        gw_bridge_post(q->bridge, batch_drain, NULL, q);
+    return true;
+}
+
 typedef struct io_task {
     struct io_task *next;
     gw_task_fn fn;

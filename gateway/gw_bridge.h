@@ -40,6 +40,28 @@ bool gw_bridge_post_droppable(gw_bridge *b, gw_task_fn fn, gw_task_fn free_fn, v
 /* Runs every queued task; loop thread only. Returns how many ran. */
 size_t gw_bridge_run(gw_bridge *b);
 
+typedef void (*gw_item_fn)(void *ctx, void *item);
+
+/* A bounded, droppable hand-off of many small items (live events) from any
+ * thread to the loop in batches: items wait in one array, and only the
+ * push into an empty batch posts a task to the bridge; that task runs
+ * run(ctx, item) on every item waiting when it starts, in push order. No
+ * allocation per item (the array grows, and two are reused in turn). */
+typedef struct gw_batch gw_batch;
+
+/* At most max items wait. free_item frees the items never run (destroy).
+ * The bridge must outlive the batch's tasks: destroy the bridge first (its
+ * queued batch task is dropped, it owns nothing), then the batch. */
+sl_status gw_batch_create(gw_batch **out, gw_bridge *b, size_t max, gw_item_fn run,
+                          gw_task_fn free_item, void *ctx);
+
+/* Frees the items still waiting with free_item, then the batch; NULL-safe. */
+void gw_batch_destroy(gw_batch *q);
+
+/* Queues item; any thread. Returns false without queueing when max items
+ * wait or memory is short: the caller still owns item. */
+bool gw_batch_push(gw_batch *q, void *item);
+
 typedef struct gw_io gw_io;
 
 /* Starts nthreads threads for blocking work. */

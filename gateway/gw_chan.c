@@ -28,6 +28,16 @@ void gw__member_pend_clear(gw_member *m)
     m->npend = 0;
 }
 
+/* Copies a NUL-terminated id into a field of cap bytes, cut to fit: a
+ * receipt is written per member and per event, so no printf here. */
+static void copy_id(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 void gw__receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sender_session,
                        const char *message_id)
 {
@@ -37,16 +47,17 @@ void gw__receipt_track(gw_conn *c, const char *ch, uint64_t seq, const char *sen
         c->receipts = calloc(RECEIPTS_MAX, sizeof(receipt));
         if (c->receipts == NULL)
             return;
+        c->receipts_start = 0;
     }
     if (c->nreceipts == RECEIPTS_MAX) { /* oldest unacked one loses its receipt */
-        memmove(c->receipts, c->receipts + 1, (RECEIPTS_MAX - 1) * sizeof(receipt));
+        c->receipts_start = (c->receipts_start + 1) % RECEIPTS_MAX;
         c->nreceipts--;
     }
-    r = &c->receipts[c->nreceipts++];
+    r = &c->receipts[(c->receipts_start + c->nreceipts++) % RECEIPTS_MAX];
     r->seq = seq;
-    snprintf(r->ch, sizeof(r->ch), "%s", ch);
-    snprintf(r->sender_session, sizeof(r->sender_session), "%s", sender_session);
-    snprintf(r->message_id, sizeof(r->message_id), "%s", message_id);
+    copy_id(r->ch, sizeof(r->ch), ch);
+    copy_id(r->sender_session, sizeof(r->sender_session), sender_session);
+    copy_id(r->message_id, sizeof(r->message_id), message_id);
 }
 
 /* Delivers one event (seq, frame) to a member now or buffers it while the

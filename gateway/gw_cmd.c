@@ -296,8 +296,9 @@ void gw__cmd_ack(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         return;
     }
     gw__acked_set(c, cmd->ch, cmd->seq, false);
+    /* The ring in order, oldest first; kept receipts move up in place. */
     for (int i = 0; i < c->nreceipts; i++) {
-        receipt *r = &c->receipts[i];
+        receipt *r = &c->receipts[(c->receipts_start + i) % RECEIPTS_MAX];
         if (strcmp(r->ch, cmd->ch) == 0 && r->seq <= (uint64_t)cmd->seq) {
             Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
             Sluice__Receipt body = SLUICE__RECEIPT__INIT;
@@ -314,7 +315,9 @@ void gw__cmd_ack(gw_server *s, gw_conn *c, const gw_cmd *cmd)
                 gw__publish_out_async(s, subj, &e, msgid);
             }
         } else {
-            c->receipts[keep++] = *r;
+            receipt *to = &c->receipts[(c->receipts_start + keep++) % RECEIPTS_MAX];
+            if (to != r)
+                *to = *r;
         }
     }
     c->nreceipts = keep;

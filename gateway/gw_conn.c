@@ -287,6 +287,7 @@ void gw__conn_free(gw_server *s, gw_conn *c)
         s->all = c->all_next;
     if (c->all_next != NULL)
         c->all_next->all_prev = c->all_prev;
+    gw__flush_unqueue(s, c);
     s->nconns--;
     sl_gauge_dec(s->m.connections);
 }
@@ -425,11 +426,69 @@ void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
     c->rxlen = 0;
 }
 
+/* Writes c's queued frames, several per write: framed here (unmasked,
+ * FIN, text, no RSV: no extension is offered) into wbuf and written raw,
+ * which lws 4.1.6 hands to lws_issue_raw unframed. What the socket does not
+ * take waits in lws's buflist_out, which lws sends before anything else
+ * (its own pings, pongs and close frames included), before the next
+ * SERVER_WRITEABLE and before any later write (lws_issue_raw appends to
+ * it), so frames never interleave. A lone frame (the next does not fit, or
+ * the first is larger than WRITE_BATCH) is written from its own buffer
+ * with ordinary framing. Returns -1 when a write failed (the connection
+ * must close), else 0. */
+static int conn_write_queued(gw_server *s, gw_conn *c)
+{
+    size_t sent = 0, frames = 0, bytes = 0;
+    gw_buf *b;
+    int rc = 0;
+
+    while ((b = gw_outq_peek(&c->q)) != NULL) {
+        size_t nf = 0, len = gw_outq_encode(&c->q, s->wbuf + LWS_PRE, WRITE_BATCH, &nf);
+        int64_t now = sl_now_ns();
+        int n;
+
+        if (nf < 2) {
+            nf = 1;
+            len = b->len;
+            n = lws_write(c->wsi, gw_buf_payload(b), len, LWS_WRITE_TEXT);
+        } else {
+            n = lws_write(c->wsi, s->wbuf + LWS_PRE, len, LWS_WRITE_RAW);
+        }
+        if (n < 0 || (size_t)n < len) {
+            rc = -1;
+            break;
+        }
+        sl_counter_inc(s->m.writes);
+        sent += len;
+        frames += nf;
+        for (size_t i = 0; i < nf; i++) {
+            b = gw_outq_peek(&c->q);
+            bytes += b->len;
+            if (b->ts_ns > 0)
+                sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
+            gw_outq_pop(&c->q);
+        }
+        /* lws_send_pipe_choked polls the socket: only asked when more wait. */
+        if (gw_outq_peek(&c->q) == NULL || sent >= WRITE_ROUND || lws_partial_buffered(c->wsi) ||
+            lws_send_pipe_choked(c->wsi))
+            break;
+    }
+    sl_counter_add(s->m.frames_out, frames);
+    sl_counter_add(s->m.bytes_out, bytes);
+    return rc;
+}
+
+static bool conn_replay_paused(const gw_conn *c)
+{
+    for (const gw_member *m = c->members; m != NULL; m = m->next)
+        if (m->replay_paused)
+            return true;
+    return false;
+}
+
 int gw__on_writeable(gw_server *s, gw_conn *c)
 {
     unsigned char ctl[LWS_PRE + 8];
-    size_t sent = 0;
-    gw_buf *b;
 
     if (c->close_code != 0 && (c->close_now || gw_outq_peek(&c->q) == NULL)) {
         lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
@@ -445,42 +504,8 @@ int gw__on_writeable(gw_server *s, gw_conn *c)
         if (lws_write(c->wsi, ctl + LWS_PRE, 2, LWS_WRITE_PING) < 0)
             return -1;
     }
-    /* Several frames per write: framed here (unmasked, FIN, text, no RSV:
-     * no extension is offered) into wbuf and written raw, which lws 4.1.6
-     * hands to lws_issue_raw unframed. What the socket does not take waits
-     * in lws's buflist_out, which lws sends before anything else (its own
-     * pings, pongs and close frames included) and before the next
-     * SERVER_WRITEABLE, so frames never interleave. A lone frame (the next
-     * does not fit, or the first is larger than WRITE_BATCH) is written from
-     * its own buffer with ordinary framing. */
-    while ((b = gw_outq_peek(&c->q)) != NULL) {
-        size_t nf = 0, len = gw_outq_encode(&c->q, s->wbuf + LWS_PRE, WRITE_BATCH, &nf);
-        int64_t now = sl_now_ns();
-        int n;
-
-        if (nf < 2) {
-            nf = 1;
-            len = b->len;
-            n = lws_write(c->wsi, gw_buf_payload(b), len, LWS_WRITE_TEXT);
-        } else {
-            n = lws_write(c->wsi, s->wbuf + LWS_PRE, len, LWS_WRITE_RAW);
-        }
-        if (n < 0 || (size_t)n < len)
-            return -1;
-        sl_counter_inc(s->m.writes);
-        sent += len;
-        for (size_t i = 0; i < nf; i++) {
-            b = gw_outq_peek(&c->q);
-            sl_counter_inc(s->m.frames_out);
-            sl_counter_add(s->m.bytes_out, b->len);
-            if (b->ts_ns > 0)
-                sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
-            gw_outq_pop(&c->q);
-        }
-        /* lws_send_pipe_choked polls the socket: only asked when more wait. */
-        if (gw_outq_peek(&c->q) == NULL || sent >= WRITE_ROUND || lws_send_pipe_choked(c->wsi))
-            break;
-    }
+    if (conn_write_queued(s, c) < 0)
+        return -1;
     if (gw_outq_peek(&c->q) != NULL || c->close_code != 0)
         lws_callback_on_writable(c->wsi);
     for (gw_member *m = c->members; m != NULL && c->close_code == 0; m = m->next) {
@@ -490,6 +515,69 @@ int gw__on_writeable(gw_server *s, gw_conn *c)
         }
     }
     return 0;
+}
+
+/* ---------- direct writes ---------- */
+
+void gw__flush_queue(gw_server *s, gw_conn *c)
+{
+    if (c->flush_queued)
+        return;
+    c->flush_queued = true;
+    c->flush_prev = NULL;
+    c->flush_next = s->flush_head;
+    if (s->flush_head != NULL)
+        s->flush_head->flush_prev = c;
+    s->flush_head = c;
+}
+
+void gw__flush_unqueue(gw_server *s, gw_conn *c)
+{
+    if (!c->flush_queued)
+        return;
+    if (c->flush_prev != NULL)
+        c->flush_prev->flush_next = c->flush_next;
+    else
+        s->flush_head = c->flush_next;
+    if (c->flush_next != NULL)
+        c->flush_next->flush_prev = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+    c->flush_queued = false;
+}
+
+/* Before the loop waits (an ev_prepare watcher): writes the frames queued
+ * since the last wait for each connection whose queue was empty, without
+ * a writeable round. A writeable round costs two epoll_ctl calls (lws
+ * turns POLLOUT on, then off again in the callback), each polling the
+ * socket, and a wake of the loop: per event and member in a fan-out, when
+ * most sockets take the frames at once. Only what the socket does not take
+ * goes the writeable way; so does a connection with more to do than
+ * writing frames (a close, a ping, a paused replay) or with bytes still in
+ * lws's buflist_out. */
+void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    gw_server *s = lws_container_of(w, gw_server, flush_w);
+
+    (void)loop;
+    (void)revents;
+    while (s->flush_head != NULL) {
+        gw_conn *c = s->flush_head;
+        gw__flush_unqueue(s, c);
+        if (c->wsi == NULL || gw_outq_peek(&c->q) == NULL)
+            continue;
+        if (c->close_code != 0 || c->ping_due || lws_partial_buffered(c->wsi) ||
+            conn_replay_paused(c)) {
+            lws_callback_on_writable(c->wsi);
+            continue;
+        }
+        if (conn_write_queued(s, c) < 0) {
+            /* lws marked the socket unusable: it closes at its next turn. */
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            continue;
+        }
+        if (gw_outq_peek(&c->q) != NULL)
+            lws_callback_on_writable(c->wsi);
+    }
 }
 
 /* ---------- timers and drain ---------- */

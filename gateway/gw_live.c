@@ -1,49 +1,38 @@
 /* Live events from cnats to the loop thread (gw__on_live_cb, handed over
- * through the bridge, droppable), and new channels: subscribing to their
+ * in batches through gw_batch, droppable), and new channels: subscribing to their
  * live subject and starting the read that gives them a head. Putting live
  * events in order, holes and fills are gw_read.c's (gw__chan_on_live). */
 #include "gw_server_int.h"
 
-typedef struct live_item {
-    gw_server *s;
-    natsMsg *msg;
-} live_item;
-
-static void live_item_free(void *arg)
+/* Loop thread: one live event of the batch the cnats threads queued. */
+void gw__live_run(void *ctx, void *item)
 {
-    live_item *it = arg;
-    natsMsg_Destroy(it->msg);
-    free(it);
-}
-
-static void live_run(void *arg)
-{
-    live_item *it = arg;
-    gw_chan *ch = gw_map_get(it->s->chans, natsMsg_GetSubject(it->msg));
+    gw_server *s = ctx;
+    natsMsg *msg = item;
+    gw_chan *ch = gw_map_get(s->chans, natsMsg_GetSubject(msg));
 
     if (ch != NULL)
-        gw__chan_on_live(it->s, ch, it->msg);
+        gw__chan_on_live(s, ch, msg);
     else
-        natsMsg_Destroy(it->msg);
-    free(it);
+        natsMsg_Destroy(msg);
 }
 
+void gw__live_free(void *item)
+{
+    natsMsg_Destroy(item);
+}
+
+/* The events of every channel share one batch, drained by one bridge task
+ * per wake of the loop: no allocation and no task per event. */
 void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     gw_server *s = closure;
-    live_item *it = malloc(sizeof(*it));
 
     (void)nc;
     (void)sub;
-    if (it == NULL) {
-        natsMsg_Destroy(msg);
-        return;
-    }
-    it->s = s;
-    it->msg = msg;
-    if (!gw_bridge_post_droppable(s->bridge, live_run, live_item_free, it)) {
+    if (!gw_batch_push(s->live, msg)) {
         sl_counter_inc(s->m.live_dropped);
-        live_item_free(it);
+        natsMsg_Destroy(msg);
     }
 }
 

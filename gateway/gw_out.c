@@ -25,18 +25,26 @@ void gw__conn_close(gw_conn *c, int code, const char *reason, bool flush_first)
     }
 }
 
-/* Queues a frame; a client over its bound is cut with 4429 and resumes. */
+/* Queues a frame; a client over its bound is cut with 4429 and resumes.
+ * Only the frame into an empty queue puts the connection on the flush
+ * list (gw__flush_cb writes it before the loop waits): while frames wait,
+ * the connection is on the list or a writeable callback is pending, and
+ * gw__on_writeable asks again whenever it leaves frames behind. */
 void gw__conn_send_buf(gw_server *s, gw_conn *c, gw_buf *b)
 {
+    bool was_empty;
+
     if (b == NULL || c->close_code != 0)
         return;
+    was_empty = gw_outq_peek(&c->q) == NULL;
     if (!gw_outq_push(&c->q, b, (size_t)s->cfg->outq_max_frames, (size_t)s->cfg->outq_max_bytes)) {
         sl_counter_inc(s->m.slow_closes);
         gw_outq_clear(&c->q);
         gw__conn_close(c, 4429, "slow consumer", false);
         return;
     }
-    lws_callback_on_writable(c->wsi);
+    if (was_empty)
+        gw__flush_queue(s, c);
 }
 
 /* Sends a malloc'd frame text (freed here; NULL is ignored). */

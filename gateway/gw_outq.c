@@ -4,10 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct gw_qnode {
-    gw_qnode *next;
-    gw_buf *buf;
-};
+/* A ring this small is freed when the queue empties. */
+#define OUTQ_KEEP_MIN 8
+#define OUTQ_CAP0     4
 
 gw_buf *gw_buf_new(const char *text, size_t len)
 {
@@ -52,21 +51,22 @@ void gw_buf_unref(gw_buf *b)
 
 bool gw_outq_push(gw_outq *q, gw_buf *b, size_t max_frames, size_t max_bytes)
 {
-    gw_qnode *n;
-
     if (q->frames + 1 > max_frames || q->bytes + b->len > max_bytes)
         return false;
-    n = malloc(sizeof(*n));
-    if (n == NULL)
-        return false;
+    if (q->frames == q->cap) {
+        size_t ncap = q->cap > 0 ? q->cap * 2 : OUTQ_CAP0;
+        gw_buf **nr = malloc(ncap * sizeof(*nr));
+        if (nr == NULL)
+            return false;
+        for (size_t i = 0; i < q->frames; i++)
+            nr[i] = q->ring[(q->start + i) % q->cap];
+        free(q->ring);
+        q->ring = nr;
+        q->cap = ncap;
+        q->start = 0;
+    }
     gw_buf_ref(b);
-    n->buf = b;
-    n->next = NULL;
-    if (q->tail != NULL)
-        q->tail->next = n;
-    else
-        q->head = n;
-    q->tail = n;
+    q->ring[(q->start + q->frames) % q->cap] = b;
     q->frames++;
     q->bytes += b->len;
     return true;
@@ -74,28 +74,38 @@ bool gw_outq_push(gw_outq *q, gw_buf *b, size_t max_frames, size_t max_bytes)
 
 gw_buf *gw_outq_peek(const gw_outq *q)
 {
-    return q->head != NULL ? q->head->buf : NULL;
+    return q->frames > 0 ? q->ring[q->start] : NULL;
 }
 
 void gw_outq_pop(gw_outq *q)
 {
-    gw_qnode *n = q->head;
+    gw_buf *b;
 
-    if (n == NULL)
+    if (q->frames == 0)
         return;
-    q->head = n->next;
-    if (q->head == NULL)
-        q->tail = NULL;
+    b = q->ring[q->start];
+    q->start = (q->start + 1) % q->cap;
     q->frames--;
-    q->bytes -= n->buf->len;
-    gw_buf_unref(n->buf);
-    free(n);
+    q->bytes -= b->len;
+    gw_buf_unref(b);
+    if (q->frames == 0) {
+        q->start = 0;
+        if (q->cap < OUTQ_KEEP_MIN) {
+            free(q->ring);
+            q->ring = NULL;
+            q->cap = 0;
+        }
+    }
 }
 
 void gw_outq_clear(gw_outq *q)
 {
-    while (q->head != NULL)
+    while (q->frames > 0)
         gw_outq_pop(q);
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = 0;
+    q->start = 0;
 }
 
 size_t gw_ws_text_header(unsigned char *out, size_t len)
@@ -125,21 +135,23 @@ static size_t ws_frame_size(size_t len)
 size_t gw_outq_encode(const gw_outq *q, unsigned char *dst, size_t cap, size_t *nframes)
 {
     size_t total = 0, n = 0, off = 0;
-    const gw_qnode *end = q->head;
 
     /* First count, so that a lone frame is not copied for nothing. */
-    while (end != NULL && total + ws_frame_size(end->buf->len) <= cap) {
-        total += ws_frame_size(end->buf->len);
+    while (n < q->frames) {
+        size_t fs = ws_frame_size(q->ring[(q->start + n) % q->cap]->len);
+        if (total + fs > cap)
+            break;
+        total += fs;
         n++;
-        end = end->next;
     }
     *nframes = n;
     if (n < 2)
         return 0;
-    for (const gw_qnode *x = q->head; x != end; x = x->next) {
-        off += gw_ws_text_header(dst + off, x->buf->len);
-        memcpy(dst + off, x->buf->data + LWS_PRE, x->buf->len);
-        off += x->buf->len;
+    for (size_t i = 0; i < n; i++) {
+        const gw_buf *b = q->ring[(q->start + i) % q->cap];
+        off += gw_ws_text_header(dst + off, b->len);
+        memcpy(dst + off, b->data + LWS_PRE, b->len);
+        off += b->len;
     }
     return off;
 }

@@ -31,11 +31,15 @@ void gw_buf_ref(gw_buf *b);
 /* Drops one reference and frees the buffer with the last; NULL-safe. */
 void gw_buf_unref(gw_buf *b);
 
-typedef struct gw_qnode gw_qnode;
-
+/* A ring of frame pointers: no allocation per frame. The ring is made on
+ * the first push and grows by doubling; emptied, a small one is freed (most
+ * connections get a frame now and then and hold no memory between) and a
+ * grown one is kept for the next burst, so its owner frees it with
+ * gw_outq_clear. A zeroed gw_outq is empty. */
 typedef struct gw_outq {
-    gw_qnode *head;
-    gw_qnode *tail;
+    gw_buf **ring;
+    size_t cap;   /* slots in ring */
+    size_t start; /* slot of the oldest frame */
     size_t frames;
     size_t bytes;
 } gw_outq;
@@ -51,7 +55,7 @@ gw_buf *gw_outq_peek(const gw_outq *q);
 /* Removes the oldest frame and drops the queue's reference. */
 void gw_outq_pop(gw_outq *q);
 
-/* Empties the queue. */
+/* Empties the queue and frees its ring. */
 void gw_outq_clear(gw_outq *q);
 
 /* The longest RFC 6455 frame header a server writes: FIN and opcode, the

@@ -246,7 +246,11 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
         st = SL_ERR_INTERNAL;
         goto cleanup;
     }
+    ev_prepare_init(&s->flush_w, gw__flush_cb);
+    ev_prepare_start(s->loop, &s->flush_w);
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
+        (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
+            SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
         (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
         snprintf(err, errlen, "gateway init: %s", sl_status_str(st));
@@ -449,6 +453,8 @@ void gw_server_destroy(gw_server *s)
     if (s == NULL)
         return;
     atomic_store(&s->running, 0);
+    if (s->loop != NULL)
+        ev_prepare_stop(s->loop, &s->flush_w); /* no writes while lws tears down */
     if (s->ctx != NULL) {
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */
@@ -473,6 +479,8 @@ void gw_server_destroy(gw_server *s)
     s->io = NULL;
     gw_bridge_destroy(s->bridge);
     s->bridge = NULL;
+    gw_batch_destroy(s->live); /* after the bridge, which held its drain task */
+    s->live = NULL;
     if (s->chans != NULL)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);

@@ -208,7 +208,8 @@ struct gw_conn {
     gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
     int nacked, acked_cap;
     bool acked_dirty;
-    receipt *receipts; /* ring (malloc'd on first use) */
+    receipt *receipts;  /* ring of RECEIPTS_MAX (malloc'd on first use) */
+    int receipts_start; /* the oldest */
     int nreceipts;
     int history_inflight; /* history reads queued or running */
     struct gw_conn *all_prev, *all_next;
@@ -224,6 +225,8 @@ struct gw_conn {
      * many writes). */
     struct gw_conn *pres_prev, *pres_next;
     bool pres_queued;
+    struct gw_conn *flush_prev, *flush_next; /* on s->flush_head (gw__flush_cb) */
+    bool flush_queued;
     /* In the server API's index of the tenant's user (gw_api.c). */
     struct gw_conn *user_prev, *user_next;
     bool user_indexed;
@@ -263,6 +266,7 @@ struct gw_server {
     struct lws_protocols protocols[3];
     struct gw_api *api; /* the server API on /v1/api (gw_api.c) */
     gw_bridge *bridge;
+    gw_batch *live; /* live events from cnats (gw__on_live_cb), drained on the loop */
     gw_io *io;
     jsCtx *js_in; /* publishes client messages; acks come to gw__on_pub_ack_cb */
     kvStore *kv_sessions;
@@ -277,7 +281,9 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
-    gw_conn *pres_due; /* connections whose presence refresh is due (pres_next) */
+    gw_conn *pres_due;   /* connections whose presence refresh is due (pres_next) */
+    gw_conn *flush_head; /* connections with frames to write before the loop waits */
+    ev_prepare flush_w;  /* runs gw__flush_cb */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_expire_ms;
@@ -407,6 +413,8 @@ void gw__chan_hole_stop(gw_server *s, gw_chan *ch);
 void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap);
 
 /* gw_live.c */
+void gw__live_run(void *ctx, void *item); /* gw_batch's run and free_item for s->live */
+void gw__live_free(void *item);
 void gw__on_live_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const char *name,
                          enum chan_head how);
@@ -426,6 +434,9 @@ void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd);
 void gw__conn_free(gw_server *s, gw_conn *c);
 void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len);
 int gw__on_writeable(gw_server *s, gw_conn *c);
+void gw__flush_queue(gw_server *s, gw_conn *c);
+void gw__flush_unqueue(gw_server *s, gw_conn *c);
+void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 void gw__presence_unqueue(gw_server *s, gw_conn *c);
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void gw__on_tick(lws_sorted_usec_list_t *sul);

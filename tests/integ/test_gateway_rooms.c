@@ -431,6 +431,74 @@ START_TEST(test_joined_lists_local_members_at_once)
 }
 END_TEST
 
+/* The receipts a connection holds are the 64 newest, oldest first, across
+ * the ring's wrap (docs/protocol.md, Receipts): bob gets 70 messages from
+ * alice and carol without acking (m-1..m-6 lose theirs), acks up to m-68,
+ * then to m-70. Each sender gets each of its receipts once, in order.
+ * Two senders keep each under its rate burst. */
+static void want_receipts(fx *f, hx_sl_client *c, int from, int to)
+{
+    char *pat = hx_strf("{\"type\":\"event\",\"ch\":\"s\",\"kind\":\"receipt\",\"to\":"
+                        "\"m-%d\",\"user\":\"bob\"}",
+                        to);
+    cJSON *all, *it;
+    int next = from;
+
+    cJSON_Delete(want(f, hx_sl_ws(c), pat)); /* the last one: the rest are in the backlog */
+    free(pat);
+    all = drain(f, hx_sl_ws(c));
+    cJSON_ArrayForEach(it, all)
+    {
+        const char *id = hx_json_str(it, "to");
+        if (!fx__is_type(it, "event") || strcmp(hx_json_str(it, "kind"), "receipt") != 0)
+            continue;
+        HX_ASSERT_MSG(f->s, id != NULL && next < to && atoi(id + 2) == next,
+                      "receipt for %s where m-%d was due (%d..%d)", id ? id : "?", next, from, to);
+        next++;
+    }
+    HX_ASSERT_MSG(f->s, next == to, "receipts m-%d..m-%d: got up to m-%d", from, to, next - 1);
+    cJSON_Delete(all);
+}
+
+START_TEST(test_receipts_keep_the_newest_64_in_order)
+{
+    fx f;
+    hx_sl_client *a, *b, *c;
+    int64_t seq68 = 0, seq70 = 0;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    a = fx_client(&f, 0, "acme", "alice");
+    b = fx_client(&f, 0, "acme", "bob");
+    c = fx_client(&f, 0, "acme", "carol");
+    cJSON_Delete(join(&f, a, "lobby"));
+    cJSON_Delete(join(&f, b, "lobby"));
+    cJSON_Delete(join(&f, c, "lobby"));
+    for (int i = 1; i <= 70; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "m-%d", i);
+        post(&f, i <= 35 ? a : c, id, "lobby", "count me");
+    }
+    for (int i = 1; i <= 70; i++) {
+        char id[16];
+        int64_t seq;
+        snprintf(id, sizeof(id), "m-%d", i);
+        seq = see_msg(&f, b, "r:lobby", id);
+        if (i == 68)
+            seq68 = seq;
+        if (i == 70)
+            seq70 = seq;
+    }
+    HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq68));
+    want_receipts(&f, a, 7, 35);
+    HX_OK(f.s, hx_sl_ack(b, "r:lobby", seq70));
+    want_receipts(&f, c, 36, 70);
+    hx_sl_destroy(a);
+    hx_sl_destroy(b);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 START_TEST(test_ack_sends_receipts_to_the_sender)
 {
     fx f;
@@ -826,6 +894,7 @@ int main(void)
     tcase_add_test(tc, test_joined_lists_local_members_at_once);
     tcase_add_test(tc, test_join_storm_one_read_everyone_listed);
     tcase_add_test(tc, test_ack_sends_receipts_to_the_sender);
+    tcase_add_test(tc, test_receipts_keep_the_newest_64_in_order);
     tcase_add_test(tc, test_history);
     tcase_add_test(tc, test_ping_pong);
     tcase_add_test(tc, test_cancel_ends_reply_cancelled);

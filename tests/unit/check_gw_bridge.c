@@ -256,6 +256,131 @@ START_TEST(test_bridge_many_posters)
 }
 END_TEST
 
+/* ---------- batches ---------- */
+
+static void batch_run(void *ctx, void *arg)
+{
+    int *runs = ctx;
+
+    (*runs)++;
+    task_run(arg);
+}
+
+/* Items pushed while no drain ran go to the loop as one bridge task, in push
+ * order; the next push after a drain posts the next task. */
+START_TEST(test_batch_one_task_per_batch_in_order)
+{
+    gw_bridge *b = NULL;
+    gw_batch *q = NULL;
+    int runs = 0;
+
+    log_reset();
+    ck_assert_int_eq(gw_bridge_create(&b, 10), SL_OK);
+    ck_assert_int_eq(gw_batch_create(&q, b, 1000, batch_run, task_free, &runs), SL_OK);
+    for (int i = 0; i < 300; i++)
+        ck_assert(gw_batch_push(q, item_new(i, false)));
+    ck_assert_int_eq(L.n, 0);
+    ck_assert_uint_eq(gw_bridge_run(b), 1); /* 300 items, one task */
+    ck_assert_int_eq(runs, 300);
+    gw_bridge_post(b, task_run, task_free, item_new(300, false));
+    for (int i = 301; i < 310; i++)
+        ck_assert(gw_batch_push(q, item_new(i, false)));
+    ck_assert_uint_eq(gw_bridge_run(b), 2); /* the plain task, then the new batch */
+    ck_assert_int_eq(L.n, 310);
+    for (int i = 0; i < 310; i++)
+        ck_assert_int_eq(L.ran[i], i);
+    ck_assert_uint_eq(gw_bridge_run(b), 0);
+    gw_bridge_destroy(b);
+    gw_batch_destroy(q);
+    gw_batch_destroy(NULL);
+    log_done();
+}
+END_TEST
+
+/* At most max items wait: a push beyond is refused and the caller keeps its
+ * item; a drain makes room; destroy frees the items never run. */
+START_TEST(test_batch_bound_and_destroy)
+{
+    gw_bridge *b = NULL;
+    gw_batch *q = NULL;
+    item *extra = item_new(99, false);
+    int runs = 0;
+
+    log_reset();
+    ck_assert_int_eq(gw_bridge_create(&b, 10), SL_OK);
+    ck_assert_int_eq(gw_batch_create(&q, b, 3, batch_run, task_free, &runs), SL_OK);
+    for (int i = 0; i < 3; i++)
+        ck_assert(gw_batch_push(q, item_new(i, false)));
+    ck_assert(!gw_batch_push(q, extra));
+    ck_assert_int_eq(L.freed, 0);
+    ck_assert_uint_eq(gw_bridge_run(b), 1);
+    ck_assert_int_eq(runs, 3);
+    for (int i = 3; i < 6; i++)
+        ck_assert(gw_batch_push(q, item_new(i, false)));
+    ck_assert(!gw_batch_push(q, extra));
+    /* The bridge goes first (its batch task owns nothing), then the batch
+     * frees its three items. */
+    gw_bridge_destroy(b);
+    gw_batch_destroy(q);
+    ck_assert_int_eq(L.n, 3);
+    ck_assert_int_eq(L.freed, 3);
+    free(extra);
+    log_done();
+}
+END_TEST
+
+/* Pushing threads and a draining loop: every item runs once, each thread's
+ * in its push order, in fewer bridge tasks than items. */
+static gw_batch *shared_batch;
+
+static void *pusher(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+
+    for (int i = 0; i < PER; i++) {
+        item *it = item_new(t * PER + i, false);
+        while (!gw_batch_push(shared_batch, it))
+            sched_yield(); /* full: the loop drains */
+    }
+    return NULL;
+}
+
+START_TEST(test_batch_many_pushers)
+{
+    pthread_t th[POSTERS];
+    size_t tasks = 0;
+    int runs = 0;
+    int next[POSTERS] = {0};
+    int64_t until = now_ms() + WAIT_MS;
+
+    log_reset();
+    ck_assert_int_eq(gw_bridge_create(&shared_bridge, 1), SL_OK);
+    ck_assert_int_eq(gw_batch_create(&shared_batch, shared_bridge, 64, batch_run, task_free, &runs),
+                     SL_OK);
+    for (int t = 0; t < POSTERS; t++)
+        ck_assert_int_eq(pthread_create(&th[t], NULL, pusher, (void *)(intptr_t)t), 0);
+    while (runs < POSTERS * PER && now_ms() < until) {
+        size_t k = gw_bridge_run(shared_bridge);
+        tasks += k;
+        if (k == 0)
+            sched_yield();
+    }
+    for (int t = 0; t < POSTERS; t++)
+        pthread_join(th[t], NULL);
+    ck_assert_int_eq(runs, POSTERS * PER);
+    ck_assert_uint_le(tasks, (size_t)runs);
+    ck_assert_uint_eq(gw_bridge_run(shared_bridge), 0);
+    for (int i = 0; i < L.n; i++) {
+        int t = L.ran[i] / PER, k = L.ran[i] % PER;
+        ck_assert_msg(k == next[t], "thread %d: item %d ran where %d was due", t, k, next[t]);
+        next[t]++;
+    }
+    gw_bridge_destroy(shared_bridge);
+    gw_batch_destroy(shared_batch);
+    log_done();
+}
+END_TEST
+
 /* ---------- the wake-up of a libwebsockets loop ---------- */
 
 typedef struct wake_loop {
@@ -504,6 +629,9 @@ int main(void)
     tcase_add_test(tb, test_bridge_destroy_frees_unrun);
     tcase_add_test(tb, test_bridge_many_posters);
     tcase_add_test(tb, test_bridge_wakes_the_loop);
+    tcase_add_test(tb, test_batch_one_task_per_batch_in_order);
+    tcase_add_test(tb, test_batch_bound_and_destroy);
+    tcase_add_test(tb, test_batch_many_pushers);
     tcase_add_test(ti, test_io_runs_on_its_threads_in_order);
     tcase_add_test(ti, test_io_pending_and_ordinary_before_bulk);
     tcase_add_test(ti, test_io_ordinary_then_later_then_bulk);

@@ -120,6 +120,70 @@ START_TEST(test_shared_buffer_across_queues)
 }
 END_TEST
 
+/* The ring wraps and grows while wrapped: frames stay in order, encode
+ * reads across the wrap, and emptying a small ring frees it (ASan checks
+ * that nothing leaks). */
+START_TEST(test_ring_wraps_and_grows_in_order)
+{
+    gw_outq q = {0};
+    gw_buf *b[40];
+    unsigned char dst[4096];
+    int in = 0, out = 0;
+
+    for (int i = 0; i < 40; i++) {
+        char t[8];
+        int n = snprintf(t, sizeof(t), "f%d", i);
+        b[i] = gw_buf_new(t, (size_t)n);
+    }
+    /* 3 in, 2 out, 3 in, 2 out...: the oldest frame walks round the ring,
+     * and every third round the ring is full and grows. */
+    while (in < 40) {
+        for (int k = 0; k < 3 && in < 40; k++)
+            ck_assert(gw_outq_push(&q, b[in++], 100, 1u << 20));
+        for (int k = 0; k < 2; k++) {
+            ck_assert_ptr_eq(gw_outq_peek(&q), b[out]);
+            gw_outq_pop(&q);
+            out++;
+        }
+        ck_assert_uint_eq(q.frames, (size_t)(in - out));
+    }
+    {
+        size_t nf = 0, n = gw_outq_encode(&q, dst, sizeof(dst), &nf), at = 0;
+        ck_assert_uint_eq(nf, (size_t)(in - out));
+        for (size_t f = 0; f < nf; f++) {
+            ck_assert_uint_lt(at + 2, n);
+            ck_assert_uint_eq(dst[at], 0x81);
+            ck_assert_uint_eq(dst[at + 1], b[out + (int)f]->len);
+            ck_assert_mem_eq(dst + at + 2, gw_buf_payload(b[out + (int)f]), b[out + (int)f]->len);
+            at += 2 + b[out + (int)f]->len;
+        }
+        ck_assert_uint_eq(at, n);
+    }
+    while (gw_outq_peek(&q) != NULL) {
+        ck_assert_ptr_eq(gw_outq_peek(&q), b[out++]);
+        gw_outq_pop(&q);
+    }
+    ck_assert_int_eq(out, 40);
+    ck_assert_uint_eq(q.bytes, 0);
+    for (int i = 0; i < 40; i++) {
+        ck_assert_int_eq(b[i]->refs, 1); /* the queue dropped every reference */
+        gw_buf_unref(b[i]);
+    }
+    /* The grown ring is kept for the next burst; clearing frees it. A
+     * small ring is freed when emptied. */
+    ck_assert_ptr_nonnull(q.ring);
+    gw_outq_clear(&q);
+    ck_assert_ptr_null(q.ring);
+    ck_assert(gw_outq_push(&q, b[0] = gw_buf_new("x", 1), 4, 64));
+    gw_outq_pop(&q);
+    ck_assert_ptr_null(q.ring);
+    ck_assert(gw_outq_push(&q, b[0], 4, 64));
+    gw_outq_clear(&q);
+    ck_assert_ptr_null(q.ring);
+    gw_buf_unref(b[0]);
+}
+END_TEST
+
 /* Parses one server frame at p (n bytes left) strictly: FIN, no RSV, text,
  * unmasked, minimal length encoding. Returns the frame's size, sets *off and
  * *len to its payload. */
@@ -230,6 +294,7 @@ START_TEST(test_encode_batches_keep_boundaries_and_order)
     /* 65535 (4-byte header), 65536 and 70000 cannot share a 64 KiB write. */
     ck_assert_int_ge(lone, 3);
     ck_assert_int_ge(batches, 2);
+    gw_outq_clear(&q); /* the grown ring outlives the frames until cleared */
     free(dst);
 }
 END_TEST
@@ -245,6 +310,7 @@ int main(void)
     tcase_add_test(tc, test_fifo_order);
     tcase_add_test(tc, test_bounds_are_inclusive_and_refuse_whole_frames);
     tcase_add_test(tc, test_shared_buffer_across_queues);
+    tcase_add_test(tc, test_ring_wraps_and_grows_in_order);
     tcase_add_test(tc, test_header_lengths_at_the_boundaries);
     tcase_add_test(tc, test_encode_batches_keep_boundaries_and_order);
     suite_add_tcase(s, tc);
