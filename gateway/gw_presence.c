@@ -13,10 +13,11 @@
 #include "gw_presrec.h"
 #include "gw_server_int.h"
 
+/* One allocation per member: the session, then the user. */
 typedef struct pres_member {
     struct pres_member *prev, *next; /* in the room, in the order they came */
-    char *user;
-    char session[SL_ID_MAX + 1];
+    const char *user;                /* in session's allocation */
+    char session[];
 } pres_member;
 
 typedef struct pres_change {
@@ -110,7 +111,6 @@ static void room_free(pres_room *r)
 
     while (m != NULL) {
         pres_member *next = m->next;
-        free(m->user);
         free(m);
         m = next;
     }
@@ -287,18 +287,19 @@ static pres_room *room_get(gw_server *s, const char *tenant, const char *room)
 
 static bool member_add(pres_room *r, const char *session, const char *user)
 {
+    size_t ls = strlen(session) + 1, lu = strlen(user) + 1;
     pres_member *m;
 
     if (gw_map_get(r->idx, session) != NULL)
         return true;
-    m = calloc(1, sizeof(*m));
-    if (m == NULL || (m->user = strdup(user)) == NULL) {
-        free(m);
+    m = malloc(sizeof(*m) + ls + lu);
+    if (m == NULL)
         return false;
-    }
-    snprintf(m->session, sizeof(m->session), "%s", session);
+    memcpy(m->session, session, ls);
+    memcpy(m->session + ls, user, lu);
+    m->user = m->session + ls;
+    m->prev = m->next = NULL;
     if (gw_map_put(r->idx, session, m) != SL_OK) {
-        free(m->user);
         free(m);
         return false;
     }
@@ -328,7 +329,6 @@ static void member_del(pres_room *r, const char *session)
     else
         r->tail = m->prev;
     r->n--;
-    free(m->user);
     free(m);
 }
 
