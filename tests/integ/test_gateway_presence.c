@@ -10,6 +10,7 @@
 
 #define T       15000 /* ms to wait for any one frame */
 #define STORM_N 40
+#define SPLIT_N 250 /* more than one event carries (200) */
 
 static const char *const gw_env[] = {"SLUICE_PRESENCE_FLUSH_MS=1000", "SLUICE_DRAIN_GRACE_MS=500",
                                      NULL};
@@ -114,15 +115,18 @@ static bool has_member(const cJSON *joined, const char *user, const char *sessio
 }
 
 /* Reads ws until the presence events of ch carried (action[i], sess[i]) for
- * every i < n; returns how many presence events that took. Each of those
+ * every i < n; returns how many presence events that took (and the most
+ * changes one of them carried in *most, when not NULL). Each of those
  * sessions must come with that action, once. */
-static int want_changes(fx *f, hx_ws *ws, const char *ch, const char *const *action,
-                        char *const *sess, int n)
+static int want_changes_most(fx *f, hx_ws *ws, const char *ch, const char *const *action,
+                             char *const *sess, int n, int *most)
 {
-    int seen[STORM_N] = {0}, left = n, events = 0;
+    int seen[SPLIT_N] = {0}, left = n, events = 0;
     int64_t deadline = hx_now_ms() + T;
 
-    ck_assert_int_le(n, STORM_N);
+    ck_assert_int_le(n, SPLIT_N);
+    if (most != NULL)
+        *most = 0;
     while (left > 0) {
         cJSON *fr = hx_ws_recv_json(ws, (int)(deadline - hx_now_ms()) + 1), *chg, *it;
         HX_ASSERT_MSG(f->s, fr != NULL && hx_now_ms() <= deadline,
@@ -132,6 +136,8 @@ static int want_changes(fx *f, hx_ws *ws, const char *ch, const char *const *act
         if (chg == NULL)
             continue;
         events++;
+        if (most != NULL && cJSON_GetArraySize(chg) > *most)
+            *most = cJSON_GetArraySize(chg);
         cJSON_ArrayForEach(it, chg)
         {
             const char *ss = hx_json_str(it, "session");
@@ -151,6 +157,12 @@ static int want_changes(fx *f, hx_ws *ws, const char *ch, const char *const *act
         cJSON_Delete(chg);
     }
     return events;
+}
+
+static int want_changes(fx *f, hx_ws *ws, const char *ch, const char *const *action,
+                        char *const *sess, int n)
+{
+    return want_changes_most(f, ws, ch, action, sess, n, NULL);
 }
 
 /* STORM_N members join one room at once on gateway 0, watched by a member
@@ -305,6 +317,55 @@ START_TEST(test_shutdown_removes_records)
 }
 END_TEST
 
+/* More changes in one interval than one event carries: they go out as
+ * several events, each within the bound, every member once. A long
+ * interval and a high fan-out bound put all SPLIT_N joins in one flush. */
+START_TEST(test_many_changes_split_into_events)
+{
+    static const char *const env[] = {"SLUICE_PRESENCE_FLUSH_MS=3000",
+                                      "SLUICE_PRESENCE_FANOUT_MAX=1000", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .gw_env = env};
+    hx_sl_client *obs, **c = calloc(SPLIT_N, sizeof(*c));
+    char **sess = calloc(SPLIT_N, sizeof(*sess));
+    const char **joins = calloc(SPLIT_N, sizeof(*joins));
+    int events, most;
+
+    ck_assert(c != NULL && sess != NULL && joins != NULL);
+    fx_start(&f, &o);
+    obs = fx_client(&f, 0, "acme", "obs");
+    cJSON_Delete(join(&f, obs, "big"));
+    {
+        char *own = hx_strf("%s", hx_sl_session(obs));
+        const char *act = "join";
+        want_changes(&f, hx_sl_ws(obs), "r:big", &act, &own, 1);
+        free(own);
+    }
+    for (int i = 0; i < SPLIT_N; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "m%d", i);
+        c[i] = fx_client(&f, 0, "acme", user);
+        sess[i] = hx_strf("%s", hx_sl_session(c[i]));
+        joins[i] = "join";
+    }
+    for (int i = 0; i < SPLIT_N; i++)
+        HX_OK(f.s, hx_ws_send_text(hx_sl_ws(c[i]), "{\"type\":\"join\",\"room\":\"big\"}"));
+    events = want_changes_most(&f, hx_sl_ws(obs), "r:big", joins, sess, SPLIT_N, &most);
+    HX_ASSERT_MSG(f.s, most <= 200 && events >= 2,
+                  "%d joins came in %d presence events of at most %d changes", SPLIT_N, events,
+                  most);
+    for (int i = 0; i < SPLIT_N; i++) {
+        hx_sl_destroy(c[i]);
+        free(sess[i]);
+    }
+    free(c);
+    free(sess);
+    free(joins);
+    hx_sl_destroy(obs);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway presence");
@@ -316,6 +377,7 @@ int main(void)
     tcase_add_test(tc, test_join_storm_coalesced);
     tcase_add_test(tc, test_old_form_entries_read);
     tcase_add_test(tc, test_shutdown_removes_records);
+    tcase_add_test(tc, test_many_changes_split_into_events);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
