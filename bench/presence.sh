@@ -7,6 +7,7 @@
 #
 #   bench/presence.sh GATEWAY_BINARY N LABEL
 #   EXTRA="SLUICE_HEARTBEAT_MS=1000" bench/presence.sh bin/sluice-gateway 3000 after
+#   DUR=15 ...   holds the connections 15 s instead of 5
 #
 # Compare two builds by alternating them in one sitting (BENCHMARKS.md).
 set -u
@@ -28,7 +29,7 @@ GP=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ga/readyz" >/dev/null && break; sleep 0.1; done
 ulimit -n 20000
 SLUICE_JWT_SECRET=$SECRET timeout 120 "$B" --scenario idle --url "ws://127.0.0.1:$gp/v1/ws" \
-    --conns "$N" --rooms 1 --duration 5 --warmup 1 --max-pending 256 --pid "$GP" --label "$L" \
+    --conns "$N" --rooms 1 --duration "${DUR:-5}" --warmup 1 --max-pending 256 --pid "$GP" --label "$L" \
     --out "$W/out.json" >"$W/bench.log" 2>&1
 m=$(curl -s "http://127.0.0.1:$ga/metrics")
 metric() { echo "$m" | awk -v k="$1" '$1 == k {print $2}'; }
