@@ -99,6 +99,18 @@ static void member_offer(gw_server *s, gw_member *m, uint64_t seq, gw_buf *b,
         gw__receipt_track(c, m->chan->ch, seq, sender_session, message_id);
 }
 
+/* Applies one presence change to a room's member snapshot. */
+static void presence_snap_apply(gw_chan *snap, const char *action, const char *user,
+                                const char *session)
+{
+    if (!sl_id_valid(session))
+        return;
+    if (strcmp(action, "join") == 0)
+        gw__presence_snap_set(snap, session, user);
+    else
+        gw__presence_snap_del(snap, session);
+}
+
 /* Builds the frame of a stored or live OUT message for channel ch. Fills
  * the sender session and message id of user messages (for receipts); when
  * snap is not NULL, a presence event also updates its member snapshot. */
@@ -118,12 +130,14 @@ gw_buf *gw__frame_of(const void *data, size_t len, const char *ch, uint64_t seq,
         snprintf(sender_session, SL_ID_MAX + 1, "%s", sl_id_valid(e->session) ? e->session : "");
         snprintf(message_id, SL_ID_MAX + 1, "%s", e->message_id);
     }
-    if (snap != NULL && e->body_case == SLUICE__ENVELOPE__BODY_PRESENCE &&
-        sl_id_valid(e->presence->session)) {
-        if (strcmp(e->presence->action, "join") == 0)
-            gw__presence_snap_set(snap, e->presence->session, e->presence->user);
-        else
-            gw__presence_snap_del(snap, e->presence->session);
+    if (snap != NULL && e->body_case == SLUICE__ENVELOPE__BODY_PRESENCE) {
+        const Sluice__Presence *p = e->presence;
+        /* One change, or several in order (a coalescing gateway's). */
+        if (p->n_changes == 0)
+            presence_snap_apply(snap, p->action, p->user, p->session);
+        for (size_t i = 0; i < p->n_changes; i++)
+            presence_snap_apply(snap, p->changes[i]->action, p->changes[i]->user,
+                                p->changes[i]->session);
     }
     sl_envelope_free(e);
     return b;

@@ -231,8 +231,7 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         gw__conn_send_text(s, c, gw__presence_joined_frame(ch, ch->head));
         gw__acked_set(c, ch->ch, (int64_t)ch->head, true);
         sl_counter_inc(s->m.joins_local);
-        gw__presence_put(s, c, cmd->room, true);
-        gw__publish_presence(s, c, cmd->room, "join");
+        gw__presence_change(s, c, cmd->room, "join");
         return;
     }
     if (ch != NULL && ch->join_reading) {
@@ -246,8 +245,7 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         }
         m->join_wait = true;
         sl_counter_inc(s->m.joins_local);
-        gw__presence_put(s, c, cmd->room, true);
-        gw__publish_presence(s, c, cmd->room, "join");
+        gw__presence_change(s, c, cmd->room, "join");
         return;
     }
     if (ch == NULL || (m = gw__member_add(s, c, ch, 0, true)) == NULL ||
@@ -264,8 +262,7 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     ch->join_reading = true;
     sl_counter_inc(s->m.join_reads);
     gw_io_submit(s->io, gw__read_io, j);
-    gw__presence_put(s, c, cmd->room, true);
-    gw__publish_presence(s, c, cmd->room, "join");
+    gw__presence_change(s, c, cmd->room, "join");
 }
 
 void gw__cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
@@ -281,8 +278,7 @@ void gw__cmd_leave(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     }
     gw__presence_snap_del(m->chan, c->session);
     gw__member_remove(s, m);
-    gw__presence_put(s, c, cmd->room, false);
-    gw__publish_presence(s, c, cmd->room, "leave");
+    gw__presence_change(s, c, cmd->room, "leave");
     gw__acked_remove(c, rch);
     gw__conn_send_text(s, c, gw_frame_left(cmd->room));
 }

@@ -60,6 +60,10 @@ static void build_opts(gw_config *c)
         {"SLUICE_PRESENCE_FANOUT_MAX", "presence-fanout-max", SL_CFG_INT, "200",
          "rooms with more local members get no join/leave presence events", &c->presence_fanout_max,
          0, 100000000, false, false},
+        {"SLUICE_PRESENCE_FLUSH_MS", "presence-flush-ms", SL_CFG_INT, "150",
+         "joins and leaves of a room within this interval share one presence record write and "
+         "one presence event",
+         &c->presence_flush_ms, 10, 5000, false, false},
         {"SLUICE_CHAN_CACHE", "chan-cache", SL_CFG_INT, "512",
          "recent events kept in memory per channel for resumes (0: none)", &c->chan_cache, 0,
          100000, false, false},

@@ -1,6 +1,6 @@
 /* A connection's life: hello and resume (reading stored positions),
  * detach and free, frames in (reassembly, rate limit, dispatch), the
- * writeable callback, per-connection timers, presence refresh and drain. */
+ * writeable callback, per-connection timers and drain. */
 #include "gw_server_int.h"
 
 static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action);
@@ -45,10 +45,8 @@ static void resume_attach(gw_server *s, gw_conn *c, const gw_pos *pos, int npos)
         have_s = have_s || !is_room;
         gw__acked_set(c, pos[i].ch, pos[i].seq, true);
         gw__replay_submit(s, c, m, pos[i].seq > 0);
-        if (is_room) {
-            gw__presence_put(s, c, room, true);
-            gw__publish_presence(s, c, room, "join");
-        }
+        if (is_room)
+            gw__presence_change(s, c, room, "join");
     }
     if (!have_s) {
         gw_chan *ch = gw__chan_get(s, c->tenant, false, c->session);
@@ -242,13 +240,16 @@ static void conn_detach(gw_server *s, gw_conn *c, const char *presence_action)
 {
     while (c->members != NULL) {
         gw_member *m = c->members;
-        if (m->chan->is_room && presence_action != NULL) {
+        if (m->chan->is_room) {
+            /* Without an action (the session moves to another connection
+             * here) the member leaves the record quietly: the new
+             * connection's own joins put it back. */
             char room[SL_ID_MAX + 1];
             snprintf(room, sizeof(room), "%s", m->chan->name);
-            gw__presence_snap_del(m->chan, c->session);
+            if (presence_action != NULL)
+                gw__presence_snap_del(m->chan, c->session);
             gw__member_remove(s, m);
-            gw__presence_put(s, c, room, false);
-            gw__publish_presence(s, c, room, presence_action);
+            gw__presence_change(s, c, room, presence_action);
         } else {
             gw__member_remove(s, m);
         }
@@ -604,38 +605,8 @@ static void start_drain(gw_server *s)
     }
 }
 
-void gw__presence_unqueue(gw_server *s, gw_conn *c)
-{
-    if (!c->pres_queued)
-        return;
-    if (c->pres_prev != NULL)
-        c->pres_prev->pres_next = c->pres_next;
-    else
-        s->pres_due = c->pres_next;
-    if (c->pres_next != NULL)
-        c->pres_next->pres_prev = c->pres_prev;
-    c->pres_prev = c->pres_next = NULL;
-    c->pres_queued = false;
-}
-
-/* Refreshes the presence entries of the connections queued since the last
- * tick. */
-static void presence_refresh_due(gw_server *s)
-{
-    while (s->pres_due != NULL) {
-        gw_conn *c = s->pres_due;
-        gw__presence_unqueue(s, c);
-        for (gw_member *m = c->members; m != NULL; m = m->next) {
-            if (m->chan->is_room)
-                gw__presence_put(s, c, m->chan->name, true);
-        }
-    }
-}
-
-/* One connection's deadlines. Its room presence entries are refreshed
- * with its pings, so the refreshes of a gateway are spread over the
- * heartbeat interval as the connections' pings are (see ESTABLISHED), and
- * written in small batches by gw__on_tick. */
+/* One connection's deadlines. (Its rooms' presence records are the
+ * gateway's, refreshed per room by gw__on_tick, not per connection.) */
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     gw_conn *c = lws_container_of(w, gw_conn, timer);
@@ -660,14 +631,6 @@ void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         c->last_ping_ms = now;
         c->ping_due = true;
         lws_callback_on_writable(c->wsi);
-        if (c->members != NULL && !c->pres_queued) {
-            c->pres_queued = true;
-            c->pres_prev = NULL;
-            c->pres_next = s->pres_due;
-            if (s->pres_due != NULL)
-                s->pres_due->pres_prev = c;
-            s->pres_due = c;
-        }
     }
     while (c->sends != NULL && c->sends->deadline_ms < now) {
         pending_send *p = c->sends;
@@ -690,7 +653,7 @@ void gw__on_tick(lws_sorted_usec_list_t *sul)
 
     if (*s->stop && !atomic_load(&s->draining))
         start_drain(s);
-    presence_refresh_due(s);
+    gw__presence_refresh(s, now);
     if (now - s->last_expire_ms >= 1000) {
         s->last_expire_ms = now;
         gw__chans_expire(s);

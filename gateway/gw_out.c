@@ -1,6 +1,6 @@
 /* What leaves the gateway for a connection or for NATS: queued frames and
  * closes (conn_send_*, conn_close, errors and busy), publishes of client
- * and presence envelopes, KV writes of presence entries and acked positions,
+ * envelopes, KV writes (presence records, gw_presence.c; acked positions),
  * and the per-connection deadline timer. */
 #include "gw_server_int.h"
 
@@ -111,39 +111,6 @@ void gw__publish_out_async(gw_server *s, const char *subject, const Sluice__Enve
     free(data);
 }
 
-/* Presence events of a room are published only while the room has at most
- * SLUICE_PRESENCE_FANOUT_MAX members on this gateway: in a large room every
- * join would otherwise reach every member, and a reconnect storm of N
- * members would cost N^2 frames. Members of large rooms still appear in
- * `joined.members` (the presence bucket is always kept). */
-void gw__publish_presence(gw_server *s, gw_conn *c, const char *room, const char *action)
-{
-    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
-    Sluice__Presence p = SLUICE__PRESENCE__INIT;
-    char event_id[SL_EVENT_ID_LEN + 1], subj[SL_SUBJECT_MAX], msgid[SL_EVENT_ID_LEN + 4];
-    char live[SL_SUBJECT_MAX];
-    gw_chan *ch;
-
-    if (sl_subject_out(subj, sizeof(subj), c->tenant, true, room) != SL_OK ||
-        sl_subject_live(live, sizeof(live), c->tenant, true, room) != SL_OK)
-        return;
-    ch = gw_map_get(s->chans, live);
-    if (ch != NULL && ch->nmembers > s->cfg->presence_fanout_max) {
-        sl_counter_inc(s->m.presence_suppressed);
-        return;
-    }
-    gw__fill_header(c, &e, event_id);
-    p.action = (char *)action;
-    p.user = c->sub;
-    p.session = c->session;
-    p.room = (char *)room;
-    e.body_case = SLUICE__ENVELOPE__BODY_PRESENCE;
-    e.presence = &p;
-    snprintf(msgid, sizeof(msgid), "p:%s", event_id);
-    sl_counter_inc(s->m.presence_events);
-    gw__publish_out_async(s, subj, &e, msgid);
-}
-
 /* ---------- io jobs: KV ---------- */
 
 /* Writes (value) or deletes (NULL) a KV key without waiting: a KV put is a
@@ -151,7 +118,7 @@ void gw__publish_presence(gw_server *s, gw_conn *c, const char *room, const char
  * loop like any other publish, instead of a round trip per key. Takes
  * value (malloc'd). Presence and positions are refreshed regularly, so a
  * lost write is repaired by the next one. */
-static void kv_submit(gw_server *s, bool presence, const char *key, char *value)
+void gw__kv_submit(gw_server *s, bool presence, const char *key, char *value)
 {
     char subj[SL_SUBJECT_MAX + 32];
     natsMsg *m = NULL;
@@ -168,25 +135,6 @@ static void kv_submit(gw_server *s, bool presence, const char *key, char *value)
 cleanup:
     natsMsg_Destroy(m);
     free(value);
-}
-
-void gw__presence_put(gw_server *s, gw_conn *c, const char *room, bool present)
-{
-    char key[SL_SUBJECT_MAX];
-    char *val = NULL;
-
-    if (sl_kv_key3(key, sizeof(key), c->tenant, room, c->session) != SL_OK)
-        return;
-    if (present) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "user", c->sub);
-        val = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        if (val == NULL)
-            return;
-    }
-    sl_counter_inc(s->m.presence_writes);
-    kv_submit(s, true, key, val);
 }
 
 /* Persists the acked positions (and so the joined rooms) of a connection. */
@@ -209,7 +157,7 @@ void gw__positions_flush(gw_server *s, gw_conn *c)
     val = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (val != NULL)
-        kv_submit(s, false, key, val);
+        gw__kv_submit(s, false, key, val);
 }
 
 /* Marks c's positions for the next flush, which its timer does. */

@@ -524,9 +524,26 @@ char *gw_frame_event(const Sluice__Envelope *e, const char *ch, uint64_t seq)
     case SLUICE__ENVELOPE__BODY_PRESENCE: {
         const Sluice__Presence *p = e->presence;
         cJSON_AddStringToObject(o, "kind", "presence");
-        cJSON_AddStringToObject(o, "action", p->action);
-        cJSON_AddStringToObject(o, "user", p->user);
-        cJSON_AddStringToObject(o, "session", p->session);
+        if (p->n_changes == 0) {
+            cJSON_AddStringToObject(o, "action", p->action);
+            cJSON_AddStringToObject(o, "user", p->user);
+            cJSON_AddStringToObject(o, "session", p->session);
+            break;
+        }
+        /* Several changes coalesced by the gateway, in order. */
+        {
+            cJSON *arr = cJSON_AddArrayToObject(o, "changes");
+            for (size_t i = 0; arr != NULL && i < p->n_changes; i++) {
+                cJSON *it = cJSON_CreateObject();
+                if (it == NULL || !cJSON_AddItemToArray(arr, it)) {
+                    cJSON_Delete(it);
+                    break;
+                }
+                cJSON_AddStringToObject(it, "action", p->changes[i]->action);
+                cJSON_AddStringToObject(it, "user", p->changes[i]->user);
+                cJSON_AddStringToObject(it, "session", p->changes[i]->session);
+            }
+        }
         break;
     }
     case SLUICE__ENVELOPE__BODY_RECEIPT: {

@@ -164,6 +164,7 @@ static void join_waiters_fail(gw_server *s, gw_chan *ch)
         if (w->join_wait) {
             gw_conn *c = w->conn;
             gw__conn_error(s, c, "internal", "cannot join now; retry", NULL);
+            gw__presence_change(s, c, ch->name, NULL); /* not a member after all */
             gw__member_remove(s, w);
         }
     }

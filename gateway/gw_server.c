@@ -89,7 +89,7 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         c->srv = s;
         c->opened_ms = c->last_rx_ms = now;
         {
-            /* The first ping (and presence refresh) comes after a random
+            /* The first ping comes after a random
              * half to whole heartbeat, so connections opened together
              * (a reconnect storm) do not keep pinging together. */
             uint32_t r;
@@ -137,7 +137,6 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         gw__conn_free(s, c);
         /* After gw__conn_free, which may arm the timer (a position change). */
         ev_timer_stop(s->loop, &c->timer);
-        gw__presence_unqueue(s, c);
         break;
     default:
         break;
@@ -190,12 +189,14 @@ static void metrics_init(gw_metrics *m)
     m->join_reads = sl_counter_get("sluice_gw_join_reads_total", NULL,
                                    "joins that read the room's head and members from NATS");
     m->presence_writes = sl_counter_get("sluice_gw_presence_writes_total", NULL,
-                                        "presence bucket writes (joins, leaves, refreshes)");
+                                        "presence record writes and deletes (per room and "
+                                        "flush, and refreshes)");
     m->presence_events = sl_counter_get("sluice_gw_presence_events_total", NULL,
-                                        "presence events published (join, leave, disconnect)");
+                                        "presence events published (each with one or more "
+                                        "changes)");
     m->presence_suppressed =
         sl_counter_get("sluice_gw_presence_suppressed_total", NULL,
-                       "presence events not published: room over SLUICE_PRESENCE_FANOUT_MAX");
+                       "presence changes not published: room over SLUICE_PRESENCE_FANOUT_MAX");
     m->replays = sl_counter_get("sluice_gw_replays_total", NULL,
                                 "channel replays for resuming or joining members");
     m->replays_cached = sl_counter_get("sluice_gw_replays_cached_total", NULL,
@@ -251,6 +252,7 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
             SL_OK ||
+        (st = gw__presence_create(s)) != SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
         (st = gw_map_create(&s->sessions)) != SL_OK || (st = gw_map_create(&s->chans)) != SL_OK) {
         snprintf(err, errlen, "gateway init: %s", sl_status_str(st));
@@ -464,6 +466,9 @@ void gw_server_destroy(gw_server *s)
         if (s->ctx != NULL)
             sl_warn("libwebsockets did not finish its shutdown");
     }
+    /* Every connection is gone: its leaves go out, and this gateway's
+     * presence records are deleted (before the acks are waited for). */
+    gw__presence_shutdown(s);
     if (s->loop != NULL)
         ev_loop_destroy(s->loop);
     gw_api_destroy(s);

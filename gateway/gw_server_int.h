@@ -70,6 +70,7 @@ enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 
 typedef struct gw_chan gw_chan;
 typedef struct gw_conn gw_conn;
+typedef struct gw_presence gw_presence;
 
 #define POSITIONS_FLUSH_MS  250 /* acked positions reach KV this long after a change */
 #define CONN_TIMER_SLACK_MS 250 /* connection deadlines are rounded up to this grid */
@@ -216,15 +217,10 @@ struct gw_conn {
     gw_server *srv;
     /* One timer per connection (libev's heap: a start or a firing costs
      * O(log connections)) for its next deadline: hello timeout, ping and
-     * presence refresh, silence (4408), a send's ack deadline, a position
-     * flush. Nothing walks every connection on a clock. */
+     * silence (4408), a send's ack deadline, a position flush. Nothing
+     * walks every connection on a clock. */
     ev_timer timer;
-    int64_t timer_due_ms; /* when the armed timer fires; 0: not armed */
-    /* In the server's list of connections whose presence entries are due
-     * (written together on the next tick: one wake of cnats's threads for
-     * many writes). */
-    struct gw_conn *pres_prev, *pres_next;
-    bool pres_queued;
+    int64_t timer_due_ms;                    /* when the armed timer fires; 0: not armed */
     struct gw_conn *flush_prev, *flush_next; /* on s->flush_head (gw__flush_cb) */
     bool flush_queued;
     /* In the server API's index of the tenant's user (gw_api.c). */
@@ -281,9 +277,9 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
-    gw_conn *pres_due;   /* connections whose presence refresh is due (pres_next) */
     gw_conn *flush_head; /* connections with frames to write before the loop waits */
     ev_prepare flush_w;  /* runs gw__flush_cb */
+    gw_presence *pres;   /* room presence records and events (gw_presence.c) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_expire_ms;
@@ -354,8 +350,7 @@ void gw__conn_busy(gw_server *s, gw_conn *c, const char *id, const char *reason,
 void gw__fill_header(gw_conn *c, Sluice__Envelope *e, char *event_id);
 void gw__publish_out_async(gw_server *s, const char *subject, const Sluice__Envelope *e,
                            const char *msg_id);
-void gw__publish_presence(gw_server *s, gw_conn *c, const char *room, const char *action);
-void gw__presence_put(gw_server *s, gw_conn *c, const char *room, bool present);
+void gw__kv_submit(gw_server *s, bool presence, const char *key, char *value);
 void gw__positions_flush(gw_server *s, gw_conn *c);
 void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent);
 void gw__acked_remove(gw_conn *c, const char *ch);
@@ -437,8 +432,19 @@ int gw__on_writeable(gw_server *s, gw_conn *c);
 void gw__flush_queue(gw_server *s, gw_conn *c);
 void gw__flush_unqueue(gw_server *s, gw_conn *c);
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
-void gw__presence_unqueue(gw_server *s, gw_conn *c);
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void gw__on_tick(lws_sorted_usec_list_t *sul);
+
+/* gw_presence.c */
+sl_status gw__presence_create(gw_server *s);
+const char *gw__presence_instance(const gw_server *s);
+/* c joined room, or left it (action "leave", "disconnect"; NULL: quietly,
+ * its session moves to another connection): updates the room's record and
+ * queues the change for the room's next presence event. */
+void gw__presence_change(gw_server *s, gw_conn *c, const char *room, const char *action);
+/* Rewrites the records not written for a heartbeat interval. */
+void gw__presence_refresh(gw_server *s, int64_t now);
+/* Publishes what is pending, deletes this gateway's records, frees. */
+void gw__presence_shutdown(gw_server *s);
 
 #endif /* GW_SERVER_INT_H */

@@ -3,6 +3,7 @@
  * whether the last event delivered is still stored; and the read_job that
  * carries such a read and its result to the loop. Used by gw_read.c (heads,
  * fills, replays, joins) and the history reads. */
+#include "gw_presrec.h"
 #include "gw_server_int.h"
 
 void gw__read_job_free(void *arg)
@@ -138,25 +139,33 @@ read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
 }
 
 /* Appends {"user","session"} for up to max members of the room from
- * sluice_presence to the array members (*truncated when there were more).
- * Blocking: io threads only. Returns true when the read completed (all
- * initial values seen, or cut at max). */
+ * sluice_presence to the array members (*truncated when there were more):
+ * the records of every gateway and the one-member entries of older
+ * gateways (a rolling upgrade), each session once. Blocking: io threads
+ * only. Returns true when the read completed (all initial values seen, or
+ * cut at max). */
 bool gw__room_members_io(gw_server *s, const char *tenant, const char *room, int max,
                          cJSON *members, bool *truncated)
 {
     kvWatcher *w = NULL;
     kvWatchOptions wo;
     char filter[SL_SUBJECT_MAX];
+    gw_map *seen = NULL;
     bool ok = false;
 
     *truncated = false;
     if (members == NULL || s->kv_presence == NULL ||
-        sl_kv_key_room_members_filter(filter, sizeof(filter), tenant, room) != SL_OK)
+        sl_kv_key_room_members_filter(filter, sizeof(filter), tenant, room) != SL_OK ||
+        gw_map_create(&seen) != SL_OK)
         return false;
     kvWatchOptions_Init(&wo);
     wo.IgnoreDeletes = true;
-    if (kvStore_Watch(&w, s->kv_presence, filter, &wo) != NATS_OK)
+    if (kvStore_Watch(&w, s->kv_presence, filter, &wo) != NATS_OK) {
+        gw_map_destroy(seen);
         return false;
+    }
+    /* Entries read are bounded too: an old-form entry lists one member,
+     * and a session may be listed twice while it moves. */
     for (int i = 0;; i++) {
         kvEntry *e = NULL;
         if (kvWatcher_Next(&e, w, 2000) != NATS_OK)
@@ -165,26 +174,20 @@ bool gw__room_members_io(gw_server *s, const char *tenant, const char *room, int
             ok = true;
             break;
         }
-        if (i >= max) {
+        if (i >= max + GW_PRESREC_KEYS_SLACK)
             *truncated = true;
-            ok = true;
+        else if (!gw_presrec_collect(kvEntry_Key(e), kvEntry_Value(e), (size_t)kvEntry_ValueLen(e),
+                                     members, seen, max, truncated)) {
             kvEntry_Destroy(e);
             break;
         }
-        {
-            const char *sess = strrchr(kvEntry_Key(e), '.');
-            cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
-            cJSON *u = cJSON_GetObjectItemCaseSensitive(v, "user");
-            if (sess != NULL && cJSON_IsString(u)) {
-                cJSON *mem = cJSON_CreateObject();
-                cJSON_AddStringToObject(mem, "user", u->valuestring);
-                cJSON_AddStringToObject(mem, "session", sess + 1);
-                cJSON_AddItemToArray(members, mem);
-            }
-            cJSON_Delete(v);
-        }
         kvEntry_Destroy(e);
+        if (*truncated) { /* cut at max */
+            ok = true;
+            break;
+        }
     }
     kvWatcher_Destroy(w);
+    gw_map_destroy(seen);
     return ok;
 }

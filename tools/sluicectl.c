@@ -229,8 +229,21 @@ static void print_event(natsMsg *m)
         break;
     case SLUICE__ENVELOPE__BODY_PRESENCE:
         cJSON_AddStringToObject(o, "kind", "presence");
-        cJSON_AddStringToObject(o, "action", e->presence->action);
-        cJSON_AddStringToObject(o, "user", e->presence->user);
+        if (e->presence->n_changes == 0) {
+            cJSON_AddStringToObject(o, "action", e->presence->action);
+            cJSON_AddStringToObject(o, "user", e->presence->user);
+        } else {
+            cJSON *arr = cJSON_AddArrayToObject(o, "changes");
+            for (size_t i = 0; arr != NULL && i < e->presence->n_changes; i++) {
+                cJSON *it = cJSON_CreateObject();
+                if (it == NULL || !cJSON_AddItemToArray(arr, it)) {
+                    cJSON_Delete(it);
+                    break;
+                }
+                cJSON_AddStringToObject(it, "action", e->presence->changes[i]->action);
+                cJSON_AddStringToObject(it, "user", e->presence->changes[i]->user);
+            }
+        }
         break;
     case SLUICE__ENVELOPE__BODY_RECEIPT:
         cJSON_AddStringToObject(o, "kind", "receipt");

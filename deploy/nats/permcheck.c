@@ -483,6 +483,8 @@ int main(int argc, char **argv)
     pc_allowed(&gw, "KV put sluice_sessions", pc_kv_put(&gw, "sluice_sessions", "t1.s1"));
     pc_allowed(&gw, "KV get sluice_sessions", pc_kv_get(&gw, "sluice_sessions", "t1.s1"));
     pc_allowed(&gw, "KV put sluice_presence", pc_kv_put(&gw, "sluice_presence", "t1.lobby.s1"));
+    pc_allowed(&gw, "KV put sluice_presence (a gateway's room record)",
+               pc_kv_put(&gw, "sluice_presence", "t1.lobby.=G1"));
     pc_allowed(&gw, "KV keys sluice_presence (watch)", pc_kv_keys(&gw, "sluice_presence"));
     pc_allowed(&gw, "direct get next by subject on SLUICE_OUT",
                pc_direct_next(&gw, "SLUICE_OUT", "sluice.out.t1.r.lobby"));

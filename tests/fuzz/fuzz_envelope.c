@@ -128,9 +128,20 @@ static void check_body(const cJSON *o, const Sluice__Envelope *e)
     }
     case SLUICE__ENVELOPE__BODY_PRESENCE:
         CHECK(streq(kind, "presence"));
-        CHECK(streq(jstr(o, "action"), e->presence->action));
-        CHECK(streq(jstr(o, "user"), e->presence->user));
-        CHECK(streq(jstr(o, "session"), e->presence->session));
+        if (e->presence->n_changes == 0) {
+            CHECK(streq(jstr(o, "action"), e->presence->action));
+            CHECK(streq(jstr(o, "user"), e->presence->user));
+            CHECK(streq(jstr(o, "session"), e->presence->session));
+        } else {
+            const cJSON *chg = cJSON_GetObjectItemCaseSensitive(o, "changes");
+            CHECK(cJSON_GetArraySize(chg) == (int)e->presence->n_changes);
+            for (size_t i = 0; i < e->presence->n_changes; i++) {
+                const cJSON *it = cJSON_GetArrayItem(chg, (int)i);
+                CHECK(streq(jstr(it, "action"), e->presence->changes[i]->action));
+                CHECK(streq(jstr(it, "user"), e->presence->changes[i]->user));
+                CHECK(streq(jstr(it, "session"), e->presence->changes[i]->session));
+            }
+        }
         break;
     case SLUICE__ENVELOPE__BODY_RECEIPT:
         CHECK(streq(kind, "receipt"));

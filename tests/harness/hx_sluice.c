@@ -112,6 +112,21 @@ static void hx__observe(hx_ws *ws, const cJSON *f, void *ud)
         c->counts.gaps++;
         return;
     }
+    if (strcmp(type, "joined") == 0) {
+        /* The room's position starts at joined.seq, as clients keep it (a
+         * resume before the room's first event then still names it). */
+        const char *ch = hx_json_str(f, "ch");
+        int64_t seq = hx_json_int(f, "seq", -1);
+        bool known = false;
+        for (int i = 0; ch != NULL && i < c->npos; i++)
+            known = known || strcmp(c->pos[i].ch, ch) == 0;
+        if (ch != NULL && seq >= 0 && !known && c->npos < HX_SL_MAX_CH) {
+            c->pos[c->npos].ch = hx_strf("%s", ch);
+            c->pos[c->npos].seq = seq;
+            c->npos++;
+        }
+        return;
+    }
     if (strcmp(type, "event") != 0)
         return;
     c->counts.events++;

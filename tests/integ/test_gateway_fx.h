@@ -419,4 +419,49 @@ static inline void fx_publish_flush(fx *f)
                   natsStatus_GetText(st));
 }
 
+/* The gateway records ("<t>.<room>.=<instance>", {"count","members"}) of
+ * the room in the presence bucket: *nrec of them are read; returns the key
+ * (malloc'd) of the one listing session (NULL when none does). */
+static inline char *fx_presence_record_of(fx *f, const char *tenant, const char *room,
+                                          const char *session, int *nrec)
+{
+    kvStore *kv = NULL;
+    kvWatcher *w = NULL;
+    kvWatchOptions wo;
+    char filter[200];
+    char *found = NULL;
+
+    *nrec = 0;
+    snprintf(filter, sizeof(filter), "%s.%s.*", tenant, room);
+    if (js_KeyValue(&kv, f->js, SL_KV_PRESENCE) != NATS_OK)
+        return NULL;
+    kvWatchOptions_Init(&wo);
+    wo.IgnoreDeletes = true;
+    if (kvStore_Watch(&w, kv, filter, &wo) == NATS_OK) {
+        for (;;) {
+            kvEntry *e = NULL;
+            const char *last;
+            if (kvWatcher_Next(&e, w, 2000) != NATS_OK || e == NULL)
+                break;
+            last = strrchr(kvEntry_Key(e), '.');
+            if (last != NULL && last[1] == '=') {
+                cJSON *v = cJSON_ParseWithLength(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+                const cJSON *m;
+                (*nrec)++;
+                cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(v, "members"))
+                {
+                    const char *ss = hx_json_str(m, "session");
+                    if (found == NULL && ss != NULL && strcmp(ss, session) == 0)
+                        found = strdup(kvEntry_Key(e));
+                }
+                cJSON_Delete(v);
+            }
+            kvEntry_Destroy(e);
+        }
+        kvWatcher_Destroy(w);
+    }
+    kvStore_Destroy(kv);
+    return found;
+}
+
 #endif

@@ -302,6 +302,43 @@ START_TEST(test_outq_bounds)
 }
 END_TEST
 
+/* A presence event with one change keeps the original shape; with several
+ * (a coalescing gateway's), they are listed in order under changes. */
+START_TEST(test_presence_frames)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__Presence p = SLUICE__PRESENCE__INIT;
+    Sluice__PresenceChange c[2] = {SLUICE__PRESENCE_CHANGE__INIT, SLUICE__PRESENCE_CHANGE__INIT};
+    Sluice__PresenceChange *cp[2] = {&c[0], &c[1]};
+    char *s;
+
+    p.action = "join";
+    p.user = "alice";
+    p.session = "s1";
+    p.room = "lobby";
+    e.body_case = SLUICE__ENVELOPE__BODY_PRESENCE;
+    e.presence = &p;
+    s = gw_frame_event(&e, "r:lobby", 9);
+    ck_assert_str_eq(s, "{\"type\":\"event\",\"ch\":\"r:lobby\",\"seq\":9,\"kind\":\"presence\","
+                        "\"action\":\"join\",\"user\":\"alice\",\"session\":\"s1\"}");
+    free(s);
+    p.action = p.user = p.session = "";
+    c[0].action = "join";
+    c[0].user = "bob";
+    c[0].session = "s2";
+    c[1].action = "leave";
+    c[1].user = "alice";
+    c[1].session = "s1";
+    p.n_changes = 2;
+    p.changes = cp;
+    s = gw_frame_event(&e, "r:lobby", 10);
+    ck_assert_str_eq(s, "{\"type\":\"event\",\"ch\":\"r:lobby\",\"seq\":10,\"kind\":\"presence\","
+                        "\"changes\":[{\"action\":\"join\",\"user\":\"bob\",\"session\":\"s2\"},"
+                        "{\"action\":\"leave\",\"user\":\"alice\",\"session\":\"s1\"}]}");
+    free(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("gw_protocol");
@@ -315,6 +352,7 @@ int main(void)
     tcase_add_test(tc, test_parse_many_positions);
     tcase_add_test(tc, test_parse_optional_ids);
     tcase_add_test(tc, test_event_frames);
+    tcase_add_test(tc, test_presence_frames);
     tcase_add_test(tc, test_history_frame);
     tcase_add_test(tc, test_outq_bounds);
     suite_add_tcase(s, tc);

@@ -83,11 +83,19 @@ export interface Usage {
     estimated?: boolean;
 }
 
-export interface PresenceEvent extends EventBase {
-    kind: 'presence';
+export interface PresenceChange {
     action: 'join' | 'leave' | 'disconnect';
     user: string;
     session: string;
+}
+
+/** One change (action, user, session), or several in order (changes). */
+export interface PresenceEvent extends EventBase {
+    kind: 'presence';
+    action?: 'join' | 'leave' | 'disconnect';
+    user?: string;
+    session?: string;
+    changes?: PresenceChange[];
 }
 
 export interface ReceiptEvent extends EventBase {

@@ -277,7 +277,8 @@ export class SluiceError extends Error {
  *   event        every new channel event, after duplicate filtering
  *   message      `message` events
  *   reply        reply updates {reply, to, agent, ch, attempt, text, final, restarted, cancelled?, degraded?, partial?, usage?}
- *   presence     {room, action, user, session, members}
+ *   presence     {room, action, user, session, members}, one per change (an event
+ *                carrying several `changes` gives several)
  *   members      {room, members} whenever a room's member list changes
  *   receipt      `receipt` events
  *   busy         `busy` frames: for a send ({id, reason, retry_after_ms, scope:'send'}: it
@@ -1011,16 +1012,22 @@ export class SluiceClient extends Emitter {
             members = new Map();
             this.#members.set(room, members);
         }
-        const key = ev.session ? `s:${ev.session}` : `u:${ev.user}`;
-        if (ev.action === 'join') {
-            members.set(key, ev.user);
-        } else {
-            members.delete(key);
-            members.delete(`u:${ev.user}`);
+        // One change, or several in order (`changes`, from a gateway that
+        // coalesces the joins and leaves of a short interval): one
+        // `presence` event per change, one `members` at the end.
+        const changes = Array.isArray(ev.changes) ? ev.changes : [ev];
+        for (const c of changes) {
+            if (!c || typeof c.user !== 'string' || typeof c.action !== 'string') continue;
+            const key = c.session ? `s:${c.session}` : `u:${c.user}`;
+            if (c.action === 'join') {
+                members.set(key, c.user);
+            } else {
+                members.delete(key);
+                members.delete(`u:${c.user}`);
+            }
+            this.emit('presence', { room, action: c.action, user: c.user, session: c.session, members: this.members(room) });
         }
-        const list = this.members(room);
-        this.emit('presence', { room, action: ev.action, user: ev.user, session: ev.session, members: list });
-        this.emit('members', { room, members: list });
+        this.emit('members', { room, members: this.members(room) });
     }
 
     // A room joined again in a new session after events were missed: hold

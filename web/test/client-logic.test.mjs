@@ -462,6 +462,22 @@ describe('client against a fake gateway', () => {
             conn.send({ type: 'event', ch: 'r:lobby', seq: 4, kind: 'presence', action: 'join', user: 'cy', session: 's3' });
             conn.send({ type: 'event', ch: 'r:lobby', seq: 5, kind: 'presence', action: 'disconnect', user: 'ann', session: 's1' });
             await until(() => client.members('lobby').join() === 'bob,cy', { what: 'presence applied' });
+            // Several changes in one event (a coalescing gateway): applied in
+            // order, one presence event per change.
+            const seen = [];
+            client.on('presence', (p) => seen.push(`${p.action}:${p.user}`));
+            conn.send({
+                type: 'event', ch: 'r:lobby', seq: 6, kind: 'presence',
+                changes: [
+                    { action: 'join', user: 'dee', session: 's4' },
+                    { action: 'leave', user: 'bob' },
+                    { action: 'join', user: 'eve', session: 's5' },
+                    { action: 'leave', user: 'eve', session: 's5' },
+                ],
+            });
+            await until(() => seen.length === 4, { what: 'coalesced presence applied' });
+            assert.deepEqual(seen, ['join:dee', 'leave:bob', 'join:eve', 'leave:eve']);
+            assert.deepEqual(client.members('lobby'), ['cy', 'dee']);
 
             const hist = client.history('r:lobby', { before: 4, limit: 2 });
             const req = await conn.next((f) => f.type === 'history');
