@@ -69,6 +69,11 @@ static bool all_utf8(const Sluice__Envelope *e)
     case SLUICE__ENVELOPE__BODY_PRESENCE:
         body[0] = e->presence->action, body[1] = e->presence->user;
         body[2] = e->presence->session, body[3] = e->presence->room;
+        for (size_t i = 0; i < e->presence->n_changes; i++) {
+            const Sluice__PresenceChange *pc = e->presence->changes[i];
+            if (!ref_utf8_str(pc->action) || !ref_utf8_str(pc->user) || !ref_utf8_str(pc->session))
+                return false;
+        }
         break;
     case SLUICE__ENVELOPE__BODY_RECEIPT:
         body[0] = e->receipt->to, body[1] = e->receipt->user, body[2] = e->receipt->state;
@@ -211,10 +216,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* Encodes e without the unknown fields it kept (at the top and in its
- * body): protobuf-c 1.4.1 accepts field number 0 when its tag is a
- * non-minimal varint ("82 00") but refuses the minimal "02" it writes
- * back, so only the known fields are expected to round-trip. */
+/* Encodes e without the unknown fields it kept (at the top, in its body
+ * and in the messages nested in the body): protobuf-c 1.4.1 accepts field number 0 when its tag is
+ * a non-minimal varint ("82 00") but refuses the minimal "02" it writes back, so only the known
+ * fields are expected to round-trip. */
 static void encode_known(const Sluice__Envelope *e, uint8_t **out, size_t *len)
 {
     Sluice__Envelope top = *e;
@@ -229,6 +234,8 @@ static void encode_known(const Sluice__Envelope *e, uint8_t **out, size_t *len)
         Sluice__Busy busy;
         Sluice__Cancel cancel;
     } body;
+    Sluice__Usage usage;
+    Sluice__PresenceChange *changes = NULL, **change_ptrs = NULL;
 
     top.base.n_unknown_fields = 0;
     top.base.unknown_fields = NULL;
@@ -240,7 +247,29 @@ static void encode_known(const Sluice__Envelope *e, uint8_t **out, size_t *len)
         body.base.unknown_fields = NULL;
         top.message = &body.message; /* any member of the oneof: they share storage */
     }
+    /* The messages nested in a body keep unknown fields too. */
+    if (e->body_case == SLUICE__ENVELOPE__BODY_REPLY && e->reply->usage != NULL) {
+        usage = *e->reply->usage;
+        usage.base.n_unknown_fields = 0;
+        usage.base.unknown_fields = NULL;
+        body.reply.usage = &usage;
+    }
+    if (e->body_case == SLUICE__ENVELOPE__BODY_PRESENCE && e->presence->n_changes > 0) {
+        size_t n = e->presence->n_changes;
+        changes = calloc(n, sizeof(*changes));
+        change_ptrs = calloc(n, sizeof(*change_ptrs));
+        CHECK(changes != NULL && change_ptrs != NULL);
+        for (size_t i = 0; i < n; i++) {
+            changes[i] = *e->presence->changes[i];
+            changes[i].base.n_unknown_fields = 0;
+            changes[i].base.unknown_fields = NULL;
+            change_ptrs[i] = &changes[i];
+        }
+        body.presence.changes = change_ptrs;
+    }
     CHECK(sl_envelope_encode(&top, out, len) == SL_OK);
+    free(changes);
+    free(change_ptrs);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
