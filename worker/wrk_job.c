@@ -498,6 +498,39 @@ static void store_backoff(wrk_loop *l, int64_t ms)
  * grace of a stop is over; the work message stays unacknowledged all that
  * time and the timer keeps its lease. Returns true once everything is
  * stored. */
+/* Whether the job's answer goes to SLUICE_IN as an agent message: an
+ * answer (whole or partial) that an agent could route. */
+static bool job_wants_agent_msg(const job *j, const wrk_decision *d, const char *so_far)
+{
+    return (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
+           wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
+                                      j->work->n_agent_mentions, so_far);
+}
+
+/* Publishes the job's agent message (asynchronous) on js. SL_ERR_INVAL
+ * (no valid subject for this agent: nothing that could ever be stored, so
+ * nothing to wait for) is logged here. */
+static sl_status job_agent_msg_publish(jsCtx *js, const job *j, const char *so_far)
+{
+    wrk_agent_msg am = {
+        .tenant = j->tenant,
+        .session = j->session,
+        .trace_id = j->env->trace_id,
+        .hops = j->env->hops + 1,
+        .reply_id = j->reply_id,
+        .agent = j->agent,
+        .room = j->work->room,
+        .text = so_far,
+    };
+    sl_status st = wrk_agent_message_publish_async(js, &am);
+
+    if (st == SL_ERR_INVAL) {
+        sl_log_ctx c = job_ctx(j);
+        sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id, sl_status_str(st));
+    }
+    return st;
+}
+
 static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char *text,
                           const char *so_far)
 {
@@ -506,10 +539,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
     int64_t give_up = sl_mono_ms() + STORE_RETRY_MS;
     int64_t backoff = STORE_BACKOFF_MIN_MS;
     bool final_ok = false;
-    bool want_agent =
-        (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
-        wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
-                                   j->work->n_agent_mentions, so_far);
+    bool want_agent = job_wants_agent_msg(j, d, so_far);
 
     if (!want_agent && (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) && !j->agent_counted)
         sl_counter_inc(l->m_agent_skipped);
@@ -546,26 +576,11 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
         int errors_before = atomic_load(&s->pub_errors);
         bool sent = true;
         if (want_agent) {
-            wrk_agent_msg am = {
-                .tenant = j->tenant,
-                .session = j->session,
-                .trace_id = j->env->trace_id,
-                .hops = j->env->hops + 1,
-                .reply_id = j->reply_id,
-                .agent = j->agent,
-                .room = j->work->room,
-                .text = so_far,
-            };
-            sl_status st = wrk_agent_message_publish_async(s->js, &am);
-            if (st == SL_ERR_INVAL) {
-                /* No valid subject for this agent: nothing that could ever
-                 * be stored, so nothing to wait for. */
-                sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id,
-                        sl_status_str(st));
-                want_agent = false;
-            } else if (st != SL_OK) {
+            sl_status st = job_agent_msg_publish(s->js, j, so_far);
+            if (st == SL_ERR_INVAL)
+                want_agent = false; /* nothing that could be stored */
+            else if (st != SL_OK)
                 sent = false;
-            }
         }
         if (!kv_put_async(l, j, d->kv_state))
             sent = false;
@@ -719,29 +734,10 @@ static void finish_batch(wrk_loop *l, done_job *list)
         job *j = &dj->j;
         const wrk_decision *d = &dj->d;
         const char *so_far = wrk_stream_text(j->stream, NULL);
-        if ((d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
-            wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
-                                       j->work->n_agent_mentions, so_far)) {
-            wrk_agent_msg am = {
-                .tenant = j->tenant,
-                .session = j->session,
-                .trace_id = j->env->trace_id,
-                .hops = j->env->hops + 1,
-                .reply_id = j->reply_id,
-                .agent = j->agent,
-                .room = j->work->room,
-                .text = so_far,
-            };
-            sl_status st = wrk_agent_message_publish_async(f->js, &am);
-            if (st == SL_ERR_INVAL) {
-                /* No valid subject for this agent: nothing that could
-                 * ever be stored (as in job_store_end). */
-                sl_log_ctx c = job_ctx(j);
-                sl_logf(SL_LOG_WARN, &c, "job %s: no agent message (%s)", j->job_id,
-                        sl_status_str(st));
-            } else if (st != SL_OK) {
-                ok = false;
-            }
+        if (job_wants_agent_msg(j, d, so_far)) {
+            sl_status st = job_agent_msg_publish(f->js, j, so_far);
+            if (st != SL_OK && st != SL_ERR_INVAL)
+                ok = false; /* SL_ERR_INVAL: nothing that could be stored */
         }
         if (ok && !kv_put_async(l, j, d->kv_state))
             ok = false;
