@@ -277,6 +277,11 @@ static void read_result_run(void *arg)
             break;
         if (j->gap) {
             uint64_t to = j->n > 0 ? j->msgs[0].seq : 0;
+            /* A read that stopped where the cache starts: the event after
+             * the hole is the cache's first. */
+            if (to == 0 && j->upto != 0 && ch->cache_valid && ch->cache_base + 1 == j->upto &&
+                ch->ring_n > 0)
+                to = ch->ring[ch->ring_start].seq;
             if (to > 0) {
                 gw__conn_send_text(s, c, gw_frame_gap(ch->ch, (int64_t)m->delivered, (int64_t)to));
                 sl_counter_inc(s->m.resumes_gap);
@@ -303,7 +308,9 @@ static void read_result_run(void *arg)
         }
         if (c->close_code != 0 || m->replay_paused)
             break;
-        if (j->more || m->pend_overflow || !gw__member_pend_fits(s, m) ||
+        if (j->upto != 0 && !j->more && m->delivered + 1 < j->upto)
+            m->delivered = j->upto - 1; /* the stream holds nothing of the channel in between */
+        if (j->more || j->upto != 0 || m->pend_overflow || !gw__member_pend_fits(s, m) ||
             (!j->after_ready && ch->state != CHAN_INIT && m->delivered < ch->ready_head)) {
             m->pend_overflow = false;
             if (!j->more)
@@ -503,6 +510,10 @@ void gw__replay_submit(gw_server *s, gw_conn *c, gw_member *m, bool check_gap)
     j->from = m->delivered + 1;
     j->check_gap = check_gap;
     j->after_ready = m->chan->state != CHAN_INIT;
+    /* Only what the cache no longer holds is read from the stream; the
+     * rest comes from the cache when this read is done. */
+    if (m->chan->state == CHAN_READY && m->chan->cache_valid && m->delivered < m->chan->cache_base)
+        j->upto = m->chan->cache_base + 1;
     /* After the resumes, joins and fills already queued: in a resume storm
      * every member's replay would otherwise hold up the next resume's
      * positions read (its input waits for it) and the fills live members

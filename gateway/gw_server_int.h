@@ -320,7 +320,7 @@ typedef struct read_job {
     char room[SL_ID_MAX + 1];
     char tenant[SL_ID_MAX + 1];
     uint64_t from; /* first sequence wanted */
-    uint64_t upto; /* fill: stop at this sequence */
+    uint64_t upto; /* fill, replay: stop at this sequence */
     uint64_t last; /* fill: Nats-Last-Sequence of the live event at upto */
     uint64_t before;
     int64_t limit;
