@@ -68,8 +68,8 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg.outq_max_frames, 4096);
     ck_assert_int_eq(cfg.outq_max_bytes, 1048576);
     ck_assert_int_eq(cfg.drain_grace_ms, 10000);
-    ck_assert_int_eq(cfg.handshake_rate, 500);
-    ck_assert_int_eq(cfg.handshake_burst, 1000);
+    ck_assert_int_eq(cfg.handshake_rate, 2000);
+    ck_assert_int_eq(cfg.handshake_burst, 2000);
     ck_assert_int_eq(cfg.publish_timeout_ms, 5000);
     ck_assert_int_eq(cfg.hello_timeout_ms, 5000);
     ck_assert_int_eq(cfg.presence_fanout_max, 200);
