@@ -31,9 +31,6 @@
 #define STORE_BACKOFF_MIN_MS 100
 #define STORE_BACKOFF_MAX_MS 2000
 
-/* Bound on the wait for the acknowledgments of a job's last publishes. */
-#define PUB_WAIT_MS 5000
-
 const char *const wrk__metric_names[5] = {"ok", "partial", "degraded", "cancelled", "failed"};
 
 /* ---- Pure decision ----------------------------------------------------- */
@@ -168,7 +165,7 @@ static char *state_json(const wrk_loop *l, const char *state, const char *sessio
  * caller's next js_PublishAsyncComplete covers it. Published on the same
  * connection after every earlier state of the job, so the bucket keeps the
  * order. Returns false when it was not even sent. */
-static bool kv_put_async(wrk_loop *l, job *j, const char *state)
+bool wrk__kv_put_async(wrk_loop *l, job *j, const char *state)
 {
     wrk_slot *s = j->slot;
     char *txt = state_json(l, state, j->session, j->to, j->agent, j->attempt);
@@ -369,7 +366,7 @@ static void slot_finishing(wrk_slot *s)
 
 /* Acks, NAKs or terminates the work message; the slot lock orders this
  * with the timer's InProgress on the same message. */
-static void slot_settle(wrk_slot *s, natsMsg *msg, int how, int64_t delay_ms)
+void wrk__slot_settle(wrk_slot *s, natsMsg *msg, int how, int64_t delay_ms)
 {
     natsStatus ns;
 
@@ -500,7 +497,7 @@ static void store_backoff(wrk_loop *l, int64_t ms)
  * stored. */
 /* Whether the job's answer goes to SLUICE_IN as an agent message: an
  * answer (whole or partial) that an agent could route. */
-static bool job_wants_agent_msg(const job *j, const wrk_decision *d, const char *so_far)
+bool wrk__job_wants_agent_msg(const job *j, const wrk_decision *d, const char *so_far)
 {
     return (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) &&
            wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
@@ -510,7 +507,7 @@ static bool job_wants_agent_msg(const job *j, const wrk_decision *d, const char 
 /* Publishes the job's agent message (asynchronous) on js. SL_ERR_INVAL
  * (no valid subject for this agent: nothing that could ever be stored, so
  * nothing to wait for) is logged here. */
-static sl_status job_agent_msg_publish(jsCtx *js, const job *j, const char *so_far)
+sl_status wrk__job_agent_msg_publish(jsCtx *js, const job *j, const char *so_far)
 {
     wrk_agent_msg am = {
         .tenant = j->tenant,
@@ -539,7 +536,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
     int64_t give_up = sl_mono_ms() + STORE_RETRY_MS;
     int64_t backoff = STORE_BACKOFF_MIN_MS;
     bool final_ok = false;
-    bool want_agent = job_wants_agent_msg(j, d, so_far);
+    bool want_agent = wrk__job_wants_agent_msg(j, d, so_far);
 
     if (!want_agent && (d->end == WRK_END_OK || d->end == WRK_END_PARTIAL) && !j->agent_counted)
         sl_counter_inc(l->m_agent_skipped);
@@ -576,13 +573,13 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
         int errors_before = atomic_load(&s->pub_errors);
         bool sent = true;
         if (want_agent) {
-            sl_status st = job_agent_msg_publish(s->js, j, so_far);
+            sl_status st = wrk__job_agent_msg_publish(s->js, j, so_far);
             if (st == SL_ERR_INVAL)
                 want_agent = false; /* nothing that could be stored */
             else if (st != SL_OK)
                 sent = false;
         }
-        if (!kv_put_async(l, j, d->kv_state))
+        if (!wrk__kv_put_async(l, j, d->kv_state))
             sent = false;
         if (slot_publishes_done(s, j, errors_before) && sent)
             return true;
@@ -596,7 +593,7 @@ static bool job_store_end(wrk_loop *l, job *j, const wrk_decision *d, const char
  * the job is handed back (NAK): the next attempt ends it, and its final
  * reply is a duplicate JetStream drops when this one was stored. Returns
  * true when the end was stored. */
-static bool job_finish(wrk_loop *l, job *j, const wrk_decision *d)
+bool wrk__job_finish(wrk_loop *l, job *j, const wrk_decision *d)
 {
     wrk_slot *s = j->slot;
     sl_log_ctx c = job_ctx(j);
@@ -609,10 +606,10 @@ static bool job_finish(wrk_loop *l, job *j, const wrk_decision *d)
                 "job %s: its end could not be stored; handing it back for another attempt",
                 j->job_id);
         sl_counter_inc(l->m_jobs[M_FAILED]);
-        slot_settle(s, j->msg, SETTLE_NAK, FINAL_RETRY_MS);
+        wrk__slot_settle(s, j->msg, SETTLE_NAK, FINAL_RETRY_MS);
         return false;
     }
-    slot_settle(s, j->msg, d->term ? SETTLE_TERM : SETTLE_ACK, 0);
+    wrk__slot_settle(s, j->msg, d->term ? SETTLE_TERM : SETTLE_ACK, 0);
     for (int i = 0; i < 4; i++)
         if (d->metric != NULL && strcmp(d->metric, wrk__metric_names[i]) == 0)
             sl_counter_inc(l->m_jobs[i]);
@@ -660,182 +657,6 @@ static sl_status job_messages(wrk_loop *l, job *j, int64_t deadline, wrk_history
     return SL_OK;
 }
 
-/* ---- Finishing --------------------------------------------------------- */
-
-/* The end of a finished job, once stored: ack, metrics, usage, times.
- * stored: the end was stored by the finisher's batch (else job_finish
- * settled the job itself). */
-static void finished(wrk_loop *l, done_job *dj, bool stored)
-{
-    job *j = &dj->j;
-    bool ok = true;
-
-    if (stored) {
-        size_t len = 0;
-        const char *so_far = wrk_stream_text(j->stream, &len);
-        slot_settle(l->fin, j->msg, dj->d.term ? SETTLE_TERM : SETTLE_ACK, 0);
-        for (int i = 0; i < 4; i++)
-            if (dj->d.metric != NULL && strcmp(dj->d.metric, wrk__metric_names[i]) == 0)
-                sl_counter_inc(l->m_jobs[i]);
-        if (!j->agent_counted && (dj->d.end == WRK_END_OK || dj->d.end == WRK_END_PARTIAL) &&
-            !wrk_agent_message_routable(j->work->agent_mentions_only, j->work->agent_mentions,
-                                        j->work->n_agent_mentions, so_far))
-            sl_counter_inc(l->m_agent_skipped);
-    } else {
-        ok = job_finish(l, j, &dj->d);
-    }
-    if (ok)
-        wrk_usage_add(l->usage, j->tenant, j->agent, dj->used.input_tokens, dj->used.output_tokens);
-    {
-        int64_t first = wrk_stream_first_chunk_ms(j->stream);
-        if (first > 0)
-            sl_hist_observe_ns(l->m_ttft, (first - j->start_ms) * NS_PER_MS);
-        sl_hist_observe_ns(l->m_job, (sl_mono_ms() - j->start_ms) * NS_PER_MS);
-    }
-}
-
-static void done_job_free(done_job *dj)
-{
-    wrk_stream_destroy(dj->j.stream);
-    sl_envelope_free(dj->j.env);
-    natsMsg_Destroy(dj->j.msg);
-    free(dj);
-}
-
-/* Stores the ends of a batch of jobs with two waits in all: every final
- * reply, asynchronous, one wait; then every agent message and end state,
- * asynchronous, one wait; then the acks. So each job's end state is stored
- * only after its final reply, and its ack sent only after both, as when a
- * job ends on its slot (job_finish). When a wait fails or a publish was
- * refused, every job of the batch goes through job_finish, one by one
- * (the finals and agent messages again under their Nats-Msg-Ids, so
- * JetStream keeps one copy; the end state is the same value again). */
-static void finish_batch(wrk_loop *l, done_job *list)
-{
-    wrk_slot *f = l->fin;
-    int errors_before = atomic_load(&f->pub_errors);
-    bool ok = true;
-    jsPubOptions po;
-
-    jsPubOptions_Init(&po);
-    po.MaxWait = PUB_WAIT_MS;
-    for (done_job *dj = list; dj != NULL && ok; dj = dj->next) {
-        const wrk_decision *d = &dj->d;
-        const char *text =
-            d->end == WRK_END_DEGRADED ? dj->j.fallback : wrk_stream_text(dj->j.stream, NULL);
-        if (wrk_stream_final_async(dj->j.stream, text, d->end == WRK_END_DEGRADED,
-                                   d->end == WRK_END_PARTIAL, d->end == WRK_END_CANCELLED) != SL_OK)
-            ok = false;
-    }
-    if (ok && (js_PublishAsyncComplete(f->js, &po) != NATS_OK ||
-               atomic_load(&f->pub_errors) != errors_before))
-        ok = false;
-    for (done_job *dj = list; dj != NULL && ok; dj = dj->next) {
-        job *j = &dj->j;
-        const wrk_decision *d = &dj->d;
-        const char *so_far = wrk_stream_text(j->stream, NULL);
-        if (job_wants_agent_msg(j, d, so_far)) {
-            sl_status st = job_agent_msg_publish(f->js, j, so_far);
-            if (st != SL_OK && st != SL_ERR_INVAL)
-                ok = false; /* SL_ERR_INVAL: nothing that could be stored */
-        }
-        if (ok && !kv_put_async(l, j, d->kv_state))
-            ok = false;
-    }
-    if (ok && (js_PublishAsyncComplete(f->js, &po) != NATS_OK ||
-               atomic_load(&f->pub_errors) != errors_before))
-        ok = false;
-    if (!ok) {
-        /* Forget what is still pending (a late acknowledgment is then
-         * ignored): job_finish publishes it again and waits itself. */
-        natsMsgList pending = {0};
-        if (js_PublishAsyncGetPendingList(&pending, f->js) == NATS_OK)
-            natsMsgList_Destroy(&pending);
-        sl_warn("finishing a batch of jobs: a publish failed or was not acknowledged within %d "
-                "ms; storing their ends one by one",
-                PUB_WAIT_MS);
-    }
-    while (list != NULL) {
-        done_job *next = list->next;
-        l->fin_rest = next;
-        finished(l, list, ok);
-        done_job_free(list);
-        pthread_mutex_lock(&l->mu);
-        l->busy--;
-        pthread_cond_broadcast(&l->idle_cv);
-        pthread_mutex_unlock(&l->mu);
-        list = next;
-    }
-    l->fin_rest = NULL;
-}
-
-void *wrk__finisher_main(void *arg)
-{
-    wrk_loop *l = arg;
-
-    pthread_mutex_lock(&l->fmu);
-    for (;;) {
-        done_job *list;
-        if (l->fhead == NULL) {
-            if (l->fin_stop)
-                break;
-            pthread_cond_wait(&l->fin_cv, &l->fmu);
-            continue;
-        }
-        list = l->fhead;
-        l->fhead = l->ftail = NULL;
-        l->fcount = 0;
-        pthread_cond_broadcast(&l->fin_room);
-        pthread_mutex_unlock(&l->fmu);
-        finish_batch(l, list);
-        pthread_mutex_lock(&l->fmu);
-    }
-    pthread_mutex_unlock(&l->fmu);
-    return NULL;
-}
-
-/* Hands a job whose model call is over to the finisher (waiting while its
- * list is full), so the slot takes its next job while the end is stored.
- * The job stays counted as busy until the finisher settles it. Returns
- * false when out of memory (the caller finishes the job itself). */
-static bool job_hand_over(wrk_loop *l, job *j, const wrk_decision *d, const wrk_call_usage *used)
-{
-    wrk_slot *s = j->slot;
-    done_job *dj = calloc(1, sizeof(*dj));
-
-    if (dj == NULL)
-        return false;
-    /* From now on the timer must not touch the message: the finisher
-     * settles and frees it. */
-    pthread_mutex_lock(&s->mu);
-    s->msg = NULL;
-    pthread_mutex_unlock(&s->mu);
-    dj->j = *j;
-    dj->j.slot = l->fin;
-    dj->d = *d;
-    dj->used = *used;
-    wrk_stream_set_js(dj->j.stream, l->fin->js);
-    pthread_mutex_lock(&l->mu);
-    l->busy++;
-    pthread_mutex_unlock(&l->mu);
-    pthread_mutex_lock(&l->fmu);
-    while (l->fcount >= l->fmax)
-        pthread_cond_wait(&l->fin_room, &l->fmu);
-    if (l->ftail != NULL)
-        l->ftail->next = dj;
-    else
-        l->fhead = dj;
-    l->ftail = dj;
-    l->fcount++;
-    pthread_cond_signal(&l->fin_cv);
-    pthread_mutex_unlock(&l->fmu);
-    /* The job's parts are the finisher's now. */
-    j->msg = NULL;
-    j->env = NULL;
-    j->stream = NULL;
-    return true;
-}
-
 bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 {
     wrk_loop *l = s->loop;
@@ -875,7 +696,7 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
     if (j.attempt > 1 && kv_job_finished(l, &j, state, sizeof(state))) {
         sl_logf(SL_LOG_INFO, &c, "job %s already ended (%s); acking the redelivery", j.job_id,
                 state);
-        slot_settle(s, msg, SETTLE_ACK, 0);
+        wrk__slot_settle(s, msg, SETTLE_ACK, 0);
         goto cleanup;
     }
 
@@ -899,7 +720,7 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
     };
     if (wrk_stream_create(&j.stream, s->js, &sp) != SL_OK) {
         sl_logf(SL_LOG_ERROR, &c, "job %s: out of memory; will be retried", j.job_id);
-        slot_settle(s, msg, SETTLE_NAK, FINAL_RETRY_MS);
+        wrk__slot_settle(s, msg, SETTLE_NAK, FINAL_RETRY_MS);
         goto cleanup;
     }
 
@@ -907,13 +728,13 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
         d = (wrk_decision){
             .end = WRK_END_CANCELLED, .kv_state = "cancelled", .metric = "cancelled"};
         sl_logf(SL_LOG_INFO, &c, "job %s was cancelled before it started", j.job_id);
-        job_finish(l, &j, &d);
+        wrk__job_finish(l, &j, &d);
         goto cleanup;
     }
 
     deadline = j.start_ms + (j.work->deadline_ms > 0 ? j.work->deadline_ms : l->cfg.timeout_ms);
     if (job_messages(l, &j, deadline, &hist, &msgs, &nmsgs) != SL_OK) {
-        slot_settle(s, msg, SETTLE_NAK, FINAL_RETRY_MS);
+        wrk__slot_settle(s, msg, SETTLE_NAK, FINAL_RETRY_MS);
         goto cleanup;
     }
     slot_started(s, j.stream);
@@ -944,19 +765,19 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 
     if (d.end == WRK_END_RETRY || d.end == WRK_END_REQUEUE) {
         int errors_before = atomic_load(&s->pub_errors);
-        kv_put_async(l, &j, d.kv_state);
+        wrk__kv_put_async(l, &j, d.kv_state);
         (void)slot_publishes_done(s, &j, errors_before);
         sl_counter_inc(d.end == WRK_END_RETRY ? l->m_retries : l->m_requeued);
         sl_logf(SL_LOG_INFO, &c, "job %s attempt %" PRIu64 ": %s in %" PRId64 " ms", j.job_id,
                 j.attempt, d.end == WRK_END_RETRY ? "retrying" : "handing back", d.delay_ms);
-        slot_settle(s, msg, SETTLE_NAK, d.delay_ms);
+        wrk__slot_settle(s, msg, SETTLE_NAK, d.delay_ms);
         goto cleanup;
     }
-    if (job_hand_over(l, &j, &d, &used)) {
+    if (wrk__job_hand_over(l, &j, &d, &used)) {
         handed = true;
         goto cleanup;
     }
-    if (job_finish(l, &j, &d))
+    if (wrk__job_finish(l, &j, &d))
         wrk_usage_add(l->usage, j.tenant, j.agent, used.input_tokens, used.output_tokens);
     {
         int64_t first = wrk_stream_first_chunk_ms(j.stream);

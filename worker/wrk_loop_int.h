@@ -230,16 +230,36 @@ static inline bool log_due(int64_t *last)
 
 /* ---- Across files ------------------------------------------------------ */
 
+/* Bound on the wait for the acknowledgments of a job's last publishes. */
+#define PUB_WAIT_MS 5000
+
 /* wrk_job.c */
 natsStatus wrk__ack_send(wrk_loop *l, natsMsg *msg, int how, int64_t delay_ms);
+/* Acks, NAKs or terminates (how) the work message of slot s's job. */
+void wrk__slot_settle(wrk_slot *s, natsMsg *msg, int how, int64_t delay_ms);
+/* Writes the job's in-flight state asynchronously; false when not sent. */
+bool wrk__kv_put_async(wrk_loop *l, job *j, const char *state);
+/* Whether the job's answer goes to SLUICE_IN as an agent message. */
+bool wrk__job_wants_agent_msg(const job *j, const wrk_decision *d, const char *so_far);
+/* Publishes the job's agent message asynchronously on js (SL_ERR_INVAL:
+ * no valid subject, logged, nothing to wait for). */
+sl_status wrk__job_agent_msg_publish(jsCtx *js, const job *j, const char *so_far);
+/* Stores the job's end on its slot, one by one, with retries, and settles
+ * it. */
+bool wrk__job_finish(wrk_loop *l, job *j, const wrk_decision *d);
 /* Runs the job in msg on slot s (the slot's thread). Returns true when
  * the job went on to the finisher, which then owns msg; else msg stays the
  * caller's. */
 bool wrk__job_run(wrk_slot *s, natsMsg *msg);
+
+/* wrk_finish.c */
+/* Hands a job whose model call is over to the finisher; false when out of
+ * memory (the caller finishes the job itself). */
+bool wrk__job_hand_over(wrk_loop *l, job *j, const wrk_decision *d, const wrk_call_usage *used);
 /* The finisher thread (arg: the loop); it ends once fin_stop is set and
  * its list is empty. */
 void *wrk__finisher_main(void *arg);
-/* The timer thread (arg: the loop). */
+/* The timer thread (arg: the loop; wrk_job.c). */
 void *wrk__ticker_main(void *arg);
 
 /* wrk_cancel.c */
