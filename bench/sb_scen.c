@@ -43,6 +43,7 @@ typedef struct scen {
     uint64_t t_win1;
     uint64_t deliveries;
     uint64_t deliveries_win;
+    uint64_t t_last_win; /* when the last delivery of a window message arrived */
     uint64_t dups;
     uint64_t gaps;
     uint64_t pub_sent;
@@ -236,6 +237,7 @@ static void hook_msg(sb_engine *e, sb_conn *c, const sb_msg *m)
             if (m->stamp >= s->t_win0 && m->stamp < s->t_win1) {
                 now = sb_now_ns();
                 s->deliveries_win++;
+                s->t_last_win = now;
                 sb_hist_record(s->h_lat, now > m->stamp ? now - m->stamp : 0);
             }
             return;
@@ -687,6 +689,15 @@ static sl_status run_fanout(const sb_opts *o, cJSON *res)
     cJSON_AddNumberToObject(
         res, "missing", expected > s.deliveries_win ? (double)(expected - s.deliveries_win) : 0);
     cJSON_AddNumberToObject(res, "deliveries_per_s", (double)s.deliveries_win / win_s);
+    /* What the server delivered per second of wall time, backlog included:
+     * every delivery of a window message over the time from the window's
+     * start to the last of them. Above the offered rate's capacity this is
+     * the rate at which the server drains its backlog. */
+    if (s.t_last_win > s.t_win0) {
+        double span = (double)(s.t_last_win - s.t_win0) / 1e9;
+        cJSON_AddNumberToObject(res, "delivered_span_s", span);
+        cJSON_AddNumberToObject(res, "delivered_per_s", (double)s.deliveries_win / span);
+    }
     cJSON_AddNumberToObject(res, "duplicates", (double)s.dups);
     sb_hist_json(res, "latency", s.h_lat);
     sb_hist_json(res, "connect_latency", s.h_conn);
