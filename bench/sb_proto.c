@@ -229,6 +229,14 @@ static void sluice_data(sb_engine *e, sb_conn *c, int opcode, uint8_t *d, size_t
         else
             sb_engine_ready(e, c);
         return;
+    } else if (vlen == 12 && memcmp(v, "resume_token", 12) == 0) {
+        /* A long connection's fresh token: the next resume sends it. */
+        const uint8_t *s = jstr(d, len, "resume_token", &vlen);
+        if (s) {
+            free(c->resume_token);
+            c->resume_token = dup_n(s, vlen);
+        }
+        return;
     } else if (vlen == 6 && memcmp(v, "joined", 6) == 0) {
         m.type = SB_M_JOINED;
         m.seq = jnum(d, len, "seq");

@@ -193,6 +193,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         goto cleanup;
     }
     c->state = CONN_READY;
+    c->token_due_ms = now_ms() + s->cfg->common.resume_window_s * 1000 / 2;
     gw_api_user_add(s, c);
     gw__conn_send_text(s, c,
                        gw_frame_welcome(c->session, rt, s->cfg->heartbeat_ms, cmd->resume,
@@ -605,6 +606,25 @@ static void start_drain(gw_server *s)
     }
 }
 
+/* A resume token expires SLUICE_RESUME_WINDOW_S after it was made, so a
+ * connection open longer than that would have nothing valid to resume with
+ * when it drops (after a redeploy, most connections are that old). Every
+ * half window a connection gets a fresh one. */
+static void conn_token_refresh(gw_server *s, gw_conn *c, int64_t now)
+{
+    int64_t window_s = s->cfg->common.resume_window_s;
+    char *rt = NULL;
+
+    if (sl_resume_token_make(s->resume_secret, c->tenant, c->session, c->sub,
+                             (int64_t)time(NULL) + window_s, &rt) != SL_OK) {
+        c->token_due_ms = now + 1000; /* out of memory: try again soon */
+        return;
+    }
+    gw__conn_send_text(s, c, gw_frame_resume_token(rt));
+    free(rt);
+    c->token_due_ms = now + window_s * 1000 / 2;
+}
+
 /* One connection's deadlines. (Its rooms' presence records are the
  * gateway's, refreshed per room by gw__on_tick, not per connection.) */
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -639,6 +659,8 @@ void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         gw__conn_busy(s, c, p->id, "overloaded", 1000);
         free(p);
     }
+    if (c->state == CONN_READY && now >= c->token_due_ms)
+        conn_token_refresh(s, c, now);
     if (c->acked_dirty)
         gw__positions_flush(s, c);
     gw__conn_timer_arm(s, c);

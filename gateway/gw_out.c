@@ -226,6 +226,8 @@ static int64_t conn_next_due(gw_server *s, const gw_conn *c, int64_t now)
         due = c->opened_ms + s->cfg->hello_timeout_ms + 1;
     if (c->sends != NULL && c->sends->deadline_ms + 1 < due)
         due = c->sends->deadline_ms + 1;
+    if (c->state == CONN_READY && c->token_due_ms + 1 < due)
+        due = c->token_due_ms + 1;
     if (c->acked_dirty && now + POSITIONS_FLUSH_MS < due)
         due = now + POSITIONS_FLUSH_MS;
     /* On a grid, so the deadlines of many connections fire in one wake of

@@ -338,6 +338,15 @@ char *gw_frame_welcome(const char *session, const char *resume_token, int64_t he
     return print_and_free(o);
 }
 
+char *gw_frame_resume_token(const char *resume_token)
+{
+    cJSON *o = typed("resume_token");
+    if (o == NULL)
+        return NULL;
+    cJSON_AddStringToObject(o, "resume_token", resume_token);
+    return print_and_free(o);
+}
+
 char *gw_frame_gap(const char *ch, int64_t from, int64_t to)
 {
     cJSON *o = typed("gap");

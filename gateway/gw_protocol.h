@@ -81,6 +81,7 @@ char *gw_frame_gap(const char *ch, int64_t from, int64_t to);
 char *gw_frame_reconnect(int64_t after_ms);
 char *gw_frame_left(const char *room);
 char *gw_frame_pong(void);
+char *gw_frame_resume_token(const char *resume_token);
 
 /* joined: members is a cJSON array whose ownership passes to the frame
  * builder (it is freed in every case); NULL means []. truncated adds

@@ -188,6 +188,7 @@ struct gw_conn {
     int64_t opened_ms;
     int64_t last_rx_ms;
     int64_t last_ping_ms;
+    int64_t token_due_ms; /* READY: when the next resume_token frame is due */
     bool ping_due;
     int close_code;
     bool close_now;

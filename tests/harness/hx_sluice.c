@@ -112,6 +112,15 @@ static void hx__observe(hx_ws *ws, const cJSON *f, void *ud)
         c->counts.gaps++;
         return;
     }
+    if (strcmp(type, "resume_token") == 0) {
+        /* Keep only the latest token, as clients must. */
+        const char *rt = hx_json_str(f, "resume_token");
+        if (rt != NULL) {
+            free(c->resume_token);
+            c->resume_token = hx_strf("%s", rt);
+        }
+        return;
+    }
     if (strcmp(type, "joined") == 0) {
         /* The room's position starts at joined.seq, as clients keep it (a
          * resume before the room's first event then still names it). */

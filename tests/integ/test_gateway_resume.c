@@ -854,6 +854,63 @@ START_TEST(test_default_prev_is_the_sessions_last_accepted)
 }
 END_TEST
 
+/* ---- a long connection keeps a valid resume token ---- */
+
+static bool clock_past(void *ud)
+{
+    return (int64_t)time(NULL) > *(const int64_t *)ud;
+}
+
+/* A resume token expires SLUICE_RESUME_WINDOW_S after it was made: a
+ * connection open longer than that must get fresh ones, or it cannot resume
+ * when it drops (after a redeploy, most connections are that old). */
+START_TEST(test_long_connection_resumes_after_its_first_token_expired)
+{
+    static const char *const env[] = {"SLUICE_RESUME_WINDOW_S=10", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .env = env};
+    hx_sl_client *c;
+    hx_ws *ws;
+    cJSON *rt_frame;
+    char *first, *session, *resume;
+    int64_t expired_at = (int64_t)time(NULL) + 10;
+
+    fx_start(&f, &o);
+    c = fx_client(&f, 0, "acme", "alice");
+    first = hx_strf("%s", hx_sl_resume_token(c));
+    session = hx_strf("%s", hx_sl_session(c));
+    cJSON_Delete(hx_sl_join(c, "long", T));
+    /* Half the window in, a fresh token. */
+    rt_frame = want(&f, hx_sl_ws(c), "{\"type\":\"resume_token\"}");
+    HX_ASSERT_MSG(f.s, strcmp(hx_sl_resume_token(c), first) != 0,
+                  "the resume_token frame did not carry a new token: %s",
+                  cJSON_PrintUnformatted(rt_frame));
+    cJSON_Delete(rt_frame);
+    /* Past the first token's expiry, still connected. */
+    HX_ASSERT(f.s, hx_wait_until(clock_past, &expired_at, 20000));
+    cJSON_Delete(hx_sl_send_wait(c, "c-1", NULL, "still here", T));
+
+    shutdown(hx_ws_fd(hx_sl_ws(c)), SHUT_RDWR); /* hx_sl_reconnect frees it below */
+    fx_publish_room_msg(&f, "acme", "long", "bob", "l-1", "while away");
+    fx_publish_flush(&f);
+    HX_OK(f.s, hx_sl_reconnect(c, hx_stack_gw_port(f.s, 0), T));
+    HX_ASSERT(f.s, hx_json_true(hx_sl_welcome(c), "resumed"));
+    see_msg(&f, hx_sl_ws(c), "r:long", "l-1");
+
+    /* The first token alone would have been refused. */
+    ws = fx_raw(&f, 0);
+    resume = hx_strf("{\"session\":\"%s\",\"resume_token\":\"%s\"}", session, first);
+    HX_ASSERT(f.s, hx_sl_hello(ws, fx_token(&f, "acme", "alice"), resume, T, NULL) == SL_ERR_AUTH);
+    HX_ASSERT_MSG(f.s, strstr(hx_error(), "bad resume token") != NULL, "%s", hx_error());
+    hx_ws_destroy(ws);
+    free(resume);
+    free(session);
+    free(first);
+    hx_sl_destroy(c);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -870,6 +927,7 @@ int main(void)
     tcase_add_test(tc, test_fill_that_finds_nothing_sends_gap);
     tcase_add_test(tc, test_live_events_out_of_order_are_put_in_order);
     tcase_add_test(tc, test_default_prev_is_the_sessions_last_accepted);
+    tcase_add_test(tc, test_long_connection_resumes_after_its_first_token_expired);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -851,6 +851,10 @@ export class SluiceClient extends Emitter {
             case 'reconnect':
                 this.#onReconnectFrame(f);
                 break;
+            case 'resume_token':
+                // A fresh token for a long connection: only the latest is kept.
+                if (typeof f.resume_token === 'string' && f.resume_token !== '') this.#resumeToken = f.resume_token;
+                break;
             case 'pong': {
                 const w = this.#pingWaiters.shift();
                 if (w) {

@@ -275,6 +275,27 @@ describe('client against a fake gateway', () => {
         });
     });
 
+    test('a resume_token frame replaces the token the next resume sends', { timeout: 20000 }, async () => {
+        await withGateway(async (gw) => {
+            const client = makeClient(gw.url);
+            client.connect();
+            const c0 = await gw.conn(0);
+            await c0.next((f) => f.type === 'hello');
+            c0.welcome({ session: 'S7' });
+            await until(() => client.state === 'open');
+            c0.send({ type: 'resume_token', resume_token: 'RT-fresh' });
+            const pinged = client.ping();
+            await c0.next((f) => f.type === 'ping');
+            c0.send({ type: 'pong' });
+            await pinged; // the resume_token frame, sent before, has been read
+            c0.kill();
+            const c1 = await gw.conn(1);
+            const h1 = await c1.next((f) => f.type === 'hello');
+            assert.equal(h1.resume.session, 'S7');
+            assert.equal(h1.resume.resume_token, 'RT-fresh');
+        });
+    });
+
     test('a refused resume (4401) falls back to a new session and joins the rooms again', { timeout: 20000 }, async () => {
         await withGateway(async (gw) => {
             const client = makeClient(gw.url);
