@@ -525,11 +525,14 @@ void gw__flush_queue(gw_server *s, gw_conn *c)
     if (c->flush_queued)
         return;
     c->flush_queued = true;
-    c->flush_prev = NULL;
-    c->flush_next = s->flush_head;
-    if (s->flush_head != NULL)
-        s->flush_head->flush_prev = c;
-    s->flush_head = c;
+    c->flush_next = NULL;
+    c->flush_prev = s->flush_tail;
+    if (s->flush_tail != NULL)
+        s->flush_tail->flush_next = c;
+    else
+        s->flush_head = c;
+    s->flush_tail = c;
+    s->nflush++;
 }
 
 void gw__flush_unqueue(gw_server *s, gw_conn *c)
@@ -542,8 +545,11 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
         s->flush_head = c->flush_next;
     if (c->flush_next != NULL)
         c->flush_next->flush_prev = c->flush_prev;
+    else
+        s->flush_tail = c->flush_prev;
     c->flush_prev = c->flush_next = NULL;
     c->flush_queued = false;
+    s->nflush--;
 }
 
 /* Before the loop waits (an ev_prepare watcher): writes the frames queued
@@ -554,15 +560,31 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
  * most sockets take the frames at once. Only what the socket does not take
  * goes the writeable way; so does a connection with more to do than
  * writing frames (a close, a ping, a paused replay) or with bytes still in
- * lws's buflist_out. */
+ * lws's buflist_out.
+ *
+ * A fan-out burst (one write per member) holds the loop for milliseconds,
+ * so every FLUSH_SLICE connections the bridge's tasks run here: a live
+ * event that came meanwhile queues its frame behind the one still waiting
+ * for the members not written yet (one write carries both; those written
+ * already are appended to the list), and an ack does not wait for the
+ * whole burst. Only while the connections listed at the start are written:
+ * what the tasks add is written too, but a flood of events cannot keep the
+ * loop here. */
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     gw_server *s = lws_container_of(w, gw_server, flush_w);
+    int listed = s->nflush, n = 0;
 
     (void)loop;
     (void)revents;
     while (s->flush_head != NULL) {
         gw_conn *c = s->flush_head;
+        if (++n % FLUSH_SLICE == 0 && n < listed && s->bridge != NULL) {
+            gw_bridge_run(s->bridge);
+            c = s->flush_head; /* a task may have closed it */
+            if (c == NULL)
+                break;
+        }
         gw__flush_unqueue(s, c);
         if (c->wsi == NULL || gw_outq_peek(&c->q) == NULL)
             continue;

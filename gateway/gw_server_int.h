@@ -65,6 +65,12 @@
 #define WRITE_BATCH (64 * 1024)
 #define WRITE_ROUND (256 * 1024)
 
+/* gw__flush_cb runs the bridge's tasks (live events, acks) after every
+ * FLUSH_SLICE connections it wrote, so that an event arriving during a
+ * fan-out burst is queued behind the frames still waiting (one write takes
+ * both) instead of behind the whole burst. */
+#define FLUSH_SLICE 64
+
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 
@@ -277,9 +283,12 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
-    gw_conn *flush_head; /* connections with frames to write before the loop waits */
-    ev_prepare flush_w;  /* runs gw__flush_cb */
-    gw_presence *pres;   /* room presence records and events (gw_presence.c) */
+    /* Connections with frames to write before the loop waits, in the
+     * order their queues stopped being empty (gw__flush_cb). */
+    gw_conn *flush_head, *flush_tail;
+    int nflush;
+    ev_prepare flush_w; /* runs gw__flush_cb */
+    gw_presence *pres;  /* room presence records and events (gw_presence.c) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_expire_ms;
