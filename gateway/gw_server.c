@@ -88,6 +88,7 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         c->wsi = wsi;
         c->srv = s;
         c->opened_ms = c->last_rx_ms = now;
+        c->plain = !lws_is_ssl(wsi);
         {
             /* The first ping comes after a random
              * half to whole heartbeat, so connections opened together

@@ -232,6 +232,9 @@ struct gw_conn {
     /* In the server API's index of the tenant's user (gw_api.c). */
     struct gw_conn *user_prev, *user_next;
     bool user_indexed;
+    /* Frames go to the socket with send() (conn_send in gw_conn.c): no
+     * TLS on this connection. */
+    bool plain;
 };
 
 typedef struct gw_metrics {
