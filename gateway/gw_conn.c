@@ -560,7 +560,6 @@ void gw__flush_queue(gw_server *s, gw_conn *c)
     else
         s->flush_head = c;
     s->flush_tail = c;
-    s->nflush++;
 }
 
 void gw__flush_unqueue(gw_server *s, gw_conn *c)
@@ -577,7 +576,6 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
         s->flush_tail = c->flush_prev;
     c->flush_prev = c->flush_next = NULL;
     c->flush_queued = false;
-    s->nflush--;
 }
 
 /* Before the loop waits (an ev_prepare watcher): writes the frames queued
@@ -590,29 +588,21 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
  * writing frames (a close, a ping, a paused replay) or with bytes still in
  * lws's buflist_out.
  *
- * A fan-out burst (one write per member) holds the loop for milliseconds,
- * so every FLUSH_SLICE connections the bridge's tasks run here: a live
- * event that came meanwhile queues its frame behind the one still waiting
- * for the members not written yet (one write carries both; those written
- * already are appended to the list), and an ack does not wait for the
- * whole burst. Only while the connections listed at the start are written:
- * what the tasks add is written too, but a flood of events cannot keep the
- * loop here. */
+ * A fan-out burst is one write per member, milliseconds of loop time for a
+ * large room, so at most FLUSH_SLICE connections are written per turn of
+ * the loop; while more wait, an idle watcher (flush_more) makes the loop
+ * poll without waiting and come back. In between, client frames are read,
+ * acks and live events run: the frame of an event that came meanwhile is
+ * queued behind the one still waiting for the members not written yet (one
+ * write carries both), and the members written already are appended to the
+ * list, after those still waiting. */
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     gw_server *s = lws_container_of(w, gw_server, flush_w);
-    int listed = s->nflush, n = 0;
 
-    (void)loop;
     (void)revents;
-    while (s->flush_head != NULL) {
+    for (int n = 0; n < FLUSH_SLICE && s->flush_head != NULL; n++) {
         gw_conn *c = s->flush_head;
-        if (++n % FLUSH_SLICE == 0 && n < listed && s->bridge != NULL) {
-            gw_bridge_run(s->bridge);
-            c = s->flush_head; /* a task may have closed it */
-            if (c == NULL)
-                break;
-        }
         gw__flush_unqueue(s, c);
         if (c->wsi == NULL || gw_outq_peek(&c->q) == NULL)
             continue;
@@ -629,6 +619,19 @@ void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (gw_outq_peek(&c->q) != NULL)
             lws_callback_on_writable(c->wsi);
     }
+    if (s->flush_head != NULL)
+        ev_idle_start(loop, &s->flush_more);
+    else
+        ev_idle_stop(loop, &s->flush_more);
+}
+
+/* Only keeps the loop from waiting while connections wait for their slice
+ * (gw__flush_cb writes them before the next poll). */
+void gw__flush_more_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
 }
 
 /* ---------- timers and drain ---------- */

@@ -65,10 +65,10 @@
 #define WRITE_BATCH (64 * 1024)
 #define WRITE_ROUND (256 * 1024)
 
-/* gw__flush_cb runs the bridge's tasks (live events, acks) after every
- * FLUSH_SLICE connections it wrote, so that an event arriving during a
- * fan-out burst is queued behind the frames still waiting (one write takes
- * both) instead of behind the whole burst. */
+/* gw__flush_cb writes at most FLUSH_SLICE connections per turn of the
+ * loop, which then polls without waiting and comes back for the rest: a
+ * fan-out burst (one write per member) no longer holds the loop for
+ * milliseconds while client frames, acks and the next live event wait. */
 #define FLUSH_SLICE 64
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
@@ -289,8 +289,8 @@ struct gw_server {
     /* Connections with frames to write before the loop waits, in the
      * order their queues stopped being empty (gw__flush_cb). */
     gw_conn *flush_head, *flush_tail;
-    int nflush;
     ev_prepare flush_w; /* runs gw__flush_cb */
+    ev_idle flush_more; /* active while connections wait for the next slice */
     gw_presence *pres;  /* room presence records and events (gw_presence.c) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
@@ -444,6 +444,7 @@ int gw__on_writeable(gw_server *s, gw_conn *c);
 void gw__flush_queue(gw_server *s, gw_conn *c);
 void gw__flush_unqueue(gw_server *s, gw_conn *c);
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+void gw__flush_more_cb(struct ev_loop *loop, ev_idle *w, int revents);
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void gw__on_tick(lws_sorted_usec_list_t *sul);
 
