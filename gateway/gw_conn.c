@@ -428,16 +428,43 @@ void gw__on_receive(gw_server *s, gw_conn *c, const char *in, size_t len)
     c->rxlen = 0;
 }
 
+_Static_assert(GW_WS_HDR_MAX <= LWS_PRE, "a frame header fits in a buffer's headroom");
+
+/* Sends len bytes at p, whole WebSocket frames, on c's socket. While lws
+ * holds nothing for the connection (and without TLS) that is one send(),
+ * which is what lws_write(LWS_WRITE_RAW) comes to in lws 4.1.6 (through
+ * lws_issue_raw) after checks that cost about as much as the user side of
+ * the send itself, per member and event in a fan-out. What the socket does
+ * not take goes to lws_write, as does everything while lws holds bytes:
+ * lws sends what it can and keeps the rest in its buflist_out, which goes
+ * out before anything else it writes (its pongs and close frames
+ * included), before the next SERVER_WRITEABLE and before any later
+ * lws_write (lws_issue_raw appends to it). Returns -1 when the connection
+ * failed. */
+static int conn_send(gw_conn *c, unsigned char *p, size_t len)
+{
+    size_t done = 0;
+    int n;
+
+    if (c->plain && !lws_partial_buffered(c->wsi)) {
+        ssize_t w = send(lws_get_socket_fd(c->wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        if (w > 0)
+            done = (size_t)w;
+        if (done == len)
+            return 0;
+    }
+    n = lws_write(c->wsi, p + done, len - done, LWS_WRITE_RAW);
+    return n < 0 || (size_t)n < len - done ? -1 : 0;
+}
+
 /* Writes c's queued frames, several per write: framed here (unmasked,
- * FIN, text, no RSV: no extension is offered) into wbuf and written raw,
- * which lws 4.1.6 hands to lws_issue_raw unframed. What the socket does not
- * take waits in lws's buflist_out, which lws sends before anything else
- * (its own pings, pongs and close frames included), before the next
- * SERVER_WRITEABLE and before any later write (lws_issue_raw appends to
- * it), so frames never interleave. A lone frame (the next does not fit, or
- * the first is larger than WRITE_BATCH) is written from its own buffer
- * with ordinary framing. Returns -1 when a write failed (the connection
- * must close), else 0. */
+ * FIN, text, no RSV: no extension is offered) into wbuf, or a lone frame
+ * (the next does not fit, or the first is larger than WRITE_BATCH) in the
+ * headroom of its own buffer (every connection writes the same header
+ * there), and sent with conn_send, so frames never interleave. Returns -1
+ * when a write failed (the connection must close), else 0. */
 static int conn_write_queued(gw_server *s, gw_conn *c)
 {
     size_t sent = 0, frames = 0, bytes = 0;
@@ -446,17 +473,18 @@ static int conn_write_queued(gw_server *s, gw_conn *c)
 
     while ((b = gw_outq_peek(&c->q)) != NULL) {
         size_t nf = 0, len = gw_outq_encode(&c->q, s->wbuf + LWS_PRE, WRITE_BATCH, &nf);
+        unsigned char *p = s->wbuf + LWS_PRE;
         int64_t now = sl_now_ns();
-        int n;
 
         if (nf < 2) {
+            unsigned char hdr[GW_WS_HDR_MAX];
+            size_t hl = gw_ws_text_header(hdr, b->len);
             nf = 1;
-            len = b->len;
-            n = lws_write(c->wsi, gw_buf_payload(b), len, LWS_WRITE_TEXT);
-        } else {
-            n = lws_write(c->wsi, s->wbuf + LWS_PRE, len, LWS_WRITE_RAW);
+            p = gw_buf_payload(b) - hl;
+            memcpy(p, hdr, hl);
+            len = hl + b->len;
         }
-        if (n < 0 || (size_t)n < len) {
+        if (conn_send(c, p, len) < 0) {
             rc = -1;
             break;
         }
@@ -526,11 +554,13 @@ void gw__flush_queue(gw_server *s, gw_conn *c)
     if (c->flush_queued)
         return;
     c->flush_queued = true;
-    c->flush_prev = NULL;
-    c->flush_next = s->flush_head;
-    if (s->flush_head != NULL)
-        s->flush_head->flush_prev = c;
-    s->flush_head = c;
+    c->flush_next = NULL;
+    c->flush_prev = s->flush_tail;
+    if (s->flush_tail != NULL)
+        s->flush_tail->flush_next = c;
+    else
+        s->flush_head = c;
+    s->flush_tail = c;
 }
 
 void gw__flush_unqueue(gw_server *s, gw_conn *c)
@@ -543,6 +573,8 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
         s->flush_head = c->flush_next;
     if (c->flush_next != NULL)
         c->flush_next->flush_prev = c->flush_prev;
+    else
+        s->flush_tail = c->flush_prev;
     c->flush_prev = c->flush_next = NULL;
     c->flush_queued = false;
 }
@@ -555,14 +587,22 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
  * most sockets take the frames at once. Only what the socket does not take
  * goes the writeable way; so does a connection with more to do than
  * writing frames (a close, a ping, a paused replay) or with bytes still in
- * lws's buflist_out. */
+ * lws's buflist_out.
+ *
+ * A fan-out burst is one write per member, milliseconds of loop time for a
+ * large room, so at most FLUSH_SLICE connections are written per turn of
+ * the loop; while more wait, an idle watcher (flush_more) makes the loop
+ * poll without waiting and come back. In between, client frames are read,
+ * acks and live events run: the frame of an event that came meanwhile is
+ * queued behind the one still waiting for the members not written yet (one
+ * write carries both), and the members written already are appended to the
+ * list, after those still waiting. */
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     gw_server *s = lws_container_of(w, gw_server, flush_w);
 
-    (void)loop;
     (void)revents;
-    while (s->flush_head != NULL) {
+    for (int n = 0; n < FLUSH_SLICE && s->flush_head != NULL; n++) {
         gw_conn *c = s->flush_head;
         gw__flush_unqueue(s, c);
         if (c->wsi == NULL || gw_outq_peek(&c->q) == NULL)
@@ -580,6 +620,19 @@ void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (gw_outq_peek(&c->q) != NULL)
             lws_callback_on_writable(c->wsi);
     }
+    if (s->flush_head != NULL)
+        ev_idle_start(loop, &s->flush_more);
+    else
+        ev_idle_stop(loop, &s->flush_more);
+}
+
+/* Only keeps the loop from waiting while connections wait for their slice
+ * (gw__flush_cb writes them before the next poll). */
+void gw__flush_more_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
 }
 
 /* ---------- timers and drain ---------- */

@@ -88,6 +88,7 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         c->wsi = wsi;
         c->srv = s;
         c->opened_ms = c->last_rx_ms = now;
+        c->plain = !lws_is_ssl(wsi);
         {
             /* The first ping comes after a random
              * half to whole heartbeat, so connections opened together
@@ -249,6 +250,7 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     }
     ev_prepare_init(&s->flush_w, gw__flush_cb);
     ev_prepare_start(s->loop, &s->flush_w);
+    ev_idle_init(&s->flush_more, gw__flush_more_cb);
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
             SL_OK ||
@@ -455,8 +457,10 @@ void gw_server_destroy(gw_server *s)
     if (s == NULL)
         return;
     atomic_store(&s->running, 0);
-    if (s->loop != NULL)
+    if (s->loop != NULL) {
         ev_prepare_stop(s->loop, &s->flush_w); /* no writes while lws tears down */
+        ev_idle_stop(s->loop, &s->flush_more);
+    }
     if (s->ctx != NULL) {
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */

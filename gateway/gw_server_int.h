@@ -65,6 +65,12 @@
 #define WRITE_BATCH (64 * 1024)
 #define WRITE_ROUND (256 * 1024)
 
+/* gw__flush_cb writes at most FLUSH_SLICE connections per turn of the
+ * loop, which then polls without waiting and comes back for the rest: a
+ * fan-out burst (one write per member) no longer holds the loop for
+ * milliseconds while client frames, acks and the next live event wait. */
+#define FLUSH_SLICE 64
+
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
 
@@ -227,6 +233,9 @@ struct gw_conn {
     /* In the server API's index of the tenant's user (gw_api.c). */
     struct gw_conn *user_prev, *user_next;
     bool user_indexed;
+    /* Frames go to the socket with send() (conn_send in gw_conn.c): no
+     * TLS on this connection. */
+    bool plain;
 };
 
 typedef struct gw_metrics {
@@ -278,9 +287,12 @@ struct gw_server {
     gw_map *history_tenants;
     gw_conn *all; /* every websocket connection */
     int nconns;
-    gw_conn *flush_head; /* connections with frames to write before the loop waits */
-    ev_prepare flush_w;  /* runs gw__flush_cb */
-    gw_presence *pres;   /* room presence records and events (gw_presence.c) */
+    /* Connections with frames to write before the loop waits, in the
+     * order their queues stopped being empty (gw__flush_cb). */
+    gw_conn *flush_head, *flush_tail;
+    ev_prepare flush_w; /* runs gw__flush_cb */
+    ev_idle flush_more; /* active while connections wait for the next slice */
+    gw_presence *pres;  /* room presence records and events (gw_presence.c) */
     gw_bucket handshakes;
     lws_sorted_usec_list_t tick;
     int64_t last_expire_ms;
@@ -433,6 +445,7 @@ int gw__on_writeable(gw_server *s, gw_conn *c);
 void gw__flush_queue(gw_server *s, gw_conn *c);
 void gw__flush_unqueue(gw_server *s, gw_conn *c);
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+void gw__flush_more_cb(struct ev_loop *loop, ev_idle *w, int revents);
 void gw__conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void gw__on_tick(lws_sorted_usec_list_t *sul);
 
