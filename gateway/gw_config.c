@@ -64,6 +64,10 @@ static void build_opts(gw_config *c)
          "joins and leaves of a room within this interval share one presence record write and "
          "one presence event",
          &c->presence_flush_ms, 10, 5000, false, false},
+        {"SLUICE_REORDER_MS", "reorder-ms", SL_CFG_INT, "20",
+         "a live event that comes after a hole waits this long for the missing ones (JetStream's "
+         "republished copies can arrive out of order) before they are read from the stream",
+         &c->reorder_ms, 0, 10000, false, false},
         {"SLUICE_CHAN_CACHE", "chan-cache", SL_CFG_INT, "512",
          "recent events kept in memory per channel for resumes (0: none)", &c->chan_cache, 0,
          100000, false, false},

@@ -17,7 +17,7 @@
 #include "sl_log.h"
 #include "sl_status.h"
 
-#define GW_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 25)
+#define GW_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 26)
 
 typedef struct gw_config {
     sl_common_cfg common;
@@ -45,6 +45,7 @@ typedef struct gw_config {
     int64_t chan_cache;
     int64_t presence_fanout_max;
     int64_t presence_flush_ms;
+    int64_t reorder_ms;
     int64_t max_rooms;
     int64_t socket_sndbuf;
     sl_cfg_opt opts[GW_CONFIG_OPTS_N];

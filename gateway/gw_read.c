@@ -399,7 +399,7 @@ static void chan_hole_wait(gw_server *s, gw_chan *ch)
         ev_init(&ch->hole->timer, chan_hole_cb);
     }
     if (!ev_is_active(&ch->hole->timer)) {
-        ev_timer_set(&ch->hole->timer, CHAN_REORDER_MS / 1000.0, 0.0);
+        ev_timer_set(&ch->hole->timer, (double)s->cfg->reorder_ms / 1000.0, 0.0);
         ev_timer_start(s->loop, &ch->hole->timer);
     }
 }

@@ -50,7 +50,6 @@
 
 #define MEMBER_PEND_MAX    4096 /* live events buffered while a member replays */
 #define CHAN_PEND_MAX      8192 /* live events buffered while a channel fills a gap */
-#define CHAN_REORDER_MS    20   /* a hole in live events may fill itself this long */
 #define REPLAY_BATCH       256  /* events fetched per replay round trip batch */
 #define SEND_INFLIGHT      256  /* unacknowledged sends per connection */
 #define RECEIPTS_MAX       64   /* delivered messages awaiting an ack, per connection */
@@ -137,7 +136,7 @@ struct gw_chan {
     int npend;
     /* A live event came after a hole (its Nats-Last-Sequence is above
      * head): JetStream's republished events can arrive out of order, so the
-     * hole is given CHAN_REORDER_MS to fill itself before it is read from
+     * hole is given SLUICE_REORDER_MS to fill itself before it is read from
      * the stream. Allocated on the channel's first hole. */
     struct chan_hole *hole;
     /* The latest events in order: every event of the channel with a
