@@ -531,7 +531,7 @@ void gw_server_destroy(gw_server *s)
     }
     gw_api_destroy(s);
     /* In order: nothing may use what is freed. cnats threads post to the
-     * bridge and submit to the io pool (gw__on_live_cb, gw__on_pub_ack_cb): stop
+     * bridge and submit to the io pool (gw__on_live_cb, gw__on_ack_cb): stop
      * them first. Then the io threads finish their queue (stream and
      * session reads), posting results to the bridge. Those results are for
      * connections that are gone, and running them could start more io
