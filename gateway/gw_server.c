@@ -207,8 +207,8 @@ static void metrics_init(gw_metrics *m)
 
 /* ---------- messages the loop is done with ---------- */
 
-#define HELD_MAX 256 /* messages held at most */
-#define HELD_MS  10  /* and for at most this long */
+#define HELD_MAX 1024 /* messages held at most */
+#define HELD_MS  50   /* and for at most this long */
 
 static void held_release_all(gw_server *s)
 {
