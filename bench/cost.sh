@@ -3,7 +3,8 @@
 # of a message").
 #
 #   bench/cost.sh [--bin DIR] [--conns N] [--rates R1,R2,..] [--duration S]
-#                 [--perf FILE] [--keep]    (PERF_ARGS: perf record options, default -g)
+#                 [--perf FILE] [--keep]    (PERF_ARGS: perf record options, default -g;
+#                                            PERF_TIER: orch (default), gw, wrk or nats)
 #
 # Starts nats-server -js (with monitoring), one orchestrator, one worker and
 # one gateway from DIR (default bin/), drives the pipeline scenario of
@@ -13,7 +14,7 @@
 # stored (/jsz last_seq), the orchestrator's round trips when its metrics
 # count them, and the CPU of every process (utime+stime from /proc). Then
 # the bench's own JSON (p50/p99, sustained rate). --perf FILE records the
-# orchestrator with perf during the load.
+# orchestrator (or the tier PERF_TIER names) with perf during the load.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --perf) perf_out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cost.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -120,7 +121,10 @@ load warm 50 1 >/dev/null || true
 snap "$work/before.json"
 if [ -n "$perf_out" ]; then
     # shellcheck disable=SC2086 # PERF_ARGS is a list of words
-    perf record ${PERF_ARGS:--g} -o "$perf_out" -p "$ORCH" 2>"$work/perf.err" &
+    case "${PERF_TIER:-orch}" in
+    gw) ppid=$GW ;; wrk) ppid=$WRK ;; nats) ppid=$NATS ;; *) ppid=$ORCH ;;
+    esac
+    perf record ${PERF_ARGS:--g} -o "$perf_out" -p "$ppid" 2>"$work/perf.err" &
     PERF=$!
 fi
 # Mid-run: which consumer has a backlog (the tier that is behind).

@@ -114,6 +114,12 @@ static natsStatus set_servers(natsOptions *opts, const char *url)
 sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name, char *err,
                         size_t errlen)
 {
+    return sl_bus_create_ex(out, cfg, name, NULL, err, errlen);
+}
+
+sl_status sl_bus_create_ex(sl_bus **out, const sl_common_cfg *cfg, const char *name,
+                           const sl_bus_opts *o, char *err, size_t errlen)
+{
     sl_bus *b = NULL;
     natsOptions *opts = NULL;
     natsStatus s;
@@ -143,6 +149,8 @@ sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name
      * shared pool instead of a thread each. */
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(opts, true);
+    if (s == NATS_OK && o != NULL && o->send_asap)
+        s = natsOptions_SetSendAsap(opts, true);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, b);
     if (s == NATS_OK)

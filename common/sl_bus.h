@@ -28,6 +28,19 @@ sl_status sl_status_from_nats_failure(natsStatus s);
 sl_status sl_bus_create(sl_bus **out, const sl_common_cfg *cfg, const char *name, char *err,
                         size_t errlen);
 
+typedef struct sl_bus_opts {
+    /* Every publish is written to the socket by the thread that makes it,
+     * instead of waking cnats' flusher thread, which waits 1 ms for more
+     * and then writes (two thread wake-ups and 1 ms per burst). For a tier
+     * that publishes a message or two at a time from one thread (the
+     * gateway); a tier that publishes in batches keeps the flusher. */
+    bool send_asap;
+} sl_bus_opts;
+
+/* sl_bus_create with options (NULL: the defaults, all false). */
+sl_status sl_bus_create_ex(sl_bus **out, const sl_common_cfg *cfg, const char *name,
+                           const sl_bus_opts *o, char *err, size_t errlen);
+
 /* Closes the connection (draining first when drain_ms > 0); NULL-safe. */
 void sl_bus_destroy(sl_bus *b, int64_t drain_ms);
 

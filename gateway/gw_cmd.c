@@ -2,16 +2,73 @@
  * ack, cancel, history) and the JetStream publish acknowledgements of sends. */
 #include "gw_server_int.h"
 
+#include <sched.h>
+
 /* ---------- publish acknowledgements ---------- */
 
+/* A send's outcome, on the loop: the identity comes from the reply
+ * subject, the outcome from JetStream's answer. */
 typedef struct ack_item {
     gw_server *s;
-    char msgid[3 * SL_ID_MAX + 4];
+    char session[SL_ID_MAX + 1];
+    char id[SL_ID_MAX + 1];
     bool ok;
     bool duplicate;
     uint64_t seq;
     char event[SL_EVENT_ID_LEN + 1]; /* the original event of a duplicate */
 } ack_item;
+
+/* The reply subject's last token is the client id with '.' (a token
+ * separator in subjects) written as '~', which no client id holds. */
+bool gw__ack_reply(char *out, size_t outlen, const char *prefix, int64_t deadline_ms,
+                   const char *session, const char *id)
+{
+    int n = snprintf(out, outlen, "%s.%lld.%s.", prefix, (long long)deadline_ms, session);
+    size_t k;
+
+    if (n < 0 || (size_t)n >= outlen || id[0] == '\0')
+        return false;
+    k = (size_t)n;
+    for (const char *p = id; *p != '\0'; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch <= ' ' || ch == '~' || ch == '*' || ch == '>' || ch >= 0x7f || k + 1 >= outlen)
+            return false;
+        out[k++] = ch == '.' ? '~' : (char)ch;
+    }
+    out[k] = '\0';
+    return true;
+}
+
+bool gw__ack_parse(const char *subject, const char *prefix, int64_t *deadline_ms,
+                   char session[SL_ID_MAX + 1], char id[SL_ID_MAX + 1])
+{
+    size_t plen = strlen(prefix), n;
+    const char *p, *dot;
+    char *end = NULL;
+    long long v;
+
+    if (subject == NULL || strncmp(subject, prefix, plen) != 0 || subject[plen] != '.')
+        return false;
+    p = subject + plen + 1;
+    errno = 0;
+    v = strtoll(p, &end, 10);
+    if (errno != 0 || end == p || *end != '.')
+        return false;
+    *deadline_ms = (int64_t)v;
+    p = end + 1;
+    dot = strchr(p, '.');
+    if (dot == NULL || dot == p || (size_t)(dot - p) > SL_ID_MAX)
+        return false;
+    memcpy(session, p, (size_t)(dot - p));
+    session[dot - p] = '\0';
+    p = dot + 1;
+    n = strlen(p);
+    if (n == 0 || n > SL_ID_MAX)
+        return false;
+    for (size_t i = 0; i <= n; i++)
+        id[i] = p[i] == '~' ? '.' : p[i];
+    return true;
+}
 
 static pending_send *sends_take(gw_conn *c, const char *id)
 {
@@ -26,40 +83,37 @@ static pending_send *sends_take(gw_conn *c, const char *id)
     return NULL;
 }
 
-static void ack_run(void *arg)
+/* Answers a send (loop thread). */
+static void ack_apply(gw_server *s, const ack_item *a)
 {
-    ack_item *a = arg;
-    gw_server *s = a->s;
-    char *session, *id;
-    gw_conn *c;
+    gw_conn *c = gw_map_get(s->sessions, a->session);
     pending_send *p;
 
-    /* msgid is "<tenant>:<session>:<client id>"; the id may hold ':'. */
-    session = strchr(a->msgid, ':');
-    id = session ? strchr(session + 1, ':') : NULL;
-    if (id == NULL)
-        goto cleanup;
-    *session++ = '\0';
-    *id++ = '\0';
-    c = gw_map_get(s->sessions, session);
     if (c != NULL && a->ok && !a->duplicate) {
         /* Stored: the session's next default prev, even when the send was
-         * made on an earlier connection of the session or answered busy
-         * after a timeout. A duplicate is an older id: no step back. */
-        snprintf(c->last_id, sizeof(c->last_id), "%s", id);
+         * made on an earlier connection of the session. A duplicate is an
+         * older id: no step back. */
+        snprintf(c->last_id, sizeof(c->last_id), "%s", a->id);
         c->acked_dirty = true;
     }
-    if (c == NULL || (p = sends_take(c, id)) == NULL)
-        goto cleanup; /* gone, or answered already (timeout) */
+    if (c == NULL || (p = sends_take(c, a->id)) == NULL)
+        return; /* gone, or answered already (timeout) */
     if (a->ok) {
-        gw__conn_send_text(
-            s, c,
-            gw_frame_accepted(id, a->duplicate && a->event[0] ? a->event : p->event, a->duplicate));
+        gw__conn_send_text(s, c,
+                           gw_frame_accepted(a->id,
+                                             a->duplicate && a->event[0] ? a->event : p->event,
+                                             a->duplicate));
     } else {
-        gw__conn_busy(s, c, id, "overloaded", 1000);
+        gw__conn_busy(s, c, a->id, "overloaded", 1000);
     }
     free(p);
-cleanup:
+}
+
+static void ack_task(void *arg)
+{
+    ack_item *a = arg;
+
+    ack_apply(a->s, a);
     free(a);
 }
 
@@ -77,35 +131,86 @@ static void ack_dup_io(void *arg)
         }
     }
     natsMsg_Destroy(m);
-    gw_bridge_post(a->s->bridge, ack_run, free, a);
+    gw_bridge_post(a->s->bridge, ack_task, free, a);
 }
 
-void gw__on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+/* Reads JetStream's answer m into a: a PubAck ({"stream":..,"seq":..
+ * [,"duplicate":true]}), an API error ({"error":{"err_code":..}}) or a
+ * status without a body (503: no stream took the subject). */
+static void ack_outcome(ack_item *a, natsMsg *m)
+{
+    const char *status = NULL;
+    cJSON *root = NULL;
+    const cJSON *err;
+    int64_t v = 0;
+
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status != NULL) {
+        sl_warn("publish of %s:%s refused: status %s", a->session, a->id, status);
+        return;
+    }
+    root = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (err != NULL && !cJSON_IsNull(err)) {
+        if (!sl_json_get_int(cJSON_GetObjectItemCaseSensitive(err, "err_code"), 0, INT32_MAX, &v))
+            v = 0;
+        sl_warn("publish of %s:%s refused: %s (jerr %lld)", a->session, a->id,
+                gw__json_str(err, "description") ? gw__json_str(err, "description") : "error",
+                (long long)v);
+    } else if (sl_json_get_int(cJSON_GetObjectItemCaseSensitive(root, "seq"), 1, SL_JSON_INT_MAX,
+                               &v)) {
+        a->ok = true;
+        a->seq = (uint64_t)v;
+        a->duplicate = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "duplicate"));
+    } else {
+        sl_warn("publish of %s:%s: unreadable acknowledgement", a->session, a->id);
+    }
+    cJSON_Delete(root);
+}
+
+void gw__ack_run(void *ctx, void *item)
+{
+    gw_server *s = ctx;
+    natsMsg *m = item;
+    ack_item a;
+    int64_t deadline = 0;
+
+    memset(&a, 0, sizeof(a));
+    a.s = s;
+    if (!gw__ack_parse(natsMsg_GetSubject(m), s->ack_prefix, &deadline, a.session, a.id))
+        goto cleanup;
+    /* Past the deadline the send timed out (its connection's timer answers
+     * busy if nothing did yet): as with a refusal, a late acknowledgement
+     * never makes it the default prev. */
+    if (now_ms() <= deadline)
+        ack_outcome(&a, m);
+    if (a.ok && a.duplicate) {
+        ack_item *d = malloc(sizeof(*d));
+        if (d != NULL) {
+            *d = a;
+            gw_io_submit(s->io, ack_dup_io, d);
+            goto cleanup;
+        }
+    }
+    ack_apply(s, &a);
+cleanup:
+    gw__msg_release(s, m);
+}
+
+void gw__ack_free(void *item)
+{
+    natsMsg_Destroy(item);
+}
+
+/* cnats' delivery thread: queued for the loop. An acknowledgement is never
+ * dropped (the batch has no practical bound; memory pressure passes). */
+void gw__on_ack_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     gw_server *s = closure;
-    ack_item *a = calloc(1, sizeof(*a));
-    const char *msgid = NULL;
 
-    (void)js;
-    if (a != NULL && natsMsgHeader_Get(msg, "Nats-Msg-Id", &msgid) == NATS_OK && msgid != NULL) {
-        a->s = s;
-        snprintf(a->msgid, sizeof(a->msgid), "%s", msgid);
-        a->ok = pa != NULL && pae == NULL;
-        if (a->ok) {
-            a->duplicate = pa->Duplicate;
-            a->seq = pa->Sequence;
-        } else if (pae != NULL) {
-            sl_warn("publish of %s refused: %s (jerr %d)", msgid, natsStatus_GetText(pae->Err),
-                    (int)pae->ErrCode);
-        }
-        if (a->duplicate)
-            gw_io_submit(s->io, ack_dup_io, a);
-        else
-            gw_bridge_post(s->bridge, ack_run, free, a);
-        a = NULL;
-    }
-    free(a);
-    natsMsg_Destroy(msg);
+    (void)nc;
+    (void)sub;
+    while (!gw_batch_push(s->acks, msg))
+        sched_yield();
 }
 
 /* ---------- commands ---------- */
@@ -133,7 +238,8 @@ void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     natsMsg *m = NULL;
     uint8_t *data = NULL;
     size_t len = 0;
-    jsPubOptions po;
+    char reply[SL_SUBJECT_MAX + 192];
+    int64_t deadline;
 
     if (atomic_load(&s->draining)) {
         gw__conn_busy(s, c, cmd->id, "draining", 1000);
@@ -163,22 +269,22 @@ void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     e.body_case = SLUICE__ENVELOPE__BODY_MESSAGE;
     e.message = &body;
     snprintf(msgid, sizeof(msgid), "%s:%s:%s", c->tenant, c->session, cmd->id);
+    /* The acknowledgement comes to s->ack_sub (gw__on_ack_cb); one later
+     * than the deadline counts as a timeout. */
+    deadline = now_ms() + s->cfg->publish_timeout_ms;
     p = calloc(1, sizeof(*p));
-    if (p == NULL || sl_envelope_encode(&e, &data, &len) != SL_OK ||
-        natsMsg_Create(&m, subj, NULL, (const char *)data, (int)len) != NATS_OK ||
-        natsMsgHeader_Set(m, "Nats-Msg-Id", msgid) != NATS_OK) {
-        gw__conn_busy(s, c, cmd->id, "overloaded", 1000);
-        goto cleanup;
-    }
-    jsPubOptions_Init(&po);
-    po.MaxWait = s->cfg->publish_timeout_ms; /* then the ack handler reports a timeout */
-    if (js_PublishMsgAsync(s->js_in, &m, &po) != NATS_OK) {
+    if (p == NULL ||
+        !gw__ack_reply(reply, sizeof(reply), s->ack_prefix, deadline, c->session, cmd->id) ||
+        sl_envelope_encode(&e, &data, &len) != SL_OK ||
+        natsMsg_Create(&m, subj, reply, (const char *)data, (int)len) != NATS_OK ||
+        natsMsgHeader_Set(m, "Nats-Msg-Id", msgid) != NATS_OK ||
+        natsConnection_PublishMsg(sl_bus_nc(s->bus), m) != NATS_OK) {
         gw__conn_busy(s, c, cmd->id, "overloaded", 1000);
         goto cleanup;
     }
     snprintf(p->id, sizeof(p->id), "%s", cmd->id);
     snprintf(p->event, sizeof(p->event), "%s", event_id);
-    p->deadline_ms = now_ms() + s->cfg->publish_timeout_ms;
+    p->deadline_ms = deadline;
     /* Appended at the tail so a repeated id is answered in order. */
     {
         pending_send **pp = &c->sends;
@@ -189,7 +295,7 @@ void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     c->nsends++;
     p = NULL;
 cleanup:
-    natsMsg_Destroy(m);
+    gw__msg_release(s, m);
     free(data);
     free(p);
 }

@@ -14,7 +14,7 @@ void gw__live_run(void *ctx, void *item)
     if (ch != NULL)
         gw__chan_on_live(s, ch, msg);
     else
-        natsMsg_Destroy(msg);
+        gw__msg_release(s, msg);
 }
 
 void gw__live_free(void *item)

@@ -436,7 +436,7 @@ void gw__chan_on_live(gw_server *s, gw_chan *ch, natsMsg *msg)
         return;
     }
     gw__chan_deliver(s, ch, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
-    natsMsg_Destroy(msg);
+    gw__msg_release(s, msg);
 }
 
 /* Delivers the kept events that follow head without a hole; stops at a

@@ -206,6 +206,45 @@ static void metrics_init(gw_metrics *m)
         sl_hist_get("sluice_gw_delivery_latency_seconds", NULL, "event time to socket write");
 }
 
+/* ---------- messages the loop is done with ---------- */
+
+#define HELD_MAX 1024 /* messages held at most */
+#define HELD_MS  50   /* and for at most this long */
+
+static void held_release_all(gw_server *s)
+{
+    for (int i = 0; i < s->nheld; i++)
+        natsMsg_Destroy(s->held[i]);
+    s->nheld = 0;
+}
+
+static void held_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    held_release_all(lws_container_of(w, gw_server, held_timer));
+}
+
+/* Held, then destroyed in one burst: the garbage collector thread wakes
+ * once for the burst instead of once per message (docs/wire.md, "Cost of
+ * a message"). */
+void gw__msg_release(gw_server *s, natsMsg *m)
+{
+    if (m == NULL)
+        return;
+    if (s->held == NULL || s->loop == NULL) {
+        natsMsg_Destroy(m);
+        return;
+    }
+    if (s->nheld == HELD_MAX)
+        held_release_all(s);
+    s->held[s->nheld++] = m;
+    if (!ev_is_active(&s->held_timer)) {
+        ev_timer_set(&s->held_timer, HELD_MS / 1000.0, 0.0);
+        ev_timer_start(s->loop, &s->held_timer);
+    }
+}
+
 /* No lws idle policy: the gateway pings and cuts silent clients itself
  * (gw__conn_timer_cb). lws 4.1.6 would otherwise re-arm a 5-minute validity
  * timer on every frame received, an insertion into its sorted timer list
@@ -219,7 +258,8 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     gw_server *s = calloc(1, sizeof(*s));
     struct lws_context_creation_info info;
     void *foreign_loops[1];
-    jsOptions jo;
+    natsInbox *inbox = NULL;
+    char ack_subject[96];
     char host[256];
     int port;
     sl_status st = SL_OK;
@@ -229,7 +269,10 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     s->cfg = cfg;
     s->bus = bus;
     s->wbuf = malloc(LWS_PRE + WRITE_BATCH);
-    if (s->wbuf == NULL) {
+    s->held = malloc(HELD_MAX * sizeof(*s->held));
+    if (s->wbuf == NULL || s->held == NULL) {
+        free(s->wbuf);
+        free(s->held);
         free(s);
         return SL_ERR_NOMEM;
     }
@@ -251,8 +294,13 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     ev_prepare_init(&s->flush_w, gw__flush_cb);
     ev_prepare_start(s->loop, &s->flush_w);
     ev_idle_init(&s->flush_more, gw__flush_more_cb);
+    ev_init(&s->held_timer, held_timer_cb);
+    /* Acknowledgements are never dropped: the bound of their batch is
+     * never reached (sends in flight are bounded per connection). */
     if ((st = gw_bridge_create(&s->bridge, 200000)) != SL_OK ||
         (st = gw_batch_create(&s->live, s->bridge, 200000, gw__live_run, gw__live_free, s)) !=
+            SL_OK ||
+        (st = gw_batch_create(&s->acks, s->bridge, SIZE_MAX / 2, gw__ack_run, gw__ack_free, s)) !=
             SL_OK ||
         (st = gw__presence_create(s)) != SL_OK ||
         (st = gw_io_create(&s->io, (int)cfg->io_threads)) != SL_OK ||
@@ -260,12 +308,19 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
         snprintf(err, errlen, "gateway init: %s", sl_status_str(st));
         goto cleanup;
     }
-    jsOptions_Init(&jo);
-    jo.PublishAsync.AckHandler = gw__on_pub_ack_cb;
-    jo.PublishAsync.AckHandlerClosure = s;
-    jo.PublishAsync.MaxPending = 65536;
-    jo.PublishAsync.StallWait = 1; /* a full window is "overloaded", never a stall */
-    if (natsConnection_JetStream(&s->js_in, sl_bus_nc(bus), &jo) != NATS_OK ||
+    /* One subscription for the acknowledgements of every send, delivered
+     * by cnats' shared thread with the live events: no thread of its own
+     * (as js_PublishMsgAsync's), no timer per publish (gw_cmd.c). */
+    if (natsInbox_Create(&inbox) == NATS_OK) {
+        snprintf(s->ack_prefix, sizeof(s->ack_prefix), "%s", (const char *)inbox);
+        s->ack_prefix_len = strlen(s->ack_prefix);
+        snprintf(ack_subject, sizeof(ack_subject), "%s.>", s->ack_prefix);
+    }
+    natsInbox_Destroy(inbox);
+    if (s->ack_prefix_len == 0 ||
+        natsConnection_Subscribe(&s->ack_sub, sl_bus_nc(bus), ack_subject, gw__on_ack_cb, s) !=
+            NATS_OK ||
+        natsSubscription_SetPendingLimits(s->ack_sub, -1, -1) != NATS_OK ||
         sl_bus_kv(bus, SL_KV_SESSIONS, &s->kv_sessions) != SL_OK ||
         sl_bus_kv(bus, SL_KV_PRESENCE, &s->kv_presence) != SL_OK) {
         snprintf(err, errlen, "jetstream: cannot open the context or buckets");
@@ -397,7 +452,7 @@ static void unsubscribe_chan_cb(const char *key, void *val, void *ud)
     natsSubscription_Unsubscribe(ch->sub);
 }
 
-/* Stops every cnats callback that carries s (gw__on_live_cb, gw__on_pub_ack_cb) and
+/* Stops every cnats callback that carries s (gw__on_live_cb, gw__on_ack_cb) and
  * waits until none runs. False when they did not stop in time: then s must
  * not be freed (q, which cnats may still signal, is leaked with it). */
 static bool cnats_quiesce(gw_server *s)
@@ -412,14 +467,14 @@ static bool cnats_quiesce(gw_server *s)
     pthread_cond_init(&q->cv, NULL);
     if (s->chans != NULL)
         gw_map_each(s->chans, unsubscribe_chan_cb, q);
-    if (s->js_in != NULL) {
-        /* No client sends any more: the acks still due come (or time out,
-         * which cnats also reports through the handler) and end here. */
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = s->cfg->publish_timeout_ms + 5000;
-        if (js_PublishAsyncComplete(s->js_in, &po) != NATS_OK)
-            sl_warn("shutdown: publish acks still pending");
+    /* No connection is left to answer: acknowledgements still due are
+     * dropped with the subscription. */
+    if (s->ack_sub != NULL &&
+        natsSubscription_SetOnCompleteCB(s->ack_sub, sub_done_cb, q) == NATS_OK) {
+        pthread_mutex_lock(&q->mu);
+        q->left++;
+        pthread_mutex_unlock(&q->mu);
+        natsSubscription_Unsubscribe(s->ack_sub);
     }
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += 10;
@@ -473,11 +528,14 @@ void gw_server_destroy(gw_server *s)
     /* Every connection is gone: its leaves go out, and this gateway's
      * presence records are deleted (before the acks are waited for). */
     gw__presence_shutdown(s);
-    if (s->loop != NULL)
+    if (s->loop != NULL) {
+        ev_timer_stop(s->loop, &s->held_timer);
         ev_loop_destroy(s->loop);
+        s->loop = NULL; /* gw__msg_release destroys at once from here on */
+    }
     gw_api_destroy(s);
     /* In order: nothing may use what is freed. cnats threads post to the
-     * bridge and submit to the io pool (gw__on_live_cb, gw__on_pub_ack_cb): stop
+     * bridge and submit to the io pool (gw__on_live_cb, gw__on_ack_cb): stop
      * them first. Then the io threads finish their queue (stream and
      * session reads), posting results to the bridge. Those results are for
      * connections that are gone, and running them could start more io
@@ -490,6 +548,10 @@ void gw_server_destroy(gw_server *s)
     s->bridge = NULL;
     gw_batch_destroy(s->live); /* after the bridge, which held its drain task */
     s->live = NULL;
+    gw_batch_destroy(s->acks);
+    s->acks = NULL;
+    natsSubscription_Destroy(s->ack_sub);
+    held_release_all(s);
     if (s->chans != NULL)
         gw_map_each(s->chans, free_chan_cb, NULL);
     gw_map_destroy(s->chans);
@@ -500,8 +562,8 @@ void gw_server_destroy(gw_server *s)
     gw_map_destroy(s->history_tenants);
     kvStore_Destroy(s->kv_sessions);
     kvStore_Destroy(s->kv_presence);
-    jsCtx_Destroy(s->js_in);
     sl_auth_destroy(s->auth);
+    free(s->held);
     free(s->wbuf);
     free(s);
 }

@@ -273,7 +273,20 @@ struct gw_server {
     gw_bridge *bridge;
     gw_batch *live; /* live events from cnats (gw__on_live_cb), drained on the loop */
     gw_io *io;
-    jsCtx *js_in; /* publishes client messages; acks come to gw__on_pub_ack_cb */
+    /* JetStream's acknowledgements of client messages (gw_cmd.c): each send
+     * is published with the reply subject <ack_prefix>.<deadline>.<session>.<id>,
+     * and ack_sub (on cnats' shared delivery thread, beside the live events)
+     * queues what comes back in acks, drained on the loop. */
+    char ack_prefix[64];
+    size_t ack_prefix_len;
+    natsSubscription *ack_sub;
+    gw_batch *acks;
+    /* Messages the loop is done with, destroyed together (gw__msg_release):
+     * cnats frees every natsMsg on its garbage collector thread and wakes
+     * it for each one destroyed while it sleeps. */
+    natsMsg **held;
+    int nheld;
+    ev_timer held_timer;
     kvStore *kv_sessions;
     kvStore *kv_presence;
     gw_map *sessions; /* session id -> gw_conn */
@@ -427,8 +440,26 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
                          enum chan_head how);
 gw_chan *gw__chan_get(gw_server *s, const char *tenant, bool is_room, const char *name);
 
+/* gw_server.c */
+/* Destroys m (may be NULL) soon, with the other messages the loop released;
+ * loop thread only. */
+void gw__msg_release(gw_server *s, natsMsg *m);
+
 /* gw_cmd.c */
-void gw__on_pub_ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+/* The acknowledgement subscription's callback (cnats thread) and the loop's
+ * handling of each acknowledgement (gw_batch's run and free_item for
+ * s->acks). */
+void gw__on_ack_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+void gw__ack_run(void *ctx, void *item);
+void gw__ack_free(void *item);
+/* Writes the reply subject of a send into out; false when it does not fit
+ * or id has a character no subject can carry. */
+bool gw__ack_reply(char *out, size_t outlen, const char *prefix, int64_t deadline_ms,
+                   const char *session, const char *id);
+/* Reads a reply subject made by gw__ack_reply back; false when subject is
+ * not one (session and id are then undefined). */
+bool gw__ack_parse(const char *subject, const char *prefix, int64_t *deadline_ms,
+                   char session[SL_ID_MAX + 1], char id[SL_ID_MAX + 1]);
 bool gw__conn_room_allowed(const gw_conn *c, const char *room);
 void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd);
 void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd);

@@ -23,6 +23,7 @@ int main(int argc, char **argv)
     static gw_config cfg; /* its options point into it */
     sl_run_ready ready = {.svc_ready = server_ready, .svc_wait = "server not created yet"};
     sl_bus *bus = NULL;
+    sl_bus_opts bus_opts = {.send_asap = true};
     sl_admin *admin = NULL;
     gw_server *srv = NULL;
     bool help = false;
@@ -44,7 +45,10 @@ int main(int argc, char **argv)
     sl_log_init("gateway", cfg.log_level);
     sl_run_signals();
 
-    if (sl_bus_create(&bus, &cfg.common, "sluice-gateway", err, sizeof(err)) != SL_OK) {
+    /* The loop publishes one message at a time (a send, a receipt, a KV
+     * write): written at once, not after the flusher's 1 ms wait. */
+    if (sl_bus_create_ex(&bus, &cfg.common, "sluice-gateway", &bus_opts, err, sizeof(err)) !=
+        SL_OK) {
         sl_error("%s", err);
         goto cleanup;
     }

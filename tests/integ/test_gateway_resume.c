@@ -922,6 +922,108 @@ START_TEST(test_long_connection_resumes_after_its_first_token_expired)
 }
 END_TEST
 
+/* ---- a send's answer follows JetStream's acknowledgement ---- */
+
+/* The next message the gateway published on SLUICE_IN's subjects, taken by
+ * the test standing in for the stream: its client id must be id; its prev
+ * (caller frees) in *prev. */
+static natsMsg *next_in(fx *f, natsSubscription *sub, const char *id, char **prev)
+{
+    natsMsg *m = NULL;
+    Sluice__Envelope *e = NULL;
+    natsStatus st = natsSubscription_NextMsg(&m, sub, T);
+
+    HX_ASSERT_MSG(f->s, st == NATS_OK, "no publish of %s: %s", id, natsStatus_GetText(st));
+    HX_OK(f->s, sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e));
+    HX_ASSERT_MSG(f->s, strcmp(e->client_id, id) == 0, "published %s, wanted %s", e->client_id, id);
+    HX_ASSERT_MSG(f->s, natsMsg_GetReply(m) != NULL, "%s published without a reply subject", id);
+    *prev = strdup(e->prev_event_id);
+    sl_envelope_free(e);
+    return m;
+}
+
+/* Answers m as JetStream would, with body. */
+static void answer(fx *f, natsMsg *m, const char *body)
+{
+    HX_ASSERT(f->s, natsConnection_PublishString(f->nc, natsMsg_GetReply(m), body) == NATS_OK);
+    HX_ASSERT(f->s, natsConnection_Flush(f->nc) == NATS_OK);
+}
+
+#define EXPECT_PREV(f, got, want)                                                                  \
+    do {                                                                                           \
+        HX_ASSERT_MSG((f)->s, strcmp((got), (want)) == 0, "published with prev \"%s\", not %s",    \
+                      (got), (want));                                                              \
+        free(got);                                                                                 \
+    } while (0)
+
+/* The test answers the gateway's publishes itself (SLUICE_IN no longer takes
+ * the session's subjects): an acknowledgement in time is `accepted` and the
+ * next default prev; none in SLUICE_PUBLISH_TIMEOUT_MS is `busy`, and one
+ * that comes after that never becomes the default prev; an API error is
+ * `busy`. Ids with '.' and ':' (which subjects treat specially) on the way. */
+START_TEST(test_send_answers_follow_jetstream_acknowledgements)
+{
+    static const char *const gw_env[] = {"SLUICE_PUBLISH_TIMEOUT_MS=400", NULL};
+    fx f;
+    fx_opts o = {.gateways = 1, .gw_env = gw_env};
+    hx_sl_client *a;
+    hx_ws *ws;
+    natsSubscription *sub = NULL;
+    natsMsg *m2, *m3, *m4, *m5, *m6;
+    char *prev;
+
+    fx_start(&f, &o);
+    a = fx_client(&f, 0, "acme", "alice");
+    ws = hx_sl_ws(a);
+    post(&f, a, "m.1", NULL, "one");
+    in_subjects(&f, "sluice.nothing.>");
+    HX_ASSERT(f.s, natsConnection_SubscribeSync(&sub, f.nc, "sluice.in.acme.>") == NATS_OK);
+    HX_ASSERT(f.s, natsConnection_Flush(f.nc) == NATS_OK);
+
+    HX_OK(f.s, hx_sl_send(a, "m.2:b", NULL, "two", NULL));
+    m2 = next_in(&f, sub, "m.2:b", &prev);
+    EXPECT_PREV(&f, prev, "m.1");
+    answer(&f, m2, "{\"stream\":\"SLUICE_IN\",\"seq\":1000}");
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"m.2:b\",\"duplicate\":false}"));
+
+    /* No acknowledgement: busy once the publish timeout passed. */
+    HX_OK(f.s, hx_sl_send(a, "m.3", NULL, "three", NULL));
+    m3 = next_in(&f, sub, "m.3", &prev);
+    EXPECT_PREV(&f, prev, "m.2:b");
+    cJSON_Delete(want(&f, ws, "{\"type\":\"busy\",\"id\":\"m.3\",\"reason\":\"overloaded\"}"));
+
+    /* m.3's late acknowledgement comes between m.4's and m.5's refusal,
+     * which is answered after it. */
+    HX_OK(f.s, hx_sl_send(a, "m.4", NULL, "four", NULL));
+    m4 = next_in(&f, sub, "m.4", &prev);
+    EXPECT_PREV(&f, prev, "m.2:b");
+    HX_OK(f.s, hx_sl_send(a, "m.5", NULL, "five", NULL));
+    m5 = next_in(&f, sub, "m.5", &prev);
+    free(prev);
+    answer(&f, m4, "{\"stream\":\"SLUICE_IN\",\"seq\":1001}");
+    answer(&f, m3, "{\"stream\":\"SLUICE_IN\",\"seq\":1002}");
+    answer(&f, m5,
+           "{\"type\":\"io.nats.jetstream.api.v1.pub_ack_response\",\"error\":{\"code\":503,"
+           "\"err_code\":10077,\"description\":\"maximum messages per subject exceeded\"}}");
+    cJSON_Delete(want(&f, ws, "{\"type\":\"accepted\",\"id\":\"m.4\"}"));
+    cJSON_Delete(want(&f, ws, "{\"type\":\"busy\",\"id\":\"m.5\",\"reason\":\"overloaded\"}"));
+
+    /* Neither the late one nor the refused one became the default prev. */
+    HX_OK(f.s, hx_sl_send(a, "m.6", NULL, "six", NULL));
+    m6 = next_in(&f, sub, "m.6", &prev);
+    EXPECT_PREV(&f, prev, "m.4");
+
+    natsMsg_Destroy(m2);
+    natsMsg_Destroy(m3);
+    natsMsg_Destroy(m4);
+    natsMsg_Destroy(m5);
+    natsMsg_Destroy(m6);
+    natsSubscription_Destroy(sub);
+    hx_sl_destroy(a);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gateway resume");
@@ -939,6 +1041,7 @@ int main(void)
     tcase_add_test(tc, test_live_events_out_of_order_are_put_in_order);
     tcase_add_test(tc, test_default_prev_is_the_sessions_last_accepted);
     tcase_add_test(tc, test_long_connection_resumes_after_its_first_token_expired);
+    tcase_add_test(tc, test_send_answers_follow_jetstream_acknowledgements);
     suite_add_tcase(su, tc);
     sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
