@@ -135,6 +135,36 @@ static int ready_pick(wrk_loop *l, int64_t now, int64_t *wake_ms)
     return wrk_sched_pick(l->sched, l->pickq, (size_t)l->nready, l->nslots, now, wake_ms);
 }
 
+/* Stopping: hands back (NAK) the jobs waiting for a slot, so another
+ * worker starts them now rather than after this one's running jobs; a job
+ * on its last delivery stays and runs (or is ended at once after the
+ * grace), since a NAK would use that delivery up. Caller holds qmu.
+ * Returns how many were handed back. */
+static int ready_hand_back(wrk_loop *l, int64_t now)
+{
+    int n = 0;
+
+    for (int i = 0; i < l->nready;) {
+        jsMsgMetaData *meta = NULL;
+        bool last = false;
+        if (natsMsg_GetMetaData(&meta, l->ready[i].msg) == NATS_OK)
+            last = l->max_deliver > 0 && (int64_t)meta->NumDelivered >= l->max_deliver;
+        jsMsgMetaData_Destroy(meta);
+        if (last) {
+            i++;
+            continue;
+        }
+        ready_job rj = ready_take(l, i);
+        wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
+        natsMsg_Destroy(rj.msg);
+        wrk_sched_dropped(l->sched, rj.q, now);
+        n++;
+    }
+    if (n > 0)
+        sl_info("stopping: handed back %d job(s) waiting for a slot", n);
+    return n;
+}
+
 void *wrk__slot_main(void *arg)
 {
     wrk_slot *s = arg;
@@ -143,7 +173,10 @@ void *wrk__slot_main(void *arg)
     pthread_mutex_lock(&l->qmu);
     for (;;) {
         int64_t now = sl_mono_ms(), wake;
-        int i = ready_pick(l, now, &wake);
+        int i;
+        if (atomic_load(&l->stopping))
+            ready_hand_back(l, now);
+        i = ready_pick(l, now, &wake);
         if (i >= 0) {
             ready_job rj = ready_take(l, i);
             int64_t t0;
@@ -152,8 +185,9 @@ void *wrk__slot_main(void *arg)
             pump(l, now); /* its queue's buffer may have run down */
             pthread_mutex_unlock(&l->qmu);
             t0 = mono_us();
-            /* Even while stopping, a fetched job runs: within the grace it
-             * may finish, and after it slot_attach aborts it at once. */
+            /* While stopping, only a job on its last delivery is left to
+             * start: within the grace it may finish, and after it
+             * slot_attach aborts it at once. */
             if (!wrk__job_run(s, rj.msg))
                 natsMsg_Destroy(rj.msg);
             t0 = mono_us() - t0;
@@ -192,34 +226,6 @@ static void ready_keep_leases(wrk_loop *l, int64_t now)
             l->ready[i].progress_ms = now;
         }
     }
-}
-
-/* Stopping: hands back (NAK) the jobs waiting for a slot, so another
- * worker starts them now rather than after this one's running jobs; a job
- * on its last delivery stays and runs (or is ended at once after the
- * grace), since a NAK would use that delivery up. Caller holds qmu.
- * Returns how many were handed back. */
-static int ready_hand_back(wrk_loop *l, int64_t now)
-{
-    int n = 0;
-
-    for (int i = 0; i < l->nready;) {
-        jsMsgMetaData *meta = NULL;
-        bool last = false;
-        if (natsMsg_GetMetaData(&meta, l->ready[i].msg) == NATS_OK)
-            last = l->max_deliver > 0 && (int64_t)meta->NumDelivered >= l->max_deliver;
-        jsMsgMetaData_Destroy(meta);
-        if (last) {
-            i++;
-            continue;
-        }
-        ready_job rj = ready_take(l, i);
-        wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
-        natsMsg_Destroy(rj.msg);
-        wrk_sched_dropped(l->sched, rj.q, now);
-        n++;
-    }
-    return n;
 }
 
 /* ---- Pulling ----------------------------------------------------------- */
@@ -714,9 +720,7 @@ void *wrk__dispatch_main(void *arg)
             /* No new requests; the open ones are answered at once (no_wait),
              * and what they bring is handed back (or run, on its last
              * delivery). */
-            int back = ready_hand_back(l, now);
-            if (back > 0)
-                sl_info("stopping: handed back %d job(s) waiting for a slot", back);
+            ready_hand_back(l, now);
             if (stop_until == 0)
                 stop_until = now + 1000;
             if (wrk_sched_outstanding(l->sched) == 0 || now >= stop_until)
@@ -774,6 +778,7 @@ void *wrk__dispatch_main(void *arg)
         }
     }
     /* From now on a late delivery is handed back by on_pull_reply. */
+    ready_hand_back(l, sl_mono_ms());
     l->accepting = false;
     l->disp_done = true;
     pthread_cond_broadcast(&l->job_cv);
