@@ -82,10 +82,16 @@ static void job_time_add(wrk_loop *l, int64_t us)
 
 /* Free job capacity: slots without a job plus the jobs the worker may
  * hold ahead of them, minus jobs waiting for a slot, minus jobs asked for
- * and not delivered yet. Caller holds qmu. */
+ * and not delivered yet. Jobs waiting beyond the room ahead (it shrank as
+ * jobs got slower, or late deliveries overfilled it) do not count against
+ * the free slots: a slot kept idle for a tenant below its share
+ * (wrk_sched_pick) must still be able to ask that tenant's queue. Caller
+ * holds qmu. */
 static int free_capacity(const wrk_loop *l)
 {
-    return l->idle + l->ahead - l->nready - wrk_sched_outstanding(l->sched);
+    int room = l->ahead - l->nready;
+
+    return l->idle + (room > 0 ? room : 0) - wrk_sched_outstanding(l->sched);
 }
 
 static int64_t pump(wrk_loop *l, int64_t now);
