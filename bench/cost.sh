@@ -109,7 +109,8 @@ snap() {                                            # FILE
         printf ',"jsz":'
         curl -s "http://127.0.0.1:$mp/jsz?streams=true&consumers=true"
         printf ',"orch":'
-        { curl -s "http://127.0.0.1:$oa/metrics" | grep -E '^sluice_orch_(round_trips|events|batches)' || true; } |
+        { { curl -s "http://127.0.0.1:$oa/metrics"; curl -s "http://127.0.0.1:$wa/metrics"; } |
+            grep -E '^sluice_orch_(round_trips|events|batches)|^sluice_wrk_pull_requests_total' || true; } |
             jq -Rs '[split("\n")[] | select(length > 0) | split(" ") | {key: .[0], value: (.[1] | tonumber)}] | from_entries'
         printf ',"cpu":{"nats":%s,"orch":%s,"wrk":%s,"gw":%s}}\n' "$(cpu "$NATS")" "$(cpu "$ORCH")" \
             "$(cpu "$WRK")" "$(cpu "$GW")"

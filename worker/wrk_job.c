@@ -114,6 +114,8 @@ natsStatus wrk__ack_send(wrk_loop *l, natsMsg *msg, int how, int64_t delay_ms)
         snprintf(body, sizeof(body), "+ACK");
     else if (how == SETTLE_TERM)
         snprintf(body, sizeof(body), "+TERM");
+    else if (how == SETTLE_PROGRESS)
+        snprintf(body, sizeof(body), "+WPI");
     else if (delay_ms > 0)
         snprintf(body, sizeof(body), "-NAK {\"delay\":%" PRId64 "}", delay_ms * NS_PER_MS);
     else

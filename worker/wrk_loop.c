@@ -170,9 +170,10 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
      * when nats-server is slow to answer (a full list stops the slots, and
      * so the pulls); bounded so that a stuck finisher stops them soon. */
     l->fmax = 8 * l->nslots < 64 ? 64 : 8 * l->nslots > 256 ? 256 : 8 * l->nslots;
-    l->rcap = 2 * l->nslots;
+    l->rcap = 2 * l->nslots; /* the slots and the jobs pulled ahead of them */
     l->ready = calloc((size_t)l->rcap, sizeof(*l->ready));
-    if (l->slots == NULL || l->ready == NULL ||
+    l->pickq = calloc((size_t)l->rcap, sizeof(*l->pickq));
+    if (l->slots == NULL || l->ready == NULL || l->pickq == NULL ||
         wrk_sched_create(&l->sched, WRK_QUEUES_MAX) != SL_OK) {
         st = SL_ERR_NOMEM;
         goto cleanup;
@@ -185,6 +186,7 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
     l->cfg.weights = NULL; /* the table has its copy */
     l->cfg.nweights = 0;
     l->idle = l->nslots;
+    wrk__pull_ahead_init(l);
     l->fin = &l->slots[l->nslots];
     for (int i = 0; i <= l->nslots; i++) {
         wrk_slot *s = &l->slots[i];
@@ -320,8 +322,9 @@ void wrk_loop_stop(wrk_loop *l, int64_t grace_ms)
     pthread_cond_broadcast(&l->disp_cv);
     pthread_mutex_unlock(&l->qmu);
 
-    /* Running jobs may finish within the grace, and so may those fetched
-     * just before the stop (the dispatcher ends within about a second:
+    /* Running jobs may finish within the grace, and so may a job on its
+     * last delivery that was fetched but not started; the dispatcher
+     * hands the other fetched jobs back (it ends within about a second:
      * its open requests are answered at once). */
     pthread_mutex_lock(&l->mu);
     if (l->busy > 0)
@@ -443,6 +446,7 @@ void wrk_loop_destroy(wrk_loop *l)
     }
     free(l->slots);
     free(l->ready);
+    free(l->pickq);
     wrk_sched_destroy(l->sched);
     wrk_usage_destroy(l->usage); /* after the slots stopped: its last flush */
     kvStore_Destroy(l->kv_quota);

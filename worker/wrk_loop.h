@@ -26,7 +26,9 @@
  * consumers; pull requests are sent by whichever thread frees capacity or
  * rings a queue (a slot thread, or a cnats thread on a doorbell
  * `sluice.ctl.work.<model>.<tenant>` or a pull reply); pulled jobs wait in
- * a ready list for a slot thread, which owns the job it runs until the
+ * a ready list for a slot thread (a worker with a fast model pulls a few
+ * ahead of its slots; a freed slot starts the job of the tenant running
+ * the fewest for its weight: wrk_sched_pick), which owns the job it runs until the
  * model call is over and then hands it to the finisher thread; a timer
  * thread publishes due token chunks, sends InProgress acks for long jobs
  * and writes `running`; the cancel subscription runs on a cnats thread.
@@ -82,8 +84,10 @@ sl_status wrk_loop_create(wrk_loop **out, sl_bus *bus, wrk_backend *backend,
 /* True while the loop is running and not stopping. */
 bool wrk_loop_ready(const wrk_loop *l);
 
-/* Graceful stop: stops pulling (jobs already pulled still run; one that
- * arrives after the last slot is gone is NAKed at once), lets running jobs
+/* Graceful stop: stops pulling (jobs pulled ahead of the slots and not
+ * started are handed back with a NAK at once, except one on its last
+ * delivery, which still runs; one that arrives after the last slot is gone
+ * is NAKed at once), lets running jobs
  * finish for up to grace_ms, then aborts the rest and NAKs them so another
  * worker takes them at once (a job on its last delivery is ended here
  * instead, with what it has), and joins every thread. Returns within about

@@ -58,6 +58,7 @@ typedef struct recent_cancel {
 typedef struct ready_job {
     natsMsg *msg;
     wrk_queue *q;
+    int64_t progress_ms; /* delivered, or its last InProgress */
 } ready_job;
 
 typedef struct wrk_slot {
@@ -130,9 +131,12 @@ struct wrk_loop {
     pthread_cond_t job_cv;
     pthread_cond_t disp_cv;
     wrk_sched *sched;
-    ready_job *ready; /* ring */
-    int rcap, rhead, nready;
-    int idle; /* slots without a job */
+    ready_job *ready;  /* the jobs delivered and not started, oldest first */
+    wrk_queue **pickq; /* scratch for wrk_sched_pick: rcap entries */
+    int rcap, nready;
+    int idle;       /* slots without a job */
+    int ahead;      /* jobs the worker may hold beyond its slots (wrk_pull.c) */
+    int64_t job_us; /* the slots' average time per job, us (0: none yet) */
     bool disp_done, accepting;
     bool *legacy;         /* per model: the model-wide consumer is still in use */
     wrk_queue **legacy_q; /* per model: its queue while legacy */
@@ -202,7 +206,7 @@ typedef struct done_job {
 /* The work messages come from our own pull requests on a plain
  * subscription (not a cnats JetStream one), so they are acknowledged by
  * publishing to their reply subject, as the JetStream protocol defines. */
-enum { SETTLE_ACK = 0, SETTLE_TERM = 1, SETTLE_NAK = 2 };
+enum { SETTLE_ACK = 0, SETTLE_TERM = 1, SETTLE_NAK = 2, SETTLE_PROGRESS = 3 };
 
 static inline void copy_id(char *dst, const char *src)
 {
@@ -274,6 +278,9 @@ sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen);
 /* A slot thread (arg: its slot) and the dispatcher thread (arg: the loop). */
 void *wrk__slot_main(void *arg);
 void *wrk__dispatch_main(void *arg);
+/* Sets how far ahead of its slots the loop pulls (before the threads
+ * start). */
+void wrk__pull_ahead_init(wrk_loop *l);
 /* Hands back (NAK) the jobs still in the ready list; after the slots end. */
 void wrk__nak_ready(wrk_loop *l);
 

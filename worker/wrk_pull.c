@@ -23,35 +23,152 @@
 
 /* ---- Slot threads ------------------------------------------------------ */
 
-/* Free job capacity: slots without a job, minus jobs waiting for a slot,
- * minus jobs asked for and not delivered yet. Caller holds qmu. */
+/* How far ahead of its slots a worker pulls. A job pulled is a job
+ * leased and kept from other workers, so the jobs held ahead are only as
+ * many as this worker's slots start within AHEAD_WINDOW_MS, from the
+ * slots' measured time per job (a fast model: up to PULL_AHEAD_MAX; a
+ * model slower than the window: none, as without a buffer). Those waiting
+ * get InProgress acks like running ones (every AckWait / 3), and a
+ * stopping worker hands them back at once. */
+#define AHEAD_WINDOW_MS 100
+#define PULL_AHEAD_MAX  64
+/* Weight of the newest job in the slots' average time per job: 1/8. */
+#define JOB_TIME_WEIGHT 8
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Sets how far ahead to pull from the average slot time per job (us; 0:
+ * none measured yet, then as many as the slots). Caller holds qmu (or no
+ * thread runs yet). */
+static void ahead_set(wrk_loop *l)
+{
+    int64_t n = l->nslots;
+
+    if (l->job_us > 0)
+        n = (int64_t)l->nslots * AHEAD_WINDOW_MS * 1000 / l->job_us;
+    l->ahead = n > PULL_AHEAD_MAX ? PULL_AHEAD_MAX : (int)n;
+    /* A queue is asked again once half of what it may hold ahead has
+     * started: one request per about ahead / 2 jobs under a backlog,
+     * instead of one per freed slot. */
+    wrk_sched_set_refill(l->sched, l->ahead / 2);
+}
+
+void wrk__pull_ahead_init(wrk_loop *l)
+{
+    l->job_us = 0;
+    ahead_set(l);
+}
+
+/* Counts a job's time in its slot (us) into the average. Caller holds
+ * qmu. */
+static void job_time_add(wrk_loop *l, int64_t us)
+{
+    if (us < 1)
+        us = 1;
+    if (l->job_us == 0)
+        l->job_us = us;
+    else
+        l->job_us += (us - l->job_us) / JOB_TIME_WEIGHT;
+    if (l->job_us < 1)
+        l->job_us = 1;
+    ahead_set(l);
+}
+
+/* Free job capacity: slots without a job plus the jobs the worker may
+ * hold ahead of them, minus jobs waiting for a slot, minus jobs asked for
+ * and not delivered yet. Jobs waiting beyond the room ahead (it shrank as
+ * jobs got slower, or late deliveries overfilled it) do not count against
+ * the free slots: a slot kept idle for a tenant below its share
+ * (wrk_sched_pick) must still be able to ask that tenant's queue. Caller
+ * holds qmu. */
 static int free_capacity(const wrk_loop *l)
 {
-    return l->idle - l->nready - wrk_sched_outstanding(l->sched);
+    int room = l->ahead - l->nready;
+
+    return l->idle + (room > 0 ? room : 0) - wrk_sched_outstanding(l->sched);
 }
 
 static int64_t pump(wrk_loop *l, int64_t now);
 static void need_setup(wrk_loop *l, const wrk_queue *q);
 
-/* Adds a delivered job to the ready ring (growing it when late deliveries
+/* Adds a delivered job to the ready list (growing it when late deliveries
  * overfill it). Caller holds qmu. Returns false when out of memory. */
-static bool ready_push(wrk_loop *l, natsMsg *msg, wrk_queue *q)
+static bool ready_push(wrk_loop *l, natsMsg *msg, wrk_queue *q, int64_t now)
 {
     if (l->nready == l->rcap) {
         int cap = l->rcap * 2;
-        ready_job *nr = calloc((size_t)cap, sizeof(*nr));
+        ready_job *nr = realloc(l->ready, (size_t)cap * sizeof(*nr));
+        wrk_queue **np;
         if (nr == NULL)
             return false;
-        for (int i = 0; i < l->nready; i++)
-            nr[i] = l->ready[(l->rhead + i) % l->rcap];
-        free(l->ready);
         l->ready = nr;
+        np = realloc(l->pickq, (size_t)cap * sizeof(*np));
+        if (np == NULL)
+            return false;
+        l->pickq = np;
         l->rcap = cap;
-        l->rhead = 0;
     }
-    l->ready[(l->rhead + l->nready) % l->rcap] = (ready_job){.msg = msg, .q = q};
-    l->nready++;
+    l->ready[l->nready++] = (ready_job){.msg = msg, .q = q, .progress_ms = now};
     return true;
+}
+
+/* Removes the i-th job of the ready list and returns it. Caller holds
+ * qmu. */
+static ready_job ready_take(wrk_loop *l, int i)
+{
+    ready_job rj = l->ready[i];
+
+    memmove(&l->ready[i], &l->ready[i + 1], (size_t)(l->nready - i - 1) * sizeof(*l->ready));
+    l->nready--;
+    return rj;
+}
+
+/* The ready job a free slot starts now (wrk_sched_pick), or -1 with
+ * *wake_ms as there. Caller holds qmu. */
+static int ready_pick(wrk_loop *l, int64_t now, int64_t *wake_ms)
+{
+    *wake_ms = INT64_MAX;
+    if (l->nready == 0)
+        return -1;
+    for (int i = 0; i < l->nready; i++)
+        l->pickq[i] = l->ready[i].q;
+    return wrk_sched_pick(l->sched, l->pickq, (size_t)l->nready, l->nslots, now, wake_ms);
+}
+
+/* Stopping: hands back (NAK) the jobs waiting for a slot, so another
+ * worker starts them now rather than after this one's running jobs; a job
+ * on its last delivery stays and runs (or is ended at once after the
+ * grace), since a NAK would use that delivery up. Caller holds qmu.
+ * Returns how many were handed back. */
+static int ready_hand_back(wrk_loop *l, int64_t now)
+{
+    int n = 0;
+
+    for (int i = 0; i < l->nready;) {
+        jsMsgMetaData *meta = NULL;
+        bool last = false;
+        if (natsMsg_GetMetaData(&meta, l->ready[i].msg) == NATS_OK)
+            last = l->max_deliver > 0 && (int64_t)meta->NumDelivered >= l->max_deliver;
+        jsMsgMetaData_Destroy(meta);
+        if (last) {
+            i++;
+            continue;
+        }
+        ready_job rj = ready_take(l, i);
+        wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
+        natsMsg_Destroy(rj.msg);
+        wrk_sched_dropped(l->sched, rj.q, now);
+        n++;
+    }
+    if (n > 0)
+        sl_info("stopping: handed back %d job(s) waiting for a slot", n);
+    return n;
 }
 
 void *wrk__slot_main(void *arg)
@@ -61,17 +178,27 @@ void *wrk__slot_main(void *arg)
 
     pthread_mutex_lock(&l->qmu);
     for (;;) {
-        if (l->nready > 0) {
-            ready_job rj = l->ready[l->rhead];
-            l->rhead = (l->rhead + 1) % l->rcap;
-            l->nready--;
+        int64_t now = sl_mono_ms(), wake;
+        int i;
+        if (atomic_load(&l->stopping))
+            ready_hand_back(l, now);
+        i = ready_pick(l, now, &wake);
+        if (i >= 0) {
+            ready_job rj = ready_take(l, i);
+            int64_t t0;
             l->idle--;
+            wrk_sched_started(l->sched, rj.q);
+            pump(l, now); /* its queue's buffer may have run down */
             pthread_mutex_unlock(&l->qmu);
-            /* Even while stopping, a fetched job runs: within the grace it
-             * may finish, and after it slot_attach aborts it at once. */
+            t0 = mono_us();
+            /* While stopping, only a job on its last delivery is left to
+             * start: within the grace it may finish, and after it
+             * slot_attach aborts it at once. */
             if (!wrk__job_run(s, rj.msg))
                 natsMsg_Destroy(rj.msg);
+            t0 = mono_us() - t0;
             pthread_mutex_lock(&l->qmu);
+            job_time_add(l, t0);
             wrk_sched_release(l->sched, rj.q, sl_mono_ms());
             l->idle++;
             pump(l, sl_mono_ms());
@@ -79,10 +206,32 @@ void *wrk__slot_main(void *arg)
         }
         if (l->disp_done)
             break;
-        pthread_cond_wait(&l->job_cv, &l->qmu);
+        /* Nothing waits, or what waits is kept from the slots for a
+         * tenant below its share: a delivery, a pull ending or the end of
+         * that tenant's linger changes it. */
+        if (wake != INT64_MAX) {
+            struct timespec ts = mono_abs(wake);
+            pthread_cond_timedwait(&l->job_cv, &l->qmu, &ts);
+        } else {
+            pthread_cond_wait(&l->job_cv, &l->qmu);
+        }
     }
     pthread_mutex_unlock(&l->qmu);
     return NULL;
+}
+
+/* Keeps the leases of the jobs waiting for a slot (the timer does it for
+ * running ones). Caller holds qmu. */
+static void ready_keep_leases(wrk_loop *l, int64_t now)
+{
+    int64_t every = l->ack_wait_ms / 3 > 0 ? l->ack_wait_ms / 3 : 1;
+
+    for (int i = 0; i < l->nready; i++) {
+        if (now - l->ready[i].progress_ms >= every) {
+            wrk__ack_send(l, l->ready[i].msg, SETTLE_PROGRESS, 0);
+            l->ready[i].progress_ms = now;
+        }
+    }
 }
 
 /* ---- Pulling ----------------------------------------------------------- */
@@ -156,7 +305,7 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         jsMsgMetaData_Destroy(meta);
         /* Stopping (no slot will take it) or unaccountable: back to the
          * stream at once, for another worker. */
-        if (l->accepting && q != NULL && ready_push(l, msg, q)) {
+        if (l->accepting && q != NULL && ready_push(l, msg, q, now)) {
             if (wrk_sched_delivered(l->sched, q, q->req_token, now))
                 pump(l, now);
             pthread_cond_signal(&l->job_cv);
@@ -200,6 +349,9 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
                 need_setup(l, q);
             }
             pump(l, now);
+            /* A tenant whose queue was found empty may no longer hold slots
+             * back for its share. */
+            pthread_cond_broadcast(&l->job_cv);
         }
         pthread_mutex_unlock(&l->qmu);
     }
@@ -572,7 +724,9 @@ void *wrk__dispatch_main(void *arg)
 
         if (atomic_load(&l->stopping)) {
             /* No new requests; the open ones are answered at once (no_wait),
-             * and what they bring is run or handed back by the slots. */
+             * and what they bring is handed back (or run, on its last
+             * delivery). */
+            ready_hand_back(l, now);
             if (stop_until == 0)
                 stop_until = now + 1000;
             if (wrk_sched_outstanding(l->sched) == 0 || now >= stop_until)
@@ -590,6 +744,7 @@ void *wrk__dispatch_main(void *arg)
             }
             discover(l, now);
             pthread_mutex_lock(&l->qmu);
+            ready_keep_leases(l, now);
             n = wrk_sched_expire(l->sched, now, REQUEST_TIMEOUT_MS);
             if (n > 0)
                 sl_debug("%zu pull request(s) unanswered for %d ms; asking again", n,
@@ -629,6 +784,7 @@ void *wrk__dispatch_main(void *arg)
         }
     }
     /* From now on a late delivery is handed back by on_pull_reply. */
+    ready_hand_back(l, sl_mono_ms());
     l->accepting = false;
     l->disp_done = true;
     pthread_cond_broadcast(&l->job_cv);
@@ -704,12 +860,10 @@ void wrk__nak_ready(wrk_loop *l)
 
     pthread_mutex_lock(&l->qmu);
     while (l->nready > 0) {
-        ready_job rj = l->ready[l->rhead];
-        l->rhead = (l->rhead + 1) % l->rcap;
-        l->nready--;
+        ready_job rj = ready_take(l, 0);
         wrk__ack_send(l, rj.msg, SETTLE_NAK, 0);
         natsMsg_Destroy(rj.msg);
-        wrk_sched_release(l->sched, rj.q, sl_mono_ms());
+        wrk_sched_dropped(l->sched, rj.q, sl_mono_ms());
         n++;
     }
     pthread_mutex_unlock(&l->qmu);

@@ -18,6 +18,7 @@ typedef struct wrk_tenant {
     char name[SL_ID_MAX + 1];
     int weight;
     int load;        /* jobs held and asked for, over its queues */
+    int running;     /* jobs started and not released, over its queues */
     int nring;       /* its queues in the ring */
     size_t nqueues;  /* its queues in the table */
     int64_t last_ms; /* last time one of its jobs was delivered or settled */
@@ -34,6 +35,7 @@ struct wrk_sched {
     size_t ring_len;
     uint64_t next_token;
     int outstanding; /* jobs asked for and not delivered, over open requests */
+    int refill;      /* a queue with more waiting jobs than this is not asked */
 
     wrk_tenant *tbuckets[NBUCKETS];
     wrk_tenant *active; /* the active list */
@@ -153,6 +155,7 @@ sl_status wrk_sched_create(wrk_sched **out, size_t max_queues)
         return SL_ERR_NOMEM;
     s->max = max_queues;
     s->next_token = 1;
+    s->refill = INT32_MAX;
     *out = s;
     return SL_OK;
 }
@@ -446,6 +449,10 @@ wrk_queue *wrk_sched_next(wrk_sched *s, int free, int64_t now_ms, int *batch, in
                 wake = q->retry_at_ms;
             continue;
         }
+        /* Its buffer is not run down yet: asked once it is (a job
+         * started calls the caller back here). */
+        if (q->waiting > s->refill)
+            continue;
         t = q->owner;
         if (t->gen == s->gen)
             continue;
@@ -566,6 +573,7 @@ bool wrk_sched_delivered(wrk_sched *s, wrk_queue *q, uint64_t token, int64_t now
     if (s == NULL || q == NULL)
         return false;
     q->held++;
+    q->waiting++;
     q->seen_ms = now_ms;
     q->owner->last_ms = now_ms;
     if (token == 0 || token != q->req_token) {
@@ -617,8 +625,88 @@ void wrk_sched_release(wrk_sched *s, wrk_queue *q, int64_t now_ms)
     if (s == NULL || q == NULL || q->held == 0)
         return;
     q->held--;
+    if (q->held < q->waiting)
+        q->waiting = q->held; /* released without wrk_sched_started */
+    if (q->owner->running > 0)
+        q->owner->running--;
     tenant_load(s, q->owner, -1);
     q->owner->last_ms = now_ms;
+}
+
+void wrk_sched_set_refill(wrk_sched *s, int at)
+{
+    if (s != NULL)
+        s->refill = at < 0 ? 0 : at;
+}
+
+void wrk_sched_started(wrk_sched *s, wrk_queue *q)
+{
+    if (s == NULL || q == NULL || q->waiting == 0)
+        return;
+    q->waiting--;
+    q->owner->running++;
+}
+
+void wrk_sched_dropped(wrk_sched *s, wrk_queue *q, int64_t now_ms)
+{
+    if (s == NULL || q == NULL || q->held == 0)
+        return;
+    q->held--;
+    if (q->waiting > 0)
+        q->waiting--;
+    tenant_load(s, q->owner, -1);
+    q->owner->last_ms = now_ms;
+}
+
+int wrk_sched_tenant_running(const wrk_queue *q)
+{
+    return q != NULL ? q->owner->running : 0;
+}
+
+/* Whether t counts as active at now_ms (wrk_sched_next drops the others
+ * from the list at its next pass). */
+static bool tenant_active(const wrk_tenant *t, int64_t now_ms)
+{
+    return t->load > 0 || t->nring > 0 || now_ms - t->last_ms < WRK_FAIR_LINGER_MS;
+}
+
+int wrk_sched_pick(const wrk_sched *s, wrk_queue *const *qs, size_t n, int slots, int64_t now_ms,
+                   int64_t *wake_ms)
+{
+    int64_t weights = 0, wake = INT64_MAX, best_r = 0, best_w = 1;
+    int below = 0, best = -1;
+
+    if (wake_ms != NULL)
+        *wake_ms = INT64_MAX;
+    if (s == NULL || qs == NULL || n == 0)
+        return -1;
+    /* A tenant with a job delivered holds it (load > 0): it is listed. */
+    for (const wrk_tenant *t = s->active; t != NULL; t = t->anext)
+        if (tenant_active(t, now_ms))
+            weights += t->weight < 1 ? 1 : t->weight;
+    for (const wrk_tenant *t = s->active; t != NULL; t = t->anext) {
+        if (!tenant_active(t, now_ms) || t->running >= wrk_fair_share(slots, t->weight, weights))
+            continue;
+        below++;
+        if (t->load == 0 && t->nring == 0 && t->last_ms + WRK_FAIR_LINGER_MS < wake)
+            wake = t->last_ms + WRK_FAIR_LINGER_MS; /* kept for it until its linger ends */
+    }
+    for (size_t i = 0; i < n; i++) {
+        const wrk_tenant *t = qs[i]->owner;
+        int64_t r = t->running, w = t->weight < 1 ? 1 : t->weight;
+        bool mine_below = r < wrk_fair_share(slots, t->weight, weights);
+        /* At its share while another is below its own: kept for the other. */
+        if (!mine_below && below > 0)
+            continue;
+        if (best < 0 || r * best_w < best_r * w) {
+            best = (int)i;
+            best_r = r;
+            best_w = w;
+        }
+    }
+    if (best < 0 && wake_ms != NULL)
+        *wake_ms = wake;
+    return best;
 }
 
 int wrk_sched_tenant_load(const wrk_queue *q)

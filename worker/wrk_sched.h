@@ -22,7 +22,8 @@
  * with slow jobs cannot keep another tenant's job waiting for a slot. A
  * tenant alone may use every slot. A tenant's queues (one per model) share
  * its slots. A job asked for is a slot taken: requests are only made for
- * free slots.
+ * free capacity (free slots, plus the jobs a worker may hold ahead of them:
+ * see "Pulling ahead of the slots" below).
  *
  * Not thread-safe: the caller holds one lock around every call. Queue
  * pointers stay valid until wrk_sched_prune() or wrk_sched_destroy() frees
@@ -100,6 +101,7 @@ typedef struct wrk_queue {
     uint64_t bell;            /* bumped whenever jobs may have arrived */
     int hint;                 /* jobs it is believed to hold for us (not asked for yet) */
     int held;                 /* jobs fetched from it and not yet settled here */
+    int waiting;              /* of those, delivered and not started (waiting for a slot) */
     int64_t seen_ms;          /* last time it was rung or delivered a job */
     struct wrk_tenant *owner; /* its tenant's share bookkeeping (wrk_sched.c) */
     /* The open pull request (token 0: none). */
@@ -207,8 +209,51 @@ size_t wrk_sched_expire(wrk_sched *s, int64_t now_ms, int64_t timeout_ms);
 /* Jobs asked for and not delivered yet, over every open request. */
 int wrk_sched_outstanding(const wrk_sched *s);
 
-/* A job of q was settled (acked, NAKed or terminated) here at now_ms. */
+/* A job of q that was started (wrk_sched_started) left its slot at
+ * now_ms. */
 void wrk_sched_release(wrk_sched *s, wrk_queue *q, int64_t now_ms);
+
+/* ---- Pulling ahead of the slots ----------------------------------------
+ *
+ * A worker may hold more jobs than it has slots: jobs delivered wait in a
+ * small local buffer, so a freed slot starts the next job at once and the
+ * queues are asked in batches rather than one freed slot at a time. The
+ * caller passes the slots plus the buffer as wrk_sched_next's capacity
+ * (free counts both), so the asking stays fair by tenant as above; which
+ * buffered job a freed slot starts is decided by wrk_sched_pick, by the
+ * same rule over the slots alone. */
+
+/* A queue holding more than at jobs delivered and not started is not asked
+ * (it keeps its place in line), so that it is asked for a batch once its
+ * buffer has run down, not for each job started. The default, INT32_MAX,
+ * never holds a queue back. */
+void wrk_sched_set_refill(wrk_sched *s, int at);
+
+/* A job delivered for q (counted waiting by wrk_sched_delivered) takes a
+ * slot. */
+void wrk_sched_started(wrk_sched *s, wrk_queue *q);
+
+/* A job of q delivered and never started was settled here (handed back
+ * with a NAK) at now_ms. */
+void wrk_sched_dropped(wrk_sched *s, wrk_queue *q, int64_t now_ms);
+
+/* Jobs q's tenant runs now, over its queues. */
+int wrk_sched_tenant_running(const wrk_queue *q);
+
+/* Which of n delivered jobs (qs[i]: the queue of the i-th, oldest first) a
+ * freed slot of a worker with slots in all starts now: the fair share of
+ * wrk_fair_grant over running jobs. A tenant may start a job while it runs
+ * fewer than its share ceil(slots x weight / active weights) (active as
+ * for wrk_sched_next: it holds or asks for jobs, has a queue in line, or
+ * did within WRK_FAIR_LINGER_MS), or when no other active tenant runs
+ * fewer than its own share (that share is kept for it, as the asking
+ * keeps it: the slot waits for the other's job). Among those that may,
+ * the tenant running the fewest for its weight; ties: the oldest job.
+ * Returns the index, or -1 when none may start now; then *wake_ms (may be
+ * NULL) is the earliest time that may change without an event (the end
+ * of a tenant's linger) or INT64_MAX. */
+int wrk_sched_pick(const wrk_sched *s, wrk_queue *const *qs, size_t n, int slots, int64_t now_ms,
+                   int64_t *wake_ms);
 
 /* The slots q's tenant holds or has asked for, over its queues. */
 int wrk_sched_tenant_load(const wrk_queue *q);

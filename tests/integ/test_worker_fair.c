@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "hx.h"
 #include "sl_codec.h"
@@ -426,6 +427,164 @@ START_TEST(test_legacy_consumer_migration)
 }
 END_TEST
 
+/* A counter of worker i's /metrics, or -1. */
+static long long worker_metric(tctx *t, int i, const char *name)
+{
+    char *body = NULL, pat[128];
+    const char *p;
+    long long v = -1;
+    int port = hx_stack_admin_port(t->stack, HX_WORKER, i);
+
+    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
+        free(body);
+        return -1;
+    }
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    p = strstr(body, pat);
+    if (p != NULL)
+        v = strtoll(p + strlen(pat), NULL, 10);
+    free(body);
+    return v;
+}
+
+#define BATCH_JOBS 120
+
+/* A backlog of fast jobs is pulled in batches ahead of the slots, not one
+ * request per freed slot: 2 slots, 120 jobs, no more than a request per 4
+ * jobs. (A worker that asks only for its free slots makes at least 60.)
+ * Every job is answered once. */
+START_TEST(test_backlog_pulled_in_batches)
+{
+    const char *env[] = {"SLUICE_WORKER_CONCURRENCY=2", "SLUICE_ECHO_TOKEN_DELAY_MS=0", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    static char jobs[BATCH_JOBS][SL_EVENT_ID_LEN + 8];
+    char tn[32];
+    long long before, after;
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    tenant_name(&t, tn, sizeof(tn), 'p');
+    /* The consumer is made and the worker has measured its jobs. */
+    publish_work(&t, tn, "warm", jobs[0], sizeof(jobs[0]), true);
+    HX_ASSERT_MSG(t.stack, wait_final(&t, jobs[0], 10000) >= 0, "first job not answered");
+    before = worker_metric(&t, 0, "sluice_wrk_pull_requests_total");
+    ck_assert_int_ge(before, 1);
+    for (int i = 0; i < BATCH_JOBS; i++)
+        publish_work(&t, tn, "one two", jobs[i], sizeof(jobs[i]), i % 10 == 9);
+    for (int i = 0; i < BATCH_JOBS; i++)
+        HX_ASSERT_MSG(t.stack, wait_final(&t, jobs[i], 30000) >= 0, "job %d not answered", i);
+    after = worker_metric(&t, 0, "sluice_wrk_pull_requests_total");
+    fprintf(stderr, "batches: %lld pull requests for %d jobs on 2 slots\n", after - before,
+            BATCH_JOBS);
+    ck_assert_int_le(after - before, BATCH_JOBS / 4);
+    pump(&t, 300);
+    for (int i = 0; i < BATCH_JOBS; i++) {
+        int n = 0;
+        for (int k = 0; k < t.nfinals; k++)
+            n += strcmp(t.finals[k], jobs[i]) == 0;
+        ck_assert_int_eq(n, 1);
+    }
+    t_end(&t);
+}
+END_TEST
+
+#define SHRINK_FAST 30
+#define SHRINK_SLOW 24
+
+/* The jobs held ahead are sized from the jobs' measured time: a tenant's
+ * fast jobs let the worker pull many ahead, then its slow ones fill that
+ * room and the room shrinks below what is held. Another tenant's job is
+ * still asked for and started at the next freed slot, not after the
+ * first tenant's held jobs: a worker that counted the held jobs against
+ * its free slots would ask for nothing until they had run (9 of A's jobs
+ * ended first in a run of it). */
+START_TEST(test_other_tenant_asked_when_room_ahead_shrinks)
+{
+    const char *env[] = {"SLUICE_WORKER_CONCURRENCY=2", "SLUICE_ECHO_TOKEN_DELAY_MS=5", NULL};
+    static const char slow[] = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f "
+                               "g h i j k l m n o p q r s t u v w x y z a b c d e f g h";
+    hx_stack_cfg cfg = {.workers = 1};
+    static char jobs_a[SHRINK_FAST + SHRINK_SLOW][SL_EVENT_ID_LEN + 8];
+    char job_b[SL_EVENT_ID_LEN + 8], ta[32], tb[32];
+    int at_publish, fb, a_between = 0;
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    tenant_name(&t, ta, sizeof(ta), 'r');
+    tenant_name(&t, tb, sizeof(tb), 's');
+    /* Some 10 ms each, then some 300 ms each. */
+    for (int i = 0; i < SHRINK_FAST + SHRINK_SLOW; i++)
+        publish_work(&t, ta, i < SHRINK_FAST ? "one two" : slow, jobs_a[i], sizeof(jobs_a[i]),
+                     i == 0);
+    HX_ASSERT_MSG(t.stack, wait_final(&t, jobs_a[SHRINK_FAST + 5], 30000) >= 0,
+                  "A's sixth slow job was not answered");
+    at_publish = t.nfinals;
+    publish_work(&t, tb, "quick one", job_b, sizeof(job_b), true);
+    fb = wait_final(&t, job_b, 30000);
+    HX_ASSERT_MSG(t.stack, fb >= 0, "no final for tenant B's job");
+    for (int i = at_publish; i < fb; i++)
+        for (int k = 0; k < SHRINK_FAST + SHRINK_SLOW; k++)
+            a_between += strcmp(t.finals[i], jobs_a[k]) == 0;
+    fprintf(stderr, "room shrinks: %d of tenant A's jobs ended between B's publish and its final\n",
+            a_between);
+    /* A's two running jobs, and one started on a slot B could not use
+     * yet, at most. */
+    ck_assert_int_le(a_between, 4);
+    for (int i = 0; i < SHRINK_FAST + SHRINK_SLOW; i++)
+        HX_ASSERT_MSG(t.stack, wait_final(&t, jobs_a[i], 30000) >= 0, "A's job %d not answered", i);
+    t_end(&t);
+}
+END_TEST
+
+#define STOP_JOBS 80
+
+/* A stopping worker holds no job past its lease: the jobs it pulled ahead
+ * and had not started are handed back at once, so a second worker answers
+ * every job long before AckWait (70 s here) would return an abandoned one. */
+START_TEST(test_stop_hands_back_jobs_pulled_ahead)
+{
+    const char *env[] = {"SLUICE_WORKER_CONCURRENCY=1", "SLUICE_ECHO_TOKEN_DELAY_MS=5",
+                         "SLUICE_WORKER_ACK_GRACE_MS=60000", NULL};
+    hx_stack_cfg cfg = {.workers = 1};
+    static char jobs[STOP_JOBS][SL_EVENT_ID_LEN + 8];
+    char tn[32];
+    int status = -1, other = -1, answered = 0;
+    int64_t term_at;
+    tctx t;
+
+    cfg.tier_env[HX_WORKER] = env;
+    t_begin(&t, &cfg);
+    tenant_name(&t, tn, sizeof(tn), 's');
+    /* Some 10 ms a job: a few are pulled ahead of the one slot. */
+    for (int i = 0; i < STOP_JOBS; i++)
+        publish_work(&t, tn, "one two", jobs[i], sizeof(jobs[i]), i % 10 == 0);
+    HX_ASSERT_MSG(t.stack, wait_final(&t, jobs[10], 20000) >= 0, "job 10 not answered");
+    term_at = hx_now_ms();
+    HX_OK(t.stack, hx_stack_stop(t.stack, HX_WORKER, 0, SIGTERM, 10000, &status));
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker exit status %d", status);
+    {
+        /* For the record (how many were held ahead depends on the box's
+         * speed): what the stopping worker said it handed back. */
+        FILE *f = fopen(hx_stack_log_path(t.stack, HX_WORKER, 0), "r");
+        char line[512];
+        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+            if (strstr(line, "handed back") != NULL)
+                fprintf(stderr, "stop: %s", line);
+        if (f != NULL)
+            fclose(f);
+    }
+    HX_OK(t.stack, hx_stack_add(t.stack, HX_WORKER, NULL, &other));
+    for (int i = 0; i < STOP_JOBS; i++)
+        answered += wait_final(&t, jobs[i], 20000) >= 0;
+    fprintf(stderr, "stop: %d of %d jobs answered, the last %" PRId64 " ms after SIGTERM\n",
+            answered, STOP_JOBS, hx_now_ms() - term_at);
+    ck_assert_int_eq(answered, STOP_JOBS);
+    t_end(&t);
+}
+END_TEST
+
 static Suite *fair_suite(void)
 {
     Suite *s = suite_create("worker_fair");
@@ -436,6 +595,9 @@ static Suite *fair_suite(void)
     tcase_add_test(tc, test_share_of_slots_while_other_tenant_waits);
     tcase_add_test(tc, test_found_without_doorbell);
     tcase_add_test(tc, test_legacy_consumer_migration);
+    tcase_add_test(tc, test_backlog_pulled_in_batches);
+    tcase_add_test(tc, test_stop_hands_back_jobs_pulled_ahead);
+    tcase_add_test(tc, test_other_tenant_asked_when_room_ahead_shrinks);
     suite_add_tcase(s, tc);
     return s;
 }

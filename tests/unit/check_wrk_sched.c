@@ -569,6 +569,105 @@ static void job_id_at(char *out, size_t n, int64_t ms)
     snprintf(out, n, "%s-0", id);
 }
 
+/* Pulling ahead of the slots: a queue whose buffer holds more than the
+ * refill mark is not asked (it keeps its place in line) until enough of
+ * its jobs have started. */
+START_TEST(test_refill_mark)
+{
+    wrk_sched *s = sched_new(16);
+    wrk_queue *a = queue(s, "a");
+    uint64_t tok = 0;
+    int batch = 0;
+    int64_t now = 1000, wake = 0;
+
+    wrk_sched_set_refill(s, 2);
+    wrk_sched_ring(s, a, now, 100);
+    ck_assert_ptr_eq(turn(s, 10, now, &batch, &tok), a);
+    ck_assert_int_eq(batch, 10);
+    deliver(s, a, tok, 10, now);
+    ck_assert_int_eq(a->waiting, 10);
+    ck_assert(a->in_ring); /* more believed there... */
+    /* ...but 10 wait here: not asked for one or two more. */
+    ck_assert_ptr_null(wrk_sched_next(s, 3, now, &batch, &wake));
+    ck_assert(a->in_ring);
+    for (int i = 0; i < 7; i++)
+        wrk_sched_started(s, a);
+    ck_assert_ptr_null(wrk_sched_next(s, 3, now, &batch, &wake));
+    wrk_sched_started(s, a); /* 2 left: asked again */
+    ck_assert_int_eq(wrk_sched_tenant_running(a), 8);
+    ck_assert_ptr_eq(turn(s, 6, now, &batch, &tok), a);
+    ck_assert_int_eq(batch, 6);
+    /* A job handed back unstarted and one that ran both leave the load. */
+    ck_assert(wrk_sched_ended(s, a, tok, now));
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 10);
+    wrk_sched_dropped(s, a, now);
+    ck_assert_int_eq(a->waiting, 1);
+    wrk_sched_release(s, a, now);
+    ck_assert_int_eq(wrk_sched_tenant_running(a), 7);
+    ck_assert_int_eq(wrk_sched_tenant_load(a), 8);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
+/* Which delivered job a freed slot starts: 4 slots, shares of 2. A alone
+ * runs every slot and holds more ahead; once B is active, A's jobs wait
+ * while A runs its share or more and B runs less than its own, even when
+ * B has nothing here yet (its request is on the way) or nothing at all
+ * (until its linger ends). */
+START_TEST(test_pick_keeps_share)
+{
+    wrk_sched *s = sched_new(16);
+    wrk_queue *a = queue(s, "a"), *b = queue(s, "b");
+    wrk_queue *qs[8];
+    uint64_t tok = 0;
+    int batch = 0;
+    int64_t now = 1000, wake = 0;
+
+    wrk_sched_ring(s, a, now, 100);
+    ck_assert_ptr_eq(turn(s, 8, now, &batch, &tok), a); /* 4 slots + 4 ahead */
+    ck_assert_int_eq(batch, 8);
+    deliver(s, a, tok, 8, now);
+    for (int i = 0; i < 8; i++)
+        qs[i] = a;
+    /* Alone: every slot. */
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(wrk_sched_pick(s, qs, 8 - (size_t)i, 4, now, &wake), 0);
+        wrk_sched_started(s, a);
+    }
+    /* B rings; A's job ends: the slot waits for B (A runs 3, its share
+     * is 2, B runs none of its 2). */
+    wrk_sched_ring(s, b, now, 1);
+    wrk_sched_release(s, a, now);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 4, 4, now, &wake), -1);
+    ck_assert(wake == INT64_MAX); /* no time: B's job is on the way */
+    ck_assert_ptr_eq(turn(s, 1, now, &batch, &tok), b);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 4, 4, now, &wake), -1);
+    deliver(s, b, tok, 1, now);
+    qs[4] = b;
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 5, 4, now, &wake), 4); /* B's, behind A's */
+    wrk_sched_started(s, b);
+    /* A's next job ends: A runs 2 (its share), B 1: still kept for B. */
+    wrk_sched_release(s, a, now);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 4, 4, now, &wake), -1);
+    /* B's job ends and B has nothing more: kept until B's linger ends. */
+    now += 10;
+    wrk_sched_release(s, b, now);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 4, 4, now, &wake), -1);
+    ck_assert(wake == now + WRK_FAIR_LINGER_MS);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 4, 4, now + WRK_FAIR_LINGER_MS, &wake), 0);
+    /* Both below their share: the tenant running fewer first, then the
+     * oldest job. */
+    wrk_sched_ring(s, b, now, 1);
+    qs[0] = a;
+    qs[1] = b;
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 2, 8, now, &wake), 1); /* B runs 0, A 2 */
+    qs[1] = a;
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 2, 8, now, &wake), 0);
+    ck_assert_int_eq(wrk_sched_pick(s, qs, 0, 8, now, &wake), -1);
+    wrk_sched_destroy(s);
+}
+END_TEST
+
 START_TEST(test_event_id_time)
 {
     char id[SL_EVENT_ID_LEN + 1];
@@ -627,6 +726,8 @@ static Suite *sched_suite(void)
     tcase_add_test(tc, test_new_queue_keeps_its_place);
     tcase_add_test(tc, test_prune_and_remove);
     tcase_add_test(tc, test_hints);
+    tcase_add_test(tc, test_refill_mark);
+    tcase_add_test(tc, test_pick_keeps_share);
     suite_add_tcase(s, tc);
     return s;
 }
