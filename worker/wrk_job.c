@@ -690,6 +690,7 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
      * reaches the slot and one that arrived earlier is found below. */
     slot_attach(s, &j);
     attached = true;
+    sl_logf(SL_LOG_DEBUG, &c, "slot %d took job %s", (int)(s - l->slots), j.reply_id);
 
     /* Only a redelivery can find its job ended: a first delivery is the
      * first time any worker sees the job (a work message published again
@@ -789,8 +790,10 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
     }
 
 cleanup:
-    if (attached)
+    if (attached) {
         slot_detach(s);
+        sl_logf(SL_LOG_DEBUG, &c, "slot %d let go of job %s", (int)(s - l->slots), j.reply_id);
+    }
     wrk_stream_destroy(j.stream);
     free(msgs);
     wrk_history_destroy(hist);

@@ -256,25 +256,68 @@ static int job_index(char (*jobs)[SL_EVENT_ID_LEN + 8], int n, const char *id)
     return -1;
 }
 
+#define SLOT_LOG_MAX 4096
+
+/* The worker's own account of its slots, in the order it happened: the
+ * debug lines "slot N took job R" and "slot N let go of job R" (one write
+ * per line). OUT's order cannot tell: a job's final reply is published by
+ * the finisher after its slot is free, possibly after the slot's next job
+ * has started streaming. Fills ids[] and kinds[] ('t' took, 'l' let go) in
+ * the log's order and returns how many lines it found. */
+static int slot_log(tctx *t, char (*ids)[128], char *kinds, int max)
+{
+    const char *path = hx_stack_log_path(t->stack, HX_WORKER, 0);
+    FILE *f = path != NULL ? fopen(path, "r") : NULL;
+    char line[4096];
+    int n = 0;
+
+    ck_assert_msg(f != NULL, "cannot read the worker's log");
+    while (n < max && fgets(line, sizeof(line), f) != NULL) {
+        const char *m = strstr(line, "\"msg\":\"slot ");
+        const char *k;
+        char kind;
+        if (m == NULL)
+            continue;
+        if ((k = strstr(m, " took job ")) != NULL) {
+            kind = 't';
+            k += strlen(" took job ");
+        } else if ((k = strstr(m, " let go of job ")) != NULL) {
+            kind = 'l';
+            k += strlen(" let go of job ");
+        } else {
+            continue;
+        }
+        size_t len = strcspn(k, "\"");
+        if (len == 0 || len >= sizeof(ids[0]))
+            continue;
+        memcpy(ids[n], k, len);
+        ids[n][len] = '\0';
+        kinds[n++] = kind;
+    }
+    fclose(f);
+    return n;
+}
+
 /* 4 slots, shares of 2. Tenant A floods slow jobs of varied lengths and
  * holds every slot (alone, it may); then tenant B sends 6. B's first job
  * starts before A's backlog drains, and from then until B's last job ends
  * A never starts a job that makes it hold more than its share (2): every
- * slot A frees goes to B until B holds its share. Jobs are seen
- * starting (their first token chunk, or their final when it comes first)
- * and ending (their final) in OUT's order, which is the order the worker
- * published them in; a job's final is published before its slot is freed,
- * so the count of A's running jobs read there is never above the real
- * one. (From B's first start, not from B's publish: until its doorbell
- * is heard the worker cannot know B.) Round-robin turns (the worker
- * before fair shares) give a freed slot to A while B waits whenever A is
- * first in line, so A is back at 3 or 4. */
+ * slot A frees goes to B until B holds its share. Slots taken and let go
+ * are read from the worker's log (slot_log), in the order they happened.
+ * (From B's first start, not from B's publish: until its doorbell is
+ * heard the worker cannot know B.) Round-robin turns (the worker before
+ * fair shares) give a freed slot to A while B waits whenever A is first
+ * in line, so A is back at 3 or 4. */
 START_TEST(test_share_of_slots_while_other_tenant_waits)
 {
     const char *env[] = {"SLUICE_ECHO_TOKEN_DELAY_MS=25", "SLUICE_WORKER_CONCURRENCY=4", NULL};
     hx_stack_cfg cfg = {.workers = 1};
     static char jobs_a[FAIR_A][SL_EVENT_ID_LEN + 8], jobs_b[FAIR_B][SL_EVENT_ID_LEN + 8];
     bool started_a[FAIR_A] = {0}, ended_a[FAIR_A] = {0}, started_b[FAIR_B] = {0};
+    bool ended_b_job[FAIR_B] = {0};
+    static char log_ids[SLOT_LOG_MAX][128];
+    static char log_kinds[SLOT_LOG_MAX];
+    int nlog;
     char ta[32], tb[32];
     int running_a = 0, max_a_while_b = 0, ended_b = 0, a_ended_before_b = -1, a_ended = 0;
     int a_last = -1, b_first = -1, max_a_alone = 0;
@@ -310,11 +353,25 @@ START_TEST(test_share_of_slots_while_other_tenant_waits)
     for (int i = 0; i < FAIR_A; i++)
         HX_ASSERT_MSG(t.stack, wait_final(&t, jobs_a[i], 30000) >= 0, "A's job %d not answered", i);
 
-    for (int e = 0; e < t.nevents; e++) {
-        const char *id = t.events[e].reply_id;
+    /* A slot lets go of a job that ended in it after its final reply went
+     * out: wait until the log has every job's last line. */
+    for (int tries = 0;; tries++) {
+        int lets = 0;
+        nlog = slot_log(&t, log_ids, log_kinds, SLOT_LOG_MAX);
+        for (int e = 0; e < nlog; e++)
+            lets += log_kinds[e] == 'l' && (job_index(jobs_a, FAIR_A, log_ids[e]) >= 0 ||
+                                            job_index(jobs_b, FAIR_B, log_ids[e]) >= 0);
+        if (lets >= FAIR_A + FAIR_B)
+            break;
+        ck_assert_msg(tries < 100, "the worker's log shows %d of %d jobs leaving their slots", lets,
+                      FAIR_A + FAIR_B);
+        usleep(100 * 1000);
+    }
+    for (int e = 0; e < nlog; e++) {
+        const char *id = log_ids[e];
         int ia = job_index(jobs_a, FAIR_A, id), ib = job_index(jobs_b, FAIR_B, id);
         if (ia >= 0) {
-            if (!started_a[ia]) {
+            if (log_kinds[e] == 't' && !started_a[ia]) {
                 started_a[ia] = true;
                 running_a++;
                 if (b_first >= 0 && ended_b < FAIR_B && running_a > max_a_while_b)
@@ -322,22 +379,24 @@ START_TEST(test_share_of_slots_while_other_tenant_waits)
                 if (b_first < 0 && running_a > max_a_alone)
                     max_a_alone = running_a;
             }
-            if (t.events[e].final && !ended_a[ia]) {
+            if (log_kinds[e] == 'l' && started_a[ia] && !ended_a[ia]) {
                 ended_a[ia] = true;
                 running_a--;
                 a_ended++;
                 a_last = e;
             }
         } else if (ib >= 0) {
-            if (!started_b[ib]) {
+            if (log_kinds[e] == 't' && !started_b[ib]) {
                 started_b[ib] = true;
                 if (b_first < 0) {
                     b_first = e;
                     a_ended_before_b = a_ended;
                 }
             }
-            if (t.events[e].final)
+            if (log_kinds[e] == 'l' && started_b[ib] && !ended_b_job[ib]) {
+                ended_b_job[ib] = true;
                 ended_b++;
+            }
         }
     }
     fprintf(stderr,
