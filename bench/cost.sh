@@ -86,6 +86,7 @@ env "${common[@]}" SLUICE_ADMIN_LISTEN="127.0.0.1:$wa" "$bin/sluice-worker" >"$w
 WRK=$!
 pids+=("$WRK")
 wait_ok "http://127.0.0.1:$wa/readyz" 30
+WRK_READY=$SECONDS
 gp=$(port)
 ga=$(port)
 env "${common[@]}" SLUICE_LISTEN="127.0.0.1:$gp" SLUICE_ADMIN_LISTEN="127.0.0.1:$ga" \
@@ -119,12 +120,16 @@ snap() {                                            # FILE
 
 # A first short run creates the consumers and warms every path.
 load warm 50 1 >/dev/null || true
+# A worker checks the cancel bucket for every job whose message is not
+# clearly younger (WRK_CANCEL_SKEW_MS, 10 s) than its cancel subscription:
+# one KV read per job in its first 10 s. Measure the steady state after it.
+while [ $((SECONDS - WRK_READY)) -lt 12 ]; do sleep 0.5; done
 snap "$work/before.json"
 if [ -n "$perf_out" ]; then
-    # shellcheck disable=SC2086 # PERF_ARGS is a list of words
     case "${PERF_TIER:-orch}" in
     gw) ppid=$GW ;; wrk) ppid=$WRK ;; nats) ppid=$NATS ;; *) ppid=$ORCH ;;
     esac
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of words
     perf record ${PERF_ARGS:--g} -o "$perf_out" -p "$ppid" 2>"$work/perf.err" &
     PERF=$!
 fi
