@@ -319,9 +319,14 @@ run_sluice() {
     }
     export SLUICE_JWT_SECRET="$SECRET"
     # Capacity runs: the handshake limiter is opened up so idle and fanout
-    # measure what the gateway can do, not the limiter's setting.
+    # measure what the gateway can do, not the limiter's setting; so is the
+    # slow-consumer bound (1 MiB queued per client by default), so that the
+    # overload run measures how fast a backlog drains instead of cutting the
+    # members the client cannot read fast enough (the frames are shared by
+    # every member: the bytes counted per member are not memory per member).
     if scen idle || scen fanout || scen pipeline; then
-        start_sluice 1 SLUICE_HANDSHAKE_RATE=100000 SLUICE_HANDSHAKE_BURST=100000 || return 1
+        start_sluice 1 SLUICE_HANDSHAKE_RATE=100000 SLUICE_HANDSHAKE_BURST=100000 \
+            SLUICE_OUTQ_MAX_BYTES=268435456 SLUICE_OUTQ_MAX_FRAMES=10000000 || return 1
     fi
     # shellcheck disable=SC2046
     scen idle && run_case idle-sluice sluice 120 --scenario idle $(gw_urls) --no-join --conns "$IDLE_N" \
