@@ -152,9 +152,18 @@ def ok: (.error | not);
    else empty end),
   (if $pipe != null then
      (["pipeline >= 4k messages/s sustained", "\($pipe.max_sustainable_rate | r0)/s", (if $pipe.max_sustainable_rate >= 4000 then "met" else "missed by \((1 - $pipe.max_sustainable_rate / 4000) * 100 | r0)%" end)] | row),
+     # The target ties the cost to the rate: at most 0.5 ms per message is
+     # what 4,000 messages/s on 2 cores needs. Shown at 4,000/s (the rate
+     # it names) and at 1,000/s, where batches are small and a message
+     # carries more of each fetch, ack and wake-up.
      ($pipe.steps | map(select(.rate_offered == 1000)) | first) as $s1k
-     | (if $s1k != null and $s1k.result.accepted > 0 then
-          (($s1k.server_cpu_s + $s1k.aux_cpu_s) / $s1k.result.accepted * 1000) as $c
+     | ($pipe.steps | map(select(.rate_offered == 4000)) | first) as $s4k
+     | def cpu($st): (($st.server_cpu_s + $st.aux_cpu_s) / $st.result.accepted * 1000);
+       (if $s4k != null and $s4k.result.accepted > 0 then
+          cpu($s4k) as $c
+          | ["CPU per message, whole stack (nats-server included) <= 0.5 ms at 4,000/s", "\($c | r2) ms at 4000/s\(if $s1k != null and $s1k.result.accepted > 0 then " (\(cpu($s1k) | r2) ms at 1000/s)" else "" end)", (if $c <= 0.5 and $s4k.sustainable then "met" else "missed by \(($c / 0.5 - 1) * 100 | r0)%" end)] | row
+        elif $s1k != null and $s1k.result.accepted > 0 then
+          cpu($s1k) as $c
           | ["CPU per message, whole stack (nats-server included) <= 0.5 ms", "\($c | r2) ms at 1000/s", (if $c <= 0.5 then "met" else "missed by \(($c / 0.5 - 1) * 100 | r0)%" end)] | row
         else empty end),
      ($pipe.steps | map(select(.rate_offered == 2000)) | first) as $s2k
