@@ -38,7 +38,7 @@
 
 static bool is_uint53(int64_t v)
 {
-    return v >= 0 && (double)v <= FZ_INT53;
+    return v >= 0 && v <= FZ_INT53_I;
 }
 
 static bool jbool(const cJSON *o, const char *key)

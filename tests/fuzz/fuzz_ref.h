@@ -40,6 +40,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     } while (0)
 
 #define FZ_INT53 9007199254740992.0 /* 2^53: the largest integer JSON numbers hold exactly */
+/* The same bound for int64_t values: compare integers with this one (a
+ * cast to double rounds 2^53 + 1 down to 2^53). */
+#define FZ_INT53_I INT64_C(9007199254740992)
 
 /* ---- reference checks ------------------------------------------------- */
 
