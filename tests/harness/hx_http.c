@@ -369,3 +369,21 @@ void hx_http_resp_free(hx_http_resp *resp)
     memset(resp, 0, sizeof *resp);
     resp->status = -1;
 }
+
+long long hx_metric_get(int port, const char *name)
+{
+    char *body = NULL, pat[256];
+    const char *p;
+    long long v = -1;
+
+    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
+        free(body);
+        return -1;
+    }
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    p = strstr(body, pat);
+    if (p != NULL)
+        v = strtoll(p + strlen(pat), NULL, 10);
+    free(body);
+    return v;
+}

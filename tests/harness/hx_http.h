@@ -25,6 +25,12 @@ typedef struct hx_http_resp {
  * malloc'd, NUL-terminated body (caller frees). */
 int hx_http_get(const char *host, int port, const char *path, int timeout_ms, char **body_out);
 
+/* The value of the sample `name` (with its labels, e.g.
+ * sluice_wrk_jobs_total{outcome="ok"}) in the Prometheus text at
+ * 127.0.0.1:port/metrics, truncated to an integer; -1 when the page or the
+ * sample is missing. */
+long long hx_metric_get(int port, const char *name);
+
 /* Sends method path with an optional body (NULL: none; sent with
  * Content-Length and Content-Type: application/json) and fills *resp. Returns
  * resp->status (-1 on failure, with every pointer in resp NULL). */

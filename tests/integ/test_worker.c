@@ -852,21 +852,7 @@ static void inflight_pause(tctx *t, bool paused)
 /* A counter of the worker's /metrics, or -1. */
 static long long worker_metric(tctx *t, const char *name)
 {
-    char *body = NULL, pat[128];
-    const char *p;
-    long long v = -1;
-    int port = hx_stack_admin_port(t->stack, HX_WORKER, 0);
-
-    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
-        free(body);
-        return -1;
-    }
-    snprintf(pat, sizeof(pat), "\n%s ", name);
-    p = strstr(body, pat);
-    if (p != NULL)
-        v = strtoll(p + strlen(pat), NULL, 10);
-    free(body);
-    return v;
+    return hx_metric_get(hx_stack_admin_port(t->stack, HX_WORKER, 0), name);
 }
 
 typedef struct store_wait {

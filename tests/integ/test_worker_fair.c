@@ -489,21 +489,7 @@ END_TEST
 /* A counter of worker i's /metrics, or -1. */
 static long long worker_metric(tctx *t, int i, const char *name)
 {
-    char *body = NULL, pat[128];
-    const char *p;
-    long long v = -1;
-    int port = hx_stack_admin_port(t->stack, HX_WORKER, i);
-
-    if (hx_http_get(NULL, port, "/metrics", 5000, &body) != 200) {
-        free(body);
-        return -1;
-    }
-    snprintf(pat, sizeof(pat), "\n%s ", name);
-    p = strstr(body, pat);
-    if (p != NULL)
-        v = strtoll(p + strlen(pat), NULL, 10);
-    free(body);
-    return v;
+    return hx_metric_get(hx_stack_admin_port(t->stack, HX_WORKER, i), name);
 }
 
 #define BATCH_JOBS 120
