@@ -2,8 +2,6 @@
  * ack, cancel, history) and the JetStream publish acknowledgements of sends. */
 #include "gw_server_int.h"
 
-#include <sched.h>
-
 /* ---------- publish acknowledgements ---------- */
 
 /* A send's outcome, on the loop: the identity comes from the reply
@@ -201,16 +199,18 @@ void gw__ack_free(void *item)
     natsMsg_Destroy(item);
 }
 
-/* cnats' delivery thread: queued for the loop. An acknowledgement is never
- * dropped (the batch has no practical bound; memory pressure passes). */
+/* cnats' delivery thread: queued for the loop (the batch has no practical
+ * bound). Out of memory it is dropped: the send then times out and is
+ * answered busy, and its retry, under the same Nats-Msg-Id, is accepted as
+ * a duplicate. */
 void gw__on_ack_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     gw_server *s = closure;
 
     (void)nc;
     (void)sub;
-    while (!gw_batch_push(s->acks, msg))
-        sched_yield();
+    if (!gw_batch_push(s->acks, msg))
+        natsMsg_Destroy(msg);
 }
 
 /* ---------- commands ---------- */

@@ -129,6 +129,13 @@ static void resume_kv_io(void *arg)
     gw_bridge_post(j->s->bridge, resume_kv_run, resume_kv_free, j);
 }
 
+/* How often an open connection gets a fresh resume token: every half
+ * window (conn_token_refresh). */
+static int64_t token_interval_ms(const gw_server *s)
+{
+    return s->cfg->common.resume_window_s * 1000 / 2;
+}
+
 static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 {
     sl_claims *cl = calloc(1, sizeof(*cl));
@@ -193,7 +200,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         goto cleanup;
     }
     c->state = CONN_READY;
-    c->token_due_ms = now_ms() + s->cfg->common.resume_window_s * 1000 / 2;
+    c->token_due_ms = now_ms() + token_interval_ms(s);
     gw_api_user_add(s, c);
     gw__conn_send_text(s, c,
                        gw_frame_welcome(c->session, rt, s->cfg->heartbeat_ms, cmd->resume,
@@ -675,7 +682,7 @@ static void conn_token_refresh(gw_server *s, gw_conn *c, int64_t now)
     }
     gw__conn_send_text(s, c, gw_frame_resume_token(rt));
     free(rt);
-    c->token_due_ms = now + window_s * 1000 / 2;
+    c->token_due_ms = now + token_interval_ms(s);
 }
 
 /* One connection's deadlines. (Its rooms' presence records are the

@@ -313,11 +313,10 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
      * (as js_PublishMsgAsync's), no timer per publish (gw_cmd.c). */
     if (natsInbox_Create(&inbox) == NATS_OK) {
         snprintf(s->ack_prefix, sizeof(s->ack_prefix), "%s", (const char *)inbox);
-        s->ack_prefix_len = strlen(s->ack_prefix);
         snprintf(ack_subject, sizeof(ack_subject), "%s.>", s->ack_prefix);
     }
     natsInbox_Destroy(inbox);
-    if (s->ack_prefix_len == 0 ||
+    if (s->ack_prefix[0] == '\0' ||
         natsConnection_Subscribe(&s->ack_sub, sl_bus_nc(bus), ack_subject, gw__on_ack_cb, s) !=
             NATS_OK ||
         natsSubscription_SetPendingLimits(s->ack_sub, -1, -1) != NATS_OK ||

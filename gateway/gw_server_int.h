@@ -278,7 +278,6 @@ struct gw_server {
      * and ack_sub (on cnats' shared delivery thread, beside the live events)
      * queues what comes back in acks, drained on the loop. */
     char ack_prefix[64];
-    size_t ack_prefix_len;
     natsSubscription *ack_sub;
     gw_batch *acks;
     /* Messages the loop is done with, destroyed together (gw__msg_release):

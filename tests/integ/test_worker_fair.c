@@ -298,6 +298,28 @@ static int slot_log(tctx *t, char (*ids)[128], char *kinds, int max)
     return n;
 }
 
+typedef struct slots_let_go {
+    tctx *t;
+    char (*ids)[128];
+    char *kinds;
+    char (*a)[SL_EVENT_ID_LEN + 8];
+    char (*b)[SL_EVENT_ID_LEN + 8];
+    int n, lets;
+} slots_let_go;
+
+/* Every job of A and B has left its slot in the worker's log. */
+static bool all_let_go(void *ud)
+{
+    slots_let_go *w = ud;
+
+    w->n = slot_log(w->t, w->ids, w->kinds, SLOT_LOG_MAX);
+    w->lets = 0;
+    for (int e = 0; e < w->n; e++)
+        w->lets += w->kinds[e] == 'l' && (job_index(w->a, FAIR_A, w->ids[e]) >= 0 ||
+                                          job_index(w->b, FAIR_B, w->ids[e]) >= 0);
+    return w->lets >= FAIR_A + FAIR_B;
+}
+
 /* 4 slots, shares of 2. Tenant A floods slow jobs of varied lengths and
  * holds every slot (alone, it may); then tenant B sends 6. B's first job
  * starts before A's backlog drains, and from then until B's last job ends
@@ -355,17 +377,12 @@ START_TEST(test_share_of_slots_while_other_tenant_waits)
 
     /* A slot lets go of a job that ended in it after its final reply went
      * out: wait until the log has every job's last line. */
-    for (int tries = 0;; tries++) {
-        int lets = 0;
-        nlog = slot_log(&t, log_ids, log_kinds, SLOT_LOG_MAX);
-        for (int e = 0; e < nlog; e++)
-            lets += log_kinds[e] == 'l' && (job_index(jobs_a, FAIR_A, log_ids[e]) >= 0 ||
-                                            job_index(jobs_b, FAIR_B, log_ids[e]) >= 0);
-        if (lets >= FAIR_A + FAIR_B)
-            break;
-        ck_assert_msg(tries < 100, "the worker's log shows %d of %d jobs leaving their slots", lets,
+    {
+        slots_let_go w = {.t = &t, .ids = log_ids, .kinds = log_kinds, .a = jobs_a, .b = jobs_b};
+        HX_ASSERT_MSG(t.stack, hx_wait_until(all_let_go, &w, 10000),
+                      "the worker's log shows %d of %d jobs leaving their slots", w.lets,
                       FAIR_A + FAIR_B);
-        usleep(100 * 1000);
+        nlog = w.n;
     }
     for (int e = 0; e < nlog; e++) {
         const char *id = log_ids[e];
