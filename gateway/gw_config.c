@@ -80,6 +80,10 @@ static void build_opts(gw_config *c)
          "kernel send buffer per client socket, bytes (0: the kernel's autotuning, up to "
          "net.ipv4.tcp_wmem's max, about 4 MiB per client that stops reading)",
          &c->socket_sndbuf, 0, 67108864, false, false},
+        {"SLUICE_GW_IO_URING", "gw-io-uring", SL_CFG_BOOL, "1",
+         "hand each slice of fan-out writes to the kernel in one io_uring submission (0, or a "
+         "kernel or seccomp profile without io_uring: one send() per connection)",
+         &c->io_uring, 0, 0, false, false},
     };
     sl_common_opts(o, &c->common, "0.0.0.0:9090");
     memcpy(o + SL_COMMON_OPTS_N, gw, sizeof(gw));

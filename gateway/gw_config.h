@@ -17,7 +17,7 @@
 #include "sl_log.h"
 #include "sl_status.h"
 
-#define GW_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 26)
+#define GW_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 27)
 
 typedef struct gw_config {
     sl_common_cfg common;
@@ -48,6 +48,7 @@ typedef struct gw_config {
     int64_t reorder_ms;
     int64_t max_rooms;
     int64_t socket_sndbuf;
+    bool io_uring;
     sl_cfg_opt opts[GW_CONFIG_OPTS_N];
 } gw_config;
 

@@ -586,6 +586,87 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
     c->flush_queued = false;
 }
 
+/* Prepares c's oldest frames as one sendmsg in the ring (gw_usend): up to
+ * URING_IOV frames and WRITE_BATCH bytes, or one longer frame. False when
+ * the ring takes no more. */
+static bool uring_prepare(gw_server *s, gw_conn *c, unsigned slot)
+{
+    gw_usend *u = &s->usend[slot];
+    size_t nf = 0, len = 0;
+    gw_buf *b;
+
+    while (nf < URING_IOV && (b = gw_outq_at(&c->q, nf)) != NULL) {
+        unsigned char hdr[GW_WS_HDR_MAX];
+        size_t hl = gw_ws_text_header(hdr, b->len);
+        if (nf > 0 && len + hl + b->len > WRITE_BATCH)
+            break;
+        u->iov[nf].iov_base = gw_buf_payload(b) - hl;
+        u->iov[nf].iov_len = hl + b->len;
+        memcpy(u->iov[nf].iov_base, hdr, hl);
+        len += hl + b->len;
+        nf++;
+    }
+    memset(&u->mh, 0, sizeof(u->mh));
+    u->mh.msg_iov = u->iov;
+    u->mh.msg_iovlen = nf;
+    u->c = c;
+    u->nf = nf;
+    u->len = len;
+    return gw_uring_sendmsg(s->uring, lws_get_socket_fd(c->wsi), &u->mh, 0, slot);
+}
+
+/* The outcome of a prepared send: the frames it wrote leave the queue; a
+ * frame it wrote in part has the rest handed to lws (which sends it before
+ * anything else on the connection), and what is left waits for a
+ * writeable callback; a connection with frames still queued after a whole
+ * write goes back on the flush list. */
+static void uring_done(uint64_t tag, int res, void *arg)
+{
+    gw_server *s = arg;
+    gw_usend *u = &s->usend[tag];
+    gw_conn *c = u->c;
+    size_t sent = res > 0 ? (size_t)res : 0, frames = 0, bytes = 0;
+    int64_t now = sl_now_ns();
+    bool partial = false;
+
+    u->c = NULL;
+    if (res < 0 && res != -EAGAIN && res != -EWOULDBLOCK && res != -EINTR && res != -ECANCELED) {
+        /* The socket failed, or the ring did and what it wrote is unknown:
+         * lws closes the connection at its next turn (the client resumes). */
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    if (res > 0)
+        sl_counter_inc(s->m.writes);
+    for (size_t i = 0; i < u->nf && sent > 0; i++) {
+        gw_buf *b = gw_outq_peek(&c->q);
+        size_t fl = u->iov[i].iov_len;
+        if (sent < fl) {
+            int n = lws_write(c->wsi, (unsigned char *)u->iov[i].iov_base + sent, fl - sent,
+                              LWS_WRITE_RAW);
+            if (n < 0 || (size_t)n < fl - sent) {
+                lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+                return;
+            }
+            partial = true;
+        }
+        sent -= sent < fl ? sent : fl;
+        bytes += b->len;
+        frames++;
+        if (b->ts_ns > 0)
+            sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
+        gw_outq_pop(&c->q);
+    }
+    sl_counter_add(s->m.frames_out, frames);
+    sl_counter_add(s->m.bytes_out, bytes);
+    if (gw_outq_peek(&c->q) == NULL)
+        return;
+    if (partial || frames < u->nf)
+        lws_callback_on_writable(c->wsi); /* the socket is full */
+    else
+        gw__flush_queue(s, c);
+}
+
 /* Before the loop waits (an ev_prepare watcher): writes the frames queued
  * since the last wait for each connection whose queue was empty, without
  * a writeable round. A writeable round costs two epoll_ctl calls (lws
@@ -603,10 +684,14 @@ void gw__flush_unqueue(gw_server *s, gw_conn *c)
  * acks and live events run: the frame of an event that came meanwhile is
  * queued behind the one still waiting for the members not written yet (one
  * write carries both), and the members written already are appended to the
- * list, after those still waiting. */
+ * list, after those still waiting.
+ *
+ * With io_uring (s->uring) the slice's writes to plain sockets are one
+ * submission: one system call for the slice instead of one per member. */
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     gw_server *s = lws_container_of(w, gw_server, flush_w);
+    unsigned slots = 0;
 
     (void)revents;
     for (int n = 0; n < FLUSH_SLICE && s->flush_head != NULL; n++) {
@@ -619,6 +704,10 @@ void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             lws_callback_on_writable(c->wsi);
             continue;
         }
+        if (c->plain && s->uring != NULL && uring_prepare(s, c, slots)) {
+            slots++;
+            continue;
+        }
         if (conn_write_queued(s, c) < 0) {
             /* lws marked the socket unusable: it closes at its next turn. */
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
@@ -626,6 +715,17 @@ void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         }
         if (gw_outq_peek(&c->q) != NULL)
             lws_callback_on_writable(c->wsi);
+    }
+    if (slots > 0) {
+        gw_uring_submit(s->uring, uring_done, s);
+        sl_counter_inc(s->m.uring_submits);
+        if (!gw_uring_ok(s->uring)) {
+            sl_warn("io_uring failed (%s): writes to clients use one send() each from now on",
+                    strerror(gw_uring_error(s->uring)));
+            gw_uring_free(s->uring);
+            s->uring = NULL;
+            sl_gauge_set(s->m.io_uring, 0);
+        }
     }
     if (s->flush_head != NULL)
         ev_idle_start(loop, &s->flush_more);

@@ -77,6 +77,11 @@ gw_buf *gw_outq_peek(const gw_outq *q)
     return q->frames > 0 ? q->ring[q->start] : NULL;
 }
 
+gw_buf *gw_outq_at(const gw_outq *q, size_t i)
+{
+    return i < q->frames ? q->ring[(q->start + i) % q->cap] : NULL;
+}
+
 void gw_outq_pop(gw_outq *q)
 {
     gw_buf *b;

@@ -52,6 +52,9 @@ bool gw_outq_push(gw_outq *q, gw_buf *b, size_t max_frames, size_t max_bytes);
 /* The oldest frame, or NULL; the queue keeps its reference. */
 gw_buf *gw_outq_peek(const gw_outq *q);
 
+/* The i-th oldest frame (0: the oldest), or NULL; the queue keeps it. */
+gw_buf *gw_outq_at(const gw_outq *q, size_t i);
+
 /* Removes the oldest frame and drops the queue's reference. */
 void gw_outq_pop(gw_outq *q);
 

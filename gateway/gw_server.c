@@ -161,6 +161,11 @@ static void metrics_init(gw_metrics *m)
     m->writes =
         sl_counter_get("sluice_gw_writes_total", NULL,
                        "socket writes of frames to clients (one write carries one or more)");
+    m->io_uring = sl_gauge_get("sluice_gw_io_uring", NULL,
+                               "1 when writes to clients go to the kernel in io_uring batches");
+    m->uring_submits = sl_counter_get(
+        "sluice_gw_uring_submits_total", NULL,
+        "io_uring submissions: system calls that each carried up to 64 socket writes");
     m->busy_rate =
         sl_counter_get("sluice_gw_busy_total", "reason=\"rate_limited\"", "busy answers by reason");
     m->busy_overloaded =
@@ -293,6 +298,18 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     }
     ev_prepare_init(&s->flush_w, gw__flush_cb);
     ev_prepare_start(s->loop, &s->flush_w);
+    if (cfg->io_uring) {
+        s->uring = gw_uring_new(FLUSH_SLICE);
+        s->usend = s->uring != NULL ? calloc(FLUSH_SLICE, sizeof(*s->usend)) : NULL;
+        if (s->usend == NULL) {
+            sl_info("io_uring not available (%s): fan-out writes use one send() per "
+                    "connection",
+                    s->uring != NULL ? "out of memory" : strerror(errno));
+            gw_uring_free(s->uring);
+            s->uring = NULL;
+        }
+    }
+    sl_gauge_set(s->m.io_uring, s->uring != NULL);
     ev_idle_init(&s->flush_more, gw__flush_more_cb);
     ev_init(&s->held_timer, held_timer_cb);
     /* Acknowledgements are never dropped: the bound of their batch is
@@ -564,5 +581,7 @@ void gw_server_destroy(gw_server *s)
     sl_auth_destroy(s->auth);
     free(s->held);
     free(s->wbuf);
+    gw_uring_free(s->uring);
+    free(s->usend);
     free(s);
 }

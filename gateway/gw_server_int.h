@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "gw_map.h"
 #include "gw_outq.h"
 #include "gw_protocol.h"
+#include "gw_uring.h"
 #include "sl_auth.h"
 #include "sl_codec.h"
 #include "sl_json.h"
@@ -69,6 +71,21 @@
  * fan-out burst (one write per member) no longer holds the loop for
  * milliseconds while client frames, acks and the next live event wait. */
 #define FLUSH_SLICE 64
+
+/* A slice's writes go to the kernel in one io_uring submission where it
+ * allows (gw_uring.h), each connection's oldest frames as one sendmsg of
+ * at most URING_IOV frames and WRITE_BATCH bytes (a longer first frame
+ * alone), straight from the shared buffers: the header of each frame is
+ * written in its buffer's headroom, the same bytes for every member. */
+#define URING_IOV 16
+
+typedef struct gw_usend {
+    struct gw_conn *c;
+    struct msghdr mh;
+    struct iovec iov[URING_IOV];
+    size_t nf;  /* frames in iov */
+    size_t len; /* their bytes, headers included */
+} gw_usend;
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
 enum chan_state { CHAN_INIT = 0, CHAN_READY, CHAN_FILLING };
@@ -257,6 +274,8 @@ typedef struct gw_metrics {
     sl_counter *join_reads;
     sl_counter *presence_writes, *presence_events;
     sl_hist *delivery_latency;
+    sl_gauge *io_uring;        /* 1: slices of writes go through io_uring */
+    sl_counter *uring_submits; /* io_uring submissions (each a slice of writes) */
     sl_hist *accept_latency;
 } gw_metrics;
 
@@ -314,6 +333,8 @@ struct gw_server {
     _Atomic int running;
     gw_metrics m;
     unsigned char *wbuf; /* LWS_PRE + WRITE_BATCH: gw__on_writeable's batch (loop thread) */
+    gw_uring *uring;     /* NULL: one send() per connection (gw__flush_cb) */
+    gw_usend *usend;     /* FLUSH_SLICE prepared sends, with uring */
 };
 
 static inline int64_t now_ms(void)

@@ -5,7 +5,10 @@
  * flooded, and the handshake bucket against reconnect storms. Room traffic
  * is written straight to SLUICE_OUT by the test (as the orchestrator
  * would), so the gateway is the only Sluice process under load. */
+#include <linux/io_uring.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "test_gateway_fx.h"
 
@@ -366,11 +369,35 @@ static size_t probe_len(fx *f, hx_ws *ws, const char *type, const char *id)
  * 2/4/10-byte header boundaries: events of 65531..65540 bytes (some larger
  * than a 64 KiB batch) with short events after each, then the client's own
  * error answers of 121..130 bytes, each followed by a 15-byte pong. The
- * harness's reader parses frames strictly (RSV, mask, length). */
+ * harness's reader parses frames strictly (RSV, mask, length).
+ *
+ * Run twice: with the gateway's default (slices of writes submitted through
+ * io_uring where the kernel has it: the test asks the kernel itself, and
+ * then requires the gateway to use it) and with SLUICE_GW_IO_URING=0 (one
+ * send() per connection). Partial writes happen on both paths: the lagging
+ * reader's socket fills at once. */
+static bool kernel_has_io_uring(void)
+{
+    struct io_uring_params p;
+    int fd;
+
+    memset(&p, 0, sizeof(p));
+    fd = (int)syscall(__NR_io_uring_setup, 4, &p);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
 START_TEST(test_burst_to_lagging_reader_whole_in_order_and_batched)
 {
-    static const char *const env[] = {"SLUICE_OUTQ_MAX_FRAMES=100000",
-                                      "SLUICE_OUTQ_MAX_BYTES=67108864", NULL};
+    static const char *const env_uring[] = {"SLUICE_OUTQ_MAX_FRAMES=100000",
+                                            "SLUICE_OUTQ_MAX_BYTES=67108864", NULL};
+    static const char *const env_send[] = {"SLUICE_OUTQ_MAX_FRAMES=100000",
+                                           "SLUICE_OUTQ_MAX_BYTES=67108864", "SLUICE_GW_IO_URING=0",
+                                           NULL};
+    const char *const *env = _i == 0 ? env_uring : env_send;
+    bool want_uring = _i == 0 && kernel_has_io_uring();
     fx f;
     hx_sl_client *fast;
     hx_ws *lag;
@@ -384,6 +411,10 @@ START_TEST(test_burst_to_lagging_reader_whole_in_order_and_batched)
     char *probe = filler(40);
 
     start_gw(&f, env, NULL);
+    fprintf(stderr, "burst: %s; io_uring %s\n", _i == 0 ? "default" : "SLUICE_GW_IO_URING=0",
+            want_uring ? "expected" : "not expected");
+    HX_ASSERT_MSG(f.s, fx_metric(&f, 0, "sluice_gw_io_uring") == (want_uring ? 1 : 0),
+                  "sluice_gw_io_uring is %g", fx_metric(&f, 0, "sluice_gw_io_uring"));
     lag = slow_connect(&f, NULL, &welcome);
     fast = fx_client(&f, 0, "acme", "fast");
     HX_OK(f.s, hx_ws_send_text(lag, "{\"type\":\"join\",\"room\":\"burst\"}"));
@@ -481,6 +512,8 @@ START_TEST(test_burst_to_lagging_reader_whole_in_order_and_batched)
                   "only %g of %zu frames were left for the lagging reader", f1 - f0, nmsg);
     HX_ASSERT_MSG(f.s, w1 - w0 < f1 - f0, "%g frames took %g writes: not batched", f1 - f0,
                   w1 - w0);
+    HX_ASSERT_MSG(f.s, (fx_metric(&f, 0, "sluice_gw_uring_submits_total") > 0) == want_uring,
+                  "io_uring submissions: %g", fx_metric(&f, 0, "sluice_gw_uring_submits_total"));
     free(probe);
     free(lens);
     cJSON_Delete(welcome);
@@ -697,7 +730,7 @@ int main(void)
     tcase_add_test(tc, test_rate_limit_busy_without_touching_nats);
     tcase_add_test(tc, test_refused_frames_take_tokens);
     tcase_add_test(tc, test_slow_consumer_cut_4429_others_unaffected);
-    tcase_add_test(tc, test_burst_to_lagging_reader_whole_in_order_and_batched);
+    tcase_add_loop_test(tc, test_burst_to_lagging_reader_whole_in_order_and_batched, 0, 2);
     tcase_add_test(tc, test_client_sockets_get_the_configured_send_buffer);
     tcase_add_test(tc, test_rss_bounded_while_stopped_client_room_flooded);
     tcase_add_test(tc, test_handshake_storm_refused_1013);
