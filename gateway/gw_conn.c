@@ -687,7 +687,9 @@ static void uring_done(uint64_t tag, int res, void *arg)
  * list, after those still waiting.
  *
  * With io_uring (s->uring) the slice's writes to plain sockets are one
- * submission: one system call for the slice instead of one per member. */
+ * submission: one system call for the slice instead of one per member.
+ * That is for the common case of a few frames per member; a connection
+ * with a backlog is written with send(), in large copied batches. */
 void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     gw_server *s = lws_container_of(w, gw_server, flush_w);
@@ -704,7 +706,10 @@ void gw__flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             lws_callback_on_writable(c->wsi);
             continue;
         }
-        if (c->plain && s->uring != NULL && uring_prepare(s, c, slots)) {
+        /* A backlog (more frames than one prepared send carries) goes the
+         * old way: 64 KiB copied writes, up to WRITE_ROUND per visit. */
+        if (c->plain && s->uring != NULL && c->q.frames <= URING_IOV &&
+            uring_prepare(s, c, slots)) {
             slots++;
             continue;
         }

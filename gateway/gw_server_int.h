@@ -73,10 +73,11 @@
 #define FLUSH_SLICE 64
 
 /* A slice's writes go to the kernel in one io_uring submission where it
- * allows (gw_uring.h), each connection's oldest frames as one sendmsg of
- * at most URING_IOV frames and WRITE_BATCH bytes (a longer first frame
- * alone), straight from the shared buffers: the header of each frame is
- * written in its buffer's headroom, the same bytes for every member. */
+ * allows (gw_uring.h), each connection's frames (at most URING_IOV of them
+ * queued: more is a backlog, written with send() in copied 64 KiB batches)
+ * as one sendmsg of at most WRITE_BATCH bytes (a longer first frame alone),
+ * straight from the shared buffers: the header of each frame is written in
+ * its buffer's headroom, the same bytes for every member. */
 #define URING_IOV 16
 
 typedef struct gw_usend {
