@@ -45,7 +45,7 @@ static void init_metrics(wrk_loop *l)
                        "route them");
     l->m_consumer_recoveries =
         sl_counter_get("sluice_wrk_consumer_recoveries_total", NULL,
-                       "work consumers deleted and created afresh after failing for 10 s "
+                       "work consumers deleted and created afresh after failing for 20 s "
                        "(a consumer left without quorum by a node loss)");
     l->m_pulls = sl_counter_get("sluice_wrk_pull_requests_total", NULL,
                                 "pull requests sent to the work queues (tenant turns)");

@@ -54,8 +54,11 @@
  * JetStream error or no answer on every try: a consumer left without
  * quorum after a node loss answers 10008 for good) is deleted and created
  * afresh; WORK keeps the jobs it had not acked, and the new consumer
- * delivers them again (docs/wire.md, "Consumers"). */
-#define WRK_CONSUMER_STALL_MS 10000
+ * delivers them again (docs/wire.md, "Consumers"). Well above a consumer
+ * leader election after a node loss on a busy host (up to about 10 s in
+ * the cluster-node-loss soak), so that a consumer that recovers by itself
+ * is left alone. */
+#define WRK_CONSUMER_STALL_MS 20000
 
 typedef struct wrk_loop_cfg {
     const char *const *models; /* valid ids; at least one */

@@ -1016,10 +1016,10 @@ START_TEST(test_stalled_consumer_recreated)
          publish_work_status(&t, &b) != NATS_OK && hx_now_ms() < until;)
         ;
     w = (recov_wait){.t = &t, .reply = b.job};
-    ck_assert_msg(hx_wait_until(final_seen, &w, 60000),
+    ck_assert_msg(hx_wait_until(final_seen, &w, 90000),
                   "the job queued behind a consumer without quorum never ran");
     ck_assert_int_ge(worker_metric(&t, "sluice_wrk_consumer_recoveries_total"), 1);
-    t_end(&t, false);
+    t_end(&t, true);
 }
 END_TEST
 
