@@ -43,6 +43,10 @@ static void init_metrics(wrk_loop *l)
         sl_counter_get("sluice_wrk_agent_messages_skipped_total", NULL,
                        "answers posted back to no agent: the work request said none could "
                        "route them");
+    l->m_consumer_recoveries =
+        sl_counter_get("sluice_wrk_consumer_recoveries_total", NULL,
+                       "work consumers deleted and created afresh after failing for 20 s "
+                       "(a consumer left without quorum by a node loss)");
     l->m_pulls = sl_counter_get("sluice_wrk_pull_requests_total", NULL,
                                 "pull requests sent to the work queues (tenant turns)");
     l->m_ttft = sl_hist_get("sluice_wrk_ttft_seconds", NULL,

@@ -50,6 +50,15 @@
 #define WRK_RETRY_BASE_MS   500   /* NAK delay of the first transient retry, doubled after */
 #define WRK_RETRY_MAX_MS    30000 /* bound on any NAK delay */
 #define WRK_CONCURRENCY_MAX 256
+/* A per-tenant work consumer that could not be read for this long (a
+ * JetStream error or no answer on every try: a consumer left without
+ * quorum after a node loss answers 10008 for good) is deleted and created
+ * afresh; WORK keeps the jobs it had not acked, and the new consumer
+ * delivers them again (docs/wire.md, "Consumers"). Well above a consumer
+ * leader election after a node loss on a busy host (up to about 10 s in
+ * the cluster-node-loss soak), so that a consumer that recovers by itself
+ * is left alone. */
+#define WRK_CONSUMER_STALL_MS 20000
 
 typedef struct wrk_loop_cfg {
     const char *const *models; /* valid ids; at least one */

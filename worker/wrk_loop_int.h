@@ -167,7 +167,7 @@ struct wrk_loop {
 
     sl_counter *m_jobs[5]; /* ok, partial, degraded, cancelled, failed */
     sl_counter *m_tokens, *m_retries, *m_requeued, *m_cancels, *m_pulls, *m_store_retries;
-    sl_counter *m_agent_skipped;
+    sl_counter *m_agent_skipped, *m_consumer_recoveries;
     sl_hist *m_ttft, *m_job;
     sl_gauge *m_inflight, *m_queues;
 };

@@ -337,9 +337,11 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         pthread_mutex_lock(&l->qmu);
         q = wrk_sched_by_id(l->sched, (uint32_t)qid);
         if (q != NULL && wrk_sched_ended(l->sched, q, token, now)) {
-            if (code == 409) {
+            if (code == 409 || code == 503) {
                 /* The consumer cannot serve pulls (deleted meanwhile, or
-                 * changed): set it up again. */
+                 * changed), or nobody serves them (503: no leader, or no
+                 * consumer): set it up again, which also times how long it
+                 * stays unusable (recover_consumer). */
                 const char *desc = NULL;
                 natsMsgHeader_Get(msg, "Description", &desc);
                 sl_debug("pull from %s: %d %s", q->durable, code, desc != NULL ? desc : "");
@@ -489,6 +491,46 @@ static sl_status ensure_consumer(wrk_loop *l, const char *durable, const char *f
 cleanup:
     jsConsumerInfo_Destroy(ci);
     return st;
+}
+
+/* Deletes the per-tenant consumer durable, which could not be read for
+ * stalled_ms (the last error in why), and creates it afresh. A consumer
+ * whose group lost quorum for good (nats-server 2.9 leaves one so when a
+ * node killed and restarted never rejoins it, answering 10008 forever)
+ * serves nothing until it is replaced; the jobs it had not acked stay in
+ * the work-queue stream and the new consumer delivers them again (as first
+ * deliveries: a job that was running or had ended runs again, and its
+ * Nats-Msg-Ids make the second final reply, tokens and agent message
+ * duplicates that JetStream drops). Logs one line and counts it. Returns
+ * SL_OK when the new consumer exists, else SL_ERR_BUS / SL_ERR_INVAL with
+ * a reason in err. */
+static sl_status recover_consumer(wrk_loop *l, const char *durable, const char *filter,
+                                  int64_t stalled_ms, const char *why, char *err, size_t errlen)
+{
+    char del[128] = "";
+    jsErrCode jerr = 0;
+    natsStatus ns;
+    sl_status st;
+
+    /* The answer may never come (nats-server 2.9 answers from the
+     * consumer's group, which may be the part that is gone) although the
+     * metadata leader removes it: whether it is gone shows below. */
+    ns = js_DeleteConsumer(l->js, SL_STREAM_WORK, durable, NULL, &jerr);
+    if (ns != NATS_OK && ns != NATS_NOT_FOUND && jerr != 10014 /* consumer not found */)
+        snprintf(del, sizeof(del), "; the delete answered %s (jerr %d)", natsStatus_GetText(ns),
+                 (int)jerr);
+    st = ensure_consumer(l, durable, filter, true, err, errlen);
+    if (st != SL_OK) {
+        char again[256];
+        snprintf(again, sizeof(again), "%s", err);
+        sl_errf(err, errlen, "%s; deleting it to create it afresh failed%s: %s", why, del, again);
+        return st;
+    }
+    sl_counter_inc(l->m_consumer_recoveries);
+    sl_warn("work queue %s: its consumer failed for %" PRId64 " ms (%s); deleted it and created it "
+            "afresh%s (its unacknowledged jobs are delivered again)",
+            durable, stalled_ms, why, del);
+    return SL_OK;
 }
 
 /* Looks at a model's model-wide consumer `wrk_<model>` (filter
@@ -762,12 +804,26 @@ void *wrk__dispatch_main(void *arg)
         q = wrk_sched_unready(l->sched, now, &wake);
         if (q != NULL) {
             char durable[WRK_DURABLE_MAX], filter[SL_SUBJECT_MAX], err[256];
+            int64_t since = q->failing_since_ms;
             sl_status st;
             snprintf(durable, sizeof(durable), "%s", q->durable);
             snprintf(filter, sizeof(filter), "%s", q->filter);
             pthread_mutex_unlock(&l->qmu);
             st = ensure_consumer(l, durable, filter, true, err, sizeof(err));
+            /* Failing for long: replace it (per-tenant consumers only; the
+             * model-wide one is never created again). */
+            if (st == SL_ERR_BUS && since > 0 && now - since >= WRK_CONSUMER_STALL_MS &&
+                strchr(durable, '~') != NULL) {
+                char why[256];
+                snprintf(why, sizeof(why), "%s", err);
+                st = recover_consumer(l, durable, filter, now - since, why, err, sizeof(err));
+                since = 0; /* the next recovery, if needed, a stall later */
+            }
             pthread_mutex_lock(&l->qmu);
+            if (st == SL_OK)
+                q->failing_since_ms = 0;
+            else if (since == 0)
+                q->failing_since_ms = now;
             wrk_sched_setup_done(l->sched, q, st == SL_OK, sl_mono_ms() + QUEUE_RETRY_MS);
             if (st != SL_OK && log_due(&last_warn))
                 sl_warn("work queue %s: %s; retrying", durable, err);

@@ -103,6 +103,7 @@ typedef struct wrk_queue {
     int held;                 /* jobs fetched from it and not yet settled here */
     int waiting;              /* of those, delivered and not started (waiting for a slot) */
     int64_t seen_ms;          /* last time it was rung or delivered a job */
+    int64_t failing_since_ms; /* setting up its consumer fails since then (0: it does not) */
     struct wrk_tenant *owner; /* its tenant's share bookkeeping (wrk_sched.c) */
     /* The open pull request (token 0: none). */
     uint64_t req_token;

@@ -417,7 +417,15 @@ static sl_status fault_cluster_node_loss(fx_ctx *x, fx_result *r)
 static bool verify_cluster_node_loss(fx_ctx *x, fx_result *r)
 {
     int out = fx_stream_leader(hx_stack_nats(x->s), "SLUICE_OUT");
-    fx_notef(r, "SLUICE_OUT now led by node %d. ", out);
+    double recovered = 0;
+
+    /* A work consumer the lost node left without quorum is replaced by
+     * the workers (docs/wire.md, "Consumers"): how often that happened. */
+    for (int w = 0; w < hx_stack_count(x->s, HX_WORKER); w++)
+        if (hx_proc_alive(hx_stack_proc(x->s, HX_WORKER, w)))
+            recovered +=
+                fx_metric(x->s, HX_WORKER, w, "sluice_wrk_consumer_recoveries_total", NULL);
+    fx_notef(r, "SLUICE_OUT now led by node %d; %.0f work consumer(s) recreated. ", out, recovered);
     return out >= 0;
 }
 

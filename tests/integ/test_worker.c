@@ -18,6 +18,7 @@
 #include "fake_openai.h"
 #include "hx.h"
 #include "sl_codec.h"
+#include "sl_streams.h"
 #include "sl_subject.h"
 #include "sl_time.h"
 
@@ -243,7 +244,8 @@ static void job_init(job_spec *j, const char *text, const char *room)
     j->room = room;
 }
 
-static void publish_work(tctx *t, const job_spec *j)
+/* Publishes j's work request; returns the publish's status. */
+static natsStatus publish_work_status(tctx *t, const job_spec *j)
 {
     Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
     Sluice__WorkRequest w = SLUICE__WORK_REQUEST__INIT;
@@ -255,6 +257,7 @@ static void publish_work(tctx *t, const job_spec *j)
     jsPubOptions po;
     jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
+    natsStatus ns;
 
     sl_event_id_new(eid);
     e.event_id = eid;
@@ -282,9 +285,15 @@ static void publish_work(tctx *t, const job_spec *j)
     snprintf(msg_id, sizeof(msg_id), "w:%s", j->job);
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;
-    ck_assert_int_eq(js_Publish(&pa, t->js, subj, buf, (int)len, &po, &jerr), NATS_OK);
+    ns = js_Publish(&pa, t->js, subj, buf, (int)len, &po, &jerr);
     jsPubAck_Destroy(pa);
     free(buf);
+    return ns;
+}
+
+static void publish_work(tctx *t, const job_spec *j)
+{
+    ck_assert_int_eq(publish_work_status(t, j), NATS_OK);
 }
 
 /* A user message on OUT, as the orchestrator posts it (for context). */
@@ -920,6 +929,100 @@ END_TEST
 
 /* ---- Storage bounds --------------------------------------------------------- */
 
+/* ---- A work consumer left without quorum is replaced ----------------- */
+
+typedef struct recov_wait {
+    tctx *t;
+    const char *reply;
+} recov_wait;
+
+static bool final_seen(void *ud)
+{
+    recov_wait *w = ud;
+    pump(w->t, 100, 0);
+    return find_final(w->t, w->reply) >= 0;
+}
+
+/* The node (0..2) that leads durable on SLUICE_WORK, or -1. */
+static int consumer_node(tctx *t, const char *durable)
+{
+    jsConsumerInfo *ci = NULL;
+    int node = -1;
+
+    if (js_GetConsumerInfo(&ci, t->js, "SLUICE_WORK", durable, NULL, NULL) == NATS_OK &&
+        ci->Cluster != NULL && ci->Cluster->Leader != NULL &&
+        strncmp(ci->Cluster->Leader, "hx-n", 4) == 0)
+        node = atoi(ci->Cluster->Leader + 4);
+    jsConsumerInfo_Destroy(ci);
+    return node;
+}
+
+/* A work consumer whose group cannot elect a leader serves no pull and
+ * answers every request about it with an error (nats-server 2.9 leaves an
+ * R3 consumer so when a node killed and restarted never rejoins it). Made
+ * here deterministically: the tenant's consumer is created with one replica
+ * before the worker sees its work, and its node is killed; the stream (R3)
+ * and the cluster's metadata keep their quorum. The worker must delete the
+ * consumer and create it afresh, and the job waiting in WORK must run. */
+START_TEST(test_stalled_consumer_recreated)
+{
+    static const char *const env[] = {"SLUICE_STREAM_REPLICAS=3", NULL};
+    hx_stack_cfg cfg = {.workers = 1, .nats_nodes = 3, .env = env, .ready_timeout_ms = 40000};
+    char durable[128], filter[SL_SUBJECT_MAX];
+    int64_t backoff[2];
+    jsConsumerConfig cc;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    job_spec a, b;
+    recov_wait w;
+    tctx t;
+    int node;
+
+    t_begin(&t, &cfg);
+    ck_assert_int_eq(sl_work_durable(durable, sizeof(durable), MODEL, t.tenant), SL_OK);
+    ck_assert_int_eq(sl_subject_work_filter(filter, sizeof(filter), MODEL, t.tenant), SL_OK);
+    /* As the worker makes it (AckWait = the default model timeout, 10 s,
+     * + the ack grace, 5 s; MaxDeliver 3), so that it keeps it as it is,
+     * but with one replica. */
+    for (int i = 0; i < 2; i++)
+        backoff[i] = 15000LL * 1000000;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = durable;
+    cc.FilterSubject = filter;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 15000LL * 1000000;
+    cc.MaxDeliver = 3;
+    cc.BackOff = backoff;
+    cc.BackOffLen = 2;
+    cc.Replicas = 1;
+    ck_assert_int_eq(js_AddConsumer(&ci, t.js, "SLUICE_WORK", &cc, NULL, &jerr), NATS_OK);
+    jsConsumerInfo_Destroy(ci);
+
+    /* The worker serves the tenant from it. */
+    job_init(&a, "before the loss", NULL);
+    publish_work(&t, &a);
+    ck_assert_int_ge(wait_final(&t, a.job, 20000), 0);
+
+    node = consumer_node(&t, durable);
+    ck_assert_int_ge(node, 0);
+    ck_assert_int_eq(hx_nats_stop(hx_stack_nats(t.stack), node, SIGKILL) == SL_OK ||
+                         !hx_nats_alive(hx_stack_nats(t.stack), node),
+                     1);
+
+    /* The stream may be electing a leader meanwhile: the same message
+     * again until it is stored (Nats-Msg-Id keeps one). */
+    job_init(&b, "after the loss", NULL);
+    for (int64_t until = hx_now_ms() + 30000;
+         publish_work_status(&t, &b) != NATS_OK && hx_now_ms() < until;)
+        ;
+    w = (recov_wait){.t = &t, .reply = b.job};
+    ck_assert_msg(hx_wait_until(final_seen, &w, 90000),
+                  "the job queued behind a consumer without quorum never ran");
+    ck_assert_int_ge(worker_metric(&t, "sluice_wrk_consumer_recoveries_total"), 1);
+    t_end(&t, true);
+}
+END_TEST
+
 typedef struct limits_want {
     const char *stream;
     int64_t max_bytes;
@@ -1447,6 +1550,7 @@ static Suite *worker_suite(void)
     TCase *faults = tcase_create("faults");
     TCase *openai = tcase_create("openai");
     TCase *storage = tcase_create("storage");
+    TCase *cluster = tcase_create("cluster");
 
     tcase_set_timeout(echo, 60);
     tcase_add_test(echo, test_echo_streams_and_ends_once);
@@ -1467,6 +1571,9 @@ static Suite *worker_suite(void)
     tcase_add_test(faults, test_end_state_stored_before_ack);
     tcase_add_test(faults, test_slot_free_while_end_stored);
     suite_add_tcase(s, faults);
+    tcase_set_timeout(cluster, 180);
+    tcase_add_test(cluster, test_stalled_consumer_recreated);
+    suite_add_tcase(s, cluster);
 
     tcase_set_timeout(storage, 90);
     tcase_add_test(storage, test_streams_bounded_and_updated);
