@@ -87,6 +87,18 @@ static void build_opts(orch_config *c)
                           3600000,
                           false,
                           false};
+    o[k++] = (sl_cfg_opt){"SLUICE_LOST_CHECK_MS",
+                          "lost-check-ms",
+                          SL_CFG_INT,
+                          "60000",
+                          "how long after queueing a job (and then how often) the orchestrator "
+                          "checks that its work message is still in SLUICE_WORK while the job has "
+                          "not ended; a job whose message vanished is ended with the fallback",
+                          &c->lost_check_ms,
+                          100,
+                          3600000,
+                          false,
+                          false};
     o[k++] = (sl_cfg_opt){"SLUICE_TENANT_TOKENS_PER_MIN",
                           "tenant-tokens-per-min",
                           SL_CFG_INT,
@@ -168,6 +180,7 @@ orch_loop_cfg orch_config_loop(const orch_config *c)
                            .park_per_session = c->park_per_session,
                            .park_per_tenant = c->park_per_tenant,
                            .sweep_ms = c->sweep_ms,
+                           .lost_check_ms = c->lost_check_ms,
                            .tokens_per_window = c->tokens_per_min,
                            .quota_rules = c->quota_rules,
                            .nquota_rules = c->nquota_rules,

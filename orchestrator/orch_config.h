@@ -19,7 +19,7 @@
 #include "sl_log.h"
 #include "sl_status.h"
 
-#define ORCH_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 10)
+#define ORCH_CONFIG_OPTS_N (SL_COMMON_OPTS_N + 11)
 
 typedef struct orch_config {
     sl_common_cfg common;
@@ -27,7 +27,7 @@ typedef struct orch_config {
     char *agents_file;   /* SLUICE_AGENTS_FILE as given, may be NULL */
     orch_agents *agents; /* loaded from it (or the built-in set); owned */
     int64_t hop_limit, causal_wait_ms, model_timeout_ms;
-    int64_t park_per_session, park_per_tenant, sweep_ms;
+    int64_t park_per_session, park_per_tenant, sweep_ms, lost_check_ms;
     int64_t tokens_per_min;       /* SLUICE_TENANT_TOKENS_PER_MIN */
     char *quotas_spec;            /* SLUICE_TENANT_QUOTAS as given, may be NULL */
     orch_quota_rule *quota_rules; /* parsed from it; owned */

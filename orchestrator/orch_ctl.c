@@ -24,6 +24,8 @@
 #define ADV_TRIES      45   /* about 40 s of retries, then the sweep takes over */
 #define API_WAIT_MS    5000
 #define SWEEP_SCAN_MAX 100000 /* messages looked at per subject and sweep */
+#define LOST_PASS_MAX  1024   /* kept jobs checked per pass; the rest wait for the next */
+#define LOST_BATCH     64
 
 /* An advisory to handle: the work message at seq, delivered dc times. */
 typedef struct adv {
@@ -39,6 +41,8 @@ struct orch_ctl {
     kvStore *kv;
     kvStore *kv_cancel;
     int64_t sweep_ms;
+    orch_inflight *tracker; /* the jobs this replica queued, for the lost-work check */
+    int64_t lost_check_ms;
     natsSubscription *cancel_sub;
     natsSubscription *adv_sub;
     /* The advisories' queue, handled by the ender thread (never on the
@@ -72,9 +76,11 @@ sl_status orch_ctl_parse_advisory(const char *json, size_t len, uint64_t *seq, u
 }
 
 /* Reads a job's in-flight entry: *ended when it holds an end state (the
- * reply was ended by someone), *rev its revision (0 when absent).
- * SL_ERR_BUS when it could not be read. */
-static sl_status job_entry(kvStore *kv, const char *key, bool *ended, uint64_t *rev)
+ * reply was ended by someone), *rev its revision (0 when absent), and
+ * *running_ms how long ago its worker wrote `running` (-1 when it holds
+ * another state). SL_ERR_BUS when it could not be read. */
+static sl_status job_entry(kvStore *kv, const char *key, bool *ended, uint64_t *rev,
+                           int64_t *running_ms)
 {
     kvEntry *e = NULL;
     cJSON *root = NULL;
@@ -83,6 +89,7 @@ static sl_status job_entry(kvStore *kv, const char *key, bool *ended, uint64_t *
 
     *ended = false;
     *rev = 0;
+    *running_ms = -1;
     s = kvStore_Get(&e, kv, key);
     if (s == NATS_NOT_FOUND)
         return SL_OK;
@@ -95,16 +102,28 @@ static sl_status job_entry(kvStore *kv, const char *key, bool *ended, uint64_t *
         *ended = cJSON_IsString(state) && (strcmp(state->valuestring, "done") == 0 ||
                                            strcmp(state->valuestring, "cancelled") == 0 ||
                                            strcmp(state->valuestring, "failed") == 0);
+        if (cJSON_IsString(state) && strcmp(state->valuestring, "running") == 0) {
+            int64_t age = (sl_now_ns() - kvEntry_Created(e)) / 1000000;
+            *running_ms = age > 0 ? age : 0;
+        }
     }
     cJSON_Delete(root);
     kvEntry_Destroy(e);
     return SL_OK;
 }
 
-sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t attempt)
+/* Ends the job of work envelope work (a work message, or the stub of one):
+ * unless its in-flight entry already holds an end state, publishes the
+ * fallback final reply (deduplicated as r:<job>) and marks the entry
+ * failed with reason (compare-and-set on the revision read). *published
+ * tells whether this call stored the reply. SL_ERR_INVAL when work is not
+ * a valid work request; SL_ERR_BUS when NATS failed. A job whose entry
+ * has said `running` for less than running_grace_ms (> 0) is left alone
+ * (SL_OK, *deferred): a worker may still be running it. */
+static sl_status end_work(jsCtx *js, kvStore *inflight, const Sluice__Envelope *work,
+                          uint32_t attempt, const char *reason, int64_t running_grace_ms,
+                          bool *published, bool *deferred)
 {
-    natsMsg *m = NULL;
-    Sluice__Envelope *work = NULL;
     jsPubAck *pa = NULL;
     jsPubOptions po;
     jsErrCode jerr = 0;
@@ -114,6 +133,63 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
     char *json = NULL;
     bool ended = false, keyed;
     uint64_t rev = 0;
+    int64_t running_ms = -1;
+    sl_status st = SL_OK;
+
+    *published = false;
+    *deferred = false;
+    if (work->work == NULL || !sl_id_valid(work->work->job_id) ||
+        orch_fallback_encode(work, attempt, &buf, &len, subj, sizeof(subj)) != SL_OK)
+        return SL_ERR_INVAL;
+    keyed =
+        inflight != NULL && sl_kv_key2(key, sizeof(key), work->tenant, work->work->job_id) == SL_OK;
+    /* A job whose reply has ended (its final stored, then its worker died
+     * before the ack) only needs its message removed. */
+    if (keyed && job_entry(inflight, key, &ended, &rev, &running_ms) != SL_OK) {
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    if (ended)
+        goto cleanup;
+    if (running_grace_ms > 0 && running_ms >= 0 && running_ms < running_grace_ms) {
+        *deferred = true;
+        goto cleanup;
+    }
+    jsPubOptions_Init(&po);
+    snprintf(id, sizeof(id), "r:%s", work->work->job_id);
+    po.MsgId = id;
+    if (js_Publish(&pa, js, subj, buf, (int)len, &po, &jerr) != NATS_OK) {
+        st = SL_ERR_BUS;
+        goto cleanup;
+    }
+    if (!pa->Duplicate) {
+        *published = true;
+        sl_counter_inc(
+            sl_counter_get("sluice_orch_fallbacks_total", NULL,
+                           "replies ended with the agent's fallback by the orchestrator"));
+    }
+    /* Compare-and-set on the revision read: a state written meanwhile (by
+     * another replica ending it too) stays. */
+    if (keyed && orch_job_json(&json, "failed", work->session, work->work->to, work->work->agent,
+                               reason) == SL_OK) {
+        if (rev > 0)
+            (void)kvStore_UpdateString(NULL, inflight, key, json, rev);
+        else
+            (void)kvStore_CreateString(NULL, inflight, key, json);
+    }
+cleanup:
+    free(json);
+    free(buf);
+    jsPubAck_Destroy(pa);
+    return st;
+}
+
+sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t attempt)
+{
+    natsMsg *m = NULL;
+    Sluice__Envelope *work = NULL;
+    jsErrCode jerr = 0;
+    bool published = false, deferred = false;
     natsStatus s;
     sl_status st = SL_OK;
 
@@ -130,60 +206,71 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
         st = SL_ERR_BUS;
         goto cleanup;
     }
-    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &work) != SL_OK ||
-        work->work == NULL || !sl_id_valid(work->work->job_id) ||
-        orch_fallback_encode(work, attempt, &buf, &len, subj, sizeof(subj)) != SL_OK) {
+    if (sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &work) != SL_OK)
+        st = SL_ERR_INVAL;
+    else
+        st = end_work(js, inflight, work, attempt, "max_deliveries", 0, &published, &deferred);
+    if (st == SL_ERR_BUS)
+        goto cleanup;
+    if (st == SL_ERR_INVAL) {
         sl_warn("work message %llu is not a valid work request; deleting it",
                 (unsigned long long)seq);
-        goto delete_msg;
-    }
-    keyed =
-        inflight != NULL && sl_kv_key2(key, sizeof(key), work->tenant, work->work->job_id) == SL_OK;
-    /* A job whose reply has ended (its final stored, then its worker died
-     * before the ack) only needs its message removed. */
-    if (keyed && job_entry(inflight, key, &ended, &rev) != SL_OK) {
-        st = SL_ERR_BUS;
-        goto cleanup;
-    }
-    if (ended)
-        goto delete_msg;
-    jsPubOptions_Init(&po);
-    snprintf(id, sizeof(id), "r:%s", work->work->job_id);
-    po.MsgId = id;
-    s = js_Publish(&pa, js, subj, buf, (int)len, &po, &jerr);
-    if (s != NATS_OK) {
-        st = SL_ERR_BUS;
-        goto cleanup;
-    }
-    if (!pa->Duplicate) {
-        sl_counter_inc(
-            sl_counter_get("sluice_orch_fallbacks_total", NULL,
-                           "replies ended with the agent's fallback by the orchestrator"));
+        st = SL_OK;
+    } else if (published) {
         sl_logf(SL_LOG_WARN,
                 &(sl_log_ctx){
                     .tenant = work->tenant, .session = work->session, .trace = work->trace_id},
                 "job %s exhausted its deliveries (%u); ended with the fallback", work->work->job_id,
                 attempt);
     }
-    /* Compare-and-set on the revision read: a state written meanwhile (by
-     * another replica ending it too) stays. */
-    if (keyed && orch_job_json(&json, "failed", work->session, work->work->to, work->work->agent,
-                               "max_deliveries") == SL_OK) {
-        if (rev > 0)
-            (void)kvStore_UpdateString(NULL, inflight, key, json, rev);
-        else
-            (void)kvStore_CreateString(NULL, inflight, key, json);
-    }
-delete_msg:
     s = js_DeleteMsg(js, SL_STREAM_WORK, seq, NULL, &jerr);
     if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != 10057)
         st = SL_ERR_BUS;
 cleanup:
-    free(json);
-    free(buf);
-    jsPubAck_Destroy(pa);
     sl_envelope_free(work);
     natsMsg_Destroy(m);
+    return st;
+}
+
+sl_status orch_ctl_end_lost(jsCtx *js, kvStore *inflight, uint64_t seq, const void *stub,
+                            size_t len, int64_t running_grace_ms, bool *ended)
+{
+    natsMsg *m = NULL;
+    Sluice__Envelope *work = NULL;
+    jsErrCode jerr = 0;
+    bool published = false, deferred = false;
+    natsStatus s;
+    sl_status st;
+
+    *ended = false;
+    s = js_GetMsg(&m, js, SL_STREAM_WORK, seq, NULL, &jerr);
+    if (s == NATS_OK) {
+        natsMsg_Destroy(m);
+        return SL_OK; /* still queued or running */
+    }
+    if (s != NATS_NOT_FOUND && jerr != 10037)
+        return SL_ERR_BUS;
+    /* Gone. Its worker acks only once its end state is stored, which
+     * end_work reads first: with no end state there, the message was lost
+     * (or purged) before any worker ended it. */
+    if (sl_envelope_decode(stub, len, &work) != SL_OK)
+        return SL_ERR_INVAL;
+    st = end_work(js, inflight, work, 1, "lost", running_grace_ms, &published, &deferred);
+    if (st == SL_OK && !deferred) {
+        *ended = true;
+        if (published) {
+            sl_counter_inc(sl_counter_get("sluice_orch_lost_jobs_total", NULL,
+                                          "jobs ended with the fallback because their work "
+                                          "message vanished from SLUICE_WORK"));
+            sl_logf(SL_LOG_WARN,
+                    &(sl_log_ctx){
+                        .tenant = work->tenant, .session = work->session, .trace = work->trace_id},
+                    "job %s: its work message (WORK seq %llu) is gone and the job never ended; "
+                    "ended with the fallback",
+                    work->work->job_id, (unsigned long long)seq);
+        }
+    }
+    sl_envelope_free(work);
     return st;
 }
 
@@ -315,6 +402,41 @@ int orch_ctl_sweep(orch_ctl *c)
     return ended;
 }
 
+/* ---- the lost-work check: kept jobs whose work message vanished ---- */
+
+int orch_ctl_check_lost(orch_ctl *c)
+{
+    orch_inflight_lost due[LOST_BATCH];
+    size_t total = 0, n;
+    int64_t now = sl_mono_ms();
+    int ended = 0;
+
+    if (c == NULL || c->tracker == NULL)
+        return 0;
+    while (total < LOST_PASS_MAX && !atomic_load(&c->stopping) &&
+           (n = orch_inflight_due(c->tracker, now, now + c->lost_check_ms, due, LOST_BATCH)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            bool gone = false;
+            sl_status st = SL_ERR_BUS;
+            if (!atomic_load(&c->stopping))
+                st = orch_ctl_end_lost(c->js, c->kv, due[i].seq, due[i].stub, due[i].len,
+                                       c->lost_check_ms, &gone);
+            if (st == SL_OK && gone)
+                ended++;
+            /* Ended, or a stub that cannot end anything: nothing more to
+             * check. A failure is checked again next time. */
+            if ((st == SL_OK && gone) || st == SL_ERR_INVAL)
+                orch_inflight_forget(c->tracker, due[i].key);
+            free(due[i].stub);
+        }
+        total += n;
+    }
+    sl_gauge_set(sl_gauge_get("sluice_orch_lost_watched", NULL,
+                              "queued jobs this orchestrator keeps for the lost-work check"),
+                 (int64_t)orch_inflight_tracked(c->tracker));
+    return ended;
+}
+
 /* ---- the ender thread ---- */
 
 /* Waits on the condition variable until abs_ms (monotonic clock) at most.
@@ -370,6 +492,7 @@ static void *ender_main(void *arg)
         if (sl_mono_ms() >= next_sweep) {
             pthread_mutex_unlock(&c->mu);
             (void)orch_ctl_sweep(c);
+            (void)orch_ctl_check_lost(c);
             pthread_mutex_lock(&c->mu);
             next_sweep = sl_mono_ms() + c->sweep_ms;
             continue;
@@ -435,7 +558,8 @@ cleanup:
 }
 
 sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,
-                          kvStore *cancel, int64_t sweep_ms)
+                          kvStore *cancel, int64_t sweep_ms, orch_inflight *tracker,
+                          int64_t lost_check_ms)
 {
     orch_ctl *c = calloc(1, sizeof(*c));
     pthread_condattr_t ca;
@@ -448,6 +572,8 @@ sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore
     c->kv = inflight;
     c->kv_cancel = cancel;
     c->sweep_ms = sweep_ms > 0 ? sweep_ms : 5000;
+    c->tracker = tracker;
+    c->lost_check_ms = lost_check_ms > 0 ? lost_check_ms : 60000;
     pthread_mutex_init(&c->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -98,6 +98,28 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
     return sl_envelope_encode(&e, out, len);
 }
 
+sl_status orch_work_stub_encode(const Sluice__Envelope *in, const char *tenant, const orch_agent *a,
+                                const char *job, uint8_t **out, size_t *len)
+{
+    Sluice__Envelope e = SLUICE__ENVELOPE__INIT;
+    Sluice__WorkRequest w = SLUICE__WORK_REQUEST__INIT;
+
+    if (in->message == NULL)
+        return SL_ERR_INVAL;
+    copy_header(&e, in, tenant);
+    e.event_id = (char *)nz(orch_msg_event_id(in));
+    e.message_id = (char *)answered_id(in);
+    w.job_id = (char *)job;
+    w.reply_id = (char *)job;
+    w.agent = a->name;
+    w.fallback = a->fallback;
+    w.room = in->message->room;
+    w.to = (char *)answered_id(in);
+    e.body_case = SLUICE__ENVELOPE__BODY_WORK;
+    e.work = &w;
+    return sl_envelope_encode(&e, out, len);
+}
+
 sl_status orch_busy_encode(const Sluice__Envelope *in, const char *tenant, const char *agent,
                            const char *reason, uint32_t retry_after_ms, uint8_t **out, size_t *len)
 {

@@ -41,6 +41,13 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
                            const char *job, int64_t deadline_ms, const orch_followers *fw,
                            uint8_t **out, size_t *len);
 
+/* Encodes the part of the work request for agent a answering message in
+ * that orch_fallback_encode reads (header, job, agent, fallback, room,
+ * to; no text or prompt): what the orchestrator keeps to end a job whose
+ * work message vanished from WORK. The caller frees *out. */
+sl_status orch_work_stub_encode(const Sluice__Envelope *in, const char *tenant, const orch_agent *a,
+                                const char *job, uint8_t **out, size_t *len);
+
 /* Encodes a `busy` event for message in and agent a. */
 sl_status orch_busy_encode(const Sluice__Envelope *in, const char *tenant, const char *agent,
                            const char *reason, uint32_t retry_after_ms, uint8_t **out, size_t *len);

@@ -12,7 +12,7 @@
 #include "sl_hash.h"
 
 #define NBUCKETS   4096
-#define KEY_MAX    (2 * SL_ID_MAX + 8)
+#define KEY_MAX    ORCH_INFLIGHT_KEY_MAX
 #define ENDS_KEPT  32
 #define RATE_STALE 30000 /* ms: older end times say nothing about the rate now */
 
@@ -22,6 +22,14 @@ typedef struct job {
     size_t agent;
     int64_t since_ms;
     struct job *next;
+    /* Kept for the lost-work check (stub != NULL): on the tracked list,
+     * which is in check time order because every check time is "now" plus
+     * the same interval. */
+    uint8_t *stub;
+    size_t stub_len;
+    uint64_t seq;
+    int64_t check_ms;
+    struct job *tprev, *tnext;
 } job;
 
 /* A per-(tenant, agent) active count or a per-(tenant, model) end log. */
@@ -39,6 +47,8 @@ struct orch_inflight {
     job *jobs[NBUCKETS];
     tally *tallies[NBUCKETS];
     size_t njobs;
+    job *thead, *ttail; /* the tracked list, oldest check time first */
+    size_t ntracked;
     int64_t last_sweep_ms;
     natsSubscription *sub;      /* the bucket's updates, read by orch_inflight_poll */
     char prefix[SL_ID_MAX + 8]; /* "$KV.<bucket>." */
@@ -105,11 +115,40 @@ static void job_add(orch_inflight *f, job **slot, const char *key, const char *t
         t->active++;
 }
 
+static void tracked_unlink(orch_inflight *f, job *j)
+{
+    if (j->tprev != NULL)
+        j->tprev->tnext = j->tnext;
+    else
+        f->thead = j->tnext;
+    if (j->tnext != NULL)
+        j->tnext->tprev = j->tprev;
+    else
+        f->ttail = j->tprev;
+    j->tprev = j->tnext = NULL;
+}
+
+static void tracked_append(orch_inflight *f, job *j)
+{
+    j->tprev = f->ttail;
+    j->tnext = NULL;
+    if (f->ttail != NULL)
+        f->ttail->tnext = j;
+    else
+        f->thead = j;
+    f->ttail = j;
+}
+
 static void job_remove(orch_inflight *f, job **slot)
 {
     job *j = *slot;
     tally *t = agent_tally(f, j->tenant, j->agent);
 
+    if (j->stub != NULL) {
+        tracked_unlink(f, j);
+        free(j->stub);
+        f->ntracked--;
+    }
     if (t != NULL && t->active > 0)
         t->active--;
     *slot = j->next;
@@ -208,6 +247,87 @@ void orch_inflight_note(orch_inflight *f, const char *tenant, const char *jobid,
     if (*slot == NULL)
         job_add(f, slot, key, tenant, agent, now_ms);
     pthread_mutex_unlock(&f->mu);
+}
+
+sl_status orch_inflight_track(orch_inflight *f, const char *tenant, const char *jobid, uint64_t seq,
+                              const void *stub, size_t len, int64_t check_ms)
+{
+    char key[KEY_MAX];
+    uint8_t *copy;
+    sl_status st = SL_OK;
+    job **slot;
+
+    if (len == 0 || sl_kv_key2(key, sizeof(key), tenant, jobid) != SL_OK)
+        return SL_ERR_INVAL;
+    pthread_mutex_lock(&f->mu);
+    slot = job_find(f, key);
+    if (*slot == NULL) {
+        st = SL_ERR_NOTFOUND;
+    } else if ((*slot)->stub != NULL) {
+        st = SL_OK;
+    } else if (f->ntracked >= ORCH_INFLIGHT_TRACK_MAX) {
+        st = SL_ERR_FULL;
+    } else if ((copy = malloc(len)) == NULL) {
+        st = SL_ERR_NOMEM;
+    } else {
+        job *j = *slot;
+        memcpy(copy, stub, len);
+        j->stub = copy;
+        j->stub_len = len;
+        j->seq = seq;
+        j->check_ms = check_ms;
+        tracked_append(f, j);
+        f->ntracked++;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return st;
+}
+
+size_t orch_inflight_due(orch_inflight *f, int64_t now_ms, int64_t next_ms, orch_inflight_lost *out,
+                         size_t max)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&f->mu);
+    while (n < max && f->thead != NULL && f->thead->check_ms <= now_ms) {
+        job *j = f->thead;
+        uint8_t *copy = malloc(j->stub_len);
+        if (copy == NULL)
+            break;
+        memcpy(copy, j->stub, j->stub_len);
+        snprintf(out[n].key, sizeof(out[n].key), "%s", j->key);
+        out[n].seq = j->seq;
+        out[n].stub = copy;
+        out[n].len = j->stub_len;
+        n++;
+        /* To the tail: next_ms is at or after every check time kept. */
+        j->check_ms = next_ms;
+        tracked_unlink(f, j);
+        tracked_append(f, j);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+void orch_inflight_forget(orch_inflight *f, const char *key)
+{
+    job **slot;
+
+    pthread_mutex_lock(&f->mu);
+    slot = job_find(f, key);
+    if (*slot != NULL)
+        job_remove(f, slot);
+    pthread_mutex_unlock(&f->mu);
+}
+
+size_t orch_inflight_tracked(orch_inflight *f)
+{
+    size_t n;
+
+    pthread_mutex_lock(&f->mu);
+    n = f->ntracked;
+    pthread_mutex_unlock(&f->mu);
+    return n;
 }
 
 int64_t orch_inflight_active(orch_inflight *f, const char *tenant, size_t agent)
@@ -359,6 +479,7 @@ void orch_inflight_destroy(orch_inflight *f)
         while (f->jobs[b] != NULL) {
             job *j = f->jobs[b];
             f->jobs[b] = j->next;
+            free(j->stub);
             free(j);
         }
         while (f->tallies[b] != NULL) {

@@ -20,8 +20,20 @@
 
 #include "orch_agents.h"
 #include "sl_status.h"
+#include "sl_subject.h"
 
 typedef struct orch_inflight orch_inflight;
+
+#define ORCH_INFLIGHT_KEY_MAX   (2 * SL_ID_MAX + 8) /* "<tenant>.<job>" and its NUL */
+#define ORCH_INFLIGHT_TRACK_MAX 65536               /* jobs kept for the lost-work check */
+
+/* A job kept for the lost-work check, as orch_inflight_due hands it out. */
+typedef struct orch_inflight_lost {
+    char key[ORCH_INFLIGHT_KEY_MAX]; /* "<tenant>.<job>" */
+    uint64_t seq;                    /* its work message's WORK sequence */
+    uint8_t *stub;                   /* orch_work_stub_encode's bytes; the receiver frees it */
+    size_t len;
+} orch_inflight_lost;
 
 /* Creates an empty tracker for the agents set (borrowed: it must outlive
  * the tracker). SL_ERR_NOMEM on failure. */
@@ -50,6 +62,29 @@ void orch_inflight_apply(orch_inflight *f, const char *key, const char *json, si
  * it is known already. */
 void orch_inflight_note(orch_inflight *f, const char *tenant, const char *job, size_t agent,
                         int64_t now_ms);
+
+/* Keeps, beside a job counted by orch_inflight_note and not seen ended
+ * since, its work message's WORK sequence seq and stub (len bytes,
+ * copied) until its end is seen, for orch_inflight_due from check_ms (a
+ * monotonic time) on. SL_OK when kept (or kept already); SL_ERR_NOTFOUND
+ * when the job is not active (it has ended already); SL_ERR_FULL when
+ * ORCH_INFLIGHT_TRACK_MAX jobs are kept already; SL_ERR_INVAL,
+ * SL_ERR_NOMEM. */
+sl_status orch_inflight_track(orch_inflight *f, const char *tenant, const char *job, uint64_t seq,
+                              const void *stub, size_t len, int64_t check_ms);
+
+/* Copies into out at most max kept jobs whose check time (monotonic) is at
+ * or before now_ms, oldest first, and moves their check time to next_ms;
+ * each out[i].stub is the caller's to free. Returns how many. Any thread. */
+size_t orch_inflight_due(orch_inflight *f, int64_t now_ms, int64_t next_ms, orch_inflight_lost *out,
+                         size_t max);
+
+/* Forgets the job key ("<tenant>.<job>"), which the caller ended: it no
+ * longer counts as active. Any thread. */
+void orch_inflight_forget(orch_inflight *f, const char *key);
+
+/* Returns the number of jobs kept for the lost-work check. */
+size_t orch_inflight_tracked(orch_inflight *f);
 
 /* Returns the number of active jobs of agent for tenant. */
 int64_t orch_inflight_active(orch_inflight *f, const char *tenant, size_t agent);

@@ -157,6 +157,26 @@ void orch__queue_effects(orch_loop *l, item *it)
     }
 }
 
+/* Keeps the queued job (its WORK sequence and what its fallback needs)
+ * until its end is seen, for the lost-work check (orch_ctl.h). */
+static void track_job(orch_loop *l, const item *it, const job_slot *js, const orch_agent *a,
+                      uint64_t seq)
+{
+    uint8_t *stub = NULL;
+    size_t len = 0;
+    int64_t after = l->cfg.lost_check_ms > 0 ? l->cfg.lost_check_ms : 60000;
+    sl_status st = SL_ERR_INVAL;
+
+    if (seq > 0 &&
+        (st = orch_work_stub_encode(it->env, it->tenant, a, js->job, &stub, &len)) == SL_OK)
+        st = orch_inflight_track(l->inflight, it->tenant, js->job, seq, stub, len,
+                                 sl_mono_ms() + after);
+    /* SL_ERR_NOTFOUND: it has ended already, nothing to watch. */
+    if (st != SL_OK && st != SL_ERR_NOTFOUND)
+        sl_counter_inc(l->m.lost_untracked);
+    free(stub);
+}
+
 /* Reads the first round's outcomes; queues busy events (and the failed
  * in-flight record) for refused or over-limit jobs. */
 void orch__queue_followups(orch_loop *l, item *it)
@@ -183,6 +203,7 @@ void orch__queue_followups(orch_loop *l, item *it)
         } else {
             orch_pub_result rw = orch_pub_get(l->pub, js->s_work);
             if (rw.err == NATS_OK) {
+                track_job(l, it, js, a, rw.seq);
                 if (!rw.duplicate) {
                     sl_counter_inc(l->m.dispatched);
                     orch__bell_add(l, a->model, it->tenant);

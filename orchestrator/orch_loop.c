@@ -24,6 +24,9 @@ static void metrics_init(orch_loop *l)
                                     "jobs refused with a busy event");
     l->m.busy_conc = sl_counter_get("sluice_orch_busy_total", "reason=\"overloaded\"",
                                     "jobs refused with a busy event");
+    l->m.lost_untracked = sl_counter_get(
+        "sluice_orch_lost_untracked_total", NULL,
+        "queued jobs not kept for the lost-work check (65536 kept already, or no memory)");
     l->m.bad = sl_counter_get("sluice_orch_bad_messages_total", NULL,
                               "IN messages that are not valid envelopes (terminated)");
     l->m.failed = sl_counter_get("sluice_orch_retries_total", NULL,
@@ -223,9 +226,9 @@ static sl_status setup(orch_loop *l)
     }
     if ((st = orch_quota_start(l->quota, l->bus)) != SL_OK)
         return st;
-    if (l->ctl == NULL &&
-        (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus), l->kv_inflight,
-                              l->kv_cancel, l->cfg.sweep_ms)) != SL_OK)
+    if (l->ctl == NULL && (st = orch_ctl_create(&l->ctl, sl_bus_nc(l->bus), sl_bus_js(l->bus),
+                                                l->kv_inflight, l->kv_cancel, l->cfg.sweep_ms,
+                                                l->inflight, l->cfg.lost_check_ms)) != SL_OK)
         return st;
     atomic_store(&l->ready, 1);
     return SL_OK;

@@ -32,6 +32,7 @@ typedef struct orch_loop_cfg {
     int64_t park_per_session; /* messages of one session waiting at once (more: gaps) */
     int64_t park_per_tenant;  /* messages of one tenant waiting at once, per replica */
     int64_t sweep_ms;         /* period of the sweep for exhausted work messages (<= 0: 5000) */
+    int64_t lost_check_ms; /* a queued job's message is looked for this long after (<= 0: 60000) */
     /* Token quotas (orch_quota.h): every tenant's budget per window (0:
      * none), per-tenant budgets (copied; may be NULL) and the window
      * (1..ORCH_QUOTA_WINDOW_MAX_S s; 0: 60). */

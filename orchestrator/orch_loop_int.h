@@ -150,7 +150,7 @@ struct orch_loop {
     int nbells;
     struct {
         sl_counter *ev_user, *ev_agent, *dups, *waits, *gaps, *dispatched, *busy_full, *busy_conc,
-            *bad, *failed, *hop_stops, *park_full;
+            *lost_untracked, *bad, *failed, *hop_stops, *park_full;
         sl_gauge *parked;
         sl_hist *proc;
         /* Synchronous waits for the server (docs/wire.md, "Cost of a

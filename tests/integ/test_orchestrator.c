@@ -1290,6 +1290,120 @@ START_TEST(test_fallback_when_advisory_missed)
 }
 END_TEST
 
+/* The WORK sequence and job id of the queued work message answering
+ * client message to on subject; 0 when there is none. */
+static uint64_t work_seq_for(fixture *fx, const char *subject, const char *to, char *job,
+                             size_t joblen)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t found = 0;
+
+    if (js_GetStreamInfo(&si, fx->js, SL_STREAM_WORK, NULL, NULL) != NATS_OK)
+        return 0;
+    for (uint64_t seq = si->State.FirstSeq; seq <= si->State.LastSeq && found == 0; seq++) {
+        natsMsg *m = NULL;
+        Sluice__Envelope *e = NULL;
+        if (js_GetMsg(&m, fx->js, SL_STREAM_WORK, seq, NULL, NULL) != NATS_OK)
+            continue;
+        if (strcmp(natsMsg_GetSubject(m), subject) == 0 &&
+            sl_envelope_decode(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &e) == SL_OK &&
+            e->work != NULL && strcmp(e->work->to, to) == 0) {
+            snprintf(job, joblen, "%s", e->work->job_id);
+            found = seq;
+        }
+        sl_envelope_free(e);
+        natsMsg_Destroy(m);
+    }
+    jsStreamInfo_Destroy(si);
+    return found;
+}
+
+/* nats-server 2.9.10 can lose work messages it acknowledged (a replica's
+ * reset copy of WORK becoming leader). A job whose work message vanishes
+ * behind the orchestrator's back, before any worker took it, still ends:
+ * the orchestrator that queued it finds the message gone and no end
+ * stored, and publishes the agent's fallback as the final reply, once. A
+ * job whose message is still queued is left alone and answered later by
+ * its worker. Fails without the lost-work check: the reply never ends. */
+START_TEST(test_fallback_when_work_message_lost)
+{
+    const char *env[] = {"SLUICE_SWEEP_MS=100", "SLUICE_LOST_CHECK_MS=300", NULL};
+    fixture fx;
+    out_log o;
+    fake_worker w;
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    const char *room = "sluice.out." T1 ".r.lobby", *subj = "sluice.work.default." T1;
+    char job1[SL_ID_MAX + 1] = "", job2[SL_ID_MAX + 1] = "", key[SL_SUBJECT_MAX];
+    uint64_t seq1;
+    size_t degraded = 0;
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    /* No worker yet: both jobs stay queued. */
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hi", NULL, NULL);
+    publish_user(&fx, T1, "sessA", "c-2", "c-1", "lobby", "hi", NULL, NULL);
+    for (int i = 0; i < 200 && work_depth(&fx, subj) != 2; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, subj), 2);
+    seq1 = work_seq_for(&fx, subj, "c-1", job1, sizeof(job1));
+    ck_assert_uint_gt(seq1, 0);
+    ck_assert_uint_gt(work_seq_for(&fx, subj, "c-2", job2, sizeof(job2)), 0);
+    /* The server loses c-1's work message. */
+    ck_assert_int_eq(js_DeleteMsg(fx.js, SL_STREAM_WORK, seq1, NULL, NULL), NATS_OK);
+    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 1, 15000),
+                  "the job whose work message vanished never ended");
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *r = o.v[i].env;
+        if (r->body_case != SLUICE__ENVELOPE__BODY_REPLY)
+            continue;
+        ck_assert(r->reply->degraded);
+        ck_assert_str_eq(r->reply->text, "sorry, later");
+        ck_assert_str_eq(r->reply->to, "c-1");
+        ck_assert_str_eq(r->reply->reply_id, job1);
+        ck_assert_str_eq(r->reply->agent, "assistant");
+    }
+    pthread_mutex_unlock(&o.mu);
+    /* The job is marked failed, reason lost. */
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    snprintf(key, sizeof(key), "%s.%s", T1, job1);
+    ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_OK);
+    ck_assert_msg(strstr(kvEntry_ValueString(e), "\"state\":\"failed\"") != NULL &&
+                      strstr(kvEntry_ValueString(e), "\"reason\":\"lost\"") != NULL,
+                  "%s", kvEntry_ValueString(e));
+    kvEntry_Destroy(e);
+    kvStore_Destroy(kv);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_lost_jobs_total"), 1);
+    /* c-2's message is still queued: several checks later it is still
+     * there, unanswered. */
+    hx_sleep_ms(1500);
+    ck_assert_uint_eq(work_depth(&fx, subj), 1);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
+    /* Its worker comes and answers it; nothing more is ended. */
+    fw_start(&fx, &w, "default", NULL, 5000, 3, FW_REPLY);
+    ck_assert(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 2, 10000));
+    for (int i = 0; i < 100 && work_depth(&fx, NULL) != 0; i++)
+        hx_sleep_ms(50);
+    ck_assert_uint_eq(work_depth(&fx, NULL), 0);
+    hx_sleep_ms(1000);
+    pthread_mutex_lock(&o.mu);
+    for (size_t i = 0; i < o.n; i++) {
+        const Sluice__Envelope *r = o.v[i].env;
+        if (r->body_case == SLUICE__ENVELOPE__BODY_REPLY && r->reply->degraded)
+            degraded++;
+    }
+    pthread_mutex_unlock(&o.mu);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 2);
+    ck_assert_uint_eq(degraded, 1);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_lost_jobs_total"), 1);
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_fallbacks_total"), 1);
+    fw_stop(&w);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* Mentions route to the mentioned agent only; agents answering agents
  * (pinger <-> ponger) stop at the hop limit. */
 START_TEST(test_mentions_and_hop_limit)
@@ -1560,6 +1674,7 @@ static Suite *suite(void)
     ADD(tc, test_max_concurrent_slot_freed);
     ADD(tc, test_fallback_after_max_deliveries);
     ADD(tc, test_fallback_when_advisory_missed);
+    ADD(tc, test_fallback_when_work_message_lost);
     ADD(tc, test_mentions_and_hop_limit);
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);

@@ -284,6 +284,105 @@ START_TEST(test_inflight_counts_and_retry)
 }
 END_TEST
 
+/* The stub kept for a queued job ends it with the same fallback as its
+ * work message would; the tracker hands kept jobs out in check-time order,
+ * forgets a job whose end it sees, and keeps at most
+ * ORCH_INFLIGHT_TRACK_MAX. */
+START_TEST(test_lost_stub_and_tracking)
+{
+    orch_agents *ag = NULL;
+    orch_inflight *f = NULL;
+    orch_inflight_lost due[4];
+    char err[256], subj[128], subj2[128];
+    uint8_t *stub = NULL, *work = NULL, *fb = NULL, *fb2 = NULL;
+    size_t slen = 0, wlen = 0, flen = 0, flen2 = 0;
+    Sluice__Envelope *st = NULL, *w = NULL, *r = NULL, *r2 = NULL;
+    const char *done = "{\"state\":\"done\",\"agent\":\"a\"}";
+
+    ck_assert_int_eq(orch_agents_parse(&ag,
+                                       "[{\"name\":\"a\",\"model\":\"m\",\"match\":\"all\","
+                                       "\"system_prompt\":\"long prompt\",\"fallback\":\"later\"}]",
+                                       err, sizeof(err)),
+                     SL_OK);
+    ck_assert_int_eq(orch_work_stub_encode(user_msg("lobby"), "t1", &ag->v[0], "J-0", &stub, &slen),
+                     SL_OK);
+    ck_assert_int_eq(
+        orch_work_encode(user_msg("lobby"), "t1", &ag->v[0], "J-0", 7000, NULL, &work, &wlen),
+        SL_OK);
+    ck_assert_uint_lt(slen, wlen);
+    ck_assert_int_eq(sl_envelope_decode(stub, slen, &st), SL_OK);
+    ck_assert_int_eq(sl_envelope_decode(work, wlen, &w), SL_OK);
+    ck_assert_str_eq(st->work->text, ""); /* no text or prompt kept */
+    ck_assert_str_eq(st->work->system_prompt, "");
+    ck_assert_int_eq(orch_fallback_encode(st, 1, &fb, &flen, subj, sizeof(subj)), SL_OK);
+    ck_assert_int_eq(orch_fallback_encode(w, 1, &fb2, &flen2, subj2, sizeof(subj2)), SL_OK);
+    ck_assert_str_eq(subj, subj2);
+    ck_assert_int_eq(sl_envelope_decode(fb, flen, &r), SL_OK);
+    ck_assert_int_eq(sl_envelope_decode(fb2, flen2, &r2), SL_OK);
+    ck_assert_str_eq(r->tenant, r2->tenant);
+    ck_assert_str_eq(r->session, r2->session);
+    ck_assert_str_eq(r->client_id, r2->client_id);
+    ck_assert_str_eq(r->trace_id, r2->trace_id);
+    ck_assert_str_eq(r->message_id, r2->message_id);
+    ck_assert_str_eq(r->reply->reply_id, r2->reply->reply_id);
+    ck_assert_str_eq(r->reply->to, r2->reply->to);
+    ck_assert_str_eq(r->reply->agent, r2->reply->agent);
+    ck_assert_str_eq(r->reply->text, "later");
+    ck_assert(r->reply->degraded);
+
+    ck_assert_int_eq(orch_inflight_create(&f, ag), SL_OK);
+    /* Only a job counted as active is kept. */
+    ck_assert_int_eq(orch_inflight_track(f, "t1", "J-0", 5, stub, slen, 100), SL_ERR_NOTFOUND);
+    orch_inflight_note(f, "t1", "J-0", 0, 1000);
+    orch_inflight_note(f, "t1", "J-1", 0, 1000);
+    orch_inflight_note(f, "t1", "J-2", 0, 1000);
+    ck_assert_int_eq(orch_inflight_track(f, "t1", "J-0", 5, stub, slen, 100), SL_OK);
+    ck_assert_int_eq(orch_inflight_track(f, "t1", "J-1", 6, stub, slen, 200), SL_OK);
+    ck_assert_int_eq(orch_inflight_track(f, "t1", "J-2", 7, stub, slen, 300), SL_OK);
+    ck_assert_uint_eq(orch_inflight_tracked(f), 3);
+    /* Not due yet. */
+    ck_assert_uint_eq(orch_inflight_due(f, 99, 1099, due, 4), 0);
+    /* J-1 ends: forgotten. */
+    orch_inflight_apply(f, "t1.J-1", done, strlen(done), 1100);
+    ck_assert_uint_eq(orch_inflight_tracked(f), 2);
+    ck_assert_uint_eq(orch_inflight_due(f, 300, 1300, due, 4), 2);
+    ck_assert_str_eq(due[0].key, "t1.J-0");
+    ck_assert_uint_eq(due[0].seq, 5);
+    ck_assert_str_eq(due[1].key, "t1.J-2");
+    ck_assert_uint_eq(due[1].seq, 7);
+    ck_assert_uint_eq(due[0].len, slen);
+    ck_assert_mem_eq(due[0].stub, stub, slen);
+    free(due[0].stub);
+    free(due[1].stub);
+    /* Checked: not due again until next_ms. */
+    ck_assert_uint_eq(orch_inflight_due(f, 1299, 2300, due, 4), 0);
+    orch_inflight_forget(f, "t1.J-0");
+    ck_assert_int_eq(orch_inflight_active(f, "t1", 0), 1);
+    ck_assert_uint_eq(orch_inflight_due(f, 1300, 2300, due, 4), 1);
+    ck_assert_str_eq(due[0].key, "t1.J-2");
+    free(due[0].stub);
+    /* The bound. */
+    for (int i = 0; i < ORCH_INFLIGHT_TRACK_MAX; i++) {
+        char job[32];
+        snprintf(job, sizeof(job), "B-%d", i);
+        orch_inflight_note(f, "t2", job, 0, 1000);
+        ck_assert_int_eq(orch_inflight_track(f, "t2", job, 10 + (uint64_t)i, stub, slen, 5000),
+                         i < ORCH_INFLIGHT_TRACK_MAX - 1 ? SL_OK : SL_ERR_FULL);
+    }
+    ck_assert_uint_eq(orch_inflight_tracked(f), ORCH_INFLIGHT_TRACK_MAX);
+    orch_inflight_destroy(f); /* frees what it keeps */
+    sl_envelope_free(st);
+    sl_envelope_free(w);
+    sl_envelope_free(r);
+    sl_envelope_free(r2);
+    free(stub);
+    free(work);
+    free(fb);
+    free(fb2);
+    orch_agents_destroy(ag);
+}
+END_TEST
+
 START_TEST(test_advisory_parse)
 {
     const char *adv = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"id\":\"x\","
@@ -314,6 +413,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_busy_and_job_json);
     tcase_add_test(tc, test_inflight_counts_and_retry);
     tcase_add_test(tc, test_advisory_parse);
+    tcase_add_test(tc, test_lost_stub_and_tracking);
     suite_add_tcase(s, tc);
     return s;
 }
