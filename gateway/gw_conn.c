@@ -199,7 +199,7 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
             }
         }
     }
-    if (c->sub == NULL || gw_map_put_ref(s->sessions, c->session, c) != SL_OK ||
+    if (c->sub == NULL || gw_map_put(s->sessions, c->session, c) != SL_OK ||
         sl_resume_token_make(s->resume_secret, c->tenant, c->session, c->sub,
                              now + s->cfg->common.resume_window_s, &rt) != SL_OK) {
         gw_map_del(s->sessions, c->session);

@@ -70,7 +70,7 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
     ch->is_room = is_room;
     ch->state = CHAN_INIT;
     if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
-        gw_map_put_ref(s->chans, ch->live, ch) != SL_OK) {
+        gw_map_put(s->chans, live, ch) != SL_OK) {
         natsSubscription_Destroy(ch->sub);
         free(ch);
         return NULL;

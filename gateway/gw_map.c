@@ -1,7 +1,6 @@
 #include "gw_map.h"
 #include "sl_hash.h"
 
-#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +9,7 @@ typedef struct entry {
     struct entry *next;
     uint64_t hash;
     void *val;
-    const char *key; /* kbuf, or the caller's string (gw_map_put_ref) */
-    char kbuf[];
+    char key[];
 } entry;
 
 struct gw_map {
@@ -89,41 +87,29 @@ static void grow(gw_map *m)
     m->nslots = n;
 }
 
-static sl_status put(gw_map *m, const char *key, void *val, bool copy)
+sl_status gw_map_put(gw_map *m, const char *key, void *val)
 {
     uint64_t h = hash_str(key);
-    size_t klen = copy ? strlen(key) + 1 : 0;
+    size_t klen = strlen(key);
     entry *e;
 
     for (e = m->slots[h & (m->nslots - 1)]; e != NULL; e = e->next) {
         if (e->hash == h && strcmp(e->key, key) == 0) {
             e->val = val;
-            if (!copy)
-                e->key = key; /* the new value's string: the old one may go */
             return SL_OK;
         }
     }
-    e = malloc(sizeof(*e) + klen);
+    e = malloc(sizeof(*e) + klen + 1);
     if (e == NULL)
         return SL_ERR_NOMEM;
     e->hash = h;
     e->val = val;
-    e->key = copy ? memcpy(e->kbuf, key, klen) : key;
+    memcpy(e->key, key, klen + 1);
     e->next = m->slots[h & (m->nslots - 1)];
     m->slots[h & (m->nslots - 1)] = e;
     if (++m->len > m->nslots)
         grow(m);
     return SL_OK;
-}
-
-sl_status gw_map_put(gw_map *m, const char *key, void *val)
-{
-    return put(m, key, val, true);
-}
-
-sl_status gw_map_put_ref(gw_map *m, const char *key, void *val)
-{
-    return put(m, key, val, false);
 }
 
 void gw_map_del(gw_map *m, const char *key)

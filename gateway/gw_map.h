@@ -1,5 +1,5 @@
-/* A string-keyed hash map (chained, grows by doubling). Keys are copied
- * (but see gw_map_put_ref); values are borrowed. Loop thread only. */
+/* A string-keyed hash map (chained, grows by doubling). Keys are copied;
+ * values are borrowed. Loop thread only. */
 #ifndef GW_MAP_H
 #define GW_MAP_H
 
@@ -19,14 +19,6 @@ void *gw_map_get(const gw_map *m, const char *key);
 
 /* Sets key to val (replacing). SL_ERR_NOMEM on failure, map unchanged. */
 sl_status gw_map_put(gw_map *m, const char *key, void *val);
-
-/* Like gw_map_put, without a copy of key: the map keeps the pointer, so
- * the string must stay alive and unchanged until the entry is removed or
- * its value replaced (a replacing gw_map_put_ref takes the new key). For
- * keys the value holds itself (a connection's session id, a channel's
- * subject): an entry then costs no key copy. A map uses either this or
- * gw_map_put, not both. */
-sl_status gw_map_put_ref(gw_map *m, const char *key, void *val);
 
 /* Removes key if present. */
 void gw_map_del(gw_map *m, const char *key);

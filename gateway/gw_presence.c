@@ -299,7 +299,7 @@ static bool member_add(pres_room *r, const char *session, const char *user)
     memcpy(m->session + ls, user, lu);
     m->user = m->session + ls;
     m->prev = m->next = NULL;
-    if (gw_map_put_ref(r->idx, m->session, m) != SL_OK) {
+    if (gw_map_put(r->idx, session, m) != SL_OK) {
         free(m);
         return false;
     }
