@@ -154,73 +154,89 @@ const char *gw__json_str(const cJSON *o, const char *key)
 /* Starts an empty snapshot; false when out of memory (no snapshot then). */
 bool gw__presence_snap_init(gw_chan *ch)
 {
-    ch->presence = cJSON_CreateObject();
-    if (ch->presence == NULL || gw_map_create(&ch->presence_idx) != SL_OK) {
-        cJSON_Delete(ch->presence);
-        ch->presence = NULL;
+    chan_presence *p = calloc(1, sizeof(*p));
+
+    if (p == NULL || (p->snap = cJSON_CreateObject()) == NULL || gw_map_create(&p->idx) != SL_OK) {
+        if (p != NULL)
+            cJSON_Delete(p->snap);
+        free(p);
         return false;
     }
-    ch->npresence = 0;
+    ch->pres = p;
     return true;
 }
 
-static void presence_snap_changed(gw_chan *ch)
+static void presence_snap_changed(chan_presence *p)
 {
-    free(ch->members_json);
-    ch->members_json = NULL;
+    free(p->members_json);
+    p->members_json = NULL;
+    gw_buf_unref(p->joined);
+    p->joined = NULL;
+}
+
+static void presence_snap_free(chan_presence *p)
+{
+    if (p == NULL)
+        return;
+    presence_snap_changed(p);
+    cJSON_Delete(p->snap);
+    gw_map_destroy(p->idx);
+    free(p);
 }
 
 void gw__presence_snap_set(gw_chan *ch, const char *session, const char *user)
 {
+    chan_presence *p = ch->pres;
     cJSON *it;
 
-    if (ch->presence == NULL)
+    if (p == NULL)
         return; /* not loaded yet: the first join's read brings everyone */
-    if (gw_map_get(ch->presence_idx, session) != NULL)
+    if (gw_map_get(p->idx, session) != NULL)
         return;
-    if (ch->npresence >= PRESENCE_SNAP_MAX) {
-        if (!ch->presence_truncated)
-            presence_snap_changed(ch);
-        ch->presence_truncated = true;
+    if (p->n >= PRESENCE_SNAP_MAX) {
+        if (!p->truncated)
+            presence_snap_changed(p);
+        p->truncated = true;
         return;
     }
     it = cJSON_CreateString(user);
-    if (it == NULL || !cJSON_AddItemToObject(ch->presence, session, it)) {
+    if (it == NULL || !cJSON_AddItemToObject(p->snap, session, it)) {
         cJSON_Delete(it);
         return;
     }
-    if (gw_map_put(ch->presence_idx, session, it) != SL_OK) {
-        cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
+    if (gw_map_put(p->idx, session, it) != SL_OK) {
+        cJSON_Delete(cJSON_DetachItemViaPointer(p->snap, it));
         return;
     }
-    ch->npresence++;
+    p->n++;
     /* Members are listed in the order they came: one past the listed ones
      * only changes the list's truncation. */
-    if (ch->npresence <= JOIN_MEMBERS_MAX + 1)
-        presence_snap_changed(ch);
+    if (p->n <= JOIN_MEMBERS_MAX + 1)
+        presence_snap_changed(p);
 }
 
 void gw__presence_snap_del(gw_chan *ch, const char *session)
 {
+    chan_presence *p = ch->pres;
     cJSON *it;
 
-    if (ch->presence == NULL || (it = gw_map_get(ch->presence_idx, session)) == NULL)
+    if (p == NULL || (it = gw_map_get(p->idx, session)) == NULL)
         return;
-    gw_map_del(ch->presence_idx, session);
-    cJSON_Delete(cJSON_DetachItemViaPointer(ch->presence, it));
-    ch->npresence--;
-    presence_snap_changed(ch);
+    gw_map_del(p->idx, session);
+    cJSON_Delete(cJSON_DetachItemViaPointer(p->snap, it));
+    p->n--;
+    presence_snap_changed(p);
 }
 
 /* The members list of `joined`, from the snapshot (at most
  * JOIN_MEMBERS_MAX). Sets *truncated when the room has more. */
-static cJSON *presence_snap_list(const gw_chan *ch, bool *truncated)
+static cJSON *presence_snap_list(const chan_presence *p, bool *truncated)
 {
     cJSON *arr = cJSON_CreateArray(), *it;
     int n = 0;
 
-    *truncated = ch->presence_truncated;
-    cJSON_ArrayForEach(it, ch->presence)
+    *truncated = p->truncated;
+    cJSON_ArrayForEach(it, p->snap)
     {
         cJSON *mem;
         if (n++ >= JOIN_MEMBERS_MAX) {
@@ -235,20 +251,38 @@ static cJSON *presence_snap_list(const gw_chan *ch, bool *truncated)
     return arr;
 }
 
-/* The `joined` frame of room ch at seq with the snapshot's members,
- * rendered once per change of the listed members (caller frees). */
-char *gw__presence_joined_frame(gw_chan *ch, uint64_t seq)
+/* The `joined` frame of room ch at seq with the snapshot's members, as a
+ * buffer with a reference for the caller (NULL when out of memory or
+ * without a snapshot). The same buffer serves every join until the listed
+ * members change or seq does: every joiner of a storm shares one frame. */
+gw_buf *gw__presence_joined_frame(gw_chan *ch, uint64_t seq)
 {
-    if (ch->members_json == NULL) {
-        bool truncated = false;
-        cJSON *arr = presence_snap_list(ch, &truncated);
-        ch->members_json = arr != NULL ? cJSON_PrintUnformatted(arr) : NULL;
-        ch->members_json_truncated = truncated;
-        cJSON_Delete(arr);
-        if (ch->members_json == NULL)
-            return NULL;
+    chan_presence *p = ch->pres;
+
+    if (p == NULL)
+        return NULL;
+    if (p->joined != NULL && p->joined_seq != seq) {
+        gw_buf_unref(p->joined);
+        p->joined = NULL;
     }
-    return gw_frame_joined_raw(ch->name, seq, ch->members_json, ch->members_json_truncated);
+    if (p->joined == NULL) {
+        if (p->members_json == NULL) {
+            bool truncated = false;
+            cJSON *arr = presence_snap_list(p, &truncated);
+            p->members_json = arr != NULL ? cJSON_PrintUnformatted(arr) : NULL;
+            p->members_json_truncated = truncated;
+            cJSON_Delete(arr);
+            if (p->members_json == NULL)
+                return NULL;
+        }
+        p->joined = gw_buf_from(
+            gw_frame_joined_raw(ch->name, seq, p->members_json, p->members_json_truncated));
+        if (p->joined == NULL)
+            return NULL;
+        p->joined_seq = seq;
+    }
+    gw_buf_ref(p->joined);
+    return p->joined;
 }
 
 uint64_t gw__header_u64(natsMsg *m, const char *name)
@@ -367,9 +401,7 @@ void gw__chan_destroy(gw_chan *ch)
     }
     cache_clear(ch);
     free(ch->hole);
-    cJSON_Delete(ch->presence);
-    gw_map_destroy(ch->presence_idx);
-    free(ch->members_json);
+    presence_snap_free(ch->pres);
     free(ch);
 }
 

@@ -91,7 +91,7 @@ static void ack_apply(gw_server *s, const ack_item *a)
         /* Stored: the session's next default prev, even when the send was
          * made on an earlier connection of the session. A duplicate is an
          * older id: no step back. */
-        snprintf(c->last_id, sizeof(c->last_id), "%s", a->id);
+        gw__last_id_set(c, a->id);
         c->acked_dirty = true;
     }
     if (c == NULL || (p = sends_take(c, a->id)) == NULL)
@@ -261,7 +261,7 @@ void gw__cmd_send(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     gw__fill_header(c, &e, event_id);
     e.client_id = (char *)cmd->id;
     e.message_id = (char *)cmd->id;
-    e.prev_event_id = (char *)(cmd->prev != NULL ? cmd->prev : c->last_id);
+    e.prev_event_id = (char *)(cmd->prev != NULL ? cmd->prev : gw__last_id(c));
     e.trace_id = event_id;
     body.room = (char *)(cmd->room != NULL ? cmd->room : "");
     body.text = (char *)cmd->text;
@@ -305,6 +305,7 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     char rch[GW_CH_MAX];
     gw_chan *ch;
     gw_member *m;
+    gw_buf *joined;
     read_job *j;
 
     if (!gw__conn_room_allowed(c, cmd->room)) {
@@ -325,7 +326,7 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         return;
     }
     ch = gw__chan_get_ex(s, c->tenant, true, cmd->room, HEAD_BY_JOIN);
-    if (ch != NULL && ch->state == CHAN_READY && ch->presence != NULL) {
+    if (ch != NULL && ch->state == CHAN_READY && ch->pres != NULL) {
         /* The room is live on this gateway: join from memory, no NATS. */
         m = gw__member_add(s, c, ch, ch->head, false);
         if (m == NULL) {
@@ -334,7 +335,9 @@ void gw__cmd_join(gw_server *s, gw_conn *c, const gw_cmd *cmd)
             return;
         }
         gw__presence_snap_set(ch, c->session, c->sub);
-        gw__conn_send_text(s, c, gw__presence_joined_frame(ch, ch->head));
+        joined = gw__presence_joined_frame(ch, ch->head);
+        gw__conn_send_buf(s, c, joined);
+        gw_buf_unref(joined);
         gw__acked_set(c, ch->ch, (int64_t)ch->head, true);
         sl_counter_inc(s->m.joins_local);
         gw__presence_change(s, c, cmd->room, "join");
@@ -452,7 +455,7 @@ void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
 {
     bool is_room;
     const char *room;
-    char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX];
+    char live[SL_SUBJECT_MAX];
     char name[SL_ID_MAX + 1], tenant[SL_ID_MAX + 1], chname[GW_CH_MAX];
     gw_chan tmp;
     read_job *j;
@@ -467,12 +470,10 @@ void gw__cmd_history(gw_server *s, gw_conn *c, const gw_cmd *cmd)
     snprintf(name, sizeof(name), "%s", is_room ? room : c->session);
     snprintf(tenant, sizeof(tenant), "%s", c->tenant);
     snprintf(chname, sizeof(chname), "%s", cmd->ch);
-    sl_subject_out(out, sizeof(out), c->tenant, is_room, name);
     sl_subject_live(live, sizeof(live), c->tenant, is_room, name);
     tmp.name = name;
     tmp.tenant = tenant;
     tmp.ch = chname;
-    tmp.out = out;
     tmp.live = live;
     if (!gw__history_acquire(s, c)) {
         gw__conn_busy(s, c, cmd->id, "history_busy", HISTORY_RETRY_MS);

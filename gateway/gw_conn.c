@@ -69,7 +69,8 @@ static void resume_kv_run(void *arg)
     int n = 0;
 
     if (c != NULL && j->want_prev) {
-        snprintf(c->last_id, sizeof(c->last_id), "%s", j->prev);
+        if (j->prev[0] != '\0' || c->last_id != NULL)
+            gw__last_id_set(c, j->prev);
         lws_rx_flow_control(c->wsi, 1); /* held since the hello: sends may use it now */
     }
     if (c != NULL && pos != NULL && j->attach) {
@@ -166,7 +167,8 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         {
             gw_conn *old = gw_map_get(s->sessions, cmd->resume_session);
             if (old != NULL && old != c) {
-                snprintf(c->last_id, sizeof(c->last_id), "%s", old->last_id);
+                if (old->last_id != NULL)
+                    gw__last_id_set(c, old->last_id);
                 have_prev = true;
                 conn_detach(s, old, NULL);
                 gw__conn_close(old, 1000, "session resumed elsewhere", false);
@@ -177,21 +179,27 @@ static void cmd_hello(gw_server *s, gw_conn *c, const gw_cmd *cmd)
         sl_session_id_new(c->session);
     }
     snprintf(c->tenant, sizeof(c->tenant), "%s", cl->tenant);
-    c->sub = strdup(cl->sub);
     c->rooms_any = cl->nrooms < 0;
-    if (!c->rooms_any) {
-        size_t len = 1;
-        for (int i = 0; i < cl->nrooms; i++)
-            len += strlen(cl->rooms[i]) + 1;
-        c->rooms = calloc(1, len + 1);
-        if (c->rooms != NULL) {
-            char *p = c->rooms;
+    {
+        /* The user and the rooms claim in one block: both live as long as
+         * the connection. */
+        size_t lsub = strlen(cl->sub) + 1, len = lsub;
+        if (!c->rooms_any) {
+            len += 2;
             for (int i = 0; i < cl->nrooms; i++)
-                p = stpcpy(p, cl->rooms[i]) + 1;
+                len += strlen(cl->rooms[i]) + 1;
+        }
+        c->sub = calloc(1, len);
+        if (c->sub != NULL) {
+            memcpy(c->sub, cl->sub, lsub);
+            if (!c->rooms_any) {
+                char *p = c->rooms = c->sub + lsub;
+                for (int i = 0; i < cl->nrooms; i++)
+                    p = stpcpy(p, cl->rooms[i]) + 1;
+            }
         }
     }
-    if (c->sub == NULL || (!c->rooms_any && c->rooms == NULL) ||
-        gw_map_put(s->sessions, c->session, c) != SL_OK ||
+    if (c->sub == NULL || gw_map_put(s->sessions, c->session, c) != SL_OK ||
         sl_resume_token_make(s->resume_secret, c->tenant, c->session, c->sub,
                              now + s->cfg->common.resume_window_s, &rt) != SL_OK) {
         gw_map_del(s->sessions, c->session);
@@ -283,11 +291,11 @@ void gw__conn_free(gw_server *s, gw_conn *c)
     conn_detach(s, c, "disconnect");
     gw_outq_clear(&c->q);
     free(c->rx);
-    free(c->sub);
-    free(c->rooms);
+    free(c->sub); /* and the rooms claim, in the same block */
     free(c->acked);
     free(c->receipts);
-    c->rx = c->sub = c->rooms = NULL;
+    free(c->last_id);
+    c->rx = c->sub = c->rooms = c->last_id = NULL;
     c->acked = NULL;
     c->receipts = NULL;
     if (c->all_prev != NULL)

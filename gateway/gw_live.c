@@ -42,7 +42,7 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
                          enum chan_head how)
 {
     char live[SL_SUBJECT_MAX], out[SL_SUBJECT_MAX], cname[GW_CH_MAX];
-    size_t llive, lout, lch, ltenant, lname;
+    size_t llive, lch, ltenant, lname;
     gw_chan *ch;
     char *p;
     read_job *j;
@@ -55,17 +55,16 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
         return ch;
     snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
     llive = strlen(live) + 1;
-    lout = strlen(out) + 1;
     lch = strlen(cname) + 1;
     ltenant = strlen(tenant) + 1;
     lname = strlen(name) + 1;
-    ch = calloc(1, sizeof(*ch) + llive + lout + lch + ltenant + lname);
+    /* From strs on, not sizeof: the struct's tail padding holds names too. */
+    ch = calloc(1, offsetof(gw_chan, strs) + llive + lch + ltenant + lname);
     if (ch == NULL)
         return NULL;
     p = ch->strs;
     ch->live = memcpy(p, live, llive);
-    ch->out = memcpy(p += llive, out, lout);
-    ch->ch = memcpy(p += lout, cname, lch);
+    ch->ch = memcpy(p += llive, cname, lch);
     ch->tenant = memcpy(p += lch, tenant, ltenant);
     ch->name = memcpy(p += ltenant, name, lname);
     ch->is_room = is_room;

@@ -150,9 +150,11 @@ void gw__positions_flush(gw_server *s, gw_conn *c)
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "sub", c->sub);
     pos = cJSON_AddObjectToObject(o, "pos");
+    if (c->has_pos_s)
+        sl_json_add_int(pos, "s", c->pos_s);
     for (int i = 0; i < c->nacked; i++)
         sl_json_add_int(pos, c->acked[i].ch, c->acked[i].seq);
-    if (c->last_id[0] != '\0')
+    if (c->last_id != NULL && c->last_id[0] != '\0')
         cJSON_AddStringToObject(o, "prev", c->last_id);
     val = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
@@ -170,6 +172,14 @@ static void positions_dirty(gw_conn *c)
 
 void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
 {
+    if (strcmp(ch, "s") == 0) {
+        if (!c->has_pos_s || (!only_if_absent && seq > c->pos_s)) {
+            c->pos_s = seq;
+            c->has_pos_s = true;
+            positions_dirty(c);
+        }
+        return;
+    }
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             if (!only_if_absent && seq > c->acked[i].seq) {
@@ -180,13 +190,13 @@ void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
         }
     }
     if (c->nacked == c->acked_cap) {
-        /* Grows with the channels joined (bounded by SLUICE_MAX_ROOMS + the
-         * session channel): most connections hold the session channel and
-         * one room, so it starts with room for those two. */
-        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 2;
+        /* Grows with the rooms joined (bounded by SLUICE_MAX_ROOMS; the
+         * session channel's position is pos_s): most connections hold one
+         * room, so it starts with room for one. */
+        int ncap = c->acked_cap > 0 ? c->acked_cap * 2 : 1;
         gw_pos *na;
-        if (ncap > GW_POSITIONS_MAX)
-            ncap = GW_POSITIONS_MAX;
+        if (ncap > GW_POSITIONS_MAX - 1)
+            ncap = GW_POSITIONS_MAX - 1;
         if (c->nacked >= ncap)
             return;
         na = realloc(c->acked, (size_t)ncap * sizeof(gw_pos));
@@ -203,6 +213,13 @@ void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent)
 
 void gw__acked_remove(gw_conn *c, const char *ch)
 {
+    if (strcmp(ch, "s") == 0) {
+        if (c->has_pos_s) {
+            c->has_pos_s = false;
+            positions_dirty(c);
+        }
+        return;
+    }
     for (int i = 0; i < c->nacked; i++) {
         if (strcmp(c->acked[i].ch, ch) == 0) {
             c->acked[i] = c->acked[--c->nacked];
@@ -210,6 +227,21 @@ void gw__acked_remove(gw_conn *c, const char *ch)
             return;
         }
     }
+}
+
+/* Most connections never send: the buffer is made by the first id. On
+ * failure to allocate it the id is not kept (the session's next send then
+ * needs an explicit prev, as after a restart). */
+void gw__last_id_set(gw_conn *c, const char *id)
+{
+    if (c->last_id == NULL && (c->last_id = malloc(SL_ID_MAX + 1)) == NULL)
+        return;
+    snprintf(c->last_id, SL_ID_MAX + 1, "%s", id);
+}
+
+const char *gw__last_id(const gw_conn *c)
+{
+    return c->last_id != NULL ? c->last_id : "";
 }
 
 /* ---------- connection deadlines ---------- */

@@ -79,7 +79,7 @@ static void chan_gap(gw_server *s, gw_chan *ch, uint64_t from, uint64_t to)
 {
     gw_buf *b = gw_buf_from(gw_frame_gap(ch->ch, (int64_t)from, (int64_t)to));
 
-    sl_warn("channel %s: events in (%llu, %llu) are no longer in the stream", ch->out,
+    sl_warn("channel %s: events in (%llu, %llu) are no longer in the stream", ch->live,
             (unsigned long long)from, (unsigned long long)to);
     sl_counter_inc(s->m.fill_gaps);
     if (b == NULL)
@@ -120,13 +120,16 @@ static void join_answer(gw_server *s, gw_chan *ch, gw_member *m, read_job *j)
 
     m->join_wait = false;
     m->delivered = j->head;
-    if (ch->presence != NULL) {
+    if (ch->pres != NULL) {
         /* The store read may have run before this member's own presence
          * write landed: the snapshot always holds every local member, so
          * the next join served from memory lists it, and this joiner
          * sees itself as on the fast path. */
+        gw_buf *joined;
         gw__presence_snap_set(ch, c->session, c->sub);
-        gw__conn_send_text(s, c, gw__presence_joined_frame(ch, j->head));
+        joined = gw__presence_joined_frame(ch, j->head);
+        gw__conn_send_buf(s, c, joined);
+        gw_buf_unref(joined);
     } else {
         gw__conn_send_text(
             s, c,
@@ -251,10 +254,10 @@ static void read_result_run(void *arg)
         ch->join_reading = false;
         if (ch->state == CHAN_INIT)
             gw__chan_ready(s, ch, j->head); /* even when the joiner is gone: others wait for it */
-        if (ch->presence == NULL && j->members != NULL) {
+        if (ch->pres == NULL && j->members != NULL) {
             cJSON *it;
             if (gw__presence_snap_init(ch))
-                ch->presence_truncated = j->members_truncated;
+                ch->pres->truncated = j->members_truncated;
             cJSON_ArrayForEach(it, j->members)
             {
                 const char *u = gw__json_str(it, "user"), *ss = gw__json_str(it, "session");

@@ -350,10 +350,10 @@ sl_status gw_server_create(gw_server **out, const gw_config *cfg, sl_bus *bus, c
     s->protocols[0].per_session_data_size = sizeof(gw_conn);
     /* Kept per connection by lws: small, since larger client frames arrive
      * in pieces that gw__on_receive() joins anyway. */
-    s->protocols[0].rx_buffer_size = 512;
+    s->protocols[0].rx_buffer_size = 256;
     /* lws 4.1.6 caps every send of lws_issue_raw (framed and raw writes, and
      * each drain of a partial write) at tx_packet_size, or rx_buffer_size
-     * when it is 0: 512 bytes would cut every batch into many sends. */
+     * when it is 0: 256 bytes would cut every batch into many sends. */
     s->protocols[0].tx_packet_size = WRITE_ROUND;
 
     s->mounts[0].mountpoint = "/dev/token";

@@ -137,21 +137,17 @@ typedef struct gw_member {
 
 struct gw_chan {
     /* Names, in the channel's own allocation (strs) at their length: every
-     * connection has a channel of its own ("s"), so no fixed-size buffers. */
+     * connection has a channel of its own ("s"), so no fixed-size buffers.
+     * The stream subject (sluice.out...) is not kept: gw__read_job_new
+     * derives it from tenant, is_room and name. Fields are ordered by size
+     * (no holes) for the same reason. */
     const char *live;
-    const char *out;
     const char *ch; /* "s" or "r:<room>" as clients see it */
     const char *tenant;
     const char *name;
-    bool is_room;
-    int state;
-    uint64_t head;       /* last sequence seen on this channel */
-    uint64_t ready_head; /* head when it became ready: buffered live events up to it were dropped */
     natsSubscription *sub;
     gw_member *members;
-    int nmembers;
     pend *pend_head, *pend_tail;
-    int npend;
     /* A live event came after a hole (its Nats-Last-Sequence is above
      * head): JetStream's republished events can arrive out of order, so the
      * hole is given SLUICE_REORDER_MS to fill itself before it is read from
@@ -161,29 +157,45 @@ struct gw_chan {
      * sequence in (cache_base, head] is in the ring once cache_valid, so a
      * member resuming from there is served from memory (no NATS). */
     cached *ring;
-    int ring_cap, ring_start, ring_n;
+    struct gw_chan *idle_prev, *idle_next; /* in the server's idle list while idle */
+    /* Who is in the room (chan_presence): NULL until the first join's read
+     * loads it, and always for a session's channel. */
+    struct chan_presence *pres;
+    uint64_t head;       /* last sequence seen on this channel */
+    uint64_t ready_head; /* head when it became ready: buffered live events up to it were dropped */
     size_t ring_bytes;
     uint64_t cache_base;
-    bool cache_valid;
     int64_t idle_since_ms; /* no members since then (kept for a resume); 0: in use */
-    struct gw_chan *idle_prev, *idle_next; /* in the server's idle list while idle */
-    /* Who is in the room (session -> user), loaded once from the presence
-     * bucket by the first join and kept current from presence events and
-     * local joins, so later joins need no NATS round trip. The index
-     * (session -> item of presence) and the count keep a join O(1); the
-     * rendered `members` of `joined` is kept until the listed members
-     * change, so a storm of joins into a large room renders it once. */
-    cJSON *presence;
-    gw_map *presence_idx;
-    int npresence;
-    bool presence_truncated;
-    char *members_json; /* NULL: render again */
-    bool members_json_truncated;
+    int state;
+    int nmembers;
+    int npend;
+    int ring_cap, ring_start, ring_n;
+    bool is_room;
+    bool cache_valid;
     /* A READ_JOIN of this room is running: later joins wait for its result
      * (join_wait) instead of each reading the head and the member list. */
     bool join_reading;
-    char strs[]; /* live and out */
+    char strs[]; /* live, ch, tenant and name */
 };
+
+/* Who is in a room (session -> user), loaded once from the presence bucket
+ * by the first join and kept current from presence events and local joins,
+ * so later joins need no NATS round trip. The index (session -> item of
+ * snap) and the count keep a join O(1). The rendered `members` of `joined`
+ * is kept until the listed members change, and the whole `joined` frame
+ * until they change or the room's head moves: a storm of joins into a large
+ * room renders it once and queues the same buffer to every joiner. Only
+ * rooms have one, so a session's channel stays small. */
+typedef struct chan_presence {
+    cJSON *snap;
+    gw_map *idx;
+    char *members_json; /* NULL: render again */
+    gw_buf *joined;     /* NULL: render again */
+    uint64_t joined_seq;
+    int n;
+    bool truncated;
+    bool members_json_truncated;
+} chan_presence;
 
 typedef struct pending_send {
     struct pending_send *next;
@@ -199,46 +211,38 @@ typedef struct receipt {
     char message_id[SL_ID_MAX + 1];
 } receipt;
 
-/* Per-connection state, allocated by lws as the protocol's session data. */
+/* Per-connection state, allocated by lws as the protocol's session data.
+ * Every idle connection holds one (15,000 on a gateway are 15,000 of them):
+ * fields are ordered by size so that the struct has no holes, and what an
+ * idle connection does not need (the last acknowledged id, positions past
+ * the session channel's) lives outside it, allocated on first use. */
 struct gw_conn {
     struct lws *wsi;
-    int state;
-    char tenant[SL_ID_MAX + 1];
-    char session[SL_ID_MAX + 1];
-    char *sub;   /* the user (malloc'd) */
-    char *rooms; /* the rooms claim as "a\0b*\0\0", or NULL for any room */
-    bool rooms_any;
+    gw_server *srv;
+    char *sub;   /* the user, then the rooms claim (one allocation, see rooms) */
+    char *rooms; /* the rooms claim as "a\0b*\0\0" inside sub's block, or NULL for any room */
+    const char *close_reason; /* a string literal */
+    char *rx;
+    size_t rxlen;
     int64_t opened_ms;
     int64_t last_rx_ms;
     int64_t last_ping_ms;
     int64_t token_due_ms; /* READY: when the next resume_token frame is due */
-    bool ping_due;
-    int close_code;
-    bool close_now;
-    const char *close_reason; /* a string literal */
-    char *rx;
-    size_t rxlen;
-    bool rx_binary;
-    bool rx_oversize;
     gw_bucket bucket;
     gw_outq q;
     gw_member *members;
-    int nrooms; /* room memberships, at most cfg->max_rooms */
     pending_send *sends;
-    int nsends;
     /* The session's default `prev`: the last client id JetStream
      * acknowledged (a refused or failed send never becomes it). Persisted
-     * with the positions and read back on a resume, on any gateway. */
-    char last_id[SL_ID_MAX + 1];
-    gw_pos *acked; /* acked positions (malloc'd, grows to max_rooms + 1) */
-    int nacked, acked_cap;
-    bool acked_dirty;
-    receipt *receipts;  /* ring of RECEIPTS_MAX (malloc'd on first use) */
-    int receipts_start; /* the oldest */
-    int nreceipts;
-    int history_inflight; /* history reads queued or running */
+     * with the positions and read back on a resume, on any gateway. NULL
+     * until the session has one (malloc'd SL_ID_MAX + 1, gw__last_id_set). */
+    char *last_id;
+    /* Acked positions: the session channel's in pos_s (every session has
+     * it), the rooms' in acked (malloc'd, grows to max_rooms). */
+    int64_t pos_s;
+    gw_pos *acked;
+    receipt *receipts; /* ring of RECEIPTS_MAX (malloc'd on first use) */
     struct gw_conn *all_prev, *all_next;
-    gw_server *srv;
     /* One timer per connection (libev's heap: a start or a firing costs
      * O(log connections)) for its next deadline: hello timeout, ping and
      * silence (4408), a send's ack deadline, a position flush. Nothing
@@ -246,14 +250,36 @@ struct gw_conn {
     ev_timer timer;
     int64_t timer_due_ms;                    /* when the armed timer fires; 0: not armed */
     struct gw_conn *flush_prev, *flush_next; /* on s->flush_head (gw__flush_cb) */
-    bool flush_queued;
     /* In the server API's index of the tenant's user (gw_api.c). */
     struct gw_conn *user_prev, *user_next;
+    int state;
+    int16_t close_code; /* 1000-4999 */
+    /* Counts bounded by small limits (GW_ROOMS_LIMIT, SEND_INFLIGHT,
+     * RECEIPTS_MAX, HISTORY_CONN_MAX): 16 bits each. */
+    int16_t nrooms; /* room memberships, at most cfg->max_rooms */
+    int16_t nsends;
+    int16_t nacked, acked_cap;
+    int16_t receipts_start; /* the oldest */
+    int16_t nreceipts;
+    int16_t history_inflight; /* history reads queued or running */
+    char tenant[SL_ID_MAX + 1];
+    char session[SL_ID_MAX + 1];
+    bool rooms_any;
+    bool ping_due;
+    bool close_now;
+    bool rx_binary;
+    bool rx_oversize;
+    bool has_pos_s;
+    bool acked_dirty;
+    bool flush_queued;
     bool user_indexed;
     /* Frames go to the socket with send() (conn_send in gw_conn.c): no
      * TLS on this connection. */
     bool plain;
 };
+_Static_assert(GW_POSITIONS_MAX <= INT16_MAX && SEND_INFLIGHT <= INT16_MAX &&
+                   RECEIPTS_MAX <= INT16_MAX && HISTORY_CONN_MAX <= INT16_MAX,
+               "gw_conn's 16-bit counts hold their limits");
 
 typedef struct gw_metrics {
     sl_gauge *connections;
@@ -400,6 +426,8 @@ void gw__kv_submit(gw_server *s, bool presence, const char *key, char *value);
 void gw__positions_flush(gw_server *s, gw_conn *c);
 void gw__acked_set(gw_conn *c, const char *ch, int64_t seq, bool only_if_absent);
 void gw__acked_remove(gw_conn *c, const char *ch);
+void gw__last_id_set(gw_conn *c, const char *id);
+const char *gw__last_id(const gw_conn *c);
 void gw__conn_timer_arm(gw_server *s, gw_conn *c);
 
 /* gw_chan.c */
@@ -413,7 +441,7 @@ const char *gw__json_str(const cJSON *o, const char *key);
 bool gw__presence_snap_init(gw_chan *ch);
 void gw__presence_snap_set(gw_chan *ch, const char *session, const char *user);
 void gw__presence_snap_del(gw_chan *ch, const char *session);
-char *gw__presence_joined_frame(gw_chan *ch, uint64_t seq);
+gw_buf *gw__presence_joined_frame(gw_chan *ch, uint64_t seq);
 uint64_t gw__header_u64(natsMsg *m, const char *name);
 void gw__cache_start(gw_server *s, gw_chan *ch);
 void gw__chan_deliver(gw_server *s, gw_chan *ch, uint64_t seq, const void *data, size_t len);

@@ -129,7 +129,8 @@ read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
         return NULL;
     j->s = s;
     j->kind = kind;
-    snprintf(j->out, sizeof(j->out), "%s", ch->out);
+    /* Valid: the channel was made with the same subject (gw__chan_get_ex). */
+    sl_subject_out(j->out, sizeof(j->out), ch->tenant, ch->is_room, ch->name);
     snprintf(j->live, sizeof(j->live), "%s", ch->live);
     snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
     snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);

@@ -436,6 +436,47 @@ START_TEST(test_join_storm_one_read_everyone_listed)
 }
 END_TEST
 
+/* Past the members `joined` lists (100) a join no longer changes the list,
+ * so the gateway keeps one `joined` frame for every joiner of the room; an
+ * event moves the room's head, and the next joiner's `joined` must carry
+ * the new head, not the kept frame's. */
+#define BIG_N 102
+
+START_TEST(test_joined_seq_follows_the_head_in_a_large_room)
+{
+    fx f;
+    hx_sl_client *c[BIG_N + 2];
+    cJSON *j;
+    int64_t before, head, after;
+
+    start(&f, 0, FX_AGENTS_MENTION);
+    for (int i = 0; i < BIG_N + 2; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "u%d", i);
+        c[i] = fx_client(&f, 0, "acme", user);
+    }
+    for (int i = 0; i < BIG_N; i++)
+        cJSON_Delete(join(&f, c[i], "big"));
+    j = join(&f, c[BIG_N], "big");
+    before = hx_json_int(j, "seq", -1);
+    HX_ASSERT_MSG(f.s, hx_json_true(j, "members_truncated"), "joined of member %d: %s", BIG_N + 1,
+                  cJSON_PrintUnformatted(j));
+    cJSON_Delete(j);
+    post(&f, c[0], "m-1", "big", "the head moves");
+    head = see_msg(&f, c[0], "r:big", "m-1");
+    HX_ASSERT_MSG(f.s, head > before, "event seq %lld, joined seq before it %lld", (long long)head,
+                  (long long)before);
+    j = join(&f, c[BIG_N + 1], "big");
+    after = hx_json_int(j, "seq", -1);
+    HX_ASSERT_MSG(f.s, after == head, "joined after the event says seq %lld, the head is %lld",
+                  (long long)after, (long long)head);
+    cJSON_Delete(j);
+    for (int i = 0; i < BIG_N + 2; i++)
+        hx_sl_destroy(c[i]);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- ack and receipts ---- */
 
 /* Back-to-back joins on one gateway, with no wait for the presence store:
@@ -937,6 +978,7 @@ int main(void)
     tcase_add_test(tc, test_join_members_presence_leave);
     tcase_add_test(tc, test_joined_lists_local_members_at_once);
     tcase_add_test(tc, test_join_storm_one_read_everyone_listed);
+    tcase_add_test(tc, test_joined_seq_follows_the_head_in_a_large_room);
     tcase_add_test(tc, test_ack_sends_receipts_to_the_sender);
     tcase_add_test(tc, test_receipts_keep_the_newest_64_in_order);
     tcase_add_test(tc, test_history);
