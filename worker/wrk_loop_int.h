@@ -275,6 +275,7 @@ void wrk__on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 /* wrk_pull.c */
 /* Subscribes to pull replies and doorbells and finds each model's mode. */
 sl_status wrk__setup_pulling(wrk_loop *l, char *err, size_t errlen);
+
 /* A slot thread (arg: its slot) and the dispatcher thread (arg: the loop). */
 void *wrk__slot_main(void *arg);
 void *wrk__dispatch_main(void *arg);
@@ -283,5 +284,24 @@ void *wrk__dispatch_main(void *arg);
 void wrk__pull_ahead_init(wrk_loop *l);
 /* Hands back (NAK) the jobs still in the ready list; after the slots end. */
 void wrk__nak_ready(wrk_loop *l);
+
+/* wrk_consumer.c */
+/* Ensures a durable pull consumer on SLUICE_WORK for
+ * filter (created when create is set and it is per-tenant; AckWait,
+ * MaxDeliver and BackOff updated when they differ). SL_OK; SL_ERR_INVAL
+ * when it exists with another filter, ack policy or delivery mode;
+ * SL_ERR_BUS. A reason goes to err. */
+sl_status wrk__ensure_consumer(wrk_loop *l, const char *durable, const char *filter, bool create,
+                               char *err, size_t errlen);
+/* Deletes the per-tenant consumer durable, failing for stalled_ms (the last
+ * error in why), and creates it afresh; logs and counts it. SL_OK when the
+ * new consumer exists, else an error with a reason in err. */
+sl_status wrk__recover_consumer(wrk_loop *l, const char *durable, const char *filter,
+                                int64_t stalled_ms, const char *why, char *err, size_t errlen);
+/* Looks at model m's model-wide consumer of older workers: sets *legacy
+ * while it exists, and deletes it once empty and unused (own_idle: this
+ * worker holds nothing from it). SL_OK, or an error with a reason in err. */
+sl_status wrk__legacy_check(wrk_loop *l, size_t m, bool own_idle, bool *legacy, char *err,
+                            size_t errlen);
 
 #endif
