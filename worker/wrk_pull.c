@@ -340,7 +340,7 @@ static void on_pull_reply(natsConnection *nc, natsSubscription *sub, natsMsg *ms
                 /* The consumer cannot serve pulls (deleted meanwhile, or
                  * changed), or nobody serves them (503: no leader, or no
                  * consumer): set it up again, which also times how long it
-                 * stays unusable (recover_consumer). */
+                 * stays unusable (wrk__recover_consumer). */
                 const char *desc = NULL;
                 natsMsgHeader_Get(msg, "Description", &desc);
                 sl_debug("pull from %s: %d %s", q->durable, code, desc != NULL ? desc : "");
