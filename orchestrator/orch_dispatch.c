@@ -64,6 +64,22 @@ static const char *answered_id(const Sluice__Envelope *in)
     return nz(in->client_id);
 }
 
+/* What a work request and its stub share: the header, the ids, the agent
+ * and its fallback, where the answer goes. in->message is set. */
+static void work_common(Sluice__Envelope *e, Sluice__WorkRequest *w, const Sluice__Envelope *in,
+                        const char *tenant, const orch_agent *a, const char *job)
+{
+    copy_header(e, in, tenant);
+    e->event_id = (char *)nz(orch_msg_event_id(in));
+    e->message_id = (char *)answered_id(in);
+    w->job_id = (char *)job;
+    w->reply_id = (char *)job;
+    w->agent = a->name;
+    w->fallback = a->fallback;
+    w->room = in->message->room;
+    w->to = (char *)answered_id(in);
+}
+
 sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const orch_agent *a,
                            const char *job, int64_t deadline_ms, const orch_followers *fw,
                            uint8_t **out, size_t *len)
@@ -74,19 +90,11 @@ sl_status orch_work_encode(const Sluice__Envelope *in, const char *tenant, const
 
     if (m == NULL)
         return SL_ERR_INVAL;
-    copy_header(&e, in, tenant);
-    e.event_id = (char *)nz(orch_msg_event_id(in));
-    e.message_id = (char *)answered_id(in);
-    w.job_id = (char *)job;
-    w.reply_id = (char *)job;
-    w.agent = a->name;
+    work_common(&e, &w, in, tenant, a, job);
     w.model = a->backend_model;
     w.system_prompt = a->system_prompt;
-    w.fallback = a->fallback;
     w.text = m->text;
     w.user = (m->user != NULL && m->user[0] != '\0') ? m->user : m->agent;
-    w.room = m->room;
-    w.to = (char *)answered_id(in);
     w.deadline_ms = deadline_ms;
     if (fw != NULL && fw->mentions_only) {
         w.agent_mentions_only = true;
@@ -106,15 +114,7 @@ sl_status orch_work_stub_encode(const Sluice__Envelope *in, const char *tenant, 
 
     if (in->message == NULL)
         return SL_ERR_INVAL;
-    copy_header(&e, in, tenant);
-    e.event_id = (char *)nz(orch_msg_event_id(in));
-    e.message_id = (char *)answered_id(in);
-    w.job_id = (char *)job;
-    w.reply_id = (char *)job;
-    w.agent = a->name;
-    w.fallback = a->fallback;
-    w.room = in->message->room;
-    w.to = (char *)answered_id(in);
+    work_common(&e, &w, in, tenant, a, job);
     e.body_case = SLUICE__ENVELOPE__BODY_WORK;
     e.work = &w;
     return sl_envelope_encode(&e, out, len);
