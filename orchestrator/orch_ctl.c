@@ -431,6 +431,9 @@ int orch_ctl_check_lost(orch_ctl *c)
         }
         total += n;
     }
+    sl_counter_add(sl_counter_get("sluice_orch_lost_checks_total", NULL,
+                                  "work messages the lost-work check looked up"),
+                   (uint64_t)total);
     sl_gauge_set(sl_gauge_get("sluice_orch_lost_watched", NULL,
                               "queued jobs this orchestrator keeps for the lost-work check"),
                  (int64_t)orch_inflight_tracked(c->tracker));

@@ -1337,6 +1337,7 @@ START_TEST(test_fallback_when_work_message_lost)
     char job1[SL_ID_MAX + 1] = "", job2[SL_ID_MAX + 1] = "", key[SL_SUBJECT_MAX];
     uint64_t seq1;
     size_t degraded = 0;
+    double checks;
 
     fx_start(&fx, 1, ONE_AGENT, env);
     out_start(&fx, &o);
@@ -1375,9 +1376,12 @@ START_TEST(test_fallback_when_work_message_lost)
     kvEntry_Destroy(e);
     kvStore_Destroy(kv);
     ck_assert_double_eq(metric(&fx, 0, "sluice_orch_lost_jobs_total"), 1);
-    /* c-2's message is still queued: several checks later it is still
-     * there, unanswered. */
-    hx_sleep_ms(1500);
+    /* c-2's message is still queued: three checks of it later (it is the
+     * only job watched now) it is still there, unanswered. */
+    checks = metric(&fx, 0, "sluice_orch_lost_checks_total");
+    ck_assert_double_ge(checks, 1);
+    ck_assert_double_ge(wait_metric(&fx, 0, "sluice_orch_lost_checks_total", checks + 3, 15000),
+                        checks + 3);
     ck_assert_uint_eq(work_depth(&fx, subj), 1);
     ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 1);
     /* Its worker comes and answers it; nothing more is ended. */
