@@ -9,6 +9,9 @@ filter=all
 case "${1:-}" in --unit) filter=unit; shift ;; --integ) filter=integ; shift ;; esac
 
 passed=0; failed=0; bad=()
+# What each failing binary said about its failures, repeated at the end so
+# that a log cut to its tail (CI keeps only the last lines) still names them.
+why=$(mktemp); trap 'rm -f "$why"' EXIT
 run_one() { # variant test bin
     local name out rc checks fails errs
     name="$1/$(basename "$2")"
@@ -28,7 +31,14 @@ run_one() { # variant test bin
     else
         failed=$((failed + 1))
     fi
-    [ "$rc" -eq 0 ] || bad+=("$name")
+    if [ "$rc" -ne 0 ]; then
+        bad+=("$name")
+        {
+            echo "--- $name (exit $rc)"
+            # Check's failure lines are file:line:F|E:tcase:test:iter: message.
+            echo "$out" | grep -E ':[0-9]+:[FE]:|FAIL|Assertion|ERROR: AddressSanitizer|runtime error' | head -n 20
+        } >>"$why"
+    fi
 }
 
 while [ $# -ge 2 ]; do
@@ -43,6 +53,9 @@ while [ $# -ge 2 ]; do
 done
 
 echo
-[ ${#bad[@]} -gt 0 ] && echo "failing: ${bad[*]}"
+if [ ${#bad[@]} -gt 0 ]; then
+    cat "$why"
+    echo "failing: ${bad[*]}"
+fi
 echo "tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ ${#bad[@]} -eq 0 ]
