@@ -776,6 +776,9 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
         wrk__slot_settle(s, msg, SETTLE_NAK, d.delay_ms);
         goto cleanup;
     }
+    /* Once handed over, the job's strings (its envelope's) are the
+     * finisher's, which may free them at once: log with them before. */
+    sl_logf(SL_LOG_DEBUG, &c, "slot %d ends job %s", (int)(s - l->slots), j.reply_id);
     if (wrk__job_hand_over(l, &j, &d, &used)) {
         handed = true;
         goto cleanup;
@@ -792,7 +795,8 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 cleanup:
     if (attached) {
         slot_detach(s);
-        sl_logf(SL_LOG_DEBUG, &c, "slot %d let go of job %s", (int)(s - l->slots), j.reply_id);
+        if (!handed)
+            sl_logf(SL_LOG_DEBUG, &c, "slot %d let go of job %s", (int)(s - l->slots), j.reply_id);
     }
     wrk_stream_destroy(j.stream);
     free(msgs);
