@@ -47,6 +47,8 @@ void orch__classify(orch_loop *l, item *it, int64_t now_ns)
     if (natsMsg_GetMetaData(&meta, it->m) == NATS_OK) {
         it->age_ms = (now_ns - meta->Timestamp) / NS_PER_MS;
         it->redelivered = meta->NumDelivered > 1;
+        if (!it->redelivered)
+            sl_hist_observe_ns(l->m.wait, now_ns - meta->Timestamp);
         jsMsgMetaData_Destroy(meta);
     } else if (e->ts_unix_ns > 0) {
         it->age_ms = (now_ns - e->ts_unix_ns) / NS_PER_MS;

@@ -35,6 +35,9 @@ static void metrics_init(orch_loop *l)
                                     "agent messages not routed because of the hop limit");
     l->m.proc =
         sl_hist_get("sluice_orch_processing_seconds", NULL, "time from fetch to ack of a message");
+    l->m.wait = sl_hist_get("sluice_orch_wait_seconds", NULL,
+                            "time from a message's store on SLUICE_IN to its first fetch "
+                            "(nats-server's clock to ours)");
 #define RT_HELP "synchronous waits for nats-server on the orchestrator's main loop"
     l->m.rt_fetch = sl_counter_get("sluice_orch_round_trips_total", "kind=\"fetch\"", RT_HELP);
     l->m.rt_kv_read = sl_counter_get("sluice_orch_round_trips_total", "kind=\"kv_read\"", RT_HELP);

@@ -153,6 +153,7 @@ struct orch_loop {
             *lost_untracked, *bad, *failed, *hop_stops, *park_full;
         sl_gauge *parked;
         sl_hist *proc;
+        sl_hist *wait; /* stored on IN to fetched, first deliveries */
         /* Synchronous waits for the server (docs/wire.md, "Cost of a
          * message"): fetches that returned messages, batched KV reads,
          * waits for publish acknowledgments, one-at-a-time KV calls. */

@@ -680,6 +680,8 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
         goto cleanup;
     }
     j.attempt = meta->NumDelivered;
+    if (j.attempt == 1)
+        sl_hist_observe_ns(l->m_wait, sl_now_ns() - meta->Timestamp);
     if (!job_parse(&j)) {
         sl_counter_inc(l->m_jobs[M_FAILED]);
         wrk__ack_send(l, msg, SETTLE_TERM, 0);

@@ -52,6 +52,9 @@ static void init_metrics(wrk_loop *l)
     l->m_ttft = sl_hist_get("sluice_wrk_ttft_seconds", NULL,
                             "time from job start to the first token event published");
     l->m_job = sl_hist_get("sluice_wrk_job_seconds", NULL, "time from job start to its end");
+    l->m_wait = sl_hist_get("sluice_wrk_wait_seconds", NULL,
+                            "time from a work request's store on WORK to a slot taking it, first "
+                            "deliveries (nats-server's clock to ours)");
     l->m_inflight = sl_gauge_get("sluice_wrk_inflight", NULL, "jobs running in this worker");
     l->m_queues = sl_gauge_get("sluice_wrk_active_queues", NULL,
                                "work queues (model, tenant) waiting for their turn");

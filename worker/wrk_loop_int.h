@@ -169,6 +169,7 @@ struct wrk_loop {
     sl_counter *m_tokens, *m_retries, *m_requeued, *m_cancels, *m_pulls, *m_store_retries;
     sl_counter *m_agent_skipped, *m_consumer_recoveries;
     sl_hist *m_ttft, *m_job;
+    sl_hist *m_wait; /* stored on WORK to a slot taking it, first deliveries */
     sl_gauge *m_inflight, *m_queues;
 };
 
