@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,21 +139,33 @@ struct wrk_stream {
     bool usage_estimated;
 };
 
+/* The counters are looked up once, by whichever thread publishes first:
+ * every slot's job thread and the timer publish chunks, each under its
+ * own stream's lock, so the cached pointers are atomic (the registry
+ * hands every caller the same counter). */
 static sl_counter *m_chunks(void)
 {
-    static sl_counter *c;
-    if (c == NULL)
-        c = sl_counter_get("sluice_wrk_chunks_total", NULL, "token events published to OUT");
-    return c;
+    static _Atomic(sl_counter *) c;
+    sl_counter *v = atomic_load_explicit(&c, memory_order_acquire);
+
+    if (v == NULL) {
+        v = sl_counter_get("sluice_wrk_chunks_total", NULL, "token events published to OUT");
+        atomic_store_explicit(&c, v, memory_order_release);
+    }
+    return v;
 }
 
 static sl_counter *m_pub_errors(void)
 {
-    static sl_counter *c;
-    if (c == NULL)
-        c = sl_counter_get("sluice_wrk_publish_errors_total", NULL,
+    static _Atomic(sl_counter *) c;
+    sl_counter *v = atomic_load_explicit(&c, memory_order_acquire);
+
+    if (v == NULL) {
+        v = sl_counter_get("sluice_wrk_publish_errors_total", NULL,
                            "token, reply or agent-message publishes that failed");
-    return c;
+        atomic_store_explicit(&c, v, memory_order_release);
+    }
+    return v;
 }
 
 static void envelope_header(Sluice__Envelope *e, char *event_id, const wrk_stream *s)
