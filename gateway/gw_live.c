@@ -69,6 +69,12 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
     ch->name = memcpy(p += ltenant, name, lname);
     ch->is_room = is_room;
     ch->state = CHAN_INIT;
+    {
+        static uint32_t next_gen; /* loop thread only */
+        if (++next_gen == 0)
+            ++next_gen;
+        ch->gen = next_gen;
+    }
     if (natsConnection_Subscribe(&ch->sub, sl_bus_nc(s->bus), live, gw__on_live_cb, s) != NATS_OK ||
         gw_map_put(s->chans, live, ch) != SL_OK) {
         natsSubscription_Destroy(ch->sub);

@@ -179,8 +179,17 @@ static void read_result_run(void *arg)
     gw_server *s = j->s;
     gw_chan *ch = gw_map_get(s->chans, j->live);
     gw_conn *c = j->session[0] ? gw_map_get(s->sessions, j->session) : NULL;
-    gw_member *m = (c != NULL && ch != NULL) ? gw__member_find(c, j->ch) : NULL;
+    gw_member *m;
     bool failed = j->head == UINT64_MAX;
+
+    /* The channel that asked was freed while the read ran, and another
+     * made for the same subject since: the result is not the new one's
+     * (its head, fill or member list would be taken for the new
+     * channel's, and its members are new memberships; the new channel
+     * makes its own reads). */
+    if (ch != NULL && j->chan_gen != 0 && ch->gen != j->chan_gen)
+        ch = NULL;
+    m = (c != NULL && ch != NULL) ? gw__member_find(c, j->ch) : NULL;
 
     /* The session may have left and come back (resumed on this gateway, or
      * left and re-joined) while the read ran: a result for an earlier

@@ -170,6 +170,10 @@ struct gw_chan {
     int nmembers;
     int npend;
     int ring_cap, ring_start, ring_n;
+    /* Which channel of this subject it is: a read's result is for the
+     * channel that asked (read_job.chan_gen), not a later one made for the
+     * same subject after it was freed. Never 0. */
+    uint32_t gen;
     bool is_room;
     bool cache_valid;
     /* A READ_JOIN of this room is running: later joins wait for its result
@@ -400,6 +404,7 @@ typedef struct read_job {
     uint64_t covered;       /* history: every event in [covered, before) was read */
     bool check_gap;
     uint64_t member_gen; /* replay, join: the membership asking */
+    uint32_t chan_gen;   /* the channel asking (gw_chan.gen); 0: none */
     bool after_ready;    /* replay: submitted when the channel knew its head */
     /* results */
     uint64_t head;

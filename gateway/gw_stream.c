@@ -134,6 +134,7 @@ read_job *gw__read_job_new(gw_server *s, int kind, gw_chan *ch)
     snprintf(j->live, sizeof(j->live), "%s", ch->live);
     snprintf(j->ch, sizeof(j->ch), "%s", ch->ch);
     snprintf(j->tenant, sizeof(j->tenant), "%s", ch->tenant);
+    j->chan_gen = ch->gen;
     if (ch->is_room)
         snprintf(j->room, sizeof(j->room), "%s", ch->name);
     return j;
