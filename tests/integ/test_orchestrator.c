@@ -1390,7 +1390,14 @@ START_TEST(test_fallback_when_work_message_lost)
     for (int i = 0; i < 100 && work_depth(&fx, NULL) != 0; i++)
         hx_sleep_ms(50);
     ck_assert_uint_eq(work_depth(&fx, NULL), 0);
-    hx_sleep_ms(1000);
+    /* Once its end reached the orchestrator, c-2 is no longer watched: no
+     * check can end it after that. */
+    {
+        int64_t end = hx_now_ms() + 10000;
+        while (metric(&fx, 0, "sluice_orch_lost_watched") != 0 && hx_now_ms() < end)
+            hx_sleep_ms(20);
+        ck_assert_double_eq(metric(&fx, 0, "sluice_orch_lost_watched"), 0);
+    }
     pthread_mutex_lock(&o.mu);
     for (size_t i = 0; i < o.n; i++) {
         const Sluice__Envelope *r = o.v[i].env;
