@@ -659,32 +659,12 @@ static sl_status job_messages(wrk_loop *l, job *j, int64_t deadline, wrk_history
     return SL_OK;
 }
 
-/* Copies of a job's log context and reply id, for a line logged after
- * the strings they come from were handed to another thread. */
-typedef struct log_keep {
-    sl_log_ctx c; /* points into the buffers below */
-    char tenant[SL_ID_MAX + 1], session[SL_ID_MAX + 1], event[96], trace[96], reply_id[96];
-} log_keep;
-
-static void log_keep_set(log_keep *k, const sl_log_ctx *c, const char *reply_id)
-{
-    snprintf(k->tenant, sizeof(k->tenant), "%s", c->tenant != NULL ? c->tenant : "");
-    snprintf(k->session, sizeof(k->session), "%s", c->session != NULL ? c->session : "");
-    snprintf(k->event, sizeof(k->event), "%s", c->event != NULL ? c->event : "");
-    snprintf(k->trace, sizeof(k->trace), "%s", c->trace != NULL ? c->trace : "");
-    snprintf(k->reply_id, sizeof(k->reply_id), "%s", reply_id != NULL ? reply_id : "");
-    k->c = (sl_log_ctx){.tenant = c->tenant != NULL ? k->tenant : NULL,
-                        .session = c->session != NULL ? k->session : NULL,
-                        .event = c->event != NULL ? k->event : NULL,
-                        .trace = c->trace != NULL ? k->trace : NULL};
-}
-
 bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 {
     wrk_loop *l = s->loop;
     job j = {.slot = s, .msg = msg, .start_ms = sl_mono_ms()};
     bool handed = false;
-    log_keep keep;
+    char handed_id[SL_ID_MAX + 1]; /* the reply id, copied before the hand-over */
     jsMsgMetaData *meta = NULL;
     wrk_history *hist = NULL;
     wrk_msg *msgs = NULL;
@@ -801,8 +781,8 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
     }
     /* Once handed over, the job's strings (its envelope's) are the
      * finisher's, which may free them at once: the slot's last log line
-     * uses copies. */
-    log_keep_set(&keep, &c, j.reply_id);
+     * uses a copy of the reply id and no context. */
+    copy_id(handed_id, j.reply_id);
     if (wrk__job_hand_over(l, &j, &d, &used)) {
         handed = true;
         goto cleanup;
@@ -819,11 +799,8 @@ bool wrk__job_run(wrk_slot *s, natsMsg *msg)
 cleanup:
     if (attached) {
         slot_detach(s);
-        if (handed)
-            sl_logf(SL_LOG_DEBUG, &keep.c, "slot %d let go of job %s", (int)(s - l->slots),
-                    keep.reply_id);
-        else
-            sl_logf(SL_LOG_DEBUG, &c, "slot %d let go of job %s", (int)(s - l->slots), j.reply_id);
+        sl_logf(SL_LOG_DEBUG, handed ? NULL : &c, "slot %d let go of job %s", (int)(s - l->slots),
+                handed ? handed_id : j.reply_id);
     }
     wrk_stream_destroy(j.stream);
     free(msgs);
