@@ -410,20 +410,27 @@ int orch_ctl_check_lost(orch_ctl *c)
     size_t total = 0, n;
     int64_t now = sl_mono_ms();
     int ended = 0;
+    bool bus_down = false;
 
     if (c == NULL || c->tracker == NULL)
         return 0;
-    while (total < LOST_PASS_MAX && !atomic_load(&c->stopping) &&
+    while (total < LOST_PASS_MAX && !atomic_load(&c->stopping) && !bus_down &&
            (n = orch_inflight_due(c->tracker, now, now + c->lost_check_ms, due, LOST_BATCH)) > 0) {
         for (size_t i = 0; i < n; i++) {
             bool gone = false;
             sl_status st = SL_ERR_BUS;
-            if (!atomic_load(&c->stopping))
+            /* Once NATS fails, the rest of the pass waits for the next one
+             * (orch_inflight_due has put them lost_check_ms later already):
+             * each lookup could wait its whole timeout, and this thread
+             * also ends exhausted jobs. */
+            if (!atomic_load(&c->stopping) && !bus_down)
                 st = orch_ctl_end_lost(c->js, c->kv, due[i].seq, due[i].stub, due[i].len,
                                        c->lost_check_ms, &gone);
+            if (st == SL_ERR_BUS)
+                bus_down = true;
             if (st == SL_OK && gone)
                 ended++;
-            /* Ended, or a stub that cannot end anything: nothing more to
+            /* Settled, or a stub that cannot end anything: nothing more to
              * check. A failure is checked again next time. */
             if ((st == SL_OK && gone) || st == SL_ERR_INVAL)
                 orch_inflight_forget(c->tracker, due[i].key);

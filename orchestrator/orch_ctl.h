@@ -62,8 +62,9 @@ sl_status orch_ctl_end_job(jsCtx *js, kvStore *inflight, uint64_t seq, uint32_t 
 
 /* One lost-work check (the ender thread runs it; exposed for tests): for
  * at most 1024 kept jobs whose check time has come, orch_ctl_end_lost;
- * an ended job is forgotten, the others are checked again lost_check_ms
- * later. Returns how many were ended. Any thread. */
+ * a settled job (ended now, or found ended) is forgotten, the others are
+ * checked again lost_check_ms later. The pass stops at the first NATS
+ * failure. Returns how many were settled. Any thread. */
 int orch_ctl_check_lost(orch_ctl *c);
 
 /* Ends a job whose work message (at WORK sequence seq) is gone: when
