@@ -474,6 +474,36 @@ static int conn_send(gw_conn *c, unsigned char *p, size_t len)
     return n < 0 || (size_t)n < len - done ? -1 : 0;
 }
 
+/* Writes b's WebSocket header into its buffer's headroom (the same bytes
+ * for every member) and returns where the frame starts; *len is its
+ * length, header included. */
+static unsigned char *frame_in_headroom(gw_buf *b, size_t *len)
+{
+    unsigned char hdr[GW_WS_HDR_MAX];
+    size_t hl = gw_ws_text_header(hdr, b->len);
+    unsigned char *p = gw_buf_payload(b) - hl;
+
+    memcpy(p, hdr, hl);
+    *len = hl + b->len;
+    return p;
+}
+
+/* Takes c's nf oldest frames, written, off its queue (their delivery
+ * latency observed at now); returns their payload bytes. */
+static size_t frames_sent(gw_server *s, gw_conn *c, size_t nf, int64_t now)
+{
+    size_t bytes = 0;
+
+    for (size_t i = 0; i < nf; i++) {
+        gw_buf *b = gw_outq_peek(&c->q);
+        bytes += b->len;
+        if (b->ts_ns > 0)
+            sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
+        gw_outq_pop(&c->q);
+    }
+    return bytes;
+}
+
 /* Writes c's queued frames, several per write: framed here (unmasked,
  * FIN, text, no RSV: no extension is offered) into wbuf, or a lone frame
  * (the next does not fit, or the first is larger than WRITE_BATCH) in the
@@ -492,12 +522,8 @@ static int conn_write_queued(gw_server *s, gw_conn *c)
         int64_t now = sl_now_ns();
 
         if (nf < 2) {
-            unsigned char hdr[GW_WS_HDR_MAX];
-            size_t hl = gw_ws_text_header(hdr, b->len);
             nf = 1;
-            p = gw_buf_payload(b) - hl;
-            memcpy(p, hdr, hl);
-            len = hl + b->len;
+            p = frame_in_headroom(b, &len);
         }
         if (conn_send(c, p, len) < 0) {
             rc = -1;
@@ -506,13 +532,7 @@ static int conn_write_queued(gw_server *s, gw_conn *c)
         sl_counter_inc(s->m.writes);
         sent += len;
         frames += nf;
-        for (size_t i = 0; i < nf; i++) {
-            b = gw_outq_peek(&c->q);
-            bytes += b->len;
-            if (b->ts_ns > 0)
-                sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
-            gw_outq_pop(&c->q);
-        }
+        bytes += frames_sent(s, c, nf, now);
         /* lws_send_pipe_choked polls the socket: only asked when more wait. */
         if (gw_outq_peek(&c->q) == NULL || sent >= WRITE_ROUND || lws_partial_buffered(c->wsi) ||
             lws_send_pipe_choked(c->wsi))
@@ -604,14 +624,13 @@ static bool uring_prepare(gw_server *s, gw_conn *c, unsigned slot)
     gw_buf *b;
 
     while (nf < URING_IOV && (b = gw_outq_at(&c->q, nf)) != NULL) {
-        unsigned char hdr[GW_WS_HDR_MAX];
-        size_t hl = gw_ws_text_header(hdr, b->len);
-        if (nf > 0 && len + hl + b->len > WRITE_BATCH)
+        size_t fl;
+        unsigned char *p = frame_in_headroom(b, &fl);
+        if (nf > 0 && len + fl > WRITE_BATCH)
             break;
-        u->iov[nf].iov_base = gw_buf_payload(b) - hl;
-        u->iov[nf].iov_len = hl + b->len;
-        memcpy(u->iov[nf].iov_base, hdr, hl);
-        len += hl + b->len;
+        u->iov[nf].iov_base = p;
+        u->iov[nf].iov_len = fl;
+        len += fl;
         nf++;
     }
     memset(&u->mh, 0, sizeof(u->mh));
@@ -619,7 +638,6 @@ static bool uring_prepare(gw_server *s, gw_conn *c, unsigned slot)
     u->mh.msg_iovlen = nf;
     u->c = c;
     u->nf = nf;
-    u->len = len;
     return gw_uring_sendmsg(s->uring, lws_get_socket_fd(c->wsi), &u->mh, 0, slot);
 }
 
@@ -633,7 +651,7 @@ static void uring_done(uint64_t tag, int res, void *arg)
     gw_server *s = arg;
     gw_usend *u = &s->usend[tag];
     gw_conn *c = u->c;
-    size_t sent = res > 0 ? (size_t)res : 0, frames = 0, bytes = 0;
+    size_t sent = res > 0 ? (size_t)res : 0, frames = 0;
     int64_t now = sl_now_ns();
     bool partial = false;
 
@@ -646,11 +664,10 @@ static void uring_done(uint64_t tag, int res, void *arg)
     }
     if (res > 0)
         sl_counter_inc(s->m.writes);
-    for (size_t i = 0; i < u->nf && sent > 0; i++) {
-        gw_buf *b = gw_outq_peek(&c->q);
-        size_t fl = u->iov[i].iov_len;
+    for (; frames < u->nf && sent > 0; frames++) {
+        size_t fl = u->iov[frames].iov_len;
         if (sent < fl) {
-            int n = lws_write(c->wsi, (unsigned char *)u->iov[i].iov_base + sent, fl - sent,
+            int n = lws_write(c->wsi, (unsigned char *)u->iov[frames].iov_base + sent, fl - sent,
                               LWS_WRITE_RAW);
             if (n < 0 || (size_t)n < fl - sent) {
                 lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
@@ -659,14 +676,9 @@ static void uring_done(uint64_t tag, int res, void *arg)
             partial = true;
         }
         sent -= sent < fl ? sent : fl;
-        bytes += b->len;
-        frames++;
-        if (b->ts_ns > 0)
-            sl_hist_observe_ns(s->m.delivery_latency, now - b->ts_ns);
-        gw_outq_pop(&c->q);
     }
     sl_counter_add(s->m.frames_out, frames);
-    sl_counter_add(s->m.bytes_out, bytes);
+    sl_counter_add(s->m.bytes_out, frames_sent(s, c, frames, now));
     if (gw_outq_peek(&c->q) == NULL)
         return;
     if (partial || frames < u->nf)

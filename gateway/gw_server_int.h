@@ -84,8 +84,7 @@ typedef struct gw_usend {
     struct gw_conn *c;
     struct msghdr mh;
     struct iovec iov[URING_IOV];
-    size_t nf;  /* frames in iov */
-    size_t len; /* their bytes, headers included */
+    size_t nf; /* frames in iov */
 } gw_usend;
 
 enum conn_state { CONN_AWAIT_HELLO = 0, CONN_HELLO_PENDING, CONN_READY, CONN_CLOSING };
