@@ -47,12 +47,14 @@ gw_chan *gw__chan_get_ex(gw_server *s, const char *tenant, bool is_room, const c
     char *p;
     read_job *j;
 
-    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK ||
-        sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
+    if (sl_subject_live(live, sizeof(live), tenant, is_room, name) != SL_OK)
         return NULL;
     ch = gw_map_get(s->chans, live);
     if (ch != NULL)
         return ch;
+    /* Its reads derive the stream subject (gw__read_job_new): it must fit. */
+    if (sl_subject_out(out, sizeof(out), tenant, is_room, name) != SL_OK)
+        return NULL;
     snprintf(cname, sizeof(cname), is_room ? "r:%s" : "s", name);
     llive = strlen(live) + 1;
     lch = strlen(cname) + 1;
