@@ -378,15 +378,25 @@ static size_t probe_len(fx *f, hx_ws *ws, const char *type, const char *id)
  * reader's socket fills at once. */
 static bool kernel_has_io_uring(void)
 {
+    struct {
+        struct io_uring_probe p;
+        struct io_uring_probe_op ops[256];
+    } pr;
     struct io_uring_params p;
+    bool ok;
     int fd;
 
     memset(&p, 0, sizeof(p));
     fd = (int)syscall(__NR_io_uring_setup, 4, &p);
     if (fd < 0)
         return false;
+    /* The gateway needs IORING_OP_SENDMSG too (kernels 5.1-5.5 lack it). */
+    memset(&pr, 0, sizeof(pr));
+    ok = syscall(__NR_io_uring_register, fd, IORING_REGISTER_PROBE, &pr, 256) == 0 &&
+         pr.p.last_op >= IORING_OP_SENDMSG &&
+         (pr.p.ops[IORING_OP_SENDMSG].flags & IO_URING_OP_SUPPORTED) != 0;
     close(fd);
-    return true;
+    return ok;
 }
 
 START_TEST(test_burst_to_lagging_reader_whole_in_order_and_batched)
