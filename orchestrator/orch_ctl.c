@@ -583,7 +583,7 @@ sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore
     c->kv_cancel = cancel;
     c->sweep_ms = sweep_ms > 0 ? sweep_ms : 5000;
     c->tracker = tracker;
-    c->lost_check_ms = lost_check_ms > 0 ? lost_check_ms : 60000;
+    c->lost_check_ms = lost_check_ms > 0 ? lost_check_ms : ORCH_LOST_CHECK_MS_DEFAULT;
     pthread_mutex_init(&c->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -32,9 +32,13 @@
 
 typedef struct orch_ctl orch_ctl;
 
+/* SLUICE_LOST_CHECK_MS's default: above a job's deadline plus a worker's
+ * ack grace. */
+#define ORCH_LOST_CHECK_MS_DEFAULT 60000
+
 /* Starts the ender thread (sweeping every sweep_ms, <= 0: 5000, and
  * checking tracker's kept jobs, NULL: none, lost_check_ms after they were
- * queued or last checked, <= 0: 60000) and subscribes on nc using js, the
+ * queued or last checked, <= 0: ORCH_LOST_CHECK_MS_DEFAULT) and subscribes on nc using js, the
  * in-flight bucket and the cancel bucket (all borrowed: they must outlive
  * the listeners). SL_ERR_BUS when a subscription failed, SL_ERR_NOMEM. */
 sl_status orch_ctl_create(orch_ctl **out, natsConnection *nc, jsCtx *js, kvStore *inflight,

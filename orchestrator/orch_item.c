@@ -166,13 +166,12 @@ static void track_job(orch_loop *l, const item *it, const job_slot *js, const or
 {
     uint8_t *stub = NULL;
     size_t len = 0;
-    int64_t after = l->cfg.lost_check_ms > 0 ? l->cfg.lost_check_ms : 60000;
     sl_status st = SL_ERR_INVAL;
 
     if (seq > 0 &&
         (st = orch_work_stub_encode(it->env, it->tenant, a, js->job, &stub, &len)) == SL_OK)
         st = orch_inflight_track(l->inflight, it->tenant, js->job, seq, stub, len,
-                                 sl_mono_ms() + after);
+                                 sl_mono_ms() + l->cfg.lost_check_ms);
     /* SL_ERR_NOTFOUND: it has ended already, nothing to watch. */
     if (st != SL_OK && st != SL_ERR_NOTFOUND)
         sl_counter_inc(l->m.lost_untracked);

@@ -83,6 +83,9 @@ sl_status orch_loop_create(orch_loop **out, sl_bus *bus, const orch_agents *agen
     l->bus = bus;
     l->agents = agents;
     l->cfg = *cfg;
+    /* One interval for the jobs the loop keeps and the checks of them. */
+    if (l->cfg.lost_check_ms <= 0)
+        l->cfg.lost_check_ms = ORCH_LOST_CHECK_MS_DEFAULT;
     l->cfg.quota_rules = NULL; /* copied into l->quota */
     metrics_init(l);
     *out = l;
