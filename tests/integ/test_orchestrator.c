@@ -1415,6 +1415,60 @@ START_TEST(test_fallback_when_work_message_lost)
 }
 END_TEST
 
+/* A job whose work message vanished while its entry says `running`, and
+ * was written less than SLUICE_LOST_CHECK_MS ago, may still be running on
+ * a worker (which took the message before it went): the check leaves it
+ * alone. Once its worker stops refreshing `running`, it is ended with the
+ * fallback like any lost job. Fails if the grace is not honoured (a reply
+ * while `running` is fresh) or if a stale `running` keeps it forever. */
+START_TEST(test_lost_work_spares_a_running_job)
+{
+    const char *env[] = {"SLUICE_SWEEP_MS=100", "SLUICE_LOST_CHECK_MS=1000", NULL};
+    const char *room = "sluice.out." T1 ".r.lobby", *subj = "sluice.work.default." T1;
+    fixture fx;
+    out_log o;
+    kvStore *kv = NULL;
+    char job[SL_ID_MAX + 1] = "", key[SL_SUBJECT_MAX];
+    uint64_t seq;
+    double checks;
+    int64_t end;
+
+    fx_start(&fx, 1, ONE_AGENT, env);
+    out_start(&fx, &o);
+    ck_assert_int_eq(js_KeyValue(&kv, fx.js, SL_KV_INFLIGHT), NATS_OK);
+    publish_user(&fx, T1, "sessA", "c-1", NULL, "lobby", "hi", NULL, NULL);
+    for (int i = 0; i < 200 && work_depth(&fx, subj) != 1; i++)
+        hx_sleep_ms(20);
+    ck_assert_uint_eq(work_depth(&fx, subj), 1);
+    seq = work_seq_for(&fx, subj, "c-1", job, sizeof(job));
+    ck_assert_uint_gt(seq, 0);
+    snprintf(key, sizeof(key), "%s.%s", T1, job);
+    /* A worker took it and runs it; then the server loses the message. */
+    ck_assert_int_eq(kvStore_PutString(NULL, kv, key, "{\"state\":\"running\"}"), NATS_OK);
+    ck_assert_int_eq(js_DeleteMsg(fx.js, SL_STREAM_WORK, seq, NULL, NULL), NATS_OK);
+    /* While the worker refreshes `running` (every 100 ms, the grace is
+     * 1000 ms), three checks find the message gone and leave the job. */
+    checks = metric(&fx, 0, "sluice_orch_lost_checks_total");
+    ck_assert_double_ge(checks, 0);
+    end = hx_now_ms() + 20000;
+    while (metric(&fx, 0, "sluice_orch_lost_checks_total") < checks + 3 && hx_now_ms() < end) {
+        ck_assert_int_eq(kvStore_PutString(NULL, kv, key, "{\"state\":\"running\"}"), NATS_OK);
+        hx_sleep_ms(100);
+    }
+    ck_assert_double_ge(metric(&fx, 0, "sluice_orch_lost_checks_total"), checks + 3);
+    ck_assert_uint_eq(out_count(&o, SLUICE__ENVELOPE__BODY_REPLY, room), 0);
+    /* Registered on the first lost job: absent (-1) until then. */
+    ck_assert_double_le(metric(&fx, 0, "sluice_orch_lost_jobs_total"), 0);
+    /* The worker is gone: `running` grows stale and the job ends. */
+    ck_assert_msg(wait_out(&o, SLUICE__ENVELOPE__BODY_REPLY, room, 1, 15000),
+                  "a lost job whose `running` went stale never ended");
+    ck_assert_double_eq(metric(&fx, 0, "sluice_orch_lost_jobs_total"), 1);
+    kvStore_Destroy(kv);
+    out_stop(&o);
+    fx_stop(&fx);
+}
+END_TEST
+
 /* Mentions route to the mentioned agent only; agents answering agents
  * (pinger <-> ponger) stop at the hop limit. */
 START_TEST(test_mentions_and_hop_limit)
@@ -1686,6 +1740,7 @@ static Suite *suite(void)
     ADD(tc, test_fallback_after_max_deliveries);
     ADD(tc, test_fallback_when_advisory_missed);
     ADD(tc, test_fallback_when_work_message_lost);
+    ADD(tc, test_lost_work_spares_a_running_job);
     ADD(tc, test_mentions_and_hop_limit);
     ADD(tc, test_cancel_marker);
     ADD(tc, test_invalid_agents_file);
