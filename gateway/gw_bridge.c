@@ -57,6 +57,7 @@ void gw_bridge_set_context(gw_bridge *b, struct lws_context *ctx)
 
 static bool enqueue(gw_bridge *b, task *t)
 {
+    struct lws_context *ctx;
     bool was_empty;
 
     pthread_mutex_lock(&b->mu);
@@ -73,13 +74,11 @@ static bool enqueue(gw_bridge *b, task *t)
     else
         b->head = t;
     b->tail = t;
-    /* One wake-up per batch: the loop drains everything queued. It is
-     * made under the lock (it only writes to lws's event fd) so that once
-     * gw_bridge_set_context(NULL) has returned no poster is still waking
-     * the old context, which the gateway destroys next. */
-    if (was_empty && b->ctx != NULL)
-        lws_cancel_service(b->ctx);
+    ctx = b->ctx;
     pthread_mutex_unlock(&b->mu);
+    /* One wake-up per batch: the loop drains everything queued. */
+    if (was_empty && ctx != NULL)
+        lws_cancel_service(ctx);
     return true;
 }
 

@@ -25,9 +25,7 @@ sl_status gw_bridge_create(gw_bridge **out, size_t max_droppable);
  * their free_fn is called on arg. NULL-safe. */
 void gw_bridge_destroy(gw_bridge *b);
 
-/* Sets the context woken on each post (NULL: no wake-up). A wake-up in
- * progress is waited for, so once ctx NULL is set the old context is no
- * longer touched by any post and may be destroyed. */
+/* Sets the context woken on each post (NULL: no wake-up). */
 void gw_bridge_set_context(gw_bridge *b, struct lws_context *ctx);
 
 /* Queues fn(arg) for the loop thread. Never fails: the closure always runs

@@ -533,8 +533,6 @@ void gw_server_destroy(gw_server *s)
         ev_idle_stop(s->loop, &s->flush_more);
     }
     if (s->ctx != NULL) {
-        /* No post wakes the context from here on (one waking it now is
-         * waited for): cnats and io threads post until cnats_quiesce. */
         gw_bridge_set_context(s->bridge, NULL);
         lws_context_destroy(s->ctx); /* closes connections: CLOSED frees them */
         /* On a foreign loop lws may finish its destroy on the loop. */

@@ -1,11 +1,9 @@
 /* Unit tests of the gateway's thread hand-off (gw_bridge): the bridge's
- * order, its bound on droppable work, what destroy does with queued tasks,
- * the wake-up of a real libwebsockets loop and the detach of its context
- * while a post wakes it; the io pool's threads, order, bulk limits and
- * drain on destroy. Threads wait on conditions with deadlines; nothing
- * sleeps and hopes. */
+ * order, its bound on droppable work, what destroy does with queued tasks
+ * and the wake-up of a real libwebsockets loop; the io pool's threads,
+ * order, bulk limits and drain on destroy. Threads wait on conditions with
+ * deadlines; nothing sleeps and hopes. */
 #include <check.h>
-#include <dlfcn.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <sched.h>
@@ -471,123 +469,6 @@ START_TEST(test_bridge_wakes_the_loop)
 }
 END_TEST
 
-/* ---------- detaching the context while a post wakes it ---------- */
-
-/* Every lws_cancel_service of this binary, gw_bridge's included, comes
- * here first: it goes on to libwebsockets' own, unless a test holds the
- * wake-ups of one context (H.ctx), standing for a poster thread that is
- * preempted inside lws_cancel_service. */
-typedef struct wake_hold {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    void (*real)(struct lws_context *);
-    struct lws_context *ctx; /* held while not NULL */
-    bool entered;            /* a wake-up of ctx is being held */
-    bool released;           /* let it return */
-    bool detached;           /* gw_bridge_set_context(NULL) returned */
-} wake_hold;
-
-static wake_hold H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-
-void lws_cancel_service(struct lws_context *context)
-{
-    void (*real)(struct lws_context *);
-
-    pthread_mutex_lock(&H.mu);
-    if (H.ctx != NULL && context == H.ctx) {
-        H.entered = true;
-        pthread_cond_broadcast(&H.cv);
-        while (!H.released)
-            pthread_cond_wait(&H.cv, &H.mu);
-        pthread_mutex_unlock(&H.mu);
-        return;
-    }
-    if (H.real == NULL)
-        *(void **)&H.real = dlsym(RTLD_NEXT, "lws_cancel_service");
-    real = H.real;
-    pthread_mutex_unlock(&H.mu);
-    ck_assert_ptr_nonnull(real);
-    real(context);
-}
-
-/* Waits until *flag is set (under H.mu) or ms have passed; returns it. */
-static bool hold_wait(const bool *flag, long ms)
-{
-    struct timespec until;
-    bool set;
-
-    deadline_in(&until, ms);
-    pthread_mutex_lock(&H.mu);
-    while (!*flag && pthread_cond_timedwait(&H.cv, &H.mu, &until) == 0)
-        ;
-    set = *flag;
-    pthread_mutex_unlock(&H.mu);
-    return set;
-}
-
-static void *poster_main(void *arg)
-{
-    gw_bridge_post(arg, task_run, task_free, item_new(1, false));
-    return NULL;
-}
-
-static void *detacher_main(void *arg)
-{
-    gw_bridge_set_context(arg, NULL);
-    pthread_mutex_lock(&H.mu);
-    H.detached = true;
-    pthread_cond_broadcast(&H.cv);
-    pthread_mutex_unlock(&H.mu);
-    return NULL;
-}
-
-/* The gateway detaches the context, then destroys it
- * (gw_server_destroy): a post that read the context before the detach
- * must have finished waking it by the time the detach returns, or its
- * lws_cancel_service runs on a context being destroyed (freed memory, and
- * an eventfd that may be some other file's by then). */
-START_TEST(test_bridge_detach_waits_for_a_wake_up)
-{
-    /* Never a real context: its wake-ups are all held above. */
-    struct lws_context *ctx = (struct lws_context *)&H;
-    pthread_t poster, detacher;
-    gw_bridge *b = NULL;
-    bool early;
-
-    log_reset();
-    pthread_mutex_lock(&H.mu);
-    H.ctx = ctx;
-    H.entered = H.released = H.detached = false;
-    pthread_mutex_unlock(&H.mu);
-    ck_assert_int_eq(gw_bridge_create(&b, 8), SL_OK);
-    gw_bridge_set_context(b, ctx);
-    ck_assert_int_eq(pthread_create(&poster, NULL, poster_main, b), 0);
-    ck_assert_msg(hold_wait(&H.entered, WAIT_MS), "the post did not wake the context");
-    ck_assert_int_eq(pthread_create(&detacher, NULL, detacher_main, b), 0);
-    /* While the wake-up is held the detach must not return. When it is
-     * right, this wait ends at its deadline; a shorter one could only
-     * miss the bug, never fail a correct bridge. */
-    early = hold_wait(&H.detached, 1000);
-    pthread_mutex_lock(&H.mu);
-    H.released = true;
-    pthread_cond_broadcast(&H.cv);
-    pthread_mutex_unlock(&H.mu);
-    pthread_join(poster, NULL);
-    pthread_join(detacher, NULL);
-    ck_assert_msg(!early, "gw_bridge_set_context(NULL) returned while a post was still "
-                          "waking the context");
-    ck_assert(H.detached);
-    pthread_mutex_lock(&H.mu);
-    H.ctx = NULL;
-    pthread_mutex_unlock(&H.mu);
-    /* The post itself is queued as usual. */
-    ck_assert_uint_eq(gw_bridge_run(b), 1);
-    ck_assert_int_eq(L.n, 1);
-    gw_bridge_destroy(b);
-    log_done();
-}
-END_TEST
-
 /* ---------- the io pool ---------- */
 
 START_TEST(test_io_runs_on_its_threads_in_order)
@@ -748,7 +629,6 @@ int main(void)
     tcase_add_test(tb, test_bridge_destroy_frees_unrun);
     tcase_add_test(tb, test_bridge_many_posters);
     tcase_add_test(tb, test_bridge_wakes_the_loop);
-    tcase_add_test(tb, test_bridge_detach_waits_for_a_wake_up);
     tcase_add_test(tb, test_batch_one_task_per_batch_in_order);
     tcase_add_test(tb, test_batch_bound_and_destroy);
     tcase_add_test(tb, test_batch_many_pushers);
